@@ -1,0 +1,60 @@
+"""Locating the sentence of a passage that answers the query.
+
+Sentences are embedded with the same model as the passages and compared with the query vector; a passage's
+sentence embeddings are cached by passage id, since popular passages come back query after query.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from search.chunking import Span, sentence_spans
+from search.embedding import Embedder
+from search.models import Highlight
+
+
+class Highlighter:
+    def __init__(self, embedder: Embedder, cache_size: int = 4096) -> None:
+        self._embedder = embedder
+        self._cache: OrderedDict[int, tuple[list[Span], np.ndarray]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def locate(self, query: np.ndarray, passages: list[tuple[int, str]]) -> list[Highlight]:
+        """One highlight per (passage id, text): the span of the sentence closest to ``query``."""
+        split = {pid: sentence_spans(text) for pid, text in passages}
+        todo: list[tuple[int, str]] = []
+        with self._lock:
+            known = {pid: self._cache[pid] for pid, _ in passages if pid in self._cache}
+            for pid in known:
+                self._cache.move_to_end(pid)
+        for pid, text in passages:
+            if pid not in known and len(split[pid]) > 1:
+                todo.append((pid, text))
+        if todo:
+            sentences = [text[s.start : s.end] for pid, text in todo for s in split[pid]]
+            vecs = self._embedder.encode(sentences, batch_size=64)
+            i = 0
+            for pid, _ in todo:
+                n = len(split[pid])
+                known[pid] = (split[pid], vecs[i : i + n])
+                i += n
+            with self._lock:
+                for pid, _ in todo:
+                    self._cache[pid] = known[pid]
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        out: list[Highlight] = []
+        for pid, text in passages:
+            spans = split[pid]
+            if not spans:
+                out.append(Highlight(0, len(text)))
+            elif len(spans) == 1:
+                out.append(Highlight(spans[0].start, spans[0].end))
+            else:
+                best = int(np.argmax(known[pid][1] @ query))
+                out.append(Highlight(known[pid][0][best].start, known[pid][0][best].end))
+        return out

@@ -1,0 +1,260 @@
+"""The index directory: manifest, SQLite store and FAISS caches, opened and checked together.
+
+Layout (``index_data/<name>/``): ``manifest.json``, ``newsdesk.sqlite``, ``vectors.faiss`` (passages),
+``articles.faiss`` (article vectors for related stories) and ``vectors.json`` recording the generation the FAISS
+files were built from. ``<name>`` is a symlink to a versioned sibling directory, so a rebuild swaps it atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.embedding import Embedder, check_compatible
+from search.errors import IndexCorrupt, IndexMissing, NewsdeskError
+from search.store import Store
+from search.vectors import FaissVectorStore
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SQLITE = "newsdesk.sqlite"
+PASSAGE_VECTORS = "vectors.faiss"
+ARTICLE_VECTORS = "articles.faiss"
+VECTORS_STATE = "vectors.json"
+ARTICLE_FACTORY = "IDMap2,Flat"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not directory.exists():
+        raise IndexMissing(f"no index at {directory} (build one with: newsdesk index SOURCE --index {directory})")
+    if not path.is_file():
+        raise IndexCorrupt(f"{directory} has no {MANIFEST}; it is not a newsdesk index or its build did not finish")
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexCorrupt(f"{path} is unreadable: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise IndexCorrupt(f"{path}: format version {version!r} is not {FORMAT_VERSION}; rebuild the index")
+    for key in ("model", "counts", "faiss"):
+        if key not in manifest:
+            raise IndexCorrupt(f"{path} lacks {key!r}")
+    return manifest
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _fsync(tmp)
+    os.replace(tmp, directory / MANIFEST)
+
+
+@dataclass
+class Index:
+    """An open index: its manifest, its store and its two vector stores, consistent with each other."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    store: Store
+    passages: FaissVectorStore
+    articles: FaissVectorStore
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name") or self.directory.name)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_index(directory: Path, embedder: Embedder) -> Index:
+    """Open and check an index; refuse a model whose vectors are not the index's; rebuild stale FAISS caches."""
+    directory = directory.absolute()
+    manifest = read_manifest(directory)
+    check_compatible(manifest["model"], embedder)
+    store = Store(directory / SQLITE)
+    n_articles, n_passages = store.counts()
+    counts = manifest["counts"]
+    if (n_articles, n_passages) != (counts.get("articles"), counts.get("passages")):
+        raise IndexCorrupt(
+            f"{directory}: manifest counts {counts.get('articles')} articles / {counts.get('passages')} passages, "
+            f"the store holds {n_articles} / {n_passages}; run newsdesk check, then rebuild"
+        )
+    passages, articles = load_vectors(directory, store, manifest)
+    return Index(directory, manifest, store, passages, articles)
+
+
+def load_vectors(directory: Path, store: Store, manifest: dict[str, Any]) -> tuple[FaissVectorStore, FaissVectorStore]:
+    """The FAISS caches if they match the store's generation, else rebuilt from stored embeddings (no re-embedding)."""
+    dim = int(manifest["model"]["dimension"])
+    factory = str(manifest["faiss"]["factory"])
+    generation = store.generation()
+    state_path = directory / VECTORS_STATE
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        state = {}
+    fresh = state.get("generation") == generation and state.get("factory") == factory
+    p_path, a_path = directory / PASSAGE_VECTORS, directory / ARTICLE_VECTORS
+    if fresh and p_path.is_file() and a_path.is_file():
+        try:
+            return FaissVectorStore.load(p_path, factory), FaissVectorStore.load(a_path, ARTICLE_FACTORY)
+        except IndexCorrupt:
+            pass  # a damaged cache is rebuilt below like a stale one
+    passages = FaissVectorStore.build(dim, factory, store.iter_vectors("passages"))
+    articles = FaissVectorStore.build(dim, ARTICLE_FACTORY, store.iter_vectors("articles"))
+    try:
+        passages.save(p_path)
+        articles.save(a_path)
+        tmp = directory / f".{VECTORS_STATE}.tmp"
+        tmp.write_text(json.dumps({"generation": generation, "factory": factory}), encoding="utf-8")
+        os.replace(tmp, state_path)
+    except OSError:
+        pass  # a read-only index still serves from the rebuilt in-memory copy
+    return passages, articles
+
+
+def check_index(directory: Path) -> list[str]:
+    """Every disagreement between manifest, SQLite and vectors; empty when the index is sound.
+
+    Independent of any model: it compares what is on disk, including every FAISS vector against its stored copy.
+    """
+    directory = directory.absolute()
+    try:
+        manifest = read_manifest(directory)
+    except NewsdeskError as exc:
+        return [exc.message]
+    problems: list[str] = []
+    try:
+        store = Store(directory / SQLITE)
+    except NewsdeskError as exc:
+        return [exc.message]
+    try:
+        problems += store.integrity_problems()
+        if problems:
+            return problems
+        n_articles, n_passages = store.counts()
+        counts = manifest["counts"]
+        if counts.get("articles") != n_articles:
+            problems.append(f"manifest says {counts.get('articles')} articles, SQLite holds {n_articles}")
+        if counts.get("passages") != n_passages:
+            problems.append(f"manifest says {counts.get('passages')} passages, SQLite holds {n_passages}")
+        dim = int(manifest["model"]["dimension"])
+        for table in ("passages", "articles"):
+            for ids, vecs in store.iter_vectors(table):
+                if vecs.shape[1] != dim:
+                    problems.append(f"{table} {ids[0]}..: stored vectors have dimension {vecs.shape[1]}, not {dim}")
+                    break
+                norms = np.linalg.norm(vecs, axis=1)
+                bad = ids[np.abs(norms - 1.0) > 1e-3]
+                if len(bad):
+                    problems.append(f"{len(bad)} {table} vectors are not normalised (first id {bad[0]})")
+                    break
+        if problems:
+            return problems
+        problems += _check_faiss(directory, store, manifest)
+        return problems
+    finally:
+        store.close()
+
+
+def _check_faiss(directory: Path, store: Store, manifest: dict[str, Any]) -> list[str]:
+    state_path = directory / VECTORS_STATE
+    if not (directory / PASSAGE_VECTORS).is_file() or not state_path.is_file():
+        return []  # a missing cache is legal: it is rebuilt on open
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except ValueError:
+        return [f"{VECTORS_STATE} is unreadable"]
+    if state.get("generation") != store.generation():
+        return []  # stale caches are legal too: open rebuilds them
+    problems: list[str] = []
+    factory = str(manifest["faiss"]["factory"])
+    for table, fname, fac in (
+        ("passages", PASSAGE_VECTORS, factory),
+        ("articles", ARTICLE_VECTORS, ARTICLE_FACTORY),
+    ):
+        try:
+            vs = FaissVectorStore.load(directory / fname, fac)
+        except IndexCorrupt as exc:
+            problems.append(exc.message)
+            continue
+        stored_ids = np.concatenate([ids for ids, _ in store.iter_vectors(table)] or [np.zeros(0, np.int64)])
+        faiss_ids = vs.ids()
+        if not np.array_equal(np.sort(stored_ids), faiss_ids):
+            problems.append(f"{fname} holds {len(faiss_ids)} ids, SQLite {len(stored_ids)} {table}; they differ")
+            continue
+        if "Flat" in fac and "PQ" not in fac and "SQ" not in fac:
+            for ids, vecs in store.iter_vectors(table):
+                for i, v in zip(ids, vecs, strict=True):
+                    if not np.allclose(vs.reconstruct(int(i)), v, atol=1e-5):
+                        problems.append(f"{fname}: vector {i} differs from its stored embedding")
+                        return problems
+    return problems
+
+
+# -- atomic builds ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def building(target: Path) -> Iterator[Path]:
+    """Yield a fresh directory beside ``target``; on success make ``target`` point at it atomically.
+
+    ``target`` is a symlink to a versioned sibling (``.<name>.<id>``); swapping it is one ``rename``, so readers see
+    the old index or the new one, never a mix, and a crash mid-build leaves the old index untouched.
+    """
+    target = target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}"
+    work.mkdir()
+    try:
+        yield work
+        for f in work.iterdir():
+            if f.is_file():
+                _fsync(f)
+        _fsync(work)
+        swap_in(target, work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def swap_in(target: Path, new_dir: Path) -> None:
+    previous: Path | None = None
+    if target.is_symlink():
+        previous = target.parent / os.readlink(target)
+    elif target.exists():
+        if not target.is_dir():
+            raise NewsdeskError(f"{target} exists and is not an index directory")
+        # A plain directory (a copied index): move it aside under a versioned name first.
+        previous = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}"
+        os.rename(target, previous)
+    link_tmp = target.parent / f".{target.name}.link-{uuid.uuid4().hex[:8]}"
+    os.symlink(new_dir.name, link_tmp)
+    os.replace(link_tmp, target)
+    _fsync(target.parent)
+    if previous is not None and previous.resolve() != new_dir.resolve():
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,124 @@
+"""The plain data types shared by the build side and the query side.
+
+They are dataclasses, not ORM rows, so the service returns values the API and the CLI can serialise without
+knowing anything about SQLite or FAISS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PassageField = Literal["title", "body"]
+PARAGRAPH_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class Article:
+    """One news article. ``body`` is the paragraphs joined by a blank line; passage spans index into it."""
+
+    id: str
+    title: str
+    paragraphs: tuple[str, ...] = ()
+    date: str | None = None
+    source: str | None = None
+    url: str | None = None
+    tags: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def body(self) -> str:
+        return PARAGRAPH_SEPARATOR.join(self.paragraphs)
+
+    def content_hash(self) -> str:
+        """Hash of what a reader sees (headline and paragraphs), so copies under other ids compare equal."""
+        norm = json.dumps([" ".join(self.title.split()), [" ".join(p.split()) for p in self.paragraphs]])
+        return hashlib.sha256(norm.casefold().encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Passage:
+    """The unit that is embedded and ranked: ``text == (title if field == "title" else body)[start:end]``."""
+
+    id: int
+    article_id: str
+    position: int
+    field: PassageField
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ArticleRef:
+    """What a result shows of an article."""
+
+    id: str
+    title: str
+    date: str | None
+    source: str | None
+    url: str | None
+
+
+@dataclass(frozen=True)
+class Highlight:
+    """Character offsets of the answering sentence inside its passage's ``text``."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class PassageHit:
+    id: int
+    text: str
+    score: float
+    field: PassageField
+    highlight: Highlight
+
+
+@dataclass(frozen=True)
+class Related:
+    id: str
+    title: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    article: ArticleRef
+    score: float
+    passages: list[PassageHit]
+    related: list[Related]
+
+
+@dataclass(frozen=True)
+class SearchResponse:
+    query: str
+    total: int
+    results: list[SearchResult]
+    took_ms: float
+
+
+@dataclass(frozen=True)
+class SimilarResult:
+    article: ArticleRef
+    score: float
+
+
+@dataclass(frozen=True)
+class SimilarResponse:
+    article: ArticleRef
+    results: list[SimilarResult]
+
+
+@dataclass(frozen=True)
+class RankedPassage:
+    """A passage in a batch run: enough to write a TREC run and a passage file."""
+
+    article_id: str
+    passage_id: int
+    text: str
+    score: float

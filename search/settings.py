@@ -1,0 +1,100 @@
+"""Settings, declared once with their defaults and help text.
+
+Read from ``NEWSDESK_*`` environment variables and CLI flags at the edges only (``Settings.from_env`` and
+``Settings.replace``), then passed down as one immutable object, so no module reads the environment by itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from search.errors import InvalidInput
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a user can tune. Each field's ``help`` is what ``newsdesk --help`` and the README show."""
+
+    index_dir: Path = _setting(Path("index_data/sample"), "Index directory to build or serve.")
+    model: str = _setting(
+        DEFAULT_MODEL,
+        "sentence-transformers model name or local path; the default is the bundled all-MiniLM-L6-v2.",
+    )
+    threads: int = _setting(2, "Threads for torch, FAISS/OpenMP and tokenizers (this machine has 2 cores).")
+    batch_size: int = _setting(64, "Passages per embedding batch while indexing.")
+    max_passage_tokens: int = _setting(
+        200, "Split paragraphs longer than this many model tokens on sentence boundaries."
+    )
+    min_passage_chars: int = _setting(
+        60, "Paragraphs shorter than this (bylines, captions) merge with a neighbouring paragraph."
+    )
+    title_context: bool = _setting(
+        True, "Embed each body passage with its article's headline in front (the stored text stays exact)."
+    )
+    faiss_factory: str = _setting("IDMap2,Flat", "FAISS index_factory string for passage vectors.")
+    candidates: int = _setting(200, "Passages retrieved per query before grouping into articles.")
+    passages_per_result: int = _setting(3, "Best passages shown under each article.")
+    related_per_result: int = _setting(3, "Related stories listed under each search result.")
+    duplicate_threshold: float = _setting(
+        0.995, "Article-vector cosine at or above which two articles count as exact duplicates."
+    )
+    max_query_chars: int = _setting(1000, "Longest query accepted.")
+    max_k: int = _setting(100, "Largest k accepted by search and similar.")
+    query_cache_size: int = _setting(1024, "Recent query embeddings kept in memory.")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``NEWSDESK_<FIELD>`` variables, then explicit overrides (CLI flags)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"NEWSDESK_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, f.default, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validated()
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validated()
+
+    def validated(self) -> Settings:
+        positive = ("threads", "batch_size", "max_passage_tokens", "candidates", "max_k", "max_query_chars")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"setting {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("passages_per_result", "related_per_result", "min_passage_chars", "query_cache_size"):
+            if getattr(self, name) < 0:
+                raise InvalidInput(f"setting {name} must not be negative, got {getattr(self, name)}")
+        if not 0.0 < self.duplicate_threshold <= 1.0:
+            raise InvalidInput("setting duplicate_threshold must be in (0, 1]")
+        return self
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata["help"] for f in fields(cls)}
+
+
+def _parse(name: str, default: Any, raw: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+        return type(default)(raw)
+    except ValueError:
+        raise InvalidInput(f"NEWSDESK_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None

@@ -1,0 +1,261 @@
+"""SQLite, the source of truth: articles, passages, their float32 embeddings and a generation counter.
+
+Everything else in an index directory (the FAISS files) can be rebuilt from this one file. Connections are per
+thread because the WSGI server answers requests on several threads and sqlite3 connections must not be shared.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.errors import IndexCorrupt
+from search.models import Article, ArticleRef, Passage
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS articles (
+    aid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    paragraphs TEXT NOT NULL,
+    date TEXT,
+    source TEXT,
+    url TEXT,
+    tags TEXT NOT NULL,
+    extra TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS articles_hash ON articles(content_hash);
+CREATE INDEX IF NOT EXISTS articles_date ON articles(date);
+CREATE TABLE IF NOT EXISTS passages (
+    id INTEGER PRIMARY KEY,
+    aid INTEGER NOT NULL REFERENCES articles(aid) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    field TEXT NOT NULL CHECK (field IN ('title', 'body')),
+    start INTEGER NOT NULL,
+    "end" INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS passages_aid ON passages(aid, position);
+"""
+
+
+@dataclass(frozen=True)
+class StoredPassage:
+    """A passage row joined with its article's internal key."""
+
+    passage: Passage
+    aid: int
+
+
+@dataclass(frozen=True)
+class NewArticle:
+    """What the indexer writes for one article: the article, its passages and all their vectors."""
+
+    article: Article
+    passages: Sequence[tuple[int, str, int, int, str]]  # position, field, start, end, text
+    passage_vectors: np.ndarray
+    article_vector: np.ndarray
+
+
+class Store:
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        self.path = path
+        if not create and not path.is_file():
+            raise IndexCorrupt(f"{path.name} is missing from the index directory {path.parent}")
+        self._local = threading.local()
+        if create:
+            with self._conn() as conn:
+                conn.executescript(SCHEMA)
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=True)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.DatabaseError as exc:
+                raise IndexCorrupt(f"cannot open {self.path.name}: {exc}") from None
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    def add_articles(self, items: Iterable[NewArticle]) -> list[int]:
+        """Insert articles with their passages in one transaction and bump the generation; returns passage ids."""
+        conn = self._conn()
+        passage_ids: list[int] = []
+        with conn:
+            for item in items:
+                a = item.article
+                cur = conn.execute(
+                    "INSERT INTO articles (id, title, paragraphs, date, source, url, tags, extra, content_hash, "
+                    "vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        a.id,
+                        a.title,
+                        json.dumps(list(a.paragraphs), ensure_ascii=False),
+                        a.date,
+                        a.source,
+                        a.url,
+                        json.dumps(list(a.tags), ensure_ascii=False),
+                        json.dumps(a.extra, ensure_ascii=False, default=str),
+                        a.content_hash(),
+                        _blob(item.article_vector),
+                    ),
+                )
+                aid = cur.lastrowid
+                for (position, field, start, end, text), vec in zip(item.passages, item.passage_vectors, strict=True):
+                    cur = conn.execute(
+                        'INSERT INTO passages (aid, position, field, start, "end", text, vector) '
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (aid, position, field, start, end, text, _blob(vec)),
+                    )
+                    passage_ids.append(int(cur.lastrowid or 0))
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        return passage_ids
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def generation(self) -> int:
+        row = self._query_one("SELECT value FROM meta WHERE key = 'generation'")
+        return int(row[0]) if row else 0
+
+    def counts(self) -> tuple[int, int]:
+        a = self._query_one("SELECT COUNT(*) FROM articles")
+        p = self._query_one("SELECT COUNT(*) FROM passages")
+        return int(a[0]) if a else 0, int(p[0]) if p else 0
+
+    def newest_date(self) -> str | None:
+        row = self._query_one("SELECT MAX(date) FROM articles WHERE date IS NOT NULL AND date != ''")
+        return row[0] if row else None
+
+    def aid_of(self, article_id: str) -> int | None:
+        row = self._query_one("SELECT aid FROM articles WHERE id = ?", (article_id,))
+        return int(row[0]) if row else None
+
+    def article(self, aid: int) -> Article:
+        row = self._query_one(
+            "SELECT id, title, paragraphs, date, source, url, tags, extra FROM articles WHERE aid = ?", (aid,)
+        )
+        if row is None:
+            raise KeyError(aid)
+        return Article(
+            id=row[0],
+            title=row[1],
+            paragraphs=tuple(json.loads(row[2])),
+            date=row[3],
+            source=row[4],
+            url=row[5],
+            tags=tuple(json.loads(row[6])),
+            extra=json.loads(row[7]),
+        )
+
+    def article_refs(self, aids: Iterable[int]) -> dict[int, ArticleRef]:
+        out: dict[int, ArticleRef] = {}
+        for chunk in _chunks(list(dict.fromkeys(int(a) for a in aids)), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn().execute(
+                f"SELECT aid, id, title, date, source, url FROM articles WHERE aid IN ({marks})", chunk
+            )
+            for aid, id_, title, date, source, url in rows:
+                out[aid] = ArticleRef(id=id_, title=title, date=date, source=source, url=url)
+        return out
+
+    def content_hashes(self, aids: Iterable[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for chunk in _chunks(list(dict.fromkeys(int(a) for a in aids)), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn().execute(f"SELECT aid, content_hash FROM articles WHERE aid IN ({marks})", chunk)
+            out.update({int(aid): h for aid, h in rows})
+        return out
+
+    def article_vector(self, aid: int) -> np.ndarray:
+        row = self._query_one("SELECT vector FROM articles WHERE aid = ?", (aid,))
+        if row is None:
+            raise KeyError(aid)
+        return np.frombuffer(row[0], dtype=np.float32).copy()
+
+    def passages(self, ids: Iterable[int]) -> dict[int, StoredPassage]:
+        out: dict[int, StoredPassage] = {}
+        for chunk in _chunks(list(dict.fromkeys(int(i) for i in ids)), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn().execute(
+                f'SELECT p.id, p.aid, a.id, p.position, p.field, p.start, p."end", p.text '
+                f"FROM passages p JOIN articles a ON a.aid = p.aid WHERE p.id IN ({marks})",
+                chunk,
+            )
+            for pid, aid, article_id, position, field, start, end, text in rows:
+                out[pid] = StoredPassage(Passage(pid, article_id, position, field, start, end, text), aid)
+        return out
+
+    def passages_of(self, aid: int) -> list[Passage]:
+        rows = self._conn().execute(
+            'SELECT p.id, a.id, p.position, p.field, p.start, p."end", p.text FROM passages p '
+            "JOIN articles a ON a.aid = p.aid WHERE p.aid = ? ORDER BY p.position",
+            (aid,),
+        )
+        return [Passage(*row) for row in rows]
+
+    def iter_vectors(self, table: str, batch: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) batches of ``passages`` or ``articles``, in key order."""
+        key = {"passages": "id", "articles": "aid"}[table]
+        last = -1
+        while True:
+            rows = (
+                self._conn()
+                .execute(f"SELECT {key}, vector FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?", (last, batch))
+                .fetchall()
+            )
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+            yield ids, vecs
+            last = int(ids[-1])
+
+    def integrity_problems(self) -> list[str]:
+        try:
+            rows = self._conn().execute("PRAGMA integrity_check").fetchall()
+            orphans = self._query_one("SELECT COUNT(*) FROM passages WHERE aid NOT IN (SELECT aid FROM articles)")
+        except sqlite3.DatabaseError as exc:
+            return [f"{self.path.name}: {exc}"]
+        problems = [f"{self.path.name}: {r[0]}" for r in rows if r[0] != "ok"]
+        if orphans and orphans[0]:
+            problems.append(f"{orphans[0]} passages belong to no article")
+        return problems
+
+    def _query_one(self, sql: str, params: tuple[object, ...] = ()) -> tuple[Any, ...] | None:
+        try:
+            row: tuple[Any, ...] | None = self._conn().execute(sql, params).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorrupt(f"{self.path.name}: {exc}") from None
+        return row
+
+
+def _blob(vec: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vec, dtype=np.float32).tobytes()
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
