@@ -1,0 +1,138 @@
+"""The Flask application factory. Routes parse input, call one ``SearchService`` method and serialise.
+
+No app, model or index exists at import time: ``create_app`` builds them once per process (after a WSGI server
+has started its workers), or takes a ready ``SearchService`` (tests share one across many apps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from flask import Flask, Response, current_app, jsonify, request, send_from_directory
+from werkzeug.routing import BaseConverter
+
+from api.errors import error_response, register_error_handlers
+from search.errors import InvalidInput
+from search.models import Article
+from search.service import SearchService
+from search.settings import Settings
+
+STATIC = Path(__file__).parent / "static"
+
+
+class ArticleIdConverter(BaseConverter):
+    """Article ids are arbitrary strings: slashes (``business/001``, URLs), leading slashes, spaces, anything."""
+
+    regex = ".+?"
+    part_isolating = False
+
+
+def create_app(settings: Settings | None = None, service: SearchService | None = None) -> Flask:
+    app = Flask(__name__, static_folder=None)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+    app.url_map.converters["article_id"] = ArticleIdConverter
+    if service is None:
+        service = load_service(settings or Settings.from_env())
+    app.extensions["newsdesk"] = service
+    register_error_handlers(app)
+    app.before_request(_reject_bad_encoding)
+
+    app.add_url_rule("/", view_func=index_page)
+    app.add_url_rule("/api/health", view_func=health)
+    app.add_url_rule("/api/search", view_func=search)
+    app.add_url_rule("/api/article", view_func=article_by_query)
+    app.add_url_rule("/api/similar", view_func=similar_by_query)
+    app.add_url_rule("/api/articles/<article_id:article_id>/similar", view_func=similar)
+    app.add_url_rule("/api/articles/<article_id:article_id>", view_func=article)
+    return app
+
+
+def load_service(settings: Settings) -> SearchService:
+    """Load the model and open the index: the heavy, once-per-process step."""
+    from search.embedding import SentenceTransformerEmbedder
+    from search.index import open_index
+
+    embedder = SentenceTransformerEmbedder(settings.model, settings.threads)
+    return SearchService(open_index(settings.index_dir, embedder), embedder, settings)
+
+
+def _service() -> SearchService:
+    svc: SearchService = current_app.extensions["newsdesk"]
+    return svc
+
+
+def _reject_bad_encoding() -> Response | None:
+    """Werkzeug replaces undecodable bytes with U+FFFD silently; a search for mojibake should be an error."""
+    env = request.environ
+    try:
+        unquote_to_bytes(env.get("QUERY_STRING", "")).decode("utf-8")
+        env.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        return error_response(400, "bad_encoding", "the request URL is not valid UTF-8")
+    return None
+
+
+def _int_arg(name: str, default: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw.strip(), 10)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _str_arg(name: str) -> str:
+    value = request.args.get(name)
+    if value is None:
+        raise InvalidInput(f"the {name!r} parameter is required")
+    return value
+
+
+def serialize_article(a: Article) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "title": a.title,
+        "date": a.date,
+        "source": a.source,
+        "url": a.url,
+        "tags": list(a.tags),
+        "paragraphs": list(a.paragraphs),
+        "extra": a.extra,
+    }
+
+
+def index_page() -> Response:
+    return send_from_directory(STATIC, "index.html")
+
+
+def health() -> Response:
+    return jsonify(_service().health())
+
+
+def search() -> Response:
+    result = _service().search(_str_arg("q"), k=_int_arg("k", 10), offset=_int_arg("offset", 0))
+    return jsonify(dataclasses.asdict(result))
+
+
+def article(article_id: str) -> Response:
+    return jsonify(serialize_article(_service().article(article_id)))
+
+
+def similar(article_id: str) -> Response:
+    return jsonify(dataclasses.asdict(_service().similar(article_id, k=_int_arg("k", 10))))
+
+
+def article_by_query() -> Response:
+    """``/api/article?id=...``: for ids that end in ``/similar`` or that a client cannot put in a path."""
+    return article(_str_arg("id"))
+
+
+def similar_by_query() -> Response:
+    return similar(_str_arg("id"))

@@ -1,0 +1,248 @@
+"""The ``newsdesk`` command line: index, serve, search (single and batch), check.
+
+Heavy imports (torch, FAISS) happen inside commands, so ``newsdesk --help`` is instant. Every ``NewsdeskError``
+becomes one line on stderr and exit status 1; usage errors exit 2 as click does.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from search.errors import NewsdeskError, SourceError
+from search.settings import Settings
+
+HELP = Settings.help()
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NewsdeskError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
+
+
+def _index_option(f: Any) -> Any:
+    return click.option(
+        "--index",
+        "index_dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help=HELP["index_dir"] + " [env NEWSDESK_INDEX_DIR; default index_data/sample]",
+    )(f)
+
+
+def _model_option(f: Any) -> Any:
+    return click.option("--model", default=None, help=HELP["model"])(f)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """newsdesk: semantic search over news articles."""
+
+
+@main.command("index")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_index_option
+@_model_option
+@click.option("--batch-size", type=int, default=None, help=HELP["batch_size"])
+@click.option("--max-passage-tokens", type=int, default=None, help=HELP["max_passage_tokens"])
+@click.option("--min-passage-chars", type=int, default=None, help=HELP["min_passage_chars"])
+@click.option("--title-context/--no-title-context", default=None, help=HELP["title_context"])
+@click.option("--faiss-factory", default=None, help=HELP["faiss_factory"])
+@click.option("--threads", type=int, default=None, help=HELP["threads"])
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@click.option("--id-field", default=None, help="Source field holding the article id.")
+@click.option("--title-field", default=None, help="Source field holding the headline.")
+@click.option("--paragraphs-field", default=None, help="Source field holding a list of paragraphs.")
+@click.option("--text-field", default=None, help="Source field holding the body text (split into paragraphs).")
+@click.option("--date-field", default=None, help="Source field holding the publication date.")
+@click.option("--source-field", default=None, help="Source field holding the outlet name.")
+@click.option("--url-field", default=None, help="Source field holding the article URL.")
+@click.option("--tags-field", default=None, help="Source field holding tags or a category.")
+def index_cmd(sources: tuple[Path, ...], quiet: bool, **opts: Any) -> None:
+    """Build an index from SOURCES (.jsonl, .jsonl.gz, .csv, or directories of .txt/.md files)."""
+    from indexer.build import build_index
+    from indexer.sources import FieldMap, read_sources
+
+    fields = {k[: -len("_field")]: opts.pop(k) for k in list(opts) if k.endswith("_field")}
+    settings = Settings.from_env(**opts)
+    for s in sources:
+        if not s.exists():
+            raise SourceError(f"{s}: no such file or directory")
+    articles = read_sources(list(sources), FieldMap(**fields))
+    progress = None if not quiet else False
+    report = build_index(articles, settings.index_dir, settings, progress=progress, sources=[str(s) for s in sources])
+    if not quiet:
+        click.echo(
+            f"indexed {report.articles} articles, {report.passages} passages "
+            f"({report.embedded} embedded, {report.duplicate_ids} duplicate ids replaced) into {settings.index_dir}",
+            err=True,
+        )
+
+
+@main.command()
+@_index_option
+@_model_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Request threads of the WSGI server.")
+@click.option("--threads", type=int, default=None, help=HELP["threads"])
+def serve(host: str, port: int, workers: int, **opts: Any) -> None:
+    """Serve the API and the web page with waitress (a production WSGI server)."""
+    import waitress
+
+    from api.app import create_app
+
+    settings = Settings.from_env(**opts)
+    app = create_app(settings)
+    click.echo(f"serving {settings.index_dir} on http://{host}:{port}/", err=True)
+    waitress.serve(app, host=host, port=port, threads=workers, ident="newsdesk")
+
+
+@main.command()
+@click.argument("text", required=False)
+@_index_option
+@_model_option
+@click.option("--k", type=int, default=10, show_default=True, help="Results per query.")
+@click.option("--offset", type=int, default=0, show_default=True, help="Results to skip (paging).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full JSON response.")
+@click.option(
+    "--queries", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Batch mode: JSONL of queries."
+)
+@click.option("--run", "run_path", type=click.Path(path_type=Path, dir_okay=False), default=None, help="TREC run out.")
+@click.option("--passages", "passages_path", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option("--tag", default="newsdesk", show_default=True, help="Run tag in the TREC file.")
+@click.option("--threads", type=int, default=None, help=HELP["threads"])
+def search(
+    text: str | None,
+    k: int,
+    offset: int,
+    as_json: bool,
+    queries: Path | None,
+    run_path: Path | None,
+    passages_path: Path | None,
+    tag: str,
+    **opts: Any,
+) -> None:
+    """Search the index for TEXT, or run every query of --queries (batch mode, writes --run and --passages)."""
+    import dataclasses
+
+    from api.app import load_service
+
+    if (text is None) == (queries is None):
+        raise click.UsageError("give either a query TEXT or --queries FILE")
+    if queries is not None and run_path is None and passages_path is None:
+        raise click.UsageError("batch mode needs --run OUT.trec and/or --passages OUT.jsonl")
+    batch = _read_queries(queries) if queries is not None else None
+    service = load_service(Settings.from_env(**opts))
+    if batch is not None:
+        results = service.batch_search([t for _, t in batch], k)
+        _write_batch(batch, results, run_path, passages_path, tag)
+        return
+    assert text is not None
+    response = service.search(text, k=k, offset=offset)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(response), ensure_ascii=False, indent=2))
+        return
+    for rank, r in enumerate(response.results, offset + 1):
+        click.echo(f"{rank:>3}. [{r.score:.3f}] {r.article.title or r.article.id}  ({r.article.id})")
+        if r.passages:
+            p = r.passages[0]
+            click.echo(f"     {p.text[p.highlight.start : p.highlight.end]}")
+
+
+def _read_queries(path: Path) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: unreadable ({exc})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+        qid = row.get("_id", row.get("id")) if isinstance(row, dict) else None
+        text = row.get("text") if isinstance(row, dict) else None
+        if qid is None or not isinstance(text, str):
+            raise SourceError(f"{path}:{n}: a query row needs '_id' or 'id' and 'text'")
+        out.append((str(qid), text))
+    if not out:
+        raise SourceError(f"{path}: no queries")
+    return out
+
+
+def _write_batch(
+    batch: list[tuple[str, str]], results: list[Any], run: Path | None, passages: Path | None, tag: str
+) -> None:
+    if any(c.isspace() for c in tag):
+        raise click.UsageError("--tag must not contain whitespace")
+    for qid, _ in batch:
+        if any(c.isspace() for c in qid):
+            raise SourceError(f"query id {qid!r} contains whitespace, which a TREC run cannot hold")
+    if run is not None:
+        with _atomic_text(run) as fh:
+            for (qid, _), res in zip(batch, results, strict=True):
+                for rank, (doc, score) in enumerate(res.articles, 1):
+                    if any(c.isspace() for c in doc):
+                        raise SourceError(f"article id {doc!r} contains whitespace, which a TREC run cannot hold")
+                    fh.write(f"{qid} Q0 {doc} {rank} {score:.6f} {tag}\n")
+    if passages is not None:
+        with _atomic_text(passages) as fh:
+            for (qid, text), res in zip(batch, results, strict=True):
+                row = {
+                    "query_id": qid,
+                    "query": text,
+                    "passages": [
+                        {"article_id": p.article_id, "passage_id": p.passage_id, "text": p.text, "score": p.score}
+                        for p in res.passages
+                    ],
+                }
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+class _atomic_text:
+    """Write to a temporary file beside ``path`` and rename on success: a failed run leaves no half file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp")
+
+    def __enter__(self) -> Any:
+        self.fh = self.tmp.open("w", encoding="utf-8")
+        return self.fh
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.fh.close()
+        if exc_type is None:
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+@main.command()
+@_index_option
+def check(index_dir: Path | None) -> None:
+    """Check that manifest, SQLite and vectors agree. Exit 0 if sound, 1 with the problems listed."""
+    from search.index import check_index
+
+    settings = Settings.from_env(index_dir=index_dir)
+    problems = check_index(settings.index_dir)
+    if problems:
+        for p in problems:
+            click.echo(f"problem: {p}", err=True)
+        sys.exit(1)
+    click.echo(f"{settings.index_dir}: ok")
+
+
+if __name__ == "__main__":
+    main()
