@@ -1,0 +1,114 @@
+"""Shared fixtures: the real bundled model (small and fast), a fixture corpus index, the app, a client, a runner.
+
+The model and the fixture index are built once per session; tests that modify an index build their own copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from flask.testing import FlaskClient
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from api.app import create_app
+from indexer.build import build_index
+from indexer.sources import read_sources
+from search.embedding import SentenceTransformerEmbedder
+from search.index import open_index
+from search.service import SearchService
+from search.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CORPUS = FIXTURES / "corpus.jsonl"
+SAMPLE = ROOT / "index_data" / "sample.jsonl"
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder("all-MiniLM-L6-v2", threads=2)
+
+
+@pytest.fixture(scope="session")
+def corpus_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+    """The fixture corpus (ids with slashes, URLs, unicode; one exact duplicate) indexed once."""
+    target = tmp_path_factory.mktemp("idx") / "corpus"
+    build_index(read_sources([CORPUS]), target, Settings(index_dir=target), embedder, progress=False)
+    return target
+
+
+@pytest.fixture(scope="session")
+def sample_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+    """The bundled sample corpus (the North Korea article and 17 headlines) indexed once."""
+    target = tmp_path_factory.mktemp("idx") / "sample"
+    build_index(read_sources([SAMPLE]), target, Settings(index_dir=target), embedder, progress=False)
+    return target
+
+
+def make_service(index_dir: Path, embedder: SentenceTransformerEmbedder, **settings: Any) -> SearchService:
+    s = Settings(index_dir=index_dir, **settings)
+    return SearchService(open_index(index_dir, embedder), embedder, s)
+
+
+@pytest.fixture(scope="session")
+def service(corpus_index: Path, embedder: SentenceTransformerEmbedder) -> SearchService:
+    return make_service(corpus_index, embedder)
+
+
+@pytest.fixture(scope="session")
+def sample_service(sample_index: Path, embedder: SentenceTransformerEmbedder) -> SearchService:
+    return make_service(sample_index, embedder)
+
+
+@pytest.fixture
+def app(service: SearchService) -> Flask:
+    app = create_app(service=service)
+    app.config["TESTING"] = False  # exercise the real error handlers, as in production
+    return app
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def sample_client(sample_service: SearchService) -> FlaskClient:
+    return create_app(service=sample_service).test_client()
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def write_jsonl(tmp_path: Path) -> Iterator[Any]:
+    def write(name: str, rows: list[dict[str, Any]]) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    yield write
+
+
+def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """The one check for every API error: the status, a JSON body of the one error shape, and no HTML."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body  # type: ignore[no-any-return]
