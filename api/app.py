@@ -7,6 +7,7 @@ has started its workers), or takes a ready ``SearchService`` (tests share one ac
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -21,6 +22,7 @@ from search.service import SearchService
 from search.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
+_INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: int() would also take "+5", " 5" and "٣"
 
 
 class ArticleIdConverter(BaseConverter):
@@ -82,10 +84,9 @@ def _int_arg(name: str, default: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    try:
-        return int(raw.strip(), 10)
-    except ValueError:
-        raise InvalidInput(f"{name} must be an integer, got {raw!r}") from None
+    if not _INTEGER.fullmatch(raw):
+        raise InvalidInput(f"{name} must be an integer, got {raw!r}")
+    return int(raw)
 
 
 def _str_arg(name: str) -> str:

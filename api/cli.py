@@ -181,21 +181,27 @@ def _read_queries(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def trec_id(value: str) -> str:
+    """An id as one TREC field: whitespace and ``%`` percent-encoded, every other character kept.
+
+    TREC runs are whitespace-separated, so ``/leading slash & id`` must not reach one raw; ids without whitespace or
+    ``%`` (BEIR's, ``business/001``, URLs) come out unchanged, and ``urllib.parse.unquote`` reverses it.
+    """
+    return "".join(
+        "".join(f"%{b:02X}" for b in ch.encode("utf-8")) if ch.isspace() or ch == "%" else ch for ch in value
+    )
+
+
 def _write_batch(
     batch: list[tuple[str, str]], results: list[Any], run: Path | None, passages: Path | None, tag: str
 ) -> None:
-    if any(c.isspace() for c in tag):
-        raise click.UsageError("--tag must not contain whitespace")
-    for qid, _ in batch:
-        if any(c.isspace() for c in qid):
-            raise SourceError(f"query id {qid!r} contains whitespace, which a TREC run cannot hold")
+    if not tag or any(c.isspace() for c in tag):
+        raise click.UsageError("--tag must be one word without whitespace")
     if run is not None:
         with _atomic_text(run) as fh:
             for (qid, _), res in zip(batch, results, strict=True):
                 for rank, (doc, score) in enumerate(res.articles, 1):
-                    if any(c.isspace() for c in doc):
-                        raise SourceError(f"article id {doc!r} contains whitespace, which a TREC run cannot hold")
-                    fh.write(f"{qid} Q0 {doc} {rank} {score:.6f} {tag}\n")
+                    fh.write(f"{trec_id(qid)} Q0 {trec_id(doc)} {rank} {score:.6f} {tag}\n")
     if passages is not None:
         with _atomic_text(passages) as fh:
             for (qid, text), res in zip(batch, results, strict=True):

@@ -1,7 +1,8 @@
 """Related stories and more-like-this, from article vectors (the normalised mean of an article's passages).
 
 No text is re-embedded: the vectors were stored at build time. An article's exact duplicates (the same headline and
-paragraphs under another id, or a vector closer than the duplicate threshold) are never offered as "related".
+paragraphs under another id, or a vector closer than the duplicate threshold) are never offered as "related", and
+copies of one story are listed once.
 """
 
 from __future__ import annotations
@@ -32,12 +33,17 @@ class RelatedFinder:
             short = False
             for row, aid in enumerate(aids):
                 picked: list[tuple[int, float]] = []
+                seen = {hashes.get(aid)}
+                picked_vecs: list[np.ndarray] = []
                 for score, other in zip(scores[row], ids[row], strict=True):
                     other = int(other)
-                    if other < 0 or other == aid:
+                    if other < 0 or other == aid or score >= self._threshold or cand_hashes.get(other) in seen:
                         continue
-                    if cand_hashes.get(other) == hashes.get(aid) or score >= self._threshold:
-                        continue
+                    vec = self._store.article_vector(other)
+                    if any(float(vec @ v) >= self._threshold for v in picked_vecs):
+                        continue  # a copy of a story already listed: one entry per story
+                    seen.add(cand_hashes.get(other))
+                    picked_vecs.append(vec)
                     picked.append((other, float(score)))
                     if len(picked) == k:
                         break
