@@ -159,3 +159,20 @@ def test_health(service: SearchService) -> None:
     h = service.health()
     assert h["status"] == "ok" and h["articles"] == 8 and h["newest_date"] == "2024-04-11"
     assert h["model"] == "all-MiniLM-L6-v2"
+
+
+def test_concurrent_searches_from_many_threads(service: SearchService) -> None:
+    """The WSGI server answers on several threads: shared model, per-thread SQLite, one FAISS index."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = [f"{topic} {i}" for i in range(6) for topic in ("rain floods", "bank rates", "football", "batteries")]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda q: service.search(q, k=2), queries))
+    assert all(r.results for r in results)
+    assert {ids(r)[0] for r, q in zip(results, queries, strict=True) if q.startswith("football")} == {"sport/001"}
+
+
+def test_copies_of_one_story_are_listed_once(service: SearchService) -> None:
+    got = [r.article.id for r in service.similar("business/003", k=10).results]
+    assert len({"business/001", "copy-of-business-001"} & set(got)) == 1
+    assert got[0] in {"business/001", "copy-of-business-001"}

@@ -1,0 +1,431 @@
+"""The HTTP API end to end through Flask's test client, with the real model and real indexes.
+
+Every error is checked with ``assert_error``: one JSON shape, a 4xx status (5xx only for a genuine crash), no HTML.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api.app import create_app
+from search.chunking import sentence_spans
+from search.service import SearchService
+from tests.conftest import CORPUS, SAMPLE, assert_error
+
+RATES_QUERY = "interest rate increase by the central bank"
+BUSINESS_001 = {"business/001", "copy-of-business-001"}  # an exact duplicate pair: same headline and paragraphs
+LEADING_SLASH_ID = "/leading slash & ünïcode id"
+
+SEARCH_KEYS = {"query", "total", "results", "took_ms"}
+RESULT_KEYS = {"article", "score", "passages", "related"}
+ARTICLE_REF_KEYS = {"id", "title", "date", "source", "url"}
+PASSAGE_KEYS = {"id", "text", "score", "field", "highlight"}
+RELATED_KEYS = {"id", "title", "score"}
+ARTICLE_KEYS = {"id", "title", "date", "source", "url", "tags", "paragraphs", "extra"}
+
+
+def _records(path: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+CORPUS_RECORDS = _records(CORPUS)
+CORPUS_IDS = [r["id"] for r in CORPUS_RECORDS]
+
+
+def search_json(client: FlaskClient, q: str, **params: Any) -> dict[str, Any]:
+    response = client.get("/api/search", query_string={"q": q, **params})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body: dict[str, Any] = response.get_json()
+    return body
+
+
+def result_ids(body: dict[str, Any]) -> list[str]:
+    return [r["article"]["id"] for r in body["results"]]
+
+
+def is_descending(values: list[float]) -> bool:
+    return all(a >= b for a, b in itertools.pairwise(values))
+
+
+# -- /api/search ---------------------------------------------------------------------------------------------
+
+
+def test_search_response_has_exactly_the_documented_shape(client: FlaskClient) -> None:
+    body = search_json(client, RATES_QUERY, k=8)
+    assert set(body) == SEARCH_KEYS
+    assert body["query"] == RATES_QUERY
+    assert body["total"] == 8  # every article of the fixture corpus has a passage among the candidates
+    assert isinstance(body["took_ms"], int | float) and body["took_ms"] >= 0
+    assert len(body["results"]) == 8
+    for result in body["results"]:
+        assert set(result) == RESULT_KEYS
+        assert set(result["article"]) == ARTICLE_REF_KEYS
+        assert isinstance(result["score"], float)
+        assert 1 <= len(result["passages"]) <= 3
+        for p in result["passages"]:
+            assert set(p) == PASSAGE_KEYS
+            assert set(p["highlight"]) == {"start", "end"}
+            assert isinstance(p["id"], int) and isinstance(p["text"], str) and p["text"]
+            assert isinstance(p["score"], float)
+            assert p["field"] in ("title", "body")
+            assert isinstance(p["highlight"]["start"], int) and isinstance(p["highlight"]["end"], int)
+        for rel in result["related"]:
+            assert set(rel) == RELATED_KEYS
+            assert isinstance(rel["id"], str) and isinstance(rel["title"], str) and isinstance(rel["score"], float)
+        assert len(result["related"]) <= 3
+    # The article ref carries the real metadata of the indexed record.
+    first = body["results"][0]["article"]
+    assert first["id"] in BUSINESS_001
+    assert first["title"] == "Central bank raises interest rates to fight inflation"
+    assert first["date"] == "2024-03-14"
+
+
+def test_search_scores_are_descending_and_articles_are_unique(client: FlaskClient) -> None:
+    body = search_json(client, "inflation and interest rates", k=8)
+    scores = [r["score"] for r in body["results"]]
+    assert is_descending(scores)
+    assert len(set(result_ids(body))) == len(body["results"]) == 8
+    for r in body["results"]:
+        passage_scores = [p["score"] for p in r["passages"]]
+        assert is_descending(passage_scores)
+        assert r["score"] == passage_scores[0]  # an article ranks as its best passage
+        assert is_descending([rel["score"] for rel in r["related"]])
+
+
+def test_highlights_are_sentences_inside_their_passage(client: FlaskClient) -> None:
+    body = search_json(client, "how high did inflation get in February", k=8)
+    seen = 0
+    for result in body["results"]:
+        for p in result["passages"]:
+            start, end = p["highlight"]["start"], p["highlight"]["end"]
+            assert 0 <= start < end <= len(p["text"])
+            sentence = p["text"][start:end]
+            assert sentence.strip() == sentence and sentence
+            assert (start, end) in [(s.start, s.end) for s in sentence_spans(p["text"])]
+            seen += 1
+    assert seen >= 8
+    top = body["results"][0]["passages"][0]
+    assert top["text"][top["highlight"]["start"] : top["highlight"]["end"]] == (
+        "Officials said inflation, which reached 7 percent in February, remained far above the bank's 2 percent target."
+    )
+
+
+def test_passages_quote_their_article_exactly(client: FlaskClient) -> None:
+    body = search_json(client, "electric car batteries", k=8)
+    for result in body["results"]:
+        article = client.get("/api/article", query_string={"id": result["article"]["id"]}).get_json()
+        for p in result["passages"]:
+            if p["field"] == "title":
+                assert p["text"] == article["title"]
+            else:
+                assert p["text"] in "\n\n".join(article["paragraphs"])
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (RATES_QUERY, BUSINESS_001),
+        ("football match goals", {"sport/001"}),
+        ("cheaper batteries for electric vehicles", {"https://example.org/news/tech?id=7&lang=en"}),
+        ("villagers evacuated after a storm", {LEADING_SLASH_ID}),
+    ],
+)
+def test_search_ranks_by_meaning(client: FlaskClient, query: str, expected: set[str]) -> None:
+    body = search_json(client, query, k=3)
+    assert result_ids(body)[0] in expected
+
+
+def test_duplicate_pair_ranks_together_and_is_never_its_own_related(client: FlaskClient) -> None:
+    body = search_json(client, RATES_QUERY, k=3)
+    assert set(result_ids(body)[:2]) == BUSINESS_001
+    a, b = body["results"][:2]
+    assert a["score"] == b["score"]
+    for result in (a, b):
+        assert not BUSINESS_001 & {rel["id"] for rel in result["related"]}
+        assert result["related"][0]["id"] == "business/003"
+
+
+def test_k_and_offset_page_through_one_ranking(client: FlaskClient) -> None:
+    q = "news about money and prices"
+    full = search_json(client, q, k=6)
+    assert len(full["results"]) == 6
+    page = search_json(client, q, k=5, offset=1)
+    assert page["results"] == full["results"][1:]
+    assert search_json(client, q, k=2, offset=3)["results"] == full["results"][3:5]
+    assert len(search_json(client, q, k=1)["results"]) == 1
+    past_end = search_json(client, q, k=5, offset=8)
+    assert past_end["results"] == [] and past_end["total"] == 8
+
+
+def test_query_is_echoed_trimmed_and_1000_characters_are_accepted(client: FlaskClient) -> None:
+    assert search_json(client, "  football match goals \n")["query"] == "football match goals"
+    long_query = ("rates " * 200)[:999] + "x"
+    assert len(long_query) == 1000
+    body = search_json(client, long_query, k=1)
+    assert body["query"] == long_query and len(body["results"]) == 1
+    assert search_json(client, "rates", k=100)["total"] == 8  # k=100 is the inclusive upper bound
+
+
+# -- the bundled sample ----------------------------------------------------------------------------------------
+
+
+def test_sample_answers_why_north_korea_accuses_the_us(sample_client: FlaskClient) -> None:
+    body = search_json(sample_client, "why is NK accusing the US")
+    assert result_ids(body)[0] == "north-korea-accuses-us-asia-style-nato"
+    p = body["results"][0]["passages"][0]
+    sentence = p["text"][p["highlight"]["start"] : p["highlight"]["end"]]
+    assert "NATO" in sentence or "hostility" in sentence
+
+
+def test_sample_similar_to_a_honduras_headline_is_the_other_honduras_story(sample_client: FlaskClient) -> None:
+    by_title = {r["title"]: r["id"] for r in _records(SAMPLE)}
+    article_id = by_title["Honduras Election Turmoil Intensifies as Nasralla Blames Trump for Shift in Results"]
+    response = sample_client.get(f"/api/articles/{quote(article_id, safe='')}/similar")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["article"]["id"] == article_id
+    assert body["results"][0]["article"]["title"] == (
+        "Honduras Election Turmoil Deepens as Nasralla Alleges Fraud in Tight Presidential Race"
+    )
+
+
+# -- /api/articles/<id>, /api/article?id= ------------------------------------------------------------------------
+
+
+def expected_article(record: dict[str, Any]) -> dict[str, Any]:
+    tags = record.get("tags") or ([record["category"]] if "category" in record else [])
+    return {
+        "id": record["id"],
+        "title": record["title"],
+        "date": record["date"],
+        "source": record["source"],
+        "url": record.get("url"),
+        "tags": tags,
+        "paragraphs": record["paragraphs"],
+    }
+
+
+@pytest.mark.parametrize("record", CORPUS_RECORDS, ids=CORPUS_IDS)
+@pytest.mark.parametrize("safe", ["", "/"], ids=["all-encoded", "raw-slashes"])
+def test_article_by_path_for_every_id(client: FlaskClient, record: dict[str, Any], safe: str) -> None:
+    response = client.get("/api/articles/" + quote(record["id"], safe=safe))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == ARTICLE_KEYS
+    assert {k: body[k] for k in expected_article(record)} == expected_article(record)
+
+
+@pytest.mark.parametrize("record", CORPUS_RECORDS, ids=CORPUS_IDS)
+def test_article_and_similar_by_query_parameter(client: FlaskClient, record: dict[str, Any]) -> None:
+    response = client.get("/api/article", query_string={"id": record["id"]})
+    assert response.status_code == 200
+    assert {k: response.get_json()[k] for k in expected_article(record)} == expected_article(record)
+    by_query = client.get("/api/similar", query_string={"id": record["id"], "k": 4})
+    by_path = client.get(f"/api/articles/{quote(record['id'], safe='')}/similar?k=4")
+    assert by_query.status_code == by_path.status_code == 200
+    assert by_query.get_json() == by_path.get_json()
+    assert by_query.get_json()["article"]["id"] == record["id"]
+
+
+def test_article_metadata_survives_indexing(client: FlaskClient) -> None:
+    tech = client.get("/api/article", query_string={"id": "https://example.org/news/tech?id=7&lang=en"}).get_json()
+    assert tech["date"] == "2024-02-01T09:30:00+00:00"
+    assert tech["tags"] == ["tech", "energy"]
+    assert tech["url"] is None  # the id looks like a URL, but the record has no url field
+    assert client.get("/api/articles/business/001").get_json()["extra"] == {}
+
+
+# -- /api/articles/<id>/similar ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("safe", ["", "/"], ids=["all-encoded", "raw-slashes"])
+@pytest.mark.parametrize("record", CORPUS_RECORDS, ids=CORPUS_IDS)
+def test_similar_excludes_itself_and_exact_duplicates(client: FlaskClient, record: dict[str, Any], safe: str) -> None:
+    article_id = record["id"]
+    response = client.get(f"/api/articles/{quote(article_id, safe=safe)}/similar")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"article", "results"}
+    assert set(body["article"]) == ARTICLE_REF_KEYS and body["article"]["id"] == article_id
+    got = [r["article"]["id"] for r in body["results"]]
+    for r in body["results"]:
+        assert set(r) == {"article", "score"} and set(r["article"]) == ARTICLE_REF_KEYS
+    assert article_id not in got
+    assert len(got) == len(set(got))
+    assert is_descending([r["score"] for r in body["results"]])
+    if article_id in BUSINESS_001:
+        assert not BUSINESS_001 & set(got)
+        assert len(got) == 6  # 8 articles minus itself and its copy
+        assert got[0] == "business/003"
+    else:
+        # every other story once: the two copies of the rates story count as one entry
+        assert len(BUSINESS_001 & set(got)) == 1
+        assert set(got) | BUSINESS_001 == set(CORPUS_IDS) - {article_id} | BUSINESS_001
+        assert len(got) == 6
+
+
+def test_similar_respects_k(client: FlaskClient) -> None:
+    full = client.get("/api/articles/sport/001/similar").get_json()["results"]
+    for k in (1, 2, 5):
+        body = client.get(f"/api/articles/sport/001/similar?k={k}").get_json()
+        assert body["results"] == full[:k]
+    assert len(client.get("/api/similar", query_string={"id": "business/003", "k": 3}).get_json()["results"]) == 3
+
+
+# -- /api/health and / -----------------------------------------------------------------------------------------
+
+
+def test_health(client: FlaskClient) -> None:
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ok"
+    assert body["index"] == "corpus"
+    assert body["model"] == "all-MiniLM-L6-v2"
+    assert body["dimension"] == 384
+    assert body["articles"] == 8
+    assert body["passages"] > 8  # a headline passage per article plus body passages
+    assert body["newest_date"] == "2024-04-11"
+
+
+def test_index_page_is_html_with_a_search_form(client: FlaskClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    assert "<form" in html and 'name="q"' in html
+
+
+# -- errors --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "code"),
+    [
+        ("/api/search", 400, "invalid_input"),
+        ("/api/search?q=", 400, "invalid_input"),
+        ("/api/search?q=%20%09%20", 400, "invalid_input"),
+        ("/api/search?q=" + "a" * 1001, 400, "invalid_input"),
+        ("/api/search?q=rates&k=0", 400, "invalid_input"),
+        ("/api/search?q=rates&k=101", 400, "invalid_input"),
+        ("/api/search?q=rates&k=abc", 400, "invalid_input"),
+        ("/api/search?q=rates&k=1.5", 400, "invalid_input"),
+        ("/api/search?q=rates&k=%2B5", 400, "invalid_input"),
+        ("/api/search?q=rates&k=%D9%A3", 400, "invalid_input"),
+        ("/api/search?q=rates&k=%205", 400, "invalid_input"),
+        ("/api/search?q=rates&k=99999999999999999999999", 400, "invalid_input"),
+        ("/api/search?q=rates&k=", 400, "invalid_input"),
+        ("/api/search?q=rates&offset=-1", 400, "invalid_input"),
+        ("/api/search?q=rates&offset=x", 400, "invalid_input"),
+        ("/api/search?q=rates&offset=10001", 400, "invalid_input"),
+        ("/api/search?q=a%00b", 400, "invalid_input"),
+        ("/api/articles/no-such-article", 404, "not_found"),
+        ("/api/articles/business/999", 404, "not_found"),
+        ("/api/articles/no-such-article/similar", 404, "not_found"),
+        ("/api/articles/business/999/similar", 404, "not_found"),
+        ("/api/article?id=no-such-article", 404, "not_found"),
+        ("/api/similar?id=no-such-article", 404, "not_found"),
+        ("/api/article", 400, "invalid_input"),
+        ("/api/similar", 400, "invalid_input"),
+        ("/api/articles/business/001/similar?k=0", 400, "invalid_input"),
+        ("/api/articles/business/001/similar?k=101", 400, "invalid_input"),
+        ("/api/articles/business/001/similar?k=two", 400, "invalid_input"),
+        ("/api/nothing-here", 404, "not_found"),
+        ("/api/articles", 404, "not_found"),
+        ("/api/search?q=%FF%FE", 400, "bad_encoding"),
+        ("/api/search?q=rates&lang=%C3", 400, "bad_encoding"),
+    ],
+)
+def test_bad_requests_get_the_json_error_shape(client: FlaskClient, url: str, status: int, code: str) -> None:
+    assert_error(client.get(url), status, code)
+
+
+def test_error_messages_name_the_problem(client: FlaskClient) -> None:
+    assert "1001" in assert_error(client.get("/api/search?q=" + "a" * 1001), 400)["error"]["message"]
+    assert "'abc'" in assert_error(client.get("/api/search?q=x&k=abc"), 400)["error"]["message"]
+    missing = assert_error(client.get("/api/articles/business/999"), 404)["error"]["message"]
+    assert "business/999" in missing
+
+
+@pytest.mark.parametrize("url", ["/api/search?q=rates", "/api/articles/business/001", "/api/health"])
+def test_wrong_method_is_405_with_allow(client: FlaskClient, url: str) -> None:
+    response = client.post(url)
+    assert_error(response, 405, "method_not_allowed")
+    assert "GET" in {m.strip() for m in response.headers["Allow"].split(",")}
+
+
+@pytest.mark.parametrize("path", ["/api/articles/\xff", "/api/articles/\xff\xfe/similar", "/api/articles/ok\xc3"])
+def test_bad_utf8_in_the_path_is_400(client: FlaskClient, path: str) -> None:
+    # A WSGI server (PEP 3333) hands the app the URL's raw bytes as a latin-1 string. Werkzeug's test client cannot
+    # produce that from a URL: it percent-decodes "/api/articles/%FF" with errors="replace" (U+FFFD) before the app
+    # runs, so the environ is set directly here; test_bad_utf8_over_a_real_server sends the raw URL to waitress.
+    response = client.get("/", environ_overrides={"PATH_INFO": path})
+    assert_error(response, 400, "bad_encoding")
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[int]:
+    import waitress
+
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=1)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield int(server.effective_port)
+    finally:
+        server.close()
+        thread.join(timeout=10)
+
+
+def raw_get(port: int, target: bytes) -> tuple[int, str, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET " + target + b" HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers.get("Content-Type", ""), body
+
+
+def test_bad_utf8_over_a_real_server(live_server: int) -> None:
+    for target in (b"/api/articles/%FF", b"/api/articles/%FF/similar", b"/api/search?q=%FF%FE"):
+        status, ctype, body = raw_get(live_server, target)
+        assert (status, ctype) == (400, "application/json"), (target, status, body)
+        assert json.loads(body)["error"]["code"] == "bad_encoding"
+    status, _, body = raw_get(live_server, b"/api/articles/" + quote(LEADING_SLASH_ID, safe="").encode())
+    assert status == 200 and json.loads(body)["id"] == LEADING_SLASH_ID
+
+
+def test_unexpected_exception_is_a_json_500(
+    service: SearchService, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fresh = SearchService(service.index, service.embedder, service.settings)
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(fresh, "search", boom)
+    monkeypatch.setattr(fresh, "article", boom)
+    client = create_app(service=fresh).test_client()
+    with caplog.at_level(logging.ERROR, logger="newsdesk.api"):
+        for url in ("/api/search?q=rates", "/api/articles/business/001"):
+            body = assert_error(client.get(url), 500, "internal_error")
+            assert "secret internal detail" not in body["error"]["message"]
+    logged = [r for r in caplog.records if r.name == "newsdesk.api" and r.exc_info]
+    assert len(logged) == 2 and isinstance(logged[0].exc_info[1], RuntimeError)  # type: ignore[index]
+    # The other routes of the same app still work.
+    assert client.get("/api/health").status_code == 200

@@ -1,0 +1,488 @@
+"""The ``newsdesk`` command line through click's CliRunner: index every source format, search, batch runs, check.
+
+Each ``index`` or ``search`` invocation loads the model again (cheap once torch is imported: well under a second),
+so the number of invocations is kept small.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+import shutil
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+from click.testing import CliRunner, Result
+
+from api.cli import main, trec_id
+from search.embedding import SentenceTransformerEmbedder
+from search.service import SearchService
+from tests.conftest import CORPUS, make_service
+
+CORPUS_IDS = {json.loads(line)["id"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()}
+RANKED_LINE = re.compile(r"^\s*(\d+)\. \[(-?\d+\.\d{3})\] (.+)  \((.+)\)$")
+
+
+def invoke(runner: CliRunner, *args: str | Path) -> Result:
+    return runner.invoke(main, [str(a) for a in args], catch_exceptions=True)
+
+
+def assert_ok(result: Result) -> None:
+    assert result.exit_code == 0, result.output
+    assert result.exception is None, result.output
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> str:
+    """Exit 1 through the CLI's own error path (SystemExit, not a crash), one ``error:`` line, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    errors = result.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def index_ids(index_dir: Path) -> dict[str, tuple[str, list[str]]]:
+    """id -> (title, paragraphs), read from the SQLite store, the index's source of truth."""
+    with closing(sqlite3.connect(index_dir / "newsdesk.sqlite")) as conn:
+        rows = conn.execute("SELECT id, title, paragraphs FROM articles").fetchall()
+    return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+
+
+def top_id(index_dir: Path, embedder: SentenceTransformerEmbedder, query: str) -> str:
+    service: SearchService = make_service(index_dir, embedder)
+    try:
+        return service.search(query, k=1).results[0].article.id
+    finally:
+        service.index.close()
+
+
+def check_passes(runner: CliRunner, index_dir: Path) -> None:
+    result = invoke(runner, "check", "--index", index_dir)
+    assert_ok(result)
+    assert result.stdout.strip().endswith(": ok")
+    assert result.stderr == ""
+
+
+# -- index: every source format --------------------------------------------------------------------------------
+
+
+def test_index_jsonl_then_check(
+    runner: CliRunner, write_jsonl: Any, tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    source = write_jsonl(
+        "news.jsonl",
+        [
+            {
+                "id": "w1",
+                "title": "Volcano erupts near island town",
+                "text": "Lava and ash forced the island's "
+                "residents to leave their homes as the volcano erupted overnight.",
+                "date": "2024-05-02",
+            },
+            {
+                "id": "w2",
+                "title": "Chess champion retains title",
+                "paragraphs": [
+                    "The reigning champion won the deciding game of the match after six hours of play.",
+                    "It is her third title in a row.",
+                ],
+            },
+            {
+                "id": "w3",
+                "headline": "Bakery wins prize for sourdough bread",
+                "body": "A small bakery was named "
+                "the best in the country for its sourdough loaves.\n\nQueues now start at dawn.",
+            },
+        ],
+    )
+    target = tmp_path / "idx"
+    result = invoke(runner, "index", source, "--index", target)
+    assert_ok(result)
+    assert "indexed 3 articles" in result.stderr
+    check_passes(runner, target)
+    stored = index_ids(target)
+    assert set(stored) == {"w1", "w2", "w3"}
+    assert stored["w3"] == (
+        "Bakery wins prize for sourdough bread",
+        ["A small bakery was named the best in the country for its sourdough loaves.", "Queues now start at dawn."],
+    )
+    assert top_id(target, embedder, "lava from an eruption") == "w1"
+
+
+def test_index_gzipped_jsonl_then_check(
+    runner: CliRunner, tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    source = tmp_path / "news.jsonl.gz"
+    rows = [
+        {
+            "_id": "g1",
+            "title": "Heatwave breaks temperature records",
+            "text": "Temperatures passed 40 degrees in several cities, breaking records set a decade ago.",
+        },
+        {
+            "_id": "g2",
+            "title": "Orchestra tours South America",
+            "text": "The national orchestra begins a twelve-concert tour of South America next month.",
+        },
+    ]
+    with gzip.open(source, "wt", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    target = tmp_path / "idx"
+    assert_ok(invoke(runner, "index", source, "--index", target, "--quiet"))
+    check_passes(runner, target)
+    assert set(index_ids(target)) == {"g1", "g2"}
+    assert top_id(target, embedder, "hot weather") == "g1"
+
+
+def test_index_csv_with_mapped_fields_then_check(
+    runner: CliRunner, tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    source = tmp_path / "feed.csv"
+    with source.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["ref", "headline_text", "story", "published"])
+        writer.writerow(
+            [
+                "c-1",
+                "Rail strike halts trains",
+                "Train drivers walked out on Monday.\n\nCommuters "
+                "faced long delays, with most services cancelled across the region.",
+                "2024-06-01",
+            ]
+        )
+        writer.writerow(
+            [
+                "c-2",
+                "Museum returns stolen painting",
+                "A painting stolen forty years ago has been "
+                "returned to the museum, which will put it on display in the spring.",
+                "2024-06-03",
+            ]
+        )
+    target = tmp_path / "idx"
+    result = invoke(
+        runner, "index", source, "--index", target, "--quiet",
+        "--id-field", "ref", "--title-field", "headline_text", "--text-field", "story",
+    )  # fmt: skip
+    assert_ok(result)
+    assert result.output == ""  # --quiet: no summary
+    check_passes(runner, target)
+    stored = index_ids(target)
+    assert stored == {
+        "c-1": (
+            "Rail strike halts trains",
+            [
+                "Train drivers walked out on Monday.",
+                "Commuters faced long delays, with most services cancelled across the region.",
+            ],
+        ),
+        "c-2": (
+            "Museum returns stolen painting",
+            [
+                "A painting stolen forty years ago has been returned to the museum, "
+                "which will put it on display in the spring."
+            ],
+        ),
+    }
+    assert top_id(target, embedder, "artwork recovered after theft") == "c-2"
+
+
+def test_index_directory_of_text_files_then_check(
+    runner: CliRunner, tmp_path: Path, embedder: SentenceTransformerEmbedder
+) -> None:
+    root = tmp_path / "news"
+    (root / "world").mkdir(parents=True)
+    (root / "culture").mkdir()
+    (root / "world" / "001.txt").write_text(
+        "Earthquake shakes coastal city\n\nBuildings swayed as a strong earthquake struck the coast on Tuesday.\n"
+        "No injuries were reported.\n",
+        encoding="utf-8",
+    )
+    (root / "world" / "002.txt").write_text(
+        "\n\nFarmers protest over grain prices\nHundreds of tractors blocked roads into the capital as farmers "
+        "protested against falling grain prices.\n",
+        encoding="utf-8",
+    )
+    (root / "culture" / "review.md").write_text(
+        "# Film review: a quiet drama about two sisters\n\nThe film follows two sisters who inherit a farm and "
+        "must decide whether to sell it.\n",
+        encoding="utf-8",
+    )
+    (root / "world" / "notes.json").write_text('{"not": "an article"}', encoding="utf-8")  # ignored
+    target = tmp_path / "idx"
+    assert_ok(invoke(runner, "index", root, "--index", target, "--quiet"))
+    check_passes(runner, target)
+    stored = index_ids(target)
+    assert set(stored) == {"world/001", "world/002", "culture/review"}
+    assert stored["world/001"][0] == "Earthquake shakes coastal city"
+    assert stored["world/002"][0] == "Farmers protest over grain prices"  # leading blank lines skipped
+    assert stored["culture/review"][0] == "Film review: a quiet drama about two sisters"  # markdown '#' removed
+    assert top_id(target, embedder, "tremor hits the seaside") == "world/001"
+
+
+# -- index: errors -------------------------------------------------------------------------------------------------
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file() and p.suffix != ".sqlite-shm"}
+
+
+@pytest.mark.parametrize("case", ["missing", "malformed", "unknown-format", "no-articles"])
+def test_index_errors_are_one_line_and_change_nothing(
+    runner: CliRunner, tmp_path: Path, corpus_index: Path, case: str
+) -> None:
+    if case == "missing":
+        source, fragments = tmp_path / "nope.jsonl", ["nope.jsonl", "no such file"]
+    elif case == "malformed":
+        source = tmp_path / "bad.jsonl"
+        source.write_text('{"id": "a", "title": "Fine"}\n\n{"id": "b", "title": oops}\n', encoding="utf-8")
+        fragments = ["bad.jsonl:3:", "invalid JSON"]
+    elif case == "unknown-format":
+        source = tmp_path / "feed.xml"
+        source.write_text("<rss><item><title>A story</title></item></rss>", encoding="utf-8")
+        fragments = ["feed.xml", "unknown source format"]
+    else:
+        source = tmp_path / "empty.jsonl"
+        source.write_text('{"id": "e1"}\n{"id": "e2", "title": "   ", "text": ""}\n', encoding="utf-8")
+        fragments = ["no articles"]
+    target = tmp_path / "idx"
+    if case == "no-articles":
+        # Into an existing index (a plain directory, as a copied index is): it must survive untouched.
+        shutil.copytree(corpus_index, target, symlinks=False)
+        before = snapshot(target)
+        assert_one_line_error(invoke(runner, "index", source, "--index", target), *fragments)
+        assert target.is_dir() and not target.is_symlink()
+        assert snapshot(target) == before
+        check_passes(runner, target)
+    else:
+        assert_one_line_error(invoke(runner, "index", source, "--index", target), *fragments)
+        assert not target.exists() and not target.is_symlink()
+    assert not list(tmp_path.glob(".idx*"))  # no half-built working directory either
+
+
+# -- search: one query -------------------------------------------------------------------------------------------
+
+
+def test_search_prints_ranked_lines(runner: CliRunner, corpus_index: Path, service: SearchService) -> None:
+    query = "central bank raises interest rates"
+    result = invoke(runner, "search", query, "--index", corpus_index, "--k", "3")
+    assert_ok(result)
+    lines = result.stdout.splitlines()
+    ranked = [m for m in map(RANKED_LINE.match, lines) if m]
+    assert [int(m.group(1)) for m in ranked] == [1, 2, 3]
+    assert len(lines) == 6  # each ranked line is followed by its highlighted sentence
+    scores = [float(m.group(2)) for m in ranked]
+    assert scores == sorted(scores, reverse=True)
+    expected = service.search(query, k=3).results
+    assert [m.group(4) for m in ranked] == [r.article.id for r in expected]
+    assert {m.group(4) for m in ranked[:2]} == {"business/001", "copy-of-business-001"}
+    assert [m.group(3) for m in ranked] == [r.article.title for r in expected]
+    p = expected[0].passages[0]
+    assert lines[1].strip() == p.text[p.highlight.start : p.highlight.end]
+
+
+def test_search_json_has_the_api_shape(runner: CliRunner, corpus_index: Path, service: SearchService) -> None:
+    result = invoke(runner, "search", "football match goals", "--index", corpus_index, "--k", "3", "--json")
+    assert_ok(result)
+    body = json.loads(result.stdout)
+    assert set(body) == {"query", "total", "results", "took_ms"}
+    assert body["query"] == "football match goals" and body["total"] == 8
+    assert len(body["results"]) == 3
+    assert body["results"][0]["article"]["id"] == "sport/001"
+    for r in body["results"]:
+        assert set(r) == {"article", "score", "passages", "related"}
+        assert set(r["article"]) == {"id", "title", "date", "source", "url"}
+        for p in r["passages"]:
+            assert set(p) == {"id", "text", "score", "field", "highlight"}
+            assert 0 <= p["highlight"]["start"] < p["highlight"]["end"] <= len(p["text"])
+        for rel in r["related"]:
+            assert set(rel) == {"id", "title", "score"}
+    expected = service.search("football match goals", k=3).results
+    assert [r["article"]["id"] for r in body["results"]] == [r.article.id for r in expected]
+    assert [r["score"] for r in body["results"]] == pytest.approx([r.score for r in expected], abs=1e-5)
+
+
+def test_search_a_missing_index_is_a_one_line_error(runner: CliRunner, tmp_path: Path) -> None:
+    result = invoke(runner, "search", "anything", "--index", tmp_path / "no-index-here")
+    assert_one_line_error(result, "no index at", "no-index-here")
+
+
+# -- search: batch mode ------------------------------------------------------------------------------------------
+
+
+def read_trec(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_batch_search_writes_a_trec_run_and_passages(
+    runner: CliRunner, corpus_index: Path, write_jsonl: Any, tmp_path: Path
+) -> None:
+    # Queries whose top 5 avoid "/leading slash & ünïcode id": a TREC run cannot hold an id with spaces (see below).
+    queries = write_jsonl(
+        "q.jsonl",
+        [
+            {"_id": "q1", "text": "central bank raises interest rates"},
+            {"id": "q2", "text": "striker scores twice"},
+            {"_id": 3, "text": "cheaper batteries for electric cars"},
+            {"id": "q4", "text": "stock market shares fall", "extra": "ignored"},
+        ],
+    )
+    run, passages = tmp_path / "out.trec", tmp_path / "out.jsonl"
+    result = invoke(
+        runner,
+        "search",
+        "--index",
+        corpus_index,
+        "--queries",
+        queries,
+        "--k",
+        "5",
+        "--run",
+        run,
+        "--passages",
+        passages,
+    )
+    assert_ok(result)
+    rows = read_trec(run)
+    assert {r[0] for r in rows} == {"q1", "q2", "3", "q4"}
+    by_query: dict[str, list[list[str]]] = {}
+    for r in rows:
+        assert len(r) == 6, r
+        assert r[1] == "Q0" and r[5] == "newsdesk"
+        assert r[2] in CORPUS_IDS
+        by_query.setdefault(r[0], []).append(r)
+    for qid, docs in by_query.items():
+        assert 1 <= len(docs) <= 5
+        assert [int(d[3]) for d in docs] == list(range(1, len(docs) + 1)), qid
+        scores = [float(d[4]) for d in docs]
+        assert scores == sorted(scores, reverse=True), qid
+        assert len({d[2] for d in docs}) == len(docs)
+    assert by_query["q1"][0][2] in {"business/001", "copy-of-business-001"}
+    assert by_query["q2"][0][2] == "sport/001"
+    assert by_query["3"][0][2] == "https://example.org/news/tech?id=7&lang=en"
+
+    lines = passages.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4
+    prows = [json.loads(line) for line in lines]
+    assert [p["query_id"] for p in prows] == ["q1", "q2", "3", "q4"]
+    assert prows[1]["query"] == "striker scores twice"
+    for prow in prows:
+        assert prow["passages"]
+        for p in prow["passages"]:
+            assert set(p) == {"article_id", "passage_id", "text", "score"}
+            assert p["article_id"] in CORPUS_IDS and isinstance(p["passage_id"], int) and p["text"]
+        assert [p["score"] for p in prow["passages"]] == sorted((p["score"] for p in prow["passages"]), reverse=True)
+    assert prows[1]["passages"][0]["article_id"] == "sport/001"
+
+
+def test_batch_with_a_bad_query_row_fails_before_writing(
+    runner: CliRunner, corpus_index: Path, write_jsonl: Any, tmp_path: Path
+) -> None:
+    queries = write_jsonl("q.jsonl", [{"_id": "q1", "text": "rates"}, {"_id": "q2", "query": "no text field"}])
+    run = tmp_path / "out.trec"
+    result = invoke(runner, "search", "--index", corpus_index, "--queries", queries, "--k", "5", "--run", run)
+    assert_one_line_error(result, "q.jsonl:2:", "'text'")
+    assert not run.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.jsonl"]
+
+
+def test_batch_run_encodes_ids_holding_whitespace(
+    runner: CliRunner, corpus_index: Path, write_jsonl: Any, tmp_path: Path
+) -> None:
+    # "/leading slash & ünïcode id" would split into several TREC fields: whitespace and % are percent-encoded.
+    queries = write_jsonl("q.jsonl", [{"_id": "q 1", "text": "residents evacuated after flooding"}])
+    run, passages = tmp_path / "out.trec", tmp_path / "out.jsonl"
+    result = invoke(
+        runner,
+        "search",
+        "--index",
+        corpus_index,
+        "--queries",
+        queries,
+        "--k",
+        "8",
+        "--run",
+        run,
+        "--passages",
+        passages,
+    )
+    assert_ok(result)
+    rows = read_trec(run)
+    assert all(len(r) == 6 for r in rows)
+    assert rows[0][:3] == ["q%201", "Q0", "/leading%20slash%20&%20ünïcode%20id"]
+    assert {unquote(r[2]) for r in rows} <= CORPUS_IDS
+    first = json.loads(passages.read_text(encoding="utf-8"))
+    assert first["query_id"] == "q 1"  # JSON holds the id as it is
+    assert first["passages"][0]["article_id"] == "/leading slash & ünïcode id"
+
+
+def test_trec_id_leaves_ordinary_ids_alone() -> None:
+    assert trec_id("business/001") == "business/001"
+    assert trec_id("https://e.x/a?b=1&c=2") == "https://e.x/a?b=1&c=2"
+    assert trec_id("50% off\tnow") == "50%25%20off%09now"
+    assert unquote(trec_id("a b%c")) == "a b%c"
+
+
+# -- check ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def index_copy(corpus_index: Path, tmp_path: Path, runner: CliRunner) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(corpus_index, copy, symlinks=False)
+    check_passes(runner, copy)  # the copy is sound before each test damages it
+    return copy
+
+
+def problems(result: Result) -> list[str]:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    found = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
+    assert found, result.stderr
+    return found
+
+
+def test_check_detects_edited_manifest_counts(runner: CliRunner, index_copy: Path) -> None:
+    manifest_path = index_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    assert manifest["counts"]["articles"] == 8
+    manifest["counts"]["articles"] = 9
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    found = problems(invoke(runner, "check", "--index", index_copy))
+    assert any("9 articles" in p and "8" in p for p in found), found
+
+
+def test_check_detects_a_deleted_passage(runner: CliRunner, index_copy: Path) -> None:
+    with closing(sqlite3.connect(index_copy / "newsdesk.sqlite")) as conn:
+        conn.execute("PRAGMA foreign_keys=ON")
+        (before,) = conn.execute("SELECT COUNT(*) FROM passages").fetchone()
+        with conn:
+            conn.execute("DELETE FROM passages WHERE id = (SELECT MAX(id) FROM passages WHERE field = 'body')")
+        (after,) = conn.execute("SELECT COUNT(*) FROM passages").fetchone()
+    assert after == before - 1
+    found = problems(invoke(runner, "check", "--index", index_copy))
+    assert any(f"{before} passages" in p and str(after) in p for p in found), found
+
+    # With the manifest made to agree, the FAISS file still holds the deleted passage's vector.
+    manifest_path = index_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["counts"]["passages"] = after
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    found = problems(invoke(runner, "check", "--index", index_copy))
+    assert any("vectors.faiss" in p for p in found), found
+
+
+def test_check_a_missing_index(runner: CliRunner, tmp_path: Path) -> None:
+    found = problems(invoke(runner, "check", "--index", tmp_path / "nothing"))
+    assert len(found) == 1 and "no index at" in found[0]
