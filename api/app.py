@@ -118,7 +118,9 @@ def health() -> Response:
 
 
 def search() -> Response:
-    result = _service().search(_str_arg("q"), k=_int_arg("k", 10), offset=_int_arg("offset", 0))
+    result = _service().search(
+        _str_arg("q"), k=_int_arg("k", 10), offset=_int_arg("offset", 0), mode=request.args.get("mode")
+    )
     return jsonify(dataclasses.asdict(result))
 
 

@@ -6,6 +6,7 @@ becomes one line on stderr and exit status 1; usage errors exit 2 as click does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import click
 
 from search.errors import NewsdeskError, SourceError
-from search.settings import Settings
+from search.settings import MODES, Settings
 
 HELP = Settings.help()
 
@@ -119,6 +120,7 @@ def serve(host: str, port: int, workers: int, **opts: Any) -> None:
 @click.option("--run", "run_path", type=click.Path(path_type=Path, dir_okay=False), default=None, help="TREC run out.")
 @click.option("--passages", "passages_path", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.option("--tag", default="newsdesk", show_default=True, help="Run tag in the TREC file.")
+@click.option("--mode", type=click.Choice(MODES), default=None, help=HELP["mode"])
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 def search(
     text: str | None,
@@ -129,11 +131,10 @@ def search(
     run_path: Path | None,
     passages_path: Path | None,
     tag: str,
+    mode: str | None,
     **opts: Any,
 ) -> None:
     """Search the index for TEXT, or run every query of --queries (batch mode, writes --run and --passages)."""
-    import dataclasses
-
     from api.app import load_service
 
     if (text is None) == (queries is None):
@@ -143,11 +144,11 @@ def search(
     batch = _read_queries(queries) if queries is not None else None
     service = load_service(Settings.from_env(**opts))
     if batch is not None:
-        results = service.batch_search([t for _, t in batch], k)
+        results = service.batch_search([t for _, t in batch], k, mode)
         _write_batch(batch, results, run_path, passages_path, tag)
         return
     assert text is not None
-    response = service.search(text, k=k, offset=offset)
+    response = service.search(text, k=k, offset=offset, mode=mode)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(response), ensure_ascii=False, indent=2))
         return
@@ -209,7 +210,13 @@ def _write_batch(
                     "query_id": qid,
                     "query": text,
                     "passages": [
-                        {"article_id": p.article_id, "passage_id": p.passage_id, "text": p.text, "score": p.score}
+                        {
+                            "article_id": p.article_id,
+                            "passage_id": p.passage_id,
+                            "text": p.text,
+                            "score": p.score,
+                            "scores": dataclasses.asdict(p.scores),
+                        }
                         for p in res.passages
                     ],
                 }

@@ -93,26 +93,10 @@ def build_index(
     with building(target) as work:
         store = Store(work / SQLITE, create=True)
         try:
-            total_chunks = 0
             bar = tqdm(total=len(items), unit="article", desc="indexing", disable=not progress, file=sys.stderr)
             for group in _groups(items, GROUP_ARTICLES):
-                chunked = [(a, chunker.chunk(a)) for a in group]
-                vectors, embedded = _embed(chunked, embedder, settings)
+                rows, embedded = new_articles(group, chunker, embedder, settings)
                 report.embedded += embedded
-                rows: list[NewArticle] = []
-                i = 0
-                for a, chunks in chunked:
-                    pv = vectors[i : i + len(chunks)]
-                    i += len(chunks)
-                    rows.append(
-                        NewArticle(
-                            article=a,
-                            passages=[(c.position, c.field, c.start, c.end, c.text) for c in chunks],
-                            passage_vectors=pv,
-                            article_vector=_mean_vector(pv, embedder.dimension),
-                        )
-                    )
-                    total_chunks += len(chunks)
                 store.add_articles(rows)
                 bar.update(len(group))
             bar.close()
@@ -138,6 +122,28 @@ def build_index(
         finally:
             store.close()
     return report
+
+
+def new_articles(
+    articles: list[Article], chunker: Chunker, embedder: Embedder, settings: Settings
+) -> tuple[list[NewArticle], int]:
+    """Chunk and embed articles into rows ready for the store; returns (rows, number of texts embedded)."""
+    chunked = [(a, chunker.chunk(a)) for a in articles]
+    vectors, embedded = _embed(chunked, embedder, settings)
+    rows: list[NewArticle] = []
+    i = 0
+    for a, chunks in chunked:
+        pv = vectors[i : i + len(chunks)]
+        i += len(chunks)
+        rows.append(
+            NewArticle(
+                article=a,
+                passages=[(c.position, c.field, c.start, c.end, c.text) for c in chunks],
+                passage_vectors=pv,
+                article_vector=_mean_vector(pv, embedder.dimension),
+            )
+        )
+    return rows, embedded
 
 
 def _groups(items: list[Article], size: int) -> Iterator[list[Article]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,22 +88,26 @@ class SentenceTransformerEmbedder:
         self.dimension = int(dim)
         self.max_seq_length = int(self._model.max_seq_length or 512)
         self._fingerprint: dict[str, Any] | None = None
+        # Fast tokenizers raise "Already borrowed" when two threads encode at once, and torch already uses every
+        # pinned thread for one batch, so requests from the WSGI threads take turns here.
+        self._lock = threading.Lock()
 
     def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vecs = self._model.encode(
-            list(texts),
-            batch_size=batch_size,
-            show_progress_bar=progress,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-        )
+        with self._lock:
+            vecs = self._model.encode(
+                list(texts),
+                batch_size=batch_size,
+                show_progress_bar=progress,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+            )
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
-        tokenizer = self._model.tokenizer
-        return len(tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+        with self._lock:
+            return len(self._model.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
 
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:

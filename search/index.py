@@ -7,6 +7,7 @@ files were built from. ``<name>`` is a symlink to a versioned sibling directory,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from search.errors import IndexCorrupt, IndexMissing, NewsdeskError
 from search.store import Store
 from search.vectors import FaissVectorStore
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: BM25 tables (articles_fts, passages_fts)
 MANIFEST = "manifest.json"
 SQLITE = "newsdesk.sqlite"
 PASSAGE_VECTORS = "vectors.faiss"
@@ -89,12 +90,11 @@ def open_index(directory: Path, embedder: Embedder) -> Index:
     check_compatible(manifest["model"], embedder)
     store = Store(directory / SQLITE)
     n_articles, n_passages = store.counts()
-    counts = manifest["counts"]
-    if (n_articles, n_passages) != (counts.get("articles"), counts.get("passages")):
-        raise IndexCorrupt(
-            f"{directory}: manifest counts {counts.get('articles')} articles / {counts.get('passages')} passages, "
-            f"the store holds {n_articles} / {n_passages}; run newsdesk check, then rebuild"
-        )
+    if manifest["counts"] != {"articles": n_articles, "passages": n_passages}:
+        # SQLite is the truth; counts lag it only if a writer died between its commit and the manifest update.
+        manifest["counts"] = {"articles": n_articles, "passages": n_passages}
+        with contextlib.suppress(OSError):
+            write_manifest(directory, manifest)
     passages, articles = load_vectors(directory, store, manifest)
     return Index(directory, manifest, store, passages, articles)
 
@@ -118,15 +118,21 @@ def load_vectors(directory: Path, store: Store, manifest: dict[str, Any]) -> tup
             pass  # a damaged cache is rebuilt below like a stale one
     passages = FaissVectorStore.build(dim, factory, store.iter_vectors("passages"))
     articles = FaissVectorStore.build(dim, ARTICLE_FACTORY, store.iter_vectors("articles"))
-    try:
-        passages.save(p_path)
-        articles.save(a_path)
-        tmp = directory / f".{VECTORS_STATE}.tmp"
-        tmp.write_text(json.dumps({"generation": generation, "factory": factory}), encoding="utf-8")
-        os.replace(tmp, state_path)
-    except OSError:
-        pass  # a read-only index still serves from the rebuilt in-memory copy
+    with contextlib.suppress(OSError):  # a read-only index still serves from the rebuilt in-memory copy
+        save_vectors(directory, passages, articles, generation, manifest)
     return passages, articles
+
+
+def save_vectors(
+    directory: Path, passages: FaissVectorStore, articles: FaissVectorStore, generation: int, manifest: dict[str, Any]
+) -> None:
+    """Write both FAISS caches, then record the generation they match (last, so a crash leaves them stale)."""
+    passages.save(directory / PASSAGE_VECTORS)
+    articles.save(directory / ARTICLE_VECTORS)
+    tmp = directory / f".{VECTORS_STATE}.tmp"
+    state = {"generation": generation, "factory": str(manifest["faiss"]["factory"])}
+    tmp.write_text(json.dumps(state), encoding="utf-8")
+    os.replace(tmp, directory / VECTORS_STATE)
 
 
 def check_index(directory: Path) -> list[str]:

@@ -71,12 +71,25 @@ class Highlight:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """Why something ranked: its dense (cosine) and lexical (BM25) scores, and the fused score it was ranked by.
+
+    ``lexical`` is 0.0 when no query term occurs; ``fused`` equals the one used side in dense or lexical mode.
+    """
+
+    dense: float
+    lexical: float
+    fused: float
+
+
+@dataclass(frozen=True)
 class PassageHit:
     id: int
     text: str
     score: float
     field: PassageField
     highlight: Highlight
+    scores: Scores
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,7 @@ class Related:
 class SearchResult:
     article: ArticleRef
     score: float
+    scores: Scores
     passages: list[PassageHit]
     related: list[Related]
 
@@ -97,6 +111,7 @@ class SearchResult:
 @dataclass(frozen=True)
 class SearchResponse:
     query: str
+    mode: str
     total: int
     results: list[SearchResult]
     took_ms: float
@@ -122,3 +137,4 @@ class RankedPassage:
     passage_id: int
     text: str
     score: float
+    scores: Scores

@@ -1,7 +1,8 @@
 """``SearchService``: the one query-side object the API and the CLI call.
 
-It validates input, embeds the query once (with a small cache), retrieves passages from FAISS, groups them into
-articles, pages the grouped list, then locates answering sentences and related stories for the page only.
+It validates input, embeds the query once (with a small cache), takes dense candidates from FAISS and lexical ones
+from BM25, fuses them at the article level, pages the ranked list, then scores every passage of the page's articles
+on both sides, locates answering sentences and lists related stories, for the page only.
 """
 
 from __future__ import annotations
@@ -17,30 +18,26 @@ import numpy as np
 
 from search.embedding import Embedder
 from search.errors import InvalidInput, NotFound
+from search.fusion import Fusion
 from search.highlight import Highlighter
 from search.index import Index
+from search.lexical import Fts5Lexical
 from search.models import (
     Article,
     PassageHit,
     RankedPassage,
     Related,
+    Scores,
     SearchResponse,
     SearchResult,
     SimilarResponse,
     SimilarResult,
 )
 from search.related import RelatedFinder
-from search.settings import Settings
+from search.settings import MODES, Settings
 from search.store import StoredPassage
 
 MAX_OFFSET = 10_000
-
-
-@dataclass(frozen=True)
-class _Group:
-    aid: int
-    score: float
-    passages: list[tuple[StoredPassage, float]]
 
 
 @dataclass(frozen=True)
@@ -58,6 +55,9 @@ class SearchService:
         self.settings = settings
         self.highlighter = Highlighter(embedder)
         self.related = RelatedFinder(index.store, index.articles, settings.duplicate_threshold)
+        self.lexical = Fts5Lexical(index.store, settings.title_weight)
+        self.fusion = settings.fusion_config()
+        self.passage_fusion = settings.fusion_config(passages=True)
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -93,84 +93,184 @@ class SearchService:
                     self._query_cache.popitem(last=False)
         return vec
 
-    def search(self, query: str, k: int = 10, offset: int = 0) -> SearchResponse:
+    def validate_mode(self, mode: str | None) -> str:
+        mode = self.settings.mode if mode is None else mode
+        if mode not in MODES:
+            raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        return mode
+
+    def search(self, query: str, k: int = 10, offset: int = 0, mode: str | None = None) -> SearchResponse:
         started = time.perf_counter()
         query = self.validate_query(query)
         self.validate_k(k)
+        mode = self.validate_mode(mode)
         if not 0 <= offset <= MAX_OFFSET:
             raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}, got {offset}")
-        qvec = self.embed_query(query)
-        groups = self._ranked_groups(qvec, offset + k)
-        page = groups[offset : offset + k]
-        shown = [(g, g.passages[: self.settings.passages_per_result]) for g in page]
-        highlights = self.highlighter.locate(
-            qvec, [(sp.passage.id, sp.passage.text) for _, ps in shown for sp, _ in ps]
-        )
-        related = self.related.nearest([g.aid for g in page], self.settings.related_per_result)
-        refs = self.index.store.article_refs([g.aid for g in page] + [a for rel in related for a, _ in rel])
+        qvec = self.embed_query(query)  # also needed in lexical mode, to locate the answering sentence
+        ranked = self.rank_articles(query, qvec, offset + k, mode)
+        page = ranked[offset : offset + k]
+        page_aids = [aid for aid, _ in page]
+        passages = self._best_passages(query, qvec, page_aids, mode)
+        shown = [(sp, sc) for aid in page_aids for sp, sc in passages[aid]]
+        highlights = iter(self.highlighter.locate(qvec, [(sp.passage.id, sp.passage.text) for sp, _ in shown]))
+        related = self.related.nearest(page_aids, self.settings.related_per_result)
+        refs = self.index.store.article_refs(page_aids + [a for rel in related for a, _ in rel])
         results: list[SearchResult] = []
-        h = iter(highlights)
-        for (group, passages), rel in zip(shown, related, strict=True):
+        for (aid, scores), rel in zip(page, related, strict=True):
             hits = [
-                PassageHit(sp.passage.id, sp.passage.text, round(score, 6), sp.passage.field, next(h))
-                for sp, score in passages
+                PassageHit(sp.passage.id, sp.passage.text, sc.fused, sp.passage.field, next(highlights), sc)
+                for sp, sc in passages[aid]
             ]
             results.append(
                 SearchResult(
-                    article=refs[group.aid],
-                    score=round(group.score, 6),
+                    article=refs[aid],
+                    score=scores.fused,
+                    scores=scores,
                     passages=hits,
                     related=[Related(refs[a].id, refs[a].title, round(s, 6)) for a, s in rel],
                 )
             )
         took = (time.perf_counter() - started) * 1000
-        return SearchResponse(query=query, total=len(groups), results=results, took_ms=round(took, 2))
+        return SearchResponse(query=query, mode=mode, total=len(ranked), results=results, took_ms=round(took, 2))
 
-    def _ranked_groups(self, qvec: np.ndarray, need: int) -> list[_Group]:
-        """Articles ranked by their best passage, from a candidate pool grown until ``need`` articles are found.
+    def rank_articles(self, query: str, qvec: np.ndarray, need: int, mode: str) -> list[tuple[int, Scores]]:
+        """Articles ranked by ``mode``, each with both component scores; at least ``need`` when the index has them.
 
-        ``total`` in a response is the size of this list: the articles that had a passage among the candidates.
+        Dense candidates come from FAISS (an article scores as its best passage), lexical ones from BM25 over whole
+        articles. In hybrid mode each candidate's missing side is computed exactly before fusing, so an article
+        found by one side only is not penalised by a guess. ``total`` in a response is the length of this list.
         """
+        dense = self._dense_articles(qvec, need) if mode != "lexical" else {}
+        lexical: dict[int, float] = {}
+        if mode != "dense":
+            lexical = dict(self.lexical.search_articles(query, max(self.settings.lexical_candidates, need)))
+        if mode == "hybrid":
+            dense.update(self._dense_scores_of(qvec, [a for a in lexical if a not in dense]))
+            missing = [a for a in dense if a not in lexical]
+            lexical.update({a: 0.0 for a in missing})
+            lexical.update(self.lexical.score_articles(query, missing))
+            fused = self.fusion.fuse(dense, lexical)
+        else:
+            fused = dict(dense if mode == "dense" else lexical)
+        order = sorted(fused, key=lambda a: (-fused[a], a))
+        # the side a single-mode ranking did not use is filled for the returned page only (it explains, not ranks)
+        head = order[:need]
+        if mode == "dense":
+            lexical = {a: 0.0 for a in head} | self.lexical.score_articles(query, head)
+        elif mode == "lexical":
+            dense = self._dense_scores_of(qvec, head)
+        return [
+            (a, Scores(round(dense.get(a, 0.0), 6), round(lexical.get(a, 0.0), 6), round(fused[a], 6))) for a in order
+        ]
+
+    def _dense_articles(self, qvec: np.ndarray, need: int) -> dict[int, float]:
+        """Best passage cosine per article, from a FAISS candidate pool grown until ``need`` articles appear."""
         count = self.index.passages.count()
         if count == 0:
-            return []
+            return {}
         n = min(count, max(self.settings.candidates, need * 4))
         while True:
             scores, ids = self.index.passages.search(qvec[None, :], n)
             hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-            rows = self.index.store.passages(i for i, _ in hits)
-            by_article: dict[int, list[tuple[StoredPassage, float]]] = {}
+            owners = self.index.store.passage_articles(i for i, _ in hits)
+            best: dict[int, float] = {}
             for pid, score in hits:
-                sp = rows.get(pid)
-                if sp is not None:
-                    by_article.setdefault(sp.aid, []).append((sp, score))
-            if len(by_article) >= need or n >= count:
-                break
+                aid = owners.get(pid)
+                if aid is not None and aid not in best:
+                    best[aid] = score  # hits come best first
+            if len(best) >= need or n >= count:
+                return best
             n = min(count, n * 4)
-        groups = [_Group(aid, ps[0][1], ps) for aid, ps in by_article.items()]
-        groups.sort(key=lambda g: (-g.score, g.aid))
-        return groups
 
-    def batch_search(self, queries: Sequence[str], k: int) -> list[BatchResult]:
-        """Rank articles for many queries at once (evaluation runs): no highlights, no related stories."""
+    def _dense_scores_of(self, qvec: np.ndarray, aids: list[int]) -> dict[int, float]:
+        """Exact best-passage cosine for given articles, from their stored vectors (no FAISS search)."""
+        if not aids:
+            return {}
+        return {
+            aid: float(max(float(vec @ qvec) for _, vec in rows))
+            for aid, rows in self.index.store.passages_of_articles(aids).items()
+        }
+
+    def _best_passages(
+        self, query: str, qvec: np.ndarray, aids: list[int], mode: str
+    ) -> dict[int, list[tuple[StoredPassage, Scores]]]:
+        """Each article's best passages: every passage of the page's articles scored on both sides and fused,
+        normalised against the query's best passage in the whole index so scores do not depend on the page."""
+        rows = self.index.store.passages_of_articles(aids)
+        items = [(sp, vec) for aid in aids for sp, vec in rows.get(aid, [])]
+        dense = {sp.passage.id: float(vec @ qvec) for sp, vec in items}
+        lexical = {sp.passage.id: 0.0 for sp, _ in items} | self.lexical.score_passages(query, dense)
+        fused = self._fuse_mode(dense, lexical, mode, self.passage_fusion, self._best_passage_scores(query, qvec))
+        out: dict[int, list[tuple[StoredPassage, Scores]]] = {aid: [] for aid in aids}
+        for sp, _ in sorted(items, key=lambda x: (-fused[x[0].passage.id], x[0].passage.position)):
+            picked = out[sp.aid]
+            if len(picked) < self.settings.passages_per_result:
+                pid = sp.passage.id
+                picked.append((sp, Scores(round(dense[pid], 6), round(lexical[pid], 6), round(fused[pid], 6))))
+        return out
+
+    def _best_passage_scores(self, query: str, qvec: np.ndarray) -> tuple[list[float], list[float]]:
+        """The query's top dense and top lexical passage scores in the whole index (normalisation anchors)."""
+        scores, ids = self.index.passages.search(qvec[None, :], 1)
+        top_dense = [float(scores[0][0])] if ids.size and ids[0][0] >= 0 else []
+        return top_dense, [s for _, s in self.lexical.search_passages(query, 1)]
+
+    def _fuse_mode(
+        self,
+        dense: dict[int, float],
+        lexical: dict[int, float],
+        mode: str,
+        fusion: Fusion,
+        context: tuple[list[float], list[float]] = ([], []),
+    ) -> dict[int, float]:
+        if mode == "dense":
+            return dense
+        if mode == "lexical":
+            return lexical
+        return fusion.fuse(dense, lexical, context=context)
+
+    def rank_passages(self, query: str, qvec: np.ndarray, k: int, mode: str) -> list[tuple[StoredPassage, Scores]]:
+        """The best ``k`` passages of the whole index for ``mode`` (batch runs, answer-recall evaluation)."""
+        dense: dict[int, float] = {}
+        lexical: dict[int, float] = {}
+        if mode != "lexical":
+            scores, ids = self.index.passages.search(qvec[None, :], max(self.settings.candidates, k))
+            dense = {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0}
+        if mode != "dense":
+            lexical = dict(self.lexical.search_passages(query, max(self.settings.lexical_candidates, k)))
+        if mode == "hybrid":
+            vecs = self.index.store.passage_vectors(p for p in lexical if p not in dense)
+            dense.update({p: float(v @ qvec) for p, v in vecs.items()})
+            missing = [p for p in dense if p not in lexical]
+            lexical.update({p: 0.0 for p in missing})
+            lexical.update(self.lexical.score_passages(query, missing))
+        fused = self._fuse_mode(dense, lexical, mode, self.passage_fusion)
+        top = sorted(fused, key=lambda p: (-fused[p], p))[:k]
+        rows = self.index.store.passages(top)
+        return [
+            (rows[p], Scores(round(dense.get(p, 0.0), 6), round(lexical.get(p, 0.0), 6), round(fused[p], 6)))
+            for p in top
+            if p in rows
+        ]
+
+    def batch_search(self, queries: Sequence[str], k: int, mode: str | None = None) -> list[BatchResult]:
+        """Rank articles and passages for many queries at once (evaluation runs): no highlights, no related."""
         if not 1 <= k <= 1000:
             raise InvalidInput(f"k must be between 1 and 1000 for batch runs, got {k}")
+        mode = self.validate_mode(mode)
         texts = [self.validate_query(q) for q in queries]
         vecs = self.embedder.encode(texts, batch_size=64)
         out: list[BatchResult] = []
-        refs_cache: dict[int, str] = {}
-        for vec in vecs:
-            groups = self._ranked_groups(vec, k)[:k]
-            missing = [g.aid for g in groups if g.aid not in refs_cache]
-            refs_cache.update({aid: ref.id for aid, ref in self.index.store.article_refs(missing).items()})
-            ranked = sorted(((sp, s) for g in groups for sp, s in g.passages), key=lambda x: (-x[1], x[0].passage.id))[
-                :k
-            ]
+        for text, vec in zip(texts, vecs, strict=True):
+            ranked = self.rank_articles(text, vec, k, mode)[:k]
+            refs = self.index.store.article_refs(a for a, _ in ranked)
+            passages = self.rank_passages(text, vec, k, mode)
             out.append(
                 BatchResult(
-                    articles=[(refs_cache[g.aid], g.score) for g in groups],
+                    articles=[(refs[a].id, sc.fused) for a, sc in ranked],
                     passages=[
-                        RankedPassage(sp.passage.article_id, sp.passage.id, sp.passage.text, s) for sp, s in ranked
+                        RankedPassage(sp.passage.article_id, sp.passage.id, sp.passage.text, sc.fused, sc)
+                        for sp, sc in passages
                     ],
                 )
             )

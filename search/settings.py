@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import InvalidInput
+from search.fusion import Fusion
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+MODES = ("hybrid", "dense", "lexical")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -42,7 +44,17 @@ class Settings:
         True, "Embed each body passage with its article's headline in front (the stored text stays exact)."
     )
     faiss_factory: str = _setting("IDMap2,Flat", "FAISS index_factory string for passage vectors.")
-    candidates: int = _setting(200, "Passages retrieved per query before grouping into articles.")
+    candidates: int = _setting(200, "Passages retrieved from FAISS per query before grouping into articles.")
+    mode: str = _setting("hybrid", "Default ranking: hybrid (BM25 and dense, fused), dense or lexical.")
+    fusion: str = _setting("convex", "How hybrid mode fuses: convex (weighted sum of normalised scores) or rrf.")
+    fusion_alpha: float = _setting(0.6, "Weight of the dense side in convex fusion (tuned on SciFact train).")
+    passage_alpha: float = _setting(
+        0.8, "Weight of the dense side when fusing passage scores (which passages to show, batch passage runs)."
+    )
+    fusion_normalisation: str = _setting("max", "Score normalisation before convex fusion: max, minmax or zscore.")
+    rrf_k: int = _setting(60, "The k of reciprocal-rank fusion: 1 / (k + rank).")
+    title_weight: float = _setting(1.0, "BM25 weight of an article's headline relative to its body.")
+    lexical_candidates: int = _setting(100, "Articles and passages taken from BM25 per query before fusion.")
     passages_per_result: int = _setting(3, "Best passages shown under each article.")
     related_per_result: int = _setting(3, "Related stories listed under each search result.")
     duplicate_threshold: float = _setting(
@@ -68,7 +80,15 @@ class Settings:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validated()
 
     def validated(self) -> Settings:
-        positive = ("threads", "batch_size", "max_passage_tokens", "candidates", "max_k", "max_query_chars")
+        positive = (
+            "threads",
+            "batch_size",
+            "max_passage_tokens",
+            "candidates",
+            "max_k",
+            "max_query_chars",
+            "lexical_candidates",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise InvalidInput(f"setting {name} must be at least 1, got {getattr(self, name)}")
@@ -77,7 +97,17 @@ class Settings:
                 raise InvalidInput(f"setting {name} must not be negative, got {getattr(self, name)}")
         if not 0.0 < self.duplicate_threshold <= 1.0:
             raise InvalidInput("setting duplicate_threshold must be in (0, 1]")
+        if self.mode not in MODES:
+            raise InvalidInput(f"setting mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.title_weight <= 0:
+            raise InvalidInput("setting title_weight must be positive")
+        self.fusion_config()  # validates method, alpha, normalisation and rrf_k
+        self.fusion_config(passages=True)
         return self
+
+    def fusion_config(self, passages: bool = False) -> Fusion:
+        alpha = self.passage_alpha if passages else self.fusion_alpha
+        return Fusion(self.fusion, alpha, self.fusion_normalisation, self.rrf_k)
 
     @classmethod
     def help(cls) -> dict[str, str]:

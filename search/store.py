@@ -49,6 +49,31 @@ CREATE TABLE IF NOT EXISTS passages (
 CREATE INDEX IF NOT EXISTS passages_aid ON passages(aid, position);
 """
 
+# BM25 tables (queried by search/lexical.py), kept in step with articles and passages by triggers, so the
+# lexical side changes in the same transaction as the rows it indexes.
+TOKENIZE = "porter unicode61 remove_diacritics 2"
+
+LEXICAL_SCHEMA = f"""
+CREATE VIRTUAL TABLE IF NOT EXISTS articles_fts USING fts5(title, body, content='', tokenize='{TOKENIZE}');
+CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(
+    text, content='passages', content_rowid='id', tokenize='{TOKENIZE}'
+);
+CREATE TRIGGER IF NOT EXISTS articles_fts_insert AFTER INSERT ON articles BEGIN
+    INSERT INTO articles_fts(rowid, title, body)
+    VALUES (new.aid, new.title, (SELECT group_concat(value, char(10)) FROM json_each(new.paragraphs)));
+END;
+CREATE TRIGGER IF NOT EXISTS articles_fts_delete AFTER DELETE ON articles BEGIN
+    INSERT INTO articles_fts(articles_fts, rowid, title, body)
+    VALUES ('delete', old.aid, old.title, (SELECT group_concat(value, char(10)) FROM json_each(old.paragraphs)));
+END;
+CREATE TRIGGER IF NOT EXISTS passages_fts_insert AFTER INSERT ON passages BEGIN
+    INSERT INTO passages_fts(rowid, text) VALUES (new.id, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS passages_fts_delete AFTER DELETE ON passages BEGIN
+    INSERT INTO passages_fts(passages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+END;
+"""
+
 
 @dataclass(frozen=True)
 class StoredPassage:
@@ -76,7 +101,7 @@ class Store:
         self._local = threading.local()
         if create:
             with self._conn() as conn:
-                conn.executescript(SCHEMA)
+                conn.executescript(SCHEMA + LEXICAL_SCHEMA)
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
 
     def _conn(self) -> sqlite3.Connection:
@@ -91,6 +116,10 @@ class Store:
                 raise IndexCorrupt(f"cannot open {self.path.name}: {exc}") from None
             self._local.conn = conn
         return conn
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, for modules that run their own SQL on the store (the lexical index)."""
+        return self._conn()
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -133,6 +162,27 @@ class Store:
                     passage_ids.append(int(cur.lastrowid or 0))
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
         return passage_ids
+
+    def delete_articles(self, article_ids: Iterable[str]) -> tuple[list[int], list[int]]:
+        """Delete articles (their passages and BM25 entries go with them) in one transaction.
+
+        Returns the (article keys, passage ids) removed, so the caller can drop the same ids from FAISS.
+        """
+        conn = self._conn()
+        aids: list[int] = []
+        pids: list[int] = []
+        with conn:
+            for article_id in dict.fromkeys(article_ids):
+                row = conn.execute("SELECT aid FROM articles WHERE id = ?", (article_id,)).fetchone()
+                if row is None:
+                    continue
+                aids.append(int(row[0]))
+                pids += [int(r[0]) for r in conn.execute("SELECT id FROM passages WHERE aid = ?", (row[0],))]
+                conn.execute("DELETE FROM passages WHERE aid = ?", (row[0],))
+                conn.execute("DELETE FROM articles WHERE aid = ?", (row[0],))
+            if aids:
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        return aids, pids
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -208,6 +258,15 @@ class Store:
                 out[pid] = StoredPassage(Passage(pid, article_id, position, field, start, end, text), aid)
         return out
 
+    def passage_articles(self, ids: Iterable[int]) -> dict[int, int]:
+        """Article key of each passage id."""
+        out: dict[int, int] = {}
+        for chunk in _chunks(list(dict.fromkeys(int(i) for i in ids)), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn().execute(f"SELECT id, aid FROM passages WHERE id IN ({marks})", chunk)
+            out.update({int(pid): int(aid) for pid, aid in rows})
+        return out
+
     def passages_of(self, aid: int) -> list[Passage]:
         rows = self._conn().execute(
             'SELECT p.id, a.id, p.position, p.field, p.start, p."end", p.text FROM passages p '
@@ -215,6 +274,30 @@ class Store:
             (aid,),
         )
         return [Passage(*row) for row in rows]
+
+    def passage_vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """Stored embeddings of the given passages (to score a candidate that only the lexical side found)."""
+        out: dict[int, np.ndarray] = {}
+        for chunk in _chunks(list(dict.fromkeys(int(i) for i in ids)), 500):
+            marks = ",".join("?" * len(chunk))
+            for pid, blob in self._conn().execute(f"SELECT id, vector FROM passages WHERE id IN ({marks})", chunk):
+                out[int(pid)] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def passages_of_articles(self, aids: Iterable[int]) -> dict[int, list[tuple[StoredPassage, np.ndarray]]]:
+        """Every passage of the given articles with its stored embedding, grouped by article key, in order."""
+        out: dict[int, list[tuple[StoredPassage, np.ndarray]]] = {}
+        for chunk in _chunks(list(dict.fromkeys(int(a) for a in aids)), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn().execute(
+                f'SELECT p.id, p.aid, a.id, p.position, p.field, p.start, p."end", p.text, p.vector '
+                f"FROM passages p JOIN articles a ON a.aid = p.aid WHERE p.aid IN ({marks}) ORDER BY p.aid, p.position",
+                chunk,
+            )
+            for pid, aid, article_id, position, field, start, end, text, blob in rows:
+                sp = StoredPassage(Passage(pid, article_id, position, field, start, end, text), aid)
+                out.setdefault(aid, []).append((sp, np.frombuffer(blob, dtype=np.float32)))
+        return out
 
     def iter_vectors(self, table: str, batch: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) batches of ``passages`` or ``articles``, in key order."""
@@ -242,6 +325,27 @@ class Store:
         problems = [f"{self.path.name}: {r[0]}" for r in rows if r[0] != "ok"]
         if orphans and orphans[0]:
             problems.append(f"{orphans[0]} passages belong to no article")
+        problems += self._lexical_problems()
+        return problems
+
+    def _lexical_problems(self) -> list[str]:
+        """The BM25 tables must index exactly the stored articles and passages."""
+        conn = self._conn()
+        problems: list[str] = []
+        try:
+            with conn:  # the check is written as an INSERT: end its implicit transaction so no lock is kept
+                conn.execute("INSERT INTO passages_fts(passages_fts, rank) VALUES ('integrity-check', 1)")
+        except sqlite3.DatabaseError as exc:
+            problems.append(f"passage BM25 index disagrees with the passages: {exc}")
+        for table, fts in (("articles", "articles_fts"), ("passages", "passages_fts")):
+            try:
+                indexed = conn.execute(f"SELECT COUNT(*) FROM {fts}_docsize").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                problems.append(f"{fts}: {exc}")
+                continue
+            stored = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            if indexed != stored:
+                problems.append(f"BM25 index holds {indexed} {table}, SQLite {stored}")
         return problems
 
     def _query_one(self, sql: str, params: tuple[object, ...] = ()) -> tuple[Any, ...] | None:

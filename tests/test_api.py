@@ -27,10 +27,10 @@ RATES_QUERY = "interest rate increase by the central bank"
 BUSINESS_001 = {"business/001", "copy-of-business-001"}  # an exact duplicate pair: same headline and paragraphs
 LEADING_SLASH_ID = "/leading slash & ünïcode id"
 
-SEARCH_KEYS = {"query", "total", "results", "took_ms"}
-RESULT_KEYS = {"article", "score", "passages", "related"}
+SEARCH_KEYS = {"query", "mode", "total", "results", "took_ms"}
+RESULT_KEYS = {"article", "score", "scores", "passages", "related"}
 ARTICLE_REF_KEYS = {"id", "title", "date", "source", "url"}
-PASSAGE_KEYS = {"id", "text", "score", "field", "highlight"}
+PASSAGE_KEYS = {"id", "text", "score", "field", "highlight", "scores"}
 RELATED_KEYS = {"id", "title", "score"}
 ARTICLE_KEYS = {"id", "title", "date", "source", "url", "tags", "paragraphs", "extra"}
 
@@ -93,19 +93,27 @@ def test_search_response_has_exactly_the_documented_shape(client: FlaskClient) -
 
 
 def test_search_scores_are_descending_and_articles_are_unique(client: FlaskClient) -> None:
-    body = search_json(client, "inflation and interest rates", k=8)
-    scores = [r["score"] for r in body["results"]]
-    assert is_descending(scores)
-    assert len(set(result_ids(body))) == len(body["results"]) == 8
-    for r in body["results"]:
-        passage_scores = [p["score"] for p in r["passages"]]
-        assert is_descending(passage_scores)
-        assert r["score"] == passage_scores[0]  # an article ranks as its best passage
-        assert is_descending([rel["score"] for rel in r["related"]])
+    for mode in ("hybrid", "dense", "lexical"):
+        body = search_json(client, "inflation and interest rates", k=8, mode=mode)
+        assert body["mode"] == mode
+        scores = [r["score"] for r in body["results"]]
+        assert is_descending(scores)
+        # lexical mode ranks only articles holding a query term; the other modes rank all 8
+        assert len(set(result_ids(body))) == len(body["results"]) == (3 if mode == "lexical" else 8)
+        for r in body["results"]:
+            assert r["score"] == r["scores"]["fused"]
+            passage_scores = [p["score"] for p in r["passages"]]
+            assert is_descending(passage_scores)
+            assert all(p["score"] == p["scores"]["fused"] for p in r["passages"])
+            if mode == "dense":
+                assert r["score"] == r["scores"]["dense"] == passage_scores[0]  # an article ranks as its best passage
+            if mode == "lexical":
+                assert r["score"] == r["scores"]["lexical"] > 0
+            assert is_descending([rel["score"] for rel in r["related"]])
 
 
 def test_highlights_are_sentences_inside_their_passage(client: FlaskClient) -> None:
-    body = search_json(client, "how high did inflation get in February", k=8)
+    body = search_json(client, "how high did inflation get in February", k=8, mode="dense")
     seen = 0
     for result in body["results"]:
         for p in result["passages"]:

@@ -295,15 +295,15 @@ def test_search_json_has_the_api_shape(runner: CliRunner, corpus_index: Path, se
     result = invoke(runner, "search", "football match goals", "--index", corpus_index, "--k", "3", "--json")
     assert_ok(result)
     body = json.loads(result.stdout)
-    assert set(body) == {"query", "total", "results", "took_ms"}
+    assert set(body) == {"query", "mode", "total", "results", "took_ms"}
     assert body["query"] == "football match goals" and body["total"] == 8
     assert len(body["results"]) == 3
     assert body["results"][0]["article"]["id"] == "sport/001"
     for r in body["results"]:
-        assert set(r) == {"article", "score", "passages", "related"}
+        assert set(r) == {"article", "score", "scores", "passages", "related"}
         assert set(r["article"]) == {"id", "title", "date", "source", "url"}
         for p in r["passages"]:
-            assert set(p) == {"id", "text", "score", "field", "highlight"}
+            assert set(p) == {"id", "text", "score", "field", "highlight", "scores"}
             assert 0 <= p["highlight"]["start"] < p["highlight"]["end"] <= len(p["text"])
         for rel in r["related"]:
             assert set(rel) == {"id", "title", "score"}
@@ -379,7 +379,8 @@ def test_batch_search_writes_a_trec_run_and_passages(
     for prow in prows:
         assert prow["passages"]
         for p in prow["passages"]:
-            assert set(p) == {"article_id", "passage_id", "text", "score"}
+            assert set(p) == {"article_id", "passage_id", "text", "score", "scores"}
+            assert set(p["scores"]) == {"dense", "lexical", "fused"} and p["scores"]["fused"] == p["score"]
             assert p["article_id"] in CORPUS_IDS and isinstance(p["passage_id"], int) and p["text"]
         assert [p["score"] for p in prow["passages"]] == sorted((p["score"] for p in prow["passages"]), reverse=True)
     assert prows[1]["passages"][0]["article_id"] == "sport/001"

@@ -204,3 +204,15 @@ def test_check_index_finds_each_kind_of_damage(tmp_path: Path, corpus_index: Pat
         conn.execute("DELETE FROM articles WHERE aid = 2")
     problems = check_index(copy)
     assert any("manifest says 8 articles" in p for p in problems)
+
+
+def test_check_finds_a_bm25_index_out_of_step(tmp_path: Path, corpus_index: Path) -> None:
+    copy = tmp_path / "fts"
+    shutil.copytree(corpus_index, copy)
+    with sqlite3.connect(copy / SQLITE) as conn:
+        conn.execute("DROP TRIGGER passages_fts_delete")  # a writer that bypasses the triggers
+        conn.execute("DROP TRIGGER articles_fts_delete")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("DELETE FROM articles WHERE aid = 2")
+    problems = check_index(copy)
+    assert any("BM25" in p for p in problems), problems

@@ -28,13 +28,13 @@ def test_ranks_by_meaning(service: SearchService, query: str, expected: set[str]
 
 
 def test_results_are_grouped_articles_with_sorted_scores(service: SearchService) -> None:
-    response = service.search("inflation and interest rates", k=8)
+    response = service.search("inflation and interest rates", k=8, mode="dense")
     got = ids(response)
     assert len(got) == len(set(got)) == response.total == 8
     scores = [r.score for r in response.results]
     assert scores == sorted(scores, reverse=True)
     for r in response.results:
-        assert r.score == r.passages[0].score  # an article scores as its best passage
+        assert r.score == r.passages[0].score == r.scores.dense  # an article scores as its best passage
         assert [p.score for p in r.passages] == sorted((p.score for p in r.passages), reverse=True)
         assert len(r.passages) <= service.settings.passages_per_result
 
@@ -46,7 +46,7 @@ def test_paging_matches_a_longer_first_page(service: SearchService) -> None:
 
 
 def test_highlight_is_a_sentence_of_the_passage(service: SearchService) -> None:
-    response = service.search("how high did inflation get in February", k=1)
+    response = service.search("how high did inflation get in February", k=1, mode="dense")
     passage = response.results[0].passages[0]
     h = passage.highlight
     assert 0 <= h.start < h.end <= len(passage.text)

@@ -1,0 +1,70 @@
+"""Adding and deleting articles keeps SQLite, the BM25 tables and FAISS consistent."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.update import add_articles, delete_articles
+from search.index import check_index, open_index
+from search.models import Article
+from search.service import SearchService
+from search.settings import Settings
+
+
+@pytest.fixture
+def writable(tmp_path: Path, corpus_index: Path, embedder) -> SearchService:
+    copy = tmp_path / "copy"
+    shutil.copytree(corpus_index, copy)
+    settings = Settings(index_dir=copy)
+    return SearchService(open_index(copy, embedder), embedder, settings)
+
+
+def consistent(service: SearchService) -> None:
+    store, index = service.index.store, service.index
+    stored_pids = np.sort(np.concatenate([ids for ids, _ in store.iter_vectors("passages")]))
+    stored_aids = np.sort(np.concatenate([ids for ids, _ in store.iter_vectors("articles")]))
+    np.testing.assert_array_equal(index.passages.ids(), stored_pids)
+    np.testing.assert_array_equal(index.articles.ids(), stored_aids)
+    assert store.integrity_problems() == []  # includes the BM25 tables against their rows
+    assert check_index(index.directory) == []
+
+
+def test_delete_removes_an_article_from_every_side(writable: SearchService, embedder) -> None:
+    assert delete_articles(writable.index, ["business/002", "no-such-id"]) == 1
+    consistent(writable)
+    for mode in ("dense", "lexical", "hybrid"):
+        got = [r.article.id for r in writable.search("semiconductor chips carmaker shares", k=8, mode=mode).results]
+        assert "business/002" not in got
+    assert writable.lexical.search_passages("semiconductor", 5) == []
+    reopened = open_index(writable.index.directory, embedder)  # the saved caches match the new generation
+    assert reopened.passages.count() == writable.index.passages.count()
+    assert reopened.manifest["counts"]["articles"] == 7
+
+
+def test_add_makes_an_article_findable_on_every_side(writable: SearchService, embedder) -> None:
+    new = Article(
+        id="science/042",
+        title="Astronomers spot a comet heading for the inner solar system",
+        paragraphs=("The icy comet will pass closest to the Sun in March and may be visible to the naked eye.",),
+    )
+    assert add_articles(writable.index, [new], embedder, writable.settings) == 1
+    consistent(writable)
+    for mode in ("dense", "lexical", "hybrid"):
+        assert writable.search("comet visible in the night sky", k=1, mode=mode).results[0].article.id == "science/042"
+    assert open_index(writable.index.directory, embedder).manifest["counts"]["articles"] == 9
+
+
+def test_re_adding_an_id_replaces_it_everywhere(writable: SearchService, embedder) -> None:
+    before = writable.index.store.counts()
+    replacement = Article(id="sport/001", title="Chess champion defends her title", paragraphs=())
+    add_articles(writable.index, [replacement], embedder, writable.settings)
+    consistent(writable)
+    assert writable.index.store.counts() == (before[0], before[1] - 2)  # 3 passages became 1
+    assert writable.search("derby goals striker", k=8, mode="lexical").results == [] or all(
+        r.article.id != "sport/001" for r in writable.search("derby goals striker", k=8, mode="lexical").results
+    )
+    assert writable.search("chess title", k=1, mode="lexical").results[0].article.id == "sport/001"
