@@ -160,7 +160,13 @@ def search(
 
 
 def _read_queries(path: Path) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
+    return [(qid, text) for qid, text, _ in read_query_file(path)]
+
+
+def read_query_file(path: Path) -> list[tuple[str, str, list[str] | None]]:
+    """(id, text, answers) rows: ``_id``/``id``/``question_id`` with ``text``/``question``, and optionally
+    ``answers``/``answer_text`` (RealTime QA's format) for answer-recall evaluation."""
+    out: list[tuple[str, str, list[str] | None]] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -172,11 +178,16 @@ def _read_queries(path: Path) -> list[tuple[str, str]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise SourceError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-        qid = row.get("_id", row.get("id")) if isinstance(row, dict) else None
-        text = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(row, dict):
+            raise SourceError(f"{path}:{n}: a query row must be a JSON object")
+        qid = next((row[key] for key in ("_id", "id", "question_id") if key in row), None)
+        text = row.get("text", row.get("question"))
         if qid is None or not isinstance(text, str):
             raise SourceError(f"{path}:{n}: a query row needs '_id' or 'id' and 'text'")
-        out.append((str(qid), text))
+        answers = row.get("answers", row.get("answer_text"))
+        if answers is not None and not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
+            raise SourceError(f"{path}:{n}: 'answers' must be a list of strings")
+        out.append((str(qid), text, answers))
     if not out:
         raise SourceError(f"{path}: no queries")
     return out
@@ -240,6 +251,59 @@ class _atomic_text:
             self.tmp.replace(self.path)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+@main.command("eval")
+@_index_option
+@_model_option
+@click.option("--queries", type=click.Path(path_type=Path, dir_okay=False), required=True, help="JSONL of queries.")
+@click.option("--qrels", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Judgments (BEIR/TREC).")
+@click.option("--mode", "modes", type=click.Choice(MODES), multiple=True, help="Modes to compare [default: all].")
+@click.option("--answer-k", default="1,5,10,20", show_default=True, help="Cut-offs for answer recall.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--threads", type=int, default=None, help=HELP["threads"])
+def eval_cmd(
+    queries: Path, qrels: Path | None, modes: tuple[str, ...], answer_k: str, as_json: bool, **opts: Any
+) -> None:
+    """Evaluate ranking: nDCG@10, recall@100 and MRR@10 against --qrels, and answer recall@k for queries that
+    carry answer strings (RealTime QA format), for each mode."""
+    from api.app import load_service
+    from search.evaluation import answer_recall, evaluate_run, read_qrels
+
+    rows = read_query_file(queries)
+    judged = read_qrels(qrels) if qrels is not None else None
+    with_answers = [r for r in rows if r[2]]
+    if judged is None and not with_answers:
+        raise click.UsageError("give --qrels, or queries that carry 'answers' / 'answer_text'")
+    try:
+        cutoffs = sorted({int(x) for x in answer_k.split(",") if x.strip()})
+    except ValueError:
+        raise click.UsageError("--answer-k takes comma-separated integers, e.g. 1,5,10") from None
+    if not cutoffs or cutoffs[0] < 1:
+        raise click.UsageError("--answer-k takes positive integers")
+    service = load_service(Settings.from_env(**opts))
+    report: dict[str, dict[str, float]] = {}
+    for mode in modes or MODES:
+        figures: dict[str, float] = {}
+        if judged is not None:
+            ranked = [q for q in rows if q[0] in judged]
+            results = service.batch_search([t for _, t, _ in ranked], 100, mode, passages=False)
+            run = {qid: [doc for doc, _ in r.articles] for (qid, _, _), r in zip(ranked, results, strict=True)}
+            figures.update(evaluate_run(run, judged))
+        if with_answers:
+            results = service.batch_search([t for _, t, _ in with_answers], cutoffs[-1], mode, articles=False)
+            texts = [[p.text for p in r.passages] for r in results]
+            answers = [a or [] for _, _, a in with_answers]
+            figures.update({f"answer_recall@{k}": answer_recall(texts, answers, k) for k in cutoffs})
+            figures["questions"] = len(with_answers)
+        report[mode] = figures
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    names = [n for n in next(iter(report.values())) if n not in ("queries", "questions")]
+    click.echo("mode     " + "".join(f"{n:>18}" for n in names))
+    for mode, figures in report.items():
+        click.echo(f"{mode:<9}" + "".join(f"{figures[n]:>18.4f}" for n in names))
 
 
 @main.command()

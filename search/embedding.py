@@ -107,7 +107,9 @@ class SentenceTransformerEmbedder:
 
     def count_tokens(self, text: str) -> int:
         with self._lock:
-            return len(self._model.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+            return len(
+                self._model.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+            )
 
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:

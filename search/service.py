@@ -253,8 +253,10 @@ class SearchService:
             if p in rows
         ]
 
-    def batch_search(self, queries: Sequence[str], k: int, mode: str | None = None) -> list[BatchResult]:
-        """Rank articles and passages for many queries at once (evaluation runs): no highlights, no related."""
+    def batch_search(
+        self, queries: Sequence[str], k: int, mode: str | None = None, *, articles: bool = True, passages: bool = True
+    ) -> list[BatchResult]:
+        """Rank articles and/or passages for many queries at once (evaluation runs): no highlights, no related."""
         if not 1 <= k <= 1000:
             raise InvalidInput(f"k must be between 1 and 1000 for batch runs, got {k}")
         mode = self.validate_mode(mode)
@@ -262,15 +264,15 @@ class SearchService:
         vecs = self.embedder.encode(texts, batch_size=64)
         out: list[BatchResult] = []
         for text, vec in zip(texts, vecs, strict=True):
-            ranked = self.rank_articles(text, vec, k, mode)[:k]
+            ranked = self.rank_articles(text, vec, k, mode)[:k] if articles else []
             refs = self.index.store.article_refs(a for a, _ in ranked)
-            passages = self.rank_passages(text, vec, k, mode)
+            top = self.rank_passages(text, vec, k, mode) if passages else []
             out.append(
                 BatchResult(
                     articles=[(refs[a].id, sc.fused) for a, sc in ranked],
                     passages=[
                         RankedPassage(sp.passage.article_id, sp.passage.id, sp.passage.text, sc.fused, sc)
-                        for sp, sc in passages
+                        for sp, sc in top
                     ],
                 )
             )

@@ -487,3 +487,42 @@ def test_check_detects_a_deleted_passage(runner: CliRunner, index_copy: Path) ->
 def test_check_a_missing_index(runner: CliRunner, tmp_path: Path) -> None:
     found = problems(invoke(runner, "check", "--index", tmp_path / "nothing"))
     assert len(found) == 1 and "no index at" in found[0]
+
+
+# -- eval -----------------------------------------------------------------------------------------------------------
+
+
+def test_eval_prints_metrics_per_mode_and_answer_recall(
+    runner: CliRunner, corpus_index: Path, write_jsonl: Any, tmp_path: Path
+) -> None:
+    queries = write_jsonl(
+        "q.jsonl",
+        [
+            {"_id": "q1", "text": "football derby goals"},
+            {"_id": "q2", "text": "semiconductor chip shortage hits carmaker"},
+            {"question_id": "a1", "question": "How many residents were evacuated?", "answer_text": ["about 200"]},
+            {"id": "a2", "text": "What did the central bank raise?", "answers": ["benchmark interest rate"]},
+        ],
+    )
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\tsport/001\t1\nq2\tbusiness/002\t1\n", encoding="utf-8")
+    result = invoke(runner, "eval", "--index", corpus_index, "--queries", queries, "--qrels", qrels, "--json")
+    assert_ok(result)
+    report = json.loads(result.stdout)
+    assert set(report) == {"hybrid", "dense", "lexical"}
+    for figures in report.values():
+        assert figures["queries"] == 2 and figures["questions"] == 2
+        assert figures["ndcg@10"] == figures["mrr@10"] == 1.0  # both judged articles rank first in every mode
+        assert figures["recall@100"] == 1.0
+        assert figures["answer_recall@1"] <= figures["answer_recall@5"] <= figures["answer_recall@20"]
+    assert report["hybrid"]["answer_recall@5"] == 1.0
+    table = invoke(runner, "eval", "--index", corpus_index, "--queries", queries, "--qrels", qrels, "--mode", "dense")
+    assert_ok(table)
+    assert table.stdout.splitlines()[0].split()[:2] == ["mode", "ndcg@10"]
+    assert table.stdout.splitlines()[1].split()[0] == "dense"
+
+
+def test_eval_needs_judgments_or_answers(runner: CliRunner, corpus_index: Path, write_jsonl: Any) -> None:
+    queries = write_jsonl("q.jsonl", [{"_id": "q1", "text": "football"}])
+    result = invoke(runner, "eval", "--index", corpus_index, "--queries", queries)
+    assert result.exit_code == 2 and "--qrels" in result.output
