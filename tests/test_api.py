@@ -330,6 +330,8 @@ def test_index_page_is_html_with_a_search_form(client: FlaskClient) -> None:
         ("/api/search?q=rates&k=101", 400, "invalid_input"),
         ("/api/search?q=rates&k=abc", 400, "invalid_input"),
         ("/api/search?q=rates&k=1.5", 400, "invalid_input"),
+        ("/api/search?q=rates&mode=semantic", 400, "invalid_input"),
+        ("/api/search?q=rates&mode=", 400, "invalid_input"),
         ("/api/search?q=rates&k=%2B5", 400, "invalid_input"),
         ("/api/search?q=rates&k=%D9%A3", 400, "invalid_input"),
         ("/api/search?q=rates&k=%205", 400, "invalid_input"),
