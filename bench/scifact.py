@@ -334,7 +334,7 @@ def top10_ties(run: Mapping[str, Mapping[str, float]]) -> int:
 
 
 def benchmark(data: Path, work: Path, split: str, rebuild: bool, mode: str | None = None) -> dict[str, Any]:
-    data, work = data.absolute(), work.absolute()  # the CLI runs with the repository as its working directory
+    data, work = data.resolve(), work.absolute()  # the CLI runs with the repository as its working directory
     corpus = data / "corpus.jsonl"
     queries_path = data / "queries.jsonl"
     qrels_path = data / "qrels" / f"{split}.tsv"

@@ -200,7 +200,8 @@ class SearchService:
         items = [(sp, vec) for aid in aids for sp, vec in rows.get(aid, [])]
         dense = {sp.passage.id: float(vec @ qvec) for sp, vec in items}
         lexical = {sp.passage.id: 0.0 for sp, _ in items} | self.lexical.score_passages(query, dense)
-        fused = self._fuse_mode(dense, lexical, mode, self.passage_fusion, self._best_passage_scores(query, qvec))
+        context = self._best_passage_scores(query, qvec) if mode == "hybrid" else ([], [])
+        fused = self._fuse_mode(dense, lexical, mode, self.passage_fusion, context)
         out: dict[int, list[tuple[StoredPassage, Scores]]] = {aid: [] for aid in aids}
         for sp, _ in sorted(items, key=lambda x: (-fused[x[0].passage.id], x[0].passage.position)):
             picked = out[sp.aid]

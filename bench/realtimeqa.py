@@ -1,0 +1,70 @@
+"""RealTime QA collections for evaluation: questions with answer strings, and the articles a web search returned.
+
+``select`` picks a tuning set (dev) and a later held-out set of questions, and writes the union of their search
+results as one JSONL corpus, so both are measured on the same index. Data stay in ``../shared/data``; only the
+selection (ids) and the working corpus go to the work directory, which is git-ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load_questions(data: Path) -> list[dict[str, Any]]:
+    with (data / "questions_dev.jsonl").open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def load_search_results(data: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    with (data / "search_results.tsv").open(encoding="utf-8") as fh:
+        next(fh)
+        for line in fh:
+            qid, _rank, article = line.rstrip("\n").split("\t")
+            out.setdefault(qid, []).append(article)
+    return out
+
+
+def select(data: Path, work: Path, n_dev: int, n_heldout: int) -> dict[str, Any]:
+    """Dev: the first ``n_dev`` 2023 questions; held-out: the last ``n_heldout`` 2024 questions (later in time)."""
+    results = load_search_results(data)
+    usable = [
+        q for q in load_questions(data) if q["question_id"] in results and any(a.strip() for a in q["answer_text"])
+    ]
+    usable.sort(key=lambda q: (q["question_date"], q["question_id"]))
+    dev = [q for q in usable if q["question_date"].startswith("2023")][:n_dev]
+    heldout = [q for q in usable if q["question_date"].startswith("2024")][-n_heldout:]
+    wanted = {a for q in dev + heldout for a in results[q["question_id"]]}
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = work / "rtqa-corpus.jsonl"
+    kept = 0
+    with gzip.open(data / "news_corpus.jsonl.gz", "rt", encoding="utf-8") as src, corpus.open("w") as out:
+        for line in src:
+            record = json.loads(line)
+            if record["id"] in wanted:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                kept += 1
+    for name, qs in (("dev", dev), ("heldout", heldout)):
+        with (work / f"rtqa-{name}.jsonl").open("w", encoding="utf-8") as fh:
+            for q in qs:
+                row = {"id": q["question_id"], "text": q["question"], "answers": q["answer_text"]}
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {"dev": len(dev), "heldout": len(heldout), "articles": kept, "corpus": str(corpus)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/realtimeqa"))
+    parser.add_argument("--work", type=Path, default=Path("bench/results/quality"))
+    parser.add_argument("--dev", type=int, default=100)
+    parser.add_argument("--heldout", type=int, default=100)
+    args = parser.parse_args()
+    print(json.dumps(select(args.data, args.work, args.dev, args.heldout)))
+
+
+if __name__ == "__main__":
+    main()
