@@ -59,6 +59,7 @@ QUERY_TIME_SETTINGS = frozenset(
         "passage_alpha",
         "fusion_normalisation",
         "rrf_k",
+        "title_weight",
         "lexical_candidates",
         "passages_per_result",
         "related_per_result",
