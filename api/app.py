@@ -57,10 +57,10 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
 
 def load_service(settings: Settings) -> SearchService:
     """Load the model and open the index: the heavy, once-per-process step."""
-    from search.embedding import SentenceTransformerEmbedder
+    from search.embedding import make_embedder
     from search.index import open_index
 
-    embedder = SentenceTransformerEmbedder(settings.model, settings.threads)
+    embedder = make_embedder(settings)
     return SearchService(open_index(settings.index_dir, embedder), embedder, settings)
 
 

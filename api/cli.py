@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from search.errors import NewsdeskError, SourceError
-from search.settings import MODES, Settings
+from search.settings import BACKENDS, MODES, Settings
 
 HELP = Settings.help()
 
@@ -43,6 +43,10 @@ def _model_option(f: Any) -> Any:
     return click.option("--model", default=None, help=HELP["model"])(f)
 
 
+def _backend_option(f: Any) -> Any:
+    return click.option("--backend", type=click.Choice(BACKENDS), default=None, help=HELP["backend"])(f)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """newsdesk: semantic search over news articles."""
@@ -57,8 +61,11 @@ def main() -> None:
 @click.option("--min-passage-chars", type=int, default=None, help=HELP["min_passage_chars"])
 @click.option("--title-context/--no-title-context", default=None, help=HELP["title_context"])
 @click.option("--faiss-factory", default=None, help=HELP["faiss_factory"])
+@click.option("--faiss-search", default=None, help=HELP["faiss_search"])
+@_backend_option
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@click.option("--rebuild", is_flag=True, help="Build from scratch even if the index could be updated in place.")
 @click.option("--id-field", default=None, help="Source field holding the article id.")
 @click.option("--title-field", default=None, help="Source field holding the headline.")
 @click.option("--paragraphs-field", default=None, help="Source field holding a list of paragraphs.")
@@ -67,10 +74,13 @@ def main() -> None:
 @click.option("--source-field", default=None, help="Source field holding the outlet name.")
 @click.option("--url-field", default=None, help="Source field holding the article URL.")
 @click.option("--tags-field", default=None, help="Source field holding tags or a category.")
-def index_cmd(sources: tuple[Path, ...], quiet: bool, **opts: Any) -> None:
-    """Build an index from SOURCES (.jsonl, .jsonl.gz, .csv, or directories of .txt/.md files)."""
-    from indexer.build import build_index
+def index_cmd(sources: tuple[Path, ...], quiet: bool, rebuild: bool, **opts: Any) -> None:
+    """Build or update an index from SOURCES (.jsonl, .jsonl.gz, .csv, or directories of .txt/.md files).
+
+    On an existing compatible index only new and changed articles are embedded and articles missing from SOURCES
+    are deleted; otherwise (or with --rebuild) a new index is built and swapped in when complete."""
     from indexer.sources import FieldMap, read_sources
+    from indexer.sync import sync_index
 
     fields = {k[: -len("_field")]: opts.pop(k) for k in list(opts) if k.endswith("_field")}
     settings = Settings.from_env(**opts)
@@ -79,11 +89,21 @@ def index_cmd(sources: tuple[Path, ...], quiet: bool, **opts: Any) -> None:
             raise SourceError(f"{s}: no such file or directory")
     articles = read_sources(list(sources), FieldMap(**fields))
     progress = None if not quiet else False
-    report = build_index(articles, settings.index_dir, settings, progress=progress, sources=[str(s) for s in sources])
-    if not quiet:
+    report = sync_index(articles, settings, rebuild=rebuild, progress=progress, sources=[str(s) for s in sources])
+    if quiet:
+        return
+    if report.mode == "incremental":
+        click.echo(
+            f"updated {settings.index_dir}: {report.added} added, {report.changed} changed, {report.deleted} deleted, "
+            f"{report.unchanged} unchanged; {report.embedded} passages embedded, {report.reused} reused; now "
+            f"{report.articles} articles, {report.passages} passages",
+            err=True,
+        )
+    else:
         click.echo(
             f"indexed {report.articles} articles, {report.passages} passages "
-            f"({report.embedded} embedded, {report.duplicate_ids} duplicate ids replaced) into {settings.index_dir}",
+            f"({report.embedded} embedded, {report.duplicate_ids} duplicate ids replaced) into {settings.index_dir}"
+            f" [full build: {report.reason}]",
             err=True,
         )
 
@@ -95,6 +115,7 @@ def index_cmd(sources: tuple[Path, ...], quiet: bool, **opts: Any) -> None:
 @click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Request threads of the WSGI server.")
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
+@_backend_option
 def serve(host: str, port: int, workers: int, **opts: Any) -> None:
     """Serve the API and the web page with waitress (a production WSGI server)."""
     import waitress
@@ -122,6 +143,7 @@ def serve(host: str, port: int, workers: int, **opts: Any) -> None:
 @click.option("--tag", default="newsdesk", show_default=True, help="Run tag in the TREC file.")
 @click.option("--mode", type=click.Choice(MODES), default=None, help=HELP["mode"])
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
+@_backend_option
 def search(
     text: str | None,
     k: int,
@@ -166,20 +188,10 @@ def _read_queries(path: Path) -> list[tuple[str, str]]:
 def read_query_file(path: Path) -> list[tuple[str, str, list[str] | None]]:
     """(id, text, answers) rows: ``_id``/``id``/``question_id`` with ``text``/``question``, and optionally
     ``answers``/``answer_text`` (RealTime QA's format) for answer-recall evaluation."""
+    from indexer.sources import read_jsonl_objects
+
     out: list[tuple[str, str, list[str] | None]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SourceError(f"{path}: unreadable ({exc})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise SourceError(f"{path}:{n}: a query row must be a JSON object")
+    for n, row in read_jsonl_objects(path):
         qid = next((row[key] for key in ("_id", "id", "question_id") if key in row), None)
         text = row.get("text", row.get("question"))
         if qid is None or not isinstance(text, str):
@@ -262,6 +274,7 @@ class _atomic_text:
 @click.option("--answer-k", default="1,5,10,20", show_default=True, help="Cut-offs for answer recall.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
+@_backend_option
 def eval_cmd(
     queries: Path, qrels: Path | None, modes: tuple[str, ...], answer_k: str, as_json: bool, **opts: Any
 ) -> None:

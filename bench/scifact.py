@@ -52,6 +52,9 @@ QUERY_TIME_SETTINGS = frozenset(
     for name in (
         "index_dir",
         "threads",
+        "search_threads",
+        "faiss_search",
+        "model_cache",
         "candidates",
         "mode",
         "fusion",

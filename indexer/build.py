@@ -7,7 +7,7 @@ an interrupted or failed build leaves whatever index was there before untouched.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from search.chunking import Chunk, Chunker
-from search.embedding import Embedder, SentenceTransformerEmbedder
+from search.bm25 import LexicalPostings
+from search.chunking import Chunk, Chunker, sentence_spans
+from search.embedding import Embedder, make_embedder
 from search.errors import SourceError
 from search.index import (
     ARTICLE_FACTORY,
@@ -29,7 +30,7 @@ from search.index import (
 )
 from search.models import Article
 from search.settings import Settings
-from search.store import NewArticle, Store
+from search.store import NewArticle, SentenceVectors, Store
 
 GROUP_ARTICLES = 512  # articles embedded and written per step: bounds memory on large corpora
 
@@ -55,9 +56,19 @@ def make_chunker(settings: Settings, embedder: Embedder) -> Chunker:
 
 def embedding_input(article: Article, chunk: Chunk, title_context: bool) -> str:
     """What the model sees for a passage: body passages carry their headline when ``title_context`` is on."""
-    if title_context and chunk.field == "body" and article.title:
-        return f"{article.title}\n{chunk.text}"
-    return chunk.text
+    return input_text(article.title, chunk.field, chunk.text, title_context)
+
+
+def input_text(title: str, field: str, text: str, title_context: bool) -> str:
+    """``embedding_input`` from stored columns, so a re-index can match old vectors to new passages."""
+    if title_context and field == "body" and title:
+        return f"{title}\n{text}"
+    return text
+
+
+def chunking_config(chunker: Chunker, settings: Settings) -> dict[str, Any]:
+    """What decides the passages and their embedding inputs; recorded in the manifest, compared by a re-index."""
+    return {"max_tokens": chunker.max_tokens, "min_chars": chunker.min_chars, "title_context": settings.title_context}
 
 
 def dedupe_articles(articles: Iterable[Article], report: BuildReport) -> list[Article]:
@@ -81,7 +92,7 @@ def build_index(
     sources: list[str] | None = None,
 ) -> BuildReport:
     """Build a complete index at ``target`` from ``articles`` and swap it in atomically."""
-    embedder = embedder or SentenceTransformerEmbedder(settings.model, settings.threads)
+    embedder = embedder or make_embedder(settings)
     report = BuildReport(sources=list(sources or []))
     items = dedupe_articles(articles, report)
     if not items:
@@ -105,12 +116,13 @@ def build_index(
                 "format_version": FORMAT_VERSION,
                 "name": target.name,
                 "model": fingerprint,
-                "chunking": {
-                    "max_tokens": chunker.max_tokens,
-                    "min_chars": chunker.min_chars,
-                    "title_context": settings.title_context,
+                "chunking": chunking_config(chunker, settings),
+                "faiss": {
+                    "factory": settings.faiss_factory,
+                    "search": settings.faiss_search,
+                    "metric": "inner_product",
+                    "articles": ARTICLE_FACTORY,
                 },
-                "faiss": {"factory": settings.faiss_factory, "metric": "inner_product", "articles": ARTICLE_FACTORY},
                 "counts": {"articles": report.articles, "passages": report.passages},
                 "newest_date": store.newest_date(),
                 "sources": report.sources,
@@ -118,31 +130,43 @@ def build_index(
                 "updated_at": now_iso(),
             }
             load_vectors(work, store, manifest)  # writes vectors.faiss / articles.faiss for this generation
+            LexicalPostings.build(store).save(work)  # the in-memory BM25's postings, for this generation
             write_manifest(work, manifest)
         finally:
             store.close()
     return report
 
 
+Reusable = tuple[np.ndarray, SentenceVectors | None]  # a passage's vector and its sentence vectors
+
+
 def new_articles(
-    articles: list[Article], chunker: Chunker, embedder: Embedder, settings: Settings
+    articles: list[Article],
+    chunker: Chunker,
+    embedder: Embedder,
+    settings: Settings,
+    known: Mapping[str, Reusable] | None = None,
 ) -> tuple[list[NewArticle], int]:
-    """Chunk and embed articles into rows ready for the store; returns (rows, number of texts embedded)."""
+    """Chunk and embed articles into rows ready for the store; returns (rows, number of texts embedded).
+
+    ``known`` maps embedding inputs to vectors already computed (an incremental re-index passes the old vectors
+    of changed articles), so an unchanged paragraph of an edited article is not embedded again."""
     chunked = [(a, chunker.chunk(a)) for a in articles]
-    vectors, embedded = _embed(chunked, embedder, settings)
+    vectors, sentences, embedded = _embed(chunked, embedder, settings, known)
     rows: list[NewArticle] = []
     i = 0
     for a, chunks in chunked:
         pv = vectors[i : i + len(chunks)]
-        i += len(chunks)
         rows.append(
             NewArticle(
                 article=a,
                 passages=[(c.position, c.field, c.start, c.end, c.text) for c in chunks],
                 passage_vectors=pv,
                 article_vector=_mean_vector(pv, embedder.dimension),
+                sentences=sentences[i : i + len(chunks)],
             )
         )
+        i += len(chunks)
     return rows, embedded
 
 
@@ -152,17 +176,37 @@ def _groups(items: list[Article], size: int) -> Iterator[list[Article]]:
 
 
 def _embed(
-    chunked: list[tuple[Article, list[Chunk]]], embedder: Embedder, settings: Settings
-) -> tuple[np.ndarray, int]:
-    """Vectors for every chunk in order; identical inputs are embedded once. Returns (vectors, number embedded)."""
-    inputs = [embedding_input(a, c, settings.title_context) for a, chunks in chunked for c in chunks]
-    unique = list(dict.fromkeys(inputs))
-    if not unique:
-        return np.zeros((0, embedder.dimension), dtype=np.float32), 0
-    vecs = embedder.encode(unique, batch_size=settings.batch_size)
-    position = {text: i for i, text in enumerate(unique)}
-    out: np.ndarray = vecs[[position[t] for t in inputs]]
-    return out, len(unique)
+    chunked: list[tuple[Article, list[Chunk]]],
+    embedder: Embedder,
+    settings: Settings,
+    known: Mapping[str, Reusable] | None = None,
+) -> tuple[np.ndarray, list[SentenceVectors | None], int]:
+    """Vectors for every chunk in order, with the sentence vectors of multi-sentence chunks from the same forward
+    pass (``Embedder.encode_spans``); identical inputs are embedded once and ``known`` ones not at all.
+    Returns (vectors, sentences, number embedded)."""
+    known = known or {}
+    inputs: list[str] = []
+    spans: dict[str, list[tuple[int, int]]] = {}  # sentence spans of each input, relative to the chunk text
+    prefix: dict[str, int] = {}  # the chunk text ends its input; a headline and a newline may come first
+    for a, chunks in chunked:
+        for c in chunks:
+            text = embedding_input(a, c, settings.title_context)
+            inputs.append(text)
+            if text not in spans:
+                sentences = sentence_spans(c.text)
+                spans[text] = [(s.start, s.end) for s in sentences] if len(sentences) > 1 else []
+                prefix[text] = len(text) - len(c.text)
+    if not inputs:
+        return np.zeros((0, embedder.dimension), dtype=np.float32), [], 0
+    unique = [t for t in dict.fromkeys(inputs) if t not in known]
+    shifted = [[(prefix[t] + a, prefix[t] + b) for a, b in spans[t]] for t in unique]
+    vecs, span_vecs = embedder.encode_spans(unique, shifted, batch_size=settings.batch_size)
+    found: dict[str, Reusable] = {
+        t: (v, (spans[t], sv) if spans[t] else None) for t, v, sv in zip(unique, vecs, span_vecs, strict=True)
+    }
+    found.update({t: known[t] for t in inputs if t not in found})
+    out = np.stack([found[t][0] for t in inputs]).astype(np.float32, copy=False)
+    return out, [found[t][1] for t in inputs], len(unique)
 
 
 def _mean_vector(vectors: np.ndarray, dimension: int) -> np.ndarray:

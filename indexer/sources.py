@@ -87,7 +87,9 @@ def _open_text(path: Path) -> IO[str]:
         raise SourceError(f"{path}: {exc.strerror or exc}") from None
 
 
-def _read_jsonl(path: Path, fm: FieldMap) -> Iterator[Article]:
+def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file; a line that is not a
+    JSON object, or an unreadable file, is a ``SourceError`` naming the file and line."""
     with _open_text(path) as fh:
         lineno = 0
         try:
@@ -100,11 +102,16 @@ def _read_jsonl(path: Path, fm: FieldMap) -> Iterator[Article]:
                     raise SourceError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
                 if not isinstance(record, dict):
                     raise SourceError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-                article = to_article(record, fm, f"{path}:{lineno}")
-                if article is not None:
-                    yield article
+                yield lineno, record
         except (UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile) as exc:
             raise SourceError(f"{path}:{lineno + 1}: unreadable ({exc})") from None
+
+
+def _read_jsonl(path: Path, fm: FieldMap) -> Iterator[Article]:
+    for lineno, record in read_jsonl_objects(path):
+        article = to_article(record, fm, f"{path}:{lineno}")
+        if article is not None:
+            yield article
 
 
 def _read_csv(path: Path, fm: FieldMap) -> Iterator[Article]:

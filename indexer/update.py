@@ -11,42 +11,63 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from indexer.build import make_chunker, new_articles
+from indexer.build import Reusable, input_text, make_chunker, new_articles
 from search.embedding import Embedder
 from search.index import Index, now_iso, save_vectors, write_manifest
 from search.models import Article
 from search.settings import Settings
+from search.store import NewArticle
 
 
 def add_articles(index: Index, articles: Iterable[Article], embedder: Embedder, settings: Settings) -> int:
-    """Insert or replace (by id) articles; returns how many were written."""
+    """Insert or replace (by id) articles; returns how many were written.
+
+    A replaced article's old and new versions swap in one transaction, and passages whose embedding input did not
+    change keep their stored vectors instead of being embedded again."""
     items = list({a.id: a for a in articles}.values())
     if not items:
         return 0
-    delete_articles(index, [a.id for a in items], save=False)
-    chunker = make_chunker(settings, embedder)
-    rows, _ = new_articles(items, chunker, embedder, settings)
-    pids = index.store.add_articles(rows)
-    index.passages.add(np.asarray(pids, dtype=np.int64), np.concatenate([r.passage_vectors for r in rows]))
-    aids = [index.store.aid_of(a.id) for a in items]
-    index.articles.add(np.asarray(aids, dtype=np.int64), np.stack([r.article_vector for r in rows]))
-    _saved(index)
+    known = reusable_vectors(index, [a.id for a in items], settings)
+    rows, _ = new_articles(items, make_chunker(settings, embedder), embedder, settings, known)
+    apply_changes(index, [a.id for a in items], rows)
     return len(items)
 
 
-def delete_articles(index: Index, article_ids: Iterable[str], *, save: bool = True) -> int:
+def delete_articles(index: Index, article_ids: Iterable[str]) -> int:
     """Delete articles by id (unknown ids are ignored); returns how many were deleted."""
-    aids, pids = index.store.delete_articles(article_ids)
+    return apply_changes(index, list(article_ids), [])
+
+
+def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -> dict[str, Reusable]:
+    """Stored vectors (passage and sentences) of the given articles' passages, keyed by the text the model saw."""
+    return {
+        input_text(title, field, text, settings.title_context): (vec, sentences)
+        for title, field, text, vec, sentences in index.store.passage_texts(article_ids)
+    }
+
+
+def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle]) -> int:
+    """Delete and insert in one SQLite transaction, then bring FAISS, the BM25 postings and the manifest up to it;
+    returns the number of articles deleted."""
+    aids, pids, new_pids = index.store.replace_articles(delete_ids, rows)
+    new_aids = [a for a in (index.store.aid_of(r.article.id) for r in rows) if a is not None]
+    if aids or rows:
+        index.lexical = index.lexical.updated(index.store, (aids, pids), (new_aids, new_pids))
     if aids:
         index.passages.remove(np.asarray(pids, dtype=np.int64))
         index.articles.remove(np.asarray(aids, dtype=np.int64))
-        if save:
-            _saved(index)
+    if rows:
+        index.passages.add(np.asarray(new_pids, dtype=np.int64), np.concatenate([r.passage_vectors for r in rows]))
+        index.articles.add(np.asarray(new_aids, dtype=np.int64), np.stack([r.article_vector for r in rows]))
+    if aids or rows:
+        save_state(index)
     return len(aids)
 
 
-def _saved(index: Index) -> None:
+def save_state(index: Index) -> None:
+    """FAISS caches stamped with the store's generation, then the manifest's counts."""
     save_vectors(index.directory, index.passages, index.articles, index.store.generation(), index.manifest)
+    index.lexical.save(index.directory)
     n_articles, n_passages = index.store.counts()
     index.manifest["counts"] = {"articles": n_articles, "passages": n_passages}
     index.manifest["newest_date"] = index.store.newest_date()

@@ -3,20 +3,39 @@
 The index records which model made its vectors (name, a hash of its files, and the vectors it gives for a few fixed
 probe sentences). Comparing probe vectors is what catches a same-dimension model swap, whatever the model's name or
 where its files live.
+
+Two backends run the same model: ``torch`` (fp32, sentence-transformers' own ``encode``) and ``onnx-int8`` (the
+model exported once to ONNX, its weights quantised to int8 by onnxruntime's dynamic quantisation, run by an
+onnxruntime session). Both give vectors whose probe cosines agree to well above ``PROBE_MIN_COSINE``, so an index
+built with one can be queried with the other.
+
+sentence-transformers' own ONNX path (``backend="onnx"`` and ``export_dynamic_quantized_onnx_model``) needs
+optimum-onnx, whose only release requires transformers < 4.58 while sentence-transformers 6 requires transformers 5:
+the two cannot be installed together. So the export here does the same steps with torch and onnxruntime alone
+(TorchScript export of the transformer, then ``quantize_dynamic`` with optimum's per-CPU presets) and names the file
+as sentence-transformers would (``onnx/model_<weights dtype>_<preset>.onnx``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import platform
+import re
+import shutil
+import tempfile
 import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from search.errors import ModelMismatch, NewsdeskError
-from search.settings import DEFAULT_MODEL
+from search.errors import InvalidInput, ModelMismatch, NewsdeskError
+from search.settings import BACKENDS, DEFAULT_MODEL, Settings
 
 PROBE_SENTENCES = (
     "North Korea accuses the United States of building an alliance in Asia.",
@@ -24,6 +43,10 @@ PROBE_SENTENCES = (
     "The striker scored twice in the second half.",
 )
 PROBE_MIN_COSINE = 0.98
+ONNX_EXPORT_VERSION = 1  # part of the export cache key: bump it when the export below changes
+# optimum's AutoQuantizationConfig presets (what sentence-transformers' export uses): dynamic quantisation of every
+# integer-op type, uint8 activations, symmetric per-channel weights, int8 weights except uint8 on plain AVX2.
+QUANT_WEIGHT_TYPES = {"avx2": "QUInt8", "avx512": "QInt8", "avx512_vnni": "QInt8", "arm64": "QInt8"}
 
 
 class Embedder(Protocol):
@@ -34,6 +57,18 @@ class Embedder(Protocol):
 
     def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """float32 array of shape (len(texts), dimension), each row L2-normalised."""
+        ...
+
+    def encode_spans(
+        self, texts: list[str], spans: list[list[tuple[int, int]]], *, batch_size: int = 64
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``encode(texts)``, and for each text a float32 array (len(spans[i]), dimension) of span vectors.
+
+        A span ``(start, end)`` is a character range of its text; its vector is the L2-normalised mean of the
+        contextual embeddings of the tokens that start inside it, taken from the same forward pass that made the
+        text's vector ("late chunking", Günther et al. 2024): no extra model call. A span the model saw no token of
+        (empty, blank, or past the model's truncation) gets the whole text's vector.
+        """
         ...
 
     def count_tokens(self, text: str) -> int: ...
@@ -67,16 +102,58 @@ def resolve_model(model: str) -> str:
     return model
 
 
-class SentenceTransformerEmbedder:
-    """A sentence-transformers model on the CPU."""
+def make_embedder(settings: Settings) -> Embedder:
+    """The embedder ``settings`` ask for: every command and the web app build theirs here."""
+    return SentenceTransformerEmbedder(
+        settings.model, settings.threads, backend=settings.backend, model_cache=settings.model_cache
+    )
 
-    def __init__(self, model: str = DEFAULT_MODEL, threads: int = 2) -> None:
+
+def quantization_config(cpuinfo: str | None = None, machine: str | None = None) -> str:
+    """The int8 preset for this CPU: ``avx512_vnni``, ``avx512`` (avx512f), ``avx2``, or ``arm64``."""
+    if (machine or platform.machine()).lower() in ("aarch64", "arm64"):
+        return "arm64"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def onnx_file_name(config: str) -> str:
+    """Where an export for ``config`` lives inside its cache directory, named as sentence-transformers names it."""
+    return f"onnx/model_{QUANT_WEIGHT_TYPES[config].lower()}_{config}.onnx"
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model on the CPU, run by torch (fp32) or onnxruntime (int8, exported once)."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        threads: int = 2,
+        *,
+        backend: str = "torch",
+        model_cache: Path | str | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise InvalidInput(f"setting backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         pin_threads(threads)
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # a per-load "Loading weights" bar is noise in server logs and CLI output
         self.name = model
+        self.backend = backend
         self._path = resolve_model(model)
         try:
             self._model = SentenceTransformer(self._path, device="cpu")
@@ -88,22 +165,181 @@ class SentenceTransformerEmbedder:
         self.dimension = int(dim)
         self.max_seq_length = int(self._model.max_seq_length or 512)
         self._fingerprint: dict[str, Any] | None = None
+        self._files_sha256: str | None = None
         # Fast tokenizers raise "Already borrowed" when two threads encode at once, and torch already uses every
         # pinned thread for one batch, so requests from the WSGI threads take turns here.
         self._lock = threading.Lock()
+        self.quantization: str | None = None
+        self.onnx_path: Path | None = None
+        self.onnx_exported = False  # True when this instance made the export (rather than finding it cached)
+        self._session: Any = None
+        self._onnx_inputs: list[str] = []
+        if backend == "onnx-int8":
+            cache = Path(model_cache if model_cache is not None else Settings.model_cache).expanduser()
+            self._load_onnx(threads, cache)
+
+    # -- onnx-int8 ---------------------------------------------------------------------------------------------
+
+    def _load_onnx(self, threads: int, cache: Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise NewsdeskError(f"the onnx-int8 backend needs onnxruntime and onnx ({exc})") from exc
+        config = quantization_config()
+        source = self._source_hash() or _weights_hash(self._model)
+        key = hashlib.sha256(f"{source}|{config}|{ONNX_EXPORT_VERSION}".encode()).hexdigest()[:16]
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.name).name or "model")
+        directory = cache / f"{slug}-{key}"
+        path = directory / onnx_file_name(config)
+        if not path.is_file():
+            try:
+                self.onnx_exported = _export_onnx_int8(self._model, directory, config)
+            except OSError as exc:
+                raise NewsdeskError(f"cannot export {self.name!r} to int8 ONNX under {cache}: {exc}") from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # like torch, pinned: a default pool takes every core
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._onnx_inputs = [i.name for i in self._session.get_inputs()]
+        self.quantization = config
+        self.onnx_path = path
+
+    def _onnx_batch(self, texts: list[str], offsets: bool) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+        """One padded batch through the int8 session: per text its tokens, and the batch's pooled vectors."""
+        import torch
+
+        enc = self._model.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_seq_length,
+            return_tensors="np",
+            return_offsets_mapping=offsets,
+        )
+        feeds = {name: np.asarray(enc[name], dtype=np.int64) for name in self._onnx_inputs}
+        (hidden,) = self._session.run(["last_hidden_state"], feeds)
+        mask = np.asarray(enc["attention_mask"])
+        features: dict[str, Any] = {
+            "token_embeddings": torch.from_numpy(hidden),
+            "attention_mask": torch.from_numpy(mask),
+        }
+        with torch.inference_mode():
+            for module in list(self._model)[1:]:  # pooling, normalisation, any dense layers: as the model defines
+                features = module(features)
+            pooled = torch.nn.functional.normalize(features["sentence_embedding"], p=2, dim=1).numpy()
+        items = [
+            {
+                "tokens": hidden[i],
+                "mask": mask[i],
+                **({"offsets": np.asarray(enc["offset_mapping"][i])} if offsets else {}),
+            }
+            for i in range(len(texts))
+        ]
+        return items, pooled
+
+    # -- both backends -----------------------------------------------------------------------------------------
+
+    def _batches(
+        self, texts: list[str], batch_size: int, offsets: bool
+    ) -> Iterator[tuple[np.ndarray, list[dict[str, np.ndarray]], np.ndarray]]:
+        """(indices, per-text token data, normalised text vectors) batch by batch, one forward pass each.
+
+        Batches are formed as sentence-transformers' ``encode`` forms them (longest texts first, by characters, each
+        batch padded only to its own longest), so the text vectors equal ``encode``'s and padding wastes little.
+        """
+        import torch
+
+        order = np.argsort([-len(t) for t in texts])  # the very call sentence-transformers' encode makes
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = [texts[i] for i in idx]
+            if self._session is not None:
+                items, pooled = self._onnx_batch(batch, offsets)
+                yield idx, items, pooled
+                continue
+            extra: dict[str, Any] = {"processing_kwargs": {"text": {"return_offsets_mapping": True}}} if offsets else {}
+            outputs = self._model.encode(
+                batch, batch_size=len(batch), output_value=None, show_progress_bar=False, **extra
+            )
+            pooled = torch.nn.functional.normalize(
+                torch.stack([o["sentence_embedding"] for o in outputs]), p=2, dim=1
+            ).numpy()
+            items = [
+                {
+                    "tokens": o["token_embeddings"].numpy(),
+                    "mask": o["attention_mask"].numpy(),
+                    **({"offsets": o["offset_mapping"].numpy()} if offsets else {}),
+                }
+                for o in outputs
+            ]
+            yield idx, items, pooled
 
     def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self._session is None:
+            with self._lock:
+                vecs = self._model.encode(
+                    list(texts),
+                    batch_size=batch_size,
+                    show_progress_bar=progress,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                )
+            return np.ascontiguousarray(vecs, dtype=np.float32)
+        from tqdm import tqdm
+
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
         with self._lock:
-            vecs = self._model.encode(
-                list(texts),
-                batch_size=batch_size,
-                show_progress_bar=progress,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-            )
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+            batches = self._batches(list(texts), batch_size, offsets=False)
+            total = -(-len(texts) // batch_size)
+            for idx, _, pooled in tqdm(batches, total=total, desc="Batches", disable=not progress):
+                out[idx] = pooled
+        return out
+
+    def encode_spans(
+        self, texts: list[str], spans: list[list[tuple[int, int]]], *, batch_size: int = 64
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        texts = list(texts)
+        if len(spans) != len(texts):
+            raise ValueError(f"encode_spans got {len(texts)} texts but {len(spans)} span lists")
+        for i, (text, text_spans) in enumerate(zip(texts, spans, strict=True)):
+            for start, end in text_spans:
+                if not 0 <= start <= end <= len(text):
+                    raise ValueError(f"span ({start}, {end}) is not a range of text {i} ({len(text)} characters)")
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        span_vectors: list[np.ndarray] = [np.zeros((0, self.dimension), dtype=np.float32) for _ in texts]
+        if not texts:
+            return vectors, span_vectors
+        with self._lock:
+            for idx, items, pooled in self._batches(texts, batch_size, offsets=True):
+                vectors[idx] = pooled
+                means: list[np.ndarray] = []
+                slots: list[tuple[int, int]] = []
+                for row, i in enumerate(idx):
+                    span_vectors[i] = np.repeat(pooled[row : row + 1], len(spans[i]), axis=0)
+                    for j, mean in _span_means(items[row], spans[i]):
+                        means.append(mean)
+                        slots.append((int(i), j))
+                if means:
+                    finished = self._finish_spans(np.stack(means))
+                    for (i, j), v in zip(slots, finished, strict=True):
+                        span_vectors[i][j] = v
+        return vectors, span_vectors
+
+    def _finish_spans(self, means: np.ndarray) -> np.ndarray:
+        """Mean token embeddings to span vectors: the model's modules after pooling (if any), then normalised."""
+        import torch
+
+        modules = list(self._model)
+        after = next((k + 1 for k, m in enumerate(modules) if type(m).__name__ == "Pooling"), len(modules))
+        features: dict[str, Any] = {"sentence_embedding": torch.from_numpy(np.ascontiguousarray(means))}
+        with torch.inference_mode():
+            for module in modules[after:]:
+                features = module(features)
+            out: np.ndarray = torch.nn.functional.normalize(features["sentence_embedding"], p=2, dim=1).numpy()
+        return out.astype(np.float32, copy=False)
 
     def count_tokens(self, text: str) -> int:
         with self._lock:
@@ -111,16 +347,157 @@ class SentenceTransformerEmbedder:
                 self._model.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
             )
 
+    def _source_hash(self) -> str | None:
+        if self._files_sha256 is None:
+            self._files_sha256 = _files_hash(Path(self._path))
+        return self._files_sha256
+
     def fingerprint(self) -> dict[str, Any]:
         if self._fingerprint is None:
-            self._fingerprint = {
+            fingerprint: dict[str, Any] = {
                 "name": self.name,
                 "dimension": self.dimension,
                 "normalized": True,
-                "files_sha256": _files_hash(Path(self._path)),
-                "probe": [[round(float(x), 6) for x in v] for v in self.encode(list(PROBE_SENTENCES))],
+                "backend": self.backend,
             }
+            if self.quantization is not None:
+                fingerprint["quantization"] = self.quantization
+            fingerprint["files_sha256"] = self._source_hash()
+            fingerprint["probe"] = [[round(float(x), 6) for x in v] for v in self.encode(list(PROBE_SENTENCES))]
+            self._fingerprint = fingerprint
         return self._fingerprint
+
+
+def _span_means(item: dict[str, np.ndarray], spans: list[tuple[int, int]]) -> Iterator[tuple[int, np.ndarray]]:
+    """(span number, mean token embedding) for each span that holds at least one real token of the text.
+
+    A token belongs to the span its first character is in; special and padding tokens (empty offsets) to none.
+    """
+    offsets = item["offsets"]
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    real = (item["mask"] > 0) & (ends > starts)
+    for j, (start, end) in enumerate(spans):
+        inside = real & (starts >= start) & (starts < end)
+        if inside.any():
+            yield j, item["tokens"][inside].astype(np.float32).mean(axis=0)
+
+
+def _weights_hash(model: Any) -> str:
+    """A hash of a loaded model's weights, for a model with no local directory to hash."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _export_onnx_int8(model: Any, target: Path, config: str) -> bool:
+    """Export ``model``'s transformer to an int8 ONNX file under ``target``; False if another process got there first.
+
+    Everything is written into a temporary sibling directory that is renamed to ``target`` only when complete, so a
+    reader sees either no export or a whole one, and a crash leaves at most a stray temporary directory.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        fp32 = work / "model_fp32.onnx"
+        _export_fp32(model, fp32)
+        out = work / onnx_file_name(config)
+        out.parent.mkdir(parents=True)
+        _quantize(fp32, out, config)
+        fp32.unlink()
+        import onnxruntime
+        import torch
+
+        meta = {"config": config, "export_version": ONNX_EXPORT_VERSION, "torch": torch.__version__}
+        meta["onnxruntime"] = onnxruntime.__version__
+        (work / "export.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        for f in (out, work / "export.json"):
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        try:
+            os.rename(work, target)
+        except OSError:
+            if (target / onnx_file_name(config)).is_file():
+                return False  # a concurrent process finished the same export first; its copy is as good
+            raise
+        return True
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # gone already after a successful rename
+
+
+def _export_fp32(model: Any, path: Path) -> None:
+    """TorchScript export of the transformer (token embeddings out, dynamic batch and sequence axes)."""
+    import torch
+
+    transformer = model[0].model
+    tokenizer = model.tokenizer
+    # Two texts of different lengths, so the traced graph is the padded one with a real attention mask.
+    sample = tokenizer(
+        ["a", "a longer sample text, so that the first one is padded"], padding=True, return_tensors="pt"
+    )
+    names = [n for n in tokenizer.model_input_names if n in sample]
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = transformer
+
+        def forward(self, *inputs: Any) -> Any:
+            return self.inner(**dict(zip(names, inputs, strict=True))).last_hidden_state
+
+    axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            LastHiddenState().eval(),
+            tuple(sample[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,  # the torch.export-based exporter needs onnxscript and is slower to run; this is enough
+        )
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _quantize(src: Path, dst: Path, config: str) -> None:
+    """onnxruntime dynamic quantisation with optimum's ``AutoQuantizationConfig.<config>(is_static=False)`` options."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    quiet = _DropMessage("pre-processing before quantization")  # advice for static quantisation, logged on root
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        quantize_dynamic(
+            src,
+            dst,
+            op_types_to_quantize=list(IntegerOpsRegistry),
+            per_channel=True,
+            reduce_range=False,
+            weight_type=getattr(QuantType, QUANT_WEIGHT_TYPES[config]),
+            extra_options={
+                "WeightSymmetric": True,
+                "ActivationSymmetric": False,
+                "EnableSubgraph": False,
+                "ForceSymmetric": False,
+            },
+        )
+    finally:
+        root.removeFilter(quiet)
 
 
 def _files_hash(path: Path) -> str | None:
@@ -144,11 +521,22 @@ def check_compatible(recorded: dict[str, Any], embedder: Embedder) -> None:
             f"the configured model {embedder.name!r} has {embedder.dimension}. Rebuild the index or use that model."
         )
     current = embedder.fingerprint()
-    if recorded.get("files_sha256") and recorded.get("files_sha256") == current.get("files_sha256"):
+    # An index from before backends existed was built by torch. The same files run by the same backend give the
+    # same vectors; another backend (int8 ONNX for a torch-built index) has to pass the probe comparison.
+    recorded_backend = (recorded.get("backend", "torch"), recorded.get("quantization"))
+    current_backend = (current.get("backend", "torch"), current.get("quantization"))
+    same_files = bool(recorded.get("files_sha256")) and recorded.get("files_sha256") == current.get("files_sha256")
+    if same_files and recorded_backend == current_backend:
         return
     probe = np.asarray(recorded.get("probe") or [], dtype=np.float32)
     now = np.asarray(current["probe"], dtype=np.float32)
     if probe.shape != now.shape or float(np.min(np.sum(probe * now, axis=1))) < PROBE_MIN_COSINE:
+        if same_files:
+            raise ModelMismatch(
+                f"index was built with model {recorded.get('name')!r} on the {recorded_backend[0]} backend; the "
+                f"{current_backend[0]} backend's vectors of the same model differ too much from them. Rebuild the "
+                f"index or use the {recorded_backend[0]} backend."
+            )
         raise ModelMismatch(
             f"index was built with model {recorded.get('name')!r}; the configured model {embedder.name!r} embeds "
             "text differently (same dimension, different vectors). Rebuild the index or use the original model."

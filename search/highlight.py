@@ -1,13 +1,15 @@
 """Locating the sentence of a passage that answers the query.
 
-Sentences are embedded with the same model as the passages and compared with the query vector; a passage's
-sentence embeddings are cached by passage id, since popular passages come back query after query.
+Sentence vectors come from the index when it has them (made at index time from each passage's own forward pass,
+see ``Embedder.encode_spans``), so showing a result costs no model call. Passages of an index built without them
+have their sentences embedded here, with the same model, cached by passage id.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -15,10 +17,13 @@ from search.chunking import Span, sentence_spans
 from search.embedding import Embedder
 from search.models import Highlight
 
+StoredSentences = Callable[[list[int]], dict[int, tuple[list[tuple[int, int]], np.ndarray]]]
+
 
 class Highlighter:
-    def __init__(self, embedder: Embedder, cache_size: int = 4096) -> None:
+    def __init__(self, embedder: Embedder, stored: StoredSentences | None = None, cache_size: int = 4096) -> None:
         self._embedder = embedder
+        self._stored = stored
         self._cache: OrderedDict[int, tuple[list[Span], np.ndarray]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
@@ -31,6 +36,11 @@ class Highlighter:
             known = {pid: self._cache[pid] for pid, _ in passages if pid in self._cache}
             for pid in known:
                 self._cache.move_to_end(pid)
+        wanted = [pid for pid, _ in passages if pid not in known and len(split[pid]) > 1]
+        if wanted and self._stored is not None:
+            for pid, (stored_spans, stored_vecs) in self._stored(wanted).items():
+                if [(s.start, s.end) for s in split[pid]] == stored_spans:  # stored for this very text
+                    known[pid] = (split[pid], stored_vecs)
         for pid, text in passages:
             if pid not in known and len(split[pid]) > 1:
                 todo.append((pid, text))

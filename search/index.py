@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from search.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
 from search.embedding import Embedder, check_compatible
 from search.errors import IndexCorrupt, IndexMissing, NewsdeskError
 from search.store import Store
@@ -74,6 +75,7 @@ class Index:
     store: Store
     passages: FaissVectorStore
     articles: FaissVectorStore
+    lexical: LexicalPostings
 
     @property
     def name(self) -> str:
@@ -96,13 +98,15 @@ def open_index(directory: Path, embedder: Embedder) -> Index:
         with contextlib.suppress(OSError):
             write_manifest(directory, manifest)
     passages, articles = load_vectors(directory, store, manifest)
-    return Index(directory, manifest, store, passages, articles)
+    lexical = load_postings(directory, store)
+    return Index(directory, manifest, store, passages, articles, lexical)
 
 
 def load_vectors(directory: Path, store: Store, manifest: dict[str, Any]) -> tuple[FaissVectorStore, FaissVectorStore]:
     """The FAISS caches if they match the store's generation, else rebuilt from stored embeddings (no re-embedding)."""
     dim = int(manifest["model"]["dimension"])
     factory = str(manifest["faiss"]["factory"])
+    search = str(manifest["faiss"].get("search") or "")
     generation = store.generation()
     state_path = directory / VECTORS_STATE
     try:
@@ -113,10 +117,10 @@ def load_vectors(directory: Path, store: Store, manifest: dict[str, Any]) -> tup
     p_path, a_path = directory / PASSAGE_VECTORS, directory / ARTICLE_VECTORS
     if fresh and p_path.is_file() and a_path.is_file():
         try:
-            return FaissVectorStore.load(p_path, factory), FaissVectorStore.load(a_path, ARTICLE_FACTORY)
+            return FaissVectorStore.load(p_path, factory, search), FaissVectorStore.load(a_path, ARTICLE_FACTORY)
         except IndexCorrupt:
             pass  # a damaged cache is rebuilt below like a stale one
-    passages = FaissVectorStore.build(dim, factory, store.iter_vectors("passages"))
+    passages = FaissVectorStore.build(dim, factory, store.iter_vectors("passages"), search)
     articles = FaissVectorStore.build(dim, ARTICLE_FACTORY, store.iter_vectors("articles"))
     with contextlib.suppress(OSError):  # a read-only index still serves from the rebuilt in-memory copy
         save_vectors(directory, passages, articles, generation, manifest)
@@ -174,6 +178,7 @@ def check_index(directory: Path) -> list[str]:
         if problems:
             return problems
         problems += _check_faiss(directory, store, manifest)
+        problems += _check_postings(directory, store)
         return problems
     finally:
         store.close()
@@ -211,6 +216,29 @@ def _check_faiss(directory: Path, store: Store, manifest: dict[str, Any]) -> lis
                     if not np.allclose(vs.reconstruct(int(i)), v, atol=1e-5):
                         problems.append(f"{fname}: vector {i} differs from its stored embedding")
                         return problems
+    return problems
+
+
+def _check_postings(directory: Path, store: Store) -> list[str]:
+    """The BM25 postings cache, when it claims the store's generation, covers exactly the stored rows."""
+    try:
+        state = json.loads((directory / LEXICAL_STATE).read_text(encoding="utf-8"))
+    except OSError:
+        return []  # missing: rebuilt on open
+    except ValueError:
+        return [f"{LEXICAL_STATE} is unreadable"]
+    if state.get("generation") != store.generation():
+        return []
+    try:
+        postings = LexicalPostings.load(directory, store.generation())
+    except (OSError, ValueError, KeyError) as exc:
+        return [f"BM25 postings cache is unreadable: {exc}"]
+    problems: list[str] = []
+    conn = store.connection()
+    for table, key, got in (("passages", "id", postings.passages), ("articles", "aid", postings.articles)):
+        stored = np.fromiter((r[0] for r in conn.execute(f"SELECT {key} FROM {table} ORDER BY {key}")), np.int64)
+        if not np.array_equal(stored, got.rowids):
+            problems.append(f"BM25 postings hold {got.rows} {table}, SQLite {len(stored)}; they differ")
     return problems
 
 

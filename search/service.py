@@ -7,6 +7,7 @@ on both sides, locates answering sentences and lists related stories, for the pa
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import OrderedDict
@@ -16,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from search.bm25 import MemoryBM25
 from search.embedding import Embedder
 from search.errors import InvalidInput, NotFound
 from search.fusion import Fusion
 from search.highlight import Highlighter
 from search.index import Index
-from search.lexical import Fts5Lexical
 from search.models import (
     Article,
     PassageHit,
@@ -38,6 +39,8 @@ from search.settings import MODES, Settings
 from search.store import StoredPassage
 
 MAX_OFFSET = 10_000
+# Passage scores on a results page are normalised against the passages of the ranking's first articles.
+ANCHOR_ARTICLES = 10
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,14 @@ class SearchService:
         self.index = index
         self.embedder = embedder
         self.settings = settings
-        self.highlighter = Highlighter(embedder)
+        self.highlighter = Highlighter(embedder, index.store.sentence_vectors)
         self.related = RelatedFinder(index.store, index.articles, settings.duplicate_threshold)
-        self.lexical = Fts5Lexical(index.store, settings.title_weight)
+        self.lexical = MemoryBM25(index, settings.title_weight)
         self.fusion = settings.fusion_config()
         self.passage_fusion = settings.fusion_config(passages=True)
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self._threads = threading.local()
 
     # -- validation ------------------------------------------------------------------------------------------
 
@@ -78,6 +82,14 @@ class SearchService:
         return k
 
     # -- queries ---------------------------------------------------------------------------------------------
+
+    def _pin_search_threads(self) -> None:
+        """OpenMP's thread count is per calling thread: set it once in each request thread before FAISS runs."""
+        if getattr(self._threads, "pinned", None) != self.settings.search_threads:
+            import faiss
+
+            faiss.omp_set_num_threads(self.settings.search_threads)
+            self._threads.pinned = self.settings.search_threads
 
     def embed_query(self, query: str) -> np.ndarray:
         with self._lock:
@@ -110,7 +122,8 @@ class SearchService:
         ranked = self.rank_articles(query, qvec, offset + k, mode)
         page = ranked[offset : offset + k]
         page_aids = [aid for aid, _ in page]
-        passages = self._best_passages(query, qvec, page_aids, mode)
+        anchors = [aid for aid, _ in ranked[:ANCHOR_ARTICLES]]
+        passages = self._best_passages(query, qvec, page_aids, mode, anchors)
         shown = [(sp, sc) for aid in page_aids for sp, sc in passages[aid]]
         highlights = iter(self.highlighter.locate(qvec, [(sp.passage.id, sp.passage.text) for sp, _ in shown]))
         related = self.related.nearest(page_aids, self.settings.related_per_result)
@@ -140,15 +153,19 @@ class SearchService:
         articles. In hybrid mode each candidate's missing side is computed exactly before fusing, so an article
         found by one side only is not penalised by a guess. ``total`` in a response is the length of this list.
         """
+        self._pin_search_threads()
         dense = self._dense_articles(qvec, need) if mode != "lexical" else {}
         lexical: dict[int, float] = {}
-        if mode != "dense":
+        if mode == "lexical":
             lexical = dict(self.lexical.search_articles(query, max(self.settings.lexical_candidates, need)))
         if mode == "hybrid":
+            matched = self.lexical.article_scores(query)  # one pass gives candidates and the dense ones' scores
+            top = heapq.nlargest(
+                max(self.settings.lexical_candidates, need), matched.items(), key=lambda x: (x[1], -x[0])
+            )
+            lexical = dict(top)
             dense.update(self._dense_scores_of(qvec, [a for a in lexical if a not in dense]))
-            missing = [a for a in dense if a not in lexical]
-            lexical.update({a: 0.0 for a in missing})
-            lexical.update(self.lexical.score_articles(query, missing))
+            lexical.update({a: matched.get(a, 0.0) for a in dense if a not in lexical})
             fused = self.fusion.fuse(dense, lexical)
         else:
             fused = dict(dense if mode == "dense" else lexical)
@@ -186,35 +203,30 @@ class SearchService:
         """Exact best-passage cosine for given articles, from their stored vectors (no FAISS search)."""
         if not aids:
             return {}
-        return {
-            aid: float(max(float(vec @ qvec) for _, vec in rows))
-            for aid, rows in self.index.store.passages_of_articles(aids).items()
-        }
+        return {aid: float(np.max(vecs @ qvec)) for aid, vecs in self.index.store.vectors_of_articles(aids).items()}
 
     def _best_passages(
-        self, query: str, qvec: np.ndarray, aids: list[int], mode: str
+        self, query: str, qvec: np.ndarray, aids: list[int], mode: str, anchors: list[int]
     ) -> dict[int, list[tuple[StoredPassage, Scores]]]:
-        """Each article's best passages: every passage of the page's articles scored on both sides and fused,
-        normalised against the query's best passage in the whole index so scores do not depend on the page."""
-        rows = self.index.store.passages_of_articles(aids)
-        items = [(sp, vec) for aid in aids for sp, vec in rows.get(aid, [])]
+        """Each article's best passages: every passage of the page's articles scored on both sides and fused.
+
+        Scores are normalised against the best passage of the ranking's first articles (``anchors``), the same
+        articles for every page of one query, so a passage's fused score does not depend on which page shows it.
+        """
+        extra = [a for a in anchors if a not in aids] if mode == "hybrid" else []
+        rows = self.index.store.passages_of_articles(aids + extra)
+        items = [(sp, vec) for aid in aids + extra for sp, vec in rows.get(aid, [])]
         dense = {sp.passage.id: float(vec @ qvec) for sp, vec in items}
-        lexical = {sp.passage.id: 0.0 for sp, _ in items} | self.lexical.score_passages(query, dense)
-        context = self._best_passage_scores(query, qvec) if mode == "hybrid" else ([], [])
-        fused = self._fuse_mode(dense, lexical, mode, self.passage_fusion, context)
+        lexical = {sp.passage.id: 0.0 for sp, _ in items}
+        lexical.update(self.lexical.score_passage_texts(query, {sp.passage.id: sp.passage.text for sp, _ in items}))
+        fused = self._fuse_mode(dense, lexical, mode, self.passage_fusion)
         out: dict[int, list[tuple[StoredPassage, Scores]]] = {aid: [] for aid in aids}
         for sp, _ in sorted(items, key=lambda x: (-fused[x[0].passage.id], x[0].passage.position)):
-            picked = out[sp.aid]
-            if len(picked) < self.settings.passages_per_result:
+            picked = out.get(sp.aid)
+            if picked is not None and len(picked) < self.settings.passages_per_result:
                 pid = sp.passage.id
                 picked.append((sp, Scores(round(dense[pid], 6), round(lexical[pid], 6), round(fused[pid], 6))))
         return out
-
-    def _best_passage_scores(self, query: str, qvec: np.ndarray) -> tuple[list[float], list[float]]:
-        """The query's top dense and top lexical passage scores in the whole index (normalisation anchors)."""
-        scores, ids = self.index.passages.search(qvec[None, :], 1)
-        top_dense = [float(scores[0][0])] if ids.size and ids[0][0] >= 0 else []
-        return top_dense, [s for _, s in self.lexical.search_passages(query, 1)]
 
     def _fuse_mode(
         self,
@@ -222,13 +234,12 @@ class SearchService:
         lexical: dict[int, float],
         mode: str,
         fusion: Fusion,
-        context: tuple[list[float], list[float]] = ([], []),
     ) -> dict[int, float]:
         if mode == "dense":
             return dense
         if mode == "lexical":
             return lexical
-        return fusion.fuse(dense, lexical, context=context)
+        return fusion.fuse(dense, lexical)
 
     def rank_passages(self, query: str, qvec: np.ndarray, k: int, mode: str) -> list[tuple[StoredPassage, Scores]]:
         """The best ``k`` passages of the whole index for ``mode`` (batch runs, answer-recall evaluation)."""

@@ -17,6 +17,7 @@ from search.fusion import Fusion
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODES = ("hybrid", "dense", "lexical")
+BACKENDS = ("torch", "onnx-int8")
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -33,6 +34,18 @@ class Settings:
         "sentence-transformers model name or local path; the default is the bundled all-MiniLM-L6-v2.",
     )
     threads: int = _setting(2, "Threads for torch, FAISS/OpenMP and tokenizers (this machine has 2 cores).")
+    search_threads: int = _setting(
+        1,
+        "FAISS threads per query in the search service: concurrent requests already fill the cores, and OpenMP's "
+        "fork and join costs one query more than it saves (measured by bench/scale.py).",
+    )
+    backend: str = _setting(
+        "torch",
+        "Embedding backend: torch (fp32) or onnx-int8 (the model exported once to int8 ONNX, run by onnxruntime).",
+    )
+    model_cache: Path = _setting(
+        Path("~/.cache/newsdesk/models"), "Where the onnx-int8 backend keeps the models it exports (one per model)."
+    )
     batch_size: int = _setting(64, "Passages per embedding batch while indexing.")
     max_passage_tokens: int = _setting(
         200, "Split paragraphs longer than this many model tokens on sentence boundaries."
@@ -44,6 +57,9 @@ class Settings:
         True, "Embed each body passage with its article's headline in front (the stored text stays exact)."
     )
     faiss_factory: str = _setting("IDMap2,Flat", "FAISS index_factory string for passage vectors.")
+    faiss_search: str = _setting(
+        "", "FAISS search parameters for passage vectors, e.g. efSearch=128 (HNSW) or nprobe=32 (IVF); empty: defaults."
+    )
     candidates: int = _setting(200, "Passages retrieved from FAISS per query before grouping into articles.")
     mode: str = _setting("hybrid", "Default ranking: hybrid (BM25 and dense, fused), dense or lexical.")
     fusion: str = _setting("convex", "How hybrid mode fuses: convex (weighted sum of normalised scores) or rrf.")
@@ -84,6 +100,7 @@ class Settings:
     def validated(self) -> Settings:
         positive = (
             "threads",
+            "search_threads",
             "batch_size",
             "max_passage_tokens",
             "candidates",

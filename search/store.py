@@ -6,20 +6,36 @@ thread because the WSGI server answers requests on several threads and sqlite3 c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from search.errors import IndexCorrupt
 from search.models import Article, ArticleRef, Passage
 
-SCHEMA = """
+T = TypeVar("T")
+
+# Sentence vectors of multi-sentence passages, for marking the answering sentence without running the model at
+# query time. Made at index time from the passage's own forward pass (late chunking); float16 (they only rank the
+# few sentences of one passage). Indexes built before this table existed get it empty, and fall back to
+# embedding sentences when a result is shown.
+SENTENCES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sentences (
+    pid INTEGER PRIMARY KEY REFERENCES passages(id) ON DELETE CASCADE,
+    spans TEXT NOT NULL,
+    vectors BLOB NOT NULL
+);
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS articles (
     aid INTEGER PRIMARY KEY,
@@ -48,6 +64,8 @@ CREATE TABLE IF NOT EXISTS passages (
 );
 CREATE INDEX IF NOT EXISTS passages_aid ON passages(aid, position);
 """
+    + SENTENCES_SCHEMA
+)
 
 # BM25 tables (queried by search/lexical.py), kept in step with articles and passages by triggers, so the
 # lexical side changes in the same transaction as the rows it indexes.
@@ -83,6 +101,9 @@ class StoredPassage:
     aid: int
 
 
+SentenceVectors = tuple[list[tuple[int, int]], np.ndarray]
+
+
 @dataclass(frozen=True)
 class NewArticle:
     """What the indexer writes for one article: the article, its passages and all their vectors."""
@@ -91,6 +112,8 @@ class NewArticle:
     passages: Sequence[tuple[int, str, int, int, str]]  # position, field, start, end, text
     passage_vectors: np.ndarray
     article_vector: np.ndarray
+    # per passage: its sentences' (start, end) spans in the passage text and their vectors, or None (one sentence)
+    sentences: Sequence[SentenceVectors | None] = ()
 
 
 class Store:
@@ -103,6 +126,9 @@ class Store:
             with self._conn() as conn:
                 conn.executescript(SCHEMA + LEXICAL_SCHEMA)
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+        else:
+            with contextlib.suppress(sqlite3.OperationalError), self._conn() as conn:  # read-only: reads fall back
+                conn.executescript(SENTENCES_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -131,48 +157,28 @@ class Store:
 
     def add_articles(self, items: Iterable[NewArticle]) -> list[int]:
         """Insert articles with their passages in one transaction and bump the generation; returns passage ids."""
-        conn = self._conn()
-        passage_ids: list[int] = []
-        with conn:
-            for item in items:
-                a = item.article
-                cur = conn.execute(
-                    "INSERT INTO articles (id, title, paragraphs, date, source, url, tags, extra, content_hash, "
-                    "vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        a.id,
-                        a.title,
-                        json.dumps(list(a.paragraphs), ensure_ascii=False),
-                        a.date,
-                        a.source,
-                        a.url,
-                        json.dumps(list(a.tags), ensure_ascii=False),
-                        json.dumps(a.extra, ensure_ascii=False, default=str),
-                        a.content_hash(),
-                        _blob(item.article_vector),
-                    ),
-                )
-                aid = cur.lastrowid
-                for (position, field, start, end, text), vec in zip(item.passages, item.passage_vectors, strict=True):
-                    cur = conn.execute(
-                        'INSERT INTO passages (aid, position, field, start, "end", text, vector) '
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (aid, position, field, start, end, text, _blob(vec)),
-                    )
-                    passage_ids.append(int(cur.lastrowid or 0))
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        return passage_ids
+        return self.replace_articles((), items)[2]
 
     def delete_articles(self, article_ids: Iterable[str]) -> tuple[list[int], list[int]]:
         """Delete articles (their passages and BM25 entries go with them) in one transaction.
 
         Returns the (article keys, passage ids) removed, so the caller can drop the same ids from FAISS.
         """
+        aids, pids, _ = self.replace_articles(article_ids, ())
+        return aids, pids
+
+    def replace_articles(
+        self, delete_ids: Iterable[str], items: Iterable[NewArticle]
+    ) -> tuple[list[int], list[int], list[int]]:
+        """Delete ``delete_ids`` and insert ``items`` in one transaction, so a reader sees either the old or the new
+        version of a replaced article, never neither. Returns (deleted article keys, deleted passage ids, new
+        passage ids)."""
         conn = self._conn()
         aids: list[int] = []
         pids: list[int] = []
+        new_pids: list[int] = []
         with conn:
-            for article_id in dict.fromkeys(article_ids):
+            for article_id in dict.fromkeys(delete_ids):
                 row = conn.execute("SELECT aid FROM articles WHERE id = ?", (article_id,)).fetchone()
                 if row is None:
                     continue
@@ -180,9 +186,49 @@ class Store:
                 pids += [int(r[0]) for r in conn.execute("SELECT id FROM passages WHERE aid = ?", (row[0],))]
                 conn.execute("DELETE FROM passages WHERE aid = ?", (row[0],))
                 conn.execute("DELETE FROM articles WHERE aid = ?", (row[0],))
-            if aids:
+            for item in items:
+                new_pids += self._insert(conn, item)
+            if aids or new_pids:
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        return aids, pids
+        return aids, pids, new_pids
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, item: NewArticle) -> list[int]:
+        a = item.article
+        cur = conn.execute(
+            "INSERT INTO articles (id, title, paragraphs, date, source, url, tags, extra, content_hash, "
+            "vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                a.id,
+                a.title,
+                json.dumps(list(a.paragraphs), ensure_ascii=False),
+                a.date,
+                a.source,
+                a.url,
+                json.dumps(list(a.tags), ensure_ascii=False),
+                json.dumps(a.extra, ensure_ascii=False, default=str),
+                a.content_hash(),
+                _blob(item.article_vector),
+            ),
+        )
+        aid = cur.lastrowid
+        out: list[int] = []
+        sentences = list(item.sentences) or [None] * len(item.passages)
+        for (position, field, start, end, text), vec, sent in zip(
+            item.passages, item.passage_vectors, sentences, strict=True
+        ):
+            cur = conn.execute(
+                'INSERT INTO passages (aid, position, field, start, "end", text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)',
+                (aid, position, field, start, end, text, _blob(vec)),
+            )
+            pid = int(cur.lastrowid or 0)
+            out.append(pid)
+            if sent is not None and len(sent[0]) > 1:
+                conn.execute(
+                    "INSERT INTO sentences (pid, spans, vectors) VALUES (?, ?, ?)",
+                    (pid, json.dumps(sent[0]), np.ascontiguousarray(sent[1], dtype=np.float16).tobytes()),
+                )
+        return out
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -239,6 +285,41 @@ class Store:
             out.update({int(aid): h for aid, h in rows})
         return out
 
+    def article_hashes(self) -> dict[str, str]:
+        """Every article's id and content hash (what an incremental re-index compares its sources with)."""
+        return {str(i): str(h) for i, h in self._conn().execute("SELECT id, content_hash FROM articles")}
+
+    def passage_texts(
+        self, article_ids: Iterable[str]
+    ) -> Iterator[tuple[str, str, str, np.ndarray, SentenceVectors | None]]:
+        """(headline, field, text, vector, sentences) of every passage of the given articles: what an incremental
+        re-index can reuse for passages whose text did not change."""
+        for chunk in _chunks(list(dict.fromkeys(article_ids)), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn().execute(
+                f"SELECT a.title, p.field, p.text, p.vector, s.spans, s.vectors FROM passages p "
+                f"JOIN articles a ON a.aid = p.aid LEFT JOIN sentences s ON s.pid = p.id WHERE a.id IN ({marks})",
+                chunk,
+            )
+            for title, field, text, blob, spans, vectors in rows:
+                vec = np.frombuffer(blob, dtype=np.float32)
+                yield title, field, text, vec, _sentences(spans, vectors, len(vec))
+
+    def sentence_vectors(self, pids: Iterable[int]) -> dict[int, SentenceVectors]:
+        """Stored sentence spans and vectors of the given passages (those with more than one sentence)."""
+        out: dict[int, SentenceVectors] = {}
+        for chunk in _chunks(list(dict.fromkeys(int(i) for i in pids)), 500):
+            marks = ",".join("?" * len(chunk))
+            try:
+                rows = self._conn().execute(f"SELECT pid, spans, vectors FROM sentences WHERE pid IN ({marks})", chunk)
+                for pid, spans, vectors in rows:
+                    found = _sentences(spans, vectors, None)
+                    if found is not None:
+                        out[int(pid)] = found
+            except sqlite3.OperationalError:  # an index from before the sentences table, opened read-only
+                return {}
+        return out
+
     def article_vector(self, aid: int) -> np.ndarray:
         row = self._query_one("SELECT vector FROM articles WHERE aid = ?", (aid,))
         if row is None:
@@ -283,6 +364,18 @@ class Store:
             for pid, blob in self._conn().execute(f"SELECT id, vector FROM passages WHERE id IN ({marks})", chunk):
                 out[int(pid)] = np.frombuffer(blob, dtype=np.float32)
         return out
+
+    def vectors_of_articles(self, aids: Iterable[int]) -> dict[int, np.ndarray]:
+        """Each article's passage embeddings as one (passages, dimension) array: just the vectors, no text."""
+        parts: dict[int, list[bytes]] = {}
+        for chunk in _chunks(list(dict.fromkeys(int(a) for a in aids)), 500):
+            marks = ",".join("?" * len(chunk))
+            for aid, blob in self._conn().execute(f"SELECT aid, vector FROM passages WHERE aid IN ({marks})", chunk):
+                parts.setdefault(int(aid), []).append(blob)
+        return {
+            aid: np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
+            for aid, blobs in parts.items()
+        }
 
     def passages_of_articles(self, aids: Iterable[int]) -> dict[int, list[tuple[StoredPassage, np.ndarray]]]:
         """Every passage of the given articles with its stored embedding, grouped by article key, in order."""
@@ -360,6 +453,16 @@ def _blob(vec: np.ndarray) -> bytes:
     return np.ascontiguousarray(vec, dtype=np.float32).tobytes()
 
 
-def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+def _sentences(spans: str | None, vectors: bytes | None, dimension: int | None) -> SentenceVectors | None:
+    if spans is None or vectors is None:
+        return None
+    pairs = [(int(a), int(b)) for a, b in json.loads(spans)]
+    vecs = np.frombuffer(vectors, dtype=np.float16).astype(np.float32).reshape(len(pairs), -1)
+    if dimension is not None and vecs.shape[1] != dimension:
+        return None
+    return pairs, vecs
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]

@@ -15,6 +15,9 @@ import numpy as np
 
 from search.errors import IndexCorrupt, InvalidInput
 
+IVF_TRAIN_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39; 64 keeps training at 1M to minutes
+TRAIN_SEED = 20240501  # the training sample is reproducible: the same vectors give the same index
+
 
 class VectorStore(Protocol):
     """Inner-product search over int64-keyed float32 vectors."""
@@ -39,43 +42,109 @@ class VectorStore(Protocol):
 
 
 class FaissVectorStore:
-    """A FAISS index from an ``index_factory`` string, wrapped with an id map when the factory has none."""
+    """A FAISS index from an ``index_factory`` string (inner product on normalised vectors), keyed by our int64 ids.
 
-    def __init__(self, dimension: int, factory: str = "IDMap2,Flat", index: Any = None) -> None:
-        import faiss
+    Three families, told apart by the index FAISS builds, each with add, remove, reconstruct, save/load and ``ids()``:
+
+    - Flat-coded (``IDMap2,Flat``, ``SQ8``, ``PQ48``): wrapped in ``IDMap2``; FAISS removes ids itself.
+    - IVF (``IVF1024,SQ8``, ``IVF4096,PQ48np``; ``np`` skips PQ's slow polysemous training): the IVF stores our ids
+      itself and keeps a hashtable from id to slot for ``reconstruct`` and ``remove``. It is never wrapped in an id
+      map (an ``IDMap`` prefix is dropped), because ``IDMap2.remove_ids`` renumbers positions the inverted lists do
+      not. Training k-means runs on a seeded random sample of at most ``IVF_TRAIN_PER_LIST`` × nlist vectors; fewer
+      vectors than lists is refused.
+    - HNSW (``HNSW32``, ``HNSW32,Flat``, ``HNSW32_SQ8``): wrapped in ``IDMap2``. An HNSW graph cannot drop a node,
+      so ``remove`` leaves a tombstone: the node's id-map entry becomes -1, which the FAISS file saves with the
+      index. Searches skip tombstones with an ``IDSelector`` (the graph is still walked through them, so recall
+      holds without over-fetching), ``count()`` and ``ids()`` report live vectors only, and a re-added id gets a
+      new node. When tombstones outnumber live vectors the graph is rebuilt from the live ones (a full HNSW add:
+      seconds at 100k vectors, minutes at 1M), which bounds both memory and the dead share of every search.
+
+    ``search_params`` (the ``faiss_search`` setting, e.g. ``efSearch=128`` or ``nprobe=32``; empty means FAISS's
+    defaults) is applied with ``faiss.ParameterSpace`` whenever a store is created, built or loaded.
+    """
+
+    def __init__(self, dimension: int, factory: str = "IDMap2,Flat", index: Any = None, search: str = "") -> None:
+        faiss = _faiss()
 
         self.dimension = dimension
         self.factory = factory
         if index is None:
+            # Our own IDMap2 goes on the outside (IVF gets none): drop any id-map prefix the factory string has.
+            head, _, rest = factory.partition(",")
+            inner = rest if head.strip() in ("IDMap", "IDMap2") and rest else factory
             try:
-                index = faiss.index_factory(dimension, factory, faiss.METRIC_INNER_PRODUCT)
+                index = faiss.index_factory(dimension, inner, faiss.METRIC_INNER_PRODUCT)
             except RuntimeError as exc:
                 raise InvalidInput(f"invalid FAISS index_factory string {factory!r}: {exc}") from None
-            if not isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2):
+            ivf = faiss.try_extract_index_ivf(index)
+            if ivf is not None:
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+            elif not isinstance(index, faiss.IndexIDMap2):
                 index = faiss.IndexIDMap2(index)
         self._index: Any = index
+        self._ivf: Any = faiss.try_extract_index_ivf(index)
+        self._hnsw: Any = None if self._ivf is not None else _find_hnsw(index)
+        self._dead = 0  # HNSW tombstones
+        if self._hnsw is not None:
+            self._dead = int((faiss.vector_to_array(index.id_map) < 0).sum())
+        self._live = faiss.IDSelectorRange(0, 2**63 - 1)  # every id but the -1 of a tombstone
+        self.search_params = ""
+        self.set_search_params(search)
 
     @classmethod
-    def load(cls, path: Path, factory: str) -> FaissVectorStore:
-        import faiss
+    def load(cls, path: Path, factory: str, search: str = "") -> FaissVectorStore:
+        faiss = _faiss()
 
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise IndexCorrupt(f"cannot read {path.name}: {exc}".splitlines()[0]) from None
-        return cls(index.d, factory, index)
+        ivf = faiss.try_extract_index_ivf(index)
+        if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2) and ivf is not None:
+            raise IndexCorrupt(f"{path.name} wraps its IVF index in an id map (removal is unsafe); it is rebuilt")
+        if ivf is None and not isinstance(index, faiss.IndexIDMap2):
+            raise IndexCorrupt(f"{path.name} has no IDMap2 around its index; it is rebuilt")
+        if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return cls(index.d, factory, index, search)
 
     @classmethod
-    def build(cls, dimension: int, factory: str, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> FaissVectorStore:
+    def build(
+        cls, dimension: int, factory: str, batches: Iterable[tuple[np.ndarray, np.ndarray]], search: str = ""
+    ) -> FaissVectorStore:
         """Fill a new store from (ids, vectors) batches, training first when the factory needs it."""
-        store = cls(dimension, factory)
+        store = cls(dimension, factory, search=search)
         batches = list(batches)
         if not store._index.is_trained:
-            sample = np.concatenate([v for _, v in batches]) if batches else np.zeros((0, dimension), np.float32)
-            store.train(sample)
+            store.train(store._training_sample(batches))
         for ids, vecs in batches:
             store.add(ids, vecs)
         return store
+
+    def _training_sample(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Every vector, or for IVF a seeded random sample of at most ``IVF_TRAIN_PER_LIST`` per list."""
+        n = sum(len(v) for _, v in batches)
+        limit = n
+        if self._ivf is not None:
+            nlist = int(self._ivf.nlist)
+            if n < nlist:
+                hint = max(1, int(4 * np.sqrt(n)))
+                raise InvalidInput(
+                    f"FAISS index {self.factory!r} has {nlist} IVF lists but there are only {n} vectors to train it "
+                    f"on; use at most {n} lists (about IVF{hint}) or the exact IDMap2,Flat"
+                )
+            limit = min(n, IVF_TRAIN_PER_LIST * nlist)
+        if not batches:
+            return np.zeros((0, self.dimension), np.float32)
+        if limit >= n:
+            return np.concatenate([v for _, v in batches])
+        pick = np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size=limit, replace=False))
+        parts, start = [], 0
+        for _, v in batches:
+            lo, hi = np.searchsorted(pick, [start, start + len(v)])
+            parts.append(np.asarray(v)[pick[lo:hi] - start])
+            start += len(v)
+        return np.concatenate(parts)
 
     def train(self, vectors: np.ndarray) -> None:
         try:
@@ -83,46 +152,158 @@ class FaissVectorStore:
         except RuntimeError as exc:
             raise InvalidInput(f"FAISS index {self.factory!r} cannot be trained here: {exc}".splitlines()[0]) from None
 
+    def set_search_params(self, search: str) -> None:
+        """Apply search-time parameters ("efSearch=128", "nprobe=32,quantizer_efSearch=64"); "" resets to defaults."""
+        faiss = _faiss()
+
+        parts = [p.partition("=") for p in search.split(",")] if search.strip() else []
+        for name, eq, value in parts:
+            try:
+                ok = bool(eq and name.strip()) and float(value) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise InvalidInput(
+                    f"invalid FAISS search parameters {search!r}: expected name=positive number, comma-separated "
+                    "(efSearch=128 for HNSW, nprobe=32 for IVF)"
+                )
+        spec = ",".join(f"{name.strip()}={value.strip()}" for name, _, value in parts)
+        if self._ivf is not None:  # FAISS's defaults, so that "" means them even for an index saved with others
+            self._ivf.nprobe = faiss.SearchParametersIVF().nprobe
+            quantizer = _find_hnsw(self._ivf.quantizer)
+            if quantizer is not None:
+                quantizer.hnsw.efSearch = faiss.SearchParametersHNSW().efSearch
+        if self._hnsw is not None:
+            self._hnsw.hnsw.efSearch = faiss.SearchParametersHNSW().efSearch
+        if spec:
+            try:
+                faiss.ParameterSpace().set_index_parameters(self._index, spec)
+            except RuntimeError as exc:
+                reason = str(exc).splitlines()[0].rsplit(":", 1)[-1].strip()
+                raise InvalidInput(
+                    f"FAISS search parameters {search!r} do not apply to index {self.factory!r}: {reason}"
+                ) from None
+        self.search_params = spec
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
             raise InvalidInput(f"expected vectors of dimension {self.dimension}, got shape {vectors.shape}")
-        self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if ids.min() < 0:
+            raise InvalidInput("vector ids must not be negative")
+        self._index.add_with_ids(vectors, ids)
 
     def remove(self, ids: np.ndarray) -> int:
-        import faiss
+        faiss = _faiss()
 
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return 0
-        return int(self._index.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))))
+        if self._hnsw is not None:
+            return self._tombstone(ids)
+        try:
+            if self._ivf is not None:  # the IVF's id hashtable takes only an explicit id array
+                return int(self._index.remove_ids(faiss.IDSelectorArray(ids)))
+            return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+        except RuntimeError as exc:
+            raise InvalidInput(f"FAISS index {self.factory!r} cannot remove vectors: {exc}".splitlines()[0]) from None
+
+    def _tombstone(self, ids: np.ndarray) -> int:
+        faiss = _faiss()
+
+        id_map = faiss.vector_to_array(self._index.id_map)
+        hit = np.isin(id_map, ids) & (id_map >= 0)
+        removed = int(hit.sum())
+        if removed:
+            id_map[hit] = -1
+            faiss.copy_array_to_vector(id_map, self._index.id_map)
+            self._index.construct_rev_map()
+            self._dead += removed
+            if self._dead > self.count():
+                self._compact()
+        return removed
+
+    def _compact(self) -> None:
+        """Rebuild the HNSW graph from the live vectors (trained codecs such as SQ8 are kept, not retrained)."""
+        faiss = _faiss()
+
+        id_map = faiss.vector_to_array(self._index.id_map)
+        live = np.flatnonzero(id_map >= 0)
+        inner = faiss.downcast_index(self._index.index)
+        vectors = inner.reconstruct_batch(live) if len(live) else np.zeros((0, self.dimension), np.float32)
+        fresh = faiss.clone_index(inner)
+        fresh.reset()
+        index = faiss.IndexIDMap2(fresh)
+        if len(live):
+            index.add_with_ids(vectors, id_map[live])
+        self._index, self._hnsw, self._dead = index, _find_hnsw(index), 0
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _faiss()
+
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(k, max(self.count(), 1)))
-        scores, ids = self._index.search(queries, k)
+        if self._dead:
+            params = faiss.SearchParametersHNSW(sel=self._live, efSearch=int(self._hnsw.hnsw.efSearch))
+            scores, ids = self._index.search(queries, k, params=params)
+        else:
+            scores, ids = self._index.search(queries, k)
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids
 
     def reconstruct(self, id_: int) -> np.ndarray:
+        if int(id_) < 0:
+            raise KeyError(id_)
         try:
             return np.asarray(self._index.reconstruct(int(id_)), dtype=np.float32)
         except RuntimeError:
             raise KeyError(id_) from None
 
     def count(self) -> int:
-        return int(self._index.ntotal)
+        return int(self._index.ntotal) - self._dead
 
     def ids(self) -> np.ndarray:
-        import faiss
+        faiss = _faiss()
 
-        return np.sort(faiss.vector_to_array(self._index.id_map).astype(np.int64))
+        if self._ivf is None:
+            id_map = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            return np.sort(id_map[id_map >= 0])
+        lists = self._ivf.invlists
+        parts = [np.zeros(0, np.int64)]
+        for i in range(lists.nlist):
+            size = lists.list_size(i)
+            if size:
+                ptr = lists.get_ids(i)
+                parts.append(faiss.rev_swig_ptr(ptr, size).astype(np.int64))  # astype copies before release
+                lists.release_ids(i, ptr)
+        return np.sort(np.concatenate(parts))
 
     def save(self, path: Path) -> None:
         """Write to a temporary file and rename, so a reader never sees half a file."""
-        import faiss
+        faiss = _faiss()
 
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         faiss.write_index(self._index, str(tmp))
         os.replace(tmp, path)
+
+
+def _find_hnsw(index: Any) -> Any:
+    """The HNSW index inside id-map and pre-transform wrappers, or None."""
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    while True:
+        if isinstance(index, faiss.IndexHNSW):
+            return index
+        if not isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2 | faiss.IndexPreTransform):
+            return None
+        index = faiss.downcast_index(index.index)
+
+
+def _faiss() -> Any:
+    """The faiss module, typed loosely: its stubs lack names it has (DirectMap, SearchParametersHNSW)."""
+    import faiss
+
+    return faiss

@@ -118,6 +118,14 @@ def test_index_jsonl_then_check(
     )
     assert top_id(target, embedder, "lava from an eruption") == "w1"
 
+    again = invoke(runner, "index", source, "--index", target)
+    assert_ok(again)
+    assert "0 added, 0 changed, 0 deleted, 3 unchanged; 0 passages embedded" in again.stderr
+    rebuilt = invoke(runner, "index", source, "--index", target, "--rebuild")
+    assert_ok(rebuilt)
+    assert "full build: --rebuild was given" in rebuilt.stderr
+    check_passes(runner, target)
+
 
 def test_index_gzipped_jsonl_then_check(
     runner: CliRunner, tmp_path: Path, embedder: SentenceTransformerEmbedder

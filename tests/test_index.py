@@ -39,6 +39,12 @@ class Rotated:
     def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
         return self.inner.encode(texts) @ self.rotation
 
+    def encode_spans(
+        self, texts: list[str], spans: list[list[tuple[int, int]]], *, batch_size: int = 64
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        vectors, span_vectors = self.inner.encode_spans(texts, spans, batch_size=batch_size)
+        return vectors @ self.rotation, [v @ self.rotation for v in span_vectors]
+
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
@@ -59,6 +65,14 @@ class FailingAfter:
         if self.calls < 0:
             raise RuntimeError("simulated crash mid-build")
         return self.inner.encode(texts)
+
+    def encode_spans(
+        self, texts: list[str], spans: list[list[tuple[int, int]]], *, batch_size: int = 64
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.calls -= 1
+        if self.calls < 0:
+            raise RuntimeError("simulated crash mid-build")
+        return self.inner.encode_spans(texts, spans)
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -62,6 +64,45 @@ def test_highlighter_picks_the_sentence_closest_to_the_query(embedder) -> None:
     assert text[h.start : h.end] == "The striker scored a late winning goal."
     single = Highlighter(embedder).locate(query, [(2, "  One sentence only  ")])[0]
     assert (single.start, single.end) == (2, 19)
+
+
+class Recording:
+    """The real model, recording every text it embeds."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.texts: list[str] = []
+
+    def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        self.texts += texts
+        return self.inner.encode(texts)  # type: ignore[no-any-return]
+
+
+def test_highlights_come_from_stored_sentence_vectors(service: SearchService, embedder) -> None:
+    """Sentence vectors made at index time mark the answering sentence without a model call; an index without
+    them (built before they existed) embeds the sentences instead, and both pick the same sentence."""
+    store = service.index.store
+    pid = next(
+        pid
+        for pid, spans in store.connection().execute("SELECT pid, spans FROM sentences")
+        if "7 percent in February" in store.passages([pid])[pid].passage.text
+    )
+    spans, vecs = store.sentence_vectors([pid])[pid]
+    assert len(spans) == vecs.shape[0] >= 2 and vecs.shape[1] == embedder.dimension
+    text = store.passages([pid])[pid].passage.text
+    query = embedder.encode(["how high did inflation get in February"])[0]
+    recording = Recording(embedder)
+    (stored,) = Highlighter(recording, store.sentence_vectors).locate(query, [(pid, text)])  # type: ignore[arg-type]
+    assert recording.texts == []
+    (embedded,) = Highlighter(recording, lambda pids: {}).locate(query, [(pid, text)])  # type: ignore[arg-type]
+    assert recording.texts == [text[a:b] for a, b in spans]
+    assert stored == embedded
+    assert text[stored.start : stored.end].startswith("Officials said inflation, which reached 7 percent")
+    # a late-chunked vector of a full sentence lies close to that sentence embedded on its own (a three-word byline
+    # does not: in context it means more than alone)
+    full = [i for i, (a, b) in enumerate(spans) if len(text[a:b].split()) >= 6]
+    alone = embedder.encode([text[spans[i][0] : spans[i][1]] for i in full])
+    assert len(full) >= 2 and float(np.min(np.sum(alone * vecs[full], axis=1))) > 0.6
 
 
 def test_related_excludes_self_and_exact_duplicates(service: SearchService) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.errors import InvalidInput
-from search.vectors import FaissVectorStore
+from search.errors import IndexCorrupt, InvalidInput
+from search.vectors import IVF_TRAIN_PER_LIST, FaissVectorStore
 
 DIM = 32
 
@@ -78,7 +78,7 @@ def test_save_load_round_trip(tmp_path: Path, data) -> None:
     np.testing.assert_array_equal(a[1], b[1])
 
 
-def test_trained_factory_and_plain_factory_get_an_id_map(data) -> None:
+def test_trained_and_plain_factories_keep_our_int64_ids(data) -> None:
     ids, vecs, queries = data
     ivf = FaissVectorStore.build(DIM, "IVF4,Flat", [(ids, vecs)])
     assert ivf.count() == 500
@@ -96,3 +96,178 @@ def test_bad_factory_and_bad_dimension_are_input_errors(data) -> None:
     store = FaissVectorStore(DIM)
     with pytest.raises(InvalidInput):
         store.add(ids[:2], np.zeros((2, DIM + 1), np.float32))
+
+
+# -- approximate indexes: HNSW and IVF against the exact oracle ----------------------------------------------------
+
+ANN = [
+    ("HNSW32", "efSearch=64"),
+    ("IDMap2,HNSW32", "efSearch=64"),
+    ("HNSW32,Flat", "efSearch=64"),
+    ("HNSW32_SQ8", "efSearch=64"),
+    ("IVF64,Flat", "nprobe=16"),
+    ("IVF64,SQ8", "nprobe=16"),
+    ("IDMap2,IVF64,SQ8", "nprobe=16"),  # the id map is dropped: IVF keeps our ids itself
+]
+
+
+def clustered(rng: np.random.Generator, n: int, centres: np.ndarray, spread: float = 0.2) -> np.ndarray:
+    """Unit vectors around a few centres, like embeddings of a corpus with topics (harder than uniform noise)."""
+    v = centres[rng.integers(len(centres), size=n)] + spread * rng.standard_normal((n, DIM)).astype(np.float32)
+    out: np.ndarray = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """5,000 clustered vectors with sparse ids, and 100 held-out queries from the same distribution."""
+    rng = np.random.default_rng(11)
+    centres = unit(rng, 40)
+    ids = rng.choice(10**12, size=5000, replace=False).astype(np.int64)
+    return ids, clustered(rng, 5000, centres), clustered(rng, 100, centres)
+
+
+def recall(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.mean([len(set(g[g >= 0]) & set(w)) / len(w) for g, w in zip(got, want, strict=True)]))
+
+
+@pytest.mark.parametrize(("factory", "search"), ANN)
+def test_ann_recall_and_scores_against_brute_force(corpus, factory: str, search: str) -> None:
+    ids, vecs, queries = corpus
+    store = FaissVectorStore.build(DIM, factory, [(ids[:2000], vecs[:2000]), (ids[2000:], vecs[2000:])], search)
+    assert store.count() == 5000
+    np.testing.assert_array_equal(store.ids(), np.sort(ids))
+    scores, got = store.search(queries, 10)
+    _, want = oracle(ids, vecs, queries, 10)
+    assert recall(got, want) >= 0.9
+    # Inner product, best first: each score is the query's dot product with the vector returned (HNSW negates
+    # inner products internally; a sign slip would rank the farthest vectors first).
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    by_id = dict(zip(ids.tolist(), vecs, strict=True))
+    exact = np.array([[q @ by_id[int(i)] for i in row] for q, row in zip(queries, got, strict=True)])
+    np.testing.assert_allclose(scores, exact, atol=0.02 if "SQ" in factory else 1e-4)
+    with pytest.raises(KeyError):
+        store.reconstruct(12345)  # not an id of ours
+    np.testing.assert_allclose(store.reconstruct(int(ids[3])), vecs[3], atol=0.02 if "SQ" in factory else 1e-6)
+
+
+@pytest.mark.parametrize(("factory", "search"), ANN)
+def test_ann_remove_and_re_add(corpus, factory: str, search: str) -> None:
+    ids, vecs, queries = corpus
+    store = FaissVectorStore.build(DIM, factory, [(ids, vecs)], search)
+    gone = ids[:1500]
+    assert store.remove(np.concatenate([gone, gone[:10], [424242]])) == 1500  # repeats and unknown ids: no-ops
+    assert store.remove(gone[:5]) == 0
+    assert store.count() == 3500
+    np.testing.assert_array_equal(store.ids(), np.sort(ids[1500:]))
+    with pytest.raises(KeyError):
+        store.reconstruct(int(gone[0]))
+    _, got = store.search(queries, 50)
+    assert not np.isin(got, gone).any()
+    assert (got >= 0).all()  # removed vectors do not leave holes in the results either
+    _, want = oracle(ids[1500:], vecs[1500:], queries, 10)
+    assert recall(got[:, :10], want) >= 0.9
+    # A removed id comes back with a new vector (as update.py re-adds a changed article): only the new one is found.
+    store.add(gone[:1], -vecs[:1])
+    assert store.count() == 3501
+    _, got = store.search(-vecs[:1], 1)
+    assert got[0, 0] == gone[0]
+    _, got = store.search(vecs[:1], 20)
+    assert gone[0] not in got
+    # Removing most of what is left (HNSW: tombstones then outnumber live vectors, so the graph is rebuilt).
+    assert store.remove(ids[1500:4000]) == 2500
+    assert store.count() == 1001
+    live_ids = np.concatenate([gone[:1], ids[4000:]])
+    np.testing.assert_array_equal(store.ids(), np.sort(live_ids))
+    _, got = store.search(queries, 10)
+    _, want = oracle(live_ids, np.concatenate([-vecs[:1], vecs[4000:]]), queries, 10)
+    assert recall(got, want) >= 0.9
+
+
+@pytest.mark.parametrize(("factory", "search"), [("HNSW32", "efSearch=77"), ("IVF64,SQ8", "nprobe=9")])
+def test_save_load_keeps_search_params_and_removals(tmp_path: Path, corpus, factory: str, search: str) -> None:
+    ids, vecs, queries = corpus
+    store = FaissVectorStore.build(DIM, factory, [(ids, vecs)], search)
+    store.remove(ids[:100])
+    store.save(tmp_path / "v.faiss")
+    loaded = FaissVectorStore.load(tmp_path / "v.faiss", factory, search)
+    assert loaded.search_params == search
+    name, _, value = search.partition("=")
+    inner = loaded._hnsw.hnsw if name == "efSearch" else loaded._ivf
+    assert getattr(inner, name) == int(value)
+    assert loaded.count() == 4900
+    np.testing.assert_array_equal(loaded.ids(), np.sort(ids[100:]))
+    for a, b in zip(store.search(queries, 10), loaded.search(queries, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    defaults = FaissVectorStore.load(tmp_path / "v.faiss", factory)  # empty: FAISS's defaults, not the saved ones
+    assert defaults.search_params == ""
+    assert getattr(defaults._hnsw.hnsw if name == "efSearch" else defaults._ivf, name) in (1, 16)
+
+
+@pytest.mark.parametrize(
+    ("factory", "search"),
+    [
+        ("HNSW32", "efSearch"),
+        ("HNSW32", "efSearch=abc"),
+        ("HNSW32", "efSearch=0"),
+        ("HNSW32", "efSearch=64,"),
+        ("HNSW32", "nprobe=8"),  # an IVF parameter on HNSW
+        ("IVF4,Flat", "efSearch=8"),
+        ("IDMap2,Flat", "efSearch=8"),  # exact search takes no parameters
+        ("HNSW32", "bogus=1"),
+    ],
+)
+def test_invalid_search_params_are_input_errors(tmp_path: Path, data, factory: str, search: str) -> None:
+    with pytest.raises(InvalidInput, match="FAISS search parameters"):
+        FaissVectorStore(DIM, factory, search=search)
+    ids, vecs, _ = data
+    FaissVectorStore.build(DIM, factory, [(ids, vecs)]).save(tmp_path / "v.faiss")
+    with pytest.raises(InvalidInput, match="FAISS search parameters"):
+        FaissVectorStore.load(tmp_path / "v.faiss", factory, search)
+
+
+def test_search_params_accept_spaces_and_several_names() -> None:
+    store = FaissVectorStore(DIM, "IVF16_HNSW32,Flat", search=" nprobe = 4 , quantizer_efSearch=40")
+    assert store.search_params == "nprobe=4,quantizer_efSearch=40"
+    assert store._ivf.nprobe == 4
+
+
+def test_ivf_with_fewer_vectors_than_lists_is_refused(data) -> None:
+    ids, vecs, _ = data
+    with pytest.raises(InvalidInput, match=r"64 IVF lists but there are only 50 vectors"):
+        FaissVectorStore.build(DIM, "IVF64,SQ8", [(ids[:50], vecs[:50])])
+
+
+def test_ivf_trains_on_a_bounded_seeded_sample(corpus) -> None:
+    ids, vecs, queries = corpus
+    batches = [(ids[:1234], vecs[:1234]), (ids[1234:], vecs[1234:])]
+    store = FaissVectorStore(DIM, "IVF16,Flat")
+    sample = store._training_sample(batches)
+    assert len(sample) == IVF_TRAIN_PER_LIST * 16 < len(ids)
+    assert np.isin(sample.view(np.dtype((np.void, DIM * 4))), vecs.view(np.dtype((np.void, DIM * 4)))).all()
+    np.testing.assert_array_equal(sample, store._training_sample(batches))  # seeded: the same vectors each time
+    a = FaissVectorStore.build(DIM, "IVF16,Flat", batches, "nprobe=2").search(queries, 10)
+    b = FaissVectorStore.build(DIM, "IVF16,Flat", batches, "nprobe=2").search(queries, 10)
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_an_id_map_around_ivf_on_disk_is_corrupt(tmp_path: Path, data) -> None:
+    """Files from before IVF kept its own ids: IDMap2.remove_ids would scramble them, so open rebuilds them."""
+    import faiss
+
+    ids, vecs, _ = data
+    legacy = faiss.IndexIDMap2(faiss.index_factory(DIM, "IVF4,Flat", faiss.METRIC_INNER_PRODUCT))
+    legacy.train(vecs)
+    legacy.add_with_ids(vecs, ids)
+    faiss.write_index(legacy, str(tmp_path / "v.faiss"))
+    with pytest.raises(IndexCorrupt):
+        FaissVectorStore.load(tmp_path / "v.faiss", "IVF4,Flat")
+
+
+def test_the_search_param_is_what_trades_recall(corpus) -> None:
+    ids, vecs, queries = corpus
+    _, want = oracle(ids, vecs, queries, 10)
+    store = FaissVectorStore.build(DIM, "IVF64,Flat", [(ids, vecs)], "nprobe=1")
+    narrow = recall(store.search(queries, 10)[1], want)
+    store.set_search_params("nprobe=64")  # every list: exact
+    assert recall(store.search(queries, 10)[1], want) == 1.0 > narrow

@@ -1,0 +1,171 @@
+"""Re-indexing into an existing index embeds only what changed and ends where a fresh build would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from indexer.sources import read_sources
+from indexer.sync import sync_index
+from search.index import check_index, open_index
+from search.settings import Settings
+from tests.conftest import CORPUS
+
+
+def rows() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+class CountingEmbedder:
+    """The real model, counting the texts it is asked to embed."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name, self.dimension = inner.name, inner.dimension
+        self.max_seq_length = inner.max_seq_length
+        self.texts: list[str] = []
+
+    def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        self.texts += texts
+        return self.inner.encode(texts, batch_size=batch_size, progress=progress)  # type: ignore[no-any-return]
+
+    def encode_spans(
+        self, texts: list[str], spans: list[list[tuple[int, int]]], *, batch_size: int = 64
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.texts += texts
+        return self.inner.encode_spans(texts, spans, batch_size=batch_size)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def stored(index_dir: Path, embedder: Any) -> dict[tuple[str, int], tuple[str, np.ndarray]]:
+    """(article id, position) -> (text, vector) of every passage."""
+    index = open_index(index_dir, embedder)
+    try:
+        conn = index.store.connection()
+        return {
+            (aid, pos): (text, np.frombuffer(blob, dtype=np.float32))
+            for aid, pos, text, blob in conn.execute(
+                "SELECT a.id, p.position, p.text, p.vector FROM passages p JOIN articles a USING (aid)"
+            )
+        }
+    finally:
+        index.close()
+
+
+@pytest.fixture
+def built(tmp_path: Path, embedder: Any) -> tuple[Settings, Path]:
+    target = tmp_path / "idx"
+    settings = Settings(index_dir=target)
+    report = sync_index(read_sources([CORPUS]), settings, embedder, progress=False)
+    assert report.mode == "full" and report.reason == "no index yet"
+    return settings, target
+
+
+def test_unchanged_corpus_embeds_nothing_and_writes_nothing(built: tuple[Settings, Path], embedder: Any) -> None:
+    settings, target = built
+    before = open_index(target, embedder)
+    generation = before.store.generation()
+    before.close()
+    counting = CountingEmbedder(embedder)
+    report = sync_index(read_sources([CORPUS]), settings, counting, progress=False)
+    assert report.mode == "incremental"
+    assert (report.added, report.changed, report.deleted, report.embedded) == (0, 0, 0, 0)
+    assert report.unchanged == report.articles
+    assert counting.texts == []
+    after = open_index(target, embedder)
+    assert after.store.generation() == generation  # no transaction was written
+    after.close()
+
+
+def test_changes_re_embed_only_changed_passages_and_match_a_fresh_build(
+    built: tuple[Settings, Path], tmp_path: Path, embedder: Any
+) -> None:
+    settings, target = built
+    records = rows()
+    edited = records[0]
+    assert edited["id"] == "business/001"
+    edited["paragraphs"][1] = "Officials said inflation had eased to 5 percent in March, still above the target."
+    removed = records.pop(1)["id"]
+    records.append(
+        {
+            "id": "science/900",
+            "title": "Volcano erupts on remote island, forcing evacuations",
+            "paragraphs": ["Lava flows reached the coast overnight as residents were moved to the mainland by boat."],
+        }
+    )
+    source = write(tmp_path / "changed.jsonl", records)
+    counting = CountingEmbedder(embedder)
+    report = sync_index(read_sources([source]), settings, counting, progress=False)
+    assert report.mode == "incremental"
+    assert (report.added, report.changed, report.deleted) == (1, 1, 1)
+    # the edited paragraph (with the byline merged into it), and the new article's headline and paragraph
+    assert sorted(counting.texts) == sorted(
+        [
+            f"{edited['title']}\n{edited['paragraphs'][1]}\n\n{edited['paragraphs'][2]}",
+            "Volcano erupts on remote island, forcing evacuations",
+            "Volcano erupts on remote island, forcing evacuations\n"
+            "Lava flows reached the coast overnight as residents were moved to the mainland by boat.",
+        ]
+    )
+    assert report.embedded == 3
+    assert check_index(target) == []
+
+    fresh = tmp_path / "fresh"
+    sync_index(read_sources([source]), Settings(index_dir=fresh), embedder, progress=False)
+    got, want = stored(target, embedder), stored(fresh, embedder)
+    assert set(got) == set(want)
+    assert not any(key[0] == removed for key in got)
+    for key, (text, vec) in want.items():
+        assert got[key][0] == text
+        np.testing.assert_allclose(got[key][1], vec, atol=1e-5)
+
+    index = open_index(target, embedder)
+    try:
+        ids = np.sort(np.concatenate([i for i, _ in index.store.iter_vectors("passages")]))
+        np.testing.assert_array_equal(index.passages.ids(), ids)  # FAISS follows SQLite
+        assert index.manifest["counts"]["articles"] == len(records)
+    finally:
+        index.close()
+
+
+def test_changed_chunking_settings_force_a_full_build(built: tuple[Settings, Path], embedder: Any) -> None:
+    settings, target = built
+    report = sync_index(read_sources([CORPUS]), settings.replace(min_passage_chars=10), embedder, progress=False)
+    assert report.mode == "full" and report.reason == "chunking settings changed"
+    assert check_index(target) == []
+
+
+def test_rebuild_flag_and_mostly_changed_corpus_build_fresh(
+    built: tuple[Settings, Path], tmp_path: Path, embedder: Any
+) -> None:
+    settings, _ = built
+    assert sync_index(read_sources([CORPUS]), settings, embedder, rebuild=True, progress=False).mode == "full"
+    few = write(tmp_path / "few.jsonl", rows()[:2])
+    report = sync_index(read_sources([few]), settings, embedder, progress=False)
+    assert report.mode == "full" and "articles changed" in report.reason
+    assert report.articles == 2
+
+
+def test_search_parameter_change_is_recorded_without_rebuilding(tmp_path: Path, embedder: Any) -> None:
+    target = tmp_path / "hnsw"
+    settings = Settings(index_dir=target, faiss_factory="IDMap2,HNSW16", faiss_search="efSearch=16")
+    sync_index(read_sources([CORPUS]), settings, embedder, progress=False)
+    report = sync_index(read_sources([CORPUS]), settings.replace(faiss_search="efSearch=64"), embedder, progress=False)
+    assert report.mode == "incremental" and report.embedded == 0
+    index = open_index(target, embedder)
+    try:
+        assert index.manifest["faiss"]["search"] == "efSearch=64"
+    finally:
+        index.close()
+    assert check_index(target) == []
