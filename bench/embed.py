@@ -141,8 +141,18 @@ def remove_index(index: Path) -> None:
         shutil.rmtree(index)
 
 
-def scifact(data: Path, work: Path, backends: Sequence[str]) -> dict[str, Any]:
-    """Build a SciFact index per backend with the real CLI and score the test split's nDCG@10 with trec_eval."""
+def _built_with(index: Path, backend: str) -> bool:
+    """An index already in ``--work`` whose vectors this backend made (an index without the field is torch's)."""
+    try:
+        manifest = json.loads((index / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(manifest["model"].get("backend", "torch") == backend)
+
+
+def scifact(data: Path, work: Path, backends: Sequence[str], reuse: bool = False) -> dict[str, Any]:
+    """Build a SciFact index per backend with the real CLI (or reuse one with ``reuse``) and score the test
+    split's nDCG@10 with trec_eval."""
     data, work = data.resolve(), work.absolute()
     qrels = read_qrels(data / "qrels" / "test.tsv")
     queries = read_queries(data / "queries.jsonl", qrels)
@@ -153,10 +163,12 @@ def scifact(data: Path, work: Path, backends: Sequence[str]) -> dict[str, Any]:
     for backend in backends:
         index = work / f"scifact-{backend}"
         run_path = work / f"run-test-{backend}.trec"
-        remove_index(index)  # a fresh build, not an update that would keep another backend's vectors
-        index_seconds = run_cli(
-            ["index", str(data / "corpus.jsonl"), "--index", str(index), "--backend", backend, "-q"]
-        )
+        index_seconds: float | None = None
+        if not (reuse and _built_with(index, backend)):
+            remove_index(index)  # a fresh build, not an update that would keep another backend's vectors
+            index_seconds = run_cli(
+                ["index", str(data / "corpus.jsonl"), "--index", str(index), "--backend", backend, "-q"]
+            )
         search_args = ["search", "--index", str(index), "--queries", str(query_file), "--k", "100"]
         search_seconds = run_cli([*search_args, "--run", str(run_path), "--backend", backend])
         manifest = json.loads((index / "manifest.json").read_text(encoding="utf-8"))
@@ -164,7 +176,7 @@ def scifact(data: Path, work: Path, backends: Sequence[str]) -> dict[str, Any]:
         out[backend] = {
             "ndcg_cut_10": round(metrics["ndcg_cut_10"], 5),
             "recall_100": round(metrics["recall_100"], 5),
-            "index_seconds": round(index_seconds, 1),
+            "index_seconds": None if index_seconds is None else round(index_seconds, 1),
             "search_seconds": round(search_seconds, 1),
             "index_backend": manifest["model"].get("backend"),
             "passages": manifest["counts"]["passages"],
@@ -180,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backends", default=",".join(BACKENDS), help="Comma-separated backends to time.")
     parser.add_argument("--scifact", type=Path, default=None, help="BEIR SciFact folder: also score nDCG@10.")
     parser.add_argument("--work", type=Path, default=None, help="Where the SciFact indexes go (with --scifact).")
+    parser.add_argument(
+        "--reuse", action="store_true", help="Keep a SciFact index in --work built by the same backend (no rebuild)."
+    )
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = sorted(set(backends) - set(BACKENDS))
@@ -197,7 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report["throughput"] = throughput(args.data, args.limit, settings, backends)
     if args.scifact is not None:
-        report["scifact"] = scifact(args.scifact, args.work, backends)
+        report["scifact"] = scifact(args.scifact, args.work, backends, args.reuse)
+        if {"torch", "onnx-int8"} <= set(report["scifact"]):
+            fp32, int8 = (report["scifact"][b]["ndcg_cut_10"] for b in ("torch", "onnx-int8"))
+            report["scifact"]["onnx_int8_relative_to_torch"] = round(int8 / fp32, 4)
     report["machine"]["load_average_after"] = os.getloadavg()[0]
     print(json.dumps(report, indent=2))
     return 0

@@ -203,7 +203,16 @@ class SearchService:
         """Exact best-passage cosine for given articles, from their stored vectors (no FAISS search)."""
         if not aids:
             return {}
-        return {aid: float(np.max(vecs @ qvec)) for aid, vecs in self.index.store.vectors_of_articles(aids).items()}
+        owners, pids = self.index.store.passage_ids_of_articles(aids)
+        if not len(pids):
+            return {}
+        try:
+            scores = self.index.passages.reconstruct_batch(pids) @ qvec  # from FAISS memory, not SQLite pages
+        except KeyError:  # FAISS lags the store (another process wrote): read the stored vectors instead
+            return {a: float(np.max(v @ qvec)) for a, v in self.index.store.vectors_of_articles(aids).items()}
+        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        best = np.maximum.reduceat(scores, starts)
+        return {int(owners[i]): float(b) for i, b in zip(starts, best, strict=True)}
 
     def _best_passages(
         self, query: str, qvec: np.ndarray, aids: list[int], mode: str, anchors: list[int]

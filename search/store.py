@@ -365,6 +365,20 @@ class Store:
                 out[int(pid)] = np.frombuffer(blob, dtype=np.float32)
         return out
 
+    def passage_ids_of_articles(self, aids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(article keys, passage ids) of every passage of the given articles, grouped by article: read from the
+        (aid, position) index alone, so it touches no text or vector pages."""
+        owners: list[int] = []
+        pids: list[int] = []
+        for chunk in _chunks(list(dict.fromkeys(int(a) for a in aids)), 500):
+            marks = ",".join("?" * len(chunk))
+            for aid, pid in self._conn().execute(
+                f"SELECT aid, id FROM passages WHERE aid IN ({marks}) ORDER BY aid", chunk
+            ):
+                owners.append(int(aid))
+                pids.append(int(pid))
+        return np.asarray(owners, dtype=np.int64), np.asarray(pids, dtype=np.int64)
+
     def vectors_of_articles(self, aids: Iterable[int]) -> dict[int, np.ndarray]:
         """Each article's passage embeddings as one (passages, dimension) array: just the vectors, no text."""
         parts: dict[int, list[bytes]] = {}

@@ -34,6 +34,10 @@ class VectorStore(Protocol):
 
     def reconstruct(self, id_: int) -> np.ndarray: ...
 
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), dimension) vectors of the given ids, as the index stores them; KeyError for an unknown id."""
+        ...
+
     def count(self) -> int: ...
 
     def ids(self) -> np.ndarray: ...
@@ -261,6 +265,17 @@ class FaissVectorStore:
             return np.asarray(self._index.reconstruct(int(id_)), dtype=np.float32)
         except RuntimeError:
             raise KeyError(id_) from None
+
+    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
+        keys = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(keys) == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if int(keys.min()) < 0:
+            raise KeyError(int(keys.min()))
+        try:
+            return np.asarray(self._index.reconstruct_batch(keys), dtype=np.float32)
+        except RuntimeError:
+            raise KeyError(ids) from None
 
     def count(self) -> int:
         return int(self._index.ntotal) - self._dead

@@ -97,13 +97,13 @@ def test_export_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(embedding, "_quantize", fake_quantize)
     target = tmp_path / "cache" / "model-abc"
     assert embedding._export_onnx_int8(None, target, "avx2")
-    assert (target / "onnx" / "model_quint8_avx2.onnx").read_bytes() == b"int8 fp32"
+    assert (target / "onnx" / "model_qint8_avx2.onnx").read_bytes() == b"int8 fp32"
     assert json.loads((target / "export.json").read_text())["config"] == "avx2"
     assert not (target / "model_fp32.onnx").exists()
     # a second process finishing the same export later: its rename fails, the first copy stays
     monkeypatch.setattr(embedding, "_quantize", lambda s, d, c: d.write_bytes(b"other"))
     assert not embedding._export_onnx_int8(None, target, "avx2")
-    assert (target / "onnx" / "model_quint8_avx2.onnx").read_bytes() == b"int8 fp32"
+    assert (target / "onnx" / "model_qint8_avx2.onnx").read_bytes() == b"int8 fp32"
 
     def broken(src: Path, dst: Path, config: str) -> None:
         dst.write_bytes(b"half")
@@ -123,7 +123,7 @@ def test_quantization_config_follows_cpu_flags() -> None:
     assert quantization_config("", "aarch64") == "arm64"
     assert quantization_config() in QUANT_WEIGHT_TYPES
     # file names as sentence-transformers' export_dynamic_quantized_onnx_model writes them
-    assert onnx_file_name("avx2") == "onnx/model_quint8_avx2.onnx"
+    assert onnx_file_name("avx2") == "onnx/model_qint8_avx2.onnx"
     assert onnx_file_name("avx512_vnni") == "onnx/model_qint8_avx512_vnni.onnx"
 
 

@@ -271,3 +271,17 @@ def test_the_search_param_is_what_trades_recall(corpus) -> None:
     narrow = recall(store.search(queries, 10)[1], want)
     store.set_search_params("nprobe=64")  # every list: exact
     assert recall(store.search(queries, 10)[1], want) == 1.0 > narrow
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "HNSW16", "IVF8,Flat"])
+def test_reconstruct_batch_returns_stored_vectors(factory: str) -> None:
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((400, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(1000, 1400, dtype=np.int64)
+    store = FaissVectorStore.build(16, factory, [(ids, vecs)])
+    picked = np.array([1399, 1000, 1200], dtype=np.int64)
+    np.testing.assert_allclose(store.reconstruct_batch(picked), vecs[picked - 1000], atol=1e-6)
+    assert store.reconstruct_batch(np.zeros(0, np.int64)).shape == (0, 16)
+    with pytest.raises(KeyError):
+        store.reconstruct_batch(np.array([-1], dtype=np.int64))
