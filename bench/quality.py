@@ -68,7 +68,7 @@ def article_run(
 ) -> dict[str, dict[str, float]]:
     run: dict[str, dict[str, float]] = {}
     for (qid, text), vec in zip(queries, vecs, strict=True):
-        ranked = service.rank_articles(text, vec, 100, mode)[:100]
+        ranked = service.rank_articles(text, vec, 100, mode).items
         refs = service.index.store.article_refs(a for a, _ in ranked)
         run[qid] = {refs[a].id: sc.fused for a, sc in ranked}
     return run

@@ -44,6 +44,14 @@ ANCHOR_ARTICLES = 10
 
 
 @dataclass(frozen=True)
+class Ranking:
+    """The best articles of a query, best first, and how many candidate articles were ranked."""
+
+    items: list[tuple[int, Scores]]
+    total: int
+
+
+@dataclass(frozen=True)
 class BatchResult:
     """One query of a batch run: ranked articles and ranked passages."""
 
@@ -119,10 +127,10 @@ class SearchService:
         if not 0 <= offset <= MAX_OFFSET:
             raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}, got {offset}")
         qvec = self.embed_query(query)  # also needed in lexical mode, to locate the answering sentence
-        ranked = self.rank_articles(query, qvec, offset + k, mode)
-        page = ranked[offset : offset + k]
+        ranked = self.rank_articles(query, qvec, max(offset + k, ANCHOR_ARTICLES), mode)
+        page = ranked.items[offset : offset + k]
         page_aids = [aid for aid, _ in page]
-        anchors = [aid for aid, _ in ranked[:ANCHOR_ARTICLES]]
+        anchors = [aid for aid, _ in ranked.items[:ANCHOR_ARTICLES]]
         passages = self._best_passages(query, qvec, page_aids, mode, anchors)
         shown = [(sp, sc) for aid in page_aids for sp, sc in passages[aid]]
         highlights = iter(self.highlighter.locate(qvec, [(sp.passage.id, sp.passage.text) for sp, _ in shown]))
@@ -144,41 +152,38 @@ class SearchService:
                 )
             )
         took = (time.perf_counter() - started) * 1000
-        return SearchResponse(query=query, mode=mode, total=len(ranked), results=results, took_ms=round(took, 2))
+        return SearchResponse(query=query, mode=mode, total=ranked.total, results=results, took_ms=round(took, 2))
 
-    def rank_articles(self, query: str, qvec: np.ndarray, need: int, mode: str) -> list[tuple[int, Scores]]:
-        """Articles ranked by ``mode``, each with both component scores; at least ``need`` when the index has them.
+    def rank_articles(self, query: str, qvec: np.ndarray, need: int, mode: str) -> Ranking:
+        """The best ``need`` articles by ``mode`` (fewer only if the candidates hold fewer), with both component
+        scores, and how many candidates there were (a response's ``total``).
 
         Dense candidates come from FAISS (an article scores as its best passage), lexical ones from BM25 over whole
         articles. In hybrid mode each candidate's missing side is computed exactly before fusing, so an article
-        found by one side only is not penalised by a guess. ``total`` in a response is the length of this list.
+        found by one side only is not penalised by a guess.
         """
         self._pin_search_threads()
         dense = self._dense_articles(qvec, need) if mode != "lexical" else {}
         lexical: dict[int, float] = {}
-        if mode == "lexical":
+        if mode != "dense":
             lexical = dict(self.lexical.search_articles(query, max(self.settings.lexical_candidates, need)))
         if mode == "hybrid":
-            matched = self.lexical.article_scores(query)  # one pass gives candidates and the dense ones' scores
-            top = heapq.nlargest(
-                max(self.settings.lexical_candidates, need), matched.items(), key=lambda x: (x[1], -x[0])
-            )
-            lexical = dict(top)
             dense.update(self._dense_scores_of(qvec, [a for a in lexical if a not in dense]))
-            lexical.update({a: matched.get(a, 0.0) for a in dense if a not in lexical})
+            missing = [a for a in dense if a not in lexical]
+            lexical.update({a: 0.0 for a in missing} | self.lexical.score_articles(query, missing))
             fused = self.fusion.fuse(dense, lexical)
         else:
             fused = dict(dense if mode == "dense" else lexical)
-        order = sorted(fused, key=lambda a: (-fused[a], a))
-        # the side a single-mode ranking did not use is filled for the returned page only (it explains, not ranks)
-        head = order[:need]
+        head = heapq.nsmallest(need, fused, key=lambda a: (-fused[a], a))
+        # the side a single-mode ranking did not use is filled for the returned articles only (it explains them)
         if mode == "dense":
             lexical = {a: 0.0 for a in head} | self.lexical.score_articles(query, head)
         elif mode == "lexical":
             dense = self._dense_scores_of(qvec, head)
-        return [
-            (a, Scores(round(dense.get(a, 0.0), 6), round(lexical.get(a, 0.0), 6), round(fused[a], 6))) for a in order
+        items = [
+            (a, Scores(round(dense.get(a, 0.0), 6), round(lexical.get(a, 0.0), 6), round(fused[a], 6))) for a in head
         ]
+        return Ranking(items, len(fused))
 
     def _dense_articles(self, qvec: np.ndarray, need: int) -> dict[int, float]:
         """Best passage cosine per article, from a FAISS candidate pool grown until ``need`` articles appear."""
@@ -285,7 +290,7 @@ class SearchService:
         vecs = self.embedder.encode(texts, batch_size=64)
         out: list[BatchResult] = []
         for text, vec in zip(texts, vecs, strict=True):
-            ranked = self.rank_articles(text, vec, k, mode)[:k] if articles else []
+            ranked = self.rank_articles(text, vec, k, mode).items if articles else []
             refs = self.index.store.article_refs(a for a, _ in ranked)
             top = self.rank_passages(text, vec, k, mode) if passages else []
             out.append(

@@ -301,7 +301,8 @@ def test_search_prints_ranked_lines(runner: CliRunner, corpus_index: Path, servi
 
 def test_search_json_has_the_api_shape(runner: CliRunner, corpus_index: Path, service: SearchService) -> None:
     # the fixture service embeds with torch; the CLI's default backend (int8) would give slightly different scores
-    args = ["search", "football match goals", "--index", corpus_index, "--k", "3", "--json", "--backend", "torch"]
+    args: list[str | Path] = ["search", "football match goals", "--index", corpus_index, "--k", "3", "--json"]
+    args += ["--backend", "torch"]
     result = invoke(runner, *args)
     assert_ok(result)
     body = json.loads(result.stdout)
