@@ -18,6 +18,7 @@ as sentence-transformers would (``onnx/model_<weights dtype>_<preset>.onnx``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -225,9 +226,10 @@ class SentenceTransformerEmbedder:
         """
         import torch
 
-        enc = self._model.tokenizer(
-            texts, truncation=True, max_length=self.max_seq_length, return_offsets_mapping=offsets, verbose=False
-        )
+        with self._lock:  # only the tokenizer needs turns: concurrent requests' session runs overlap on the cores
+            enc = self._model.tokenizer(
+                texts, truncation=True, max_length=self.max_seq_length, return_offsets_mapping=offsets, verbose=False
+            )
         ids: list[list[int]] = enc["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
         groups: list[list[int]] = []
@@ -325,7 +327,7 @@ class SentenceTransformerEmbedder:
         from tqdm import tqdm
 
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        with self._lock, tqdm(total=len(texts), desc="Embedding", unit="text", disable=not progress) as bar:
+        with tqdm(total=len(texts), desc="Embedding", unit="text", disable=not progress) as bar:
             for idx, _, pooled in self._batches(list(texts), batch_size, offsets=False):
                 out[idx] = pooled
                 bar.update(len(idx))
@@ -345,7 +347,7 @@ class SentenceTransformerEmbedder:
         span_vectors: list[np.ndarray] = [np.zeros((0, self.dimension), dtype=np.float32) for _ in texts]
         if not texts:
             return vectors, span_vectors
-        with self._lock:
+        with self._lock if self._session is None else contextlib.nullcontext():  # onnx: the tokenizer alone
             for idx, items, pooled in self._batches(texts, batch_size, offsets=True):
                 vectors[idx] = pooled
                 means: list[np.ndarray] = []

@@ -303,3 +303,16 @@ def test_invalid_spans_are_refused(embedder: SentenceTransformerEmbedder) -> Non
 def test_model_cache_default_is_outside_the_repository() -> None:
     cache = Path(os.path.expanduser(Settings().model_cache))
     assert Path(__file__).resolve().parent.parent not in cache.resolve().parents
+
+
+def test_onnx_encodes_concurrently_like_sequentially(onnx: SentenceTransformerEmbedder) -> None:
+    """Request threads share one int8 embedder: only tokenizing takes turns, and results do not mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"Question number {i}: why did the central bank raise rates {i} times?" for i in range(24)]
+    alone = [onnx.encode([t])[0] for t in texts]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda t: onnx.encode([t])[0], texts))
+        spans = list(pool.map(lambda t: onnx.encode_spans([t], [[(0, 8)]])[0][0], texts))
+    np.testing.assert_allclose(np.stack(together), np.stack(alone), atol=1e-6)
+    np.testing.assert_allclose(np.stack(spans), np.stack(alone), atol=1e-6)
