@@ -53,6 +53,8 @@ def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle]) -
     new_aids = [a for a in (index.store.aid_of(r.article.id) for r in rows) if a is not None]
     if aids or rows:
         index.lexical = index.lexical.updated(index.store, (aids, pids), (new_aids, new_pids))
+        owners = np.repeat(np.asarray(new_aids, dtype=np.int64), [len(r.passages) for r in rows])
+        index.owners = index.owners.updated(pids, np.asarray(new_pids, dtype=np.int64), owners)
     if aids:
         index.passages.remove(np.asarray(pids, dtype=np.int64))
         index.articles.remove(np.asarray(aids, dtype=np.int64))

@@ -19,11 +19,18 @@ class RelatedFinder:
         self._articles = articles
         self._threshold = duplicate_threshold
 
+    def _vectors(self, aids: list[int]) -> np.ndarray:
+        """Article vectors from the FAISS copy in memory; from SQLite if FAISS lags the store."""
+        try:
+            return self._articles.reconstruct_batch(np.asarray(aids, dtype=np.int64))
+        except KeyError:
+            return np.stack([self._store.article_vector(a) for a in aids])
+
     def nearest(self, aids: list[int], k: int) -> list[list[tuple[int, float]]]:
         """For each article key, up to ``k`` (article key, cosine) of other, non-duplicate articles, best first."""
         if not aids or k <= 0:
             return [[] for _ in aids]
-        vecs = np.stack([self._store.article_vector(a) for a in aids])
+        vecs = self._vectors(aids)
         hashes = self._store.content_hashes(aids)
         fetch = k + 8
         while True:
@@ -39,7 +46,7 @@ class RelatedFinder:
                     other = int(other)
                     if other < 0 or other == aid or score >= self._threshold or cand_hashes.get(other) in seen:
                         continue
-                    vec = self._store.article_vector(other)
+                    vec = self._vectors([other])[0]
                     if any(float(vec @ v) >= self._threshold for v in picked_vecs):
                         continue  # a copy of a story already listed: one entry per story
                     seen.add(cand_hashes.get(other))

@@ -193,28 +193,40 @@ class SearchService:
         n = min(count, max(self.settings.candidates, need * 4))
         while True:
             scores, ids = self.index.passages.search(qvec[None, :], n)
-            hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-            owners = self.index.store.passage_articles(i for i, _ in hits)
+            owners = self.index.owners.articles_of(ids[0])
             best: dict[int, float] = {}
-            for pid, score in hits:
-                aid = owners.get(pid)
-                if aid is not None and aid not in best:
+            for aid, score in zip(owners.tolist(), scores[0].tolist(), strict=True):
+                if aid >= 0 and aid not in best:
                     best[aid] = score  # hits come best first
             if len(best) >= need or n >= count:
                 return best
             n = min(count, n * 4)
 
-    def _dense_scores_of(self, qvec: np.ndarray, aids: list[int]) -> dict[int, float]:
-        """Exact best-passage cosine for given articles, from their stored vectors (no FAISS search)."""
-        if not aids:
-            return {}
-        owners, pids = self.index.store.passage_ids_of_articles(aids)
-        if not len(pids):
-            return {}
+    def _passage_vectors(self, aids: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(article, passage id, vector) of every passage of the given articles, grouped by article in id order.
+
+        Vectors come from FAISS memory; if FAISS lags the store (another process wrote since it was loaded), from
+        the stored copies."""
+        owners, pids = self.index.owners.passages_of(aids)
         try:
-            scores = self.index.passages.reconstruct_batch(pids) @ qvec  # from FAISS memory, not SQLite pages
-        except KeyError:  # FAISS lags the store (another process wrote): read the stored vectors instead
-            return {a: float(np.max(v @ qvec)) for a, v in self.index.store.vectors_of_articles(aids).items()}
+            vectors = self.index.passages.reconstruct_batch(pids)
+        except KeyError:
+            stored = self.index.store.passage_vectors(pids.tolist())
+            keep = np.asarray([int(p) in stored for p in pids], dtype=bool)
+            owners, pids = owners[keep], pids[keep]
+            vectors = (
+                np.stack([stored[int(p)] for p in pids])
+                if len(pids)
+                else np.zeros((0, self.embedder.dimension), dtype=np.float32)
+            )
+        return owners, pids, vectors
+
+    def _dense_scores_of(self, qvec: np.ndarray, aids: list[int]) -> dict[int, float]:
+        """Exact best-passage cosine for given articles (no FAISS search)."""
+        owners, _, vectors = self._passage_vectors(aids)
+        if not len(owners):
+            return {}
+        scores = vectors @ qvec
         starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
         best = np.maximum.reduceat(scores, starts)
         return {int(owners[i]): float(b) for i, b in zip(starts, best, strict=True)}
@@ -226,20 +238,28 @@ class SearchService:
 
         Scores are normalised against the best passage of the ranking's first articles (``anchors``), the same
         articles for every page of one query, so a passage's fused score does not depend on which page shows it.
+        Only the passages picked are read from SQLite.
         """
         extra = [a for a in anchors if a not in aids] if mode == "hybrid" else []
-        rows = self.index.store.passages_of_articles(aids + extra)
-        items = [(sp, vec) for aid in aids + extra for sp, vec in rows.get(aid, [])]
-        dense = {sp.passage.id: float(vec @ qvec) for sp, vec in items}
-        lexical = {sp.passage.id: 0.0 for sp, _ in items}
-        lexical.update(self.lexical.score_passage_texts(query, {sp.passage.id: sp.passage.text for sp, _ in items}))
+        owners, pids, vectors = self._passage_vectors(aids + extra)
+        keys = pids.tolist()
+        dense = dict(zip(keys, (vectors @ qvec).tolist(), strict=True))
+        lexical = dict.fromkeys(keys, 0.0) | self.lexical.score_passages(query, keys)
         fused = self._fuse_mode(dense, lexical, mode, self.passage_fusion)
         out: dict[int, list[tuple[StoredPassage, Scores]]] = {aid: [] for aid in aids}
-        for sp, _ in sorted(items, key=lambda x: (-fused[x[0].passage.id], x[0].passage.position)):
-            picked = out.get(sp.aid)
-            if picked is not None and len(picked) < self.settings.passages_per_result:
-                pid = sp.passage.id
-                picked.append((sp, Scores(round(dense[pid], 6), round(lexical[pid], 6), round(fused[pid], 6))))
+        ranked = np.lexsort((pids, -np.asarray([fused[p] for p in keys])))  # best first; ties by position
+        chosen: list[tuple[int, int]] = []
+        counts = dict.fromkeys(aids, 0)
+        for i in ranked.tolist():
+            aid = int(owners[i])
+            if counts.get(aid, self.settings.passages_per_result) < self.settings.passages_per_result:
+                counts[aid] += 1
+                chosen.append((aid, keys[i]))
+        rows = self.index.store.passages([p for _, p in chosen])
+        for aid, pid in chosen:
+            if pid in rows:
+                sc = Scores(round(dense[pid], 6), round(lexical[pid], 6), round(fused[pid], 6))
+                out[aid].append((rows[pid], sc))
         return out
 
     def _fuse_mode(

@@ -339,15 +339,6 @@ class Store:
                 out[pid] = StoredPassage(Passage(pid, article_id, position, field, start, end, text), aid)
         return out
 
-    def passage_articles(self, ids: Iterable[int]) -> dict[int, int]:
-        """Article key of each passage id."""
-        out: dict[int, int] = {}
-        for chunk in _chunks(list(dict.fromkeys(int(i) for i in ids)), 500):
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn().execute(f"SELECT id, aid FROM passages WHERE id IN ({marks})", chunk)
-            out.update({int(pid): int(aid) for pid, aid in rows})
-        return out
-
     def passages_of(self, aid: int) -> list[Passage]:
         rows = self._conn().execute(
             'SELECT p.id, a.id, p.position, p.field, p.start, p."end", p.text FROM passages p '
@@ -363,47 +354,6 @@ class Store:
             marks = ",".join("?" * len(chunk))
             for pid, blob in self._conn().execute(f"SELECT id, vector FROM passages WHERE id IN ({marks})", chunk):
                 out[int(pid)] = np.frombuffer(blob, dtype=np.float32)
-        return out
-
-    def passage_ids_of_articles(self, aids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(article keys, passage ids) of every passage of the given articles, grouped by article: read from the
-        (aid, position) index alone, so it touches no text or vector pages."""
-        owners: list[int] = []
-        pids: list[int] = []
-        for chunk in _chunks(list(dict.fromkeys(int(a) for a in aids)), 500):
-            marks = ",".join("?" * len(chunk))
-            for aid, pid in self._conn().execute(
-                f"SELECT aid, id FROM passages WHERE aid IN ({marks}) ORDER BY aid", chunk
-            ):
-                owners.append(int(aid))
-                pids.append(int(pid))
-        return np.asarray(owners, dtype=np.int64), np.asarray(pids, dtype=np.int64)
-
-    def vectors_of_articles(self, aids: Iterable[int]) -> dict[int, np.ndarray]:
-        """Each article's passage embeddings as one (passages, dimension) array: just the vectors, no text."""
-        parts: dict[int, list[bytes]] = {}
-        for chunk in _chunks(list(dict.fromkeys(int(a) for a in aids)), 500):
-            marks = ",".join("?" * len(chunk))
-            for aid, blob in self._conn().execute(f"SELECT aid, vector FROM passages WHERE aid IN ({marks})", chunk):
-                parts.setdefault(int(aid), []).append(blob)
-        return {
-            aid: np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
-            for aid, blobs in parts.items()
-        }
-
-    def passages_of_articles(self, aids: Iterable[int]) -> dict[int, list[tuple[StoredPassage, np.ndarray]]]:
-        """Every passage of the given articles with its stored embedding, grouped by article key, in order."""
-        out: dict[int, list[tuple[StoredPassage, np.ndarray]]] = {}
-        for chunk in _chunks(list(dict.fromkeys(int(a) for a in aids)), 500):
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn().execute(
-                f'SELECT p.id, p.aid, a.id, p.position, p.field, p.start, p."end", p.text, p.vector '
-                f"FROM passages p JOIN articles a ON a.aid = p.aid WHERE p.aid IN ({marks}) ORDER BY p.aid, p.position",
-                chunk,
-            )
-            for pid, aid, article_id, position, field, start, end, text, blob in rows:
-                sp = StoredPassage(Passage(pid, article_id, position, field, start, end, text), aid)
-                out.setdefault(aid, []).append((sp, np.frombuffer(blob, dtype=np.float32)))
         return out
 
     def iter_vectors(self, table: str, batch: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -230,3 +230,25 @@ def test_check_finds_a_bm25_index_out_of_step(tmp_path: Path, corpus_index: Path
         conn.execute("DELETE FROM articles WHERE aid = 2")
     problems = check_index(copy)
     assert any("BM25" in p for p in problems), problems
+
+
+def test_passage_owners_map_passages_and_articles_both_ways() -> None:
+    from search.index import PassageOwners
+
+    owners = PassageOwners.of(np.array([7, 3, 4, 10, 11, 5]), np.array([2, 1, 1, 3, 3, 1]))
+    np.testing.assert_array_equal(owners.articles_of(np.array([4, 10, 99, -1])), [1, 3, -1, -1])
+    arts, pids = owners.passages_of([3, 9, 1])  # grouped in the order asked, unknown articles skipped
+    np.testing.assert_array_equal(arts, [3, 3, 1, 1, 1])
+    np.testing.assert_array_equal(pids, [10, 11, 3, 4, 5])
+    moved = owners.updated([3, 4, 5], np.array([12, 13]), np.array([1, 1]))
+    np.testing.assert_array_equal(moved.passages_of([1])[1], [12, 13])
+    np.testing.assert_array_equal(moved.articles_of(np.array([3, 12])), [-1, 1])
+    empty = PassageOwners.of(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert empty.articles_of(np.array([1])).tolist() == [-1] and len(empty.passages_of([1])[1]) == 0
+
+
+def test_open_index_knows_every_passage_owner(corpus_index: Path, embedder) -> None:
+    index = open_index(corpus_index, embedder)
+    rows = index.store.connection().execute("SELECT id, aid FROM passages").fetchall()
+    got = index.owners.articles_of(np.array([r[0] for r in rows]))
+    assert got.tolist() == [r[1] for r in rows]
