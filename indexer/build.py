@@ -68,7 +68,12 @@ def input_text(title: str, field: str, text: str, title_context: bool) -> str:
 
 def chunking_config(chunker: Chunker, settings: Settings) -> dict[str, Any]:
     """What decides the passages and their embedding inputs; recorded in the manifest, compared by a re-index."""
-    return {"max_tokens": chunker.max_tokens, "min_chars": chunker.min_chars, "title_context": settings.title_context}
+    return {
+        "max_tokens": chunker.max_tokens,
+        "max_passage_tokens": settings.max_passage_tokens,
+        "min_chars": chunker.min_chars,
+        "title_context": settings.title_context,
+    }
 
 
 def dedupe_articles(articles: Iterable[Article], report: BuildReport) -> list[Article]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -28,9 +30,9 @@ from indexer.build import (
     new_articles,
 )
 from indexer.update import apply_changes, reusable_vectors, save_state
-from search.embedding import Embedder, make_embedder
+from search.embedding import Embedder, check_compatible, files_hash, make_embedder, quantization_config, resolve_model
 from search.errors import IndexMissing, ModelMismatch, NewsdeskError, SourceError
-from search.index import Index, open_index
+from search.index import Index, open_index, read_manifest
 from search.models import Article
 from search.settings import Settings
 from search.store import NewArticle
@@ -51,6 +53,18 @@ class SyncReport(BuildReport):
     reused: int = field(default=0)
 
 
+class _Model:
+    """The embedder, loaded on first use: re-indexing a corpus with nothing new must not pay for loading a model."""
+
+    def __init__(self, settings: Settings, given: Embedder | None) -> None:
+        self._settings, self._embedder = settings, given
+
+    def get(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = make_embedder(self._settings)
+        return self._embedder
+
+
 def sync_index(
     articles: Iterable[Article],
     settings: Settings,
@@ -61,21 +75,21 @@ def sync_index(
     sources: list[str] | None = None,
 ) -> SyncReport:
     """Bring the index at ``settings.index_dir`` in line with ``articles``: incrementally when it can."""
-    embedder = embedder or make_embedder(settings)
+    model = _Model(settings, embedder)
     report = SyncReport(sources=list(sources or []))
     items = dedupe_articles(articles, report)
     if not items:
         raise SourceError("the sources hold no articles (every record was empty or there were no records)")
-    reason = "--rebuild was given" if rebuild else _incompatibility(settings, embedder)
+    reason = "--rebuild was given" if rebuild else _incompatibility(settings, model)
     if reason is None:
-        index = open_index(settings.index_dir, embedder)
+        index = open_index(settings.index_dir, None)  # _incompatibility verified the model
         try:
             stored = index.store.article_hashes()
             wanted = {a.id for a in items}
             todo = [a for a in items if stored.get(a.id) != a.content_hash()]
             gone = [i for i in stored if i not in wanted]
             if stored and (len(todo) + len(gone)) / max(len(stored), 1) <= FULL_BUILD_SHARE:
-                _apply(index, items, todo, gone, stored, settings, embedder, report, progress)
+                _apply(index, items, todo, gone, stored, settings, model, report, progress)
                 if index.manifest["faiss"].get("search", "") != settings.faiss_search:
                     # a search parameter (efSearch, nprobe) is query-time: record it, nothing to rebuild
                     index.passages.set_search_params(settings.faiss_search)
@@ -85,31 +99,50 @@ def sync_index(
             reason = f"{len(todo) + len(gone)} of {len(stored)} articles changed"
         finally:
             index.close()
-    built = build_index(items, settings.index_dir, settings, embedder, progress=progress, sources=sources)
+    built = build_index(items, settings.index_dir, settings, model.get(), progress=progress, sources=sources)
     report.articles, report.passages, report.embedded = built.articles, built.passages, built.embedded
     report.added, report.mode, report.reason = built.articles, "full", reason or ""
     return report
 
 
-def _incompatibility(settings: Settings, embedder: Embedder) -> str | None:
-    """Why the existing index cannot be updated in place, or None when it can."""
+def _incompatibility(settings: Settings, model: _Model) -> str | None:
+    """Why the existing index cannot be updated in place, or None when it can.
+
+    When the index records the same model files, backend and chunking settings, that settles it without loading
+    the model; otherwise the model is loaded and its probe vectors compared, as any open does."""
     try:
-        index = open_index(settings.index_dir, embedder)
+        manifest = read_manifest(settings.index_dir)
     except IndexMissing:
         return "no index yet"
-    except ModelMismatch:
-        return "the model changed"
     except NewsdeskError as exc:
         return f"the existing index cannot be opened ({exc})"
-    try:
-        manifest = index.manifest
-        if manifest.get("chunking") != chunking_config(make_chunker(settings, embedder), settings):
+    if manifest["faiss"].get("factory") != settings.faiss_factory:
+        return "the FAISS factory changed"
+    recorded = manifest.get("chunking") or {}
+    if _same_model_files(manifest["model"], settings) and "max_passage_tokens" in recorded:
+        chosen = (settings.max_passage_tokens, settings.min_passage_chars, settings.title_context)
+        if (recorded["max_passage_tokens"], recorded.get("min_chars"), recorded.get("title_context")) != chosen:
             return "chunking settings changed"
-        if manifest["faiss"].get("factory") != settings.faiss_factory:
-            return "the FAISS factory changed"
         return None
-    finally:
-        index.close()
+    embedder = model.get()
+    try:
+        check_compatible(manifest["model"], embedder)
+    except ModelMismatch:
+        return "the model changed"
+    current = chunking_config(make_chunker(settings, embedder), settings)
+    if any(recorded.get(k) != v for k, v in current.items() if k in recorded) or not recorded:
+        return "chunking settings changed"
+    return None
+
+
+def _same_model_files(recorded: dict[str, Any], settings: Settings) -> bool:
+    """The index's vectors came from these very model files, by this backend (and int8 preset)."""
+    if recorded.get("name") != settings.model or recorded.get("backend", "torch") != settings.backend:
+        return False
+    if settings.backend == "onnx-int8" and recorded.get("quantization") != quantization_config():
+        return False
+    expected = recorded.get("files_sha256")
+    return bool(expected) and expected == files_hash(Path(resolve_model(settings.model)))
 
 
 def _apply(
@@ -119,7 +152,7 @@ def _apply(
     gone: list[str],
     stored: dict[str, str],
     settings: Settings,
-    embedder: Embedder,
+    model: _Model,
     report: SyncReport,
     progress: bool | None,
 ) -> None:
@@ -127,18 +160,20 @@ def _apply(
     report.added = sum(1 for a in todo if a.id not in stored)
     report.changed = len(todo) - report.added
     report.unchanged = len(items) - len(todo)
-    chunker = make_chunker(settings, embedder)
-    known = reusable_vectors(index, [a.id for a in todo if a.id in stored], settings)
     rows: list[NewArticle] = []
-    if progress is None:
-        progress = sys.stderr.isatty()
-    bar = tqdm(total=len(todo), unit="article", desc="re-indexing", disable=not progress or not todo, file=sys.stderr)
-    for i in range(0, len(todo), GROUP_ARTICLES):
-        group_rows, embedded = new_articles(todo[i : i + GROUP_ARTICLES], chunker, embedder, settings, known)
-        rows += group_rows
-        report.embedded += embedded
-        bar.update(len(todo[i : i + GROUP_ARTICLES]))
-    bar.close()
+    if todo:  # only then is the model loaded
+        embedder = model.get()
+        chunker = make_chunker(settings, embedder)
+        known = reusable_vectors(index, [a.id for a in todo if a.id in stored], settings)
+        if progress is None:
+            progress = sys.stderr.isatty()
+        bar = tqdm(total=len(todo), unit="article", desc="re-indexing", disable=not progress, file=sys.stderr)
+        for i in range(0, len(todo), GROUP_ARTICLES):
+            group_rows, embedded = new_articles(todo[i : i + GROUP_ARTICLES], chunker, embedder, settings, known)
+            rows += group_rows
+            report.embedded += embedded
+            bar.update(len(todo[i : i + GROUP_ARTICLES]))
+        bar.close()
     report.reused = sum(len(r.passages) for r in rows) - report.embedded
     report.deleted = len(gone)
     if todo or gone:

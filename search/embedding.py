@@ -384,7 +384,7 @@ class SentenceTransformerEmbedder:
 
     def _source_hash(self) -> str | None:
         if self._files_sha256 is None:
-            self._files_sha256 = _files_hash(Path(self._path))
+            self._files_sha256 = files_hash(Path(self._path))
         return self._files_sha256
 
     def fingerprint(self) -> dict[str, Any]:
@@ -542,7 +542,7 @@ def _quantize(src: Path, dst: Path, config: str) -> None:
         root.removeFilter(quiet)
 
 
-def _files_hash(path: Path) -> str | None:
+def files_hash(path: Path) -> str | None:
     """A hash of a local model directory's files (names and contents); None for a hub name not on disk."""
     if not path.is_dir():
         return None

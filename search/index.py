@@ -134,11 +134,15 @@ class Index:
         self.store.close()
 
 
-def open_index(directory: Path, embedder: Embedder) -> Index:
-    """Open and check an index; refuse a model whose vectors are not the index's; rebuild stale FAISS caches."""
+def open_index(directory: Path, embedder: Embedder | None) -> Index:
+    """Open and check an index; refuse a model whose vectors are not the index's; rebuild stale FAISS caches.
+
+    ``embedder=None`` skips the model check, for a caller that verified the model otherwise (an incremental
+    re-index compares model files and settings, and loads the model only if something needs embedding)."""
     directory = directory.absolute()
     manifest = read_manifest(directory)
-    check_compatible(manifest["model"], embedder)
+    if embedder is not None:
+        check_compatible(manifest["model"], embedder)
     store = Store(directory / SQLITE)
     n_articles, n_passages = store.counts()
     if manifest["counts"] != {"articles": n_articles, "passages": n_passages}:

@@ -169,3 +169,21 @@ def test_search_parameter_change_is_recorded_without_rebuilding(tmp_path: Path, 
     finally:
         index.close()
     assert check_index(target) == []
+
+
+def test_nothing_to_embed_never_loads_the_model(tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same model files, backend and chunking settings settle compatibility; the model loads only to embed."""
+    settings = Settings(index_dir=tmp_path / "idx", backend="torch")
+    sync_index(read_sources([CORPUS]), settings, embedder, progress=False)
+
+    def no_model(_: Settings) -> Any:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("indexer.sync.make_embedder", no_model)
+    assert sync_index(read_sources([CORPUS]), settings, progress=False).mode == "incremental"
+    fewer = write(tmp_path / "fewer.jsonl", rows()[:-1])
+    report = sync_index(read_sources([fewer]), settings, progress=False)
+    assert (report.mode, report.deleted, report.embedded) == ("incremental", 1, 0)
+    assert check_index(settings.index_dir) == []
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        sync_index(read_sources([CORPUS]), settings, progress=False)  # the deleted article is back: embed it
