@@ -6,7 +6,6 @@ has started its workers), or takes a ready ``SearchService`` (tests share one ac
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from werkzeug.routing import BaseConverter
 
 from api.errors import error_response, register_error_handlers
 from search.errors import InvalidInput
-from search.models import Article
+from search.models import Article, to_plain
 from search.service import SearchService
 from search.settings import Settings
 
@@ -121,7 +120,7 @@ def search() -> Response:
     result = _service().search(
         _str_arg("q"), k=_int_arg("k", 10), offset=_int_arg("offset", 0), mode=request.args.get("mode")
     )
-    return jsonify(dataclasses.asdict(result))
+    return jsonify(to_plain(result))
 
 
 def article(article_id: str) -> Response:
@@ -129,7 +128,7 @@ def article(article_id: str) -> Response:
 
 
 def similar(article_id: str) -> Response:
-    return jsonify(dataclasses.asdict(_service().similar(article_id, k=_int_arg("k", 10))))
+    return jsonify(to_plain(_service().similar(article_id, k=_int_arg("k", 10))))
 
 
 def article_by_query() -> Response:

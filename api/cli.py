@@ -6,7 +6,6 @@ becomes one line on stderr and exit status 1; usage errors exit 2 as click does.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import click
 
 from search.errors import NewsdeskError, SourceError
+from search.models import to_plain
 from search.settings import BACKENDS, MODES, Settings
 
 HELP = Settings.help()
@@ -172,7 +172,7 @@ def search(
     assert text is not None
     response = service.search(text, k=k, offset=offset, mode=mode)
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(response), ensure_ascii=False, indent=2))
+        click.echo(json.dumps(to_plain(response), ensure_ascii=False, indent=2))
         return
     for rank, r in enumerate(response.results, offset + 1):
         click.echo(f"{rank:>3}. [{r.score:.3f}] {r.article.title or r.article.id}  ({r.article.id})")
@@ -238,7 +238,7 @@ def _write_batch(
                             "passage_id": p.passage_id,
                             "text": p.text,
                             "score": p.score,
-                            "scores": dataclasses.asdict(p.scores),
+                            "scores": to_plain(p.scores),
                         }
                         for p in res.passages
                     ],

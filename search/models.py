@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 PassageField = Literal["title", "body"]
@@ -138,3 +138,15 @@ class RankedPassage:
     text: str
     score: float
     scores: Scores
+
+
+def to_plain(value: Any) -> Any:
+    """A response dataclass as JSON-ready dicts and lists, like ``dataclasses.asdict`` without its deep copies of
+    every leaf (a quarter of a search request's CPU time when it was used)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value

@@ -36,6 +36,8 @@ class RelatedFinder:
         while True:
             scores, ids = self._articles.search(vecs, fetch)
             cand_hashes = self._store.content_hashes(int(i) for i in ids.ravel() if i >= 0)
+            found = np.unique(ids[ids >= 0])
+            cand_vecs = dict(zip(found.tolist(), self._vectors(found.tolist()), strict=True))
             out: list[list[tuple[int, float]]] = []
             short = False
             for row, aid in enumerate(aids):
@@ -46,7 +48,7 @@ class RelatedFinder:
                     other = int(other)
                     if other < 0 or other == aid or score >= self._threshold or cand_hashes.get(other) in seen:
                         continue
-                    vec = self._vectors([other])[0]
+                    vec = cand_vecs[other]
                     if any(float(vec @ v) >= self._threshold for v in picked_vecs):
                         continue  # a copy of a story already listed: one entry per story
                     seen.add(cand_hashes.get(other))

@@ -217,3 +217,14 @@ def test_copies_of_one_story_are_listed_once(service: SearchService) -> None:
     got = [r.article.id for r in service.similar("business/003", k=10).results]
     assert len({"business/001", "copy-of-business-001"} & set(got)) == 1
     assert got[0] in {"business/001", "copy-of-business-001"}
+
+
+def test_to_plain_serializes_like_asdict(service: SearchService) -> None:
+    import dataclasses
+
+    from search.models import to_plain
+
+    response = service.search("central bank interest rates", k=3)
+    assert to_plain(response) == dataclasses.asdict(response)
+    similar = service.similar("business/001", k=2)
+    assert to_plain(similar) == dataclasses.asdict(similar)
