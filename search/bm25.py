@@ -18,7 +18,7 @@ import math
 import os
 import threading
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -336,25 +336,14 @@ class MemoryBM25:
         got = scores[idx]
         return {int(r): float(s) for r, s in zip(rowids, got, strict=True) if s > 0}
 
-    def _all(self, table: str, query: str) -> dict[int, float]:
-        postings, scores = self._scores(table, query)
-        matched = np.flatnonzero(scores > 0)
-        return dict(zip(postings.rowids[matched].tolist(), scores[matched].astype(float).tolist(), strict=True))
-
     def search_articles(self, query: str, k: int) -> list[tuple[int, float]]:
         return self._top("articles", query, k)
 
     def score_articles(self, query: str, aids: Iterable[int]) -> dict[int, float]:
         return self._given("articles", query, aids)
 
-    def article_scores(self, query: str) -> dict[int, float]:
-        return self._all("articles", query)
-
     def search_passages(self, query: str, k: int) -> list[tuple[int, float]]:
         return self._top("passages", query, k)
 
     def score_passages(self, query: str, ids: Iterable[int]) -> dict[int, float]:
         return self._given("passages", query, ids)
-
-    def score_passage_texts(self, query: str, texts: Mapping[int, str]) -> dict[int, float]:
-        return self._given("passages", query, texts)

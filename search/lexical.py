@@ -11,13 +11,12 @@ operators (AND, NEAR, ``*``, ``^``, ``:``), punctuation and any script are searc
 from __future__ import annotations
 
 import functools
-import math
 import re
 import sqlite3
 import threading
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from search.errors import IndexCorrupt
@@ -63,10 +62,6 @@ class LexicalIndex(Protocol):
 
     def score_passages(self, query: str, ids: Iterable[int]) -> dict[int, float]: ...
 
-    def article_scores(self, query: str) -> dict[int, float]: ...
-
-    def score_passage_texts(self, query: str, texts: Mapping[int, str]) -> dict[int, float]: ...
-
 
 class Fts5Lexical:
     """FTS5's BM25 (k1=1.2, b=0.75); an article's headline counts ``title_weight`` times its body's terms."""
@@ -74,7 +69,6 @@ class Fts5Lexical:
     def __init__(self, store: Store, title_weight: float = 1.0) -> None:
         self._store = store
         self._title_weight = float(title_weight)
-        self._local = threading.local()  # per-thread: SQLite connections are per thread, and so is their temp schema
 
     def _rank(self, table: str) -> str:
         if table == "articles_fts":
@@ -118,69 +112,11 @@ class Fts5Lexical:
     def score_articles(self, query: str, aids: Iterable[int]) -> dict[int, float]:
         return self._score("articles_fts", query, aids)
 
-    def article_scores(self, query: str) -> dict[int, float]:
-        """BM25 of every matching article, from one unsorted pass: hybrid ranking takes its lexical candidates and
-        the lexical side of its dense candidates from this one result instead of two full-text queries."""
-        expr = match_expression(query)
-        if expr is None:
-            return {}
-        return dict(
-            self._run(
-                f"SELECT rowid, {self._rank('articles_fts')} FROM articles_fts WHERE articles_fts MATCH ?", (expr,)
-            )
-        )
-
     def search_passages(self, query: str, k: int) -> list[tuple[int, float]]:
         return self._search("passages_fts", query, k)
 
     def score_passages(self, query: str, ids: Iterable[int]) -> dict[int, float]:
         return self._score("passages_fts", query, ids)
-
-    def score_passage_texts(self, query: str, texts: Mapping[int, str]) -> dict[int, float]:
-        """BM25 of a few passages given their text, equal to FTS5's ``bm25(passages_fts)`` for the same rows.
-
-        Asking FTS5 for a handful of rows still walks every match of the query in the whole table (tens of ms on
-        100k passages, per request); here only the query terms' document frequencies and the table's average length
-        come from FTS5 (its vocabulary and its totals record), and the given texts are tokenized like FTS5 does
-        (unicode61 with diacritics removed, then the Porter stemmer). Passages without a query term are left out.
-        """
-        terms = query_terms(query)
-        if not terms or not texts:
-            return {}
-        stems = [stem(t) for t in terms]
-        stems = [t for t in stems if t]
-        total_rows, avgdl = self._averages()
-        df = self._document_frequencies(stems)
-        idf = {t: max(math.log((total_rows - n + 0.5) / (n + 0.5)), 1e-6) for t, n in df.items()}
-        out: dict[int, float] = {}
-        for key, text in texts.items():
-            length, tf = _cached_term_counts(text)
-            norm = K1 * (1 - B + B * length / avgdl) if avgdl > 0 else K1
-            score = sum(idf.get(t, 0.0) * tf[t] * (K1 + 1) / (tf[t] + norm) for t in stems if tf[t])
-            if score > 0:
-                out[int(key)] = score
-        return out
-
-    def _averages(self) -> tuple[int, float]:
-        """Rows and mean tokens per row of ``passages_fts``, from FTS5's own totals record (its id 1)."""
-        row = self._store.connection().execute("SELECT block FROM passages_fts_data WHERE id = 1").fetchone()
-        if row is None or not row[0]:
-            return 0, 0.0
-        values = _varints(bytes(row[0]))
-        rows, tokens = [*values, 0, 0][:2]
-        return rows, (tokens / rows if rows else 0.0)
-
-    def _document_frequencies(self, stems: list[str]) -> dict[str, int]:
-        conn = self._store.connection()
-        if not getattr(self._local, "vocab", False):
-            conn.execute(
-                "CREATE VIRTUAL TABLE IF NOT EXISTS temp.passages_vocab USING fts5vocab(main, passages_fts, row)"
-            )
-            self._local.vocab = True
-        unique = list(dict.fromkeys(stems))
-        marks = ",".join("?" * len(unique))
-        found = dict(conn.execute(f"SELECT term, doc FROM temp.passages_vocab WHERE term IN ({marks})", unique))
-        return {t: int(found.get(t, 0)) for t in unique}
 
 
 _STEMMER: Any = None
@@ -216,30 +152,3 @@ def fts_term_counts(text: str) -> tuple[int, Counter[str]]:
     """(tokens, stem counts) of a text, tokenized as the FTS5 tables are."""
     tokens = _FTS_TOKEN.findall(text.lower())  # folding diacritics never changes where tokens split
     return len(tokens), Counter(stem(t) for t in tokens)
-
-
-_cached_term_counts = functools.lru_cache(maxsize=20_000)(fts_term_counts)  # passages of top results recur
-
-
-def fts_tokens(text: str) -> list[str]:
-    """``text`` tokenized as the index's FTS5 tokenizer does: unicode61, diacritics removed, Porter stems."""
-    return [stem(t) for t in _FTS_TOKEN.findall(_fold(text))]
-
-
-def _varints(data: bytes) -> list[int]:
-    """SQLite's big-endian variable-length integers, as FTS5 writes its totals record."""
-    out: list[int] = []
-    i = 0
-    while i < len(data):
-        value = 0
-        for n in range(9):
-            byte = data[i]
-            i += 1
-            if n == 8:
-                value = (value << 8) | byte
-                break
-            value = (value << 7) | (byte & 0x7F)
-            if not byte & 0x80:
-                break
-        out.append(value)
-    return out

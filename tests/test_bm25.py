@@ -21,8 +21,11 @@ QUERIES = [
     "interest rates inflation",
     "U.S. carmaker chips shortage",
     "striker goals derby",
+    "the striker scored goals",
     "battery electric cars cheaper",
+    "battery chemistry cheaper electric cars",
     "Ünïcödé café",
+    "Ünïcödé café résumé",
     '"quoted" AND NEAR(x) OR *',
 ]
 
@@ -47,14 +50,15 @@ def test_scores_equal_fts5_bm25(service: SearchService, title_weight: float) -> 
 def test_top_k_given_rows_and_all_matches_agree(service: SearchService) -> None:
     memory = MemoryBM25(service.index)
     query = "central bank interest rates"
-    every = memory.article_scores(query)
+    aids = [int(a) for (a,) in service.index.store.connection().execute("SELECT aid FROM articles")]
+    every = memory.score_articles(query, aids)
     top = memory.search_articles(query, 2)
     assert [a for a, _ in top] == sorted(every, key=lambda a: (-every[a], a))[:2]
     assert memory.score_articles(query, [a for a, _ in top] + [10**9]) == dict(top)  # unknown keys are left out
     passages = memory.search_passages(query, 3)
     assert memory.score_passages(query, [p for p, _ in passages]) == pytest.approx(dict(passages))
     assert memory.search_articles("zzzz-no-such-word", 5) == []
-    assert memory.search_articles("", 5) == [] and memory.article_scores("   ") == {}
+    assert memory.search_articles("", 5) == [] and memory.score_articles("   ", aids) == {}
 
 
 def test_postings_without_and_extended_equal_a_rebuild() -> None:
