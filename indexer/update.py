@@ -49,8 +49,8 @@ def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -
 def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle]) -> int:
     """Delete and insert in one SQLite transaction, then bring FAISS, the BM25 postings and the manifest up to it;
     returns the number of articles deleted."""
-    aids, pids, new_pids = index.store.replace_articles(delete_ids, rows)
-    new_aids = [a for a in (index.store.aid_of(r.article.id) for r in rows) if a is not None]
+    done = index.store.replace_articles(delete_ids, rows)
+    aids, pids, new_aids, new_pids = done.deleted_aids, done.deleted_pids, done.new_aids, done.new_pids
     if aids or rows:
         index.lexical = index.lexical.updated(index.store, (aids, pids), (new_aids, new_pids))
         owners = np.repeat(np.asarray(new_aids, dtype=np.int64), [len(r.passages) for r in rows])

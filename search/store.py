@@ -116,6 +116,16 @@ class NewArticle:
     sentences: Sequence[SentenceVectors | None] = ()
 
 
+@dataclass(frozen=True)
+class Replaced:
+    """What one ``replace_articles`` transaction removed and wrote (new articles in the order given)."""
+
+    deleted_aids: list[int]
+    deleted_pids: list[int]
+    new_aids: list[int]
+    new_pids: list[int]
+
+
 class Store:
     def __init__(self, path: Path, *, create: bool = False) -> None:
         self.path = path
@@ -157,25 +167,23 @@ class Store:
 
     def add_articles(self, items: Iterable[NewArticle]) -> list[int]:
         """Insert articles with their passages in one transaction and bump the generation; returns passage ids."""
-        return self.replace_articles((), items)[2]
+        return self.replace_articles((), items).new_pids
 
     def delete_articles(self, article_ids: Iterable[str]) -> tuple[list[int], list[int]]:
         """Delete articles (their passages and BM25 entries go with them) in one transaction.
 
         Returns the (article keys, passage ids) removed, so the caller can drop the same ids from FAISS.
         """
-        aids, pids, _ = self.replace_articles(article_ids, ())
-        return aids, pids
+        done = self.replace_articles(article_ids, ())
+        return done.deleted_aids, done.deleted_pids
 
-    def replace_articles(
-        self, delete_ids: Iterable[str], items: Iterable[NewArticle]
-    ) -> tuple[list[int], list[int], list[int]]:
+    def replace_articles(self, delete_ids: Iterable[str], items: Iterable[NewArticle]) -> Replaced:
         """Delete ``delete_ids`` and insert ``items`` in one transaction, so a reader sees either the old or the new
-        version of a replaced article, never neither. Returns (deleted article keys, deleted passage ids, new
-        passage ids)."""
+        version of a replaced article, never neither."""
         conn = self._conn()
         aids: list[int] = []
         pids: list[int] = []
+        new_aids: list[int] = []
         new_pids: list[int] = []
         with conn:
             for article_id in dict.fromkeys(delete_ids):
@@ -187,13 +195,16 @@ class Store:
                 conn.execute("DELETE FROM passages WHERE aid = ?", (row[0],))
                 conn.execute("DELETE FROM articles WHERE aid = ?", (row[0],))
             for item in items:
-                new_pids += self._insert(conn, item)
+                aid, passage_ids = self._insert(conn, item)
+                new_aids.append(aid)
+                new_pids += passage_ids
             if aids or new_pids:
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        return aids, pids, new_pids
+        return Replaced(aids, pids, new_aids, new_pids)
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, item: NewArticle) -> list[int]:
+    def _insert(conn: sqlite3.Connection, item: NewArticle) -> tuple[int, list[int]]:
+        """Write one article and its passages; returns (its article key, its passage ids in order)."""
         a = item.article
         cur = conn.execute(
             "INSERT INTO articles (id, title, paragraphs, date, source, url, tags, extra, content_hash, "
@@ -211,7 +222,7 @@ class Store:
                 _blob(item.article_vector),
             ),
         )
-        aid = cur.lastrowid
+        aid = int(cur.lastrowid or 0)
         out: list[int] = []
         sentences = list(item.sentences) or [None] * len(item.passages)
         for (position, field, start, end, text), vec, sent in zip(
@@ -228,7 +239,7 @@ class Store:
                     "INSERT INTO sentences (pid, spans, vectors) VALUES (?, ?, ?)",
                     (pid, json.dumps(sent[0]), np.ascontiguousarray(sent[1], dtype=np.float16).tobytes()),
                 )
-        return out
+        return aid, out
 
     # -- reading ---------------------------------------------------------------------------------------------
 
