@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ class SyncReport(BuildReport):
     deleted: int = 0
     unchanged: int = 0
     # passages written without being embedded: a stored vector was reused, or an identical text embedded once
-    reused: int = field(default=0)
+    reused: int = 0
 
 
 class _Model:
