@@ -256,7 +256,10 @@ class SentenceTransformerEmbedder:
             (hidden,) = self._session.run(["last_hidden_state"], batch)
             return hidden, batch["attention_mask"]
 
-        for group, (hidden, mask) in zip(groups, self._pool.map(run, groups), strict=True):
+        # One micro-batch (a query) runs in the calling thread: a hand-off to the pool would only add latency, and
+        # concurrent requests' session runs overlap anyway (onnxruntime releases the GIL).
+        results = [run(groups[0])] if len(groups) == 1 else self._pool.map(run, groups)
+        for group, (hidden, mask) in zip(groups, results, strict=True):
             features: dict[str, Any] = {
                 "token_embeddings": torch.from_numpy(hidden),
                 "attention_mask": torch.from_numpy(mask),

@@ -30,17 +30,22 @@ class Highlighter:
 
     def locate(self, query: np.ndarray, passages: list[tuple[int, str]]) -> list[Highlight]:
         """One highlight per (passage id, text): the span of the sentence closest to ``query``."""
-        split = {pid: sentence_spans(text) for pid, text in passages}
         todo: list[tuple[int, str]] = []
         with self._lock:
             known = {pid: self._cache[pid] for pid, _ in passages if pid in self._cache}
             for pid in known:
                 self._cache.move_to_end(pid)
+        split = {pid: known[pid][0] if pid in known else sentence_spans(text) for pid, text in passages}
         wanted = [pid for pid, _ in passages if pid not in known and len(split[pid]) > 1]
         if wanted and self._stored is not None:
             for pid, (stored_spans, stored_vecs) in self._stored(wanted).items():
                 if [(s.start, s.end) for s in split[pid]] == stored_spans:  # stored for this very text
                     known[pid] = (split[pid], stored_vecs)
+            with self._lock:
+                for pid in wanted:
+                    if pid in known:
+                        self._cache[pid] = known[pid]
+                self._trim()
         for pid, text in passages:
             if pid not in known and len(split[pid]) > 1:
                 todo.append((pid, text))
@@ -55,8 +60,7 @@ class Highlighter:
             with self._lock:
                 for pid, _ in todo:
                     self._cache[pid] = known[pid]
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+                self._trim()
         out: list[Highlight] = []
         for pid, text in passages:
             spans = split[pid]
@@ -68,3 +72,7 @@ class Highlighter:
                 best = int(np.argmax(known[pid][1] @ query))
                 out.append(Highlight(known[pid][0][best].start, known[pid][0][best].end))
         return out
+
+    def _trim(self) -> None:
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)

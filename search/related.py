@@ -3,9 +3,15 @@
 No text is re-embedded: the vectors were stored at build time. An article's exact duplicates (the same headline and
 paragraphs under another id, or a vector closer than the duplicate threshold) are never offered as "related", and
 copies of one story are listed once.
+
+An article's neighbours do not depend on the query, and the same popular articles fill many result pages, so they
+are cached per process until the store's generation changes (any write, by this process or another).
 """
 
 from __future__ import annotations
+
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -14,10 +20,16 @@ from search.vectors import VectorStore
 
 
 class RelatedFinder:
-    def __init__(self, store: Store, articles: VectorStore, duplicate_threshold: float) -> None:
+    def __init__(
+        self, store: Store, articles: VectorStore, duplicate_threshold: float, cache_size: int = 16384
+    ) -> None:
         self._store = store
         self._articles = articles
         self._threshold = duplicate_threshold
+        self._cache: OrderedDict[tuple[int, int], list[tuple[int, float]]] = OrderedDict()
+        self._cache_size = cache_size
+        self._generation: int | None = None
+        self._lock = threading.Lock()
 
     def _vectors(self, aids: list[int]) -> np.ndarray:
         """Article vectors from the FAISS copy in memory; from SQLite if FAISS lags the store."""
@@ -30,6 +42,26 @@ class RelatedFinder:
         """For each article key, up to ``k`` (article key, cosine) of other, non-duplicate articles, best first."""
         if not aids or k <= 0:
             return [[] for _ in aids]
+        generation = self._store.generation()
+        with self._lock:
+            if generation != self._generation:
+                self._cache.clear()
+                self._generation = generation
+            known = {a: self._cache[(a, k)] for a in aids if (a, k) in self._cache}
+            for a in known:
+                self._cache.move_to_end((a, k))
+        todo = list(dict.fromkeys(a for a in aids if a not in known))
+        if todo:
+            known.update(zip(todo, self._search(todo, k), strict=True))
+            with self._lock:
+                if generation == self._generation:
+                    for a in todo:
+                        self._cache[(a, k)] = known[a]
+                    while len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+        return [list(known[a]) for a in aids]
+
+    def _search(self, aids: list[int], k: int) -> list[list[tuple[int, float]]]:
         vecs = self._vectors(aids)
         hashes = self._store.content_hashes(aids)
         fetch = k + 8

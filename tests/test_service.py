@@ -228,3 +228,12 @@ def test_to_plain_serializes_like_asdict(service: SearchService) -> None:
     assert to_plain(response) == dataclasses.asdict(response)
     similar = service.similar("business/001", k=2)
     assert to_plain(similar) == dataclasses.asdict(similar)
+
+
+def test_service_pins_numpy_blas_to_the_search_threads(service: SearchService) -> None:
+    """OpenBLAS's idle workers spin: a query's small products must not take the cores other requests need."""
+    from threadpoolctl import threadpool_info
+
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    assert blas, "numpy should report its BLAS library"
+    assert all(p["num_threads"] == service.settings.search_threads for p in blas)
