@@ -113,19 +113,31 @@ def index_cmd(sources: tuple[Path, ...], quiet: bool, rebuild: bool, **opts: Any
 @_model_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
-@click.option("--workers", type=int, default=4, show_default=True, help="Request threads of the WSGI server.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Request threads per server process.")
+@click.option(
+    "--processes",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Server processes: 1 runs waitress; more run gunicorn workers, each loading the model and index itself.",
+)
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 @_backend_option
-def serve(host: str, port: int, workers: int, **opts: Any) -> None:
-    """Serve the API and the web page with waitress (a production WSGI server)."""
-    import waitress
-
+def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> None:
+    """Serve the API and the web page with a production WSGI server (waitress, or gunicorn for several processes)."""
     from api.app import create_app
+    from api.server import serve as run_server
+    from search.index import read_manifest
 
+    if workers < 1 or processes < 1:
+        raise click.UsageError("--workers and --processes must be at least 1")
     settings = Settings.from_env(**opts)
-    app = create_app(settings)
-    click.echo(f"serving {settings.index_dir} on http://{host}:{port}/", err=True)
-    waitress.serve(app, host=host, port=port, threads=workers, ident="newsdesk")
+    read_manifest(settings.index_dir)  # a missing or unfinished index fails here, once, not in every worker
+    click.echo(
+        f"serving {settings.index_dir} on http://{host}:{port}/ ({processes} process(es) x {workers} threads)",
+        err=True,
+    )
+    run_server(lambda: create_app(settings), host, port, threads=workers, processes=processes)
 
 
 @main.command()

@@ -4,8 +4,9 @@ One command runs the whole benchmark::
 
     .venv/bin/python bench/serve.py --index DIR --rtqa ../shared/data/realtimeqa --out bench/results/serve.json
 
-1. ``newsdesk serve --index DIR --host 127.0.0.1 --port <free port> --workers N`` in a subprocess (its own process
-   group, output to a log file in a temporary directory), polled on ``/api/health`` until it answers;
+1. ``newsdesk serve --index DIR --host 127.0.0.1 --port <free port> --workers N [--processes P]`` in a subprocess
+   (its own process group, output to a log file in a temporary directory), polled on ``/api/health`` until it
+   answers;
 2. for each target in turn, in the same server: a few warm-up requests (not counted), then ``--clients`` threads,
    each with its own keep-alive ``http.client.HTTPConnection``, sending requests back to back for ``--seconds``.
    Targets: ``GET /api/health`` (the floor: HTTP, waitress and Flask overhead), ``/api/search`` for each of
@@ -323,7 +324,7 @@ def serve_supports(option: str) -> bool:
 class Server:
     """``newsdesk serve`` in its own process group; ``stop`` ends the whole group (TERM, then KILL)."""
 
-    def __init__(self, index: Path, workers: int, log: Path, backend: str | None) -> None:
+    def __init__(self, index: Path, workers: int, log: Path, backend: str | None, processes: int = 1) -> None:
         self.port = free_port()
         self.log = log
         env = child_env()
@@ -339,6 +340,8 @@ class Server:
             "--workers",
             str(workers),
         ]
+        if processes > 1:  # the flag is newer than the benchmark: older servers are run as they were
+            self.cmd += ["--processes", str(processes)]
         self.backend_via: str | None = None
         if backend is not None:
             if serve_supports("--backend"):
@@ -532,11 +535,13 @@ def benchmark(
     warmup: int,
     backend: str | None,
     start_timeout: float,
+    processes: int = 1,
+    floor_queries: int = 0,
 ) -> dict[str, Any]:
     feed = QueryFeed(texts)
     load = {"before": loadavg()}
     with tempfile.TemporaryDirectory(prefix="newsdesk-serve-bench-") as tmp:
-        server = Server(index, workers, Path(tmp) / "server.log", backend)
+        server = Server(index, workers, Path(tmp) / "server.log", backend, processes)
         try:
             health, startup = server.wait_ready(start_timeout)
             runs: list[TargetRun] = []
@@ -569,6 +574,7 @@ def benchmark(
             errors = sum(r.errors + r.warmup_errors for r in runs)
             server_info: dict[str, Any] = {
                 "command": server.cmd,
+                "processes": processes,
                 "startup_seconds": round(startup, 2),
                 "backend": backend or os.environ.get("NEWSDESK_BACKEND") or "server default",
                 "backend_via": server.backend_via,
@@ -576,6 +582,8 @@ def benchmark(
             }
         finally:
             server.stop()
+    # After the server has stopped (it must not compete for the cores, and nothing is forked after the model ran).
+    floor = embedding_floor(feed.texts[-floor_queries:], backend, clients) if floor_queries > 0 else None
     taken = feed.position
     repeats = feed.repeats_between(0, taken)
     cache_size = _query_cache_size()
@@ -620,6 +628,13 @@ def benchmark(
         queries=queries,
         machine=machine,
     )
+    report["embedding_floor"] = floor
+    if floor is not None:
+        report["acceptance"]["notes"].append(
+            f"embedding each query alone costs {floor['embed_cpu_ms']} ms of CPU, so {clients} clients on "
+            f"{floor['cores']} cores cannot see a mean latency below {floor['mean_latency_floor_ms']} ms, "
+            "whatever the rest of the server costs"
+        )
     report["git_commit"] = git_commit()
     report["git_dirty"] = git_dirty()
     report["settings_env"] = newsdesk_settings_env()
@@ -634,12 +649,48 @@ def _query_cache_size() -> int:
         return 1024
 
 
+def embedding_floor(texts: Sequence[str], backend: str | None, clients: int) -> dict[str, Any]:
+    """The latency a closed loop of ``clients`` would see if the server did nothing but embed each query.
+
+    Each query is embedded alone (as a request does), in this process, with the server's settings; CPU time per
+    query is the cost no server design avoids while every query is new. With ``clients`` requests always in flight
+    on ``cores`` cores, the mean latency is at least ``clients * cpu / cores`` (Little's law with the cores busy).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from search.embedding import make_embedder
+    from search.settings import Settings
+
+    settings = Settings.from_env()
+    embedder = make_embedder(settings.replace(backend=backend) if backend else settings)
+    for text in texts[:5]:
+        embedder.encode([text])
+    cpu = time.process_time()
+    wall = time.perf_counter()
+    for text in texts:
+        embedder.encode([text])
+    cpu_ms = (time.process_time() - cpu) / len(texts) * 1000
+    wall_ms = (time.perf_counter() - wall) / len(texts) * 1000
+    cores = os.cpu_count() or 1
+    return {
+        "queries": len(texts),
+        "backend": getattr(embedder, "backend", None),
+        "embed_cpu_ms": round(cpu_ms, 2),
+        "embed_wall_ms": round(wall_ms, 2),
+        "cores": cores,
+        "clients": clients,
+        "mean_latency_floor_ms": round(clients * cpu_ms / cores, 2),
+    }
+
+
 def summary(report: Mapping[str, Any]) -> str:
     parts = []
     for name, t in report["targets"].items():
         lat = t["latency_ms"]
         parts.append(f"{name} p50 {lat['p50']} ms p99 {lat['p99']} ms {t['throughput_rps']} req/s {t['errors']} err")
     met = report["acceptance"]["met"]
+    floor = report.get("embedding_floor")
+    if floor:
+        parts.append(f"embedding-only mean latency floor {floor['mean_latency_floor_ms']} ms")
     return "; ".join(parts) + f"; acceptance met: {met}"
 
 
@@ -654,6 +705,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--modes", default="hybrid,dense", help="Search modes, comma-separated (default hybrid,dense).")
     parser.add_argument("--k", type=int, default=10, help="Results per search (default 10).")
     parser.add_argument("--workers", type=int, default=4, help="Server request threads (default 4, serve's default).")
+    parser.add_argument("--processes", type=int, default=1, help="Server processes (default 1: waitress).")
+    parser.add_argument(
+        "--floor",
+        type=int,
+        default=200,
+        help="Queries embedded in this process first, to report the embedding-only latency floor (0 to skip).",
+    )
     parser.add_argument("--warmup", type=int, default=5, help="Uncounted requests before each target (default 5).")
     parser.add_argument("--backend", default=None, help="Embedding backend passed to the server (e.g. onnx-int8).")
     parser.add_argument("--start-timeout", type=float, default=180.0, help="Seconds to wait for the server.")
@@ -683,6 +741,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             modes=modes,
             k=args.k,
             workers=args.workers,
+            processes=args.processes,
+            floor_queries=args.floor,
             warmup=args.warmup,
             backend=args.backend,
             start_timeout=args.start_timeout,
