@@ -15,12 +15,14 @@ from flask import Flask, Response, current_app, jsonify, request, send_from_dire
 from werkzeug.routing import BaseConverter
 
 from api.errors import error_response, register_error_handlers
+from search.catalog import Filter
 from search.errors import InvalidInput
 from search.models import Article, to_plain
 from search.service import SearchService
 from search.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: int() would also take "+5", " 5" and "٣"
 
 
@@ -116,9 +118,36 @@ def health() -> Response:
     return jsonify(_service().health())
 
 
+def _bool_arg(name: str) -> bool:
+    raw = request.args.get(name)
+    if raw is None:
+        return False
+    if raw.lower() not in _BOOLEANS:
+        raise InvalidInput(f"{name} must be true or false, got {raw!r}")
+    return _BOOLEANS[raw.lower()]
+
+
+def _filter_args() -> Filter | None:
+    """``from``/``to`` (ISO dates, inclusive), ``source`` and ``category`` (alias ``tag``), each repeatable."""
+    return Filter.parse(
+        request.args.get("from"),
+        request.args.get("to"),
+        request.args.getlist("source"),
+        request.args.getlist("category") + request.args.getlist("tag"),
+    )
+
+
 def search() -> Response:
+    per_source = request.args.get("max_per_source")
     result = _service().search(
-        _str_arg("q"), k=_int_arg("k", 10), offset=_int_arg("offset", 0), mode=request.args.get("mode")
+        _str_arg("q"),
+        k=_int_arg("k", 10),
+        offset=_int_arg("offset", 0),
+        mode=request.args.get("mode"),
+        filters=_filter_args(),
+        cursor=request.args.get("cursor"),
+        max_per_source=None if per_source is None else _int_arg("max_per_source", 0),
+        facets=_bool_arg("facets"),
     )
     return jsonify(to_plain(result))
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from indexer.build import Reusable, input_text, make_chunker, new_articles
+from search.catalog import ArticleCatalog
 from search.embedding import Embedder
 from search.index import Index, now_iso, save_vectors, write_manifest
 from search.models import Article
@@ -55,6 +56,7 @@ def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle]) -
         index.lexical = index.lexical.updated(index.store, (aids, pids), (new_aids, new_pids))
         owners = np.repeat(np.asarray(new_aids, dtype=np.int64), [len(r.passages) for r in rows])
         index.owners = index.owners.updated(pids, np.asarray(new_pids, dtype=np.int64), owners)
+        index.catalog = ArticleCatalog.load(index.store)
     if aids:
         index.passages.remove(np.asarray(pids, dtype=np.int64))
         index.articles.remove(np.asarray(aids, dtype=np.int64))

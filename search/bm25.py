@@ -319,9 +319,11 @@ class MemoryBM25:
         setattr(self._local, table, (key, scores))
         return postings, scores
 
-    def _top(self, table: str, query: str, k: int) -> list[tuple[int, float]]:
+    def _top(self, table: str, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         postings, scores = self._scores(table, query)
         matched = np.flatnonzero(scores > 0)
+        if allowed is not None:  # a filter: only rows whose key is allowed (sorted keys) compete for the top k
+            matched = matched[np.isin(postings.rowids[matched], allowed, assume_unique=True)]
         if k <= 0 or not len(matched):
             return []
         if len(matched) > k:
@@ -336,8 +338,8 @@ class MemoryBM25:
         got = scores[idx]
         return {int(r): float(s) for r, s in zip(rowids, got, strict=True) if s > 0}
 
-    def search_articles(self, query: str, k: int) -> list[tuple[int, float]]:
-        return self._top("articles", query, k)
+    def search_articles(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        return self._top("articles", query, k, allowed)
 
     def score_articles(self, query: str, aids: Iterable[int]) -> dict[int, float]:
         return self._given("articles", query, aids)

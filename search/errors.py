@@ -32,6 +32,13 @@ class NotFound(NewsdeskError):
     status = 404
 
 
+class StaleCursor(NewsdeskError):
+    """A paging cursor made on an earlier state of the index: the list it walked no longer exists."""
+
+    code = "stale_cursor"
+    status = 409
+
+
 class SourceError(NewsdeskError):
     """An input corpus that cannot be read: missing file, unknown format, malformed row, missing fields."""
 

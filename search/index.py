@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from search.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
+from search.catalog import ArticleCatalog
 from search.embedding import Embedder, check_compatible
 from search.errors import IndexCorrupt, IndexMissing, NewsdeskError
 from search.store import Store
@@ -106,6 +107,10 @@ class PassageOwners:
         picks = np.concatenate([self.order[a:b] for a, b in zip(lo, hi, strict=True)])
         return self.aids[picks], self.pids[picks]
 
+    def passages_of_set(self, aids: np.ndarray) -> np.ndarray:
+        """Sorted passage ids of the given (sorted, unique) article keys: a filter's passages, in one vector op."""
+        return self.pids[np.isin(self.aids, aids, assume_unique=False)]
+
     def updated(self, removed: list[int], added_pids: np.ndarray, added_aids: np.ndarray) -> PassageOwners:
         keep = ~np.isin(self.pids, np.asarray(removed, dtype=np.int64))
         return PassageOwners.of(
@@ -125,6 +130,7 @@ class Index:
     articles: FaissVectorStore
     lexical: LexicalPostings
     owners: PassageOwners
+    catalog: ArticleCatalog
 
     @property
     def name(self) -> str:
@@ -152,7 +158,8 @@ def open_index(directory: Path, embedder: Embedder | None) -> Index:
             write_manifest(directory, manifest)
     passages, articles = load_vectors(directory, store, manifest)
     lexical = load_postings(directory, store)
-    return Index(directory, manifest, store, passages, articles, lexical, PassageOwners.load(store))
+    owners, catalog = PassageOwners.load(store), ArticleCatalog.load(store)
+    return Index(directory, manifest, store, passages, articles, lexical, owners, catalog)
 
 
 def load_vectors(directory: Path, store: Store, manifest: dict[str, Any]) -> tuple[FaissVectorStore, FaissVectorStore]:

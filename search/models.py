@@ -109,12 +109,23 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class FacetCount:
+    value: str
+    count: int
+
+
+@dataclass(frozen=True)
 class SearchResponse:
+    """One page of results. ``total`` counts the ranked candidates (after filters); ``facets`` (when asked) count
+    them by source, category and month; ``next_cursor`` continues a cursor walk (None at its end or without one)."""
+
     query: str
     mode: str
     total: int
     results: list[SearchResult]
     took_ms: float
+    facets: dict[str, list[FacetCount]] | None = None
+    next_cursor: str | None = None
 
 
 @dataclass(frozen=True)

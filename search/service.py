@@ -13,11 +13,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from search.bm25 import MemoryBM25
+from search.catalog import Filter
 from search.embedding import Embedder
 from search.errors import InvalidInput, NotFound
 from search.fusion import Fusion
@@ -34,6 +36,8 @@ from search.models import (
     SimilarResponse,
     SimilarResult,
 )
+from search.paging import START as CURSOR_START
+from search.paging import Cursor, diversify, fingerprint, resume
 from search.related import RelatedFinder
 from search.settings import MODES, Settings
 from search.store import StoredPassage
@@ -56,12 +60,17 @@ def _pin_blas(threads: int) -> None:
     threadpool_limits(limits=threads, user_api="blas")
 
 
+def _source_of_item(sources: dict[int, str | None], item: tuple[int, Scores]) -> str | None:
+    return sources.get(item[0])
+
+
 @dataclass(frozen=True)
 class Ranking:
     """The best articles of a query, best first, and how many candidate articles were ranked."""
 
     items: list[tuple[int, Scores]]
     total: int
+    candidates: list[int]  # every ranked candidate (facets count them), in no particular order
 
 
 @dataclass(frozen=True)
@@ -133,16 +142,59 @@ class SearchService:
             raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         return mode
 
-    def search(self, query: str, k: int = 10, offset: int = 0, mode: str | None = None) -> SearchResponse:
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        offset: int = 0,
+        mode: str | None = None,
+        *,
+        filters: Filter | None = None,
+        cursor: str | None = None,
+        max_per_source: int | None = None,
+        facets: bool = False,
+    ) -> SearchResponse:
+        """One page of ranked articles, each with its best passages, answering sentences and related stories.
+
+        ``filters`` restrict the candidates before ranking (a filtered page is full whenever enough articles
+        match). ``cursor`` (``*`` to start, then each response's ``next_cursor``) pages one fixed ranked list of
+        up to ``cursor_depth`` articles; ``max_per_source`` caps the results of one source on a page; ``facets``
+        counts the ranked candidates by source, category and month.
+        """
         started = time.perf_counter()
         query = self.validate_query(query)
         self.validate_k(k)
         mode = self.validate_mode(mode)
         if not 0 <= offset <= MAX_OFFSET:
             raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}, got {offset}")
+        if max_per_source is not None:
+            if not 1 <= max_per_source <= self.settings.max_k:
+                raise InvalidInput(f"max_per_source must be between 1 and {self.settings.max_k}, got {max_per_source}")
+            if offset % k:
+                raise InvalidInput("with max_per_source, offset must be a multiple of k (pages are cut together)")
+        depth = max(offset + k, ANCHOR_ARTICLES)
+        walk: Cursor | None = None
+        if cursor is not None:
+            if offset:
+                raise InvalidInput("give either offset or cursor, not both")
+            mark = fingerprint(query, mode, filters.key() if filters else None, k, max_per_source)
+            generation = self.index.store.generation()
+            if cursor == CURSOR_START:
+                walk = Cursor(0, max(self.settings.cursor_depth, k), generation, mark)
+            else:
+                walk = resume(cursor, mark, generation)
+            offset, depth = walk.offset, walk.depth
+        allowed = self.index.catalog.allowed(filters)
         qvec = self.embed_query(query)  # also needed in lexical mode, to locate the answering sentence
-        ranked = self.rank_articles(query, qvec, max(offset + k, ANCHOR_ARTICLES), mode)
-        page = ranked.items[offset : offset + k]
+        if max_per_source is None:
+            ranked = self.rank_articles(query, qvec, depth, mode, allowed)
+            page = ranked.items[offset : offset + k]
+            end = len(ranked.items)
+        else:
+            ranked, page, end = self._diverse_page(query, qvec, depth, mode, allowed, k, offset, max_per_source, walk)
+        next_cursor = None
+        if walk is not None and offset + k < end:
+            next_cursor = Cursor(offset + k, walk.depth, walk.generation, walk.fingerprint).encode()
         page_aids = [aid for aid, _ in page]
         anchors = [aid for aid, _ in ranked.items[:ANCHOR_ARTICLES]]
         passages = self._best_passages(query, qvec, page_aids, mode, anchors)
@@ -166,21 +218,59 @@ class SearchService:
                 )
             )
         took = (time.perf_counter() - started) * 1000
-        return SearchResponse(query=query, mode=mode, total=ranked.total, results=results, took_ms=round(took, 2))
+        return SearchResponse(
+            query=query,
+            mode=mode,
+            total=ranked.total,
+            results=results,
+            took_ms=round(took, 2),
+            facets=self.index.catalog.facets(ranked.candidates) if facets else None,
+            next_cursor=next_cursor,
+        )
 
-    def rank_articles(self, query: str, qvec: np.ndarray, need: int, mode: str) -> Ranking:
+    def _diverse_page(
+        self,
+        query: str,
+        qvec: np.ndarray,
+        depth: int,
+        mode: str,
+        allowed: np.ndarray | None,
+        k: int,
+        offset: int,
+        cap: int,
+        walk: Cursor | None,
+    ) -> tuple[Ranking, list[tuple[int, Scores]], int]:
+        """The page at ``offset`` of the ranked list cut into per-source-capped pages; the ranking is deepened
+        (unless a cursor fixed its depth) until that page is full or the candidates run out.
+        Returns the ranking, the page, and the item position where the pages end (for a cursor's next page)."""
+        while True:
+            ranked = self.rank_articles(query, qvec, depth, mode, allowed)
+            aids = [a for a, _ in ranked.items]
+            sources = dict(zip(aids, self.index.catalog.source_of(aids), strict=True))
+            pages = diversify(ranked.items, partial(_source_of_item, sources), k, cap)
+            index = offset // k
+            page = pages[index] if index < len(pages) else []
+            exhausted = len(ranked.items) >= ranked.total
+            if walk is not None or exhausted or (len(page) == k and index + 1 < len(pages)):
+                return ranked, page, k * len(pages)
+            depth *= 2
+
+    def rank_articles(
+        self, query: str, qvec: np.ndarray, need: int, mode: str, allowed: np.ndarray | None = None
+    ) -> Ranking:
         """The best ``need`` articles by ``mode`` (fewer only if the candidates hold fewer), with both component
         scores, and how many candidates there were (a response's ``total``).
 
         Dense candidates come from FAISS (an article scores as its best passage), lexical ones from BM25 over whole
         articles. In hybrid mode each candidate's missing side is computed exactly before fusing, so an article
-        found by one side only is not penalised by a guess.
+        found by one side only is not penalised by a guess. ``allowed`` (sorted article keys) is a filter applied
+        before ranking on both sides.
         """
         self._pin_search_threads()
-        dense = self._dense_articles(qvec, need) if mode != "lexical" else {}
+        dense = self._dense_articles(qvec, need, allowed) if mode != "lexical" else {}
         lexical: dict[int, float] = {}
         if mode != "dense":
-            lexical = dict(self.lexical.search_articles(query, max(self.settings.lexical_candidates, need)))
+            lexical = dict(self.lexical.search_articles(query, max(self.settings.lexical_candidates, need), allowed))
         if mode == "hybrid":
             dense.update(self._dense_scores_of(qvec, [a for a in lexical if a not in dense]))
             missing = [a for a in dense if a not in lexical]
@@ -197,16 +287,17 @@ class SearchService:
         items = [
             (a, Scores(round(dense.get(a, 0.0), 6), round(lexical.get(a, 0.0), 6), round(fused[a], 6))) for a in head
         ]
-        return Ranking(items, len(fused))
+        return Ranking(items, len(fused), list(fused))
 
-    def _dense_articles(self, qvec: np.ndarray, need: int) -> dict[int, float]:
+    def _dense_articles(self, qvec: np.ndarray, need: int, allowed: np.ndarray | None = None) -> dict[int, float]:
         """Best passage cosine per article, from a FAISS candidate pool grown until ``need`` articles appear."""
-        count = self.index.passages.count()
+        pids = None if allowed is None else self.index.owners.passages_of_set(allowed)
+        count = self.index.passages.count() if pids is None else len(pids)
         if count == 0:
             return {}
         n = min(count, max(self.settings.candidates, need * 4))
         while True:
-            scores, ids = self.index.passages.search(qvec[None, :], n)
+            scores, ids = self.index.passages.search(qvec[None, :], n, allowed=pids)
             owners = self.index.owners.articles_of(ids[0])
             best: dict[int, float] = {}
             for aid, score in zip(owners.tolist(), scores[0].tolist(), strict=True):

@@ -83,6 +83,9 @@ class Settings:
     max_query_chars: int = _setting(1000, "Longest query accepted.")
     max_k: int = _setting(100, "Largest k accepted by search and similar.")
     query_cache_size: int = _setting(1024, "Recent query embeddings kept in memory.")
+    cursor_depth: int = _setting(
+        1000, "Articles in the fixed ranked list a cursor walk pages through (search with cursor=*)."
+    )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -109,6 +112,7 @@ class Settings:
             "max_k",
             "max_query_chars",
             "lexical_candidates",
+            "cursor_depth",
         )
         for name in positive:
             if getattr(self, name) < 1:

@@ -112,3 +112,24 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
     if code is not None:
         assert body["error"]["code"] == code
     return body  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def wire_rows() -> list[dict[str, Any]]:
+    from tests.fakes import wire_articles
+
+    return wire_articles()
+
+
+@pytest.fixture(scope="session")
+def wire_service(tmp_path_factory: pytest.TempPathFactory, wire_rows: list[dict[str, Any]]) -> SearchService:
+    """600 dated wire stories (5 topics, 4 sources) on the hashing embedder: filters, facets and paging mechanics."""
+    from tests.fakes import HashEmbedder
+
+    directory = tmp_path_factory.mktemp("idx")
+    source = directory / "wire.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in wire_rows), encoding="utf-8")
+    target = directory / "wire"
+    embedder = HashEmbedder()
+    build_index(read_sources([source]), target, Settings(index_dir=target), embedder, progress=False)
+    return SearchService(open_index(target, embedder), embedder, Settings(index_dir=target))

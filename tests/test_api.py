@@ -27,7 +27,7 @@ RATES_QUERY = "interest rate increase by the central bank"
 BUSINESS_001 = {"business/001", "copy-of-business-001"}  # an exact duplicate pair: same headline and paragraphs
 LEADING_SLASH_ID = "/leading slash & ünïcode id"
 
-SEARCH_KEYS = {"query", "mode", "total", "results", "took_ms"}
+SEARCH_KEYS = {"query", "mode", "total", "results", "took_ms", "facets", "next_cursor"}
 RESULT_KEYS = {"article", "score", "scores", "passages", "related"}
 ARTICLE_REF_KEYS = {"id", "title", "date", "source", "url"}
 PASSAGE_KEYS = {"id", "text", "score", "field", "highlight", "scores"}
@@ -439,3 +439,36 @@ def test_unexpected_exception_is_a_json_500(
     assert len(logged) == 2 and isinstance(logged[0].exc_info[1], RuntimeError)  # type: ignore[index]
     # The other routes of the same app still work.
     assert client.get("/api/health").status_code == 200
+
+
+def test_search_filters_facets_and_cursor_over_http(client: FlaskClient) -> None:
+    r = client.get("/api/search", query_string={"q": "interest rates", "category": "business", "facets": "true"})
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["results"] and all(res["article"]["id"].startswith("business/") for res in body["results"])
+    assert {f["value"] for f in body["facets"]["category"]} == {"business"}
+    assert body["next_cursor"] is None
+    dated = client.get("/api/search", query_string={"q": "news", "from": "2024-03-01", "to": "2024-03-14", "k": 20})
+    assert all("2024-03-01" <= res["article"]["date"][:10] <= "2024-03-14" for res in dated.get_json()["results"])
+    walk, cursor, ids = 0, "*", []
+    while cursor and walk < 10:
+        page = client.get("/api/search", query_string={"q": "news", "k": 3, "cursor": cursor}).get_json()
+        ids += [res["article"]["id"] for res in page["results"]]
+        cursor, walk = page["next_cursor"], walk + 1
+    assert len(ids) == len(set(ids)) and cursor is None
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"from": "14/03/2024"},
+        {"from": "2024-04-01", "to": "2024-03-01"},
+        {"facets": "maybe"},
+        {"cursor": "not-a-cursor"},
+        {"max_per_source": "0"},
+        {"max_per_source": "two"},
+        {"offset": "10", "cursor": "*"},
+    ],
+)
+def test_bad_search_options_are_400(client: FlaskClient, params: dict[str, str]) -> None:
+    assert_error(client.get("/api/search", query_string={"q": "rates", **params}), 400, "invalid_input")

@@ -61,6 +61,18 @@ def test_top_k_given_rows_and_all_matches_agree(service: SearchService) -> None:
     assert memory.search_articles("", 5) == [] and memory.score_articles("   ", aids) == {}
 
 
+def test_allowed_articles_compete_alone_for_the_top_k(service: SearchService) -> None:
+    memory = MemoryBM25(service.index)
+    query = "central bank interest rates"
+    every = dict(memory.search_articles(query, 1000))
+    assert len(every) >= 3
+    ranked = sorted(every, key=lambda a: (-every[a], a))
+    allowed = np.asarray(sorted(ranked[1:]), dtype=np.int64)  # the best article filtered out
+    got = memory.search_articles(query, 2, allowed)
+    assert [a for a, _ in got] == ranked[1:3]
+    assert memory.search_articles(query, 5, np.zeros(0, dtype=np.int64)) == []
+
+
 def test_postings_without_and_extended_equal_a_rebuild() -> None:
     """Synthetic rows: removing and appending rows gives the postings a full rebuild of the result would."""
     rng = np.random.default_rng(7)

@@ -306,7 +306,7 @@ def test_search_json_has_the_api_shape(runner: CliRunner, corpus_index: Path, se
     result = invoke(runner, *args)
     assert_ok(result)
     body = json.loads(result.stdout)
-    assert set(body) == {"query", "mode", "total", "results", "took_ms"}
+    assert set(body) == {"query", "mode", "total", "results", "took_ms", "facets", "next_cursor"}
     assert body["query"] == "football match goals" and body["total"] == 8
     assert len(body["results"]) == 3
     assert body["results"][0]["article"]["id"] == "sport/001"

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from search.catalog import Filter
 from search.errors import InvalidInput, NotFound
 from search.highlight import Highlighter
 from search.service import SearchService
+from tests.conftest import make_service
 
 
 def ids(response) -> list[str]:
@@ -230,10 +234,92 @@ def test_to_plain_serializes_like_asdict(service: SearchService) -> None:
     assert to_plain(similar) == dataclasses.asdict(similar)
 
 
-def test_service_pins_numpy_blas_to_the_search_threads(service: SearchService) -> None:
+def test_service_pins_numpy_blas_to_the_search_threads(corpus_index: Path, embedder: Any) -> None:
     """OpenBLAS's idle workers spin: a query's small products must not take the cores other requests need."""
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
-    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
-    assert blas, "numpy should report its BLAS library"
-    assert all(p["num_threads"] == service.settings.search_threads for p in blas)
+    with threadpool_limits(limits=2, user_api="blas"):  # whatever the process had, the service sets its own
+        make_service(corpus_index, embedder, search_threads=1)
+        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+        assert blas, "numpy should report its BLAS library"
+        assert all(p["num_threads"] == 1 for p in blas)
+
+
+# -- filters, facets, cursors and per-source caps on 600 wire stories (hashing embedder) ----------------------------
+
+
+def _article_rows(svc: SearchService) -> dict[str, tuple[str, str, str]]:
+    rows = svc.index.store.connection().execute("SELECT id, date, source, tags FROM articles").fetchall()
+    return {i: (d, s, t) for i, d, s, t in rows}
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "lexical"])
+def test_filtered_search_returns_only_matching_articles_and_full_pages(wire_service: SearchService, mode: str) -> None:
+    rows = _article_rows(wire_service)
+    flt = Filter.parse("1987-03-01", "1987-07-31", tags=["crude"])
+    r = wire_service.search("oil prices opec output", k=25, mode=mode, filters=flt)
+    matching = [i for i, (d, _, t) in rows.items() if "1987-03-01" <= d <= "1987-07-31" and '"crude"' in t]
+    assert len(matching) >= 25  # enough matches exist, so the page must be full
+    assert len(r.results) == 25
+    assert {res.article.id for res in r.results} <= set(matching)
+    assert r.total <= len(matching)
+    other = wire_service.search("oil prices opec output", k=5, mode=mode, filters=Filter.parse(sources=["Nowhere"]))
+    assert other.results == [] and other.total == 0
+
+
+def test_filters_narrow_but_keep_the_order_of_the_unfiltered_ranking(wire_service: SearchService) -> None:
+    flt = Filter.parse(sources=["AP"])
+    unfiltered = wire_service.search("dollar yen currency", k=100, mode="dense")
+    filtered = wire_service.search("dollar yen currency", k=10, mode="dense", filters=flt)
+    ap = [r.article.id for r in unfiltered.results if r.article.source == "AP"]
+    assert [r.article.id for r in filtered.results] == ap[:10]
+
+
+def test_facets_count_the_ranked_candidates(wire_service: SearchService) -> None:
+    r = wire_service.search("wheat harvest", k=5, facets=True)
+    assert r.facets is not None
+    assert sum(f.count for f in r.facets["source"]) == r.total
+    assert sum(f.count for f in r.facets["month"]) == r.total
+    assert r.facets["category"][0].value == "grain"
+    assert wire_service.search("wheat harvest", k=5).facets is None
+
+
+def test_a_cursor_walk_returns_each_result_once_in_the_deep_ranking_order(wire_service: SearchService) -> None:
+    query, seen, pages = "profit shares dividend report", [], 0
+    cursor: str | None = "*"
+    while cursor is not None:
+        page = wire_service.search(query, k=50, cursor=cursor)
+        seen += [r.article.id for r in page.results]
+        cursor, pages = page.next_cursor, pages + 1
+        assert pages <= 20
+    assert len(seen) == len(set(seen)) >= 500
+    qvec = wire_service.embed_query(query)
+    deep = wire_service.rank_articles(query, qvec, wire_service.settings.cursor_depth, "hybrid")
+    refs = wire_service.index.store.article_refs(a for a, _ in deep.items)
+    assert seen == [refs[a].id for a, _ in deep.items]
+
+
+def test_cursor_misuse_is_refused(wire_service: SearchService) -> None:
+    first = wire_service.search("tanker freight", k=10, cursor="*")
+    assert first.next_cursor
+    with pytest.raises(InvalidInput, match="another query"):
+        wire_service.search("tanker cargo", k=10, cursor=first.next_cursor)
+    with pytest.raises(InvalidInput, match="another query"):
+        wire_service.search("tanker freight", k=20, cursor=first.next_cursor)
+    with pytest.raises(InvalidInput, match="either offset or cursor"):
+        wire_service.search("tanker freight", k=10, offset=10, cursor=first.next_cursor)
+
+
+def test_max_per_source_caps_every_page_and_loses_nothing(wire_service: SearchService) -> None:
+    plain = wire_service.search("crude oil barrels", k=100, mode="dense")
+    seen: list[str] = []
+    for offset in (0, 10, 20):
+        page = wire_service.search("crude oil barrels", k=10, offset=offset, mode="dense", max_per_source=3)
+        assert len(page.results) == 10
+        counts = Counter(r.article.source for r in page.results)
+        assert max(counts.values()) <= 3
+        seen += [r.article.id for r in page.results]
+    assert len(seen) == len(set(seen))
+    assert seen[0] == plain.results[0].article.id  # the best result still leads
+    with pytest.raises(InvalidInput, match="multiple of k"):
+        wire_service.search("crude oil barrels", k=10, offset=5, max_per_source=3)

@@ -285,3 +285,39 @@ def test_reconstruct_batch_returns_stored_vectors(factory: str) -> None:
     assert store.reconstruct_batch(np.zeros(0, np.int64)).shape == (0, 16)
     with pytest.raises(KeyError):
         store.reconstruct_batch(np.array([-1], dtype=np.int64))
+
+
+# -- filtered search: only allowed ids, exact when few, through an IDSelector when many ----------------------------
+
+
+@pytest.mark.parametrize("exact_limit", [10**9, 0])  # every filter scored exactly / every filter by IDSelector
+@pytest.mark.parametrize(("factory", "search"), [("IDMap2,Flat", ""), *ANN[:1], ANN[4]])
+def test_filtered_search_returns_only_allowed_ids(
+    corpus, monkeypatch: pytest.MonkeyPatch, factory: str, search: str, exact_limit: int
+) -> None:
+    import search.vectors as vectors_module
+
+    monkeypatch.setattr(vectors_module, "EXACT_FILTER_LIMIT", exact_limit)
+    ids, vecs, queries = corpus
+    store = FaissVectorStore.build(DIM, factory, [(ids, vecs)], search)
+    rng = np.random.default_rng(5)
+    keep = np.sort(rng.choice(len(ids), size=1500, replace=False))
+    allowed = np.sort(ids[keep])
+    scores, got = store.search(queries, 10, allowed=allowed)
+    assert np.isin(got[got >= 0], allowed).all()
+    _, want = oracle(ids[keep], vecs[keep], queries, 10)
+    assert recall(got, want) >= (0.999 if exact_limit or factory == "IDMap2,Flat" else 0.85)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+
+
+def test_filtered_search_with_few_allowed_pads_and_empty_allows_nothing(data) -> None:
+    ids, vecs, _ = data
+    store = FaissVectorStore.build(DIM, "HNSW32", [(ids, vecs)], "efSearch=16")
+    _, got = store.search(vecs[[3]], 5, allowed=np.sort(ids[[3, 7]]))
+    assert got.shape == (1, 2) and list(got[0]) == [ids[3], ids[7]]  # itself first (cosine 1), then the other
+    _, got = store.search(vecs[:1], 5, allowed=np.zeros(0, dtype=np.int64))
+    assert (got == -1).all()
+    removed = np.asarray([ids[3]])
+    store.remove(removed)
+    _, got = store.search(vecs[:1], 5, allowed=np.sort(ids[[3, 7]]))
+    assert ids[3] not in got[0] and ids[7] in got[0]  # a tombstone is never returned, filtered or not

@@ -1,0 +1,192 @@
+"""Per-article metadata in memory (date, source, tags), for filters and facets at the speed of numpy.
+
+A filtered query must know, for thousands of candidate articles, whether each passes ``from``/``to``/``source``/
+``tag``; reading those columns from SQLite per query would cost more than the search. The catalog holds them as
+arrays aligned on article keys (``aid``), built once when the index opens and rebuilt after a write.
+
+Dates are compared by calendar day (an article dated ``2022-06-09T15:00`` matches ``to=2022-06-09``); an article
+without a date never passes a date filter. Sources and tags compare exactly, case-insensitively.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+
+from search.errors import InvalidInput
+from search.models import FacetCount
+from search.store import Store
+
+NO_DATE = np.iinfo(np.int32).min  # days since 1970-01-01 for articles without a date
+_EPOCH = date(1970, 1, 1).toordinal()
+MAX_FILTER_VALUES = 50
+
+
+def parse_day(value: str, name: str) -> int:
+    """Days since the epoch of an ISO date (``YYYY-MM-DD``, or a datetime whose date part is taken)."""
+    text = value.strip()
+    try:
+        return date.fromisoformat(text[:10]).toordinal() - _EPOCH
+    except ValueError:
+        raise InvalidInput(f"{name} must be an ISO date (YYYY-MM-DD), got {value!r}") from None
+
+
+def _day(value: str | None) -> int:
+    if not value:
+        return int(NO_DATE)
+    try:
+        return date.fromisoformat(value[:10]).toordinal() - _EPOCH
+    except ValueError:
+        return int(NO_DATE)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What a result must match: a date range (inclusive days), any of ``sources``, and any of ``tags``."""
+
+    date_from: int | None = None
+    date_to: int | None = None
+    sources: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(
+        cls,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        sources: Sequence[str] = (),
+        tags: Sequence[str] = (),
+    ) -> Filter | None:
+        """A filter from request values (None when nothing is asked), or InvalidInput naming the bad value."""
+        lo = parse_day(date_from, "from") if date_from else None
+        hi = parse_day(date_to, "to") if date_to else None
+        if lo is not None and hi is not None and lo > hi:
+            raise InvalidInput(f"from ({date_from}) is after to ({date_to})")
+        for name, values in (("source", sources), ("tag", tags)):
+            if len(values) > MAX_FILTER_VALUES:
+                raise InvalidInput(f"at most {MAX_FILTER_VALUES} {name} values, got {len(values)}")
+            if any(not v.strip() for v in values):
+                raise InvalidInput(f"{name} values must not be empty")
+        out = cls(lo, hi, tuple(s.strip() for s in sources), tuple(t.strip() for t in tags))
+        return None if out.is_empty() else out
+
+    def is_empty(self) -> bool:
+        return self.date_from is None and self.date_to is None and not self.sources and not self.tags
+
+    def key(self) -> tuple[object, ...]:
+        """A hashable identity (caches, cursors): equal filters give equal keys whatever the value order."""
+        return (
+            self.date_from,
+            self.date_to,
+            tuple(sorted({s.casefold() for s in self.sources})),
+            tuple(sorted({t.casefold() for t in self.tags})),
+        )
+
+
+class ArticleCatalog:
+    """Arrays over the index's articles, sorted by ``aid``: day, source code, tag codes (CSR)."""
+
+    def __init__(
+        self, aids: np.ndarray, days: np.ndarray, sources: list[str | None], tags: list[Sequence[str]]
+    ) -> None:
+        order = np.argsort(aids, kind="stable")
+        self.aids = np.asarray(aids, dtype=np.int64)[order]
+        self.days = np.asarray(days, dtype=np.int32)[order]
+        src = [sources[i] for i in order.tolist()]
+        tag = [tags[i] for i in order.tolist()]
+        self.source_names: list[str] = sorted({s for s in src if s})
+        source_code = {s.casefold(): i for i, s in enumerate(self.source_names)}
+        self.source_codes = np.asarray([source_code[s.casefold()] if s else -1 for s in src], dtype=np.int32)
+        self.tag_names: list[str] = sorted({t for ts in tag for t in ts})
+        tag_code = {t.casefold(): i for i, t in enumerate(self.tag_names)}
+        self._source_lookup = source_code
+        self._tag_lookup = tag_code
+        lengths = np.asarray([len(ts) for ts in tag], dtype=np.int64)
+        self.tag_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.tag_codes = np.asarray([tag_code[t.casefold()] for ts in tag for t in ts], dtype=np.int32)
+        self._tag_rows = np.repeat(np.arange(len(self.aids)), lengths)
+
+    @classmethod
+    def load(cls, store: Store) -> ArticleCatalog:
+        rows = store.connection().execute("SELECT aid, date, source, tags FROM articles ORDER BY aid").fetchall()
+        return cls(
+            np.asarray([r[0] for r in rows], dtype=np.int64),
+            np.asarray([_day(r[1]) for r in rows], dtype=np.int32),
+            [r[2] for r in rows],
+            [tuple(json.loads(r[3])) for r in rows],
+        )
+
+    def __len__(self) -> int:
+        return len(self.aids)
+
+    def positions(self, aids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Row of each article key; -1 for a key the catalog does not hold."""
+        want = np.asarray(list(aids) if not isinstance(aids, np.ndarray) else aids, dtype=np.int64)
+        if not len(self.aids):
+            return np.full(len(want), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.aids, want), len(self.aids) - 1)
+        return np.where(self.aids[at] == want, at, -1)
+
+    def mask(self, flt: Filter) -> np.ndarray:
+        """Which rows (aligned with ``self.aids``) pass ``flt``."""
+        ok = np.ones(len(self.aids), dtype=bool)
+        if flt.date_from is not None or flt.date_to is not None:
+            ok &= self.days != NO_DATE
+            if flt.date_from is not None:
+                ok &= self.days >= flt.date_from
+            if flt.date_to is not None:
+                ok &= self.days <= flt.date_to
+        if flt.sources:
+            codes = [self._source_lookup[s.casefold()] for s in flt.sources if s.casefold() in self._source_lookup]
+            ok &= np.isin(self.source_codes, np.asarray(codes, dtype=np.int32))
+        if flt.tags:
+            codes = [self._tag_lookup[t.casefold()] for t in flt.tags if t.casefold() in self._tag_lookup]
+            has = np.zeros(len(self.aids), dtype=bool)
+            hit = np.isin(self.tag_codes, np.asarray(codes, dtype=np.int32))
+            has[self._tag_rows[hit]] = True
+            ok &= has
+        return ok
+
+    def allowed(self, flt: Filter | None) -> np.ndarray | None:
+        """Sorted keys of the articles passing ``flt``; None for no filter (everything passes)."""
+        if flt is None or flt.is_empty():
+            return None
+        allowed: np.ndarray = self.aids[self.mask(flt)]
+        return allowed
+
+    def day_of(self, aid: int) -> int | None:
+        row = int(self.positions([aid])[0])
+        return None if row < 0 or self.days[row] == NO_DATE else int(self.days[row])
+
+    def source_of(self, aids: Sequence[int]) -> list[str | None]:
+        rows = self.positions(aids)
+        return [self.source_names[self.source_codes[r]] if r >= 0 and self.source_codes[r] >= 0 else None for r in rows]
+
+    def facets(self, aids: Iterable[int], size: int = 10) -> dict[str, list[FacetCount]]:
+        """Counts by source, tag (category) and month over the given articles, largest first (ties by name);
+        months in calendar order."""
+        rows = self.positions(aids)
+        rows = rows[rows >= 0]
+        sources = Counter(self.source_names[c] for c in self.source_codes[rows].tolist() if c >= 0)
+        tags: Counter[str] = Counter()
+        for r in rows.tolist():
+            for c in self.tag_codes[self.tag_offsets[r] : self.tag_offsets[r + 1]].tolist():
+                tags[self.tag_names[c]] += 1
+        months: Counter[str] = Counter()
+        for d in self.days[rows].tolist():
+            if d != NO_DATE:
+                months[date.fromordinal(d + _EPOCH).strftime("%Y-%m")] += 1
+
+        def top(counts: Counter[str]) -> list[FacetCount]:
+            return [FacetCount(v, n) for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
+
+        return {
+            "source": top(sources),
+            "category": top(tags),
+            "month": [FacetCount(m, n) for m, n in sorted(months.items())],
+        }
