@@ -17,7 +17,7 @@ from werkzeug.routing import BaseConverter
 from api.errors import error_response, register_error_handlers
 from search.catalog import Filter
 from search.errors import InvalidInput
-from search.models import Article, to_plain
+from search.models import Article, ArticleRef, to_plain
 from search.service import SearchService
 from search.settings import Settings
 
@@ -52,6 +52,9 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     app.add_url_rule("/api/article", view_func=article_by_query)
     app.add_url_rule("/api/similar", view_func=similar_by_query)
     app.add_url_rule("/api/articles/<article_id:article_id>/similar", view_func=similar)
+    app.add_url_rule("/api/articles/<article_id:article_id>/timeline", view_func=timeline)
+    app.add_url_rule("/api/timeline", view_func=timeline_by_query)
+    app.add_url_rule("/api/stories/<article_id:story_id>", view_func=story)
     app.add_url_rule("/api/articles/<article_id:article_id>", view_func=article)
     return app
 
@@ -97,8 +100,9 @@ def _str_arg(name: str) -> str:
     return value
 
 
-def serialize_article(a: Article) -> dict[str, Any]:
-    return {
+def serialize_article(a: Article, ref: ArticleRef | None = None) -> dict[str, Any]:
+    """An article's JSON; with its reference, also the copy that speaks for its duplicates and its story."""
+    out = {
         "id": a.id,
         "title": a.title,
         "date": a.date,
@@ -108,6 +112,10 @@ def serialize_article(a: Article) -> dict[str, Any]:
         "paragraphs": list(a.paragraphs),
         "extra": a.extra,
     }
+    if ref is not None:
+        out["canonical_id"] = ref.canonical_id
+        out["story_id"] = ref.story_id
+    return out
 
 
 def index_page() -> Response:
@@ -153,11 +161,38 @@ def search() -> Response:
 
 
 def article(article_id: str) -> Response:
-    return jsonify(serialize_article(_service().article(article_id)))
+    return jsonify(serialize_article(*_service().article_with_labels(article_id)))
 
 
 def similar(article_id: str) -> Response:
-    return jsonify(to_plain(_service().similar(article_id, k=_int_arg("k", 10))))
+    """More like this; ``exclude_story``/``exclude_source`` leave out the article's story or source, and the search
+    filters (``from``, ``to``, ``source``, ``category``) bound the candidates."""
+    result = _service().similar(
+        article_id,
+        k=_int_arg("k", 10),
+        filters=_filter_args(),
+        exclude_story=_bool_arg("exclude_story"),
+        exclude_source=_bool_arg("exclude_source"),
+    )
+    return jsonify(to_plain(result))
+
+
+def story(story_id: str) -> Response:
+    return jsonify(to_plain(_service().story(story_id)))
+
+
+def timeline(article_id: str) -> Response:
+    return jsonify(to_plain(_service().timeline(article_id, k=_int_arg("k", 20), filters=_filter_args())))
+
+
+def timeline_by_query() -> Response:
+    """``/api/timeline?id=...`` (an article's timeline) or ``?q=...`` (the best dated results of a query)."""
+    if request.args.get("id") is not None:
+        return timeline(_str_arg("id"))
+    result = _service().query_timeline(
+        _str_arg("q"), k=_int_arg("k", 20), mode=request.args.get("mode"), filters=_filter_args()
+    )
+    return jsonify(to_plain(result))
 
 
 def article_by_query() -> Response:

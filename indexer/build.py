@@ -16,9 +16,11 @@ import numpy as np
 from tqdm import tqdm
 
 from search.bm25 import LexicalPostings
+from search.catalog import ArticleCatalog
 from search.chunking import Chunk, Chunker, sentence_spans
 from search.embedding import Embedder, make_embedder
 from search.errors import SourceError
+from search.grouping import label_unlabelled
 from search.index import (
     ARTICLE_FACTORY,
     FORMAT_VERSION,
@@ -134,7 +136,8 @@ def build_index(
                 "created_at": now_iso(),
                 "updated_at": now_iso(),
             }
-            load_vectors(work, store, manifest)  # writes vectors.faiss / articles.faiss for this generation
+            _, article_vectors = load_vectors(work, store, manifest)  # vectors.faiss / articles.faiss, this generation
+            store.set_groups(label_unlabelled(ArticleCatalog.load(store), article_vectors))  # stories, duplicates
             LexicalPostings.build(store).save(work)  # the in-memory BM25's postings, for this generation
             write_manifest(work, manifest)
         finally:

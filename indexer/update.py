@@ -8,12 +8,14 @@ rebuilds FAISS from the stored vectors, so the dense side can lag a crash but ne
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 
 from indexer.build import Reusable, input_text, make_chunker, new_articles
-from search.catalog import ArticleCatalog
+from search.catalog import ArticleCatalog, day_or_none
 from search.embedding import Embedder
+from search.grouping import label_new
 from search.index import Index, now_iso, save_vectors, write_manifest
 from search.models import Article
 from search.settings import Settings
@@ -50,6 +52,7 @@ def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -
 def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle]) -> int:
     """Delete and insert in one SQLite transaction, then bring FAISS, the BM25 postings and the manifest up to it;
     returns the number of articles deleted."""
+    rows = _labelled(index, delete_ids, rows)
     done = index.store.replace_articles(delete_ids, rows)
     aids, pids, new_aids, new_pids = done.deleted_aids, done.deleted_pids, done.new_aids, done.new_pids
     if aids or rows:
@@ -66,6 +69,25 @@ def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle]) -
     if aids or rows:
         save_state(index)
     return len(aids)
+
+
+def _labelled(index: Index, delete_ids: list[str], rows: list[NewArticle]) -> list[NewArticle]:
+    """``rows`` with their story and duplicate-group labels, decided before the write so they commit with it."""
+    if not rows:
+        return rows
+    catalog = index.catalog
+    position = {article_id: row for row, article_id in enumerate(catalog.ids)}
+    deleted = {int(catalog.aids[position[i]]) for i in delete_ids if i in position}
+    labels = label_new(
+        catalog,
+        index.articles,
+        [r.article.id for r in rows],
+        np.stack([r.article_vector for r in rows]),
+        [day_or_none(r.article.date) for r in rows],
+        [r.article.content_hash() for r in rows],
+        exclude=deleted,
+    )
+    return [replace(r, story=story, duplicates=dup) for r, (story, dup) in zip(rows, labels, strict=True)]
 
 
 def save_state(index: Index) -> None:

@@ -36,6 +36,12 @@ def parse_day(value: str, name: str) -> int:
         raise InvalidInput(f"{name} must be an ISO date (YYYY-MM-DD), got {value!r}") from None
 
 
+def day_or_none(value: str | None) -> int | None:
+    """Days since the epoch of an article's ISO date, or None."""
+    day = _day(value)
+    return None if day == NO_DATE else day
+
+
 def _day(value: str | None) -> int:
     if not value:
         return int(NO_DATE)
@@ -89,14 +95,39 @@ class Filter:
 
 
 class ArticleCatalog:
-    """Arrays over the index's articles, sorted by ``aid``: day, source code, tag codes (CSR)."""
+    """Arrays over the index's articles, sorted by ``aid``: day, source code, tag codes (CSR), and the story and
+    duplicate-group labels (an article not labelled yet is alone in both, under its own id)."""
 
     def __init__(
-        self, aids: np.ndarray, days: np.ndarray, sources: list[str | None], tags: list[Sequence[str]]
+        self,
+        aids: np.ndarray,
+        days: np.ndarray,
+        sources: list[str | None],
+        tags: list[Sequence[str]],
+        ids: list[str] | None = None,
+        groups: dict[int, tuple[str, str]] | None = None,
+        hashes: list[str] | None = None,
     ) -> None:
         order = np.argsort(aids, kind="stable")
         self.aids = np.asarray(aids, dtype=np.int64)[order]
         self.days = np.asarray(days, dtype=np.int32)[order]
+        raw_ids = ids if ids is not None else [str(a) for a in np.asarray(aids).tolist()]
+        self.ids: list[str] = [raw_ids[i] for i in order.tolist()]
+        self.hashes: list[str] = [hashes[i] for i in order.tolist()] if hashes is not None else list(self.ids)
+        groups = groups or {}
+        self.labelled = np.asarray([int(a) in groups for a in self.aids.tolist()], dtype=bool)
+        stories = [groups[a][0] if a in groups else i for a, i in zip(self.aids.tolist(), self.ids, strict=True)]
+        dups = [groups[a][1] if a in groups else i for a, i in zip(self.aids.tolist(), self.ids, strict=True)]
+        self.story_labels = stories
+        self.dup_labels = dups
+        self._story_rows: dict[str, list[int]] = {}
+        for row, label in enumerate(stories):
+            self._story_rows.setdefault(label, []).append(row)
+        dup_code: dict[str, int] = {}
+        self.dup_codes = np.asarray([dup_code.setdefault(d, len(dup_code)) for d in dups], dtype=np.int64)
+        self._dup_rows: dict[int, list[int]] = {}
+        for row, code in enumerate(self.dup_codes.tolist()):
+            self._dup_rows.setdefault(code, []).append(row)
         src = [sources[i] for i in order.tolist()]
         tag = [tags[i] for i in order.tolist()]
         self.source_names: list[str] = sorted({s for s in src if s})
@@ -112,13 +143,21 @@ class ArticleCatalog:
         self._tag_rows = np.repeat(np.arange(len(self.aids)), lengths)
 
     @classmethod
-    def load(cls, store: Store) -> ArticleCatalog:
-        rows = store.connection().execute("SELECT aid, date, source, tags FROM articles ORDER BY aid").fetchall()
+    def load(cls, store: Store, extra_groups: dict[int, tuple[str, str]] | None = None) -> ArticleCatalog:
+        """The catalog of ``store``; ``extra_groups`` adds labels not written (a read-only index labelled on open)."""
+        rows = (
+            store.connection()
+            .execute("SELECT aid, date, source, tags, id, content_hash FROM articles ORDER BY aid")
+            .fetchall()
+        )
         return cls(
             np.asarray([r[0] for r in rows], dtype=np.int64),
             np.asarray([_day(r[1]) for r in rows], dtype=np.int32),
             [r[2] for r in rows],
             [tuple(json.loads(r[3])) for r in rows],
+            ids=[r[4] for r in rows],
+            groups={**store.groups(), **(extra_groups or {})},
+            hashes=[r[5] for r in rows],
         )
 
     def __len__(self) -> int:
@@ -158,6 +197,33 @@ class ArticleCatalog:
             return None
         allowed: np.ndarray = self.aids[self.mask(flt)]
         return allowed
+
+    def _first(self, rows: list[int]) -> int:
+        """The row that speaks for a group: the earliest dated (undated last), then the smallest id."""
+        return min(rows, key=lambda r: (self.days[r] == NO_DATE, int(self.days[r]), self.ids[r]))
+
+    def canonical_rows(self, rows: np.ndarray) -> np.ndarray:
+        """For each row, the row of its duplicate group's canonical article (itself when it has no duplicate)."""
+        return np.asarray([self._first(self._dup_rows[int(self.dup_codes[r])]) for r in rows.tolist()], np.int64)
+
+    def duplicate_rows(self, row: int) -> list[int]:
+        """The other articles of ``row``'s duplicate group, canonical first, then by date and id."""
+        members = self._dup_rows[int(self.dup_codes[row])]
+        ordered = sorted(members, key=lambda r: (r != self._first(members), int(self.days[r]), self.ids[r]))
+        return [r for r in ordered if r != row]
+
+    def story_rows(self, label: str) -> list[int]:
+        """The rows of story ``label``, in date order (undated last), then by id; empty for an unknown label."""
+        rows = self._story_rows.get(label, [])
+        return sorted(rows, key=lambda r: (self.days[r] == NO_DATE, int(self.days[r]), self.ids[r]))
+
+    @property
+    def has_duplicates(self) -> bool:
+        return len(self._dup_rows) < len(self.aids)
+
+    def source_name(self, row: int) -> str | None:
+        code = int(self.source_codes[row])
+        return self.source_names[code] if code >= 0 else None
 
     def day_of(self, aid: int) -> int | None:
         row = int(self.positions([aid])[0])

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from search.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
 from search.catalog import ArticleCatalog
 from search.embedding import Embedder, check_compatible
 from search.errors import IndexCorrupt, IndexMissing, NewsdeskError
+from search.grouping import label_unlabelled
 from search.store import Store
 from search.vectors import FaissVectorStore
 
@@ -159,6 +161,11 @@ def open_index(directory: Path, embedder: Embedder | None) -> Index:
     passages, articles = load_vectors(directory, store, manifest)
     lexical = load_postings(directory, store)
     owners, catalog = PassageOwners.load(store), ArticleCatalog.load(store)
+    labels = label_unlabelled(catalog, articles)  # an index from before story and duplicate labels
+    if labels:
+        with contextlib.suppress(sqlite3.OperationalError):  # read-only: the labels live in memory only
+            store.set_groups(labels)
+        catalog = ArticleCatalog.load(store, labels)
     return Index(directory, manifest, store, passages, articles, lexical, owners, catalog)
 
 

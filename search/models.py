@@ -53,13 +53,16 @@ class Passage:
 
 @dataclass(frozen=True)
 class ArticleRef:
-    """What a result shows of an article."""
+    """What a result shows of an article. ``canonical_id`` names the copy that speaks for its duplicates (its own
+    id when it has none); ``story_id`` the story it belongs to."""
 
     id: str
     title: str
     date: str | None
     source: str | None
     url: str | None
+    canonical_id: str | None = None
+    story_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,12 +103,23 @@ class Related:
 
 
 @dataclass(frozen=True)
+class Copy:
+    """Another article carrying the same story text (a re-publication or a light rewrite)."""
+
+    id: str
+    source: str | None
+
+
+@dataclass(frozen=True)
 class SearchResult:
+    """One article of a results page. Its duplicates are not listed again: ``also_reported`` names them."""
+
     article: ArticleRef
     score: float
     scores: Scores
     passages: list[PassageHit]
     related: list[Related]
+    also_reported: list[Copy] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,32 @@ class SearchResponse:
 class SimilarResult:
     article: ArticleRef
     score: float
+    also_reported: list[Copy] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StoryResponse:
+    """A story's articles, earliest first."""
+
+    story_id: str
+    articles: list[ArticleRef]
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    article: ArticleRef
+    score: float  # cosine to the article the timeline is for (1.0 for itself); query relevance for a query timeline
+    is_self: bool
+    same_story: bool
+
+
+@dataclass(frozen=True)
+class TimelineResponse:
+    """Coverage around one article (or a query), oldest first; undated articles cannot be placed and are left out."""
+
+    article: ArticleRef | None
+    query: str | None
+    entries: list[TimelineEntry]
 
 
 @dataclass(frozen=True)

@@ -12,24 +12,39 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
 from search.store import Store
 from search.vectors import VectorStore
 
+GroupOf = Callable[[Sequence[int]], Mapping[int, Hashable]]  # article keys -> duplicate group of each
+
 
 class RelatedFinder:
     def __init__(
-        self, store: Store, articles: VectorStore, duplicate_threshold: float, cache_size: int = 16384
+        self,
+        store: Store,
+        articles: VectorStore,
+        duplicate_threshold: float,
+        cache_size: int = 16384,
+        groups: GroupOf | None = None,
     ) -> None:
+        """``groups`` maps article keys to their duplicate group (articles of one group are listed once, and never
+        for each other); without it, exact copies are recognised by their stored content hashes."""
         self._store = store
+        self._groups: GroupOf = groups or store.content_hashes
         self._articles = articles
         self._threshold = duplicate_threshold
         self._cache: OrderedDict[tuple[int, int], list[tuple[int, float]]] = OrderedDict()
         self._cache_size = cache_size
         self._generation: int | None = None
         self._lock = threading.Lock()
+
+    def vectors(self, aids: list[int]) -> np.ndarray:
+        """Article vectors (normalised means of their passages), for callers that score articles directly."""
+        return self._vectors(aids)
 
     def _vectors(self, aids: list[int]) -> np.ndarray:
         """Article vectors from the FAISS copy in memory; from SQLite if FAISS lags the store."""
@@ -38,10 +53,13 @@ class RelatedFinder:
         except KeyError:
             return np.stack([self._store.article_vector(a) for a in aids])
 
-    def nearest(self, aids: list[int], k: int) -> list[list[tuple[int, float]]]:
-        """For each article key, up to ``k`` (article key, cosine) of other, non-duplicate articles, best first."""
+    def nearest(self, aids: list[int], k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+        """For each article key, up to ``k`` (article key, cosine) of other, non-duplicate articles, best first;
+        ``allowed`` (sorted keys) limits the candidates (a filter; such answers are not cached)."""
         if not aids or k <= 0:
             return [[] for _ in aids]
+        if allowed is not None:
+            return self._search(aids, k, allowed)
         generation = self._store.generation()
         with self._lock:
             if generation != self._generation:
@@ -61,13 +79,14 @@ class RelatedFinder:
                         self._cache.popitem(last=False)
         return [list(known[a]) for a in aids]
 
-    def _search(self, aids: list[int], k: int) -> list[list[tuple[int, float]]]:
+    def _search(self, aids: list[int], k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
         vecs = self._vectors(aids)
-        hashes = self._store.content_hashes(aids)
+        hashes = self._groups(aids)
+        total = self._articles.count() if allowed is None else len(allowed)
         fetch = k + 8
         while True:
-            scores, ids = self._articles.search(vecs, fetch)
-            cand_hashes = self._store.content_hashes(int(i) for i in ids.ravel() if i >= 0)
+            scores, ids = self._articles.search(vecs, fetch, allowed=allowed)
+            cand_hashes = self._groups([int(i) for i in ids.ravel() if i >= 0])
             found = np.unique(ids[ids >= 0])
             cand_vecs = dict(zip(found.tolist(), self._vectors(found.tolist()), strict=True))
             out: list[list[tuple[int, float]]] = []
@@ -90,6 +109,6 @@ class RelatedFinder:
                         break
                 short = short or (len(picked) < k and ids[row][-1] >= 0)
                 out.append(picked)
-            if not short or fetch >= self._articles.count():
+            if not short or fetch >= total:
                 return out
-            fetch = min(self._articles.count(), fetch * 4)
+            fetch = min(total, fetch * 4)

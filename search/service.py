@@ -11,15 +11,15 @@ import heapq
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from search.bm25 import MemoryBM25
-from search.catalog import Filter
+from search.catalog import NO_DATE, Filter
 from search.embedding import Embedder
 from search.errors import InvalidInput, NotFound
 from search.fusion import Fusion
@@ -27,6 +27,8 @@ from search.highlight import Highlighter
 from search.index import Index
 from search.models import (
     Article,
+    ArticleRef,
+    Copy,
     PassageHit,
     RankedPassage,
     Related,
@@ -35,6 +37,9 @@ from search.models import (
     SearchResult,
     SimilarResponse,
     SimilarResult,
+    StoryResponse,
+    TimelineEntry,
+    TimelineResponse,
 )
 from search.paging import START as CURSOR_START
 from search.paging import Cursor, diversify, fingerprint, resume
@@ -87,7 +92,9 @@ class SearchService:
         self.embedder = embedder
         self.settings = settings
         self.highlighter = Highlighter(embedder, index.store.sentence_vectors)
-        self.related = RelatedFinder(index.store, index.articles, settings.duplicate_threshold)
+        self.related = RelatedFinder(
+            index.store, index.articles, settings.duplicate_threshold, groups=self._duplicate_groups
+        )
         self.lexical = MemoryBM25(index, settings.title_weight)
         self.fusion = settings.fusion_config()
         self.passage_fusion = settings.fusion_config(passages=True)
@@ -201,7 +208,7 @@ class SearchService:
         shown = [(sp, sc) for aid in page_aids for sp, sc in passages[aid]]
         highlights = iter(self.highlighter.locate(qvec, [(sp.passage.id, sp.passage.text) for sp, _ in shown]))
         related = self.related.nearest(page_aids, self.settings.related_per_result)
-        refs = self.index.store.article_refs(page_aids + [a for rel in related for a, _ in rel])
+        refs = self._refs(page_aids + [a for rel in related for a, _ in rel])
         results: list[SearchResult] = []
         for (aid, scores), rel in zip(page, related, strict=True):
             hits = [
@@ -215,6 +222,7 @@ class SearchService:
                     scores=scores,
                     passages=hits,
                     related=[Related(refs[a].id, refs[a].title, round(s, 6)) for a, s in rel],
+                    also_reported=self._copies(aid),
                 )
             )
         took = (time.perf_counter() - started) * 1000
@@ -256,7 +264,14 @@ class SearchService:
             depth *= 2
 
     def rank_articles(
-        self, query: str, qvec: np.ndarray, need: int, mode: str, allowed: np.ndarray | None = None
+        self,
+        query: str,
+        qvec: np.ndarray,
+        need: int,
+        mode: str,
+        allowed: np.ndarray | None = None,
+        *,
+        collapse: bool = True,
     ) -> Ranking:
         """The best ``need`` articles by ``mode`` (fewer only if the candidates hold fewer), with both component
         scores, and how many candidates there were (a response's ``total``).
@@ -278,6 +293,8 @@ class SearchService:
             fused = self.fusion.fuse(dense, lexical)
         else:
             fused = dict(dense if mode == "dense" else lexical)
+        if collapse:  # one article per duplicate group; evaluation runs rank every copy (judgements name each)
+            fused = self._one_per_duplicate_group(fused)
         head = heapq.nsmallest(need, fused, key=lambda a: (-fused[a], a))
         # the side a single-mode ranking did not use is filled for the returned articles only (it explains them)
         if mode == "dense":
@@ -415,8 +432,8 @@ class SearchService:
         vecs = self.embedder.encode(texts, batch_size=64)
         out: list[BatchResult] = []
         for text, vec in zip(texts, vecs, strict=True):
-            ranked = self.rank_articles(text, vec, k, mode).items if articles else []
-            refs = self.index.store.article_refs(a for a, _ in ranked)
+            ranked = self.rank_articles(text, vec, k, mode, collapse=False).items if articles else []
+            refs = self._refs(a for a, _ in ranked)
             top = self.rank_passages(text, vec, k, mode) if passages else []
             out.append(
                 BatchResult(
@@ -440,12 +457,153 @@ class SearchService:
     def article(self, article_id: str) -> Article:
         return self.index.store.article(self._aid(article_id))
 
-    def similar(self, article_id: str, k: int = 10) -> SimilarResponse:
+    def article_with_labels(self, article_id: str) -> tuple[Article, ArticleRef]:
+        """The article, and its reference carrying its ``canonical_id`` and ``story_id``."""
+        aid = self._aid(article_id)
+        return self.index.store.article(aid), self._refs([aid])[aid]
+
+    def similar(
+        self,
+        article_id: str,
+        k: int = 10,
+        *,
+        filters: Filter | None = None,
+        exclude_story: bool = False,
+        exclude_source: bool = False,
+    ) -> SimilarResponse:
+        """More like this: the nearest other articles, one per duplicate group and never the article's own copies;
+        optionally not from its story or its source, and only within ``filters`` (a date window, sources...)."""
         self.validate_k(k)
         aid = self._aid(article_id)
-        nearest = self.related.nearest([aid], k)[0]
-        refs = self.index.store.article_refs([aid] + [a for a, _ in nearest])
-        return SimilarResponse(article=refs[aid], results=[SimilarResult(refs[a], round(s, 6)) for a, s in nearest])
+        nearest = self.related.nearest([aid], k, self._similar_allowed(aid, filters, exclude_story, exclude_source))[0]
+        refs = self._refs([aid] + [a for a, _ in nearest])
+        results = [SimilarResult(refs[a], round(s, 6), self._copies(a)) for a, s in nearest]
+        return SimilarResponse(article=refs[aid], results=results)
+
+    def _similar_allowed(
+        self, aid: int, filters: Filter | None, exclude_story: bool, exclude_source: bool
+    ) -> np.ndarray | None:
+        catalog = self.index.catalog
+        if filters is None and not exclude_story and not exclude_source:
+            return None
+        keep = np.ones(len(catalog), dtype=bool) if filters is None else catalog.mask(filters)
+        row = int(catalog.positions([aid])[0])
+        if row >= 0 and exclude_story:
+            keep[catalog.story_rows(catalog.story_labels[row])] = False
+        if row >= 0 and exclude_source and catalog.source_codes[row] >= 0:
+            keep &= catalog.source_codes != catalog.source_codes[row]
+        allowed: np.ndarray = catalog.aids[keep]
+        return allowed
+
+    def story(self, story_id: str) -> StoryResponse:
+        """Every article of a story, earliest first."""
+        catalog = self.index.catalog
+        rows = catalog.story_rows(story_id)
+        if not rows:
+            raise NotFound(f"no story with id {story_id!r}")
+        aids = [int(catalog.aids[r]) for r in rows]
+        refs = self._refs(aids)
+        return StoryResponse(story_id=story_id, articles=[refs[a] for a in aids if a in refs])
+
+    def timeline(self, article_id: str, k: int = 20, *, filters: Filter | None = None) -> TimelineResponse:
+        """Coverage around an article in date order (background first): its story and its ``k`` nearest dated
+        articles, one per duplicate group, the article itself marked."""
+        self.validate_k(k)
+        aid = self._aid(article_id)
+        catalog = self.index.catalog
+        row = int(catalog.positions([aid])[0])
+        dated = catalog.days != NO_DATE
+        keep = dated if filters is None else dated & catalog.mask(filters)
+        nearest = self.related.nearest([aid], k, catalog.aids[keep])[0]
+        story = catalog.story_labels[row] if row >= 0 else article_id
+        members = [int(catalog.aids[r]) for r in catalog.story_rows(story) if keep[r]]
+        vector = self.related.vectors([aid])[0]
+        scores = {a: s for a, s in nearest}
+        others = [a for a in members if a not in scores and a != aid]
+        if others:
+            scores.update(zip(others, (self.related.vectors(others) @ vector).tolist(), strict=True))
+        scores.pop(aid, None)
+        entries = [(a, round(float(s), 6)) for a, s in self._one_per_duplicate_group(scores).items()]
+        entries.append((aid, 1.0))
+        return self._timeline(entries, aid, story, self._refs([aid])[aid], None)
+
+    def query_timeline(
+        self, query: str, k: int = 20, mode: str | None = None, *, filters: Filter | None = None
+    ) -> TimelineResponse:
+        """The ``k`` best dated articles for a query, in date order."""
+        query = self.validate_query(query)
+        self.validate_k(k)
+        mode = self.validate_mode(mode)
+        dated = self.index.catalog.days != NO_DATE
+        keep = dated if filters is None else dated & self.index.catalog.mask(filters)
+        ranked = self.rank_articles(query, self.embed_query(query), k, mode, self.index.catalog.aids[keep])
+        return self._timeline([(a, sc.fused) for a, sc in ranked.items], None, None, None, query)
+
+    def _timeline(
+        self,
+        entries: list[tuple[int, float]],
+        aid: int | None,
+        story: str | None,
+        ref: ArticleRef | None,
+        query: str | None,
+    ) -> TimelineResponse:
+        refs = self._refs(a for a, _ in entries)
+        catalog = self.index.catalog
+        keys = [a for a, _ in entries]
+        rows = catalog.positions(keys)
+        days = {a: (int(catalog.days[r]) if r >= 0 else int(NO_DATE)) for a, r in zip(keys, rows.tolist(), strict=True)}
+        ordered = sorted((e for e in entries if e[0] in refs), key=lambda e: (days[e[0]], refs[e[0]].id))
+        return TimelineResponse(
+            article=ref,
+            query=query,
+            entries=[
+                TimelineEntry(refs[a], s, a == aid, story is not None and refs[a].story_id == story) for a, s in ordered
+            ],
+        )
+
+    # -- labels: stories and duplicates -----------------------------------------------------------------------
+
+    def _duplicate_groups(self, aids: Sequence[int]) -> dict[int, int]:
+        catalog = self.index.catalog
+        rows = catalog.positions(list(aids))
+        return {
+            int(a): (int(catalog.dup_codes[r]) if r >= 0 else -1 - int(a))
+            for a, r in zip(aids, rows.tolist(), strict=True)
+        }
+
+    def _one_per_duplicate_group(self, scores: dict[int, float]) -> dict[int, float]:
+        """The best-scoring article of each duplicate group (ties: the smaller key), in the given order."""
+        if not scores or not self.index.catalog.has_duplicates:
+            return scores
+        groups = self._duplicate_groups(list(scores))
+        best: dict[int, int] = {}
+        for a in sorted(scores, key=lambda a: (-scores[a], a)):
+            best.setdefault(groups[a], a)
+        chosen = set(best.values())
+        return {a: s for a, s in scores.items() if a in chosen}
+
+    def _refs(self, aids: Iterable[int]) -> dict[int, ArticleRef]:
+        """Article references with their canonical copy and story, from the catalog."""
+        refs = self.index.store.article_refs(aids)
+        catalog = self.index.catalog
+        keys = list(refs)
+        rows = catalog.positions(keys)
+        out: dict[int, ArticleRef] = {}
+        for aid, row in zip(keys, rows.tolist(), strict=True):
+            ref = refs[aid]
+            if row >= 0:
+                canonical = catalog.ids[int(catalog.canonical_rows(np.asarray([row]))[0])]
+                out[aid] = replace(ref, canonical_id=canonical, story_id=catalog.story_labels[row])
+            else:  # written by another process since the catalog was loaded: alone in both until reloaded
+                out[aid] = replace(ref, canonical_id=ref.id, story_id=ref.id)
+        return out
+
+    def _copies(self, aid: int) -> list[Copy]:
+        catalog = self.index.catalog
+        row = int(catalog.positions([aid])[0])
+        if row < 0:
+            return []
+        return [Copy(catalog.ids[r], catalog.source_name(r)) for r in catalog.duplicate_rows(row)]
 
     def health(self) -> dict[str, Any]:
         n_articles, n_passages = self.index.store.counts()

@@ -34,6 +34,17 @@ CREATE TABLE IF NOT EXISTS sentences (
 );
 """
 
+# Story and duplicate-group labels of each article (search/stories.py, search/dedup.py): written with the article,
+# in the same transaction; indexes made before the table existed get it on open and are labelled then.
+GROUPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS article_groups (
+    aid INTEGER PRIMARY KEY REFERENCES articles(aid) ON DELETE CASCADE,
+    story TEXT NOT NULL,
+    duplicates TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS article_groups_story ON article_groups(story);
+"""
+
 SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -65,6 +76,7 @@ CREATE TABLE IF NOT EXISTS passages (
 CREATE INDEX IF NOT EXISTS passages_aid ON passages(aid, position);
 """
     + SENTENCES_SCHEMA
+    + GROUPS_SCHEMA
 )
 
 # BM25 tables (queried by search/lexical.py), kept in step with articles and passages by triggers, so the
@@ -114,6 +126,9 @@ class NewArticle:
     article_vector: np.ndarray
     # per passage: its sentences' (start, end) spans in the passage text and their vectors, or None (one sentence)
     sentences: Sequence[SentenceVectors | None] = ()
+    # its story and duplicate-group labels, when the writer assigned them (a full build labels after writing)
+    story: str | None = None
+    duplicates: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +153,7 @@ class Store:
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
         else:
             with contextlib.suppress(sqlite3.OperationalError), self._conn() as conn:  # read-only: reads fall back
-                conn.executescript(SENTENCES_SCHEMA)
+                conn.executescript(SENTENCES_SCHEMA + GROUPS_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -223,6 +238,11 @@ class Store:
             ),
         )
         aid = int(cur.lastrowid or 0)
+        if item.story is not None:
+            conn.execute(
+                "INSERT INTO article_groups (aid, story, duplicates) VALUES (?, ?, ?)",
+                (aid, item.story, item.duplicates if item.duplicates is not None else a.id),
+            )
         out: list[int] = []
         sentences = list(item.sentences) or [None] * len(item.passages)
         for (position, field, start, end, text), vec, sent in zip(
@@ -251,6 +271,21 @@ class Store:
         a = self._query_one("SELECT COUNT(*) FROM articles")
         p = self._query_one("SELECT COUNT(*) FROM passages")
         return int(a[0]) if a else 0, int(p[0]) if p else 0
+
+    def groups(self) -> dict[int, tuple[str, str]]:
+        """(story, duplicate group) of every labelled article."""
+        rows = self._conn().execute("SELECT aid, story, duplicates FROM article_groups").fetchall()
+        return {int(aid): (story, dup) for aid, story, dup in rows}
+
+    def set_groups(self, labels: dict[int, tuple[str, str]]) -> None:
+        """Label articles that have no labels yet (a finished build, or an index older than the labels); one
+        transaction, and no new generation: the articles themselves did not change."""
+        with self._conn() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO article_groups (aid, story, duplicates) "
+                "SELECT ?, ?, ? WHERE EXISTS (SELECT 1 FROM articles WHERE aid = ?)",
+                [(aid, story, dup, aid) for aid, (story, dup) in labels.items()],
+            )
 
     def newest_date(self) -> str | None:
         row = self._query_one("SELECT MAX(date) FROM articles WHERE date IS NOT NULL AND date != ''")

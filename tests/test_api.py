@@ -28,11 +28,11 @@ BUSINESS_001 = {"business/001", "copy-of-business-001"}  # an exact duplicate pa
 LEADING_SLASH_ID = "/leading slash & ünïcode id"
 
 SEARCH_KEYS = {"query", "mode", "total", "results", "took_ms", "facets", "next_cursor"}
-RESULT_KEYS = {"article", "score", "scores", "passages", "related"}
-ARTICLE_REF_KEYS = {"id", "title", "date", "source", "url"}
+RESULT_KEYS = {"article", "score", "scores", "passages", "related", "also_reported"}
+ARTICLE_REF_KEYS = {"id", "title", "date", "source", "url", "canonical_id", "story_id"}
 PASSAGE_KEYS = {"id", "text", "score", "field", "highlight", "scores"}
 RELATED_KEYS = {"id", "title", "score"}
-ARTICLE_KEYS = {"id", "title", "date", "source", "url", "tags", "paragraphs", "extra"}
+ARTICLE_KEYS = {"id", "title", "date", "source", "url", "tags", "paragraphs", "extra", "canonical_id", "story_id"}
 
 
 def _records(path: Any) -> list[dict[str, Any]]:
@@ -66,9 +66,9 @@ def test_search_response_has_exactly_the_documented_shape(client: FlaskClient) -
     body = search_json(client, RATES_QUERY, k=8)
     assert set(body) == SEARCH_KEYS
     assert body["query"] == RATES_QUERY
-    assert body["total"] == 8  # every article of the fixture corpus has a passage among the candidates
+    assert body["total"] == 7  # every article has a passage among the candidates; the exact copy pair counts once
     assert isinstance(body["took_ms"], int | float) and body["took_ms"] >= 0
-    assert len(body["results"]) == 8
+    assert len(body["results"]) == 7
     for result in body["results"]:
         assert set(result) == RESULT_KEYS
         assert set(result["article"]) == ARTICLE_REF_KEYS
@@ -98,8 +98,8 @@ def test_search_scores_are_descending_and_articles_are_unique(client: FlaskClien
         assert body["mode"] == mode
         scores = [r["score"] for r in body["results"]]
         assert is_descending(scores)
-        # lexical mode ranks only articles holding a query term; the other modes rank all 8
-        assert len(set(result_ids(body))) == len(body["results"]) == (3 if mode == "lexical" else 8)
+        # lexical mode ranks only articles holding a query term; the other modes rank all 8, the exact copy pair once
+        assert len(set(result_ids(body))) == len(body["results"]) == (2 if mode == "lexical" else 7)
         for r in body["results"]:
             assert r["score"] == r["scores"]["fused"]
             passage_scores = [p["score"] for p in r["passages"]]
@@ -155,14 +155,17 @@ def test_search_ranks_by_meaning(client: FlaskClient, query: str, expected: set[
     assert result_ids(body)[0] in expected
 
 
-def test_duplicate_pair_ranks_together_and_is_never_its_own_related(client: FlaskClient) -> None:
+def test_duplicate_pair_is_shown_once_and_is_never_its_own_related(client: FlaskClient) -> None:
     body = search_json(client, RATES_QUERY, k=3)
-    assert set(result_ids(body)[:2]) == BUSINESS_001
-    a, b = body["results"][:2]
-    assert a["score"] == b["score"]
-    for result in (a, b):
-        assert not BUSINESS_001 & {rel["id"] for rel in result["related"]}
-        assert result["related"][0]["id"] == "business/003"
+    top = body["results"][0]
+    assert top["article"]["id"] == "business/001"  # the pair's canonical copy: same date, smaller id
+    assert top["article"]["canonical_id"] == "business/001"
+    assert top["also_reported"] == [{"id": "copy-of-business-001", "source": "Mirror Wire"}]
+    assert not BUSINESS_001 & set(result_ids(body)[1:])
+    assert not BUSINESS_001 & {rel["id"] for rel in top["related"]}
+    assert top["related"][0]["id"] == "business/003"
+    copy = client.get("/api/articles/copy-of-business-001").get_json()
+    assert copy["canonical_id"] == "business/001" and copy["story_id"] == top["article"]["story_id"]
 
 
 def test_k_and_offset_page_through_one_ranking(client: FlaskClient) -> None:
@@ -174,7 +177,7 @@ def test_k_and_offset_page_through_one_ranking(client: FlaskClient) -> None:
     assert search_json(client, q, k=2, offset=3)["results"] == full["results"][3:5]
     assert len(search_json(client, q, k=1)["results"]) == 1
     past_end = search_json(client, q, k=5, offset=8)
-    assert past_end["results"] == [] and past_end["total"] == 8
+    assert past_end["results"] == [] and past_end["total"] == 7
 
 
 def test_query_is_echoed_trimmed_and_1000_characters_are_accepted(client: FlaskClient) -> None:
@@ -183,7 +186,7 @@ def test_query_is_echoed_trimmed_and_1000_characters_are_accepted(client: FlaskC
     assert len(long_query) == 1000
     body = search_json(client, long_query, k=1)
     assert body["query"] == long_query and len(body["results"]) == 1
-    assert search_json(client, "rates", k=100)["total"] == 8  # k=100 is the inclusive upper bound
+    assert search_json(client, "rates", k=100)["total"] == 7  # k=100 is the inclusive upper bound
 
 
 # -- the bundled sample ----------------------------------------------------------------------------------------
@@ -269,7 +272,7 @@ def test_similar_excludes_itself_and_exact_duplicates(client: FlaskClient, recor
     assert set(body["article"]) == ARTICLE_REF_KEYS and body["article"]["id"] == article_id
     got = [r["article"]["id"] for r in body["results"]]
     for r in body["results"]:
-        assert set(r) == {"article", "score"} and set(r["article"]) == ARTICLE_REF_KEYS
+        assert set(r) == {"article", "score", "also_reported"} and set(r["article"]) == ARTICLE_REF_KEYS
     assert article_id not in got
     assert len(got) == len(set(got))
     assert is_descending([r["score"] for r in body["results"]])
@@ -429,7 +432,7 @@ def test_unexpected_exception_is_a_json_500(
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(fresh, "search", boom)
-    monkeypatch.setattr(fresh, "article", boom)
+    monkeypatch.setattr(fresh, "article_with_labels", boom)
     client = create_app(service=fresh).test_client()
     with caplog.at_level(logging.ERROR, logger="newsdesk.api"):
         for url in ("/api/search?q=rates", "/api/articles/business/001"):

@@ -68,3 +68,26 @@ def test_re_adding_an_id_replaces_it_everywhere(writable: SearchService, embedde
         r.article.id != "sport/001" for r in writable.search("derby goals striker", k=8, mode="lexical").results
     )
     assert writable.search("chess title", k=1, mode="lexical").results[0].article.id == "sport/001"
+
+
+def test_added_articles_get_labels_in_the_same_write_and_old_labels_stay(writable: SearchService, embedder) -> None:
+    index = writable.index
+    before = dict(zip(index.catalog.ids, index.catalog.story_labels, strict=True))
+    original = index.store.article(index.store.aid_of("sport/001") or -1)
+    copy = Article(
+        id="sport/001-reprint",
+        title=original.title,
+        paragraphs=original.paragraphs,
+        date="2024-03-20",
+        source="Reprint Weekly",
+    )
+    add_articles(index, [copy], embedder, writable.settings)
+    groups = index.store.groups()
+    assert len(groups) == index.store.counts()[0]  # every article labelled, the new one in its own transaction
+    after = dict(zip(index.catalog.ids, index.catalog.story_labels, strict=True))
+    assert {i: after[i] for i in before} == before  # labels once given never change
+    row = index.catalog.ids.index("sport/001-reprint")
+    assert index.catalog.ids[int(index.catalog.canonical_rows(np.asarray([row]))[0])] == "sport/001"  # earlier copy
+    top = writable.search("football derby goals", k=3).results[0]
+    assert top.article.id == "sport/001" and [c.id for c in top.also_reported] == ["sport/001-reprint"]
+    consistent(writable)

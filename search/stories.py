@@ -1,0 +1,111 @@
+"""Stories: articles about the same event, grouped incrementally from their vectors and dates.
+
+An article joins the story of its most similar earlier article when the two are close in meaning (article-vector
+cosine at or above ``threshold``) and in time (dates at most ``window_days`` apart; an article without a date is
+matched on meaning alone); otherwise it starts a story of its own, labelled with its id. Articles are taken in date
+order (then id), so a story grows forward in time the way a newsroom feed arrives, and adding articles later never
+relabels the ones already grouped: a story id, once given, is stable.
+
+This is single-link clustering along time, the classic "topic detection and tracking" first-story-detection rule
+(Allan et al., 1998); the threshold and window were chosen by measurement (``bench/stories.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Chosen on Reuters-21578 with same-topic-and-week as the reference grouping (bench/stories.py; see bench/README.md).
+STORY_THRESHOLD = 0.80
+STORY_WINDOW_DAYS = 3
+NEIGHBOURS = 20
+
+Neighbours = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> (scores, keys)
+
+
+@dataclass(frozen=True)
+class StoryConfig:
+    threshold: float = STORY_THRESHOLD
+    window_days: int = STORY_WINDOW_DAYS
+    neighbours: int = NEIGHBOURS
+
+
+DEFAULT_STORIES = StoryConfig()
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """Articles already in stories: their keys, story labels and days (None: no date), aligned."""
+
+    keys: np.ndarray
+    labels: Sequence[str]
+    days: Sequence[int | None]
+    search: Neighbours | None = None  # nearest grouped articles of some vectors
+
+    def lookup(self) -> dict[int, tuple[str, int | None]]:
+        return {int(k): (lab, d) for k, lab, d in zip(self.keys.tolist(), self.labels, self.days, strict=True)}
+
+
+def assign_stories(
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    days: Sequence[int | None],
+    grouped: Grouped | None = None,
+    config: StoryConfig = DEFAULT_STORIES,
+    exclude: set[int] | None = None,
+) -> list[str]:
+    """The story label of each new article (``ids``, normalised ``vectors``, ``days``), given the articles already
+    grouped; ``exclude`` names grouped keys to ignore (articles deleted in the same change)."""
+    n = len(ids)
+    if n == 0:
+        return []
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    order = sorted(range(n), key=lambda i: (days[i] is None, days[i] or 0, ids[i]))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    k = min(n, config.neighbours + 1)
+    inner_scores, inner_idx = _nearest_within(vectors, k)
+    outer: list[list[tuple[float, str, int | None]]] = [[] for _ in range(n)]
+    if grouped is not None and grouped.search is not None and len(grouped.keys):
+        known = grouped.lookup()
+        scores, keys = grouped.search(vectors, config.neighbours)
+        for i in range(n):
+            for s, key in zip(scores[i].tolist(), keys[i].tolist(), strict=True):
+                if key >= 0 and key in known and not (exclude and key in exclude):
+                    label, day = known[key]
+                    outer[i].append((s, label, day))
+    labels: list[str | None] = [None] * n
+    for i in order:
+        best: tuple[float, str] | None = None
+        candidates = [
+            (s, labels[j], days[j])
+            for s, j in zip(inner_scores[i].tolist(), inner_idx[i].tolist(), strict=True)
+            if j >= 0 and rank[j] < rank[i]
+        ]
+        for s, label, day in [*candidates, *outer[i]]:
+            if label is None or s < config.threshold or not _close(days[i], day, config.window_days):
+                continue
+            if best is None or s > best[0] or (s == best[0] and label < best[1]):
+                best = (s, label)
+        labels[i] = best[1] if best is not None else ids[i]
+    return [lab or ids[i] for i, lab in enumerate(labels)]
+
+
+def _close(a: int | None, b: int | None, window: int) -> bool:
+    return a is None or b is None or abs(a - b) <= window
+
+
+def _nearest_within(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector's ``k`` nearest among ``vectors`` (itself included), exact, in blocks to bound memory."""
+    n = len(vectors)
+    scores = np.empty((n, k), dtype=np.float32)
+    idx = np.empty((n, k), dtype=np.int64)
+    block = max(1, 4_000_000 // max(n, 1))
+    for start in range(0, n, block):
+        sims = vectors[start : start + block] @ vectors.T
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(sims), 1))
+        scores[start : start + block] = np.take_along_axis(sims, part, axis=1)
+        idx[start : start + block] = part
+    return scores, idx
