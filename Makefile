@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint format sample clean
+.PHONY: install browser run test lint format sample clean
 
 install: $(STAMP)
 
@@ -20,6 +20,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
+
+# tests/test_browser.py drives Debian's Chromium and chromedriver. Installed with apt-get when missing and apt-get can
+# run (as root, or through sudo without a password); otherwise this says so and the browser test skips.
+browser:
+	@if [ -x /usr/bin/chromium ] && command -v chromedriver >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then echo "no apt-get: tests/test_browser.py will skip"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "not root and no sudo: cannot install chromium; tests/test_browser.py will skip"; exit 0; fi; \
+	echo "installing chromium and chromium-driver for tests/test_browser.py"; \
+	if $$SUDO apt-get update -qq >/dev/null && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	then echo "installed $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	else echo "could not install chromium: tests/test_browser.py will skip"; fi
 
 $(INDEX)/manifest.json: index_data/sample.jsonl | $(STAMP)
 	$(BIN)/newsdesk index index_data/sample.jsonl --index $(INDEX) --quiet
@@ -38,8 +52,8 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install lint
+test: install browser lint
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) $(INDEX) index_data/.sample.* .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(INDEX) index_data/.sample.* .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts

@@ -7,21 +7,23 @@ has started its workers), or takes a ready ``SearchService`` (tests share one ac
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from flask import Flask, Response, current_app, jsonify, request, send_from_directory
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.routing import BaseConverter
 
-from api.errors import error_response, register_error_handlers
+from api import web
+from api.errors import failure_response, register_error_handlers
+from api.logs import register_request_logging
+from api.metrics import register_metrics
+from api.openapi import openapi_json
 from search.catalog import Filter
 from search.errors import InvalidInput
 from search.models import Article, ArticleRef, to_plain
 from search.service import SearchService
 from search.settings import Settings
 
-STATIC = Path(__file__).parent / "static"
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: int() would also take "+5", " 5" and "٣"
 
@@ -44,9 +46,12 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
         service = load_service(settings or Settings.from_env())
     app.extensions["newsdesk"] = service
     register_error_handlers(app)
+    register_request_logging(app)  # these two before any hook that may answer early (the encoding check)
+    register_metrics(app, service)
     app.before_request(_reject_bad_encoding)
 
-    app.add_url_rule("/", view_func=index_page)
+    app.register_blueprint(web.bp)  # the web page: /, /article, /similar, /static/
+    app.add_url_rule("/api/openapi.json", view_func=openapi_json)
     app.add_url_rule("/api/health", view_func=health)
     app.add_url_rule("/api/search", view_func=search)
     app.add_url_rule("/api/article", view_func=article_by_query)
@@ -80,7 +85,7 @@ def _reject_bad_encoding() -> Response | None:
         unquote_to_bytes(env.get("QUERY_STRING", "")).decode("utf-8")
         env.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
     except (UnicodeDecodeError, UnicodeEncodeError):
-        return error_response(400, "bad_encoding", "the request URL is not valid UTF-8")
+        return failure_response(400, "bad_encoding", "the request URL is not valid UTF-8")
     return None
 
 
@@ -116,10 +121,6 @@ def serialize_article(a: Article, ref: ArticleRef | None = None) -> dict[str, An
         out["canonical_id"] = ref.canonical_id
         out["story_id"] = ref.story_id
     return out
-
-
-def index_page() -> Response:
-    return send_from_directory(STATIC, "index.html")
 
 
 def health() -> Response:

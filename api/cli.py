@@ -346,5 +346,80 @@ def check(index_dir: Path | None) -> None:
     click.echo(f"{settings.index_dir}: ok")
 
 
+def index_stats(directory: Path) -> dict[str, Any]:
+    """What an index holds, read from its manifest and SQLite store: no model is loaded and no vector is read, so
+    it answers in milliseconds for an index of any size."""
+    from search.index import SQLITE, read_manifest
+    from search.store import Store
+
+    directory = directory.absolute()
+    manifest = read_manifest(directory)
+    store = Store(directory / SQLITE)
+    try:
+        n_articles, n_passages = store.counts()
+        newest, generation = store.newest_date(), store.generation()
+    finally:
+        store.close()
+    real = directory.resolve()
+    files = [p for p in real.rglob("*") if p.is_file()]
+    model, faiss = manifest["model"], manifest["faiss"]
+    return {
+        "index": str(manifest.get("name") or directory.name),
+        "path": str(real),
+        "model": model.get("name"),
+        "dimension": model.get("dimension"),
+        "backend": model.get("backend", "torch"),
+        "quantization": model.get("quantization"),
+        "articles": n_articles,
+        "passages": n_passages,
+        "newest_date": newest,
+        "faiss": {
+            "factory": faiss.get("factory"),
+            "search": faiss.get("search") or None,
+            "metric": faiss.get("metric"),
+            "articles": faiss.get("articles"),
+        },
+        "generation": generation,
+        "created_at": manifest.get("created_at"),
+        "updated_at": manifest.get("updated_at"),
+        "size_bytes": sum(p.stat().st_size for p in files),
+        "files": len(files),
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@main.command()
+@_index_option
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def stats(index_dir: Path | None, as_json: bool) -> None:
+    """Show what an index holds: name, model and backend, counts, newest article, FAISS set-up, size on disk."""
+    settings = Settings.from_env(index_dir=index_dir)
+    info = index_stats(settings.index_dir)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    faiss = info["faiss"]
+    quantization = f", {info['quantization']}" if info["quantization"] else ""
+    rows = [
+        ("index", f"{info['index']}  ({info['path']})"),
+        ("model", f"{info['model']}  ({info['dimension']} dimensions, backend {info['backend']}{quantization})"),
+        ("articles", f"{info['articles']:,}"),
+        ("passages", f"{info['passages']:,}"),
+        ("newest", info["newest_date"] or "no dates"),
+        ("faiss", f"{faiss['factory']}  (search {faiss['search'] or 'defaults'}, {faiss['metric']})"),
+        ("updated", f"{info['updated_at']}  (generation {info['generation']})"),
+        ("on disk", f"{_size(info['size_bytes'])} in {info['files']} files"),
+    ]
+    for name, value in rows:
+        click.echo(f"{name:<9} {value}")
+
+
 if __name__ == "__main__":
     main()

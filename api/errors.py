@@ -1,22 +1,50 @@
-"""One JSON error shape for every failure the API can return: ``{"error": {"code", "message"}}``."""
+"""One JSON error shape for every failure the API can return: ``{"error": {"code", "message"}}``.
+
+A person's browser asking for a page (the web page's own routes, or any non-``/api`` URL whose ``Accept`` prefers
+HTML) gets the same status and message as an HTML page instead; nothing under ``/api`` ever does.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from api.logs import request_id
 from search.errors import NewsdeskError
 
 log = logging.getLogger("newsdesk.api")
+
+_TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 500: "Server error", 503: "Unavailable"}
 
 
 def error_response(status: int, code: str, message: str) -> Response:
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status
     return response
+
+
+def _wants_page() -> bool:
+    path = request.path
+    if path == "/api" or path.startswith("/api/") or path == "/metrics":
+        return False
+    if request.blueprint == "web":
+        return True
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
+
+
+def failure_response(status: int, code: str, message: str) -> Response:
+    """The error as JSON, or as an HTML page where a browser asked for a page (see the module docstring)."""
+    if _wants_page():
+        try:
+            title = _TITLES.get(status, "Error")
+            html = render_template("error.html", status=status, title=title, code=code, message=message)
+            return Response(html, status=status, mimetype="text/html")
+        except Exception:  # an error page that cannot render must not hide the original error
+            log.exception("error page failed to render")
+    return error_response(status, code, message)
 
 
 def _http_code(exc: HTTPException) -> str:
@@ -26,16 +54,16 @@ def _http_code(exc: HTTPException) -> str:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(NewsdeskError)
     def _newsdesk(exc: NewsdeskError) -> Response:
-        return error_response(exc.status, exc.code, exc.message)
+        return failure_response(exc.status, exc.code, exc.message)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
-        response = error_response(exc.code or 500, _http_code(exc), exc.description or exc.name)
+        response = failure_response(exc.code or 500, _http_code(exc), exc.description or exc.name)
         if exc.code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "internal server error; the server log has the details")
+        log.exception("unhandled error (request id %s)", request_id())
+        return failure_response(500, "internal_error", "internal server error; the server log has the details")

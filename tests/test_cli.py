@@ -537,3 +537,40 @@ def test_eval_needs_judgments_or_answers(runner: CliRunner, corpus_index: Path, 
     queries = write_jsonl("q.jsonl", [{"_id": "q1", "text": "football"}])
     result = invoke(runner, "eval", "--index", corpus_index, "--queries", queries)
     assert result.exit_code == 2 and "--qrels" in result.output
+
+
+# -- stats ----------------------------------------------------------------------------------------------------------
+
+
+def test_stats_prints_what_the_index_holds(runner: CliRunner, corpus_index: Path) -> None:
+    result = invoke(runner, "stats", "--index", corpus_index, "--json")
+    assert_ok(result)
+    info = json.loads(result.stdout)
+    manifest = json.loads((corpus_index / "manifest.json").read_text(encoding="utf-8"))
+    assert info["index"] == "corpus" and info["path"] == str(corpus_index.resolve())
+    assert (info["model"], info["dimension"]) == ("all-MiniLM-L6-v2", 384)
+    assert info["backend"] == manifest["model"].get("backend", "torch")
+    assert (info["articles"], info["passages"]) == (8, len(index_passage_rows(corpus_index)))
+    assert info["newest_date"] == "2024-04-11"
+    assert info["faiss"]["factory"] == "IDMap2,Flat" and info["faiss"]["metric"] == manifest["faiss"]["metric"]
+    on_disk = [p for p in corpus_index.resolve().rglob("*") if p.is_file()]
+    assert info["size_bytes"] == sum(p.stat().st_size for p in on_disk) > 0
+    assert info["updated_at"] == manifest["updated_at"]
+
+    text = invoke(runner, "stats", "--index", corpus_index)
+    assert_ok(text)
+    lines = dict(line.split(None, 1) for line in text.stdout.splitlines() if not line.startswith("on disk"))
+    assert lines["index"].startswith("corpus")
+    assert lines["model"].startswith("all-MiniLM-L6-v2") and "384 dimensions" in lines["model"]
+    assert (lines["articles"], lines["newest"]) == ("8", "2024-04-11")
+    assert lines["faiss"].startswith("IDMap2,Flat")
+    assert any(line.startswith("on disk") and "KiB" in line for line in text.stdout.splitlines())
+
+
+def test_stats_of_a_missing_index_is_a_one_line_error(runner: CliRunner, tmp_path: Path) -> None:
+    assert_one_line_error(invoke(runner, "stats", "--index", tmp_path / "nothing"), "no index at")
+
+
+def index_passage_rows(index_dir: Path) -> list[Any]:
+    with closing(sqlite3.connect(index_dir / "newsdesk.sqlite")) as conn:
+        return conn.execute("SELECT id FROM passages").fetchall()

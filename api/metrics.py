@@ -1,0 +1,164 @@
+"""Prometheus metrics at ``/metrics``: requests and latency per endpoint, index size and freshness, the process.
+
+Each app has its own ``CollectorRegistry``: the global default registry would make a second ``create_app`` in one
+process (every test does one) fail with duplicate metric names, and would mix two apps' counts. Endpoints are
+labelled by their URL rule (``/api/articles/<article_id:article_id>``), never by the raw path: one time series per
+route, however many article ids or junk URLs are requested.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from search.index import read_manifest
+from search.service import SearchService
+
+# Seconds. Health checks answer in ~1 ms and searches in tens of ms on the sample; big indexes take longer.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+UNMATCHED = "<unmatched>"  # the label of requests no route matched (404s, bad encoding)
+
+
+class IndexCollector:
+    """Index size and freshness, read when Prometheus scrapes (never per request).
+
+    Counts and the store generation come from ``service.health()``, i.e. the SQLite store this process serves; the
+    last update is the manifest's ``updated_at`` read from disk, so a re-index by another process shows up.
+    """
+
+    def __init__(self, service: SearchService) -> None:
+        self.service = service
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # names are fixed below; describing them must not touch the index at registration time
+
+    def collect(self) -> Iterable[Metric]:
+        health = self.service.health()
+        index = str(health["index"])
+        info = InfoMetricFamily("newsdesk_index", "The index being served.", labels=["index"])
+        manifest = self.service.index.manifest
+        info.add_metric(
+            [index],
+            {
+                "model": str(health["model"]),
+                "backend": str(manifest["model"].get("backend", "torch")),
+                "faiss_factory": str(manifest["faiss"].get("factory", "")),
+            },
+        )
+        yield info
+        for name, key, text in (
+            ("newsdesk_index_articles", "articles", "Articles in the index."),
+            ("newsdesk_index_passages", "passages", "Passages (headline and body chunks) in the index."),
+            ("newsdesk_index_generation", "generation", "Write generation of the store; it grows with every write."),
+        ):
+            gauge = GaugeMetricFamily(name, text, labels=["index"])
+            gauge.add_metric([index], float(health[key]))
+            yield gauge
+        updated = self._last_update()
+        if updated is not None:
+            gauge = GaugeMetricFamily(
+                "newsdesk_index_last_update_timestamp_seconds",
+                "When the index on disk was last written (manifest updated_at), as a Unix time.",
+                labels=["index"],
+            )
+            gauge.add_metric([index], updated)
+            yield gauge
+
+    def _last_update(self) -> float | None:
+        try:
+            manifest = read_manifest(self.service.index.directory)
+        except Exception:  # a scrape during a swap or of a damaged index still reports everything else
+            manifest = self.service.index.manifest
+        stamp = manifest.get("updated_at") or manifest.get("created_at")
+        try:
+            return datetime.fromisoformat(str(stamp)).timestamp()
+        except ValueError:
+            return None
+
+
+def _exposed_registry(registry: CollectorRegistry, index: IndexCollector) -> CollectorRegistry:
+    """What ``/metrics`` serves: this process's registry, or, when ``PROMETHEUS_MULTIPROC_DIR`` is set, the request
+    metrics of every server process merged from that directory (prometheus_client's multiprocess mode), with the
+    index figures.
+
+    Several processes behind one port (gunicorn workers) each count their own requests, and a scrape reaches one
+    of them at random; the merged view is the only one whose counters never go backwards. The directory must be
+    empty when the server starts, and set before the workers start, as prometheus_client documents.
+    """
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return registry
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged, path=path)  # type: ignore[no-untyped-call]
+    merged.register(index)
+    return merged
+
+
+def register_metrics(app: Flask, service: SearchService) -> CollectorRegistry:
+    """Count and time every request of ``app`` and serve the registry at ``/metrics``.
+
+    Call it before other ``before_request`` hooks (see ``api.logs.register_request_logging``): a hook that answers
+    early skips the ones after it, and its request must still be timed.
+    """
+    registry = CollectorRegistry()
+    requests = Counter(
+        "newsdesk_http_requests",
+        "HTTP requests answered, by method, endpoint (URL rule) and status.",
+        ["method", "endpoint", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "newsdesk_http_request_duration_seconds",
+        "Time from the request reaching Flask to its response being ready, by method and endpoint (URL rule).",
+        ["method", "endpoint"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+    index = IndexCollector(service)
+    registry.register(index)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    exposed = _exposed_registry(registry, index)
+
+    def start() -> None:
+        g.metrics_started = time.perf_counter()
+
+    # Labelled children by label values: ``labels()`` validates and hashes its arguments on every call, which is
+    # a measurable share of a fast request; the set of keys is bounded (methods x URL rules x statuses).
+    counters: dict[tuple[str, str, int], Any] = {}
+    timers: dict[tuple[str, str], Any] = {}
+
+    def observe(response: Response) -> Response:
+        started = g.get("metrics_started")
+        endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        key = (request.method, endpoint, response.status_code)
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters.setdefault(key, requests.labels(key[0], endpoint, str(key[2])))
+        counter.inc()
+        if started is not None:
+            timer = timers.get(key[:2])
+            if timer is None:
+                timer = timers.setdefault(key[:2], latency.labels(key[0], endpoint))
+            timer.observe(time.perf_counter() - started)
+        return response
+
+    def metrics() -> Response:
+        # the format the scraper asks for: OpenMetrics when it says so, else Prometheus text 0.0.4
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return Response(encode(exposed), content_type=content_type)
+
+    app.before_request(start)
+    app.after_request(observe)
+    app.add_url_rule("/metrics", endpoint="metrics", view_func=metrics)
+    app.extensions["newsdesk.metrics"] = registry
+    return registry

@@ -1,0 +1,133 @@
+"""The web page: server-rendered search, article and "more like this" pages.
+
+Pages are rendered on the server so results show without JavaScript, load in one request and every state (query,
+mode, filters, page; article; more like this) is a plain GET URL that can be bookmarked or shared.
+``static/newsdesk.js`` only adds keyboard shortcuts and re-runs a search when its mode changes. Like the API
+routes, each view parses its query string, calls one ``SearchService`` method and renders; errors are rendered as
+HTML pages by ``api.errors``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, current_app, render_template, request, url_for
+
+from search.catalog import Filter
+from search.errors import InvalidInput
+from search.models import PassageHit
+from search.service import SearchService
+from search.settings import MODES
+
+PAGE_SIZE = 10
+_OFFSET = re.compile(r"[0-9]{1,9}")
+# What a results page's URL carries besides its offset: links (pages, facets) keep all of it.
+STATE = ("q", "mode", "from", "to", "source", "category")
+
+bp = Blueprint("web", __name__, static_folder="static", static_url_path="/static")
+
+
+def _service() -> SearchService:
+    svc: SearchService = current_app.extensions["newsdesk"]
+    return svc
+
+
+def _offset() -> int:
+    raw = request.args.get("offset") or "0"
+    if not _OFFSET.fullmatch(raw):
+        raise InvalidInput(f"offset must be a whole number, got {raw!r}")
+    return int(raw)
+
+
+def _required(name: str) -> str:
+    value = request.args.get(name)
+    if not value:
+        raise InvalidInput(f"the {name!r} parameter is required")
+    return value
+
+
+def _values(name: str) -> list[str]:
+    """A repeatable parameter's values; the empty ones an unfilled form field sends mean "not given"."""
+    return [v for v in request.args.getlist(name) if v.strip()]
+
+
+def _filters() -> Filter | None:
+    return Filter.parse(request.args.get("from"), request.args.get("to"), _values("source"), _values("category"))
+
+
+@bp.app_context_processor
+def _page_context() -> dict[str, Any]:
+    """What the header's search form needs on every page, error pages included: it keeps the query, mode and
+    filters."""
+    return {
+        "q": request.args.get("q", ""),
+        "mode": request.args.get("mode") or _service().settings.mode,
+        "modes": MODES,
+        "max_query_chars": _service().settings.max_query_chars,
+        "date_from": request.args.get("from", ""),
+        "date_to": request.args.get("to", ""),
+        "sources": _values("source"),
+        "categories": _values("category"),
+    }
+
+
+@bp.app_template_global()
+def search_url(changes: dict[str, Any] | None = None, **more: Any) -> str:
+    """The current search's URL with some of its state changed (another page, a facet picked, filters cleared);
+    offset starts again at the first page unless given. ``changes`` is a dict because ``from`` is no keyword."""
+    args: dict[str, Any] = {name: _values(name) for name in STATE}
+    args.update(changes or {}, **more)
+    return url_for("web.search", **{k: v for k, v in args.items() if v not in (None, "", [])})
+
+
+@bp.app_template_global()
+def month_bounds(month: str) -> dict[str, str]:
+    """``from``/``to`` of a month facet (``YYYY-MM``): its first and last day."""
+    year, number = (int(part) for part in month.split("-"))
+    return {"from": f"{month}-01", "to": f"{month}-{calendar.monthrange(year, number)[1]:02d}"}
+
+
+@bp.app_template_global()
+def article_url(article_id: str, passage: PassageHit | None = None) -> str:
+    """The article page; with a body passage, a text fragment that makes the browser scroll to and mark its
+    answering sentence (ignored by browsers without text fragments)."""
+    url = url_for("web.article", id=article_id)
+    if passage is not None and passage.field == "body" and passage.highlight.end > passage.highlight.start:
+        sentence = passage.text[passage.highlight.start : passage.highlight.end].strip()
+        url += "#:~:text=" + quote(sentence, safe="").replace("-", "%2D")
+    return url
+
+
+@bp.app_template_filter()
+def web_link(url: str | None) -> str | None:
+    """An article's own URL only if it is http(s): a ``javascript:`` URL from a corpus must never become a link."""
+    return url if url and re.match(r"https?://", url, re.IGNORECASE) else None
+
+
+@bp.get("/")
+def search() -> str:
+    """The search page; with ``q``, one page of results (``mode``, ``offset``, ``from``, ``to``, ``source`` and
+    ``category`` as in ``/api/search``) and facet counts to narrow it."""
+    q = request.args.get("q", "")
+    offset = _offset()
+    if not q.strip():
+        return render_template("search.html", response=None, offset=0, page_size=PAGE_SIZE, autofocus=True)
+    response = _service().search(
+        q, k=PAGE_SIZE, offset=offset, mode=request.args.get("mode") or None, filters=_filters(), facets=True
+    )
+    return render_template("search.html", response=response, offset=offset, page_size=PAGE_SIZE)
+
+
+@bp.get("/article")
+def article() -> str:
+    """One article in full (``id`` may hold any character, slashes included)."""
+    return render_template("article.html", article=_service().article(_required("id")))
+
+
+@bp.get("/similar")
+def similar() -> str:
+    """More like this: the articles nearest to ``id``, its own copies left out."""
+    return render_template("similar.html", similar=_service().similar(_required("id"), k=PAGE_SIZE))
