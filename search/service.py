@@ -552,7 +552,10 @@ class SearchService:
         keys = [a for a, _ in entries]
         rows = catalog.positions(keys)
         days = {a: (int(catalog.days[r]) if r >= 0 else int(NO_DATE)) for a, r in zip(keys, rows.tolist(), strict=True)}
-        ordered = sorted((e for e in entries if e[0] in refs), key=lambda e: (days[e[0]], refs[e[0]].id))
+        # by day, then by the full timestamp within a day (ISO strings of one day compare in time order), then id
+        ordered = sorted(
+            (e for e in entries if e[0] in refs), key=lambda e: (days[e[0]], refs[e[0]].date or "", refs[e[0]].id)
+        )
         return TimelineResponse(
             article=ref,
             query=query,
