@@ -14,12 +14,15 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from api import web
+from api.auth import register_auth, require_write_key
 from api.errors import failure_response, register_error_handlers
 from api.logs import register_request_logging
 from api.metrics import register_metrics
 from api.openapi import openapi_json
+from indexer.live import Writer
 from search.catalog import Filter
 from search.errors import InvalidInput
+from search.intake import Limits, parse_write
 from search.models import Article, ArticleRef, to_plain
 from search.service import SearchService
 from search.settings import Settings
@@ -45,10 +48,13 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     if service is None:
         service = load_service(settings or Settings.from_env())
     app.extensions["newsdesk"] = service
+    app.extensions["newsdesk.writer"] = Writer(service)
+    app.config["MAX_CONTENT_LENGTH"] = service.settings.max_body_bytes  # larger bodies: 413 before they are read
     register_error_handlers(app)
     register_request_logging(app)  # these two before any hook that may answer early (the encoding check)
     register_metrics(app, service)
     app.before_request(_reject_bad_encoding)
+    register_auth(app, service.settings)
 
     app.register_blueprint(web.bp)  # the web page: /, /article, /similar, /static/
     app.add_url_rule("/api/openapi.json", view_func=openapi_json)
@@ -61,6 +67,10 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     app.add_url_rule("/api/timeline", view_func=timeline_by_query)
     app.add_url_rule("/api/stories/<article_id:story_id>", view_func=story)
     app.add_url_rule("/api/articles/<article_id:article_id>", view_func=article)
+    app.add_url_rule("/api/articles", view_func=write_articles, methods=["POST"])
+    app.add_url_rule(
+        "/api/articles/<article_id:article_id>", endpoint="delete_article", view_func=delete_article, methods=["DELETE"]
+    )
     return app
 
 
@@ -176,6 +186,24 @@ def similar(article_id: str) -> Response:
         exclude_source=_bool_arg("exclude_source"),
     )
     return jsonify(to_plain(result))
+
+
+def write_articles() -> Response:
+    """Upsert one article (the body is the article) or a batch (``{"articles": [...]}``), all or nothing."""
+    settings = _service().settings
+    require_write_key(settings)
+    payload = request.get_json(silent=True, cache=False)
+    if payload is None:
+        raise InvalidInput('the body must be JSON (Content-Type: application/json): an article or {"articles": [...]}')
+    articles = parse_write(payload, Limits(settings.max_batch_articles, settings.max_field_chars))
+    writer: Writer = current_app.extensions["newsdesk.writer"]
+    return jsonify(to_plain(writer.upsert(articles)))
+
+
+def delete_article(article_id: str) -> Response:
+    require_write_key(_service().settings)
+    writer: Writer = current_app.extensions["newsdesk.writer"]
+    return jsonify(to_plain(writer.delete([article_id])))
 
 
 def story(story_id: str) -> Response:

@@ -346,6 +346,47 @@ def check(index_dir: Path | None) -> None:
     click.echo(f"{settings.index_dir}: ok")
 
 
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_index_option
+@_model_option
+@_backend_option
+def add(sources: tuple[Path, ...], **opts: Any) -> None:
+    """Insert or replace (by id) the articles of SOURCES in an existing index, in one transaction.
+
+    A server on the same index sees them on its next request (it reloads when the store's generation moves)."""
+    from indexer.sources import read_sources
+    from indexer.update import add_articles
+    from search.embedding import make_embedder
+    from search.index import open_index
+
+    settings = Settings.from_env(**opts)
+    articles = list(read_sources(list(sources)))  # every record read and checked before anything is written
+    if not articles:
+        raise SourceError("the sources hold no articles")
+    embedder = make_embedder(settings)
+    written = add_articles(open_index(settings.index_dir, embedder), articles, embedder, settings)
+    click.echo(f"added or replaced {written} articles in {settings.index_dir}", err=True)
+
+
+@main.command()
+@click.argument("ids", nargs=-1, required=True)
+@_index_option
+def delete(ids: tuple[str, ...], index_dir: Path | None) -> None:
+    """Delete articles by id, in one transaction; an unknown id is an error and nothing is deleted."""
+    from indexer.update import delete_articles
+    from search.errors import NotFound
+    from search.index import open_index
+
+    settings = Settings.from_env(index_dir=index_dir)
+    index = open_index(settings.index_dir, None)
+    missing = [i for i in ids if index.store.aid_of(i) is None]
+    if missing:
+        raise NotFound(f"no article with id {missing[0]!r} in {settings.index_dir}")
+    deleted = delete_articles(index, list(ids))
+    click.echo(f"deleted {deleted} articles from {settings.index_dir}", err=True)
+
+
 def index_stats(directory: Path) -> dict[str, Any]:
     """What an index holds, read from its manifest and SQLite store: no model is loaded and no vector is read, so
     it answers in milliseconds for an index of any size."""

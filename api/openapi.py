@@ -417,6 +417,93 @@ def _operation(
     }
 
 
+_WRITE_RESULT = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["written", "deleted", "generation"],
+    "properties": {
+        "written": {"type": "array", "items": {"type": "string"}},
+        "deleted": {"type": "array", "items": {"type": "string"}},
+        "generation": {"type": "integer"},
+    },
+}
+
+
+def _write_errors(responses: dict[str, Any]) -> dict[str, Any]:
+    responses["401"] = _response("No key, or a wrong one (unauthorized).", "Error")
+    responses["403"] = _response("The server has no write key: writes are disabled (writes_disabled).", "Error")
+    return responses
+
+
+def _write_operation(settings: Settings) -> dict[str, Any]:
+    text = {"type": "string", "maxLength": settings.max_field_chars}
+    article_in = {
+        "type": "object",
+        "required": ["id", "title"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "minLength": 1, "maxLength": 1000},
+            "title": text,
+            "paragraphs": {"type": "array", "items": text},
+            "text": text,
+            "date": {"type": ["string", "null"], "description": "ISO 8601 date or datetime"},
+            "source": {"type": ["string", "null"]},
+            "url": {"type": ["string", "null"]},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "category": {"type": "string"},
+            "extra": {"type": "object"},
+        },
+    }
+    op = _operation(
+        "writeArticles",
+        "Insert or replace (by id) one article or a batch, all or nothing; searchable when acknowledged.",
+        [],
+        _response("What was written, and the index generation that holds it.", _WRITE_RESULT),
+    )
+    op["security"] = [{"bearer": []}]
+    op["requestBody"] = {
+        "required": True,
+        "content": {
+            JSON: {
+                "schema": {
+                    "oneOf": [
+                        article_in,
+                        {
+                            "type": "object",
+                            "required": ["articles"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "articles": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": settings.max_batch_articles,
+                                    "items": article_in,
+                                }
+                            },
+                        },
+                    ]
+                }
+            }
+        },
+    }
+    op["responses"]["413"] = _response("The body is larger than max_body_bytes.", "Error")
+    _write_errors(op["responses"])
+    return op
+
+
+def _delete_operation() -> dict[str, Any]:
+    op = _operation(
+        "deleteArticle",
+        "Delete one article (its passages, vectors and labels go with it).",
+        ["article_id"],
+        _response("What was deleted, and the index generation without it.", _WRITE_RESULT),
+        not_found=True,
+    )
+    op["security"] = [{"bearer": []}]
+    _write_errors(op["responses"])
+    return op
+
+
 def build_spec(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 document for an app serving with ``settings``."""
     try:
@@ -449,7 +536,8 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 )
             },
             "/api/articles/{article_id}": {
-                "get": _operation("getArticle", "One article by id.", ["article_id"], article, not_found=True)
+                "get": _operation("getArticle", "One article by id.", ["article_id"], article, not_found=True),
+                "delete": _delete_operation(),
             },
             "/api/articles/{article_id}/similar": {
                 "get": _operation(
@@ -507,10 +595,12 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 )
             },
             "/api/openapi.json": {"get": _operation("openapi", "This document.", [], spec_response)},
+            "/api/articles": {"post": _write_operation(settings)},
         },
         "components": {
             "schemas": _schemas(),
             "parameters": _parameters(settings),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "headers": {
                 "RequestId": {
                     "description": "The request's id: the client's X-Request-ID when sane, else a generated one.",

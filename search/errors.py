@@ -32,6 +32,20 @@ class NotFound(NewsdeskError):
     status = 404
 
 
+class Unauthorized(NewsdeskError):
+    """A request without the API key it needs, or with a wrong one."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class WritesDisabled(NewsdeskError):
+    """A write over HTTP to a server with no write key configured: refused rather than left open."""
+
+    code = "writes_disabled"
+    status = 403
+
+
 class StaleCursor(NewsdeskError):
     """A paging cursor made on an earlier state of the index: the list it walked no longer exists."""
 

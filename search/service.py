@@ -11,10 +11,11 @@ import heapq
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import partial
-from typing import Any
+from functools import partial, wraps
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -86,22 +87,101 @@ class BatchResult:
     passages: list[RankedPassage]
 
 
+class ReadWriteLock:
+    """Many readers or one writer, a waiting writer first: searches run concurrently, and an index update (FAISS
+    adds and removes, new postings and catalog) happens while no search is looking at those objects."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reads(method: F) -> F:
+    """A public read: sees the latest committed index (reloaded if another process wrote) and no half-applied
+    update of this one."""
+
+    @wraps(method)
+    def wrapper(self: SearchService, *args: Any, **kwargs: Any) -> Any:
+        self.refresh()
+        with self.lock.reading():
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class SearchService:
     def __init__(self, index: Index, embedder: Embedder, settings: Settings) -> None:
-        self.index = index
         self.embedder = embedder
         self.settings = settings
-        self.highlighter = Highlighter(embedder, index.store.sentence_vectors)
-        self.related = RelatedFinder(
-            index.store, index.articles, settings.duplicate_threshold, groups=self._duplicate_groups
-        )
-        self.lexical = MemoryBM25(index, settings.title_weight)
+        self.lock = ReadWriteLock()
+        self.attach(index)
         self.fusion = settings.fusion_config()
         self.passage_fusion = settings.fusion_config(passages=True)
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._threads = threading.local()
         _pin_blas(settings.search_threads)
+
+    def attach(self, index: Index) -> None:
+        """Serve ``index``: everything built on an index's objects is built again with it."""
+        self.index = index
+        self.generation = index.store.generation()
+        self.highlighter = Highlighter(self.embedder, index.store.sentence_vectors)
+        self.related = RelatedFinder(
+            index.store, index.articles, self.settings.duplicate_threshold, groups=self._duplicate_groups
+        )
+        self.lexical = MemoryBM25(index, self.settings.title_weight)
+
+    def refresh(self) -> None:
+        """Reopen the index if another process committed a write since it was loaded (its FAISS and BM25 caches
+        on disk are stamped with the new generation, so reopening costs a file load, no re-embedding)."""
+        current = self.index.store.generation()
+        if current == self.generation:
+            return
+        with self.lock.writing():
+            if self.index.store.generation() == self.generation:
+                return  # another request thread reloaded first
+            from search.index import open_index
+
+            self.attach(open_index(self.index.directory, None))
+
+    def wrote(self) -> None:
+        """Called by this process's writer, under the write lock, after it changed ``self.index`` in place."""
+        self.generation = self.index.store.generation()
 
     # -- validation ------------------------------------------------------------------------------------------
 
@@ -149,6 +229,7 @@ class SearchService:
             raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         return mode
 
+    @_reads
     def search(
         self,
         query: str,
@@ -421,6 +502,7 @@ class SearchService:
             if p in rows
         ]
 
+    @_reads
     def batch_search(
         self, queries: Sequence[str], k: int, mode: str | None = None, *, articles: bool = True, passages: bool = True
     ) -> list[BatchResult]:
@@ -454,14 +536,17 @@ class SearchService:
             raise NotFound(f"no article with id {article_id!r}")
         return aid
 
+    @_reads
     def article(self, article_id: str) -> Article:
         return self.index.store.article(self._aid(article_id))
 
+    @_reads
     def article_with_labels(self, article_id: str) -> tuple[Article, ArticleRef]:
         """The article, and its reference carrying its ``canonical_id`` and ``story_id``."""
         aid = self._aid(article_id)
         return self.index.store.article(aid), self._refs([aid])[aid]
 
+    @_reads
     def similar(
         self,
         article_id: str,
@@ -495,6 +580,7 @@ class SearchService:
         allowed: np.ndarray = catalog.aids[keep]
         return allowed
 
+    @_reads
     def story(self, story_id: str) -> StoryResponse:
         """Every article of a story, earliest first."""
         catalog = self.index.catalog
@@ -505,6 +591,7 @@ class SearchService:
         refs = self._refs(aids)
         return StoryResponse(story_id=story_id, articles=[refs[a] for a in aids if a in refs])
 
+    @_reads
     def timeline(self, article_id: str, k: int = 20, *, filters: Filter | None = None) -> TimelineResponse:
         """Coverage around an article in date order (background first): its story and its ``k`` nearest dated
         articles, one per duplicate group, the article itself marked."""
@@ -527,6 +614,7 @@ class SearchService:
         entries.append((aid, 1.0))
         return self._timeline(entries, aid, story, self._refs([aid])[aid], None)
 
+    @_reads
     def query_timeline(
         self, query: str, k: int = 20, mode: str | None = None, *, filters: Filter | None = None
     ) -> TimelineResponse:
@@ -608,6 +696,7 @@ class SearchService:
             return []
         return [Copy(catalog.ids[r], catalog.source_name(r)) for r in catalog.duplicate_rows(row)]
 
+    @_reads
     def health(self) -> dict[str, Any]:
         n_articles, n_passages = self.index.store.counts()
         return {

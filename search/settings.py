@@ -20,8 +20,9 @@ MODES = ("hybrid", "dense", "lexical")
 BACKENDS = ("torch", "onnx-int8")
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    """A field with its help text; a secret one stays out of ``repr`` (settings end up in logs and tracebacks)."""
+    return field(default=default, metadata={"help": help}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,19 @@ class Settings:
     max_query_chars: int = _setting(1000, "Longest query accepted.")
     max_k: int = _setting(100, "Largest k accepted by search and similar.")
     query_cache_size: int = _setting(1024, "Recent query embeddings kept in memory.")
+    api_key: str = _setting(
+        "",
+        "Key for the write endpoints (Authorization: Bearer <key>); empty: writes over HTTP are disabled.",
+        secret=True,
+    )
+    read_api_key: str = _setting(
+        "", "Key required for reads as well (the write key also reads); empty: reads are open.", secret=True
+    )
+    max_body_bytes: int = _setting(16 * 1024 * 1024, "Largest request body the API accepts.")
+    max_batch_articles: int = _setting(1000, "Most articles one write request may carry.")
+    max_field_chars: int = _setting(
+        200_000, "Longest text field of a written article (id, title, each paragraph; ids are capped at 1,000)."
+    )
     cursor_depth: int = _setting(
         1000, "Articles in the fixed ranked list a cursor walk pages through (search with cursor=*)."
     )
@@ -113,6 +127,9 @@ class Settings:
             "max_query_chars",
             "lexical_candidates",
             "cursor_depth",
+            "max_body_bytes",
+            "max_batch_articles",
+            "max_field_chars",
         )
         for name in positive:
             if getattr(self, name) < 1:

@@ -356,7 +356,7 @@ def test_index_page_is_html_with_a_search_form(client: FlaskClient) -> None:
         ("/api/articles/business/001/similar?k=101", 400, "invalid_input"),
         ("/api/articles/business/001/similar?k=two", 400, "invalid_input"),
         ("/api/nothing-here", 404, "not_found"),
-        ("/api/articles", 404, "not_found"),
+        ("/api/articles", 405, "method_not_allowed"),  # only POST (writes) lives there
         ("/api/search?q=%FF%FE", 400, "bad_encoding"),
         ("/api/search?q=rates&lang=%C3", 400, "bad_encoding"),
     ],

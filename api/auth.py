@@ -1,0 +1,60 @@
+"""API keys: ``Authorization: Bearer <key>`` for writes, and for reads when a read key is set.
+
+No write key configured means writes over HTTP are off (403), never open; a missing or wrong key is a 401 with a
+``WWW-Authenticate`` challenge. Keys are compared in constant time (``hmac.compare_digest``), so response timing
+tells nothing about how much of a guess was right. ``/api/health``, ``/api/openapi.json`` and ``/metrics`` stay open
+for load balancers, clients and scrapers.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Flask, Response, request
+
+from search.errors import Unauthorized, WritesDisabled
+from search.settings import Settings
+
+OPEN_PATHS = frozenset({"/api/health", "/api/openapi.json", "/metrics"})
+
+
+def _presented() -> bytes | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip().encode("utf-8", "surrogateescape")
+
+
+def _matches(token: bytes | None, *keys: str) -> bool:
+    if token is None:
+        return False
+    found = False
+    for key in keys:
+        if key:  # every configured key is compared, so timing does not say which one matched
+            found |= hmac.compare_digest(token, key.encode("utf-8"))
+    return found
+
+
+def require_write_key(settings: Settings) -> None:
+    if not settings.api_key:
+        raise WritesDisabled("writes are disabled: the server has no write key (set NEWSDESK_API_KEY)")
+    if not _matches(_presented(), settings.api_key):
+        raise Unauthorized("a valid write key is required: send Authorization: Bearer <key>")
+
+
+def register_auth(app: Flask, settings: Settings) -> None:
+    """The read-key check (when a read key is set) and the 401 challenge header."""
+
+    @app.before_request
+    def _read_key() -> None:
+        if not settings.read_api_key or request.path in OPEN_PATHS or request.path.startswith("/static/"):
+            return
+        if request.method in ("GET", "HEAD") and not _matches(_presented(), settings.read_api_key, settings.api_key):
+            raise Unauthorized("a valid read key is required: send Authorization: Bearer <key>")
+
+    @app.after_request
+    def _challenge(response: Response) -> Response:
+        if response.status_code == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="newsdesk"'
+        return response

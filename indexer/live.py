@@ -1,0 +1,68 @@
+"""Writes while the server serves: articles added, replaced and deleted through the API or the CLI.
+
+One writer at a time (a lock per process; SQLite serialises writers across processes). The slow part, embedding,
+runs before the write lock is taken, so searches go on meanwhile; then, under the service's write lock, one SQLite
+transaction stores the articles with their passages, vectors and labels, and FAISS, the BM25 postings and the
+catalog are brought up to it. An acknowledged write is committed (``synchronous=FULL``) and searchable; a failed
+one leaves the store as it was, and the in-memory side is reloaded from it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from indexer.build import make_chunker, new_articles
+from indexer.update import apply_changes, reusable_vectors
+from search.errors import NotFound
+from search.index import open_index
+from search.models import Article
+from search.service import SearchService
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    written: list[str]
+    deleted: list[str]
+    generation: int
+
+
+class Writer:
+    def __init__(self, service: SearchService) -> None:
+        self.service = service
+        self._lock = threading.Lock()
+
+    def upsert(self, articles: list[Article]) -> WriteResult:
+        """Insert or replace (by id) every article of the batch, in one transaction: all or nothing."""
+        svc = self.service
+        with self._lock:
+            svc.refresh()
+            index, settings = svc.index, svc.settings
+            known = reusable_vectors(index, [a.id for a in articles], settings)
+            rows, _ = new_articles(articles, make_chunker(settings, svc.embedder), svc.embedder, settings, known)
+            with svc.lock.writing():
+                self._apply(lambda: apply_changes(index, [a.id for a in articles], rows))
+                return WriteResult([a.id for a in articles], [], svc.generation)
+
+    def delete(self, article_ids: list[str]) -> WriteResult:
+        """Delete articles by id; NotFound (and nothing deleted) if any of them is not in the index."""
+        svc = self.service
+        with self._lock:
+            svc.refresh()
+            missing = [i for i in article_ids if svc.index.store.aid_of(i) is None]
+            if missing:
+                raise NotFound(f"no article with id {missing[0]!r}")
+            with svc.lock.writing():
+                self._apply(lambda: apply_changes(svc.index, list(article_ids), []))
+                return WriteResult([], list(article_ids), svc.generation)
+
+    def _apply(self, change: Callable[[], object]) -> None:
+        svc = self.service
+        try:
+            change()
+        except BaseException:
+            # SQLite rolled back; FAISS, postings or the catalog may be half-updated: serve the store's state again
+            svc.attach(open_index(svc.index.directory, None))
+            raise
+        svc.wrote()

@@ -1,0 +1,158 @@
+"""Articles written through the API, checked whole before anything is stored.
+
+A write request is all or nothing, so every article of a batch is validated first and the first problem is
+reported with its place (``articles[3].paragraphs[0]``); nothing of a rejected request reaches the store. Fields are
+the corpus fields the indexer reads (``id``, ``title``, ``paragraphs`` or ``text``, ``date``, ``source``, ``url``,
+``tags``/``category``, ``extra``); unknown fields are refused rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from search.errors import InvalidInput
+from search.models import Article
+
+MAX_ID_CHARS = 1000
+MAX_PARAGRAPHS = 2000
+MAX_TAGS = 100
+MAX_EXTRA_DEPTH = 5
+MAX_EXTRA_BYTES = 65_536
+FIELDS = {"id", "title", "paragraphs", "text", "date", "source", "url", "tags", "category", "extra"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_articles: int = 1000
+    max_field_chars: int = 200_000
+
+
+def parse_write(payload: Any, limits: Limits) -> list[Article]:
+    """The articles of a write body: one article object, or ``{"articles": [...]}``."""
+    if isinstance(payload, dict) and set(payload) == {"articles"}:
+        items = payload["articles"]
+        if not isinstance(items, list):
+            raise InvalidInput("articles must be a list of article objects")
+        if not items:
+            raise InvalidInput("articles must not be empty")
+        if len(items) > limits.max_articles:
+            raise InvalidInput(f"at most {limits.max_articles} articles per request, got {len(items)}")
+        out = [_article(item, f"articles[{i}]", limits) for i, item in enumerate(items)]
+    elif isinstance(payload, dict):
+        out = [_article(payload, "article", limits)]
+    else:
+        raise InvalidInput('the body must be an article object or {"articles": [...]}')
+    seen: set[str] = set()
+    for i, a in enumerate(out):
+        if a.id in seen:
+            raise InvalidInput(f"articles[{i}].id {a.id!r} appears twice in one request")
+        seen.add(a.id)
+    return out
+
+
+def _text(value: Any, where: str, limit: int, *, required: bool = False, empty_ok: bool = True) -> str | None:
+    if value is None:
+        if required:
+            raise InvalidInput(f"{where} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where} must be a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise InvalidInput(f"{where} is {len(value)} characters; the limit is {limit}")
+    if "\x00" in value:
+        raise InvalidInput(f"{where} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{where} is not valid Unicode (a lone surrogate)") from None
+    if not empty_ok and not value.strip():
+        raise InvalidInput(f"{where} must not be empty")
+    return value
+
+
+def _article(obj: Any, where: str, limits: Limits) -> Article:
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"{where} must be an object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - FIELDS)
+    if unknown:
+        raise InvalidInput(f"{where} has unknown fields: {', '.join(unknown)}")
+    cap = limits.max_field_chars
+    article_id = _text(obj.get("id"), f"{where}.id", MAX_ID_CHARS, required=True, empty_ok=False)
+    title = _text(obj.get("title"), f"{where}.title", cap, required=True) or ""
+    if obj.get("paragraphs") is not None and obj.get("text") is not None:
+        raise InvalidInput(f"{where} has both paragraphs and text; give one")
+    if obj.get("paragraphs") is not None:
+        raw = obj["paragraphs"]
+        if not isinstance(raw, list):
+            raise InvalidInput(f"{where}.paragraphs must be a list of strings")
+        if len(raw) > MAX_PARAGRAPHS:
+            raise InvalidInput(f"{where}.paragraphs has {len(raw)} items; the limit is {MAX_PARAGRAPHS}")
+        paragraphs = [_text(p, f"{where}.paragraphs[{i}]", cap, required=True) or "" for i, p in enumerate(raw)]
+    else:
+        text = _text(obj.get("text"), f"{where}.text", cap) or ""
+        paragraphs = [p for p in text.split("\n\n")]
+    paragraphs = [" ".join(p.split()) for p in paragraphs if p.strip()]
+    if not title.strip() and not paragraphs:
+        raise InvalidInput(f"{where} has neither a title nor any text")
+    tags = _tags(obj, where)
+    extra = obj.get("extra", {})
+    if not isinstance(extra, dict):
+        raise InvalidInput(f"{where}.extra must be an object")
+    _check_extra(extra, f"{where}.extra")
+    return Article(
+        id=article_id or "",
+        title=" ".join(title.split()),
+        paragraphs=tuple(paragraphs),
+        date=_date(obj.get("date"), f"{where}.date"),
+        source=_text(obj.get("source"), f"{where}.source", 1000),
+        url=_text(obj.get("url"), f"{where}.url", 8000),
+        tags=tags,
+        extra=extra,
+    )
+
+
+def _tags(obj: dict[str, Any], where: str) -> tuple[str, ...]:
+    if "tags" in obj and "category" in obj:
+        raise InvalidInput(f"{where} has both tags and category; give one")
+    raw = obj.get("tags", obj.get("category"))
+    if raw is None:
+        return ()
+    values = [raw] if isinstance(raw, str) else raw
+    if not isinstance(values, list) or len(values) > MAX_TAGS:
+        raise InvalidInput(f"{where}.tags must be a string or a list of at most {MAX_TAGS} strings")
+    return tuple(
+        t.strip() for i, t in enumerate(values) if (_text(t, f"{where}.tags[{i}]", 200, required=True) or "").strip()
+    )
+
+
+def _date(value: Any, where: str) -> str | None:
+    text = _text(value, where, 64)
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text).isoformat()
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        raise InvalidInput(f"{where} must be an ISO 8601 date or datetime, got {value!r}") from None
+
+
+def _check_extra(value: Any, where: str, depth: int = 0) -> None:
+    if depth > MAX_EXTRA_DEPTH:
+        raise InvalidInput(f"{where} is nested deeper than {MAX_EXTRA_DEPTH} levels")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_extra(v, f"{where}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_extra(v, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, str):
+        _text(value, where, 65_536)
+    elif not isinstance(value, int | float | bool) and value is not None:
+        raise InvalidInput(f"{where} holds a {type(value).__name__}")
+    if depth == 0 and len(json.dumps(value, ensure_ascii=False)) > MAX_EXTRA_BYTES:
+        raise InvalidInput(f"{where} is larger than {MAX_EXTRA_BYTES} characters of JSON")

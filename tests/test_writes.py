@@ -1,0 +1,220 @@
+"""Live writes: validation of whole requests, keys, limits, visibility to searches, concurrency, other processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api.app import create_app
+from indexer.live import Writer
+from search.errors import InvalidInput
+from search.index import check_index, open_index
+from search.intake import Limits, parse_write
+from search.service import SearchService
+from search.settings import Settings
+from tests.conftest import assert_error
+
+KEY = "s3cret-write-key"
+READ_KEY = "read-only-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+NEW = {
+    "id": "world/900",
+    "title": "Volcanic eruption forces evacuation of island villages",
+    "paragraphs": ["Lava flows reached the coast on Monday as thousands of islanders were moved to shelters."],
+    "date": "2024-05-02",
+    "source": "Example Wire",
+    "tags": ["world"],
+}
+
+
+def _service(tmp_path: Path, corpus_index: Path, embedder: Any, **settings: Any) -> SearchService:
+    copy = tmp_path / "live"
+    if not copy.exists():
+        shutil.copytree(corpus_index, copy)
+    return SearchService(open_index(copy, embedder), embedder, Settings(index_dir=copy, **settings))
+
+
+@pytest.fixture
+def live(tmp_path: Path, corpus_index: Path, embedder: Any) -> SearchService:
+    return _service(tmp_path, corpus_index, embedder, api_key=KEY, max_body_bytes=200_000)
+
+
+@pytest.fixture
+def live_app(live: SearchService) -> Flask:
+    app = create_app(service=live)
+    app.config["TESTING"] = False
+    return app
+
+
+@pytest.fixture
+def wclient(live_app: Flask) -> FlaskClient:
+    return live_app.test_client()
+
+
+def _count(svc: SearchService) -> int:
+    return svc.index.store.counts()[0]
+
+
+# -- what a request may carry ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ([], "article object"),
+        ({"articles": []}, "must not be empty"),
+        ({"articles": "x"}, "must be a list"),
+        ({"title": "no id"}, "article.id is required"),
+        ({"id": " ", "title": "t"}, "must not be empty"),
+        ({"id": "a", "title": 5}, "article.title must be a string"),
+        ({"id": "a", "title": "t", "body": "x"}, "unknown fields: body"),
+        ({"id": "a", "title": "t", "date": "yesterday"}, "ISO 8601"),
+        ({"id": "a", "title": "t", "paragraphs": ["ok", 3]}, "paragraphs[1] must be a string"),
+        ({"id": "a", "title": "t" * 101}, "the limit is 100"),
+        ({"id": "a", "title": "t\x00"}, "NUL"),
+        ({"id": "a", "title": "\ud800"}, "lone surrogate"),
+        ({"id": "a", "title": "", "paragraphs": []}, "neither a title nor any text"),
+        ({"id": "a", "title": "t", "extra": {"a": {"b": {"c": {"d": {"e": {"f": {}}}}}}}}, "nested deeper"),
+        ({"articles": [{"id": "a", "title": "t"}, {"id": "a", "title": "u"}]}, "appears twice"),
+        ({"articles": [{"id": str(i), "title": "t"} for i in range(4)]}, "at most 3 articles"),
+    ],
+)
+def test_bad_articles_are_refused_with_their_place(payload: Any, message: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        parse_write(payload, Limits(max_articles=3, max_field_chars=100))
+
+
+def test_a_good_article_is_normalised() -> None:
+    (a,) = parse_write({**NEW, "text": None, "date": "2024-05-02T10:00:00Z"} | {"paragraphs": [" a  b ", ""]}, Limits())
+    assert a.paragraphs == ("a b",) and a.date == "2024-05-02T10:00:00+00:00" and a.tags == ("world",)
+
+
+# -- keys ----------------------------------------------------------------------------------------------------------
+
+
+def test_writes_need_the_key_and_are_off_without_one(
+    wclient: FlaskClient, tmp_path: Path, corpus_index: Path, embedder: Any
+) -> None:
+    r = wclient.post("/api/articles", json=NEW)
+    assert_error(r, 401, "unauthorized")
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert_error(wclient.post("/api/articles", json=NEW, headers={"Authorization": "Bearer wrong"}), 401)
+    assert_error(wclient.delete("/api/articles/business/001"), 401, "unauthorized")
+    closed = create_app(service=_service(tmp_path, corpus_index, embedder)).test_client()
+    assert_error(closed.post("/api/articles", json=NEW, headers=AUTH), 403, "writes_disabled")
+
+
+def test_a_read_key_closes_reads_but_not_health(tmp_path: Path, corpus_index: Path, embedder: Any) -> None:
+    svc = _service(tmp_path, corpus_index, embedder, api_key=KEY, read_api_key=READ_KEY)
+    client = create_app(service=svc).test_client()
+    assert_error(client.get("/api/search?q=rates"), 401, "unauthorized")
+    assert client.get("/api/search?q=rates", headers={"Authorization": f"Bearer {READ_KEY}"}).status_code == 200
+    assert client.get("/api/search?q=rates", headers=AUTH).status_code == 200  # the write key reads too
+    assert client.get("/api/health").status_code == 200
+    assert_error(client.post("/api/articles", json=NEW, headers={"Authorization": f"Bearer {READ_KEY}"}), 401)
+
+
+# -- writing -------------------------------------------------------------------------------------------------------
+
+
+def test_an_acknowledged_write_is_stored_and_searchable_then_deleted(wclient: FlaskClient, live: SearchService) -> None:
+    r = wclient.post("/api/articles", json=NEW, headers=AUTH)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    body = r.get_json()
+    assert body["written"] == ["world/900"] and body["generation"] == live.index.store.generation()
+    got = wclient.get("/api/search", query_string={"q": "lava volcano evacuation"}).get_json()
+    assert got["results"][0]["article"]["id"] == "world/900"
+    assert wclient.get("/api/articles/world/900").get_json()["story_id"]
+    assert check_index(live.index.directory) == []
+    changed = {**NEW, "title": "Eruption ends as islanders return home"}
+    assert wclient.post("/api/articles", json={"articles": [changed]}, headers=AUTH).status_code == 200
+    assert wclient.get("/api/articles/world/900").get_json()["title"] == changed["title"]
+    assert wclient.delete("/api/articles/world/900", headers=AUTH).get_json()["deleted"] == ["world/900"]
+    assert_error(wclient.get("/api/articles/world/900"), 404, "not_found")
+    assert_error(wclient.delete("/api/articles/world/900", headers=AUTH), 404, "not_found")
+    assert check_index(live.index.directory) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"articles": [NEW, {**NEW, "id": "world/901", "date": "not a date"}]},  # one bad article: none stored
+        {"articles": [NEW, {"id": "world/902", "title": "x" * 300_000}]},  # too big: 413 before parsing
+        "not json at all",
+    ],
+)
+def test_a_rejected_request_stores_nothing(wclient: FlaskClient, live: SearchService, body: Any) -> None:
+    before, generation = _count(live), live.index.store.generation()
+    if isinstance(body, str):
+        r = wclient.post("/api/articles", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    else:
+        r = wclient.post("/api/articles", json=body, headers=AUTH)
+    assert 400 <= r.status_code < 500
+    assert_error(r, r.status_code)
+    assert _count(live) == before and live.index.store.generation() == generation
+    assert live.index.store.aid_of("world/900") is None
+
+
+def test_searches_keep_working_during_writes_and_see_every_write(live: SearchService) -> None:
+    writer = Writer(live)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                live.search("central bank interest rates", k=5)
+                live.similar("business/001", k=3)
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        for i in range(6):
+            writer.upsert(parse_write({**NEW, "id": f"world/9{i:02d}", "title": f"{NEW['title']} {i}"}, Limits()))
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert errors == []
+    for i in range(6):
+        assert live.article(f"world/9{i:02d}").title.endswith(str(i))
+    assert check_index(live.index.directory) == []
+
+
+def test_another_process_sees_a_write_on_its_next_request(
+    live: SearchService, tmp_path: Path, corpus_index: Path, embedder: Any
+) -> None:
+    other = _service(tmp_path, corpus_index, embedder)  # same directory, its own in-memory FAISS and postings
+    Writer(live).upsert(parse_write(NEW, Limits()))
+    hits = other.search("lava volcano evacuation", k=3).results
+    assert hits[0].article.id == "world/900"
+    assert json.dumps(other.health()["generation"]) == json.dumps(live.index.store.generation())
+
+
+def test_cli_add_and_delete(runner: Any, tmp_path: Path, corpus_index: Path, write_jsonl: Any) -> None:
+    from api.cli import main
+
+    copy = tmp_path / "cli"
+    shutil.copytree(corpus_index, copy)
+    source = write_jsonl("new.jsonl", [NEW])
+    r = runner.invoke(main, ["add", str(source), "--index", str(copy), "--backend", "torch"])
+    assert r.exit_code == 0, r.output
+    assert open_index(copy, None).store.aid_of("world/900") is not None
+    bad = runner.invoke(main, ["delete", "world/900", "no-such-id", "--index", str(copy)])
+    assert bad.exit_code == 1 and "no-such-id" in bad.output
+    assert open_index(copy, None).store.aid_of("world/900") is not None  # nothing deleted
+    assert runner.invoke(main, ["delete", "world/900", "--index", str(copy)]).exit_code == 0
+    assert open_index(copy, None).store.aid_of("world/900") is None
+    assert check_index(copy) == []
