@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from api.app import create_app
 from indexer.live import Writer
@@ -44,7 +46,7 @@ def _service(tmp_path: Path, corpus_index: Path, embedder: Any, **settings: Any)
 
 @pytest.fixture
 def live(tmp_path: Path, corpus_index: Path, embedder: Any) -> SearchService:
-    return _service(tmp_path, corpus_index, embedder, api_key=KEY, max_body_bytes=200_000)
+    return _service(tmp_path, corpus_index, embedder, api_key=KEY, max_body_bytes=200_000, max_field_chars=100_000)
 
 
 @pytest.fixture
@@ -218,3 +220,77 @@ def test_cli_add_and_delete(runner: Any, tmp_path: Path, corpus_index: Path, wri
     assert runner.invoke(main, ["delete", "world/900", "--index", str(copy)]).exit_code == 0
     assert open_index(copy, None).store.aid_of("world/900") is None
     assert check_index(copy) == []
+
+
+# -- a fuzz run over the write endpoints: only 4xx, nothing stored --------------------------------------------------
+
+_VALID = {"id": "fuzz/1", "title": "A headline", "paragraphs": ["A paragraph of text."]}
+_BAD_TEXT = st.one_of(
+    st.text(min_size=1).map(lambda t: t + "\x00"),  # NUL anywhere
+    st.sampled_from(["\ud800", "a\udfffb", "\udbff"]),  # lone surrogates (valid JSON escapes, not Unicode text)
+    st.integers(min_value=100_001, max_value=150_000).map(lambda n: "x" * n),  # over max_field_chars (100k here)
+)
+_WRONG_TYPE = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.lists(st.integers(), max_size=3))
+
+
+@st.composite
+def _bad_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
+    kind = draw(st.sampled_from(["raw", "field-type", "field-text", "unknown", "missing", "batch", "shape"]))
+    if kind == "raw":  # not JSON at all, or truncated JSON
+        raw = draw(st.one_of(st.binary(max_size=200), st.just(json.dumps(_VALID)[:-3].encode())))
+        return kind, raw
+    article: dict[str, Any] = dict(_VALID)
+    if kind == "field-type":
+        article[draw(st.sampled_from(["id", "title", "paragraphs", "date", "source", "tags", "extra"]))] = draw(
+            _WRONG_TYPE
+        )
+    elif kind == "field-text":
+        field = draw(st.sampled_from(["id", "title", "source"]))
+        article[field] = draw(_BAD_TEXT)
+    elif kind == "unknown":
+        article[
+            draw(
+                st.text(min_size=1, max_size=10).filter(
+                    lambda k: (
+                        k
+                        not in {
+                            "id",
+                            "title",
+                            "paragraphs",
+                            "text",
+                            "date",
+                            "source",
+                            "url",
+                            "tags",
+                            "category",
+                            "extra",
+                        }
+                    )
+                )
+            )
+        ] = "x"
+    elif kind == "missing":
+        del article[draw(st.sampled_from(["id", "title"]))]
+    elif kind == "shape":
+        return kind, json.dumps(draw(st.one_of(st.lists(st.integers()), st.text(), st.integers()))).encode()
+    body: Any = article
+    if kind == "batch":  # one bad article among good ones: the whole batch is refused
+        bad = {
+            **_VALID,
+            "id": "fuzz/bad",
+            "date": draw(st.text(min_size=1, max_size=20).filter(lambda t: "-" not in t)),
+        }
+        body = {"articles": [{**_VALID, "id": f"fuzz/{i}"} for i in range(draw(st.integers(0, 3)))] + [bad]}
+    return kind, json.dumps(body).encode()
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")  # the 100 kB fields make long reprs
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_bad_bodies())
+def test_fuzzed_writes_get_only_4xx_and_store_nothing(wclient: FlaskClient, live: SearchService, case: Any) -> None:
+    kind, raw = case
+    before = live.index.store.generation()
+    r = wclient.post("/api/articles", data=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert 400 <= r.status_code < 500, (kind, raw[:200], r.get_data(as_text=True))
+    assert_error(r, r.status_code)
+    assert live.index.store.generation() == before
