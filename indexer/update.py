@@ -50,9 +50,10 @@ def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -
     }
 
 
-def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle]) -> int:
+def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle], *, save: bool = True) -> int:
     """Delete and insert in one SQLite transaction, then bring FAISS, the BM25 postings and the manifest up to it;
-    returns the number of articles deleted."""
+    returns the number of articles deleted. ``save=False`` leaves writing the on-disk caches to the caller
+    (``save_state``), who may do it after letting readers back in: they are caches of the committed store."""
     dedup = index.duplicates
     if rows and dedup is None:
         dedup = load_duplicates(index.directory, index.store, index.catalog)
@@ -78,7 +79,7 @@ def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle]) -
     if rows:
         index.passages.add(np.asarray(new_pids, dtype=np.int64), np.concatenate([r.passage_vectors for r in rows]))
         index.articles.add(np.asarray(new_aids, dtype=np.int64), np.stack([r.article_vector for r in rows]))
-    if aids or rows:
+    if (aids or rows) and save:
         save_state(index)
     return len(aids)
 

@@ -230,12 +230,8 @@ def check_index(directory: Path) -> list[str]:
         problems += store.integrity_problems()
         if problems:
             return problems
-        n_articles, n_passages = store.counts()
-        counts = manifest["counts"]
-        if counts.get("articles") != n_articles:
-            problems.append(f"manifest says {counts.get('articles')} articles, SQLite holds {n_articles}")
-        if counts.get("passages") != n_passages:
-            problems.append(f"manifest says {counts.get('passages')} passages, SQLite holds {n_passages}")
+        # The manifest's counts are a cache of SQLite's, written after each commit: a crash between the two leaves
+        # them behind, which open_index repairs, so they are not compared here (the FAISS ids below are).
         dim = int(manifest["model"]["dimension"])
         for table in ("passages", "articles"):
             for ids, vecs in store.iter_vectors(table):

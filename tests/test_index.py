@@ -217,7 +217,7 @@ def test_check_index_finds_each_kind_of_damage(tmp_path: Path, corpus_index: Pat
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("DELETE FROM articles WHERE aid = 2")
     problems = check_index(copy)
-    assert any("manifest says 8 articles" in p for p in problems)
+    assert any("articles.faiss holds 8 ids, SQLite 7 articles" in p for p in problems)
 
 
 def test_check_finds_a_bm25_index_out_of_step(tmp_path: Path, corpus_index: Path) -> None:
