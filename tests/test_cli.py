@@ -465,14 +465,21 @@ def problems(result: Result) -> list[str]:
     return found
 
 
-def test_check_detects_edited_manifest_counts(runner: CliRunner, index_copy: Path) -> None:
+def test_check_accepts_manifest_counts_a_crash_left_behind_and_open_repairs_them(
+    runner: CliRunner, index_copy: Path
+) -> None:
+    """A writer killed between its commit and the manifest update leaves the counts (a cache of SQLite's) behind:
+    a legal state that the next open repairs, so check does not call it a problem (tests/test_crash.py)."""
+    from search.index import open_index
+
     manifest_path = index_copy / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     assert manifest["counts"]["articles"] == 8
     manifest["counts"]["articles"] = 9
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
-    found = problems(invoke(runner, "check", "--index", index_copy))
-    assert any("9 articles" in p and "8" in p for p in found), found
+    assert_ok(invoke(runner, "check", "--index", index_copy))
+    open_index(index_copy, None).close()
+    assert json.loads(manifest_path.read_text(encoding="utf-8"))["counts"]["articles"] == 8
 
 
 def test_check_detects_a_deleted_passage(runner: CliRunner, index_copy: Path) -> None:
