@@ -72,7 +72,6 @@ from bench.serve import (  # noqa: E402
     QueryFeed,
     Server,
     TargetRun,
-    free_port,
     get,
     log_tail,
     percentile,
@@ -640,41 +639,6 @@ def redacted_settings_env() -> dict[str, str]:
 # -- the server ---------------------------------------------------------------------------------------------------
 
 
-class KeyedServer(Server):
-    """bench/serve.py's ``Server`` started with extra environment (the run's write key).
-
-    ``Server.__init__`` builds the child's environment itself with no way to add to it, so this constructor starts
-    the same command with ``env`` added; waiting for ``/api/health``, the log tail and stopping the process group
-    are ``Server``'s. A read key inherited from this shell is dropped, so searches need no key.
-    """
-
-    def __init__(self, index: Path, workers: int, log: Path, processes: int, env: Mapping[str, str]) -> None:
-        self.port = free_port()
-        self.log = log
-        self.cmd = [
-            newsdesk_exe(),
-            "serve",
-            "--index",
-            str(index),
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-            "--workers",
-            str(workers),
-        ]
-        if processes > 1:
-            self.cmd += ["--processes", str(processes)]
-        self.backend_via = None
-        child = child_env()
-        child.pop("NEWSDESK_READ_API_KEY", None)
-        child.update(env)
-        self._log_fh = log.open("wb")
-        self.proc = subprocess.Popen(
-            self.cmd, cwd=ROOT, env=child, stdout=self._log_fh, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
 def copy_index(index: Path, dest: Path) -> dict[str, Any]:
     """Copy the index's resolved directory to ``dest`` (a plain directory, never a link back to the original)."""
     resolved = index.resolve()
@@ -959,7 +923,9 @@ def benchmark(
         copy = tmp / "index"
         index_info = copy_index(index, copy)
         index_info["copy_kept"] = keep_copy
-        server = KeyedServer(copy, workers, tmp / "server.log", processes, {"NEWSDESK_API_KEY": key})
+        # the run's write key; a read key inherited from this shell is dropped, so searches need none
+        env: dict[str, str | None] = {"NEWSDESK_API_KEY": key, "NEWSDESK_READ_API_KEY": None}
+        server = Server(copy, workers, tmp / "server.log", None, processes, env)
         try:
             health_before, startup = server.wait_ready(start_timeout)
             load["start"] = loadavg()

@@ -324,10 +324,24 @@ def serve_supports(option: str) -> bool:
 class Server:
     """``newsdesk serve`` in its own process group; ``stop`` ends the whole group (TERM, then KILL)."""
 
-    def __init__(self, index: Path, workers: int, log: Path, backend: str | None, processes: int = 1) -> None:
+    def __init__(
+        self,
+        index: Path,
+        workers: int,
+        log: Path,
+        backend: str | None,
+        processes: int = 1,
+        env: Mapping[str, str | None] | None = None,
+    ) -> None:
+        """``env`` changes the child's environment: a value sets a variable, None removes it."""
         self.port = free_port()
         self.log = log
-        env = child_env()
+        child = child_env()
+        for name, value in (env or {}).items():
+            if value is None:
+                child.pop(name, None)
+            else:
+                child[name] = value
         self.cmd = [
             newsdesk_exe(),
             "serve",
@@ -348,11 +362,11 @@ class Server:
                 self.cmd += ["--backend", backend]
                 self.backend_via = "flag"
             else:  # the setting exists before the flag does: Settings.from_env reads it all the same
-                env["NEWSDESK_BACKEND"] = backend
+                child["NEWSDESK_BACKEND"] = backend
                 self.backend_via = "env NEWSDESK_BACKEND"
         self._log_fh = log.open("wb")
         self.proc = subprocess.Popen(
-            self.cmd, cwd=ROOT, env=env, stdout=self._log_fh, stderr=subprocess.STDOUT, start_new_session=True
+            self.cmd, cwd=ROOT, env=child, stdout=self._log_fh, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def wait_ready(self, timeout: float) -> tuple[dict[str, Any], float]:

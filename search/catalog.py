@@ -106,14 +106,12 @@ class ArticleCatalog:
         tags: list[Sequence[str]],
         ids: list[str] | None = None,
         groups: dict[int, tuple[str, str]] | None = None,
-        hashes: list[str] | None = None,
     ) -> None:
         order = np.argsort(aids, kind="stable")
         self.aids = np.asarray(aids, dtype=np.int64)[order]
         self.days = np.asarray(days, dtype=np.int32)[order]
         raw_ids = ids if ids is not None else [str(a) for a in np.asarray(aids).tolist()]
         self.ids: list[str] = [raw_ids[i] for i in order.tolist()]
-        self.hashes: list[str] = [hashes[i] for i in order.tolist()] if hashes is not None else list(self.ids)
         groups = groups or {}
         self.labelled = np.asarray([int(a) in groups for a in self.aids.tolist()], dtype=bool)
         stories = [groups[a][0] if a in groups else i for a, i in zip(self.aids.tolist(), self.ids, strict=True)]
@@ -145,11 +143,7 @@ class ArticleCatalog:
     @classmethod
     def load(cls, store: Store, extra_groups: dict[int, tuple[str, str]] | None = None) -> ArticleCatalog:
         """The catalog of ``store``; ``extra_groups`` adds labels not written (a read-only index labelled on open)."""
-        rows = (
-            store.connection()
-            .execute("SELECT aid, date, source, tags, id, content_hash FROM articles ORDER BY aid")
-            .fetchall()
-        )
+        rows = store.connection().execute("SELECT aid, date, source, tags, id FROM articles ORDER BY aid").fetchall()
         return cls(
             np.asarray([r[0] for r in rows], dtype=np.int64),
             np.asarray([_day(r[1]) for r in rows], dtype=np.int32),
@@ -157,7 +151,6 @@ class ArticleCatalog:
             [tuple(json.loads(r[3])) for r in rows],
             ids=[r[4] for r in rows],
             groups={**store.groups(), **(extra_groups or {})},
-            hashes=[r[5] for r in rows],
         )
 
     def __len__(self) -> int:
@@ -202,9 +195,9 @@ class ArticleCatalog:
         """The row that speaks for a group: the earliest dated (undated last), then the smallest id."""
         return min(rows, key=lambda r: (self.days[r] == NO_DATE, int(self.days[r]), self.ids[r]))
 
-    def canonical_rows(self, rows: np.ndarray) -> np.ndarray:
-        """For each row, the row of its duplicate group's canonical article (itself when it has no duplicate)."""
-        return np.asarray([self._first(self._dup_rows[int(self.dup_codes[r])]) for r in rows.tolist()], np.int64)
+    def canonical_id(self, row: int) -> str:
+        """The id of the article that speaks for ``row``'s duplicate group (its own id when it has no duplicate)."""
+        return self.ids[self._first(self._dup_rows[int(self.dup_codes[row])])]
 
     def duplicate_rows(self, row: int) -> list[int]:
         """The other articles of ``row``'s duplicate group, canonical first, then by date and id."""

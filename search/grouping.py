@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from search.catalog import NO_DATE, ArticleCatalog, day_or_none
-from search.dedup import DedupIndex
+from search.dedup import DedupIndex, DuplicateIndex
 from search.models import PARAGRAPH_SEPARATOR
 from search.store import Store
 from search.stories import DEFAULT_STORIES, Grouped, StoryConfig, assign_stories
@@ -42,7 +42,7 @@ class Text:
 def label_new(
     catalog: ArticleCatalog,
     articles: VectorStore,
-    dedup: DedupIndex,
+    dedup: DuplicateIndex,
     ids: Sequence[str],
     vectors: np.ndarray,
     texts: Sequence[Text],
@@ -85,7 +85,7 @@ def label_unlabelled(
     catalog: ArticleCatalog,
     articles: VectorStore,
     store: Store,
-    dedup: DedupIndex,
+    dedup: DuplicateIndex,
     config: StoryConfig = DEFAULT_STORIES,
 ) -> dict[int, tuple[str, str]]:
     """Labels for every article of ``catalog`` that has none, keyed by article key (vectors from ``articles``,
@@ -136,15 +136,15 @@ def load_duplicates(directory: Path, store: Store, catalog: ArticleCatalog) -> D
     except (OSError, ValueError, KeyError):
         pass  # missing, stale or from another signature version: rebuilt below
     dedup = DedupIndex()
-    labelled = catalog.aids[catalog.labelled].tolist()
-    texts = article_texts(store, labelled)
-    for aid in labelled:
-        t = texts[int(aid)]
-        dedup.add(catalog.ids[int(catalog.positions([aid])[0])], t.body, t.date, t.headline, title=t.title)
+    rows = np.flatnonzero(catalog.labelled).tolist()
+    texts = article_texts(store, catalog.aids[rows].tolist())
+    for r in rows:
+        t = texts[int(catalog.aids[r])]
+        dedup.add(catalog.ids[r], t.body, t.date, t.headline, title=t.title)
     return dedup
 
 
-def save_duplicates(directory: Path, dedup: DedupIndex, generation: int) -> None:
+def save_duplicates(directory: Path, dedup: DuplicateIndex, generation: int) -> None:
     """Write the cache, then record the generation it matches (last, so a crash leaves it stale, not wrong)."""
     tmp = directory / f".{DUPLICATES_FILE}.tmp"
     tmp.write_bytes(dedup.to_bytes())

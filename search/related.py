@@ -43,10 +43,6 @@ class RelatedFinder:
         self._lock = threading.Lock()
 
     def vectors(self, aids: list[int]) -> np.ndarray:
-        """Article vectors (normalised means of their passages), for callers that score articles directly."""
-        return self._vectors(aids)
-
-    def _vectors(self, aids: list[int]) -> np.ndarray:
         """Article vectors from the FAISS copy in memory; from SQLite if FAISS lags the store."""
         try:
             return self._articles.reconstruct_batch(np.asarray(aids, dtype=np.int64))
@@ -80,7 +76,7 @@ class RelatedFinder:
         return [list(known[a]) for a in aids]
 
     def _search(self, aids: list[int], k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
-        vecs = self._vectors(aids)
+        vecs = self.vectors(aids)
         hashes = self._groups(aids)
         total = self._articles.count() if allowed is None else len(allowed)
         fetch = k + 8
@@ -88,7 +84,7 @@ class RelatedFinder:
             scores, ids = self._articles.search(vecs, fetch, allowed=allowed)
             cand_hashes = self._groups([int(i) for i in ids.ravel() if i >= 0])
             found = np.unique(ids[ids >= 0])
-            cand_vecs = dict(zip(found.tolist(), self._vectors(found.tolist()), strict=True))
+            cand_vecs = dict(zip(found.tolist(), self.vectors(found.tolist()), strict=True))
             out: list[list[tuple[int, float]]] = []
             short = False
             for row, aid in enumerate(aids):

@@ -683,8 +683,7 @@ class SearchService:
         for aid, row in zip(keys, rows.tolist(), strict=True):
             ref = refs[aid]
             if row >= 0:
-                canonical = catalog.ids[int(catalog.canonical_rows(np.asarray([row]))[0])]
-                out[aid] = replace(ref, canonical_id=canonical, story_id=catalog.story_labels[row])
+                out[aid] = replace(ref, canonical_id=catalog.canonical_id(row), story_id=catalog.story_labels[row])
             else:  # written by another process since the catalog was loaded: alone in both until reloaded
                 out[aid] = replace(ref, canonical_id=ref.id, story_id=ref.id)
         return out

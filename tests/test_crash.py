@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from bench.serve import free_port
 from search.index import check_index, open_index
 from tests.fakes import wire_articles
 
@@ -119,12 +119,6 @@ def _add_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
         _sound(target, acknowledged, batches)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _post(port: int, body: dict[str, Any]) -> int:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/api/articles",
@@ -143,7 +137,7 @@ def _server_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
     acknowledged: set[str] = set()
     batches: list[list[str]] = []
     for trial in range(trials):
-        port = _free_port()
+        port = free_port()
         env = {**ENV, "NEWSDESK_API_KEY": KEY}
         proc = _run(["serve", "--index", str(target), "--port", str(port)], tmp_path / "serve.log", env)
         deadline = time.monotonic() + 120

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ from typing import Any
 from click.testing import CliRunner
 
 from api.cli import main
+from bench.serve import free_port
 
 NEWSDESK = Path(sys.executable).with_name("newsdesk")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str) -> Any:
@@ -58,7 +52,7 @@ def test_serve_rejects_zero_processes(runner: CliRunner, tmp_path: Path) -> None
 
 def test_two_worker_processes_serve_one_index(sample_index: Path, tmp_path: Path) -> None:
     """Both workers are forked before loading anything, answer searches, and stop on SIGTERM."""
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "server.log").open("wb")
     args = ["serve", "--index", str(sample_index), "--port", str(port), "--processes", "2", "--workers", "2"]
     proc = subprocess.Popen(

@@ -87,7 +87,7 @@ def test_added_articles_get_labels_in_the_same_write_and_old_labels_stay(writabl
     after = dict(zip(index.catalog.ids, index.catalog.story_labels, strict=True))
     assert {i: after[i] for i in before} == before  # labels once given never change
     row = index.catalog.ids.index("sport/001-reprint")
-    assert index.catalog.ids[int(index.catalog.canonical_rows(np.asarray([row]))[0])] == "sport/001"  # earlier copy
+    assert index.catalog.canonical_id(row) == "sport/001"  # the earlier copy
     top = writable.search("football derby goals", k=3).results[0]
     assert top.article.id == "sport/001" and [c.id for c in top.also_reported] == ["sport/001-reprint"]
     consistent(writable)
@@ -117,8 +117,7 @@ def test_a_light_rewrite_joins_its_original_and_another_story_does_not(writable:
     catalog = index.catalog
 
     def canonical(article_id: str) -> str:
-        row = catalog.ids.index(article_id)
-        return catalog.ids[int(catalog.canonical_rows(np.asarray([row]))[0])]
+        return catalog.canonical_id(catalog.ids.index(article_id))
 
     assert canonical("rewrite-of-business-001") == "business/001"
     assert canonical("business/099") == "business/099"
