@@ -176,14 +176,15 @@ def article(article_id: str) -> Response:
 
 
 def similar(article_id: str) -> Response:
-    """More like this; ``exclude_story``/``exclude_source`` leave out the article's story or source, and the search
-    filters (``from``, ``to``, ``source``, ``category``) bound the candidates."""
+    """More like this; ``exclude_story``/``exclude_source`` leave out the article's story or source, the search
+    filters (``from``, ``to``, ``source``, ``category``) bound the candidates, ``scoring`` picks profile or cosine."""
     result = _service().similar(
         article_id,
         k=_int_arg("k", 10),
         filters=_filter_args(),
         exclude_story=_bool_arg("exclude_story"),
         exclude_source=_bool_arg("exclude_source"),
+        scoring=request.args.get("scoring"),
     )
     return jsonify(to_plain(result))
 

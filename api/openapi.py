@@ -16,7 +16,7 @@ from flask import Response, current_app, jsonify
 from api.logs import REQUEST_ID_HEADER
 from search.catalog import MAX_FILTER_VALUES
 from search.service import MAX_OFFSET
-from search.settings import MODES, Settings
+from search.settings import MODES, SIMILAR_SCORINGS, Settings
 
 JSON = "application/json"
 FACETS = ("source", "category", "month")
@@ -38,7 +38,7 @@ ALSO_REPORTED = {
 }
 FILTERS = ["from", "to", "source", "category", "tag"]
 SEARCH_PARAMETERS = ["q", "k", "offset", "mode", *FILTERS, "cursor", "max_per_source", "facets"]
-SIMILAR_PARAMETERS = ["k", *FILTERS, "exclude_story", "exclude_source"]
+SIMILAR_PARAMETERS = ["k", *FILTERS, "exclude_story", "exclude_source", "scoring"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -345,6 +345,13 @@ def _parameters(settings: Settings) -> dict[str, Any]:
             "in": "query",
             "description": "Leave out the articles of the article's own source.",
             "schema": {"type": "boolean", "default": False},
+        },
+        "scoring": {
+            "name": "scoring",
+            "in": "query",
+            "description": "profile: articles the same articles resemble (keeps a borderline article among its own "
+            "subject); cosine: the nearest article vectors (closest to the same event).",
+            "schema": {"type": "string", "enum": list(SIMILAR_SCORINGS), "default": settings.similar_scoring},
         },
         "timeline_k": {
             "name": "k",

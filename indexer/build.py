@@ -32,6 +32,7 @@ from search.index import (
     write_manifest,
 )
 from search.models import Article
+from search.neighbours import DEFAULT_NEIGHBOURS, load_graph
 from search.settings import Settings
 from search.store import NewArticle, SentenceVectors, Store
 
@@ -141,7 +142,9 @@ def build_index(
             dedup = DedupIndex()  # stories and duplicate groups, once every article is written
             store.set_groups(label_unlabelled(ArticleCatalog.load(store), article_vectors, store, dedup))
             save_duplicates(work, dedup, store.generation())
-            LexicalPostings.build(store).save(work)  # the in-memory BM25's postings, for this generation
+            postings = LexicalPostings.build(store)  # the in-memory BM25's postings, for this generation
+            postings.save(work)
+            load_graph(work, store, article_vectors, postings.articles, DEFAULT_NEIGHBOURS)  # more-like-this profiles
             write_manifest(work, manifest)
         finally:
             store.close()

@@ -79,6 +79,10 @@ def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle], *
     if rows:
         index.passages.add(np.asarray(new_pids, dtype=np.int64), np.concatenate([r.passage_vectors for r in rows]))
         index.articles.add(np.asarray(new_aids, dtype=np.int64), np.stack([r.article_vector for r in rows]))
+    if (aids or rows) and index.neighbours is not None:
+        index.neighbours = index.neighbours.updated(
+            aids, new_aids, index.articles, index.lexical.articles, index.store.generation()
+        )
     if (aids or rows) and save:
         save_state(index)
     return len(aids)
@@ -117,6 +121,8 @@ def save_state(index: Index) -> None:
     """FAISS caches stamped with the store's generation, then the manifest's counts."""
     save_vectors(index.directory, index.passages, index.articles, index.store.generation(), index.manifest)
     index.lexical.save(index.directory)
+    if index.neighbours is not None:
+        index.neighbours.save(index.directory)
     if index.duplicates is not None:
         save_duplicates(index.directory, index.duplicates, index.store.generation())
     n_articles, n_passages = index.store.counts()

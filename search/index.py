@@ -28,6 +28,7 @@ from search.dedup import DedupIndex
 from search.embedding import Embedder, check_compatible
 from search.errors import IndexCorrupt, IndexMissing, NewsdeskError
 from search.grouping import label_unlabelled, load_duplicates, save_duplicates
+from search.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph, load_graph
 from search.store import Store
 from search.vectors import FaissVectorStore
 
@@ -135,6 +136,7 @@ class Index:
     owners: PassageOwners
     catalog: ArticleCatalog
     duplicates: DedupIndex | None = None  # loaded when a write needs it (search/grouping.py)
+    neighbours: NeighbourGraph | None = None  # more-like-this profiles (search/neighbours.py), set by open_index
 
     @property
     def name(self) -> str:
@@ -171,7 +173,8 @@ def open_index(directory: Path, embedder: Embedder | None) -> Index:
             store.set_groups(labels)
             save_duplicates(directory, dedup, store.generation())
         catalog = ArticleCatalog.load(store, labels)
-    return Index(directory, manifest, store, passages, articles, lexical, owners, catalog, dedup)
+    neighbours = load_graph(directory, store, articles, lexical.articles, DEFAULT_NEIGHBOURS)
+    return Index(directory, manifest, store, passages, articles, lexical, owners, catalog, dedup, neighbours)
 
 
 def load_vectors(directory: Path, store: Store, manifest: dict[str, Any]) -> tuple[FaissVectorStore, FaissVectorStore]:

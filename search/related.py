@@ -4,6 +4,10 @@ No text is re-embedded: the vectors were stored at build time. An article's exac
 paragraphs under another id, or a vector closer than the duplicate threshold) are never offered as "related", and
 copies of one story are listed once.
 
+Related stories under search results rank by cosine: they should be the same event's coverage. "More like this"
+(``SearchService.similar``) ranks by shared neighbours (``search/neighbours.py``), which keeps a borderline article
+among its own subject's articles.
+
 An article's neighbours do not depend on the query, and the same popular articles fill many result pages, so they
 are cached per process until the store's generation changes (any write, by this process or another).
 """
@@ -16,6 +20,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from search.neighbours import NeighbourGraph
 from search.store import Store
 from search.vectors import VectorStore
 
@@ -30,14 +35,17 @@ class RelatedFinder:
         duplicate_threshold: float,
         cache_size: int = 16384,
         groups: GroupOf | None = None,
+        graph: Callable[[], NeighbourGraph | None] | None = None,
     ) -> None:
         """``groups`` maps article keys to their duplicate group (articles of one group are listed once, and never
-        for each other); without it, exact copies are recognised by their stored content hashes."""
+        for each other); without it, exact copies are recognised by their stored content hashes. ``graph`` gives
+        the index's current shared-neighbour graph (it is replaced on every write)."""
         self._store = store
         self._groups: GroupOf = groups or store.content_hashes
+        self._graph: Callable[[], NeighbourGraph | None] = graph or (lambda: None)
         self._articles = articles
         self._threshold = duplicate_threshold
-        self._cache: OrderedDict[tuple[int, int], list[tuple[int, float]]] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, int, bool], list[tuple[int, float]]] = OrderedDict()
         self._cache_size = cache_size
         self._generation: int | None = None
         self._lock = threading.Lock()
@@ -49,28 +57,33 @@ class RelatedFinder:
         except KeyError:
             return np.stack([self._store.article_vector(a) for a in aids])
 
-    def nearest(self, aids: list[int], k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
-        """For each article key, up to ``k`` (article key, cosine) of other, non-duplicate articles, best first;
-        ``allowed`` (sorted keys) limits the candidates (a filter; such answers are not cached)."""
-        if not aids or k <= 0:
+    def nearest(
+        self, aids: list[int], k: int, allowed: np.ndarray | None = None, *, profile: bool = False
+    ) -> list[list[tuple[int, float]]]:
+        """For each article key, up to ``k`` (article key, score) of other, non-duplicate articles, best first;
+        ``allowed`` (sorted keys) limits the candidates (a filter; such answers are not cached). The score is the
+        article vectors' cosine, or with ``profile`` the shared-neighbour score of ``search/neighbours.py`` (an
+        article the graph lacks, or a list the graph cannot fill, falls back to, or is topped up by, cosine)."""
+        if not aids or k <= 0 or (allowed is not None and not len(allowed)):
             return [[] for _ in aids]
+        search = self._profile_search if profile and self._graph() is not None else self._search
         if allowed is not None:
-            return self._search(aids, k, allowed)
+            return search(aids, k, allowed)
         generation = self._store.generation()
         with self._lock:
             if generation != self._generation:
                 self._cache.clear()
                 self._generation = generation
-            known = {a: self._cache[(a, k)] for a in aids if (a, k) in self._cache}
+            known = {a: self._cache[(a, k, profile)] for a in aids if (a, k, profile) in self._cache}
             for a in known:
-                self._cache.move_to_end((a, k))
+                self._cache.move_to_end((a, k, profile))
         todo = list(dict.fromkeys(a for a in aids if a not in known))
         if todo:
-            known.update(zip(todo, self._search(todo, k), strict=True))
+            known.update(zip(todo, search(todo, k), strict=True))
             with self._lock:
                 if generation == self._generation:
                     for a in todo:
-                        self._cache[(a, k)] = known[a]
+                        self._cache[(a, k, profile)] = known[a]
                     while len(self._cache) > self._cache_size:
                         self._cache.popitem(last=False)
         return [list(known[a]) for a in aids]
@@ -82,29 +95,68 @@ class RelatedFinder:
         fetch = k + 8
         while True:
             scores, ids = self._articles.search(vecs, fetch, allowed=allowed)
-            cand_hashes = self._groups([int(i) for i in ids.ravel() if i >= 0])
-            found = np.unique(ids[ids >= 0])
-            cand_vecs = dict(zip(found.tolist(), self.vectors(found.tolist()), strict=True))
             out: list[list[tuple[int, float]]] = []
             short = False
             for row, aid in enumerate(aids):
-                picked: list[tuple[int, float]] = []
-                seen = {hashes.get(aid)}
-                picked_vecs: list[np.ndarray] = []
-                for score, other in zip(scores[row], ids[row], strict=True):
-                    other = int(other)
-                    if other < 0 or other == aid or score >= self._threshold or cand_hashes.get(other) in seen:
-                        continue
-                    vec = cand_vecs[other]
-                    if any(float(vec @ v) >= self._threshold for v in picked_vecs):
-                        continue  # a copy of a story already listed: one entry per story
-                    seen.add(cand_hashes.get(other))
-                    picked_vecs.append(vec)
-                    picked.append((other, float(score)))
-                    if len(picked) == k:
-                        break
+                found = [(int(o), float(s)) for s, o in zip(scores[row], ids[row], strict=True) if o >= 0]
+                picked = self._pick(aid, hashes.get(aid), vecs[row], found, k)
                 short = short or (len(picked) < k and ids[row][-1] >= 0)
                 out.append(picked)
             if not short or fetch >= total:
                 return out
             fetch = min(total, fetch * 4)
+
+    def _profile_search(
+        self, aids: list[int], k: int, allowed: np.ndarray | None = None
+    ) -> list[list[tuple[int, float]]]:
+        graph = self._graph()
+        vecs = self.vectors(aids)
+        hashes = self._groups(aids)
+        out: list[list[tuple[int, float]]] = []
+        for row, aid in enumerate(aids):
+            keys, scores = (
+                graph.rank(aid, allowed) if graph is not None and aid in graph else (np.zeros(0), np.zeros(0))
+            )
+            if not len(keys):  # not in the graph, or shares no neighbour (a tiny corpus has no profiles): cosine
+                out.append(self._search([aid], k, allowed)[0])
+                continue
+            picked: list[tuple[int, float]] = []
+            fetch = k + 8
+            while True:
+                found = list(zip(keys[:fetch].tolist(), scores[:fetch].tolist(), strict=True))
+                picked = self._pick(aid, hashes.get(aid), vecs[row], found, k)
+                if len(picked) == k or fetch >= len(keys):
+                    break
+                fetch *= 4
+            if len(picked) < k:  # too few articles share a neighbour with it (a tight filter): cosine fills up,
+                have = set(keys.tolist())  # scored 0, below every article that shares one
+                extra = [(a, 0.0) for a, _ in self._search([aid], k + len(picked), allowed)[0] if a not in have]
+                picked = self._pick(aid, hashes.get(aid), vecs[row], picked + extra, k)
+            out.append(picked)
+        return out
+
+    def _pick(
+        self, aid: int, group: Hashable, vector: np.ndarray, found: list[tuple[int, float]], k: int
+    ) -> list[tuple[int, float]]:
+        """The first ``k`` of ``found`` (other article, score), best first, that are neither the article, nor a copy
+        of it (its duplicate group, or a cosine at the duplicate threshold), nor a copy of one already picked."""
+        candidates = [o for o, _ in found if o != aid]
+        cand_groups = self._groups(candidates)
+        cand_vecs = dict(zip(candidates, self.vectors(candidates), strict=True)) if candidates else {}
+        picked: list[tuple[int, float]] = []
+        seen = {group}
+        picked_vecs: list[np.ndarray] = []
+        for other, score in found:
+            if other == aid or cand_groups.get(other) in seen:
+                continue
+            vec = cand_vecs[other]
+            if float(vec @ vector) >= self._threshold:
+                continue  # the same text under another id
+            if any(float(vec @ v) >= self._threshold for v in picked_vecs):
+                continue  # a copy of a story already listed: one entry per story
+            seen.add(cand_groups.get(other))
+            picked_vecs.append(vec)
+            picked.append((other, score))
+            if len(picked) == k:
+                break
+        return picked

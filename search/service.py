@@ -45,7 +45,7 @@ from search.models import (
 from search.paging import START as CURSOR_START
 from search.paging import Cursor, diversify, fingerprint, resume
 from search.related import RelatedFinder
-from search.settings import MODES, Settings
+from search.settings import MODES, SIMILAR_SCORINGS, Settings
 from search.store import StoredPassage
 
 MAX_OFFSET = 10_000
@@ -162,7 +162,11 @@ class SearchService:
         self.generation = index.store.generation()
         self.highlighter = Highlighter(self.embedder, index.store.sentence_vectors)
         self.related = RelatedFinder(
-            index.store, index.articles, self.settings.duplicate_threshold, groups=self._duplicate_groups
+            index.store,
+            index.articles,
+            self.settings.duplicate_threshold,
+            groups=self._duplicate_groups,
+            graph=lambda: self.index.neighbours,
         )
         self.lexical = MemoryBM25(index, self.settings.title_weight)
 
@@ -555,12 +559,21 @@ class SearchService:
         filters: Filter | None = None,
         exclude_story: bool = False,
         exclude_source: bool = False,
+        scoring: str | None = None,
     ) -> SimilarResponse:
         """More like this: the nearest other articles, one per duplicate group and never the article's own copies;
-        optionally not from its story or its source, and only within ``filters`` (a date window, sources...)."""
+        optionally not from its story or its source, and only within ``filters`` (a date window, sources...).
+        ``scoring`` (default: the ``similar_scoring`` setting): ``profile`` ranks by shared neighbours, which keeps
+        an article among its subject's articles (BBC category precision@5 0.964 against 0.923, ``bench/mlt.py``);
+        ``cosine`` by the article vectors' cosine, which keeps more of the same event's coverage on top (on
+        Reuters, 45% of the top 5 in the article's own story against 36%)."""
         self.validate_k(k)
+        scoring = self.settings.similar_scoring if scoring is None else scoring
+        if scoring not in SIMILAR_SCORINGS:
+            raise InvalidInput(f"scoring must be one of {', '.join(SIMILAR_SCORINGS)}, got {scoring!r}")
         aid = self._aid(article_id)
-        nearest = self.related.nearest([aid], k, self._similar_allowed(aid, filters, exclude_story, exclude_source))[0]
+        allowed = self._similar_allowed(aid, filters, exclude_story, exclude_source)
+        nearest = self.related.nearest([aid], k, allowed, profile=scoring == "profile")[0]
         refs = self._refs([aid] + [a for a, _ in nearest])
         results = [SimilarResult(refs[a], round(s, 6), self._copies(a)) for a, s in nearest]
         return SimilarResponse(article=refs[aid], results=results)

@@ -18,6 +18,7 @@ from search.fusion import Fusion
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODES = ("hybrid", "dense", "lexical")
 BACKENDS = ("torch", "onnx-int8")
+SIMILAR_SCORINGS = ("profile", "cosine")
 
 
 def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -78,6 +79,11 @@ class Settings:
     lexical_candidates: int = _setting(100, "Articles and passages taken from BM25 per query before fusion.")
     passages_per_result: int = _setting(3, "Best passages shown under each article.")
     related_per_result: int = _setting(3, "Related stories listed under each search result.")
+    similar_scoring: str = _setting(
+        "profile",
+        "More like this ranks by: profile (shared neighbours over article vectors and tf-idf, search/neighbours.py) "
+        "or cosine (the article vectors' cosine alone).",
+    )
     duplicate_threshold: float = _setting(
         0.995, "Article-vector cosine at or above which two articles count as exact duplicates."
     )
@@ -137,6 +143,8 @@ class Settings:
         for name in ("passages_per_result", "related_per_result", "min_passage_chars", "query_cache_size"):
             if getattr(self, name) < 0:
                 raise InvalidInput(f"setting {name} must not be negative, got {getattr(self, name)}")
+        if self.similar_scoring not in SIMILAR_SCORINGS:
+            raise InvalidInput(f"setting similar_scoring must be one of {', '.join(SIMILAR_SCORINGS)}")
         if not 0.0 < self.duplicate_threshold <= 1.0:
             raise InvalidInput("setting duplicate_threshold must be in (0, 1]")
         if self.mode not in MODES:

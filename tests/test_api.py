@@ -295,6 +295,13 @@ def test_similar_respects_k(client: FlaskClient) -> None:
     assert len(client.get("/api/similar", query_string={"id": "business/003", "k": 3}).get_json()["results"]) == 3
 
 
+def test_similar_takes_a_scoring(client: FlaskClient) -> None:
+    for scoring in ("profile", "cosine"):
+        body = client.get(f"/api/articles/sport/001/similar?scoring={scoring}&k=3").get_json()
+        assert len(body["results"]) == 3
+    assert_error(client.get("/api/articles/sport/001/similar?scoring=bm25"), 400, "invalid_input")
+
+
 # -- /api/health and / -----------------------------------------------------------------------------------------
 
 

@@ -127,7 +127,8 @@ def test_similar_uses_stored_vectors_and_excludes_duplicates(service: SearchServ
     assert "business/001" not in got and "copy-of-business-001" not in got
     assert got[0] == "business/003"
     assert len(got) == 6  # 8 articles less itself and its duplicate
-    # the score is the cosine of stored article vectors
+    # 8 articles are too few for shared-neighbour profiles (search/neighbours.py): the score is the cosine of
+    # stored article vectors
     store = service.index.store
     a, b = store.aid_of("business/001"), store.aid_of("business/003")
     assert a is not None and b is not None

@@ -230,7 +230,10 @@ _BAD_TEXT = st.one_of(
     st.sampled_from(["\ud800", "a\udfffb", "\udbff"]),  # lone surrogates (valid JSON escapes, not Unicode text)
     st.integers(min_value=100_001, max_value=150_000).map(lambda n: "x" * n),  # over max_field_chars (100k here)
 )
-_WRONG_TYPE = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.lists(st.integers(), max_size=3))
+# (an empty list is no wrong type: paragraphs [] is a headline-only article, tags [] none)
+_WRONG_TYPE = st.one_of(
+    st.integers(), st.floats(allow_nan=False), st.booleans(), st.lists(st.integers(), min_size=1, max_size=3)
+)
 
 
 @st.composite
@@ -278,7 +281,8 @@ def _bad_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
         bad = {
             **_VALID,
             "id": "fuzz/bad",
-            "date": draw(st.text(min_size=1, max_size=20).filter(lambda t: "-" not in t)),
+            # not a date (a blank one is: it means "undated")
+            "date": draw(st.text(min_size=1, max_size=20).filter(lambda t: "-" not in t and t.strip() != "")),
         }
         body = {"articles": [{**_VALID, "id": f"fuzz/{i}"} for i in range(draw(st.integers(0, 3)))] + [bad]}
     return kind, json.dumps(body).encode()

@@ -1,0 +1,279 @@
+"""Shared-neighbour profiles (search/neighbours.py) against a brute-force numpy oracle, kept up to date by writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from indexer.build import build_index
+from indexer.sources import read_sources
+from indexer.update import add_articles, delete_articles
+from search.bm25 import Postings
+from search.catalog import Filter
+from search.errors import InvalidInput
+from search.index import open_index
+from search.models import Article
+from search.neighbours import NeighbourConfig, NeighbourGraph
+from search.service import SearchService
+from search.settings import Settings
+from search.vectors import FaissVectorStore
+from tests.fakes import HashEmbedder, wire_articles
+
+WORDS = [f"t{i}" for i in range(60)]
+
+
+def synthetic(n: int, seed: int, start: int = 1) -> tuple[np.ndarray, np.ndarray, list[tuple[int, tuple[str, str]]]]:
+    """``n`` articles from key ``start``: unit vectors in 5 clusters and texts of words drawn near their cluster."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).normal(size=(5, 16))
+    labels = rng.integers(0, 5, size=n)
+    vecs = (centres[labels] + rng.normal(scale=1.5, size=(n, 16))).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    rows = []
+    for i, c in enumerate(labels):
+        words = [WORDS[int(w)] for w in (c * 12 + rng.integers(0, 20, size=15)) % len(WORDS)]
+        body = " ".join(words[3:]) + (" common" if i % 2 else "")  # in half the articles: max_df drops it
+        rows.append((start + i, (" ".join(words[:3]), body)))
+    return np.arange(start, start + n, dtype=np.int64), vecs, rows
+
+
+def oracle_terms(postings: Postings, keys: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    """Dense tf-idf rows: (1 + ln tf) × idf, L2-normalised, straight from the postings."""
+    out = np.zeros((len(keys), len(idf)), dtype=np.float64)
+    row_of = {int(r): i for i, r in enumerate(postings.rowids)}
+    wanted = {row_of[int(k)]: j for j, k in enumerate(keys)}
+    for t in range(len(postings.indptr) - 1):
+        for p in range(int(postings.indptr[t]), int(postings.indptr[t + 1])):
+            j = wanted.get(int(postings.docs[p]))
+            if j is not None:
+                out[j, t] = (1 + np.log(postings.tfs[:, p].sum())) * idf[t]
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms > 0, norms, 1)
+
+
+def oracle_idf(postings: Postings, max_df: float) -> np.ndarray:
+    n = postings.rows
+    df = np.diff(postings.indptr)
+    return np.where(df > max_df * n, 0.0, np.log((1 + n) / (1 + df)) + 1)
+
+
+def oracle_profiles(vecs: np.ndarray, terms: np.ndarray, rows: np.ndarray, config: NeighbourConfig) -> np.ndarray:
+    """Profiles of ``rows`` over all articles, as dense rows."""
+    n = len(vecs)
+    k = min(config.k, n // 10)
+    out = np.zeros((len(rows), n))
+    for j, i in enumerate(rows):
+        fused = np.zeros(n)
+        for weight, sim in ((config.dense_weight, vecs @ vecs[i]), (1 - config.dense_weight, terms @ terms[i])):
+            others = np.delete(sim, i)
+            fused += weight * sim / (others.max() if others.max() > 0 else 1)
+        fused[i] = -np.inf
+        top = np.argsort(-fused, kind="stable")[:k]
+        out[j, top] = np.maximum(fused[top], 0)
+        out[j, i] = 1.0
+        out[j] /= np.linalg.norm(out[j])
+    return out
+
+
+CONFIG = NeighbourConfig(k=20, dense_weight=0.3, max_df=0.3)
+
+
+def test_profiles_and_ranking_match_the_oracle() -> None:
+    keys, vecs, rows = synthetic(300, seed=1)
+    postings = Postings.build(rows, 2)
+    graph = NeighbourGraph.build(keys, vecs, postings, generation=7, config=CONFIG)
+    idf = oracle_idf(postings, CONFIG.max_df)
+    assert idf[postings.vocab["common"]] == 0 and np.allclose(graph.idf, idf, atol=1e-6)
+    terms = oracle_terms(postings, keys, idf)
+    profiles = oracle_profiles(vecs.astype(np.float64), terms, np.arange(len(keys)), CONFIG)
+    assert np.allclose(graph.profiles.toarray(), profiles, atol=1e-5)
+    assert (graph.profiles.getnnz(axis=1) == CONFIG.k + 1).all()
+    scores = profiles @ profiles.T
+    for i in (0, 17, 299):
+        got_keys, got_scores = graph.rank(int(keys[i]))
+        expected = [j for j in np.argsort(-scores[i], kind="stable") if j != i and scores[i, j] > 0]
+        assert sorted(got_keys.tolist()) == sorted(keys[expected].tolist())
+        assert np.allclose(got_scores, scores[i, np.searchsorted(keys, got_keys)], atol=1e-5)
+        assert (np.diff(got_scores) <= 1e-7).all()
+    allowed = keys[::3]
+    got_keys, _ = graph.rank(int(keys[5]), allowed)
+    assert set(got_keys.tolist()) <= set(allowed.tolist()) and got_keys.size
+    with pytest.raises(KeyError):
+        graph.rank(10_000)
+
+
+def test_a_small_corpus_gets_short_profiles() -> None:
+    keys, vecs, rows = synthetic(25, seed=2)
+    graph = NeighbourGraph.build(keys, vecs, Postings.build(rows, 2), generation=1, config=CONFIG)
+    assert (graph.profiles.getnnz(axis=1) == 25 // 10 + 1).all()
+    keys, vecs, rows = synthetic(5, seed=2)
+    graph = NeighbourGraph.build(keys, vecs, Postings.build(rows, 2), generation=1, config=CONFIG)
+    assert (graph.profiles.getnnz(axis=1) == 1).all()  # itself only: no ranking, similar() falls back to cosine
+    assert graph.rank(int(keys[0]))[0].size == 0
+
+
+def vector_store(keys: np.ndarray, vecs: np.ndarray) -> FaissVectorStore:
+    store = FaissVectorStore(vecs.shape[1])
+    store.add(keys, vecs)
+    return store
+
+
+def test_an_update_profiles_new_articles_like_a_build_and_drops_deleted_ones() -> None:
+    keys, vecs, rows = synthetic(300, seed=3)
+    postings = Postings.build(rows, 2)
+    graph = NeighbourGraph.build(keys, vecs, postings, generation=1, config=CONFIG)
+    new_keys, new_vecs, new_rows = synthetic(20, seed=4, start=301)
+    new_rows[0] = (301, ("unseen words", "brand new vocabulary here"))
+    deleted = keys[[3, 50, 51]]
+    postings2 = postings.without(deleted.tolist()).extended(new_rows)
+    store = vector_store(np.concatenate([keys, new_keys]), np.concatenate([vecs, new_vecs]))
+    store.remove(deleted)
+    updated = graph.updated(deleted.tolist(), new_keys.tolist(), store, postings2, generation=2)
+    assert updated is not None
+    live = np.setdiff1d(np.concatenate([keys, new_keys]), deleted)
+    assert np.array_equal(updated.keys, live) and updated.changed == 23 and updated.generation == 2
+    # the profiles of older articles are kept, without the deleted articles
+    old_rows = np.flatnonzero(~np.isin(keys, deleted))
+    kept = graph.profiles.toarray()[old_rows][:, old_rows]
+    assert np.allclose(updated.profiles.toarray()[: len(old_rows), : len(old_rows)], kept)
+    # new articles are profiled against every live article, as a build would with the graph's idf (a term first
+    # seen now weighs as a term seen once)
+    assert len(updated.idf) == len(postings2.vocab) > len(graph.idf)
+    terms = oracle_terms(postings2, live, updated.idf)
+    vecs_live = store.reconstruct_batch(live).astype(np.float64)
+    expected = oracle_profiles(vecs_live, terms, np.arange(len(old_rows), len(live)), CONFIG)
+    assert np.allclose(updated.profiles.toarray()[len(old_rows) :], expected, atol=1e-5)
+    assert int(new_keys[0]) in updated and int(deleted[0]) not in updated
+    assert int(deleted[0]) not in updated.rank(int(new_keys[1]))[0].tolist()
+
+
+def test_enough_changes_rebuild_every_profile() -> None:
+    keys, vecs, rows = synthetic(100, seed=5)
+    postings = Postings.build(rows, 2)
+    graph = NeighbourGraph.build(keys, vecs, postings, generation=1, config=CONFIG)
+    new_keys, new_vecs, new_rows = synthetic(25, seed=6, start=101)  # 25 of 125 articles: the rebuild share
+    postings2 = postings.extended(new_rows)
+    store = vector_store(np.concatenate([keys, new_keys]), np.concatenate([vecs, new_vecs]))
+    updated = graph.updated([], new_keys.tolist(), store, postings2, generation=2)
+    assert updated is not None
+    rebuilt = NeighbourGraph.build(updated.keys, store.reconstruct_batch(updated.keys), postings2, 2, CONFIG)
+    assert updated.changed == 0
+    assert np.allclose(updated.profiles.toarray(), rebuilt.profiles.toarray(), atol=1e-6)
+
+
+def test_save_and_load_round_trip_and_stale_stamps(tmp_path: Path) -> None:
+    keys, vecs, rows = synthetic(120, seed=7)
+    graph = NeighbourGraph.build(keys, vecs, Postings.build(rows, 2), generation=4, config=CONFIG)
+    graph.save(tmp_path)
+    loaded = NeighbourGraph.load(tmp_path, 4, CONFIG)
+    assert loaded is not None
+    assert np.array_equal(loaded.keys, graph.keys) and np.allclose(loaded.idf, graph.idf)
+    assert (loaded.profiles != graph.profiles).nnz == 0 and (loaded.terms != graph.terms).nnz == 0
+    assert np.array_equal(loaded.rank(int(keys[9]))[0], graph.rank(int(keys[9]))[0])
+    assert NeighbourGraph.load(tmp_path, 5, CONFIG) is None  # another generation
+    assert NeighbourGraph.load(tmp_path, 4, NeighbourConfig(k=10)) is None  # another configuration
+    (tmp_path / "neighbours.npz").write_bytes(b"damaged")
+    assert NeighbourGraph.load(tmp_path, 4, CONFIG) is None
+
+
+# -- in the service -------------------------------------------------------------------------------------------------
+
+
+def test_similar_ranks_by_profiles(wire_service: SearchService) -> None:
+    graph = wire_service.index.neighbours
+    assert graph is not None and len(graph.keys) == 600
+    response = wire_service.similar("wire/0007", k=10)
+    store = wire_service.index.store
+    aid = store.aid_of("wire/0007")
+    assert aid is not None
+    profiles = graph.profiles.toarray()
+    me = profiles[np.searchsorted(graph.keys, aid)]
+    for r in response.results:
+        other = store.aid_of(r.article.id)
+        assert other is not None
+        assert r.score == pytest.approx(float(me @ profiles[np.searchsorted(graph.keys, other)]), abs=1e-5)
+    scores = [r.score for r in response.results]
+    assert len(scores) == 10 and scores == sorted(scores, reverse=True)
+    # on the hashing embedder's wire stories, shared neighbours keep an article among its own topic
+    topic = {r["id"]: r["category"] for r in wire_articles()}
+    assert sum(topic[r.article.id] == topic["wire/0007"] for r in response.results) >= 8
+
+
+def wire_index(tmp_path: Path, n: int) -> tuple[Path, list[dict[str, Any]]]:
+    rows = wire_articles(n, seed=11)
+    source = tmp_path / "wire.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    target = tmp_path / "wire"
+    build_index(read_sources([source]), target, Settings(index_dir=target), HashEmbedder(), progress=False)
+    return target, rows
+
+
+def test_writes_keep_the_graph_in_step_with_the_index_on_disk(tmp_path: Path) -> None:
+    target, rows = wire_index(tmp_path, 200)
+    embedder, settings = HashEmbedder(), Settings(index_dir=target)
+    index = open_index(target, embedder)
+    add_articles(
+        index,
+        [Article(id="wire/new", title=rows[0]["title"], paragraphs=tuple(rows[0]["paragraphs"]), date="1987-06-01")],
+        embedder,
+        settings,
+    )
+    delete_articles(index, ["wire/0001", "wire/0002"])
+    graph = index.neighbours
+    assert graph is not None and np.array_equal(graph.keys, np.sort(index.articles.ids()))
+    assert graph.generation == index.store.generation() and graph.changed == 3
+    new = index.store.aid_of("wire/new")
+    assert new is not None and new in graph
+    index.close()
+    reopened = open_index(target, embedder)  # the saved graph is current: loaded as it was, not rebuilt
+    assert reopened.neighbours is not None and reopened.neighbours.changed == 3
+    assert (reopened.neighbours.profiles != graph.profiles).nnz == 0
+    service = SearchService(reopened, embedder, settings)
+    got = [r.article.id for r in service.similar("wire/new", k=5).results]
+    assert len(got) == 5 and not {"wire/0001", "wire/0002", "wire/new"} & set(got)
+
+
+def test_scoring_can_be_chosen_per_request(wire_service: SearchService) -> None:
+    store = wire_service.index.store
+    aid = store.aid_of("wire/0007")
+    assert aid is not None
+    cosine = wire_service.similar("wire/0007", k=10, scoring="cosine").results
+    profile = wire_service.similar("wire/0007", k=10, scoring="profile").results
+    me = store.article_vector(aid)
+    for r in cosine:
+        other = store.aid_of(r.article.id)
+        assert other is not None
+        assert r.score == pytest.approx(float(me @ store.article_vector(other)), abs=1e-5)
+    assert [r.article.id for r in profile] == [r.article.id for r in wire_service.similar("wire/0007", k=10).results]
+    assert [r.score for r in cosine] != [r.score for r in profile]
+    with pytest.raises(InvalidInput, match="scoring must be one of profile, cosine"):
+        wire_service.similar("wire/0007", scoring="tf-idf")
+
+
+def test_no_graph_above_the_size_limit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import search.neighbours as neighbours
+
+    keys, vecs, rows = synthetic(120, seed=8)
+    postings = Postings.build(rows, 2)
+    graph = NeighbourGraph.build(keys, vecs, postings, generation=1, config=CONFIG)
+    monkeypatch.setattr(neighbours, "MAX_ARTICLES", 119)
+    assert graph.updated([], [], vector_store(keys, vecs), postings, generation=2) is None
+
+    class FakeStore:
+        def generation(self) -> int:
+            return 1
+
+    got = neighbours.load_graph(tmp_path, FakeStore(), vector_store(keys, vecs), postings, CONFIG)  # type: ignore[arg-type]
+    assert got is None and not (tmp_path / "neighbours.npz").exists()
+
+
+def test_filters_that_match_nothing_give_empty_lists(wire_service: SearchService) -> None:
+    nothing = Filter(tags=("no such topic",))
+    for scoring in ("profile", "cosine"):
+        assert wire_service.similar("wire/0007", k=5, filters=nothing, scoring=scoring).results == []
+    timeline = wire_service.timeline("wire/0007", k=5, filters=nothing)
+    assert [e.article.id for e in timeline.entries] == ["wire/0007"]
