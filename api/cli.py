@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from search.errors import NewsdeskError, SourceError
+from search.milvus import STORES
 from search.models import to_plain
 from search.settings import BACKENDS, MODES, Settings
 
@@ -47,6 +48,16 @@ def _backend_option(f: Any) -> Any:
     return click.option("--backend", type=click.Choice(BACKENDS), default=None, help=HELP["backend"])(f)
 
 
+def _store_options(f: Any) -> Any:
+    """The vector store a build uses (recorded in the manifest; opening an index always uses its own)."""
+    f = click.option("--milvus-search", default=None, help=HELP["milvus_search"])(f)
+    f = click.option("--milvus-index-params", default=None, help=HELP["milvus_index_params"])(f)
+    f = click.option("--milvus-index", default=None, help=HELP["milvus_index"])(f)
+    f = click.option("--milvus-uri", default=None, help=HELP["milvus_uri"] + " [env NEWSDESK_MILVUS_URI]")(f)
+    store_help = HELP["store"] + " [env NEWSDESK_STORE; default faiss]"
+    return click.option("--store", type=click.Choice(STORES), default=None, help=store_help)(f)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """newsdesk: semantic search over news articles."""
@@ -62,6 +73,7 @@ def main() -> None:
 @click.option("--title-context/--no-title-context", default=None, help=HELP["title_context"])
 @click.option("--faiss-factory", default=None, help=HELP["faiss_factory"])
 @click.option("--faiss-search", default=None, help=HELP["faiss_search"])
+@_store_options
 @_backend_option
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
@@ -128,11 +140,18 @@ def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> No
     from api.app import create_app
     from api.server import serve as run_server
     from search.index import read_manifest
+    from search.milvus import is_lite
 
     if workers < 1 or processes < 1:
         raise click.UsageError("--workers and --processes must be at least 1")
     settings = Settings.from_env(**opts)
-    read_manifest(settings.index_dir)  # a missing or unfinished index fails here, once, not in every worker
+    manifest = read_manifest(settings.index_dir)  # a missing or unfinished index fails here, once, not in every worker
+    uri = str((manifest.get("milvus") or {}).get("uri", ""))
+    if processes > 1 and manifest.get("store") == "milvus" and is_lite(uri):
+        raise click.UsageError(
+            f"{settings.index_dir} keeps its vectors in Milvus Lite ({uri}), which one process at a time may open; "
+            "serve it with --processes 1, or rebuild it on a Milvus server (--milvus-uri http://HOST:19530)"
+        )
     click.echo(
         f"serving {settings.index_dir} on http://{host}:{port}/ ({processes} process(es) x {workers} threads)",
         err=True,
@@ -391,6 +410,7 @@ def index_stats(directory: Path) -> dict[str, Any]:
     """What an index holds, read from its manifest and SQLite store: no model is loaded and no vector is read, so
     it answers in milliseconds for an index of any size."""
     from search.index import SQLITE, read_manifest
+    from search.milvus import describe
     from search.store import Store
 
     directory = directory.absolute()
@@ -420,12 +440,29 @@ def index_stats(directory: Path) -> dict[str, Any]:
             "metric": faiss.get("metric"),
             "articles": faiss.get("articles"),
         },
+        "store": describe(manifest),
         "generation": generation,
         "created_at": manifest.get("created_at"),
         "updated_at": manifest.get("updated_at"),
         "size_bytes": sum(p.stat().st_size for p in files),
         "files": len(files),
     }
+
+
+def _vectors_row(info: dict[str, Any]) -> tuple[str, str]:
+    """Where the vectors live: the FAISS factory, or Milvus's URI, index and collections."""
+    store = info["store"]
+    if store["backend"] != "milvus":
+        faiss = info["faiss"]
+        return "faiss", f"{faiss['factory']}  (search {faiss['search'] or 'defaults'}, {faiss['metric']})"
+    index = store.get("index", {}).get("passages", {})
+    params = ",".join(f"{k}={v}" for k, v in (index.get("params") or {}).items())
+    search = ",".join(f"{k}={v}" for k, v in (store.get("search_params") or {}).items())
+    names = ", ".join((store.get("collections") or {}).values())
+    return "milvus", (
+        f"{store.get('uri')}  (passages {index.get('type')}{' ' + params if params else ''}, search "
+        f"{search or 'defaults'}, IP; collections {names})"
+    )
 
 
 def _size(n: float) -> str:
@@ -440,13 +477,12 @@ def _size(n: float) -> str:
 @_index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def stats(index_dir: Path | None, as_json: bool) -> None:
-    """Show what an index holds: name, model and backend, counts, newest article, FAISS set-up, size on disk."""
+    """Show what an index holds: name, model and backend, counts, newest article, vector store, size on disk."""
     settings = Settings.from_env(index_dir=index_dir)
     info = index_stats(settings.index_dir)
     if as_json:
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
-    faiss = info["faiss"]
     quantization = f", {info['quantization']}" if info["quantization"] else ""
     rows = [
         ("index", f"{info['index']}  ({info['path']})"),
@@ -454,7 +490,7 @@ def stats(index_dir: Path | None, as_json: bool) -> None:
         ("articles", f"{info['articles']:,}"),
         ("passages", f"{info['passages']:,}"),
         ("newest", info["newest_date"] or "no dates"),
-        ("faiss", f"{faiss['factory']}  (search {faiss['search'] or 'defaults'}, {faiss['metric']})"),
+        _vectors_row(info),
         ("updated", f"{info['updated_at']}  (generation {info['generation']})"),
         ("on disk", f"{_size(info['size_bytes'])} in {info['files']} files"),
     ]

@@ -14,7 +14,10 @@ Sections (each reuses an index already in ``--work``, built by the real ``newsde
    That index holds real text (so BM25 does its real work) and hash-seeded unit vectors in place of model
    embeddings; each query still runs the real model once, so the measured time includes real query embedding.
 
-Run a section alone with ``--only scifact|lexical|rtqa|latency``.
+Run a section alone with ``--only scifact|lexical|rtqa|latency``. ``--store milvus`` builds and reads the SciFact
+and RealTime QA indexes with the Milvus backend (``NEWSDESK_STORE=milvus`` for the CLI build; Milvus Lite inside
+each index, or the server ``NEWSDESK_MILVUS_URI`` names) into ``scifact-milvus`` and ``rtqa-milvus`` beside the
+FAISS ones, so both backends are measured on the same corpus, model and index settings.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -48,13 +52,27 @@ from search.settings import Settings  # noqa: E402
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+STORE = "faiss"  # the vector store of the indexes sections build and read (--store)
+
+
+def index_dir(work: Path, name: str) -> Path:
+    """``WORK/<name>`` for FAISS, ``WORK/<name>-milvus`` for Milvus: each backend keeps its own index."""
+    return work / (name if STORE == "faiss" else f"{name}-{STORE}")
+
+
 def ensure_index(corpus: Path, index: Path) -> float | None:
     """Build with the real CLI unless an index is there; returns build seconds (None when reused)."""
-    if (index / "manifest.json").is_file():
+    manifest = index / "manifest.json"
+    if manifest.is_file():
+        built_with = json.loads(manifest.read_text(encoding="utf-8")).get("store") or "faiss"
+        if built_with != STORE:
+            raise SystemExit(f"{index} was built with store {built_with}, not {STORE}; remove it or use another --work")
         return None
     started = time.perf_counter()
     subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "newsdesk"), "index", str(corpus), "--index", str(index), "--quiet"], check=True
+        [str(ROOT / ".venv" / "bin" / "newsdesk"), "index", str(corpus), "--index", str(index), "--quiet"],
+        check=True,
+        env={**os.environ, "NEWSDESK_STORE": STORE},
     )
     return round(time.perf_counter() - started, 1)
 
@@ -75,7 +93,7 @@ def article_run(
 
 
 def scifact(data: Path, work: Path, embedder: SentenceTransformerEmbedder) -> dict[str, Any]:
-    index = work / "scifact"
+    index = index_dir(work, "scifact")
     build_seconds = ensure_index(data / "corpus.jsonl", index)
     base = Settings(index_dir=index)
     service = service_for(index, embedder, base)
@@ -146,7 +164,7 @@ def lexical_engines(data: Path, work: Path, embedder: SentenceTransformerEmbedde
 
     from search.lexical import Fts5Lexical
 
-    index = work / "scifact"
+    index = index_dir(work, "scifact")
     service = service_for(index, embedder, Settings(index_dir=index))
     qrels = read_qrels(data / "qrels" / "test.tsv")
     queries = read_queries(data / "queries.jsonl", qrels)
@@ -200,7 +218,7 @@ def read_questions(path: Path) -> list[tuple[str, str, list[str]]]:
 def rtqa(data: Path, work: Path, embedder: SentenceTransformerEmbedder, n: int) -> dict[str, Any]:
     if not (work / "rtqa-corpus.jsonl").is_file():
         select_rtqa(data, work, n, n)
-    index = work / "rtqa"
+    index = index_dir(work, "rtqa")
     build_seconds = ensure_index(work / "rtqa-corpus.jsonl", index)
     base = Settings(index_dir=index)
     service = service_for(index, embedder, base)
@@ -402,7 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-queries", type=int, default=300)
     parser.add_argument("--latency-index", type=Path, default=None, help="A real ~100k-passage index to time.")
     parser.add_argument("--latency-backend", default="torch", help="Query embedding backend with --latency-index.")
+    parser.add_argument("--store", choices=("faiss", "milvus"), default="faiss", help="Vector store (scifact, rtqa).")
     args = parser.parse_args(argv)
+    global STORE
+    STORE = args.store
     if not args.data.is_dir():
         print(f"error: no data directory at {args.data}", file=sys.stderr)
         return 1

@@ -14,7 +14,9 @@ One command runs the whole benchmark::
 4. a JSON report written to ``--out`` and a one-line summary printed.
 
 Settings are taken from the environment as the CLI takes them, e.g. ``NEWSDESK_TITLE_CONTEXT=false``; use a
-separate ``--work`` directory per setting. ``evaluate``, ``read_qrels`` and ``read_trec_run`` are importable on
+separate ``--work`` directory per setting. ``NEWSDESK_STORE=milvus`` runs it with the Milvus backend (Milvus Lite
+inside the index unless ``NEWSDESK_MILVUS_URI`` names a server; ``NEWSDESK_MILVUS_INDEX``/``_INDEX_PARAMS``/
+``_SEARCH`` as for ``newsdesk index``). ``evaluate``, ``read_qrels`` and ``read_trec_run`` are importable on
 their own (``pytrec_eval`` is imported only when ``evaluate`` runs).
 """
 
@@ -54,6 +56,7 @@ QUERY_TIME_SETTINGS = frozenset(
         "threads",
         "search_threads",
         "faiss_search",
+        "milvus_search",
         "model_cache",
         "candidates",
         "mode",

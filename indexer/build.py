@@ -20,7 +20,7 @@ from search.catalog import ArticleCatalog
 from search.chunking import Chunk, Chunker, sentence_spans
 from search.dedup import DedupIndex
 from search.embedding import Embedder, make_embedder
-from search.errors import SourceError
+from search.errors import NewsdeskError, SourceError
 from search.grouping import label_unlabelled, save_duplicates
 from search.index import (
     ARTICLE_FACTORY,
@@ -29,8 +29,10 @@ from search.index import (
     building,
     load_vectors,
     now_iso,
+    read_manifest,
     write_manifest,
 )
+from search.milvus import MilvusConfig, MilvusConnection, close_vectors, drop_collections, is_lite
 from search.models import Article
 from search.neighbours import DEFAULT_NEIGHBOURS, load_graph
 from search.settings import Settings
@@ -110,8 +112,11 @@ def build_index(
     if progress is None:
         progress = sys.stderr.isatty()
     fingerprint = embedder.fingerprint()
+    vector_store = _vector_store(settings, target, embedder.dimension)
+    replaced = _milvus_entry(target)
     with building(target) as work:
         store = Store(work / SQLITE, create=True)
+        opened: tuple[Any, ...] = ()
         try:
             bar = tqdm(total=len(items), unit="article", desc="indexing", disable=not progress, file=sys.stderr)
             for group in _groups(items, GROUP_ARTICLES):
@@ -132,13 +137,16 @@ def build_index(
                     "metric": "inner_product",
                     "articles": ARTICLE_FACTORY,
                 },
+                **vector_store,
                 "counts": {"articles": report.articles, "passages": report.passages},
                 "newest_date": store.newest_date(),
                 "sources": report.sources,
                 "created_at": now_iso(),
                 "updated_at": now_iso(),
             }
-            _, article_vectors = load_vectors(work, store, manifest)  # vectors.faiss / articles.faiss, this generation
+            # vectors.faiss / articles.faiss (or the Milvus collections), this generation
+            opened = load_vectors(work, store, manifest)
+            article_vectors = opened[1]
             dedup = DedupIndex()  # stories and duplicate groups, once every article is written
             store.set_groups(label_unlabelled(ArticleCatalog.load(store), article_vectors, store, dedup))
             save_duplicates(work, dedup, store.generation())
@@ -148,7 +156,31 @@ def build_index(
             write_manifest(work, manifest)
         finally:
             store.close()
+            close_vectors(*opened)  # Milvus: the connection, and an in-process Milvus Lite's directory lock
+    if replaced is not None:
+        drop_collections(replaced, target)
     return report
+
+
+def _vector_store(settings: Settings, target: Path, dimension: int) -> dict[str, Any]:
+    """The manifest's record of where vectors live: ``store`` and, for Milvus, its ``milvus`` entry (URI, fresh
+    collection names, schema, index type and search parameters). Checked before anything is embedded."""
+    if settings.store == "faiss":
+        return {"store": "faiss"}
+    config = MilvusConfig.from_settings(settings, target.name)
+    if not is_lite(config.uri):
+        MilvusConnection(config.uri, target.parent).close()  # an unreachable server fails now, not after embedding
+    return {"store": "milvus", "milvus": config.manifest_entry(dimension)}
+
+
+def _milvus_entry(target: Path) -> dict[str, Any] | None:
+    """The Milvus entry of the index a build will replace, whose collections go when it does."""
+    try:
+        manifest = read_manifest(target.absolute())
+    except NewsdeskError:
+        return None
+    entry = manifest.get("milvus") if manifest.get("store") == "milvus" else None
+    return entry if isinstance(entry, dict) else None
 
 
 Reusable = tuple[np.ndarray, SentenceVectors | None]  # a passage's vector and its sentence vectors

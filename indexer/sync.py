@@ -6,8 +6,9 @@ chunked and embedded (a changed article's paragraphs that kept their text reuse 
 longer in the sources are deleted, and unchanged ones are not touched. Deletions and insertions commit in one
 SQLite transaction, so a reader or a crash sees the old corpus or the new one.
 
-Anything else (no index yet, another model, other chunking settings, another FAISS factory, or most of the corpus
-changed) is a full build into a new directory swapped in atomically, as before.
+Anything else (no index yet, another model, other chunking settings, another FAISS factory, another vector store,
+Milvus URI or Milvus index, or most of the corpus changed) is a full build into a new directory swapped in
+atomically, as before.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from indexer.update import apply_changes, reusable_vectors, save_state
 from search.embedding import Embedder, check_compatible, files_hash, make_embedder, quantization_config, resolve_model
 from search.errors import IndexMissing, ModelMismatch, NewsdeskError, SourceError
 from search.index import Index, open_index, read_manifest
+from search.milvus import MilvusConfig, MilvusVectorStore, parse_params, same_location
 from search.models import Article
 from search.settings import Settings
 from search.store import NewArticle
@@ -90,10 +92,7 @@ def sync_index(
             gone = [i for i in stored if i not in wanted]
             if stored and (len(todo) + len(gone)) / max(len(stored), 1) <= FULL_BUILD_SHARE:
                 _apply(index, items, todo, gone, stored, settings, model, report, progress)
-                if index.manifest["faiss"].get("search", "") != settings.faiss_search:
-                    # a search parameter (efSearch, nprobe) is query-time: record it, nothing to rebuild
-                    index.passages.set_search_params(settings.faiss_search)
-                    index.manifest["faiss"]["search"] = settings.faiss_search
+                if _new_search_params(index, settings):
                     save_state(index)
                 return report
             reason = f"{len(todo) + len(gone)} of {len(stored)} articles changed"
@@ -116,8 +115,15 @@ def _incompatibility(settings: Settings, model: _Model) -> str | None:
         return "no index yet"
     except NewsdeskError as exc:
         return f"the existing index cannot be opened ({exc})"
-    if manifest["faiss"].get("factory") != settings.faiss_factory:
+    backend = manifest.get("store") or "faiss"
+    if backend != settings.store:
+        return f"the vector store changed ({backend} to {settings.store})"
+    if backend == "faiss" and manifest["faiss"].get("factory") != settings.faiss_factory:
         return "the FAISS factory changed"
+    if backend == "milvus":
+        reason = _milvus_change(manifest, settings)
+        if reason:
+            return reason
     recorded = manifest.get("chunking") or {}
     if _same_model_files(manifest["model"], settings) and "max_passage_tokens" in recorded:
         chosen = (settings.max_passage_tokens, settings.min_passage_chars, settings.title_context)
@@ -133,6 +139,37 @@ def _incompatibility(settings: Settings, model: _Model) -> str | None:
     if any(recorded.get(k) != v for k, v in current.items() if k in recorded) or not recorded:
         return "chunking settings changed"
     return None
+
+
+def _milvus_change(manifest: dict[str, Any], settings: Settings) -> str | None:
+    """Why the Milvus collections cannot stay: another Milvus, index type or build parameters."""
+    wanted = MilvusConfig.from_settings(settings)
+    try:
+        recorded = MilvusConfig.from_manifest(manifest.get("milvus") or {})
+    except NewsdeskError:
+        return "the manifest's Milvus entry is unreadable"
+    if not same_location(recorded.uri, wanted.uri):
+        return f"the Milvus URI changed ({recorded.uri} to {wanted.uri})"
+    if (recorded.index_type, recorded.index_params) != (wanted.index_type, wanted.index_params):
+        return "the Milvus index changed"
+    return None
+
+
+def _new_search_params(index: Index, settings: Settings) -> bool:
+    """Record changed search parameters (efSearch, nprobe, ef): query-time, so nothing is rebuilt."""
+    if index.manifest.get("store") == "milvus":
+        wanted = parse_params(settings.milvus_search, "search parameters")
+        if index.manifest["milvus"].get("search_params") == wanted:
+            return False
+        if isinstance(index.passages, MilvusVectorStore):
+            index.passages.set_search_params(wanted)
+        index.manifest["milvus"]["search_params"] = wanted
+        return True
+    if index.manifest["faiss"].get("search", "") == settings.faiss_search:
+        return False
+    index.passages.set_search_params(settings.faiss_search)
+    index.manifest["faiss"]["search"] = settings.faiss_search
+    return True
 
 
 def _same_model_files(recorded: dict[str, Any], settings: Settings) -> bool:

@@ -88,3 +88,10 @@ class ModelMismatch(IndexError_):
 
     code = "model_mismatch"
     status = 409
+
+
+class VectorStoreUnavailable(IndexError_):
+    """The index's vector store cannot be reached or opened: a Milvus server that does not answer, or a Milvus Lite
+    database another process holds. Not the request's fault and not a broken index, so neither 4xx nor corrupt."""
+
+    code = "vector_store_unavailable"

@@ -3,6 +3,8 @@
 Layout (``index_data/<name>/``): ``manifest.json``, ``newsdesk.sqlite``, ``vectors.faiss`` (passages),
 ``articles.faiss`` (article vectors for related stories) and ``vectors.json`` recording the generation the FAISS
 files were built from. ``<name>`` is a symlink to a versioned sibling directory, so a rebuild swaps it atomically.
+An index built with ``--store milvus`` keeps both kinds of vectors in Milvus collections instead (search/milvus.py;
+Milvus Lite's ``milvus.db`` inside the directory by default), and ``vectors.json`` records the generation they match.
 """
 
 from __future__ import annotations
@@ -28,9 +30,19 @@ from search.dedup import DedupIndex
 from search.embedding import Embedder, check_compatible
 from search.errors import IndexCorrupt, IndexMissing, NewsdeskError
 from search.grouping import label_unlabelled, load_duplicates, save_duplicates
+from search.milvus import (
+    MilvusConfig,
+    MilvusVectorStore,
+    check_collections,
+    close_vectors,
+    open_collections,
+    write_state,
+)
 from search.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph, load_graph
 from search.store import Store
 from search.vectors import FaissVectorStore
+
+Vectors = FaissVectorStore | MilvusVectorStore  # the backends an index can use, chosen by its manifest's "store"
 
 FORMAT_VERSION = 2  # 2: BM25 tables (articles_fts, passages_fts)
 MANIFEST = "manifest.json"
@@ -130,8 +142,8 @@ class Index:
     directory: Path
     manifest: dict[str, Any]
     store: Store
-    passages: FaissVectorStore
-    articles: FaissVectorStore
+    passages: Vectors
+    articles: Vectors
     lexical: LexicalPostings
     owners: PassageOwners
     catalog: ArticleCatalog
@@ -144,6 +156,7 @@ class Index:
 
     def close(self) -> None:
         self.store.close()
+        close_vectors(self.passages, self.articles)
 
 
 def open_index(directory: Path, embedder: Embedder | None) -> Index:
@@ -177,8 +190,11 @@ def open_index(directory: Path, embedder: Embedder | None) -> Index:
     return Index(directory, manifest, store, passages, articles, lexical, owners, catalog, dedup, neighbours)
 
 
-def load_vectors(directory: Path, store: Store, manifest: dict[str, Any]) -> tuple[FaissVectorStore, FaissVectorStore]:
-    """The FAISS caches if they match the store's generation, else rebuilt from stored embeddings (no re-embedding)."""
+def load_vectors(directory: Path, store: Store, manifest: dict[str, Any]) -> tuple[Vectors, Vectors]:
+    """The FAISS caches if they match the store's generation, else rebuilt from stored embeddings (no re-embedding);
+    for an index on Milvus its two collections, repaired from the stored embeddings the same way when stale."""
+    if manifest.get("store") == "milvus":
+        return open_collections(directory, store, manifest, directory / VECTORS_STATE)
     dim = int(manifest["model"]["dimension"])
     factory = str(manifest["faiss"]["factory"])
     search = str(manifest["faiss"].get("search") or "")
@@ -203,9 +219,13 @@ def load_vectors(directory: Path, store: Store, manifest: dict[str, Any]) -> tup
 
 
 def save_vectors(
-    directory: Path, passages: FaissVectorStore, articles: FaissVectorStore, generation: int, manifest: dict[str, Any]
+    directory: Path, passages: Vectors, articles: Vectors, generation: int, manifest: dict[str, Any]
 ) -> None:
-    """Write both FAISS caches, then record the generation they match (last, so a crash leaves them stale)."""
+    """Write both FAISS caches, then record the generation they match (last, so a crash leaves them stale). Milvus
+    holds its writes already: only the generation is recorded."""
+    if manifest.get("store") == "milvus":
+        write_state(directory / VECTORS_STATE, generation, MilvusConfig.from_manifest(manifest["milvus"]))
+        return
     passages.save(directory / PASSAGE_VECTORS)
     articles.save(directory / ARTICLE_VECTORS)
     tmp = directory / f".{VECTORS_STATE}.tmp"
@@ -248,7 +268,10 @@ def check_index(directory: Path) -> list[str]:
                     break
         if problems:
             return problems
-        problems += _check_faiss(directory, store, manifest)
+        if manifest.get("store") == "milvus":
+            problems += check_collections(directory, store, manifest, directory / VECTORS_STATE)
+        else:
+            problems += _check_faiss(directory, store, manifest)
         problems += _check_postings(directory, store)
         return problems
     finally:

@@ -64,6 +64,30 @@ class Settings:
     faiss_search: str = _setting(
         "", "FAISS search parameters for passage vectors, e.g. efSearch=128 (HNSW) or nprobe=32 (IVF); empty: defaults."
     )
+    # -- vector store backend (issue 8) --
+    # Build-time choices, recorded in the manifest like faiss_factory: an index is opened with what built it.
+    # Validated by search/milvus.py (MilvusConfig.from_settings) when a build uses them.
+    store: str = _setting(
+        "faiss",
+        "Vector store for passage and article vectors: faiss (in-process files in the index directory) or milvus "
+        "(two Milvus collections, through pymilvus).",
+    )
+    milvus_uri: str = _setting(
+        "milvus.db",
+        "Milvus for --store milvus: http(s)://HOST:19530 (a Milvus server or cluster) or a path ending in .db "
+        "(Milvus Lite in-process, one process at a time; a relative path is inside the index directory).",
+    )
+    milvus_index: str = _setting(
+        "FLAT",
+        "Milvus index type for passage vectors: FLAT (exact), HNSW, HNSW_SQ, IVF_FLAT, IVF_SQ8 (and on a Milvus "
+        "server IVF_PQ, DISKANN, SCANN, AUTOINDEX); article vectors are always FLAT.",
+    )
+    milvus_index_params: str = _setting(
+        "", "Milvus index build parameters, e.g. M=32,efConstruction=200 (HNSW) or nlist=1024 (IVF); empty: defaults."
+    )
+    milvus_search: str = _setting(
+        "", "Milvus search parameters for passage vectors, e.g. ef=128 (HNSW) or nprobe=32 (IVF); empty: defaults."
+    )
     candidates: int = _setting(200, "Passages retrieved from FAISS per query before grouping into articles.")
     mode: str = _setting("hybrid", "Default ranking: hybrid (BM25 and dense, fused), dense or lexical.")
     fusion: str = _setting("convex", "How hybrid mode fuses: convex (weighted sum of normalised scores) or rrf.")

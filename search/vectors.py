@@ -46,6 +46,20 @@ class VectorStore(Protocol):
     def save(self, path: Path) -> None: ...
 
 
+def checked_batch(ids: np.ndarray, vectors: np.ndarray, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 ids, float32 vectors), contiguous, as every backend stores them; InvalidInput for a wrong shape, a
+    count mismatch or a negative id (-1 marks a missing slot in search results)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dimension:
+        raise InvalidInput(f"expected vectors of dimension {dimension}, got shape {vectors.shape}")
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if len(ids) != len(vectors):
+        raise InvalidInput(f"{len(ids)} ids for {len(vectors)} vectors")
+    if len(ids) and ids.min() < 0:
+        raise InvalidInput("vector ids must not be negative")
+    return ids, vectors
+
+
 # A filter allowing at most this many vectors is searched exactly over them (about 8 ms at 384 dimensions).
 EXACT_FILTER_LIMIT = 20_000
 
@@ -197,12 +211,7 @@ class FaissVectorStore:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
-            raise InvalidInput(f"expected vectors of dimension {self.dimension}, got shape {vectors.shape}")
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if ids.min() < 0:
-            raise InvalidInput("vector ids must not be negative")
+        ids, vectors = checked_batch(ids, vectors, self.dimension)
         self._index.add_with_ids(vectors, ids)
 
     def remove(self, ids: np.ndarray) -> int:
@@ -262,6 +271,8 @@ class FaissVectorStore:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if allowed is not None:
             allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+            if len(allowed) == 0:  # nothing may match: one padding slot, as a short answer is padded
+                return np.full((len(queries), 1), -np.inf, np.float32), np.full((len(queries), 1), -1, np.int64)
             k = max(1, min(k, len(allowed)))
             if len(allowed) <= EXACT_FILTER_LIMIT:
                 try:

@@ -46,6 +46,25 @@ def corpus_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTra
     return target
 
 
+def build_on(backend: str, source: Path, target: Path, embedder: Any) -> Path:
+    """``source`` indexed at ``target`` with passage and article vectors in ``backend`` (faiss or milvus; Milvus
+    Lite in ``target``'s milvus.db)."""
+    build_index(read_sources([source]), target, Settings(index_dir=target, store=backend), embedder, progress=False)
+    return target
+
+
+@pytest.fixture(scope="session")
+def milvus_corpus_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+    """The fixture corpus indexed once with its vectors in Milvus Lite."""
+    return build_on("milvus", CORPUS, tmp_path_factory.mktemp("idx") / "corpus", embedder)
+
+
+@pytest.fixture(scope="session")
+def milvus_sample_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+    """The bundled sample corpus indexed once with its vectors in Milvus Lite."""
+    return build_on("milvus", SAMPLE, tmp_path_factory.mktemp("idx") / "sample", embedder)
+
+
 @pytest.fixture(scope="session")
 def sample_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
     """The bundled sample corpus (the North Korea article and 17 headlines) indexed once."""
@@ -67,6 +86,28 @@ def service(corpus_index: Path, embedder: SentenceTransformerEmbedder) -> Search
 @pytest.fixture(scope="session")
 def sample_service(sample_index: Path, embedder: SentenceTransformerEmbedder) -> SearchService:
     return make_service(sample_index, embedder)
+
+
+@pytest.fixture(scope="session")
+def milvus_service(milvus_corpus_index: Path, embedder: SentenceTransformerEmbedder) -> SearchService:
+    return make_service(milvus_corpus_index, embedder)
+
+
+@pytest.fixture(scope="session")
+def milvus_sample_service(milvus_sample_index: Path, embedder: SentenceTransformerEmbedder) -> SearchService:
+    return make_service(milvus_sample_index, embedder)
+
+
+BACKENDS = ("faiss", "milvus")  # vector stores the search, similar and related tests run against
+
+
+def on_backend(request: pytest.FixtureRequest, faiss_fixture: Any) -> Any:
+    """For a fixture parametrised over ``BACKENDS``: the FAISS fixture's value, or its ``milvus_`` twin's. A test
+    module overrides ``service`` (and the others) with ``@pytest.fixture(params=BACKENDS)`` calling this, so its
+    tests run against both stores while every other module keeps the FAISS fixtures alone."""
+    if request.param == "faiss":
+        return faiss_fixture
+    return request.getfixturevalue(f"milvus_{request.fixturename}")
 
 
 @pytest.fixture
@@ -124,12 +165,24 @@ def wire_rows() -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def wire_service(tmp_path_factory: pytest.TempPathFactory, wire_rows: list[dict[str, Any]]) -> SearchService:
     """600 dated wire stories (5 topics, 4 sources) on the hashing embedder: filters, facets and paging mechanics."""
-    from tests.fakes import HashEmbedder
-
     directory = tmp_path_factory.mktemp("idx")
     source = directory / "wire.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in wire_rows), encoding="utf-8")
-    target = directory / "wire"
+    return _wire(directory, source, "faiss")
+
+
+@pytest.fixture(scope="session")
+def milvus_wire_service(tmp_path_factory: pytest.TempPathFactory, wire_rows: list[dict[str, Any]]) -> SearchService:
+    """The 600 wire stories with their vectors in Milvus Lite."""
+    directory = tmp_path_factory.mktemp("idx")
+    source = directory / "wire.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in wire_rows), encoding="utf-8")
+    return _wire(directory, source, "milvus")
+
+
+def _wire(directory: Path, source: Path, backend: str) -> SearchService:
+    from tests.fakes import HashEmbedder
+
     embedder = HashEmbedder()
-    build_index(read_sources([source]), target, Settings(index_dir=target), embedder, progress=False)
+    target = build_on(backend, source, directory / "wire", embedder)
     return SearchService(open_index(target, embedder), embedder, Settings(index_dir=target))

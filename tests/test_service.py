@@ -13,7 +13,24 @@ from search.catalog import Filter
 from search.errors import InvalidInput, NotFound
 from search.highlight import Highlighter
 from search.service import SearchService
-from tests.conftest import make_service
+from tests.conftest import BACKENDS, make_service, on_backend
+
+# Every test here runs against both vector stores: FAISS in-process and Milvus (Milvus Lite in the index directory).
+
+
+@pytest.fixture(params=BACKENDS)
+def service(request: pytest.FixtureRequest, service: SearchService) -> SearchService:
+    return on_backend(request, service)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=BACKENDS)
+def sample_service(request: pytest.FixtureRequest, sample_service: SearchService) -> SearchService:
+    return on_backend(request, sample_service)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=BACKENDS)
+def wire_service(request: pytest.FixtureRequest, wire_service: SearchService) -> SearchService:
+    return on_backend(request, wire_service)  # type: ignore[no-any-return]
 
 
 def ids(response) -> list[str]:
