@@ -19,6 +19,7 @@ from search.embedding import Embedder
 from search.grouping import Text, label_new, load_duplicates, save_duplicates
 from search.index import Index, now_iso, save_vectors, write_manifest
 from search.models import Article
+from search.neighbours import NeighbourGraph
 from search.settings import Settings
 from search.store import NewArticle
 
@@ -79,10 +80,12 @@ def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle], *
     if rows:
         index.passages.add(np.asarray(new_pids, dtype=np.int64), np.concatenate([r.passage_vectors for r in rows]))
         index.articles.add(np.asarray(new_aids, dtype=np.int64), np.stack([r.article_vector for r in rows]))
-    if (aids or rows) and index.neighbours is not None:
-        index.neighbours = index.neighbours.updated(
-            aids, new_aids, index.articles, index.lexical.articles, index.store.generation()
-        )
+    if aids or rows:
+        # The profiles follow in save_state: at 21,577 articles an update costs about a second (all vectors and the
+        # sparse matrices are rebuilt around the change), which must not be spent with searches locked out. Until
+        # then searches use the previous profiles; related.py skips the articles they name that are gone.
+        index.neighbour_changes[0].extend(aids)
+        index.neighbour_changes[1].extend(new_aids)
     if (aids or rows) and save:
         save_state(index)
     return len(aids)
@@ -121,6 +124,7 @@ def save_state(index: Index) -> None:
     """FAISS caches stamped with the store's generation, then the manifest's counts."""
     save_vectors(index.directory, index.passages, index.articles, index.store.generation(), index.manifest)
     index.lexical.save(index.directory)
+    update_neighbours(index)
     if index.neighbours is not None:
         index.neighbours.save(index.directory)
     if index.duplicates is not None:
@@ -130,3 +134,23 @@ def save_state(index: Index) -> None:
     index.manifest["newest_date"] = index.store.newest_date()
     index.manifest["updated_at"] = now_iso()
     write_manifest(index.directory, index.manifest)
+
+
+def update_neighbours(index: Index) -> None:
+    """Bring the more-like-this profiles up to the writes ``apply_changes`` recorded, then swap them in (readers hold
+    either the old profiles or the new ones, never a half-updated object)."""
+    deleted, added = index.neighbour_changes
+    if not deleted and not added:
+        return
+    index.neighbour_changes = ([], [])
+    graph = index.neighbours
+    if graph is None:
+        return
+    live = np.sort(index.articles.ids())
+    added = sorted(set(np.asarray(added, dtype=np.int64)[np.isin(added, live)].tolist()))  # not added, then deleted
+    generation = index.store.generation()
+    try:
+        index.neighbours = graph.updated(deleted, added, index.articles, index.lexical.articles, generation)
+    except ValueError:  # keys out of order (several writes in between reused keys): profile everything again
+        vectors = index.articles.reconstruct_batch(live)
+        index.neighbours = NeighbourGraph.build(live, vectors, index.lexical.articles, generation, graph.config)

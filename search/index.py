@@ -17,7 +17,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,8 @@ class Index:
     catalog: ArticleCatalog
     duplicates: DedupIndex | None = None  # loaded when a write needs it (search/grouping.py)
     neighbours: NeighbourGraph | None = None  # more-like-this profiles (search/neighbours.py), set by open_index
+    # (article keys deleted, added) by writes the profiles do not reflect yet: see indexer/update.py save_state
+    neighbour_changes: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))
 
     @property
     def name(self) -> str:

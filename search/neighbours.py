@@ -154,13 +154,15 @@ class NeighbourGraph:
         os.replace(state, directory / GRAPH_STATE)
 
     @classmethod
-    def load(cls, directory: Path, generation: int, config: NeighbourConfig) -> NeighbourGraph | None:
-        """The saved graph if it was made for ``generation`` with ``config``, else None."""
+    def load(cls, directory: Path, generation: int | None, config: NeighbourConfig) -> NeighbourGraph | None:
+        """The saved graph if it was made with ``config`` for ``generation`` (None: for any generation), else None."""
         try:
             state = json.loads((directory / GRAPH_STATE).read_text(encoding="utf-8"))
             changed = int(state.pop("changed"))
-            if state != _stamp(generation, config):
+            saved_at = int(state["generation"])
+            if state != _stamp(saved_at if generation is None else generation, config):
                 return None
+            generation = saved_at
             with np.load(directory / GRAPH_FILE) as data:
                 n = len(data["keys"])
                 profiles = sp.csr_matrix((data["p_data"], data["p_indices"], data["p_indptr"]), shape=(n, n))
@@ -186,9 +188,18 @@ def load_graph(
     if articles.count() > MAX_ARTICLES:
         return None
     generation = store.generation()
-    graph = NeighbourGraph.load(directory, generation, config)
-    if graph is not None:
+    graph = NeighbourGraph.load(directory, None, config)
+    if graph is not None and graph.generation == generation:
         return graph
+    if graph is not None:
+        # Saved before the last write(s): another process wrote and has not saved its graph yet, or died first.
+        # Brought up to the store by the articles that came and went (an article that reused a deleted article's
+        # key keeps that article's profile until the next rebuild), not rebuilt: a rebuild is all pairs.
+        current = np.sort(articles.ids())
+        gone = np.setdiff1d(graph.keys, current)
+        new = np.setdiff1d(current, graph.keys)
+        if not len(new) or new.min() > graph.keys[~np.isin(graph.keys, gone)].max(initial=-1):
+            return graph.updated(gone.tolist(), new.tolist(), articles, postings, generation)
     keys = np.sort(articles.ids())
     vectors = articles.reconstruct_batch(keys) if len(keys) else np.zeros((0, articles.dimension), np.float32)
     graph = NeighbourGraph.build(keys, vectors, postings, generation, config)

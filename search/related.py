@@ -47,7 +47,7 @@ class RelatedFinder:
         self._threshold = duplicate_threshold
         self._cache: OrderedDict[tuple[int, int, bool], list[tuple[int, float]]] = OrderedDict()
         self._cache_size = cache_size
-        self._generation: int | None = None
+        self._generation: tuple[int, int] | None = None  # (store generation, profiles' generation) of the cache
         self._lock = threading.Lock()
 
     def vectors(self, aids: list[int]) -> np.ndarray:
@@ -69,7 +69,8 @@ class RelatedFinder:
         search = self._profile_search if profile and self._graph() is not None else self._search
         if allowed is not None:
             return search(aids, k, allowed)
-        generation = self._store.generation()
+        graph = self._graph()
+        generation = (self._store.generation(), graph.generation if graph is not None else -1)
         with self._lock:
             if generation != self._generation:
                 self._cache.clear()
@@ -117,6 +118,9 @@ class RelatedFinder:
             keys, scores = (
                 graph.rank(aid, allowed) if graph is not None and aid in graph else (np.zeros(0), np.zeros(0))
             )
+            if graph is not None and graph.generation != self._store.generation() and len(keys):
+                live = np.isin(keys, self._articles.ids())  # profiles from before a write: skip what it deleted
+                keys, scores = keys[live], scores[live]
             if not len(keys):  # not in the graph, or shares no neighbour (a tiny corpus has no profiles): cosine
                 out.append(self._search([aid], k, allowed)[0])
                 continue

@@ -277,3 +277,53 @@ def test_filters_that_match_nothing_give_empty_lists(wire_service: SearchService
         assert wire_service.similar("wire/0007", k=5, filters=nothing, scoring=scoring).results == []
     timeline = wire_service.timeline("wire/0007", k=5, filters=nothing)
     assert [e.article.id for e in timeline.entries] == ["wire/0007"]
+
+
+def test_a_live_write_updates_the_profiles_after_the_lock_and_searches_meanwhile_skip_deleted_articles(
+    tmp_path: Path,
+) -> None:
+    from indexer.build import make_chunker, new_articles
+    from indexer.update import apply_changes, save_state
+
+    target, rows = wire_index(tmp_path, 200)
+    embedder, settings = HashEmbedder(), Settings(index_dir=target)
+    index = open_index(target, embedder)
+    service = SearchService(index, embedder, settings)
+    before = index.neighbours
+    assert before is not None
+    victim = service.similar("wire/0005", k=3).results[0].article.id
+    article = Article(id="wire/new", title=rows[5]["title"], paragraphs=tuple(rows[5]["paragraphs"]), date=None)
+    new, _ = new_articles([article], make_chunker(settings, embedder), embedder, settings)
+    apply_changes(index, [victim], new, save=False)  # what the live writer does under the write lock
+    assert index.neighbours is before and before.generation < index.store.generation()
+    service.wrote()
+    got = [r.article.id for r in service.similar("wire/0005", k=5).results]
+    assert victim not in got and len(got) == 5
+    assert len(service.similar("wire/new", k=5).results) == 5  # not profiled yet: ranked by cosine
+    save_state(index)  # after the lock: the profiles catch up, then are saved
+    graph = index.neighbours
+    assert graph is not None and graph is not before and graph.generation == index.store.generation()
+    new_key = index.store.aid_of("wire/new")
+    assert new_key is not None and new_key in graph and np.array_equal(graph.keys, np.sort(index.articles.ids()))
+    assert victim not in [r.article.id for r in service.similar("wire/0005", k=5).results]
+
+
+def test_a_stale_saved_graph_is_brought_up_to_date_not_rebuilt(tmp_path: Path) -> None:
+    target, rows = wire_index(tmp_path, 200)
+    embedder, settings = HashEmbedder(), Settings(index_dir=target)
+    stale = {name: (target / name).read_bytes() for name in ("neighbours.npz", "neighbours.json")}
+    index = open_index(target, embedder)
+    article = Article(id="wire/new", title=rows[9]["title"], paragraphs=tuple(rows[9]["paragraphs"]), date=None)
+    add_articles(index, [article], embedder, settings)
+    delete_articles(index, ["wire/0003"])
+    expected = index.neighbours
+    assert expected is not None and expected.changed == 2
+    index.close()
+    for name, data in stale.items():  # as if the writer died before saving its profiles
+        (target / name).write_bytes(data)
+    reopened = open_index(target, embedder)
+    graph = reopened.neighbours
+    assert graph is not None and graph.changed == 2  # updated by the two changes (a rebuild would say 0)
+    assert graph.generation == reopened.store.generation()
+    assert np.array_equal(graph.keys, expected.keys)
+    assert (graph.profiles != expected.profiles).nnz == 0
