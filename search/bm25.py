@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -268,27 +268,14 @@ def load_postings(directory: Path, store: Store) -> LexicalPostings:
 
 
 def _passage_rows(store: Store, ids: Sequence[int] | None = None) -> Iterator[tuple[int, Sequence[str]]]:
-    sql = "SELECT id, text FROM passages"
-    for pid, text in _rows(store, sql, "id", ids):
-        yield int(pid), (text,)
+    for pid, text in store.passage_text_rows(ids):
+        yield pid, (text,)
 
 
 def _article_rows(store: Store, ids: Sequence[int] | None = None) -> Iterator[tuple[int, Sequence[str]]]:
     # the body as the articles_fts trigger indexes it: paragraphs joined by newlines
-    for aid, title, paragraphs in _rows(store, "SELECT aid, title, paragraphs FROM articles", "aid", ids):
-        yield int(aid), (title, "\n".join(json.loads(paragraphs)))
-
-
-def _rows(store: Store, sql: str, key: str, ids: Sequence[int] | None) -> Iterator[tuple[Any, ...]]:
-    """Rows in ascending key order: all of them, or those with the given keys."""
-    conn = store.connection()
-    if ids is None:
-        yield from conn.execute(f"{sql} ORDER BY {key}")
-        return
-    wanted = sorted({int(i) for i in ids})
-    for i in range(0, len(wanted), 500):
-        chunk = wanted[i : i + 500]
-        yield from conn.execute(f"{sql} WHERE {key} IN ({','.join('?' * len(chunk))}) ORDER BY {key}", chunk)
+    for aid, title, paragraphs in store.article_text_rows(ids):
+        yield aid, (title, "\n".join(paragraphs))
 
 
 class HasPostings(Protocol):

@@ -10,7 +10,6 @@ without a date never passes a date filter. Sources and tags compare exactly, cas
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 
 from search.errors import InvalidInput
 from search.models import FacetCount
-from search.store import Store
+from search.store import CatalogRow, Store
 
 NO_DATE = np.iinfo(np.int32).min  # days since 1970-01-01 for articles without a date
 _EPOCH = date(1970, 1, 1).toordinal()
@@ -143,14 +142,18 @@ class ArticleCatalog:
     @classmethod
     def load(cls, store: Store, extra_groups: dict[int, tuple[str, str]] | None = None) -> ArticleCatalog:
         """The catalog of ``store``; ``extra_groups`` adds labels not written (a read-only index labelled on open)."""
-        rows = store.connection().execute("SELECT aid, date, source, tags, id FROM articles ORDER BY aid").fetchall()
+        return cls.of(store.catalog_rows(), {**store.groups(), **(extra_groups or {})})
+
+    @classmethod
+    def of(cls, rows: Sequence[CatalogRow], groups: dict[int, tuple[str, str]]) -> ArticleCatalog:
+        """The catalog of (key, date, source, tags, id) rows and (story, duplicate group) labels by key."""
         return cls(
             np.asarray([r[0] for r in rows], dtype=np.int64),
             np.asarray([_day(r[1]) for r in rows], dtype=np.int32),
             [r[2] for r in rows],
-            [tuple(json.loads(r[3])) for r in rows],
+            [r[3] for r in rows],
             ids=[r[4] for r in rows],
-            groups={**store.groups(), **(extra_groups or {})},
+            groups=groups,
         )
 
     def __len__(self) -> int:

@@ -109,21 +109,10 @@ def label_unlabelled(
 
 def article_texts(store: Store, aids: Sequence[int]) -> dict[int, Text]:
     """Headline, body, date and headline vector of the given articles, read in chunks."""
-    out: dict[int, Text] = {}
-    conn = store.connection()
-    for start in range(0, len(aids), 500):
-        chunk = [int(a) for a in aids[start : start + 500]]
-        marks = ",".join("?" * len(chunk))
-        rows = conn.execute(
-            "SELECT a.aid, a.title, a.paragraphs, a.date, "
-            "(SELECT p.vector FROM passages p WHERE p.aid = a.aid AND p.field = 'title' ORDER BY p.position LIMIT 1) "
-            f"FROM articles a WHERE a.aid IN ({marks})",
-            chunk,
-        ).fetchall()
-        for aid, title, paragraphs, date, blob in rows:
-            vec = np.frombuffer(blob, dtype=np.float32) if blob is not None else None
-            out[int(aid)] = Text(title, PARAGRAPH_SEPARATOR.join(json.loads(paragraphs)), date, vec)
-    return out
+    return {
+        aid: Text(title, PARAGRAPH_SEPARATOR.join(paragraphs), date, vec)
+        for aid, (title, paragraphs, date, vec) in store.article_texts(aids).items()
+    }
 
 
 def load_duplicates(directory: Path, store: Store, catalog: ArticleCatalog) -> DedupIndex:

@@ -100,9 +100,7 @@ class PassageOwners:
 
     @classmethod
     def load(cls, store: Store) -> PassageOwners:
-        rows = store.connection().execute("SELECT id, aid FROM passages ORDER BY id").fetchall()
-        table = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
-        return cls.of(table[:, 0], table[:, 1])
+        return cls.of(*store.passage_owners())
 
     def articles_of(self, pids: np.ndarray) -> np.ndarray:
         """The article of each passage id; -1 for an id not (or no longer) in the index."""
@@ -330,9 +328,8 @@ def _check_postings(directory: Path, store: Store) -> list[str]:
     except (OSError, ValueError, KeyError) as exc:
         return [f"BM25 postings cache is unreadable: {exc}"]
     problems: list[str] = []
-    conn = store.connection()
-    for table, key, got in (("passages", "id", postings.passages), ("articles", "aid", postings.articles)):
-        stored = np.fromiter((r[0] for r in conn.execute(f"SELECT {key} FROM {table} ORDER BY {key}")), np.int64)
+    for table, got in (("passages", postings.passages), ("articles", postings.articles)):
+        stored = store.keys(table)
         if not np.array_equal(stored, got.rowids):
             problems.append(f"BM25 postings hold {got.rows} {table}, SQLite {len(stored)}; they differ")
     return problems

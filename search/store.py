@@ -114,6 +114,8 @@ class StoredPassage:
 
 
 SentenceVectors = tuple[list[tuple[int, int]], np.ndarray]
+CatalogRow = tuple[int, str | None, str | None, tuple[str, ...], str]  # key, date, source, tags, id
+ArticleText = tuple[str, list[str], str | None, np.ndarray | None]  # title, paragraphs, date, headline vector
 
 
 @dataclass(frozen=True)
@@ -418,6 +420,59 @@ class Store:
             vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
             yield ids, vecs
             last = int(ids[-1])
+
+    def passage_owners(self) -> tuple[np.ndarray, np.ndarray]:
+        """(passage ids ascending, the article key of each): what ``PassageOwners`` is built from."""
+        rows = self._conn().execute("SELECT id, aid FROM passages ORDER BY id").fetchall()
+        table = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+        return table[:, 0], table[:, 1]
+
+    def catalog_rows(self) -> list[CatalogRow]:
+        """(key, date, source, tags, id) of every article in key order: what ``ArticleCatalog`` is built from."""
+        rows = self._conn().execute("SELECT aid, date, source, tags, id FROM articles ORDER BY aid").fetchall()
+        return [(int(r[0]), r[1], r[2], tuple(json.loads(r[3])), r[4]) for r in rows]
+
+    def keys(self, table: str) -> np.ndarray:
+        """Every key of ``passages`` or ``articles``, ascending."""
+        key = {"passages": "id", "articles": "aid"}[table]
+        rows = self._conn().execute(f"SELECT {key} FROM {table} ORDER BY {key}")
+        return np.fromiter((r[0] for r in rows), np.int64)
+
+    def passage_text_rows(self, ids: Iterable[int] | None = None) -> Iterator[tuple[int, str]]:
+        """(passage id, text) in ascending id order: all passages, or those with the given ids."""
+        for pid, text in self._rows("SELECT id, text FROM passages", "id", ids):
+            yield int(pid), str(text)
+
+    def article_text_rows(self, aids: Iterable[int] | None = None) -> Iterator[tuple[int, str, list[str]]]:
+        """(article key, title, paragraphs) in ascending key order: all articles, or those with the given keys."""
+        for aid, title, paragraphs in self._rows("SELECT aid, title, paragraphs FROM articles", "aid", aids):
+            yield int(aid), str(title), list(json.loads(paragraphs))
+
+    def article_texts(self, aids: Sequence[int]) -> dict[int, ArticleText]:
+        """(title, paragraphs, date, headline passage vector or None) of the given articles, for duplicate
+        detection."""
+        out: dict[int, ArticleText] = {}
+        for chunk in _chunks([int(a) for a in aids], 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn().execute(
+                "SELECT a.aid, a.title, a.paragraphs, a.date, (SELECT p.vector FROM passages p WHERE p.aid = a.aid "
+                f"AND p.field = 'title' ORDER BY p.position LIMIT 1) FROM articles a WHERE a.aid IN ({marks})",
+                chunk,
+            ).fetchall()
+            for aid, title, paragraphs, date, blob in rows:
+                vec = np.frombuffer(blob, dtype=np.float32) if blob is not None else None
+                out[int(aid)] = (title, list(json.loads(paragraphs)), date, vec)
+        return out
+
+    def _rows(self, sql: str, key: str, ids: Iterable[int] | None) -> Iterator[tuple[Any, ...]]:
+        """Rows in ascending key order: all of them, or those with the given keys."""
+        conn = self._conn()
+        if ids is None:
+            yield from conn.execute(f"{sql} ORDER BY {key}")
+            return
+        wanted = sorted({int(i) for i in ids})
+        for chunk in _chunks(wanted, 500):
+            yield from conn.execute(f"{sql} WHERE {key} IN ({','.join('?' * len(chunk))}) ORDER BY {key}", chunk)
 
     def integrity_problems(self) -> list[str]:
         try:
