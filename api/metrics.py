@@ -75,7 +75,8 @@ class IndexCollector:
 
     def _last_update(self) -> float | None:
         try:
-            manifest = read_manifest(self.service.index.directory)
+            directory = self.service.index.directory
+            manifest = read_manifest(directory) if directory is not None else self.service.index.manifest
         except Exception:  # a scrape during a swap or of a damaged index still reports everything else
             manifest = self.service.index.manifest
         stamp = manifest.get("updated_at") or manifest.get("created_at")

@@ -32,7 +32,16 @@ from search.index import (
     read_manifest,
     write_manifest,
 )
-from search.milvus import MilvusConfig, MilvusConnection, close_vectors, drop_collections, is_lite
+from search.milvus import (
+    MilvusConfig,
+    MilvusConnection,
+    MilvusVectorStore,
+    close_vectors,
+    drop_collections,
+    fill_records,
+    is_lite,
+    publish_index,
+)
 from search.models import Article
 from search.neighbours import DEFAULT_NEIGHBOURS, load_graph
 from search.settings import Settings
@@ -114,49 +123,59 @@ def build_index(
     fingerprint = embedder.fingerprint()
     vector_store = _vector_store(settings, target, embedder.dimension)
     replaced = _milvus_entry(target)
-    with building(target) as work:
-        store = Store(work / SQLITE, create=True)
-        opened: tuple[Any, ...] = ()
-        try:
-            bar = tqdm(total=len(items), unit="article", desc="indexing", disable=not progress, file=sys.stderr)
-            for group in _groups(items, GROUP_ARTICLES):
-                rows, embedded = new_articles(group, chunker, embedder, settings)
-                report.embedded += embedded
-                store.add_articles(rows)
-                bar.update(len(group))
-            bar.close()
-            report.articles, report.passages = store.counts()
-            manifest: dict[str, Any] = {
-                "format_version": FORMAT_VERSION,
-                "name": target.name,
-                "model": fingerprint,
-                "chunking": chunking_config(chunker, settings),
-                "faiss": {
-                    "factory": settings.faiss_factory,
-                    "search": settings.faiss_search,
-                    "metric": "inner_product",
-                    "articles": ARTICLE_FACTORY,
-                },
-                **vector_store,
-                "counts": {"articles": report.articles, "passages": report.passages},
-                "newest_date": store.newest_date(),
-                "sources": report.sources,
-                "created_at": now_iso(),
-                "updated_at": now_iso(),
-            }
-            # vectors.faiss / articles.faiss (or the Milvus collections), this generation
-            opened = load_vectors(work, store, manifest)
-            article_vectors = opened[1]
-            dedup = DedupIndex()  # stories and duplicate groups, once every article is written
-            store.set_groups(label_unlabelled(ArticleCatalog.load(store), article_vectors, store, dedup))
-            save_duplicates(work, dedup, store.generation())
-            postings = LexicalPostings.build(store)  # the in-memory BM25's postings, for this generation
-            postings.save(work)
-            load_graph(work, store, article_vectors, postings.articles, DEFAULT_NEIGHBOURS)  # more-like-this profiles
-            write_manifest(work, manifest)
-        finally:
-            store.close()
-            close_vectors(*opened)  # Milvus: the connection, and an in-process Milvus Lite's directory lock
+    opened: tuple[Any, ...] = ()
+    generation = 0
+    try:
+        with building(target) as work:
+            store = Store(work / SQLITE, create=True)
+            try:
+                bar = tqdm(total=len(items), unit="article", desc="indexing", disable=not progress, file=sys.stderr)
+                for group in _groups(items, GROUP_ARTICLES):
+                    rows, embedded = new_articles(group, chunker, embedder, settings)
+                    report.embedded += embedded
+                    store.add_articles(rows)
+                    bar.update(len(group))
+                bar.close()
+                report.articles, report.passages = store.counts()
+                manifest: dict[str, Any] = {
+                    "format_version": FORMAT_VERSION,
+                    "name": target.name,
+                    "model": fingerprint,
+                    "chunking": chunking_config(chunker, settings),
+                    "faiss": {
+                        "factory": settings.faiss_factory,
+                        "search": settings.faiss_search,
+                        "metric": "inner_product",
+                        "articles": ARTICLE_FACTORY,
+                    },
+                    **vector_store,
+                    "counts": {"articles": report.articles, "passages": report.passages},
+                    "newest_date": store.newest_date(),
+                    "sources": report.sources,
+                    "created_at": now_iso(),
+                    "updated_at": now_iso(),
+                }
+                # vectors.faiss / articles.faiss (or the Milvus collections), this generation
+                opened = load_vectors(work, store, manifest, records=False)
+                article_vectors = opened[1]
+                dedup = DedupIndex()  # stories and duplicate groups, once every article is written
+                store.set_groups(label_unlabelled(ArticleCatalog.load(store), article_vectors, store, dedup))
+                save_duplicates(work, dedup, store.generation())
+                postings = LexicalPostings.build(store)  # the in-memory BM25's postings, for this generation
+                postings.save(work)
+                load_graph(
+                    work, store, article_vectors, postings.articles, DEFAULT_NEIGHBOURS
+                )  # more-like-this profiles
+                if isinstance(article_vectors, MilvusVectorStore):  # text, fields and labels for stateless replicas
+                    fill_records(article_vectors, store, manifest)
+                write_manifest(work, manifest)
+                generation = store.generation()
+            finally:
+                store.close()
+        if opened:  # replicas (search/replica.py) move to the new collections, then the old ones go
+            publish_index(opened[1], generation, manifest)
+    finally:
+        close_vectors(*opened)  # Milvus: the connection, and an in-process Milvus Lite's directory lock
     if replaced is not None:
         drop_collections(replaced, target)
     return report

@@ -75,6 +75,6 @@ class Writer:
             change()
         except BaseException:
             # SQLite rolled back; FAISS, postings or the catalog may be half-updated: serve the store's state again
-            svc.attach(open_index(svc.index.directory, None))
+            svc.attach(open_index(svc.index.writable[0], None))
             raise
         svc.wrote()

@@ -86,7 +86,7 @@ def sync_index(
     if reason is None:
         index = open_index(settings.index_dir, None)  # _incompatibility verified the model
         try:
-            stored = index.store.article_hashes()
+            stored = index.writable[1].article_hashes()
             wanted = {a.id for a in items}
             todo = [a for a in items if stored.get(a.id) != a.content_hash()]
             gone = [i for i in stored if i not in wanted]

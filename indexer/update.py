@@ -18,6 +18,7 @@ from search.dedup import DedupIndex
 from search.embedding import Embedder
 from search.grouping import Text, label_new, load_duplicates, save_duplicates
 from search.index import Index, now_iso, save_vectors, write_manifest
+from search.milvus import MilvusConfig, MilvusVectorStore, engine_records, publish_index
 from search.models import Article
 from search.neighbours import NeighbourGraph
 from search.settings import Settings
@@ -45,9 +46,10 @@ def delete_articles(index: Index, article_ids: Iterable[str]) -> int:
 
 def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -> dict[str, Reusable]:
     """Stored vectors (passage and sentences) of the given articles' passages, keyed by the text the model saw."""
+    _, store = index.writable
     return {
         input_text(title, field, text, settings.title_context): (vec, sentences)
-        for title, field, text, vec, sentences in index.store.passage_texts(article_ids)
+        for title, field, text, vec, sentences in store.passage_texts(article_ids)
     }
 
 
@@ -55,31 +57,35 @@ def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle], *
     """Delete and insert in one SQLite transaction, then bring FAISS, the BM25 postings and the manifest up to it;
     returns the number of articles deleted. ``save=False`` leaves writing the on-disk caches to the caller
     (``save_state``), who may do it after letting readers back in: they are caches of the committed store."""
+    directory, store = index.writable  # a replica refuses here, before anything changes
     dedup = index.duplicates
     if rows and dedup is None:
-        dedup = load_duplicates(index.directory, index.store, index.catalog)
+        dedup = load_duplicates(directory, store, index.catalog)
     if dedup is not None:
         for article_id in delete_ids:
             dedup.remove(article_id)
     rows = _labelled(index, dedup, delete_ids, rows)
     try:
-        done = index.store.replace_articles(delete_ids, rows)
+        done = store.replace_articles(delete_ids, rows)
     except BaseException:
         index.duplicates = None  # it may hold what did not commit: reloaded from the store when next needed
         raise
     index.duplicates = dedup
     aids, pids, new_aids, new_pids = done.deleted_aids, done.deleted_pids, done.new_aids, done.new_pids
     if aids or rows:
-        index.lexical = index.lexical.updated(index.store, (aids, pids), (new_aids, new_pids))
+        index.lexical = index.lexical.updated(store, (aids, pids), (new_aids, new_pids))
         owners = np.repeat(np.asarray(new_aids, dtype=np.int64), [len(r.passages) for r in rows])
         index.owners = index.owners.updated(pids, np.asarray(new_pids, dtype=np.int64), owners)
-        index.catalog = ArticleCatalog.load(index.store)
+        index.catalog = ArticleCatalog.load(store)
     if aids:
         index.passages.remove(np.asarray(pids, dtype=np.int64))
         index.articles.remove(np.asarray(aids, dtype=np.int64))
     if rows:
         index.passages.add(np.asarray(new_pids, dtype=np.int64), np.concatenate([r.passage_vectors for r in rows]))
         index.articles.add(np.asarray(new_aids, dtype=np.int64), np.stack([r.article_vector for r in rows]))
+    if (aids or rows) and isinstance(index.articles, MilvusVectorStore):  # what replicas read besides vectors
+        config = MilvusConfig.from_manifest(index.manifest["milvus"])
+        engine_records(index.articles.connection, config).apply(store, (aids, pids), (new_aids, new_pids))
     if aids or rows:
         # The profiles follow in save_state: at 21,577 articles an update costs about a second (all vectors and the
         # sparse matrices are rebuilt around the change), which must not be spent with searches locked out. Until
@@ -122,18 +128,20 @@ def _headline_vector(row: NewArticle) -> np.ndarray | None:
 
 def save_state(index: Index) -> None:
     """FAISS caches stamped with the store's generation, then the manifest's counts."""
-    save_vectors(index.directory, index.passages, index.articles, index.store.generation(), index.manifest)
-    index.lexical.save(index.directory)
+    directory, store = index.writable
+    save_vectors(directory, index.passages, index.articles, store.generation(), index.manifest)
+    index.lexical.save(directory)
     update_neighbours(index)
     if index.neighbours is not None:
-        index.neighbours.save(index.directory)
+        index.neighbours.save(directory)
     if index.duplicates is not None:
-        save_duplicates(index.directory, index.duplicates, index.store.generation())
-    n_articles, n_passages = index.store.counts()
+        save_duplicates(directory, index.duplicates, store.generation())
+    n_articles, n_passages = store.counts()
     index.manifest["counts"] = {"articles": n_articles, "passages": n_passages}
-    index.manifest["newest_date"] = index.store.newest_date()
+    index.manifest["newest_date"] = store.newest_date()
     index.manifest["updated_at"] = now_iso()
-    write_manifest(index.directory, index.manifest)
+    write_manifest(directory, index.manifest)
+    publish_index(index.articles, store.generation(), index.manifest)  # replicas reload (Milvus only)
 
 
 def update_neighbours(index: Index) -> None:

@@ -28,7 +28,7 @@ from search.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
 from search.catalog import ArticleCatalog
 from search.dedup import DedupIndex
 from search.embedding import Embedder, check_compatible
-from search.errors import IndexCorrupt, IndexMissing, NewsdeskError
+from search.errors import IndexCorrupt, IndexMissing, NewsdeskError, WritesDisabled
 from search.grouping import label_unlabelled, load_duplicates, save_duplicates
 from search.milvus import (
     MilvusConfig,
@@ -36,9 +36,11 @@ from search.milvus import (
     check_collections,
     close_vectors,
     open_collections,
+    relabel_records,
     write_state,
 )
 from search.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph, load_graph
+from search.replica import MilvusReadStore, Replica
 from search.store import Store
 from search.vectors import FaissVectorStore
 
@@ -135,11 +137,12 @@ class PassageOwners:
 
 @dataclass
 class Index:
-    """An open index: its manifest, its store and its two vector stores, consistent with each other."""
+    """An open index: its manifest, its store and its two vector stores, consistent with each other. A replica
+    (search/replica.py) has no directory: its store is a read-only view of what the engine published."""
 
-    directory: Path
+    directory: Path | None
     manifest: dict[str, Any]
-    store: Store
+    store: Store | MilvusReadStore
     passages: Vectors
     articles: Vectors
     lexical: LexicalPostings
@@ -149,12 +152,34 @@ class Index:
     neighbours: NeighbourGraph | None = None  # more-like-this profiles (search/neighbours.py), set by open_index
     # (article keys deleted, added) by writes the profiles do not reflect yet: see indexer/update.py save_state
     neighbour_changes: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))
+    replica: Replica | None = None  # set for an index served from Milvus alone (search/replica.py)
 
     @property
     def name(self) -> str:
-        return str(self.manifest.get("name") or self.directory.name)
+        return str(self.manifest.get("name") or (self.directory.name if self.directory else "index"))
+
+    @property
+    def writable(self) -> tuple[Path, Store]:
+        """The directory and SQLite store a write goes to; a replica has neither."""
+        if self.directory is None or not isinstance(self.store, Store):
+            raise WritesDisabled(
+                "this server is a read replica of an index on Milvus: write through the indexer (newsdesk add "
+                "--index DIR) or a server on the index directory; replicas reload when it publishes"
+            )
+        return self.directory, self.store
+
+    def reopen(self) -> Index:
+        """This index as now committed (or published, for a replica)."""
+        if self.replica is not None:
+            reopened: Index = self.replica.reopen()
+            return reopened
+        directory, _ = self.writable
+        return open_index(directory, None)
 
     def close(self) -> None:
+        if self.replica is not None:
+            self.replica.close()
+            return
         self.store.close()
         close_vectors(self.passages, self.articles)
 
@@ -185,16 +210,20 @@ def open_index(directory: Path, embedder: Embedder | None) -> Index:
         with contextlib.suppress(sqlite3.OperationalError, OSError):  # read-only: the labels live in memory only
             store.set_groups(labels)
             save_duplicates(directory, dedup, store.generation())
+            relabel_records(articles, store, manifest, list(labels))
         catalog = ArticleCatalog.load(store, labels)
     neighbours = load_graph(directory, store, articles, lexical.articles, DEFAULT_NEIGHBOURS)
     return Index(directory, manifest, store, passages, articles, lexical, owners, catalog, dedup, neighbours)
 
 
-def load_vectors(directory: Path, store: Store, manifest: dict[str, Any]) -> tuple[Vectors, Vectors]:
+def load_vectors(
+    directory: Path, store: Store, manifest: dict[str, Any], *, records: bool = True
+) -> tuple[Vectors, Vectors]:
     """The FAISS caches if they match the store's generation, else rebuilt from stored embeddings (no re-embedding);
-    for an index on Milvus its two collections, repaired from the stored embeddings the same way when stale."""
+    for an index on Milvus its two collections, repaired from the stored embeddings the same way when stale (and,
+    with ``records``, its record collections: search/records.py)."""
     if manifest.get("store") == "milvus":
-        return open_collections(directory, store, manifest, directory / VECTORS_STATE)
+        return open_collections(directory, store, manifest, directory / VECTORS_STATE, records=records)
     dim = int(manifest["model"]["dimension"])
     factory = str(manifest["faiss"]["factory"])
     search = str(manifest["faiss"].get("search") or "")

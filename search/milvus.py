@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from search.errors import IndexCorrupt, InvalidInput, VectorStoreUnavailable
+from search.records import RECORD_KINDS, EngineRecords, article_records, meta_name, read_state, record_names
 from search.store import Store
 from search.vectors import EXACT_FILTER_LIMIT, checked_batch
 
@@ -106,7 +107,8 @@ class MilvusConfig:
     index_type: str = "FLAT"
     index_params: dict[str, Any] = field(default_factory=dict)
     search_params: dict[str, Any] = field(default_factory=dict)
-    collections: dict[str, str] = field(default_factory=dict)
+    collections: dict[str, str] = field(default_factory=dict)  # vector and record collections of this build, by kind
+    meta: str = ""  # the index's stable meta collection (search/records.py), what replicas follow
 
     @classmethod
     def from_settings(cls, settings: Any, index_name: str = "") -> MilvusConfig:
@@ -125,6 +127,7 @@ class MilvusConfig:
             index_params=parse_params(settings.milvus_index_params, "index parameters"),
             search_params=parse_params(settings.milvus_search, "search parameters"),
             collections=collection_names(index_name),
+            meta=meta_name(index_name or "index"),
         )
 
     @classmethod
@@ -136,7 +139,8 @@ class MilvusConfig:
                 index_type=str(index["type"]),
                 index_params=dict(index.get("params") or {}),
                 search_params=dict(entry.get("search_params") or {}),
-                collections={kind: str(entry["collections"][kind]) for kind in KINDS},
+                collections=_with_records({kind: str(entry["collections"][kind]) for kind in KINDS}),
+                meta=str(entry.get("meta") or _meta_of(str(entry["collections"]["passages"]))),
             )
         except (KeyError, TypeError) as exc:
             raise IndexCorrupt(f"the manifest's milvus entry lacks {exc}; rebuild the index") from None
@@ -148,6 +152,7 @@ class MilvusConfig:
         return {
             "uri": self.uri,
             "collections": dict(self.collections),
+            "meta": self.meta,
             "schema": schema,
             "index": {
                 "passages": {"type": self.index_type, "params": dict(self.index_params)},
@@ -158,10 +163,37 @@ class MilvusConfig:
 
 
 def collection_names(index_name: str) -> dict[str, str]:
-    """``newsdesk_<index>_<12 hex>_<kind>``: Milvus names allow letters, digits and underscores, first not a digit."""
+    """``newsdesk_<index>_<12 hex>_<kind>``: Milvus names allow letters, digits and underscores, first not a digit.
+    The vector collections (``KINDS``) and the record collections (``RECORD_KINDS``) of one build."""
     stem = _NAME.sub("_", index_name).strip("_")[:100] or "index"
     build = uuid.uuid4().hex[:12]
-    return {kind: f"newsdesk_{stem}_{build}_{kind}" for kind in KINDS}
+    return {kind: f"newsdesk_{stem}_{build}_{kind}" for kind in (*KINDS, *RECORD_KINDS)}
+
+
+def _with_records(collections: dict[str, str]) -> dict[str, str]:
+    """A manifest's collections with the record collections' names (derived for an index built before them)."""
+    return {**collections, **record_names(collections)}
+
+
+def _meta_of(passages: str) -> str:
+    """The meta collection of an index built before it was recorded: from ``newsdesk_<stem>_<12 hex>_passages``."""
+    stem = passages.removeprefix("newsdesk_").removesuffix("_passages")
+    return meta_name(stem.rsplit("_", 1)[0] if "_" in stem else stem)
+
+
+def engine_records(connection: MilvusConnection, config: MilvusConfig) -> EngineRecords:
+    """The record and meta collections of an index (search/records.py)."""
+    return EngineRecords(connection, {kind: config.collections[kind] for kind in RECORD_KINDS}, config.meta)
+
+
+def publish(connection: MilvusConnection, config: MilvusConfig, manifest: dict[str, Any], generation: int) -> None:
+    """Tell replicas the collections hold ``generation`` (after the writes it stands for)."""
+    engine_records(connection, config).publish(generation, dict(config.collections), manifest)
+
+
+def published(connection: MilvusConnection, config: MilvusConfig, generation: int) -> bool:
+    state = read_state(connection, config.meta)
+    return state == {"generation": generation, "collections": dict(config.collections)}
 
 
 def is_lite(uri: str) -> bool:
@@ -625,10 +657,12 @@ def _top_of(scores: np.ndarray, ids: np.ndarray, keep: np.ndarray, k: int) -> tu
 
 
 def open_collections(
-    directory: Path, store: Store, manifest: dict[str, Any], state_path: Path
+    directory: Path, store: Store, manifest: dict[str, Any], state_path: Path, *, records: bool = True
 ) -> tuple[MilvusVectorStore, MilvusVectorStore]:
     """The index's passage and article collections, brought up to SQLite's rows when ``state_path`` does not
-    record the store's generation (a new build, or a writer that died between its commit and Milvus)."""
+    record the store's generation (a new build, or a writer that died between its commit and Milvus); with
+    ``records``, the record collections too, and the repaired generation is published to replicas. A build passes
+    ``records=False``: it fills the records once its articles are labelled (``fill_records``)."""
     config = MilvusConfig.from_manifest(manifest["milvus"])
     dim = int(manifest["model"]["dimension"])
     generation = store.generation()
@@ -647,11 +681,18 @@ def open_collections(
                 vs = MilvusVectorStore.create(connection, name, dim, index_type, params, search)
                 fresh = False
             stores.append(vs)
+        engine = engine_records(connection, config) if records else None
+        if engine is not None and not engine.ensure():
+            fresh = False  # record collections were missing (an index built before them): written below
         if not fresh:
             for kind, vs in zip(KINDS, stores, strict=True):
                 sync_collection(vs, store, kind)
+            if engine is not None:
+                engine.sync(store)
             with contextlib.suppress(OSError):  # a read-only index still serves from the repaired collections
                 write_state(state_path, generation, config)
+        if engine is not None and not published(connection, config, generation):
+            publish(connection, config, manifest, generation)  # e.g. a writer died between vectors.json and this
         return stores[0], stores[1]
     except BaseException:
         connection.close()
@@ -735,11 +776,32 @@ def check_collections(directory: Path, store: Store, manifest: dict[str, Any], s
                     if bad.any():
                         problems.append(f"Milvus collection {vs.collection}: vector {ids[bad][0]} differs from SQLite")
                         break
+        problems += engine_records(connection, config).problems(store)
     except VectorStoreUnavailable as exc:
         problems.append(exc.message)
     finally:
         connection.close()
     return problems
+
+
+def fill_records(vectors: MilvusVectorStore, store: Store, manifest: dict[str, Any]) -> None:
+    """A new build's record collections, written from its finished (labelled) SQLite store."""
+    engine = engine_records(vectors.connection, MilvusConfig.from_manifest(manifest["milvus"]))
+    engine.ensure()
+    engine.fill(store)
+
+
+def relabel_records(vectors: Any, store: Store, manifest: dict[str, Any], aids: list[int]) -> None:
+    """Rewrite the article records of articles labelled after they were written (an index older than labels)."""
+    if manifest.get("store") == "milvus" and isinstance(vectors, MilvusVectorStore) and aids:
+        engine = engine_records(vectors.connection, MilvusConfig.from_manifest(manifest["milvus"]))
+        engine.collection("article_rows").put(article_records(store, aids))
+
+
+def publish_index(vectors: Any, generation: int, manifest: dict[str, Any]) -> None:
+    """Publish an index on Milvus at ``generation`` (after a build or a write); nothing for FAISS."""
+    if manifest.get("store") == "milvus" and isinstance(vectors, MilvusVectorStore):
+        publish(vectors.connection, MilvusConfig.from_manifest(manifest["milvus"]), manifest, generation)
 
 
 def drop_collections(entry: dict[str, Any], directory: Path) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import numpy as np
 
 from search.neighbours import NeighbourGraph
-from search.store import Store
+from search.store import ReadStore
 from search.vectors import VectorStore
 
 GroupOf = Callable[[Sequence[int]], Mapping[int, Hashable]]  # article keys -> duplicate group of each
@@ -30,7 +30,7 @@ GroupOf = Callable[[Sequence[int]], Mapping[int, Hashable]]  # article keys -> d
 class RelatedFinder:
     def __init__(
         self,
-        store: Store,
+        store: ReadStore,
         articles: VectorStore,
         duplicate_threshold: float,
         cache_size: int = 16384,

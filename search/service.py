@@ -172,16 +172,21 @@ class SearchService:
 
     def refresh(self) -> None:
         """Reopen the index if another process committed a write since it was loaded (its FAISS and BM25 caches
-        on disk are stamped with the new generation, so reopening costs a file load, no re-embedding)."""
-        current = self.index.store.generation()
-        if current == self.generation:
+        on disk are stamped with the new generation, so reopening costs a file load, no re-embedding); a replica
+        reloads from the engine when the indexer published a new state."""
+        if not self._stale():
             return
         with self.lock.writing():
-            if self.index.store.generation() == self.generation:
+            if not self._stale():
                 return  # another request thread reloaded first
-            from search.index import open_index
+            self.attach(self.index.reopen())
 
-            self.attach(open_index(self.index.directory, None))
+    def _stale(self) -> bool:
+        """Whether the store moved past the loaded index: a commit by another process, or for a replica a new
+        state published in the engine (search/replica.py)."""
+        if self.index.replica is not None:
+            return self.index.replica.changed()
+        return self.index.store.generation() != self.generation
 
     def wrote(self) -> None:
         """Called by this process's writer, under the write lock, after it changed ``self.index`` in place."""

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -131,6 +131,29 @@ class NewArticle:
     # its story and duplicate-group labels, when the writer assigned them (a full build labels after writing)
     story: str | None = None
     duplicates: str | None = None
+
+
+class ReadStore(Protocol):
+    """What the query side reads from a store: ``Store`` (SQLite, an index directory) and
+    ``search.replica.MilvusReadStore`` (a stateless replica) both implement it."""
+
+    def generation(self) -> int: ...
+    def counts(self) -> tuple[int, int]: ...
+    def groups(self) -> dict[int, tuple[str, str]]: ...
+    def newest_date(self) -> str | None: ...
+    def aid_of(self, article_id: str) -> int | None: ...
+    def article(self, aid: int) -> Article: ...
+    def article_refs(self, aids: Iterable[int]) -> dict[int, ArticleRef]: ...
+    def content_hashes(self, aids: Iterable[int]) -> dict[int, str]: ...
+    def passages(self, ids: Iterable[int]) -> dict[int, StoredPassage]: ...
+    def passages_of(self, aid: int) -> list[Passage]: ...
+    def passage_vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]: ...
+    def sentence_vectors(self, pids: Iterable[int]) -> dict[int, SentenceVectors]: ...
+    def article_vector(self, aid: int) -> np.ndarray: ...
+    def passage_owners(self) -> tuple[np.ndarray, np.ndarray]: ...
+    def catalog_rows(self) -> list[CatalogRow]: ...
+    def keys(self, table: str) -> np.ndarray: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -454,15 +477,63 @@ class Store:
         out: dict[int, ArticleText] = {}
         for chunk in _chunks([int(a) for a in aids], 500):
             marks = ",".join("?" * len(chunk))
-            rows = self._conn().execute(
-                "SELECT a.aid, a.title, a.paragraphs, a.date, (SELECT p.vector FROM passages p WHERE p.aid = a.aid "
-                f"AND p.field = 'title' ORDER BY p.position LIMIT 1) FROM articles a WHERE a.aid IN ({marks})",
-                chunk,
-            ).fetchall()
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT a.aid, a.title, a.paragraphs, a.date, (SELECT p.vector FROM passages p WHERE p.aid = a.aid "
+                    f"AND p.field = 'title' ORDER BY p.position LIMIT 1) FROM articles a WHERE a.aid IN ({marks})",
+                    chunk,
+                )
+                .fetchall()
+            )
             for aid, title, paragraphs, date, blob in rows:
                 vec = np.frombuffer(blob, dtype=np.float32) if blob is not None else None
                 out[int(aid)] = (title, list(json.loads(paragraphs)), date, vec)
         return out
+
+    # -- exporting: what the Milvus record collections mirror (search/records.py) ---------------------------------
+
+    def article_documents(self, aids: Iterable[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(key, every stored field of the article with its story and duplicate labels), ascending keys."""
+        sql = (
+            "SELECT a.aid, a.id, a.title, a.paragraphs, a.date, a.source, a.url, a.tags, a.extra, a.content_hash, "
+            "g.story, g.duplicates FROM articles a LEFT JOIN article_groups g ON g.aid = a.aid"
+        )
+        for aid, id_, title, paragraphs, date, source, url, tags, extra, hash_, story, dup in self._rows(
+            sql, "a.aid", aids
+        ):
+            yield (
+                int(aid),
+                {
+                    "id": id_,
+                    "title": title,
+                    "paragraphs": json.loads(paragraphs),
+                    "date": date,
+                    "source": source,
+                    "url": url,
+                    "tags": json.loads(tags),
+                    "extra": json.loads(extra),
+                    "content_hash": hash_,
+                    "story": story,
+                    "duplicates": dup,
+                },
+            )
+
+    def passage_documents(self, pids: Iterable[int] | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """(passage id, article key, position, field, span and text), ascending ids."""
+        sql = 'SELECT id, aid, position, field, start, "end", text FROM passages'
+        for pid, aid, position, field, start, end, text in self._rows(sql, "id", pids):
+            yield int(pid), int(aid), {"position": position, "field": field, "start": start, "end": end, "text": text}
+
+    def sentence_rows(
+        self, pids: Iterable[int] | None = None
+    ) -> Iterator[tuple[int, int, list[tuple[int, int]], np.ndarray]]:
+        """(passage id, article key, sentence spans, sentence vectors) of multi-sentence passages, ascending ids."""
+        sql = "SELECT s.pid, p.aid, s.spans, s.vectors FROM sentences s JOIN passages p ON p.id = s.pid"
+        for pid, aid, spans, vectors in self._rows(sql, "s.pid", pids):
+            found = _sentences(spans, vectors, None)
+            if found is not None:
+                yield int(pid), int(aid), found[0], found[1]
 
     def _rows(self, sql: str, key: str, ids: Iterable[int] | None) -> Iterator[tuple[Any, ...]]:
         """Rows in ascending key order: all of them, or those with the given keys."""

@@ -255,8 +255,10 @@ def test_the_manifest_records_the_milvus_store(milvus_index) -> None:
     assert manifest["store"] == "milvus"
     entry = manifest["milvus"]
     assert entry["uri"] == "milvus.db" and (target / "milvus.db").is_dir()  # Milvus Lite inside the index
-    assert set(entry["collections"]) == {"passages", "articles"}
+    # vectors, and the records stateless replicas read (search/records.py), then the stable meta collection
+    assert set(entry["collections"]) == {"passages", "articles", "article_rows", "passage_rows", "sentence_rows"}
     assert all(name.startswith("newsdesk_corpus_") for name in entry["collections"].values())
+    assert entry["meta"] == "newsdesk_corpus_meta"
     assert entry["schema"]["metric"] == "IP" and entry["schema"]["fields"][1]["dim"] == embedder.dimension
     assert entry["index"] == {"passages": {"type": "FLAT", "params": {}}, "articles": {"type": "FLAT", "params": {}}}
     assert check_index(target) == []

@@ -1,0 +1,376 @@
+"""What a query reads besides vectors, kept in Milvus beside them, so API replicas need no index directory (issue 8).
+
+An index on Milvus (``--store milvus``) has, besides its two vector collections (search/milvus.py), three record
+collections mirroring SQLite's rows, and one meta collection that tells replicas what to serve:
+
+- ``<build>_article_rows``: per article (key = SQLite ``aid``): id, title, paragraphs, date, source, url, tags,
+  extra, content hash, story and duplicate-group labels.
+- ``<build>_passage_rows``: per passage (key = passage id, owner = its article): position, field, span, text.
+- ``<build>_sentence_rows``: per multi-sentence passage: its sentence spans and their float16 vectors (what the
+  highlighter reads), base64 in the record: Milvus has no BLOB type, and one row per passage keeps a result page to
+  one lookup.
+- ``newsdesk_<index name>_meta`` (a stable name, unlike the per-build collections): key 1 holds the manifest, key 0
+  the published state ``{"generation", "collections"}``, written last. A replica polls key 0 and reloads when it
+  changes, including when a rebuild points it at new collections.
+
+Every record is one JSON document. Milvus ``VARCHAR`` is limited to 65,535 bytes (a cluster counts UTF-8 bytes,
+Milvus Lite characters), so a longer document (an article with a long body) is cut into parts of at most
+``PART_BYTES`` bytes, on character boundaries, stored as rows ``id = key << PART_BITS | part`` with the same ``key``;
+a reader joins them in part order. Milvus also requires a vector field in every collection: these carry a constant
+2-dimensional ``pad`` vector that nothing searches.
+
+SQLite stays the source of truth: writes commit there first, then reach the records with the vectors, and the
+published generation moves last; an open that finds ``vectors.json`` stale (a writer died in between) rewrites the
+records from SQLite as it repairs the vectors.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from search.errors import IndexCorrupt, VectorStoreUnavailable
+
+RECORD_KINDS = ("article_rows", "passage_rows", "sentence_rows")
+PART_BITS = 10  # up to 1,024 parts of 60,000 bytes: about 61 MB per record, above any accepted article
+PART_BYTES = 60_000  # under VARCHAR's 65,535 with room to spare
+MAX_VARCHAR = 65_535
+PAD = [1.0, 0.0]  # the vector every record carries: Milvus requires a vector field in each collection
+READ_KEYS = 1_000  # keys per "key in [...]" query: parts stay far below a cluster's 16,384-row query window
+WRITE_ROWS = 512  # rows per insert: at most ~30 MB of text, under gRPC's 64 MiB
+SCAN_BATCH = 2_000  # rows per query_iterator page
+STATE_KEY, MANIFEST_KEY = 0, 1
+_NAME = re.compile(r"[^A-Za-z0-9_]+")
+
+
+def meta_name(index_name: str) -> str:
+    """The stable meta collection of an index name: ``newsdesk_<name>_meta``."""
+    stem = _NAME.sub("_", index_name).strip("_")[:100] or "index"
+    return f"newsdesk_{stem}_meta"
+
+
+def record_names(collections: dict[str, str]) -> dict[str, str]:
+    """Record collection names beside a build's vector collections (``..._passages`` -> ``..._passage_rows``)."""
+    base = collections["passages"].removesuffix("_passages")
+    return {kind: collections.get(kind) or f"{base}_{kind}" for kind in RECORD_KINDS}
+
+
+def split_parts(text: str) -> list[str]:
+    """``text`` cut into pieces of at most ``PART_BYTES`` UTF-8 bytes, never inside a character."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= PART_BYTES:
+        return [text]
+    parts: list[str] = []
+    start = 0
+    while start < len(raw):
+        end = min(start + PART_BYTES, len(raw))
+        while end < len(raw) and (raw[end] & 0xC0) == 0x80:  # a continuation byte: back up to a character start
+            end -= 1
+        parts.append(raw[start:end].decode("utf-8", "surrogatepass"))
+        start = end
+    if len(parts) >= 1 << PART_BITS:
+        raise IndexCorrupt(f"a record of {len(raw)} bytes is too long for Milvus ({1 << PART_BITS} parts)")
+    return parts
+
+
+def encode_sentences(spans: list[tuple[int, int]], vectors: np.ndarray) -> dict[str, Any]:
+    data = np.ascontiguousarray(vectors, dtype=np.float16).tobytes()
+    return {"spans": [list(s) for s in spans], "vectors": base64.b64encode(data).decode("ascii")}
+
+
+def decode_sentences(record: dict[str, Any]) -> tuple[list[tuple[int, int]], np.ndarray]:
+    spans = [(int(a), int(b)) for a, b in record["spans"]]
+    raw = np.frombuffer(base64.b64decode(record["vectors"]), dtype=np.float16)
+    return spans, raw.astype(np.float32).reshape(len(spans), -1)
+
+
+class RecordCollection:
+    """Keyed JSON records in one Milvus collection: ``id`` (pk), ``key``, ``owner``, ``data``, ``pad``."""
+
+    def __init__(self, connection: Any, name: str) -> None:
+        self.connection = connection
+        self.name = name
+
+    @classmethod
+    def create(cls, connection: Any, name: str) -> RecordCollection:
+        """A new, empty, loaded collection (one of that name is dropped first)."""
+        from pymilvus import DataType, MilvusClient
+
+        conn = connection
+        if conn.call("look up a collection", "has_collection", name):
+            conn.call("drop a collection", "drop_collection", name)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("key", DataType.INT64)
+        schema.add_field("owner", DataType.INT64)
+        schema.add_field("data", DataType.VARCHAR, max_length=MAX_VARCHAR)
+        schema.add_field("pad", DataType.FLOAT_VECTOR, dim=len(PAD))
+        index = conn.client.prepare_index_params()
+        index.add_index(field_name="pad", index_type="FLAT", metric_type="IP")
+        conn.call("create a collection", "create_collection", name, schema=schema, consistency_level="Strong")
+        conn.call("index a collection", "create_index", name, index, sync=False)
+        conn.call("load a collection", "load_collection", name)
+        return cls(connection, name)
+
+    @classmethod
+    def open(cls, connection: Any, name: str) -> RecordCollection:
+        if not connection.call("look up a collection", "has_collection", name):
+            raise IndexCorrupt(f"Milvus at {connection.uri} has no collection {name}")
+        connection.call("load a collection", "load_collection", name)
+        return cls(connection, name)
+
+    # -- writes --
+
+    def put(self, records: Iterable[tuple[int, int, dict[str, Any]]], *, replace: bool = True) -> int:
+        """Write (key, owner, document) records; ``replace`` first deletes every part of those keys (a shorter new
+        version must not keep an old version's later parts). Returns how many records were written."""
+        rows: list[dict[str, Any]] = []
+        keys: list[int] = []
+        written = 0
+        for key, owner, doc in records:
+            keys.append(int(key))
+            written += 1
+            text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+            for part, piece in enumerate(split_parts(text)):
+                rows.append({"id": (int(key) << PART_BITS) | part, "key": key, "owner": owner, "data": piece})
+            if len(rows) >= WRITE_ROWS:
+                self._write(keys, rows, replace)
+                keys, rows = [], []
+        self._write(keys, rows, replace)
+        return written
+
+    def _write(self, keys: list[int], rows: list[dict[str, Any]], replace: bool) -> None:
+        """Insert ``rows``; with ``replace``, upsert them and then delete the keys' parts they did not write, so a
+        reader sees the old or the new version of a one-part record, never none."""
+        for row in rows:
+            row["pad"] = PAD
+        if not replace:
+            if rows:
+                self.connection.call("write records", "insert", self.name, rows)
+            return
+        if rows:
+            self.connection.call("write records", "upsert", self.name, rows)
+        if keys:
+            unique = sorted(set(keys))
+            written = sorted(int(r["id"]) for r in rows)
+            self.connection.call(
+                "delete records",
+                "delete",
+                self.name,
+                filter=f"key in [{','.join(map(str, unique))}] and id not in [{','.join(map(str, written))}]",
+            )
+
+    def delete(self, keys: Iterable[int]) -> None:
+        unique = sorted({int(k) for k in keys})
+        for start in range(0, len(unique), READ_KEYS):
+            chunk = unique[start : start + READ_KEYS]
+            self.connection.call("delete records", "delete", self.name, filter=f"key in [{','.join(map(str, chunk))}]")
+
+    def flush(self) -> None:
+        self.connection.call("flush", "flush", self.name)
+
+    # -- reads --
+
+    def get(self, keys: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """The documents of the given keys (absent keys are left out)."""
+        unique = sorted({int(k) for k in keys})
+        found: dict[int, list[tuple[int, str]]] = {}
+        for start in range(0, len(unique), READ_KEYS):
+            chunk = unique[start : start + READ_KEYS]
+            rows = self.connection.call(
+                "read records",
+                "query",
+                self.name,
+                filter=f"key in [{','.join(map(str, chunk))}]",
+                output_fields=["id", "key", "data"],
+                consistency_level="Strong",
+            )
+            for r in rows:
+                found.setdefault(int(r["key"]), []).append((int(r["id"]), str(r["data"])))
+        return {key: _joined(parts) for key, parts in found.items()}
+
+    def scan(self, fields: tuple[str, ...] = ("key", "owner", "data")) -> Iterator[dict[str, Any]]:
+        """Every row (a part of a record), in no particular order, through a paged query iterator (a cluster's
+        query window does not bound it)."""
+        from pymilvus.exceptions import MilvusException
+
+        iterator = self.connection.call(
+            "scan records",
+            "query_iterator",
+            self.name,
+            batch_size=SCAN_BATCH,
+            filter="",
+            output_fields=["id", *fields],
+        )
+        try:
+            while True:
+                try:
+                    page = list(iterator.next())
+                except MilvusException as exc:
+                    where = f"Milvus at {self.connection.uri}"
+                    raise VectorStoreUnavailable(f"{where} failed to scan {self.name}: {exc}") from None
+                if not page:
+                    return
+                yield from page
+        finally:
+            with contextlib.suppress(Exception):
+                iterator.close()
+
+    def documents(self) -> dict[int, tuple[int, dict[str, Any]]]:
+        """Every record: key -> (owner, document)."""
+        parts: dict[int, list[tuple[int, str]]] = {}
+        owners: dict[int, int] = {}
+        for row in self.scan():
+            key = int(row["key"])
+            parts.setdefault(key, []).append((int(row["id"]), str(row["data"])))
+            owners[key] = int(row["owner"])
+        return {key: (owners[key], _joined(p)) for key, p in parts.items()}
+
+    def owners(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys ascending, owner of each), reading no documents."""
+        seen: dict[int, int] = {}
+        for row in self.scan(("key", "owner")):
+            seen[int(row["key"])] = int(row["owner"])
+        keys = np.fromiter(sorted(seen), np.int64, len(seen))
+        return keys, np.fromiter((seen[int(k)] for k in keys), np.int64, len(keys))
+
+    def keys(self) -> np.ndarray:
+        return self.owners()[0]
+
+
+def _joined(parts: list[tuple[int, str]]) -> dict[str, Any]:
+    parts.sort()
+    doc: dict[str, Any] = json.loads("".join(p for _, p in parts))
+    return doc
+
+
+# -- from SQLite --------------------------------------------------------------------------------------------------
+
+
+def article_records(store: Any, aids: Iterable[int] | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    for aid, doc in store.article_documents(aids):
+        yield aid, aid, doc
+
+
+def passage_records(store: Any, pids: Iterable[int] | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    yield from store.passage_documents(pids)
+
+
+def sentence_records(store: Any, pids: Iterable[int] | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    for pid, aid, spans, vectors in store.sentence_rows(pids):
+        yield pid, aid, encode_sentences(spans, vectors)
+
+
+SOURCES = {"article_rows": article_records, "passage_rows": passage_records, "sentence_rows": sentence_records}
+
+
+class EngineRecords:
+    """The record collections and the meta collection of one index build, as its writer sees them."""
+
+    def __init__(self, connection: Any, names: dict[str, str], meta: str) -> None:
+        self.connection = connection
+        self.names = names
+        self.meta = meta
+
+    def collection(self, kind: str) -> RecordCollection:
+        return RecordCollection(self.connection, self.names[kind])
+
+    def ensure(self) -> bool:
+        """Create missing collections; True if all were there already."""
+        complete = True
+        for name in [*self.names.values(), self.meta]:
+            if not self.connection.call("look up a collection", "has_collection", name):
+                RecordCollection.create(self.connection, name)
+                complete = False
+            else:
+                self.connection.call("load a collection", "load_collection", name)
+        return complete
+
+    def fill(self, store: Any) -> None:
+        """Write every record of a new build into its (new, empty) collections."""
+        for kind in RECORD_KINDS:
+            coll = self.collection(kind)
+            coll.put(SOURCES[kind](store), replace=False)
+            coll.flush()
+
+    def sync(self, store: Any) -> None:
+        """Make the collections hold exactly SQLite's records (a repair after a crash): every record rewritten,
+        keys SQLite no longer has deleted."""
+        for kind in RECORD_KINDS:
+            coll = self.collection(kind)
+            held = coll.keys()
+            written: list[int] = []
+            batch: list[tuple[int, int, dict[str, Any]]] = []
+            for record in SOURCES[kind](store):
+                batch.append(record)
+                written.append(record[0])
+                if len(batch) >= WRITE_ROWS:
+                    coll.put(batch)
+                    batch = []
+            coll.put(batch)
+            extra = np.setdiff1d(held, np.asarray(written, dtype=np.int64))
+            coll.delete(extra.tolist())
+
+    def apply(self, store: Any, deleted: tuple[list[int], list[int]], added: tuple[list[int], list[int]]) -> None:
+        """After a committed write that deleted and added (article keys, passage ids): the same in the records.
+        Deleted keys go first: SQLite may give a new row the key of one deleted in the same transaction."""
+        del_aids, del_pids = deleted
+        new_aids, new_pids = added
+        self.collection("article_rows").delete(del_aids)
+        self.collection("passage_rows").delete(del_pids)
+        self.collection("sentence_rows").delete(del_pids)
+        self.collection("article_rows").put(article_records(store, new_aids))
+        self.collection("passage_rows").put(passage_records(store, new_pids))
+        self.collection("sentence_rows").put(sentence_records(store, new_pids))
+
+    def publish(self, generation: int, collections: dict[str, str], manifest: dict[str, Any]) -> None:
+        """Tell replicas the records and vectors now match ``generation``: the manifest first, the state last."""
+        meta = RecordCollection(self.connection, self.meta)
+        meta.put([(MANIFEST_KEY, MANIFEST_KEY, manifest)])
+        meta.put([(STATE_KEY, generation, {"generation": generation, "collections": collections})])
+
+    def problems(self, store: Any) -> list[str]:
+        """Record keys that differ from SQLite's rows (``newsdesk check``)."""
+        out: list[str] = []
+        for kind, table in (("article_rows", "articles"), ("passage_rows", "passages")):
+            try:
+                held = RecordCollection.open(self.connection, self.names[kind]).keys()
+            except (VectorStoreUnavailable, IndexCorrupt) as exc:
+                out.append(exc.message)
+                continue
+            stored = store.keys(table)
+            if not np.array_equal(held, stored):
+                name = self.names[kind]
+                out.append(f"Milvus collection {name} holds {len(held)} records, SQLite {len(stored)} {table}")
+        return out
+
+
+def read_state(connection: Any, meta: str) -> dict[str, Any] | None:
+    """The published state ``{"generation", "collections"}`` of a meta collection, or None if it has none."""
+    rows = connection.call(
+        "read the published state",
+        "query",
+        meta,
+        filter=f"key == {STATE_KEY}",
+        output_fields=["id", "data"],
+        consistency_level="Strong",
+    )
+    if not rows:
+        return None
+    try:
+        return _joined([(int(r["id"]), str(r["data"])) for r in rows])
+    except ValueError:
+        return None  # caught between the delete and the insert of a publish: as if unchanged
+
+
+def read_manifest_record(connection: Any, meta: str) -> dict[str, Any]:
+    docs = RecordCollection(connection, meta).get([MANIFEST_KEY])
+    if MANIFEST_KEY not in docs:
+        raise IndexCorrupt(f"Milvus collection {meta} holds no manifest: build the index with this version")
+    return docs[MANIFEST_KEY]
