@@ -80,6 +80,11 @@ def load_service(settings: Settings) -> SearchService:
     from search.index import open_index
 
     embedder = make_embedder(settings)
+    if settings.collections:  # a stateless replica: everything from Milvus, no index directory
+        from search.replica import open_replica
+
+        index = open_replica(settings.milvus_uri, settings.collections, embedder, settings.replica_poll)
+        return SearchService(index, embedder, settings)
     return SearchService(open_index(settings.index_dir, embedder), embedder, settings)
 
 

@@ -134,28 +134,40 @@ def index_cmd(sources: tuple[Path, ...], quiet: bool, rebuild: bool, **opts: Any
     help="Server processes: 1 runs waitress; more run gunicorn workers, each loading the model and index itself.",
 )
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
+@click.option(
+    "--milvus-uri", default=None, help="With --collections: the Milvus serving the index [env NEWSDESK_MILVUS_URI]."
+)
+@click.option("--collections", default=None, help=HELP["collections"] + " [env NEWSDESK_COLLECTIONS]")
+@click.option("--replica-poll", type=float, default=None, help=HELP["replica_poll"])
 @_backend_option
 def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> None:
-    """Serve the API and the web page with a production WSGI server (waitress, or gunicorn for several processes)."""
+    """Serve the API and the web page with a production WSGI server (waitress, or gunicorn for several processes).
+
+    With --collections, serve as a stateless replica of an index on Milvus: no index directory is read, any number
+    of replicas serve one corpus, and each reloads when the indexer publishes a write."""
     from api.app import create_app
     from api.server import serve as run_server
     from search.index import read_manifest
-    from search.milvus import is_lite
+    from search.milvus import check_uri, is_lite
 
     if workers < 1 or processes < 1:
         raise click.UsageError("--workers and --processes must be at least 1")
     settings = Settings.from_env(**opts)
-    manifest = read_manifest(settings.index_dir)  # a missing or unfinished index fails here, once, not in every worker
-    uri = str((manifest.get("milvus") or {}).get("uri", ""))
-    if processes > 1 and manifest.get("store") == "milvus" and is_lite(uri):
-        raise click.UsageError(
-            f"{settings.index_dir} keeps its vectors in Milvus Lite ({uri}), which one process at a time may open; "
-            "serve it with --processes 1, or rebuild it on a Milvus server (--milvus-uri http://HOST:19530)"
-        )
-    click.echo(
-        f"serving {settings.index_dir} on http://{host}:{port}/ ({processes} process(es) x {workers} threads)",
-        err=True,
-    )
+    if settings.collections:
+        check_uri(settings.milvus_uri)
+        if is_lite(settings.milvus_uri) and processes > 1:
+            raise click.UsageError("Milvus Lite opens in one process at a time: replicas need a Milvus server URI")
+        served = f"{settings.collections} on {settings.milvus_uri}"
+    else:
+        manifest = read_manifest(settings.index_dir)  # a missing or unfinished index fails here, once
+        uri = str((manifest.get("milvus") or {}).get("uri", ""))
+        if processes > 1 and manifest.get("store") == "milvus" and is_lite(uri):
+            raise click.UsageError(
+                f"{settings.index_dir} keeps its vectors in Milvus Lite ({uri}), which one process at a time may "
+                "open; serve it with --processes 1, or rebuild it on a Milvus server (--milvus-uri http://HOST:19530)"
+            )
+        served = str(settings.index_dir)
+    click.echo(f"serving {served} on http://{host}:{port}/ ({processes} process(es) x {workers} threads)", err=True)
     run_server(lambda: create_app(settings), host, port, threads=workers, processes=processes)
 
 

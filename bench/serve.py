@@ -326,14 +326,18 @@ class Server:
 
     def __init__(
         self,
-        index: Path,
+        index: Path | None,
         workers: int,
         log: Path,
         backend: str | None,
         processes: int = 1,
         env: Mapping[str, str | None] | None = None,
+        args: Sequence[str] = (),
+        cwd: Path | None = None,
     ) -> None:
-        """``env`` changes the child's environment: a value sets a variable, None removes it."""
+        """``env`` changes the child's environment: a value sets a variable, None removes it. ``index=None`` with
+        ``args`` such as ``--milvus-uri URI --collections NAME`` serves a stateless replica (search/replica.py);
+        ``cwd`` is where the server runs (the checkout by default)."""
         self.port = free_port()
         self.log = log
         child = child_env()
@@ -345,8 +349,8 @@ class Server:
         self.cmd = [
             newsdesk_exe(),
             "serve",
-            "--index",
-            str(index),
+            *(["--index", str(index)] if index is not None else []),
+            *args,
             "--host",
             HOST,
             "--port",
@@ -366,7 +370,7 @@ class Server:
                 self.backend_via = "env NEWSDESK_BACKEND"
         self._log_fh = log.open("wb")
         self.proc = subprocess.Popen(
-            self.cmd, cwd=ROOT, env=child, stdout=self._log_fh, stderr=subprocess.STDOUT, start_new_session=True
+            self.cmd, cwd=cwd or ROOT, env=child, stdout=self._log_fh, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def wait_ready(self, timeout: float) -> tuple[dict[str, Any], float]:

@@ -155,7 +155,7 @@ def _milvus_change(manifest: dict[str, Any], settings: Settings) -> str | None:
     return None
 
 
-def _new_search_params(index: Index, settings: Settings) -> bool:
+def _new_search_params(index: Index[Any], settings: Settings) -> bool:
     """Record changed search parameters (efSearch, nprobe, ef): query-time, so nothing is rebuilt."""
     if index.manifest.get("store") == "milvus":
         wanted = parse_params(settings.milvus_search, "search parameters")
@@ -183,7 +183,7 @@ def _same_model_files(recorded: dict[str, Any], settings: Settings) -> bool:
 
 
 def _apply(
-    index: Index,
+    index: Index[Any],
     items: list[Article],
     todo: list[Article],
     gone: list[str],

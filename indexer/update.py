@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from search.settings import Settings
 from search.store import NewArticle
 
 
-def add_articles(index: Index, articles: Iterable[Article], embedder: Embedder, settings: Settings) -> int:
+def add_articles(index: Index[Any], articles: Iterable[Article], embedder: Embedder, settings: Settings) -> int:
     """Insert or replace (by id) articles; returns how many were written.
 
     A replaced article's old and new versions swap in one transaction, and passages whose embedding input did not
@@ -39,12 +40,12 @@ def add_articles(index: Index, articles: Iterable[Article], embedder: Embedder, 
     return len(items)
 
 
-def delete_articles(index: Index, article_ids: Iterable[str]) -> int:
+def delete_articles(index: Index[Any], article_ids: Iterable[str]) -> int:
     """Delete articles by id (unknown ids are ignored); returns how many were deleted."""
     return apply_changes(index, list(article_ids), [])
 
 
-def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -> dict[str, Reusable]:
+def reusable_vectors(index: Index[Any], article_ids: list[str], settings: Settings) -> dict[str, Reusable]:
     """Stored vectors (passage and sentences) of the given articles' passages, keyed by the text the model saw."""
     _, store = index.writable
     return {
@@ -53,7 +54,7 @@ def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -
     }
 
 
-def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle], *, save: bool = True) -> int:
+def apply_changes(index: Index[Any], delete_ids: list[str], rows: list[NewArticle], *, save: bool = True) -> int:
     """Delete and insert in one SQLite transaction, then bring FAISS, the BM25 postings and the manifest up to it;
     returns the number of articles deleted. ``save=False`` leaves writing the on-disk caches to the caller
     (``save_state``), who may do it after letting readers back in: they are caches of the committed store."""
@@ -98,7 +99,7 @@ def apply_changes(index: Index, delete_ids: list[str], rows: list[NewArticle], *
 
 
 def _labelled(
-    index: Index, dedup: DedupIndex | None, delete_ids: list[str], rows: list[NewArticle]
+    index: Index[Any], dedup: DedupIndex | None, delete_ids: list[str], rows: list[NewArticle]
 ) -> list[NewArticle]:
     """``rows`` with their story and duplicate-group labels, decided before the write so they commit with it."""
     if not rows or dedup is None:
@@ -126,7 +127,7 @@ def _headline_vector(row: NewArticle) -> np.ndarray | None:
     return None
 
 
-def save_state(index: Index) -> None:
+def save_state(index: Index[Any]) -> None:
     """FAISS caches stamped with the store's generation, then the manifest's counts."""
     directory, store = index.writable
     save_vectors(directory, index.passages, index.articles, store.generation(), index.manifest)

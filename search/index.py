@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -135,14 +135,17 @@ class PassageOwners:
         )
 
 
+S = TypeVar("S", Store, MilvusReadStore, Store | MilvusReadStore)
+
+
 @dataclass
-class Index:
+class Index(Generic[S]):
     """An open index: its manifest, its store and its two vector stores, consistent with each other. A replica
     (search/replica.py) has no directory: its store is a read-only view of what the engine published."""
 
     directory: Path | None
     manifest: dict[str, Any]
-    store: Store | MilvusReadStore
+    store: S  # Store for a directory index (what open_index returns), MilvusReadStore for a replica
     passages: Vectors
     articles: Vectors
     lexical: LexicalPostings
@@ -168,10 +171,10 @@ class Index:
             )
         return self.directory, self.store
 
-    def reopen(self) -> Index:
+    def reopen(self) -> Index[Any]:
         """This index as now committed (or published, for a replica)."""
         if self.replica is not None:
-            reopened: Index = self.replica.reopen()
+            reopened: Index[Any] = self.replica.reopen()
             return reopened
         directory, _ = self.writable
         return open_index(directory, None)
@@ -184,7 +187,7 @@ class Index:
         close_vectors(self.passages, self.articles)
 
 
-def open_index(directory: Path, embedder: Embedder | None) -> Index:
+def open_index(directory: Path, embedder: Embedder | None) -> Index[Store]:
     """Open and check an index; refuse a model whose vectors are not the index's; rebuild stale FAISS caches.
 
     ``embedder=None`` skips the model check, for a caller that verified the model otherwise (an incremental

@@ -144,7 +144,7 @@ def _reads(method: F) -> F:
 
 
 class SearchService:
-    def __init__(self, index: Index, embedder: Embedder, settings: Settings) -> None:
+    def __init__(self, index: Index[Any], embedder: Embedder, settings: Settings) -> None:
         self.embedder = embedder
         self.settings = settings
         self.lock = ReadWriteLock()
@@ -156,7 +156,7 @@ class SearchService:
         self._threads = threading.local()
         _pin_blas(settings.search_threads)
 
-    def attach(self, index: Index) -> None:
+    def attach(self, index: Index[Any]) -> None:
         """Serve ``index``: everything built on an index's objects is built again with it."""
         self.index = index
         self.generation = index.store.generation()
@@ -185,8 +185,9 @@ class SearchService:
         """Whether the store moved past the loaded index: a commit by another process, or for a replica a new
         state published in the engine (search/replica.py)."""
         if self.index.replica is not None:
-            return self.index.replica.changed()
-        return self.index.store.generation() != self.generation
+            changed: bool = self.index.replica.changed()
+            return changed
+        return bool(self.index.store.generation() != self.generation)
 
     def wrote(self) -> None:
         """Called by this process's writer, under the write lock, after it changed ``self.index`` in place."""
@@ -540,14 +541,15 @@ class SearchService:
     # -- articles --------------------------------------------------------------------------------------------
 
     def _aid(self, article_id: str) -> int:
-        aid = self.index.store.aid_of(article_id)
+        aid: int | None = self.index.store.aid_of(article_id)
         if aid is None:
             raise NotFound(f"no article with id {article_id!r}")
         return aid
 
     @_reads
     def article(self, article_id: str) -> Article:
-        return self.index.store.article(self._aid(article_id))
+        found: Article = self.index.store.article(self._aid(article_id))
+        return found
 
     @_reads
     def article_with_labels(self, article_id: str) -> tuple[Article, ArticleRef]:

@@ -88,6 +88,15 @@ class Settings:
     milvus_search: str = _setting(
         "", "Milvus search parameters for passage vectors, e.g. ef=128 (HNSW) or nprobe=32 (IVF); empty: defaults."
     )
+    # -- stateless replicas (search/replica.py) --
+    collections: str = _setting(
+        "",
+        "Serve as a stateless replica the index published on Milvus (at milvus_uri) under this name: "
+        "newsdesk_<index name> (or its _meta collection); no index directory is read. Empty: serve index_dir.",
+    )
+    replica_poll: float = _setting(
+        0.5, "Seconds between a replica's checks for a newly published state (a write or a rebuild) in Milvus."
+    )
     candidates: int = _setting(200, "Passages retrieved from FAISS per query before grouping into articles.")
     mode: str = _setting("hybrid", "Default ranking: hybrid (BM25 and dense, fused), dense or lexical.")
     fusion: str = _setting("convex", "How hybrid mode fuses: convex (weighted sum of normalised scores) or rrf.")
@@ -173,6 +182,8 @@ class Settings:
             raise InvalidInput("setting duplicate_threshold must be in (0, 1]")
         if self.mode not in MODES:
             raise InvalidInput(f"setting mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.replica_poll < 0:
+            raise InvalidInput(f"setting replica_poll must not be negative, got {self.replica_poll}")
         if self.title_weight <= 0:
             raise InvalidInput("setting title_weight must be positive")
         self.fusion_config()  # validates method, alpha, normalisation and rrf_k

@@ -117,14 +117,14 @@ def test_updates_keep_postings_equal_to_fts5_and_to_a_rebuild(writable: SearchSe
     assert writable.lexical.search_passages("semiconductor", 5) == []
     rebuilt = LexicalPostings.build(index.store)
     np.testing.assert_array_equal(index.lexical.passages.rowids, rebuilt.passages.rowids)
-    assert check_index(index.directory) == []
+    assert check_index(index.writable[0]) == []
     # the saved cache is the updated one: a fresh open loads it instead of rebuilding
-    reopened = load_postings(index.directory, index.store)
+    reopened = load_postings(*index.writable)
     np.testing.assert_array_equal(reopened.articles.rowids, rebuilt.articles.rowids)
 
 
 def test_stale_or_damaged_cache_is_rebuilt(writable: SearchService) -> None:
-    directory, store = writable.index.directory, writable.index.store
+    directory, store = writable.index.writable
     (directory / LEXICAL_STATE).write_text('{"generation": -1, "version": 1}', encoding="utf-8")
     assert load_postings(directory, store).passages.rows == store.counts()[1]
     assert check_index(directory) == []  # load_postings saved a fresh cache

@@ -30,7 +30,7 @@ def consistent(service: SearchService) -> None:
     np.testing.assert_array_equal(index.passages.ids(), stored_pids)
     np.testing.assert_array_equal(index.articles.ids(), stored_aids)
     assert store.integrity_problems() == []  # includes the BM25 tables against their rows
-    assert check_index(index.directory) == []
+    assert check_index(index.writable[0]) == []
 
 
 def test_delete_removes_an_article_from_every_side(writable: SearchService, embedder) -> None:
@@ -40,7 +40,7 @@ def test_delete_removes_an_article_from_every_side(writable: SearchService, embe
         got = [r.article.id for r in writable.search("semiconductor chips carmaker shares", k=8, mode=mode).results]
         assert "business/002" not in got
     assert writable.lexical.search_passages("semiconductor", 5) == []
-    reopened = open_index(writable.index.directory, embedder)  # the saved caches match the new generation
+    reopened = open_index(writable.index.writable[0], embedder)  # the saved caches match the new generation
     assert reopened.passages.count() == writable.index.passages.count()
     assert reopened.manifest["counts"]["articles"] == 7
 
@@ -55,7 +55,7 @@ def test_add_makes_an_article_findable_on_every_side(writable: SearchService, em
     consistent(writable)
     for mode in ("dense", "lexical", "hybrid"):
         assert writable.search("comet visible in the night sky", k=1, mode=mode).results[0].article.id == "science/042"
-    assert open_index(writable.index.directory, embedder).manifest["counts"]["articles"] == 9
+    assert open_index(writable.index.writable[0], embedder).manifest["counts"]["articles"] == 9
 
 
 def test_re_adding_an_id_replaces_it_everywhere(writable: SearchService, embedder) -> None:
@@ -125,6 +125,6 @@ def test_a_light_rewrite_joins_its_original_and_another_story_does_not(writable:
     shown = [r.article.id for r in top]
     assert "rewrite-of-business-001" not in shown and "business/099" in shown
     assert {c.id for c in top[0].also_reported} == {"copy-of-business-001", "rewrite-of-business-001"}
-    reopened = open_index(index.directory, embedder)  # the saved duplicate cache matches this generation
+    reopened = open_index(index.writable[0], embedder)  # the saved duplicate cache matches this generation
     assert reopened.catalog.dup_labels == catalog.dup_labels
     consistent(writable)
