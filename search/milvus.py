@@ -311,7 +311,6 @@ def _start_lite(path: Path) -> tuple[Any, Any, int]:
     except BaseException:
         db.close()
         raise
-    logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_DropIteratorWarning())
     return server, db, int(port)
 
 
@@ -323,6 +322,7 @@ def _stop_lite(server: Any, db: Any) -> None:
 
 
 _LITE = _LiteServers()
+_DROP_ITERATOR_WARNING = _DropIteratorWarning()
 
 
 class MilvusConnection:
@@ -333,6 +333,8 @@ class MilvusConnection:
         from pymilvus.exceptions import MilvusException
 
         check_uri(uri)
+        # Milvus Lite, in process or as a server, gives query iterators no MVCC timestamp: a warning per page
+        logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_DROP_ITERATOR_WARNING)
         self.uri = uri
         self.lite: Path | None = lite_path(uri, directory) if is_lite(uri) else None
         address = _LITE.acquire(self.lite) if self.lite is not None else uri

@@ -31,7 +31,7 @@ import numpy as np
 from search.bm25 import LexicalPostings, Postings
 from search.catalog import ArticleCatalog
 from search.embedding import Embedder, check_compatible
-from search.errors import IndexCorrupt, IndexMissing, WritesDisabled
+from search.errors import IndexCorrupt, IndexMissing, NotFound, WritesDisabled
 from search.milvus import ARTICLE_INDEX, MilvusConfig, MilvusConnection, MilvusVectorStore
 from search.models import Article, ArticleRef, Passage
 from search.neighbours import DEFAULT_NEIGHBOURS, MAX_ARTICLES, NeighbourGraph
@@ -107,8 +107,8 @@ class MilvusReadStore:
 
     def article(self, aid: int) -> Article:
         doc = self._collections["article_rows"].get([aid]).get(int(aid))
-        if doc is None:
-            raise KeyError(aid)
+        if doc is None:  # deleted since this state was loaded: gone from the replica too once it reloads
+            raise NotFound(f"no article with id {self._ids.get(int(aid), aid)!r}")
         return Article(
             id=doc["id"],
             title=doc["title"],
@@ -144,12 +144,15 @@ class MilvusReadStore:
         return sorted((sp.passage for sp in found.values()), key=lambda p: p.position)
 
     def passage_vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """Vectors of the given passages that the collection holds (others are left out, as SQLite's are)."""
+        vs = self._passage_vectors
+        wanted = sorted({int(i) for i in ids if int(i) >= 0})
         out: dict[int, np.ndarray] = {}
-        for pid in dict.fromkeys(int(i) for i in ids):
-            try:
-                out[pid] = self._passage_vectors.reconstruct(pid)
-            except KeyError:
-                continue
+        for start in range(0, len(wanted), 1000):
+            rows = vs.connection.call(
+                "read vectors", "get", vs.collection, ids=wanted[start : start + 1000], output_fields=["vector"]
+            )
+            out.update((int(r["id"]), np.asarray(r["vector"], dtype=np.float32)) for r in rows)
         return out
 
     def sentence_vectors(self, pids: Iterable[int]) -> dict[int, SentenceVectors]:
