@@ -83,7 +83,9 @@ def load_service(settings: Settings) -> SearchService:
     if settings.collections:  # a stateless replica: everything from Milvus, no index directory
         from search.replica import open_replica
 
-        index = open_replica(settings.milvus_uri, settings.collections, embedder, settings.replica_poll)
+        index = open_replica(
+            settings.milvus_uri, settings.collections, embedder, settings.replica_poll, background=True
+        )
         return SearchService(index, embedder, settings)
     return SearchService(open_index(settings.index_dir, embedder), embedder, settings)
 

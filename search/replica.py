@@ -194,6 +194,7 @@ class Replica:
     embedder: Embedder | None
     state: dict[str, Any]
     poll_seconds: float = 0.5
+    background: bool = False  # reload in a thread, serving the loaded state meanwhile (SearchService.refresh)
 
     def __post_init__(self) -> None:
         self._checked = time.monotonic()
@@ -214,25 +215,33 @@ class Replica:
 
     def reopen(self) -> Any:
         """The index as now published (an ``Index``), sharing this replica's connection."""
-        return load_replica(self.connection, self.uri, self.meta, self.embedder, self.poll_seconds)
+        return load_replica(self.connection, self.uri, self.meta, self.embedder, self.poll_seconds, self.background)
 
     def close(self) -> None:
         self.connection.close()
 
 
-def open_replica(uri: str, collections: str, embedder: Embedder | None, poll_seconds: float = 0.5) -> Any:
+def open_replica(
+    uri: str, collections: str, embedder: Embedder | None, poll_seconds: float = 0.5, background: bool = False
+) -> Any:
     """The index published in ``collections`` (see ``meta_collection``) on the Milvus at ``uri``, as an ``Index``
-    with no directory. Its vectors must have been built by ``embedder``'s model (None skips the check)."""
+    with no directory. Its vectors must have been built by ``embedder``'s model (None skips the check). A
+    ``background`` replica is reloaded in a thread when a new state is published (else by the request seeing it)."""
     connection = MilvusConnection(uri, Path.cwd())
     try:
-        return load_replica(connection, uri, meta_collection(collections), embedder, poll_seconds)
+        return load_replica(connection, uri, meta_collection(collections), embedder, poll_seconds, background)
     except BaseException:
         connection.close()
         raise
 
 
 def load_replica(
-    connection: MilvusConnection, uri: str, meta: str, embedder: Embedder | None, poll_seconds: float
+    connection: MilvusConnection,
+    uri: str,
+    meta: str,
+    embedder: Embedder | None,
+    poll_seconds: float,
+    background: bool = False,
 ) -> Any:
     from search.index import Index, PassageOwners
 
@@ -255,7 +264,7 @@ def load_replica(
         loaded = _load(connection, config, manifest, int(state["generation"]))
         if read_state(connection, meta) == state:
             store, passages, articles, lexical = loaded
-            replica = Replica(connection, uri, meta, embedder, state, poll_seconds)
+            replica = Replica(connection, uri, meta, embedder, state, poll_seconds, background)
             owners = PassageOwners.of(*store.passage_owners())
             catalog = ArticleCatalog.of(store.catalog_rows(), store.groups())
             graph = _graph(articles, lexical.articles, store.generation())

@@ -8,6 +8,7 @@ on both sides, locates answering sentences and lists related stories, for the pa
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -148,6 +149,8 @@ class SearchService:
         self.embedder = embedder
         self.settings = settings
         self.lock = ReadWriteLock()
+        self._reload_guard = threading.Lock()
+        self._reloading = False
         self.attach(index)
         self.fusion = settings.fusion_config()
         self.passage_fusion = settings.fusion_config(passages=True)
@@ -176,10 +179,36 @@ class SearchService:
         reloads from the engine when the indexer published a new state."""
         if not self._stale():
             return
+        replica = self.index.replica
+        if replica is not None and replica.background:
+            self._reload_in_background()
+            return
         with self.lock.writing():
             if not self._stale():
                 return  # another request thread reloaded first
             self.attach(self.index.reopen())
+
+    def _reload_in_background(self) -> None:
+        """A replica's reload (reading and tokenising the corpus: seconds to minutes) runs in a thread while
+        requests go on with the loaded state; the new index is swapped in under the write lock when ready. A failed
+        reload is logged and tried again at the next poll that still sees a newer state."""
+        with self._reload_guard:
+            if self._reloading:
+                return
+            self._reloading = True
+
+        def reload() -> None:
+            try:
+                fresh = self.index.reopen()
+                with self.lock.writing():
+                    self.attach(fresh)
+            except Exception:
+                logging.getLogger("newsdesk.replica").exception("reloading the replica failed; will retry")
+            finally:
+                with self._reload_guard:
+                    self._reloading = False
+
+        threading.Thread(target=reload, name="newsdesk-replica-reload", daemon=True).start()
 
     def _stale(self) -> bool:
         """Whether the store moved past the loaded index: a commit by another process, or for a replica a new

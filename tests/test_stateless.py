@@ -171,6 +171,36 @@ def test_writes_crash_repairs_and_rebuilds_reach_a_replica(hash_index: tuple[Pat
         replica.index.close()
 
 
+def test_a_background_replica_serves_its_state_while_it_reloads(
+    hash_index: tuple[Path, HashEmbedder, Settings],
+) -> None:
+    """``serve`` replicas reload in a thread: requests meanwhile get the loaded state, never wait for the load."""
+    target, embedder, settings = hash_index
+    index = open_replica(str(settings.milvus_uri), "newsdesk_corpus", embedder, poll_seconds=0.0, background=True)
+    replica = SearchService(index, embedder, Settings(index_dir=Path("/nonexistent")))
+    try:
+        before = replica.health()["generation"]
+        writer = open_index(target, embedder)
+        try:
+            add_articles(writer, [Article(id="bg/1", title="Comet seen with the naked eye", paragraphs=("A comet.",))],
+                         embedder, settings)  # fmt: skip
+            generation = writer.store.generation()
+        finally:
+            writer.close()
+        deadline = time.monotonic() + 60
+        while replica.health()["generation"] != generation:  # each request answers at once, from some state
+            assert replica.health()["generation"] in (before, generation)
+            assert time.monotonic() < deadline, "the background reload did not land"
+            time.sleep(0.05)
+        fresh = _service(target, embedder)
+        try:
+            _assert_alike(fresh, replica, ["bg/1", "business/001"])
+        finally:
+            fresh.index.close()
+    finally:
+        replica.index.close()
+
+
 def test_a_replica_refuses_writes(milvus_corpus_index: Path, embedder) -> None:
     replica = _replica(milvus_corpus_index, embedder)
     try:
