@@ -215,10 +215,41 @@ def test_a_replica_refuses_writes(milvus_corpus_index: Path, embedder) -> None:
         assert deleted.status_code == 403
         assert client.get("/api/health").get_json()["articles"] == replica.health()["articles"]
         assert client.get("/metrics").status_code == 200
+        page = client.get("/?q=central+bank")  # the web page too: results, and an article page from the engine
+        assert page.status_code == 200 and "Central bank" in page.get_data(as_text=True)
+        assert client.get("/article?id=business/001").status_code == 200
+        assert client.get("/api/articles/nope%2F1").status_code == 404
         with pytest.raises(WritesDisabled):
             replica.index.writable  # noqa: B018
     finally:
         replica.index.close()
+
+
+def test_an_index_from_before_the_records_gets_them_on_open(hash_index: tuple[Path, HashEmbedder, Settings]) -> None:
+    """An index on Milvus built before the record collections existed: the next open of its directory writes
+    them from SQLite and publishes, after which a replica serves it."""
+    target, embedder, settings = hash_index
+    index = open_index(target, embedder)
+    try:
+        from search.milvus import MilvusVectorStore
+
+        assert isinstance(index.articles, MilvusVectorStore)
+        connection = index.articles.connection
+        names = index.manifest["milvus"]["collections"]
+        for kind in ("article_rows", "passage_rows", "sentence_rows"):
+            connection.call("drop", "drop_collection", names[kind])
+        connection.call("drop", "drop_collection", "newsdesk_corpus_meta")
+    finally:
+        index.close()
+    with pytest.raises(IndexMissing):
+        open_replica(settings.milvus_uri, "newsdesk_corpus", embedder)
+    directory = _service(target, embedder)
+    replica = _replica(target, embedder, settings.milvus_uri)
+    try:
+        _assert_alike(directory, replica, list(directory.index.catalog.ids))
+    finally:
+        replica.index.close()
+        directory.index.close()
 
 
 def test_record_parts_and_names() -> None:
