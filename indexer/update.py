@@ -145,7 +145,7 @@ def save_state(index: Index[Any]) -> None:
     publish_index(index.articles, store.generation(), index.manifest)  # replicas reload (Milvus only)
 
 
-def update_neighbours(index: Index) -> None:
+def update_neighbours(index: Index[Any]) -> None:
     """Bring the more-like-this profiles up to the writes ``apply_changes`` recorded, then swap them in (readers hold
     either the old profiles or the new ones, never a half-updated object)."""
     deleted, added = index.neighbour_changes
