@@ -173,7 +173,7 @@ def build_index(
             finally:
                 store.close()
         if opened:  # replicas (search/replica.py) move to the new collections, then the old ones go
-            publish_index(opened[1], generation, manifest)
+            publish_index(opened[1], generation, manifest, take_over=True)
     finally:
         close_vectors(*opened)  # Milvus: the connection, and an in-process Milvus Lite's directory lock
     if replaced is not None:

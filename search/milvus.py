@@ -186,9 +186,25 @@ def engine_records(connection: MilvusConnection, config: MilvusConfig) -> Engine
     return EngineRecords(connection, {kind: config.collections[kind] for kind in RECORD_KINDS}, config.meta)
 
 
-def publish(connection: MilvusConnection, config: MilvusConfig, manifest: dict[str, Any], generation: int) -> None:
-    """Tell replicas the collections hold ``generation`` (after the writes it stands for)."""
+def publish(
+    connection: MilvusConnection,
+    config: MilvusConfig,
+    manifest: dict[str, Any],
+    generation: int,
+    *,
+    take_over: bool = False,
+) -> bool:
+    """Tell replicas the collections hold ``generation`` (after the writes it stands for); returns whether it did.
+
+    Only a new build ``take_over``s the meta collection from another build's collections. A write or a repair
+    publishes only while this build's collections are the published ones (or none are): an old copy of the index
+    directory, or a server still on the directory a rebuild replaced, must not point replicas back at them."""
+    if not take_over:
+        state = read_state(connection, config.meta)
+        if state is not None and state.get("collections") != dict(config.collections):
+            return False
     engine_records(connection, config).publish(generation, dict(config.collections), manifest)
+    return True
 
 
 def published(connection: MilvusConnection, config: MilvusConfig, generation: int) -> bool:
@@ -800,10 +816,12 @@ def relabel_records(vectors: Any, store: Store, manifest: dict[str, Any], aids: 
         engine.collection("article_rows").put(article_records(store, aids))
 
 
-def publish_index(vectors: Any, generation: int, manifest: dict[str, Any]) -> None:
-    """Publish an index on Milvus at ``generation`` (after a build or a write); nothing for FAISS."""
+def publish_index(vectors: Any, generation: int, manifest: dict[str, Any], *, take_over: bool = False) -> None:
+    """Publish an index on Milvus at ``generation`` (a new build ``take_over``, a write not: see ``publish``);
+    nothing for FAISS."""
     if manifest.get("store") == "milvus" and isinstance(vectors, MilvusVectorStore):
-        publish(vectors.connection, MilvusConfig.from_manifest(manifest["milvus"]), manifest, generation)
+        config = MilvusConfig.from_manifest(manifest["milvus"])
+        publish(vectors.connection, config, manifest, generation, take_over=take_over)
 
 
 def drop_collections(entry: dict[str, Any], directory: Path) -> None:

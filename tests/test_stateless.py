@@ -171,6 +171,36 @@ def test_writes_crash_repairs_and_rebuilds_reach_a_replica(hash_index: tuple[Pat
         replica.index.close()
 
 
+def test_an_old_copy_of_the_directory_does_not_take_the_replicas_back(
+    hash_index: tuple[Path, HashEmbedder, Settings], tmp_path: Path
+) -> None:
+    """After a rebuild, opening and writing through a copy of the replaced directory (its own, recreated
+    collections) leaves the published state on the new build: only a build takes the meta collection over."""
+    from search.records import read_state
+
+    target, embedder, settings = hash_index
+    old_copy = tmp_path / "old" / "corpus"
+    shutil.copytree(target.resolve(), old_copy)
+    build_index(read_sources([CORPUS]), target, settings, embedder, progress=False)
+    new_collections = json.loads((target / "manifest.json").read_text())["milvus"]["collections"]
+    stale = open_index(old_copy, embedder)  # its collections were dropped by the rebuild: recreated from its SQLite
+    try:
+        add_articles(stale, [Article(id="stale/1", title="Written to the old copy", paragraphs=("x",))], embedder,
+                     settings)  # fmt: skip
+        from search.milvus import MilvusVectorStore
+
+        assert isinstance(stale.articles, MilvusVectorStore)
+        state = read_state(stale.articles.connection, "newsdesk_corpus_meta")
+        assert state is not None and state["collections"] == new_collections
+    finally:
+        stale.close()
+    replica = _replica(target, embedder, settings.milvus_uri)
+    try:
+        assert replica.index.store.aid_of("stale/1") is None
+    finally:
+        replica.index.close()
+
+
 def test_a_background_replica_serves_its_state_while_it_reloads(
     hash_index: tuple[Path, HashEmbedder, Settings],
 ) -> None:
