@@ -78,6 +78,9 @@ def main() -> None:
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--rebuild", is_flag=True, help="Build from scratch even if the index could be updated in place.")
+@click.option("--ray", default=None, metavar="local|ADDRESS", help=HELP["ray"] + " [env NEWSDESK_RAY]")
+@click.option("--ray-actors", type=int, default=None, help=HELP["ray_actors"])
+@click.option("--batch-articles", type=int, default=None, help=HELP["batch_articles"])
 @click.option("--id-field", default=None, help="Source field holding the article id.")
 @click.option("--title-field", default=None, help="Source field holding the headline.")
 @click.option("--paragraphs-field", default=None, help="Source field holding a list of paragraphs.")
@@ -92,7 +95,7 @@ def index_cmd(sources: tuple[Path, ...], quiet: bool, rebuild: bool, **opts: Any
     On an existing compatible index only new and changed articles are embedded and articles missing from SOURCES
     are deleted; otherwise (or with --rebuild) a new index is built and swapped in when complete."""
     from indexer.sources import FieldMap, read_sources
-    from indexer.sync import sync_index
+    from indexer.sync import SyncReport, sync_index
 
     fields = {k[: -len("_field")]: opts.pop(k) for k in list(opts) if k.endswith("_field")}
     settings = Settings.from_env(**opts)
@@ -101,7 +104,17 @@ def index_cmd(sources: tuple[Path, ...], quiet: bool, rebuild: bool, **opts: Any
             raise SourceError(f"{s}: no such file or directory")
     articles = read_sources(list(sources), FieldMap(**fields))
     progress = None if not quiet else False
-    report = sync_index(articles, settings, rebuild=rebuild, progress=progress, sources=[str(s) for s in sources])
+    report: SyncReport
+    ray_summary = ""
+    if settings.ray:  # chunk and embed on Ray actors (indexer/distributed.py); the index is written here as below
+        from indexer.distributed import ray_sync_index
+
+        ray_report = ray_sync_index(
+            articles, settings, rebuild=rebuild, progress=progress, sources=[str(s) for s in sources]
+        )
+        report, ray_summary = ray_report, ray_report.summary()
+    else:
+        report = sync_index(articles, settings, rebuild=rebuild, progress=progress, sources=[str(s) for s in sources])
     if quiet:
         return
     if report.mode == "incremental":
@@ -118,6 +131,8 @@ def index_cmd(sources: tuple[Path, ...], quiet: bool, rebuild: bool, **opts: Any
             f" [full build: {report.reason}]",
             err=True,
         )
+    if ray_summary:
+        click.echo(ray_summary, err=True)
 
 
 @main.command()

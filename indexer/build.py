@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -20,7 +20,7 @@ from search.catalog import ArticleCatalog
 from search.chunking import Chunk, Chunker, sentence_spans
 from search.dedup import DedupIndex
 from search.embedding import Embedder, make_embedder
-from search.errors import NewsdeskError, SourceError
+from search.errors import InvalidInput, NewsdeskError, SourceError
 from search.grouping import label_unlabelled, save_duplicates
 from search.index import (
     ARTICLE_FACTORY,
@@ -46,8 +46,6 @@ from search.models import Article
 from search.neighbours import DEFAULT_NEIGHBOURS, load_graph
 from search.settings import Settings
 from search.store import NewArticle, SentenceVectors, Store
-
-GROUP_ARTICLES = 512  # articles embedded and written per step: bounds memory on large corpora
 
 
 @dataclass
@@ -110,8 +108,12 @@ def build_index(
     *,
     progress: bool | None = None,
     sources: list[str] | None = None,
+    embed_groups: GroupEmbedder | None = None,
 ) -> BuildReport:
-    """Build a complete index at ``target`` from ``articles`` and swap it in atomically."""
+    """Build a complete index at ``target`` from ``articles`` and swap it in atomically.
+
+    ``embed_groups`` chunks and embeds the groups of ``settings.batch_articles`` articles somewhere else (``newsdesk
+    index --ray``: on Ray actors); ``embedder`` then only needs to describe the model (name, dimension, fingerprint)."""
     embedder = embedder or make_embedder(settings)
     report = BuildReport(sources=list(sources or []))
     items = dedupe_articles(articles, report)
@@ -130,8 +132,9 @@ def build_index(
             store = Store(work / SQLITE, create=True)
             try:
                 bar = tqdm(total=len(items), unit="article", desc="indexing", disable=not progress, file=sys.stderr)
-                for group in _groups(items, GROUP_ARTICLES):
-                    rows, embedded = new_articles(group, chunker, embedder, settings)
+                groups = article_groups(items, settings.batch_articles)
+                embed = embed_groups or local_groups(chunker, embedder, settings)
+                for group, (rows, embedded) in zip(groups, embed(groups, None), strict=True):
                     report.embedded += embedded
                     store.add_articles(rows)
                     bar.update(len(group))
@@ -235,9 +238,35 @@ def new_articles(
     return rows, embedded
 
 
-def _groups(items: list[Article], size: int) -> Iterator[list[Article]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+class GroupEmbedder(Protocol):
+    """Chunks and embeds groups of articles, yielding ``(rows, number of texts embedded)`` per group, in order.
+
+    The indexer embeds a corpus group by group (``article_groups``) so memory stays bounded. ``local_groups`` does it
+    in this process; ``indexer/distributed.py`` runs ``new_articles`` on the very same groups on Ray actors, which
+    keeps the vectors equal: the int8 backend's vector of a text depends a little on the texts embedded with it."""
+
+    def __call__(
+        self, groups: list[list[Article]], known: Mapping[str, Reusable] | None
+    ) -> Iterator[tuple[list[NewArticle], int]]: ...
+
+
+def local_groups(chunker: Chunker, embedder: Embedder, settings: Settings) -> GroupEmbedder:
+    """The in-process ``GroupEmbedder``: ``new_articles`` on each group in turn."""
+
+    def embed(
+        groups: list[list[Article]], known: Mapping[str, Reusable] | None
+    ) -> Iterator[tuple[list[NewArticle], int]]:
+        for group in groups:
+            yield new_articles(group, chunker, embedder, settings, known)
+
+    return embed
+
+
+def article_groups(items: list[Article], size: int) -> list[list[Article]]:
+    """``items`` cut into consecutive groups of ``size`` (the ``batch_articles`` setting), the last one shorter."""
+    if size < 1:
+        raise InvalidInput(f"setting batch_articles must be at least 1, got {size}")
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _embed(

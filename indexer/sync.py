@@ -22,13 +22,14 @@ from typing import Any
 from tqdm import tqdm
 
 from indexer.build import (
-    GROUP_ARTICLES,
     BuildReport,
+    GroupEmbedder,
+    article_groups,
     build_index,
     chunking_config,
     dedupe_articles,
+    local_groups,
     make_chunker,
-    new_articles,
 )
 from indexer.update import apply_changes, reusable_vectors, save_state
 from search.embedding import Embedder, check_compatible, files_hash, make_embedder, quantization_config, resolve_model
@@ -75,8 +76,11 @@ def sync_index(
     rebuild: bool = False,
     progress: bool | None = None,
     sources: list[str] | None = None,
+    embed_groups: GroupEmbedder | None = None,
 ) -> SyncReport:
-    """Bring the index at ``settings.index_dir`` in line with ``articles``: incrementally when it can."""
+    """Bring the index at ``settings.index_dir`` in line with ``articles``: incrementally when it can.
+
+    ``embed_groups`` embeds elsewhere (``newsdesk index --ray``, indexer/distributed.py), as for ``build_index``."""
     model = _Model(settings, embedder)
     report = SyncReport(sources=list(sources or []))
     items = dedupe_articles(articles, report)
@@ -91,14 +95,16 @@ def sync_index(
             todo = [a for a in items if stored.get(a.id) != a.content_hash()]
             gone = [i for i in stored if i not in wanted]
             if stored and (len(todo) + len(gone)) / max(len(stored), 1) <= FULL_BUILD_SHARE:
-                _apply(index, items, todo, gone, stored, settings, model, report, progress)
+                _apply(index, items, todo, gone, stored, settings, model, report, progress, embed_groups)
                 if _new_search_params(index, settings):
                     save_state(index)
                 return report
             reason = f"{len(todo) + len(gone)} of {len(stored)} articles changed"
         finally:
             index.close()
-    built = build_index(items, settings.index_dir, settings, model.get(), progress=progress, sources=sources)
+    built = build_index(
+        items, settings.index_dir, settings, model.get(), progress=progress, sources=sources, embed_groups=embed_groups
+    )
     report.articles, report.passages, report.embedded = built.articles, built.passages, built.embedded
     report.added, report.mode, report.reason = built.articles, "full", reason or ""
     return report
@@ -192,6 +198,7 @@ def _apply(
     model: _Model,
     report: SyncReport,
     progress: bool | None,
+    embed_groups: GroupEmbedder | None = None,
 ) -> None:
     report.mode, report.reason = "incremental", "compatible index found"
     report.added = sum(1 for a in todo if a.id not in stored)
@@ -205,11 +212,12 @@ def _apply(
         if progress is None:
             progress = sys.stderr.isatty()
         bar = tqdm(total=len(todo), unit="article", desc="re-indexing", disable=not progress, file=sys.stderr)
-        for i in range(0, len(todo), GROUP_ARTICLES):
-            group_rows, embedded = new_articles(todo[i : i + GROUP_ARTICLES], chunker, embedder, settings, known)
+        groups = article_groups(todo, settings.batch_articles)
+        embed = embed_groups or local_groups(chunker, embedder, settings)
+        for group, (group_rows, embedded) in zip(groups, embed(groups, known), strict=True):
             rows += group_rows
             report.embedded += embedded
-            bar.update(len(todo[i : i + GROUP_ARTICLES]))
+            bar.update(len(group))
         bar.close()
     report.reused = sum(len(r.passages) for r in rows) - report.embedded
     report.deleted = len(gone)

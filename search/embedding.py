@@ -110,10 +110,11 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def make_embedder(settings: Settings) -> Embedder:
-    """The embedder ``settings`` ask for: every command and the web app build theirs here."""
+def make_embedder(settings: Settings, device: str = "cpu") -> Embedder:
+    """The embedder ``settings`` ask for: every command and the web app build theirs here. ``device`` is ``cuda``
+    only in a ``newsdesk index --ray`` actor given a GPU (torch backend)."""
     return SentenceTransformerEmbedder(
-        settings.model, settings.threads, backend=settings.backend, model_cache=settings.model_cache
+        settings.model, settings.threads, backend=settings.backend, model_cache=settings.model_cache, device=device
     )
 
 
@@ -152,9 +153,12 @@ class SentenceTransformerEmbedder:
         *,
         backend: str = "torch",
         model_cache: Path | str | None = None,
+        device: str = "cpu",
     ) -> None:
         if backend not in BACKENDS:
             raise InvalidInput(f"setting backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if device != "cpu" and backend != "torch":
+            raise InvalidInput(f"the {backend} backend runs on the CPU only, not on {device!r}")
         pin_threads(threads)
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
@@ -164,7 +168,7 @@ class SentenceTransformerEmbedder:
         self.backend = backend
         self._path = resolve_model(model)
         try:
-            self._model = SentenceTransformer(self._path, device="cpu")
+            self._model = SentenceTransformer(self._path, device=device)
         except (OSError, ValueError) as exc:
             raise NewsdeskError(f"cannot load embedding model {model!r}: {exc}".splitlines()[0]) from exc
         dim = self._model.get_embedding_dimension()
@@ -301,14 +305,14 @@ class SentenceTransformerEmbedder:
             outputs = self._model.encode(
                 batch, batch_size=len(batch), output_value=None, show_progress_bar=False, **extra
             )
-            pooled = torch.nn.functional.normalize(
-                torch.stack([o["sentence_embedding"] for o in outputs]), p=2, dim=1
-            ).numpy()
+            # .cpu(): a no-op on the CPU; a GPU actor's (newsdesk index --ray) tensors come back here
+            stacked = torch.stack([o["sentence_embedding"] for o in outputs])
+            pooled = torch.nn.functional.normalize(stacked, p=2, dim=1).cpu().numpy()
             items = [
                 {
-                    "tokens": o["token_embeddings"].numpy(),
-                    "mask": o["attention_mask"].numpy(),
-                    **({"offsets": o["offset_mapping"].numpy()} if offsets else {}),
+                    "tokens": o["token_embeddings"].cpu().numpy(),
+                    "mask": o["attention_mask"].cpu().numpy(),
+                    **({"offsets": o["offset_mapping"].cpu().numpy()} if offsets else {}),
                 }
                 for o in outputs
             ]
@@ -372,11 +376,12 @@ class SentenceTransformerEmbedder:
 
         modules = list(self._model)
         after = next((k + 1 for k, m in enumerate(modules) if type(m).__name__ == "Pooling"), len(modules))
-        features: dict[str, Any] = {"sentence_embedding": torch.from_numpy(np.ascontiguousarray(means))}
+        means_tensor = torch.from_numpy(np.ascontiguousarray(means)).to(self._model.device)
+        features: dict[str, Any] = {"sentence_embedding": means_tensor}
         with torch.inference_mode():
             for module in modules[after:]:
                 features = module(features)
-            out: np.ndarray = torch.nn.functional.normalize(features["sentence_embedding"], p=2, dim=1).numpy()
+            out: np.ndarray = torch.nn.functional.normalize(features["sentence_embedding"], p=2, dim=1).cpu().numpy()
         return out.astype(np.float32, copy=False)
 
     def count_tokens(self, text: str) -> int:

@@ -88,6 +88,26 @@ class Settings:
     milvus_search: str = _setting(
         "", "Milvus search parameters for passage vectors, e.g. ef=128 (HNSW) or nprobe=32 (IVF); empty: defaults."
     )
+    # -- distributed indexing (issue 8) --
+    # `newsdesk index --ray` (indexer/distributed.py) chunks and embeds on Ray actors; this process writes the index.
+    # batch_articles was indexer/build.py's GROUP_ARTICLES: the int8 backend's vector of a text depends a little on
+    # the texts in its forward pass, so a --ray build equals a local one only when both cut the corpus alike.
+    ray: str = _setting(
+        "",
+        "Chunk and embed on Ray while indexing: local (a Ray instance on this machine with `threads` CPUs), auto (the "
+        "cluster this machine is part of) or HOST:6379 (a cluster's head; Ray Data does not run over Ray Client's "
+        "ray://); empty: in this process.",
+    )
+    ray_actors: int = _setting(
+        0,
+        "Embedding actors for --ray, one model each; 0: one per GPU when the cluster has GPUs and the backend is "
+        "torch, else one per CPU.",
+    )
+    batch_articles: int = _setting(
+        512,
+        "Articles chunked and embedded together while indexing (bounds memory); with --ray one Ray task, and what an "
+        "interrupted run resumes from.",
+    )
     # -- stateless replicas (search/replica.py) --
     collections: str = _setting(
         "",
