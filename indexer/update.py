@@ -21,7 +21,6 @@ from search.grouping import Text, label_new, load_duplicates, save_duplicates
 from search.index import Index, now_iso, save_vectors, write_manifest
 from search.milvus import MilvusConfig, MilvusVectorStore, engine_records, publish_index
 from search.models import Article
-from search.neighbours import NeighbourGraph
 from search.settings import Settings
 from search.store import NewArticle
 
@@ -155,11 +154,6 @@ def update_neighbours(index: Index[Any]) -> None:
     graph = index.neighbours
     if graph is None:
         return
-    live = np.sort(index.articles.ids())
-    added = sorted(set(np.asarray(added, dtype=np.int64)[np.isin(added, live)].tolist()))  # not added, then deleted
-    generation = index.store.generation()
-    try:
-        index.neighbours = graph.updated(deleted, added, index.articles, index.lexical.articles, generation)
-    except ValueError:  # keys out of order (several writes in between reused keys): profile everything again
-        vectors = index.articles.reconstruct_batch(live)
-        index.neighbours = NeighbourGraph.build(live, vectors, index.lexical.articles, generation, graph.config)
+    live = np.isin(added, index.articles.ids())
+    added = sorted(set(np.asarray(added, dtype=np.int64)[live].tolist()))  # not added, then deleted
+    index.neighbours = graph.updated(deleted, added, index.articles, index.lexical.articles, index.store.generation())

@@ -87,20 +87,31 @@ class NeighbourGraph:
         profiles = _profiles(np.arange(len(keys)), vectors, terms, config)
         return cls(keys, profiles, profiles.T.tocsr(), terms, idf, 0, generation, config)
 
+    @classmethod
+    def of(
+        cls, articles: VectorStore, postings: Postings, generation: int, config: NeighbourConfig
+    ) -> NeighbourGraph | None:
+        """Every profile of the articles in ``articles`` (their terms in ``postings``); None above ``MAX_ARTICLES``."""
+        if articles.count() > MAX_ARTICLES:
+            return None
+        keys = np.sort(articles.ids())
+        return cls.build(keys, _vectors(articles, keys), postings, generation, config)
+
     def updated(
         self, deleted: Sequence[int], added: Sequence[int], articles: VectorStore, postings: Postings, generation: int
     ) -> NeighbourGraph | None:
         """After a write: without the ``deleted`` article keys, with profiles for the ``added`` ones (their vectors
-        already in ``articles``, their terms in ``postings``). Rebuilt whole once changes reach ``REBUILD_SHARE``;
-        None once the index outgrows ``MAX_ARTICLES``."""
+        already in ``articles``, their terms in ``postings``). Rebuilt whole once changes reach ``REBUILD_SHARE``, or
+        when an added key is not above every kept one (SQLite reused a deleted article's key across writes the
+        profiles missed); None once the index outgrows ``MAX_ARTICLES``."""
         changed = self.changed + len(deleted) + len(added)
         if articles.count() > MAX_ARTICLES:
             return None
         keep = ~np.isin(self.keys, np.asarray(list(deleted), dtype=np.int64))
         keys = np.concatenate([self.keys[keep], np.asarray(sorted(added), dtype=np.int64)])
         if len(keys) and np.any(np.diff(keys) <= 0):
-            raise ValueError("added article keys must come after every present one")
-        vectors = articles.reconstruct_batch(keys) if len(keys) else np.zeros((0, articles.dimension), np.float32)
+            return NeighbourGraph.of(articles, postings, generation, self.config)
+        vectors = _vectors(articles, keys)
         if changed >= REBUILD_SHARE * len(keys):  # an empty index included
             return NeighbourGraph.build(keys, vectors, postings, generation, self.config)
         idf = self.idf
@@ -150,7 +161,7 @@ class NeighbourGraph:
         )  # fmt: skip
         os.replace(tmp, directory / GRAPH_FILE)
         state = directory / f".{GRAPH_STATE}.tmp"
-        state.write_text(json.dumps(self._stamp(self.generation) | {"changed": self.changed}), encoding="utf-8")
+        state.write_text(json.dumps(_stamp(self.generation, self.config) | {"changed": self.changed}), encoding="utf-8")
         os.replace(state, directory / GRAPH_STATE)
 
     @classmethod
@@ -171,9 +182,6 @@ class NeighbourGraph:
                 return cls(data["keys"], profiles, profiles.T.tocsr(), terms, data["idf"], changed, generation, config)
         except (OSError, ValueError, KeyError):
             return None  # missing, stale or damaged: rebuilt by the caller
-
-    def _stamp(self, generation: int) -> dict[str, object]:
-        return _stamp(generation, self.config)
 
 
 def _stamp(generation: int, config: NeighbourConfig) -> dict[str, object]:
@@ -197,15 +205,16 @@ def load_graph(
         # key keeps that article's profile until the next rebuild), not rebuilt: a rebuild is all pairs.
         current = np.sort(articles.ids())
         gone = np.setdiff1d(graph.keys, current)
-        new = np.setdiff1d(current, graph.keys)
-        if not len(new) or new.min() > graph.keys[~np.isin(graph.keys, gone)].max(initial=-1):
-            return graph.updated(gone.tolist(), new.tolist(), articles, postings, generation)
-    keys = np.sort(articles.ids())
-    vectors = articles.reconstruct_batch(keys) if len(keys) else np.zeros((0, articles.dimension), np.float32)
-    graph = NeighbourGraph.build(keys, vectors, postings, generation, config)
-    with contextlib.suppress(OSError):  # a read-only index still serves from the in-memory graph
-        graph.save(directory)
+        return graph.updated(gone.tolist(), np.setdiff1d(current, graph.keys).tolist(), articles, postings, generation)
+    graph = NeighbourGraph.of(articles, postings, generation, config)
+    if graph is not None:
+        with contextlib.suppress(OSError):  # a read-only index still serves from the in-memory graph
+            graph.save(directory)
     return graph
+
+
+def _vectors(articles: VectorStore, keys: np.ndarray) -> np.ndarray:
+    return articles.reconstruct_batch(keys) if len(keys) else np.zeros((0, articles.dimension), np.float32)
 
 
 # -- the scoring ----------------------------------------------------------------------------------------------------

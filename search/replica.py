@@ -34,7 +34,7 @@ from search.embedding import Embedder, check_compatible
 from search.errors import IndexCorrupt, IndexMissing, NotFound, WritesDisabled
 from search.milvus import ARTICLE_INDEX, MilvusConfig, MilvusConnection, MilvusVectorStore
 from search.models import Article, ArticleRef, Passage
-from search.neighbours import DEFAULT_NEIGHBOURS, MAX_ARTICLES, NeighbourGraph
+from search.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph
 from search.records import RecordCollection, decode_sentences, meta_name, read_manifest_record, read_state
 from search.store import ArticleText, CatalogRow, SentenceVectors, StoredPassage
 
@@ -307,8 +307,4 @@ def _article_columns(docs: dict[int, dict[str, Any]]) -> Iterator[tuple[int, Seq
 
 def _graph(articles: MilvusVectorStore, postings: Postings, generation: int) -> NeighbourGraph | None:
     """More-like-this profiles built from the engine's article vectors and the postings (search/neighbours.py)."""
-    if articles.count() > MAX_ARTICLES:
-        return None
-    keys = np.sort(articles.ids())
-    vectors = articles.reconstruct_batch(keys) if len(keys) else np.zeros((0, articles.dimension), np.float32)
-    return NeighbourGraph.build(keys, vectors, postings, generation, DEFAULT_NEIGHBOURS)
+    return NeighbourGraph.of(articles, postings, generation, DEFAULT_NEIGHBOURS)
