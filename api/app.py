@@ -87,7 +87,8 @@ def load_service(settings: Settings) -> SearchService:
             settings.milvus_uri, settings.collections, embedder, settings.replica_poll, background=True
         )
         return SearchService(index, embedder, settings)
-    return SearchService(open_index(settings.index_dir, embedder), embedder, settings)
+    read_only = True if settings.read_only else None  # None: read-only where the directory cannot be written
+    return SearchService(open_index(settings.index_dir, embedder, read_only=read_only), embedder, settings)
 
 
 def _service() -> SearchService:

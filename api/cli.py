@@ -7,6 +7,7 @@ becomes one line on stderr and exit status 1; usage errors exit 2 as click does.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except NewsdeskError as exc:
             click.echo(f"error: {exc.message}", err=True)
+            sys.exit(1)
+        except sqlite3.DatabaseError as exc:  # e.g. a bad page only a query reached: newsdesk check says more
+            click.echo(f"error: SQLite: {exc} (newsdesk check tells whether the index is damaged)", err=True)
+            sys.exit(1)
+        except OSError as exc:  # the disk or the file system (full, read-only, missing), not a bug: one line
+            click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 
 
@@ -154,6 +161,7 @@ def index_cmd(sources: tuple[Path, ...], quiet: bool, rebuild: bool, **opts: Any
 )
 @click.option("--collections", default=None, help=HELP["collections"] + " [env NEWSDESK_COLLECTIONS]")
 @click.option("--replica-poll", type=float, default=None, help=HELP["replica_poll"])
+@click.option("--read-only", is_flag=True, default=None, help=HELP["read_only"] + " [env NEWSDESK_READ_ONLY]")
 @_backend_option
 def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> None:
     """Serve the API and the web page with a production WSGI server (waitress, or gunicorn for several processes).

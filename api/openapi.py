@@ -169,6 +169,11 @@ def _schemas() -> dict[str, Any]:
             "passages": {"type": "integer", "minimum": 0},
             "newest_date": _nullable("string"),
             "generation": {"type": "integer", "minimum": 0},
+            "read_only": {
+                "type": "boolean",
+                "description": "The index is open read-only (its directory cannot be written, or --read-only): "
+                "writes answer 403 writes_disabled.",
+            },
         }
     )
     error = _object(

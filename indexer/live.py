@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from indexer.build import make_chunker, new_articles
-from indexer.update import apply_changes, reusable_vectors, save_state
+from indexer.update import apply_changes, reusable_vectors, save_after_commit
 from search.errors import NotFound
 from search.index import open_index
 from search.models import Article
@@ -52,6 +52,7 @@ class Writer:
         svc = self.service
         with self._lock:
             svc.refresh()
+            svc.index.writable  # noqa: B018 -- a read-only index refuses (403) whether or not the ids exist
             missing = [i for i in article_ids if svc.index.store.aid_of(i) is None]
             if missing:
                 raise NotFound(f"no article with id {missing[0]!r}")
@@ -66,8 +67,9 @@ class Writer:
         those objects; the next write waits on this writer's lock). Measured by bench/load.py: on a 110k-passage
         index saving them took about 0.9 s of each write, all of it with searches locked out when done under the
         write lock. A crash before the save leaves the caches stale, which open_index repairs; the store already
-        holds the write."""
-        save_state(self.service.index)
+        holds the write, and so does a save that fails (a full disk): the write is answered as done and the stale
+        caches are rebuilt from SQLite when the index is next opened."""
+        save_after_commit(self.service.index)
 
     def _apply(self, change: Callable[[], object]) -> None:
         svc = self.service

@@ -34,7 +34,7 @@ from indexer.build import (
 from indexer.update import apply_changes, reusable_vectors, save_state
 from search.embedding import Embedder, check_compatible, files_hash, make_embedder, quantization_config, resolve_model
 from search.errors import IndexMissing, ModelMismatch, NewsdeskError, SourceError
-from search.index import Index, open_index, read_manifest
+from search.index import Index, check_replaceable, open_index, read_manifest
 from search.milvus import MilvusConfig, MilvusVectorStore, parse_params, same_location
 from search.models import Article
 from search.settings import Settings
@@ -102,6 +102,7 @@ def sync_index(
             reason = f"{len(todo) + len(gone)} of {len(stored)} articles changed"
         finally:
             index.close()
+    check_replaceable(settings.index_dir.absolute())  # before the model loads: a foreign directory is refused now
     built = build_index(
         items, settings.index_dir, settings, model.get(), progress=progress, sources=sources, embed_groups=embed_groups
     )

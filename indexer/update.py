@@ -7,6 +7,7 @@ rebuilds FAISS from the stored vectors, so the dense side can lag a crash but ne
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -23,6 +24,8 @@ from search.milvus import MilvusConfig, MilvusVectorStore, engine_records, publi
 from search.models import Article
 from search.settings import Settings
 from search.store import NewArticle
+
+log = logging.getLogger("newsdesk.update")
 
 
 def add_articles(index: Index[Any], articles: Iterable[Article], embedder: Embedder, settings: Settings) -> int:
@@ -93,7 +96,7 @@ def apply_changes(index: Index[Any], delete_ids: list[str], rows: list[NewArticl
         index.neighbour_changes[0].extend(aids)
         index.neighbour_changes[1].extend(new_aids)
     if (aids or rows) and save:
-        save_state(index)
+        save_after_commit(index)
     return len(aids)
 
 
@@ -142,6 +145,24 @@ def save_state(index: Index[Any]) -> None:
     index.manifest["updated_at"] = now_iso()
     write_manifest(directory, index.manifest)
     publish_index(index.articles, store.generation(), index.manifest)  # replicas reload (Milvus only)
+
+
+def save_after_commit(index: Index[Any]) -> bool:
+    """``save_state`` after a committed write, which stays committed whatever happens here: a save the disk refuses
+    (ENOSPC, or a directory gone read-only) is logged, not raised, so the write is still reported as done. The caches
+    keep their older generation stamp (each is stamped last), so every process rebuilds them from SQLite when it next
+    opens the index; the manifest's counts are repaired the same way. Returns whether everything was saved."""
+    try:
+        save_state(index)
+    except OSError as exc:
+        log.warning(
+            "the write is committed (generation %s) but saving the index caches failed: %s; they are rebuilt from "
+            "SQLite when the index is next opened",
+            index.store.generation(),
+            exc,
+        )
+        return False
+    return True
 
 
 def update_neighbours(index: Index[Any]) -> None:

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from search.files import DAMAGED_CACHE, discarded_on_failure
 from search.lexical import K1, B, fts_term_counts, query_terms, stem
 from search.store import Store
 
@@ -173,23 +174,26 @@ class Postings:
     def save(self, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
         terms = sorted(self.vocab, key=self.vocab.__getitem__)
-        np.savez(
-            tmp,
-            rowids=self.rowids,
-            lengths=self.lengths,
-            vocab=np.frombuffer("\n".join(terms).encode("utf-8"), dtype=np.uint8),
-            indptr=self.indptr,
-            docs=self.docs,
-            tfs=self.tfs,
-        )
-        os.replace(tmp, path)
+        with discarded_on_failure(tmp):
+            np.savez(
+                tmp,
+                rowids=self.rowids,
+                lengths=self.lengths,
+                vocab=np.frombuffer("\n".join(terms).encode("utf-8"), dtype=np.uint8),
+                indptr=self.indptr,
+                docs=self.docs,
+                tfs=self.tfs,
+            )
+            os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> Postings:
+        """The saved postings; ``ValueError`` if the arrays do not fit together (a damaged or foreign file), so a
+        cache that loads is one a search cannot index out of bounds with."""
         with np.load(path) as data:
             text = data["vocab"].tobytes().decode("utf-8")
             terms = text.split("\n") if text else []
-            return cls(
+            postings = cls(
                 rowids=data["rowids"],
                 lengths=data["lengths"],
                 vocab={t: i for i, t in enumerate(terms)},
@@ -197,6 +201,24 @@ class Postings:
                 docs=data["docs"],
                 tfs=data["tfs"],
             )
+        postings.validate()
+        return postings
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` unless the arrays are one consistent inverted index."""
+        n, postings = self.rows, len(self.docs)
+        consistent = (
+            self.lengths.shape == (n,)
+            and self.indptr.shape == (len(self.vocab) + 1,)
+            and self.tfs.ndim == 2
+            and self.tfs.shape[1] == postings
+            and (not len(self.indptr) or (int(self.indptr[0]) == 0 and int(self.indptr[-1]) == postings))
+            and bool(np.all(np.diff(self.indptr) >= 0))
+            and bool(np.all(np.diff(self.rowids) > 0))
+            and (not postings or (int(self.docs.min()) >= 0 and int(self.docs.max()) < n))
+        )
+        if not consistent:
+            raise ValueError("BM25 postings arrays do not fit together")
 
 
 @dataclass
@@ -245,8 +267,9 @@ class LexicalPostings:
         self.passages.save(directory / LEXICAL_FILES["passages"])
         self.articles.save(directory / LEXICAL_FILES["articles"])
         tmp = directory / f".{LEXICAL_STATE}.tmp"
-        tmp.write_text(json.dumps({"generation": self.generation, "version": POSTINGS_VERSION}), encoding="utf-8")
-        os.replace(tmp, directory / LEXICAL_STATE)
+        with discarded_on_failure(tmp):
+            tmp.write_text(json.dumps({"generation": self.generation, "version": POSTINGS_VERSION}), encoding="utf-8")
+            os.replace(tmp, directory / LEXICAL_STATE)
 
 
 def load_postings(directory: Path, store: Store) -> LexicalPostings:
@@ -258,8 +281,10 @@ def load_postings(directory: Path, store: Store) -> LexicalPostings:
         state = {}
     if state == {"generation": generation, "version": POSTINGS_VERSION}:
         try:
-            return LexicalPostings.load(directory, generation)
-        except (OSError, ValueError, KeyError):
+            loaded = LexicalPostings.load(directory, generation)
+            if (loaded.articles.rows, loaded.passages.rows) == store.counts():
+                return loaded
+        except DAMAGED_CACHE:
             pass  # a damaged cache is rebuilt like a stale one
     postings = LexicalPostings.build(store)
     with contextlib.suppress(OSError):  # a read-only index still serves from the rebuilt in-memory copy

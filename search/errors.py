@@ -95,3 +95,12 @@ class VectorStoreUnavailable(IndexError_):
     database another process holds. Not the request's fault and not a broken index, so neither 4xx nor corrupt."""
 
     code = "vector_store_unavailable"
+
+
+class StorageError(NewsdeskError):
+    """The disk refused a write newsdesk needed (full, or gone read-only) while building an index. The build is
+    abandoned and the previous index kept; a write already committed to SQLite is not this (see indexer/update.py
+    ``save_after_commit``): its caches are left stale and rebuilt on the next open."""
+
+    code = "storage_error"
+    status = 507

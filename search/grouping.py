@@ -19,6 +19,7 @@ import numpy as np
 
 from search.catalog import NO_DATE, ArticleCatalog, day_or_none
 from search.dedup import DedupIndex, DuplicateIndex
+from search.files import DAMAGED_CACHE, discarded_on_failure, stamped
 from search.models import PARAGRAPH_SEPARATOR
 from search.store import Store
 from search.stories import DEFAULT_STORIES, Grouped, StoryConfig, assign_stories
@@ -122,8 +123,8 @@ def load_duplicates(directory: Path, store: Store, catalog: ArticleCatalog) -> D
         state = json.loads((directory / DUPLICATES_STATE).read_text(encoding="utf-8"))
         if state.get("generation") == store.generation():
             return DedupIndex.from_bytes((directory / DUPLICATES_FILE).read_bytes())
-    except (OSError, ValueError, KeyError):
-        pass  # missing, stale or from another signature version: rebuilt below
+    except DAMAGED_CACHE:
+        pass  # missing, stale, damaged or from another signature version: rebuilt below
     dedup = DedupIndex()
     rows = np.flatnonzero(catalog.labelled).tolist()
     texts = article_texts(store, catalog.aids[rows].tolist())
@@ -133,11 +134,23 @@ def load_duplicates(directory: Path, store: Store, catalog: ArticleCatalog) -> D
     return dedup
 
 
+def duplicates_problems(directory: Path, generation: int) -> list[str]:
+    """What ``newsdesk check`` says of the duplicate cache: a damaged stamp, or a damaged file stamped with the store's
+    generation, is a problem (the next write rebuilds it); a missing or stale one is not."""
+    try:
+        if stamped(directory / DUPLICATES_STATE, lambda state: state.get("generation") == generation):
+            DedupIndex.from_bytes((directory / DUPLICATES_FILE).read_bytes())
+    except DAMAGED_CACHE as exc:
+        return [f"the duplicate cache is unreadable ({type(exc).__name__}: {exc}); the next write rebuilds it"]
+    return []
+
+
 def save_duplicates(directory: Path, dedup: DuplicateIndex, generation: int) -> None:
     """Write the cache, then record the generation it matches (last, so a crash leaves it stale, not wrong)."""
     tmp = directory / f".{DUPLICATES_FILE}.tmp"
-    tmp.write_bytes(dedup.to_bytes())
-    os.replace(tmp, directory / DUPLICATES_FILE)
     state = directory / f".{DUPLICATES_STATE}.tmp"
-    state.write_text(json.dumps({"generation": generation}), encoding="utf-8")
-    os.replace(state, directory / DUPLICATES_STATE)
+    with discarded_on_failure(tmp, state):
+        tmp.write_bytes(dedup.to_bytes())
+        os.replace(tmp, directory / DUPLICATES_FILE)
+        state.write_text(json.dumps({"generation": generation}), encoding="utf-8")
+        os.replace(state, directory / DUPLICATES_STATE)

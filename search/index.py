@@ -28,8 +28,9 @@ from search.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
 from search.catalog import ArticleCatalog
 from search.dedup import DedupIndex
 from search.embedding import Embedder, check_compatible
-from search.errors import IndexCorrupt, IndexMissing, NewsdeskError, WritesDisabled
-from search.grouping import label_unlabelled, load_duplicates, save_duplicates
+from search.errors import IndexCorrupt, IndexMissing, InvalidInput, NewsdeskError, StorageError, WritesDisabled
+from search.files import DAMAGED_CACHE, directory_writable, discarded_on_failure, file_crc32
+from search.grouping import duplicates_problems, label_unlabelled, load_duplicates, save_duplicates
 from search.milvus import (
     MilvusConfig,
     MilvusVectorStore,
@@ -39,7 +40,7 @@ from search.milvus import (
     relabel_records,
     write_state,
 )
-from search.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph, load_graph
+from search.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph, graph_problems, load_graph
 from search.replica import MilvusReadStore, Replica
 from search.store import Store
 from search.vectors import FaissVectorStore
@@ -52,6 +53,9 @@ SQLITE = "newsdesk.sqlite"
 PASSAGE_VECTORS = "vectors.faiss"
 ARTICLE_VECTORS = "articles.faiss"
 VECTORS_STATE = "vectors.json"
+# Written first into every directory a build creates: what tells ``newsdesk index`` that it may replace (delete) it.
+MARKER = ".newsdesk-index"
+MARKER_TEXT = "A newsdesk index directory: `newsdesk index --index` replaces it. Nothing else here is kept.\n"
 ARTICLE_FACTORY = "IDMap2,Flat"
 
 
@@ -80,9 +84,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _fsync(tmp)
-    os.replace(tmp, directory / MANIFEST)
+    with discarded_on_failure(tmp):
+        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _fsync(tmp)
+        os.replace(tmp, directory / MANIFEST)
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,7 @@ class Index(Generic[S]):
     # (article keys deleted, added) by writes the profiles do not reflect yet: see indexer/update.py save_state
     neighbour_changes: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))
     replica: Replica | None = None  # set for an index served from Milvus alone (search/replica.py)
+    read_only: bool = False  # opened read-only (a directory it cannot write, or --read-only): writes are refused
 
     @property
     def name(self) -> str:
@@ -164,6 +170,11 @@ class Index(Generic[S]):
     @property
     def writable(self) -> tuple[Path, Store]:
         """The directory and SQLite store a write goes to; a replica has neither."""
+        if self.read_only:
+            raise WritesDisabled(
+                f"the index {self.name} is open read-only (its directory cannot be written, or it is served with "
+                "--read-only): writes are off"
+            )
         if self.directory is None or not isinstance(self.store, Store):
             raise WritesDisabled(
                 "this server is a read replica of an index on Milvus: write through the indexer (newsdesk add "
@@ -176,6 +187,8 @@ class Index(Generic[S]):
         if self.replica is not None:
             reopened: Index[Any] = self.replica.reopen()
             return reopened
+        if self.read_only and self.directory is not None:
+            return open_index(self.directory, None, read_only=True)
         directory, _ = self.writable
         return open_index(directory, None)
 
@@ -187,22 +200,41 @@ class Index(Generic[S]):
         close_vectors(self.passages, self.articles)
 
 
-def open_index(directory: Path, embedder: Embedder | None) -> Index[Store]:
+def open_index(directory: Path, embedder: Embedder | None, *, read_only: bool | None = None) -> Index[Store]:
     """Open and check an index; refuse a model whose vectors are not the index's; rebuild stale FAISS caches.
 
     ``embedder=None`` skips the model check, for a caller that verified the model otherwise (an incremental
-    re-index compares model files and settings, and loads the model only if something needs embedding)."""
+    re-index compares model files and settings, and loads the model only if something needs embedding).
+    ``read_only`` opens SQLite read-only and refuses writes (``Index.writable``); ``None`` decides by trying to write
+    in the directory, so a read-only copy or mount serves instead of failing to open. A damaged SQLite file is one
+    ``IndexCorrupt`` naming it; damaged caches are rebuilt from it."""
     directory = directory.absolute()
     manifest = read_manifest(directory)
     if embedder is not None:
         check_compatible(manifest["model"], embedder)
-    store = Store(directory / SQLITE)
+    if read_only is None:
+        read_only = not directory_writable(directory, directory / SQLITE)
+    store = Store(directory / SQLITE, read_only=read_only)
+    try:
+        return _open(directory, manifest, store, read_only)
+    except sqlite3.DatabaseError as exc:
+        store.close()
+        if isinstance(exc, sqlite3.OperationalError):
+            raise  # locked, or an I/O error: not a damaged file
+        raise IndexCorrupt(f"{directory / SQLITE} is damaged ({exc}); restore it from a copy or rebuild") from None
+    except BaseException:
+        store.close()
+        raise
+
+
+def _open(directory: Path, manifest: dict[str, Any], store: Store, read_only: bool) -> Index[Store]:
     n_articles, n_passages = store.counts()
     if manifest["counts"] != {"articles": n_articles, "passages": n_passages}:
         # SQLite is the truth; counts lag it only if a writer died between its commit and the manifest update.
         manifest["counts"] = {"articles": n_articles, "passages": n_passages}
         with contextlib.suppress(OSError):
-            write_manifest(directory, manifest)
+            if not read_only:
+                write_manifest(directory, manifest)
     passages, articles = load_vectors(directory, store, manifest)
     lexical = load_postings(directory, store)
     owners, catalog = PassageOwners.load(store), ArticleCatalog.load(store)
@@ -211,12 +243,15 @@ def open_index(directory: Path, embedder: Embedder | None) -> Index[Store]:
         dedup = load_duplicates(directory, store, catalog)
         labels = label_unlabelled(catalog, articles, store, dedup)
         with contextlib.suppress(sqlite3.OperationalError, OSError):  # read-only: the labels live in memory only
-            store.set_groups(labels)
-            save_duplicates(directory, dedup, store.generation())
-            relabel_records(articles, store, manifest, list(labels))
+            if not read_only:
+                store.set_groups(labels)
+                save_duplicates(directory, dedup, store.generation())
+                relabel_records(articles, store, manifest, list(labels))
         catalog = ArticleCatalog.load(store, labels)
     neighbours = load_graph(directory, store, articles, lexical.articles, DEFAULT_NEIGHBOURS)
-    return Index(directory, manifest, store, passages, articles, lexical, owners, catalog, dedup, neighbours)
+    index = Index(directory, manifest, store, passages, articles, lexical, owners, catalog, dedup, neighbours)
+    index.read_only = read_only
+    return index
 
 
 def load_vectors(
@@ -236,11 +271,15 @@ def load_vectors(
         state = json.loads(state_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         state = {}
+    state = state if isinstance(state, dict) else {}
     fresh = state.get("generation") == generation and state.get("factory") == factory
     p_path, a_path = directory / PASSAGE_VECTORS, directory / ARTICLE_VECTORS
-    if fresh and p_path.is_file() and a_path.is_file():
+    if fresh and p_path.is_file() and a_path.is_file() and _intact(directory, state):
         try:
-            return FaissVectorStore.load(p_path, factory, search), FaissVectorStore.load(a_path, ARTICLE_FACTORY)
+            loaded = FaissVectorStore.load(p_path, factory, search), FaissVectorStore.load(a_path, ARTICLE_FACTORY)
+            n_articles, n_passages = store.counts()
+            if (loaded[0].count(), loaded[1].count()) == (n_passages, n_articles):
+                return loaded
         except IndexCorrupt:
             pass  # a damaged cache is rebuilt below like a stale one
     passages = FaissVectorStore.build(dim, factory, store.iter_vectors("passages"), search)
@@ -261,9 +300,25 @@ def save_vectors(
     passages.save(directory / PASSAGE_VECTORS)
     articles.save(directory / ARTICLE_VECTORS)
     tmp = directory / f".{VECTORS_STATE}.tmp"
-    state = {"generation": generation, "factory": str(manifest["faiss"]["factory"])}
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(tmp, directory / VECTORS_STATE)
+    state = {
+        "generation": generation,
+        "factory": str(manifest["faiss"]["factory"]),
+        "crc32": {name: file_crc32(directory / name) for name in (PASSAGE_VECTORS, ARTICLE_VECTORS)},
+    }
+    with discarded_on_failure(tmp):
+        tmp.write_text(json.dumps(state), encoding="utf-8")
+        os.replace(tmp, directory / VECTORS_STATE)
+
+
+def _intact(directory: Path, state: dict[str, Any]) -> bool:
+    """Whether both FAISS files still have the CRC-32 their stamp recorded (a stamp from before checksums: yes)."""
+    sums = state.get("crc32")
+    if not isinstance(sums, dict):
+        return True
+    try:
+        return all(file_crc32(directory / name) == sums.get(name) for name in (PASSAGE_VECTORS, ARTICLE_VECTORS))
+    except OSError:
+        return False
 
 
 def check_index(directory: Path) -> list[str]:
@@ -305,6 +360,8 @@ def check_index(directory: Path) -> list[str]:
         else:
             problems += _check_faiss(directory, store, manifest)
         problems += _check_postings(directory, store)
+        problems += graph_problems(directory, store.generation(), DEFAULT_NEIGHBOURS)
+        problems += duplicates_problems(directory, store.generation())
         return problems
     finally:
         store.close()
@@ -316,10 +373,14 @@ def _check_faiss(directory: Path, store: Store, manifest: dict[str, Any]) -> lis
         return []  # a missing cache is legal: it is rebuilt on open
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
-    except ValueError:
+    except (OSError, ValueError):
+        return [f"{VECTORS_STATE} is unreadable"]
+    if not isinstance(state, dict):
         return [f"{VECTORS_STATE} is unreadable"]
     if state.get("generation") != store.generation():
         return []  # stale caches are legal too: open rebuilds them
+    if not _intact(directory, state):
+        return [f"{PASSAGE_VECTORS} or {ARTICLE_VECTORS} differs from the checksum it was saved with; rebuilt on open"]
     problems: list[str] = []
     factory = str(manifest["faiss"]["factory"])
     for table, fname, fac in (
@@ -353,12 +414,14 @@ def _check_postings(directory: Path, store: Store) -> list[str]:
         return []  # missing: rebuilt on open
     except ValueError:
         return [f"{LEXICAL_STATE} is unreadable"]
+    if not isinstance(state, dict):
+        return [f"{LEXICAL_STATE} is unreadable"]
     if state.get("generation") != store.generation():
         return []
     try:
         postings = LexicalPostings.load(directory, store.generation())
-    except (OSError, ValueError, KeyError) as exc:
-        return [f"BM25 postings cache is unreadable: {exc}"]
+    except DAMAGED_CACHE as exc:
+        return [f"BM25 postings cache is unreadable ({type(exc).__name__}: {exc}); it is rebuilt on open"]
     problems: list[str] = []
     for table, got in (("passages", postings.passages), ("articles", postings.articles)):
         stored = store.keys(table)
@@ -375,40 +438,98 @@ def building(target: Path) -> Iterator[Path]:
     """Yield a fresh directory beside ``target``; on success make ``target`` point at it atomically.
 
     ``target`` is a symlink to a versioned sibling (``.<name>.<id>``); swapping it is one ``rename``, so readers see
-    the old index or the new one, never a mix, and a crash mid-build leaves the old index untouched.
+    the old index or the new one, never a mix, and a crash mid-build leaves the old index untouched. ``target`` must
+    be new, empty or an index newsdesk wrote (``check_replaceable``): nothing else is ever deleted. A build that
+    cannot write (a full disk) is one ``StorageError``, its new directory removed and the old index untouched.
     """
     target = target.absolute()
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}"
     work.mkdir()
     try:
+        (work / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
         yield work
         for f in work.iterdir():
             if f.is_file():
                 _fsync(f)
         _fsync(work)
         swap_in(target, work)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, OSError) or _disk_full(exc):
+            raise StorageError(
+                f"cannot write the new index for {target}: {_reason(exc)}; the previous index is untouched"
+            ) from None
         raise
 
 
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def _reason(exc: BaseException) -> str:
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).splitlines()[0]
+
+
+def is_newsdesk_index(directory: Path) -> bool:
+    """Whether ``directory`` is an index newsdesk wrote: it holds the marker every build writes first, or (an index
+    built before the marker) a newsdesk manifest beside a SQLite store. A ``manifest.json`` alone is not enough: a
+    web project has one too."""
+    if (directory / MARKER).is_file():
+        return True
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    required = {"format_version", "model", "counts", "faiss"}
+    return isinstance(manifest, dict) and required <= manifest.keys() and (directory / SQLITE).is_file()
+
+
+def check_replaceable(target: Path) -> None:
+    """Refuse to build at ``target`` unless it is new, an empty directory or an index newsdesk wrote (through a
+    symlink or not): the swap removes what ``target`` held, and a mistyped ``--index`` (``.``, ``~``, a project
+    directory, a symlink to one) must never delete it."""
+    if not target.exists():
+        return  # nothing there, or a dangling symlink: only the link is replaced
+    real = target.resolve()
+    shown = str(target) if real == target else f"{target} (a link to {real})"
+    if not real.is_dir():
+        raise InvalidInput(f"{shown} exists and is not a directory; refusing to replace it")
+    if is_newsdesk_index(real) or not any(real.iterdir()):
+        return
+    raise InvalidInput(
+        f"{shown} is not empty and is not a newsdesk index; refusing to replace it (give a new or empty directory)"
+    )
+
+
 def swap_in(target: Path, new_dir: Path) -> None:
-    previous: Path | None = None
+    """Point ``target`` at ``new_dir``, then delete the index it replaced if newsdesk wrote it there: a versioned
+    sibling it linked to, or a plain directory holding an index (a copy). A link to anywhere else is replaced and what
+    it pointed to kept; an empty directory is removed only while still empty."""
+    check_replaceable(target)  # again: something may have appeared there while the index was built
+    previous: Path | None = None  # deleted after the swap
+    emptied: Path | None = None  # an empty directory moved aside, removed if still empty
     if target.is_symlink():
-        previous = target.parent / os.readlink(target)
+        linked = target.parent / os.readlink(target)
+        own = linked.parent == target.parent and linked.name.startswith(f".{target.name}.")
+        if own and linked.is_dir() and not linked.is_symlink() and is_newsdesk_index(linked):
+            previous = linked
     elif target.exists():
-        if not target.is_dir():
-            raise NewsdeskError(f"{target} exists and is not an index directory")
-        # A plain directory (a copied index): move it aside under a versioned name first.
-        previous = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}"
-        os.rename(target, previous)
+        # A plain directory (a copied index, or an empty one): move it aside under a versioned name first.
+        aside = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}"
+        ours = is_newsdesk_index(target)
+        os.rename(target, aside)
+        previous, emptied = (aside, None) if ours else (None, aside)
     link_tmp = target.parent / f".{target.name}.link-{uuid.uuid4().hex[:8]}"
     os.symlink(new_dir.name, link_tmp)
     os.replace(link_tmp, target)
     _fsync(target.parent)
     if previous is not None and previous.resolve() != new_dir.resolve():
         shutil.rmtree(previous, ignore_errors=True)
+    if emptied is not None:
+        with contextlib.suppress(OSError):
+            emptied.rmdir()
 
 
 def _fsync(path: Path) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from search.errors import IndexCorrupt, InvalidInput, VectorStoreUnavailable
+from search.files import discarded_on_failure
 from search.records import RECORD_KINDS, EngineRecords, article_records, meta_name, read_state, record_names
 from search.store import Store
 from search.vectors import EXACT_FILTER_LIMIT, checked_batch
@@ -754,8 +755,9 @@ def write_state(path: Path, generation: int, config: MilvusConfig) -> None:
     """Record the generation the collections match; written after the writes it stands for, so a crash in
     between leaves it stale and the next open repairs the collections."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_state(generation, config)), encoding="utf-8")
-    os.replace(tmp, path)
+    with discarded_on_failure(tmp):
+        tmp.write_text(json.dumps(_state(generation, config)), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def check_collections(directory: Path, store: Store, manifest: dict[str, Any], state_path: Path) -> list[str]:

@@ -33,6 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from search.bm25 import Postings
+from search.files import DAMAGED_CACHE, discarded_on_failure, stamped
 from search.store import Store
 from search.vectors import VectorStore
 
@@ -152,17 +153,19 @@ class NeighbourGraph:
         """The arrays, then the stamp (last, so a crash in between leaves the cache stale, never wrong)."""
         tmp = directory / f".{GRAPH_FILE}.{os.getpid()}.tmp.npz"
         p, t = self.profiles, self.terms
-        np.savez(
-            tmp,
-            keys=self.keys,
-            p_indptr=p.indptr, p_indices=p.indices, p_data=p.data,
-            t_indptr=t.indptr, t_indices=t.indices, t_data=t.data, t_width=np.int64(t.shape[1]),
-            idf=self.idf,
-        )  # fmt: skip
-        os.replace(tmp, directory / GRAPH_FILE)
         state = directory / f".{GRAPH_STATE}.tmp"
-        state.write_text(json.dumps(_stamp(self.generation, self.config) | {"changed": self.changed}), encoding="utf-8")
-        os.replace(state, directory / GRAPH_STATE)
+        with discarded_on_failure(tmp, state):
+            np.savez(
+                tmp,
+                keys=self.keys,
+                p_indptr=p.indptr, p_indices=p.indices, p_data=p.data,
+                t_indptr=t.indptr, t_indices=t.indices, t_data=t.data, t_width=np.int64(t.shape[1]),
+                idf=self.idf,
+            )  # fmt: skip
+            os.replace(tmp, directory / GRAPH_FILE)
+            stamp = _stamp(self.generation, self.config) | {"changed": self.changed}
+            state.write_text(json.dumps(stamp), encoding="utf-8")
+            os.replace(state, directory / GRAPH_STATE)
 
     @classmethod
     def load(cls, directory: Path, generation: int | None, config: NeighbourConfig) -> NeighbourGraph | None:
@@ -175,13 +178,31 @@ class NeighbourGraph:
                 return None
             generation = saved_at
             with np.load(directory / GRAPH_FILE) as data:
-                n = len(data["keys"])
+                keys = data["keys"]
+                n = len(keys)
                 profiles = sp.csr_matrix((data["p_data"], data["p_indices"], data["p_indptr"]), shape=(n, n))
                 width = int(data["t_width"])
                 terms = sp.csr_matrix((data["t_data"], data["t_indices"], data["t_indptr"]), shape=(n, width))
-                return cls(data["keys"], profiles, profiles.T.tocsr(), terms, data["idf"], changed, generation, config)
-        except (OSError, ValueError, KeyError):
+                profiles.check_format(full_check=True)  # ValueError for indices out of range: a damaged file
+                terms.check_format(full_check=True)
+                if np.any(np.diff(keys) <= 0):
+                    raise ValueError("article keys out of order")
+                return cls(keys, profiles, profiles.T.tocsr(), terms, data["idf"], changed, generation, config)
+        except DAMAGED_CACHE:
             return None  # missing, stale or damaged: rebuilt by the caller
+
+
+def graph_problems(directory: Path, generation: int, config: NeighbourConfig) -> list[str]:
+    """What ``newsdesk check`` says of the saved profiles: a damaged stamp, or a damaged file stamped with the store's
+    generation, is a problem (an open rebuilds it); a missing or stale one is not."""
+    wanted = _stamp(generation, config)
+    try:
+        current = stamped(directory / GRAPH_STATE, lambda state: state | {"changed": 0} == wanted | {"changed": 0})
+    except DAMAGED_CACHE:
+        return [f"{GRAPH_STATE} is unreadable; the profiles are rebuilt on open"]
+    if current and NeighbourGraph.load(directory, generation, config) is None:
+        return [f"{GRAPH_FILE} is unreadable; it is rebuilt on open"]
+    return []
 
 
 def _stamp(generation: int, config: NeighbourConfig) -> dict[str, object]:
@@ -197,8 +218,10 @@ def load_graph(
         return None
     generation = store.generation()
     graph = NeighbourGraph.load(directory, None, config)
-    if graph is not None and graph.generation == generation:
+    if graph is not None and graph.generation == generation and len(graph.keys) == articles.count():
         return graph
+    if graph is not None and graph.generation >= generation:
+        graph = None  # stamped with this generation (or a later one) yet not of these articles: damaged, rebuilt
     if graph is not None:
         # Saved before the last write(s): another process wrote and has not saved its graph yet, or died first.
         # Brought up to the store by the articles that came and went (an article that reused a deleted article's

@@ -756,4 +756,5 @@ class SearchService:
             "passages": n_passages,
             "newest_date": self.index.store.newest_date(),
             "generation": self.index.store.generation(),
+            "read_only": self.index.read_only,
         }

@@ -143,6 +143,11 @@ class Settings:
     max_query_chars: int = _setting(1000, "Longest query accepted.")
     max_k: int = _setting(100, "Largest k accepted by search and similar.")
     query_cache_size: int = _setting(1024, "Recent query embeddings kept in memory.")
+    read_only: bool = _setting(
+        False,
+        "Open the index read-only: SQLite opened without write access, writes refused (403 writes_disabled, newsdesk "
+        "add fails). Also on by itself where the index directory cannot be written (a read-only copy or mount).",
+    )
     api_key: str = _setting(
         "",
         "Key for the write endpoints (Authorization: Bearer <key>); empty: writes over HTTP are disabled.",

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from search.errors import IndexCorrupt
+from search.errors import IndexCorrupt, StorageError
 from search.models import Article, ArticleRef, Passage
 
 T = TypeVar("T")
@@ -167,12 +167,17 @@ class Replaced:
 
 
 class Store:
-    def __init__(self, path: Path, *, create: bool = False) -> None:
+    def __init__(self, path: Path, *, create: bool = False, read_only: bool = False) -> None:
+        """``read_only`` opens the file without write access (``mode=ro``), and where SQLite cannot create the WAL
+        index (``-shm``) beside it, as immutable: see ``_connect``."""
         self.path = path
+        self.read_only = read_only
         if not create and not path.is_file():
             raise IndexCorrupt(f"{path.name} is missing from the index directory {path.parent}")
         self._local = threading.local()
-        if create:
+        if read_only:
+            self._conn()  # fails now, with the file named, rather than on the first query
+        elif create:
             with self._conn() as conn:
                 conn.executescript(SCHEMA + LEXICAL_SCHEMA)
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
@@ -184,13 +189,31 @@ class Store:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=True)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA foreign_keys=ON")
-                conn.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss, not only a crash
+                conn = self._connect()
             except sqlite3.DatabaseError as exc:
-                raise IndexCorrupt(f"cannot open {self.path.name}: {exc}") from None
+                raise IndexCorrupt(f"cannot open {self.path}: {exc}") from None
             self._local.conn = conn
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.read_only:
+            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=True)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss, not only a crash
+            return conn
+        # A WAL database opened read-only still needs its -shm and -wal files: they must exist already or SQLite must
+        # be able to create them (https://sqlite.org/wal.html#readonly). In a directory nobody may write and with no
+        # -shm left by a writer, the only way in is ``immutable=1``: no locks and no WAL, which is exact for a
+        # read-only copy or mount, since nothing can commit there.
+        uri = self.path.absolute().as_uri()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0, check_same_thread=True)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            conn.close()
+            conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=True)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         return conn
 
     def connection(self) -> sqlite3.Connection:
@@ -225,7 +248,7 @@ class Store:
         pids: list[int] = []
         new_aids: list[int] = []
         new_pids: list[int] = []
-        with conn:
+        with _disk_full_is_storage_error(self.path), conn:
             for article_id in dict.fromkeys(delete_ids):
                 row = conn.execute("SELECT aid FROM articles WHERE id = ?", (article_id,)).fetchone()
                 if row is None:
@@ -583,6 +606,18 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise IndexCorrupt(f"{self.path.name}: {exc}") from None
         return row
+
+
+@contextlib.contextmanager
+def _disk_full_is_storage_error(path: Path) -> Iterator[None]:
+    """SQLite's "database or disk is full" (the transaction rolled back: nothing was written) as a ``StorageError``,
+    which the API answers as a JSON 507 and the CLI as one line, instead of an unexpected error."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            raise
+        raise StorageError(f"{path.name}: {exc}; nothing was written") from None
 
 
 def _blob(vec: np.ndarray) -> bytes:

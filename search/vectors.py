@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from search.errors import IndexCorrupt, InvalidInput
+from search.files import discarded_on_failure
 
 IVF_TRAIN_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39; 64 keeps training at 1M to minutes
 TRAIN_SEED = 20240501  # the training sample is reproducible: the same vectors give the same index
@@ -340,12 +341,21 @@ class FaissVectorStore:
         return np.sort(np.concatenate(parts))
 
     def save(self, path: Path) -> None:
-        """Write to a temporary file and rename, so a reader never sees half a file."""
+        """Write to a temporary file and rename, so a reader never sees half a file.
+
+        Written through a Python file rather than ``faiss.write_index(path)``, which ignores a failed ``fclose``: on a
+        full disk an index small enough to sit in stdio's buffer was lost without an error. Here every failed write
+        (ENOSPC, EROFS) is an ``OSError``, and the temporary file is removed."""
         faiss = _faiss()
 
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(self._index, str(tmp))
-        os.replace(tmp, path)
+        with discarded_on_failure(tmp):
+            with tmp.open("wb") as fh:
+                try:
+                    faiss.write_index(self._index, faiss.PyCallbackIOWriter(fh.write))
+                except RuntimeError as exc:  # a FAISS error while serialising: reported like a failed write
+                    raise OSError(f"cannot write {tmp.name}: {str(exc).splitlines()[0]}") from None
+            os.replace(tmp, path)
 
 
 def _find_hnsw(index: Any) -> Any:
