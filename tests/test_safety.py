@@ -21,6 +21,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -34,6 +35,7 @@ from search.index import MANIFEST, SQLITE, VECTORS_STATE, check_index, open_inde
 from search.models import Article
 from search.service import SearchService
 from search.settings import Settings
+from search.vectors import FaissVectorStore
 from tests.conftest import CORPUS, ROOT, assert_error, make_service
 from tests.fakes import HashEmbedder
 from tests.test_cli import assert_one_line_error, invoke
@@ -170,6 +172,18 @@ def test_a_post_the_disk_cannot_hold_is_a_json_507_and_stores_nothing(
     assert_error(client.post("/api/articles", json=body, headers=AUTH), 507, "storage_error")
     assert svc.index.store.generation() == generation
     assert svc.index.store.aid_of("full/0") is None
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full for a real ENOSPC")
+def test_a_small_faiss_file_that_does_not_fit_is_an_error_not_a_silent_loss(tmp_path: Path) -> None:
+    """``faiss.write_index(path)`` ignores a failed ``fclose``: an index that fits stdio's buffer "saved" nothing."""
+    store = FaissVectorStore.build(4, "IDMap2,Flat", [(np.arange(3, dtype=np.int64), np.eye(3, 4, dtype=np.float32))])
+    target = tmp_path / "articles.faiss"
+    link = full_disk_at(tmp_path, ".articles.faiss.{pid}.tmp")
+    with pytest.raises(OSError) as caught:
+        store.save(target)
+    assert caught.value.errno == errno.ENOSPC or "No space" in str(caught.value)
+    assert not target.exists() and not link.is_symlink()
 
 
 CACHE_TEMPORARIES = [
