@@ -444,13 +444,12 @@ def delete(ids: tuple[str, ...], index_dir: Path | None) -> None:
 def index_stats(directory: Path) -> dict[str, Any]:
     """What an index holds, read from its manifest and SQLite store: no model is loaded and no vector is read, so
     it answers in milliseconds for an index of any size."""
-    from search.index import SQLITE, read_manifest
+    from search.index import open_store, read_manifest
     from search.milvus import describe
-    from search.store import Store
 
     directory = directory.absolute()
     manifest = read_manifest(directory)
-    store = Store(directory / SQLITE)
+    store = open_store(directory)
     try:
         n_articles, n_passages = store.counts()
         newest, generation = store.newest_date(), store.generation()

@@ -321,6 +321,13 @@ def _intact(directory: Path, state: dict[str, Any]) -> bool:
         return False
 
 
+def open_store(directory: Path) -> Store:
+    """The index's SQLite store alone (no caches), read-only where the directory cannot be written: what ``check``
+    and ``stats`` read, so that they work on a read-only copy or mount as ``open_index`` does."""
+    path = directory / SQLITE
+    return Store(path, read_only=path.is_file() and not directory_writable(directory, path))
+
+
 def check_index(directory: Path) -> list[str]:
     """Every disagreement between manifest, SQLite and vectors; empty when the index is sound.
 
@@ -333,7 +340,7 @@ def check_index(directory: Path) -> list[str]:
         return [exc.message]
     problems: list[str] = []
     try:
-        store = Store(directory / SQLITE)
+        store = open_store(directory)
     except NewsdeskError as exc:
         return [exc.message]
     try:

@@ -585,8 +585,9 @@ class Store:
         conn = self._conn()
         problems: list[str] = []
         try:
-            with conn:  # the check is written as an INSERT: end its implicit transaction so no lock is kept
-                conn.execute("INSERT INTO passages_fts(passages_fts, rank) VALUES ('integrity-check', 1)")
+            if not self.read_only:  # written as an INSERT, which a read-only connection refuses; the counts below stay
+                with conn:  # end the check's implicit transaction so no lock is kept
+                    conn.execute("INSERT INTO passages_fts(passages_fts, rank) VALUES ('integrity-check', 1)")
         except sqlite3.DatabaseError as exc:
             problems.append(f"passage BM25 index disagrees with the passages: {exc}")
         for table, fts in (("articles", "articles_fts"), ("passages", "passages_fts")):

@@ -336,6 +336,13 @@ def test_a_read_only_mount_serves_with_writes_off(tmp_path: Path, corpus_index: 
     assert add.returncode == 1, add.stderr
     errors = [line for line in add.stderr.splitlines() if line.strip()]
     assert errors[-1].startswith("error: ") and "read-only" in errors[-1] and "Traceback" not in add.stderr
+    for command in (["check"], ["stats", "--json"]):  # they read the store alone: read-only too
+        done = subprocess.run(
+            [*prefix, *newsdesk, *command, "--index", str(shelf / "real")],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["articles"] == 8
     assert temporary_files(shelf / "real") == [] and not list(shelf.glob("*/.newsdesk-probe-*"))
 
 
