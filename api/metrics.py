@@ -3,7 +3,7 @@
 Each app has its own ``CollectorRegistry``: the global default registry would make a second ``create_app`` in one
 process (every test does one) fail with duplicate metric names, and would mix two apps' counts. Endpoints are
 labelled by their URL rule (``/api/articles/<article_id:article_id>``), never by the raw path: one time series per
-route, however many article ids or junk URLs are requested.
+route, however many article ids or junk URLs are requested; methods likewise (``KNOWN_METHODS``, else ``other``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ from search.service import SearchService
 # Seconds. Health checks answer in ~1 ms and searches in tens of ms on the sample; big indexes take longer.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNMATCHED = "<unmatched>"  # the label of requests no route matched (404s, bad encoding)
+# The ``method`` label's values: HTTP's registered methods, and ``other`` for anything a client invents. A request
+# line may carry any token as its method, and one series per invented method let 3,000 requests grow a scrape to
+# 65 MB.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+OTHER_METHOD = "other"
 
 
 class IndexCollector:
@@ -134,14 +139,15 @@ def register_metrics(app: Flask, service: SearchService) -> CollectorRegistry:
         g.metrics_started = time.perf_counter()
 
     # Labelled children by label values: ``labels()`` validates and hashes its arguments on every call, which is
-    # a measurable share of a fast request; the set of keys is bounded (methods x URL rules x statuses).
+    # a measurable share of a fast request; the set of keys is bounded (known methods x URL rules x statuses).
     counters: dict[tuple[str, str, int], Any] = {}
     timers: dict[tuple[str, str], Any] = {}
 
     def observe(response: Response) -> Response:
         started = g.get("metrics_started")
         endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED
-        key = (request.method, endpoint, response.status_code)
+        method = request.method if request.method in KNOWN_METHODS else OTHER_METHOD
+        key = (method, endpoint, response.status_code)
         counter = counters.get(key)
         if counter is None:
             counter = counters.setdefault(key, requests.labels(key[0], endpoint, str(key[2])))
