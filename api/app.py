@@ -22,7 +22,7 @@ from api.openapi import openapi_json
 from indexer.live import Writer
 from search.catalog import Filter
 from search.errors import InvalidInput
-from search.intake import Limits, parse_write
+from search.intake import Limits, loads, parse_write
 from search.models import Article, ArticleRef, to_plain
 from search.service import SearchService
 from search.settings import Settings
@@ -200,9 +200,9 @@ def write_articles() -> Response:
     """Upsert one article (the body is the article) or a batch (``{"articles": [...]}``), all or nothing."""
     settings = _service().settings
     require_write_key(settings)
-    payload = request.get_json(silent=True, cache=False)
-    if payload is None:
+    if not request.is_json:
         raise InvalidInput('the body must be JSON (Content-Type: application/json): an article or {"articles": [...]}')
+    payload = loads(request.get_data(cache=False))  # past MAX_CONTENT_LENGTH: 413 before a byte is read
     articles = parse_write(payload, Limits(settings.max_batch_articles, settings.max_field_chars))
     writer: Writer = current_app.extensions["newsdesk.writer"]
     return jsonify(to_plain(writer.upsert(articles)))
