@@ -8,6 +8,7 @@ route, however many article ids or junk URLs are requested; methods likewise (``
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -20,10 +21,13 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from search.errors import NewsdeskError
 from search.index import read_manifest
 from search.service import SearchService
 
 # Seconds. Health checks answer in ~1 ms and searches in tens of ms on the sample; big indexes take longer.
+log = logging.getLogger("newsdesk.api")
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 UNMATCHED = "<unmatched>"  # the label of requests no route matched (404s, bad encoding)
 # The ``method`` label's values: HTTP's registered methods, and ``other`` for anything a client invents. A request
@@ -47,7 +51,16 @@ class IndexCollector:
         return []  # names are fixed below; describing them must not touch the index at registration time
 
     def collect(self) -> Iterable[Metric]:
-        health = self.service.health()
+        up = GaugeMetricFamily("newsdesk_index_up", "1 when the index can be read, 0 when it cannot (see the log).")
+        try:
+            health = self.service.health()
+        except NewsdeskError as exc:  # a scrape of a damaged index still reports the process; details to the log
+            log.error("metrics: the index cannot be read: %s: %s", exc.code, exc.message)
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
         index = str(health["index"])
         info = InfoMetricFamily("newsdesk_index", "The index being served.", labels=["index"])
         manifest = self.service.index.manifest
