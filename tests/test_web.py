@@ -300,3 +300,28 @@ def test_static_assets(client: FlaskClient) -> None:
     js = client.get("/static/newsdesk.js")
     assert js.status_code == 200 and "javascript" in (js.mimetype or "")
     assert client.get("/static/nothing.css").status_code == 404
+
+
+def test_a_month_facet_of_year_one_links_to_its_articles(tmp_path: Any, corpus_index: Any, embedder: Any) -> None:
+    """Years before 1000 are months like ``0001-01``: the facet names them so, and its link narrows to them (it was
+    ``1-01``, whose link asked for ``from=1-01-01``, a 400)."""
+    import shutil
+
+    from api.app import create_app
+    from indexer.live import Writer
+    from search.index import open_index
+    from search.intake import Limits, parse_write
+    from search.service import SearchService
+    from search.settings import Settings
+
+    copy = tmp_path / "ancient"
+    shutil.copytree(corpus_index, copy)
+    svc = SearchService(open_index(copy, embedder), embedder, Settings(index_dir=copy))
+    old = {"id": "ancient/1", "title": "Interest rates in the year one", "date": "0001-01-15", "text": "Rates rose."}
+    Writer(svc).upsert(parse_write(old, Limits()))
+    client = create_app(service=svc).test_client()
+    doc = page(client, "/", query_string={"q": "interest rates"})
+    months = {a.text: a.attrs["href"] for a in doc.find("p", "facet-month").find_all("a")}
+    assert "0001-01" in months, months
+    assert query_of(months["0001-01"])["from"] == ["0001-01-01"] and query_of(months["0001-01"])["to"] == ["0001-01-31"]
+    assert result_ids(page(client, months["0001-01"])) == ["ancient/1"]
