@@ -7,6 +7,7 @@ has started its workers), or takes a ready ``SearchService`` (tests share one ac
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -14,11 +15,12 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from api import web
-from api.auth import register_auth, require_write_key
+from api.auth import early_refusal, register_auth, require_write_key
 from api.errors import failure_response, register_error_handlers
 from api.logs import register_request_logging
 from api.metrics import register_metrics
 from api.openapi import openapi_json
+from api.server import EARLY_REFUSAL
 from indexer.live import Writer
 from search.catalog import Filter
 from search.errors import InvalidInput
@@ -55,6 +57,7 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     register_metrics(app, service)
     app.before_request(_reject_bad_encoding)
     register_auth(app, service.settings)
+    app.extensions[EARLY_REFUSAL] = partial(early_refusal, service.settings)  # asked before a body is read
 
     app.register_blueprint(web.bp)  # the web page: /, /article, /similar, /static/
     app.add_url_rule("/api/openapi.json", view_func=openapi_json)
