@@ -17,6 +17,7 @@ from search.errors import NewsdeskError, Unauthorized, WritesDisabled
 from search.settings import Settings
 
 CHALLENGE = 'Bearer realm="newsdesk"'
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/api/health", "/api/openapi.json", "/metrics"})
 
 
@@ -62,7 +63,10 @@ def early_refusal(
 ) -> tuple[int, str, str, Mapping[str, str]] | None:
     """The server's question before it reads a request body (api/server.py): only writes read a body, so a body
     without the write key is refused from its headers (401, or 403 where writes are off), and nobody without the
-    key makes the server spool up to ``max_body_bytes`` (the server itself refuses a larger body)."""
+    key makes the server spool up to ``max_body_bytes`` (the server itself refuses a larger body). A body on a
+    read (GET, HEAD, OPTIONS) is read as before: the app ignores it, and the limits bound it."""
+    if method.upper() in READ_METHODS:
+        return None
     error = write_key_error(settings, bearer_token(headers.get("AUTHORIZATION", "")))
     if error is None:
         return None

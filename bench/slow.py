@@ -5,7 +5,8 @@ One command runs the whole benchmark::
     .venv/bin/python bench/slow.py --index /tmp/slow-sample --seconds 20 --slow 20 --clients 4
 
 1. ``newsdesk serve --index DIR --host 127.0.0.1 --port <free port>`` starts with its default server and settings
-   (``NEWSDESK_API_KEY`` set to a key of this run, so the slow bodies are writes the server must read);
+   (``NEWSDESK_API_KEY`` set to a key of this run, so the slow bodies are writes the server must read;
+   ``--processes 2`` for the gunicorn workers);
 2. three timed phases of ``--seconds`` each, in one run: ``--clients`` normal clients alone (each its own keep-alive
    connection, ``GET /api/search`` back to back, the query texts the sample's headlines), then the same clients
    while ``--slow`` slow clients trickle (half send a request's headers one byte every ``--interval`` seconds and
@@ -272,7 +273,8 @@ def benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
     feed = QueryFeed(texts)
     key = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="newsdesk-slow-") as tmp:
-        server = Server(args.index, args.workers, Path(tmp) / "server.log", None, env={"NEWSDESK_API_KEY": key})
+        log = Path(tmp) / "server.log"
+        server = Server(args.index, args.workers, log, None, args.processes, env={"NEWSDESK_API_KEY": key})
         try:
             health, ready_s = server.wait_ready(args.ready_timeout)
             phases: dict[str, dict[str, Any]] = {}
@@ -328,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between a slow client's bytes")
     parser.add_argument("--max-connects", type=int, default=5_000, help="most slow connections over the run")
     parser.add_argument("--workers", type=int, default=4, help="the server's --workers (its default)")
+    parser.add_argument("--processes", type=int, default=1, help="the server's --processes (default 1: waitress)")
     parser.add_argument("--limit", type=float, default=2.0, help="allowed p99 ratio, with slow clients / alone")
     parser.add_argument("--ready-timeout", type=float, default=300.0)
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here too")
