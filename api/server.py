@@ -125,18 +125,21 @@ def serve(
 def harden(server: Any, limits: ServerLimits, hook: RefusalHook | None = None) -> Any:
     """``server`` (made by waitress's ``create_server``) with request deadlines and JSON errors.
 
-    Each listening server of it reads with ``_Channel`` (whose requests are ``_Parser``s, which record when they
-    started and ask ``hook`` before reading a body) and closes late requests in its maintenance pass, which
+    Each listening server of it reads requests with a ``_Parser`` (which records when a request started and asks
+    ``hook`` before reading its body) and closes late requests in its maintenance pass, which
     waitress runs every ``cleanup_interval`` seconds from its loop.
     """
-    servers = [server] if isinstance(server, BaseWSGIServer) else _listeners(server)
-    for each in servers:
-        each.channel_class = type("Channel", (_Channel,), {"hook": staticmethod(hook) if hook else None})
+    parser = type("Parser", (_Parser,), {"hook": staticmethod(hook) if hook else None})
+    for each in _listeners(server):
+        each.channel_class = type("Channel", (HTTPChannel,), {"parser_class": parser})
         each.maintenance = _maintenance(each, limits)
     return server
 
 
 def _listeners(server: Any) -> list[BaseWSGIServer]:
+    """The listening servers of what ``create_server`` returned: itself, or those of a multi-socket server."""
+    if isinstance(server, BaseWSGIServer):
+        return [server]
     return [d for d in server.map.values() if isinstance(d, BaseWSGIServer)]
 
 
@@ -226,14 +229,6 @@ class _Parser(HTTPRequestParser):  # type: ignore[misc]
         return now - self.headers_at > limits.body_timeout
 
 
-class _Channel(HTTPChannel):  # type: ignore[misc]
-    hook: RefusalHook | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.parser_class = type("Parser", (_Parser,), {"hook": staticmethod(self.hook) if self.hook else None})
-
-
 def _gunicorn_base(module: str, name: str) -> type:
     import importlib
 
@@ -259,7 +254,7 @@ class WaitressWorker(_gunicorn_base("gunicorn.workers.base", "Worker")):  # type
                     self.log.info("parent changed, shutting down: %s", self)
                     break
         finally:
-            for listener in _listeners(server) if not isinstance(server, BaseWSGIServer) else [server]:
+            for listener in _listeners(server):
                 listener.accepting = False
             server.task_dispatcher.shutdown(timeout=self.cfg.graceful_timeout)
 
