@@ -131,6 +131,19 @@ def _status_and_json(raw: bytes | None) -> tuple[int, Any]:
     return int(head.split(b" ", 2)[1]), json.loads(body)
 
 
+def test_the_settings_reach_waitress() -> None:
+    """What ``newsdesk serve`` hands waitress: its own limits from the settings, poll() for more than 1,024
+    descriptors, and maintenance often enough for the deadlines."""
+    from api.server import ServerLimits
+    from search.settings import Settings
+
+    settings = Settings(max_connections=321, idle_timeout=7.0, header_timeout=2.0, max_body_bytes=5000)
+    adj = ServerLimits.of(settings).adjustments(threads=3)
+    assert adj["connection_limit"] == 321 and adj["channel_timeout"] == 7.0 and adj["threads"] == 3
+    assert adj["max_request_body_size"] == 5001  # waitress refuses a body of this size or more: 5,000 passes
+    assert adj["asyncore_use_poll"] is True and adj["cleanup_interval"] <= 0.5
+
+
 def test_trickling_clients_neither_freeze_the_server_nor_stay(server: int) -> None:
     """120 connections trickling a byte of headers or body every 0.3 s: beyond waitress's stock connection limit
     (100) and far beyond gunicorn gthread's threads (2 processes x 2 here), which both froze. Normal requests are

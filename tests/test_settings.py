@@ -25,6 +25,10 @@ def test_defaults_env_then_overrides() -> None:
         {"NEWSDESK_TITLE_CONTEXT": "perhaps"},
         {"NEWSDESK_THREADS": "0"},
         {"NEWSDESK_DUPLICATE_THRESHOLD": "1.5"},
+        {"NEWSDESK_HEADER_TIMEOUT": "0"},
+        {"NEWSDESK_BODY_TIMEOUT": "-1"},
+        {"NEWSDESK_IDLE_TIMEOUT": "nan"},
+        {"NEWSDESK_MAX_CONNECTIONS": "0"},
     ],
 )
 def test_bad_values_are_clear_errors(env: dict[str, str]) -> None:
