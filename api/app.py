@@ -7,6 +7,7 @@ has started its workers), or takes a ready ``SearchService`` (tests share one ac
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -14,15 +15,16 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from api import web
-from api.auth import register_auth, require_write_key
+from api.auth import early_refusal, register_auth, require_write_key
 from api.errors import failure_response, register_error_handlers
 from api.logs import register_request_logging
 from api.metrics import register_metrics
 from api.openapi import openapi_json
+from api.server import EARLY_REFUSAL
 from indexer.live import Writer
 from search.catalog import Filter
 from search.errors import InvalidInput
-from search.intake import Limits, parse_write
+from search.intake import Limits, loads, parse_write
 from search.models import Article, ArticleRef, to_plain
 from search.service import SearchService
 from search.settings import Settings
@@ -55,6 +57,7 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     register_metrics(app, service)
     app.before_request(_reject_bad_encoding)
     register_auth(app, service.settings)
+    app.extensions[EARLY_REFUSAL] = partial(early_refusal, service.settings)  # asked before a body is read
 
     app.register_blueprint(web.bp)  # the web page: /, /article, /similar, /static/
     app.add_url_rule("/api/openapi.json", view_func=openapi_json)
@@ -201,9 +204,9 @@ def write_articles() -> Response:
     """Upsert one article (the body is the article) or a batch (``{"articles": [...]}``), all or nothing."""
     settings = _service().settings
     require_write_key(settings)
-    payload = request.get_json(silent=True, cache=False)
-    if payload is None:
+    if not request.is_json:
         raise InvalidInput('the body must be JSON (Content-Type: application/json): an article or {"articles": [...]}')
+    payload = loads(request.get_data(cache=False))  # past MAX_CONTENT_LENGTH: 413 before a byte is read
     articles = parse_write(payload, Limits(settings.max_batch_articles, settings.max_field_chars))
     writer: Writer = current_app.extensions["newsdesk.writer"]
     return jsonify(to_plain(writer.upsert(articles)))

@@ -9,17 +9,24 @@ for load balancers, clients and scrapers.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 
 from flask import Flask, Response, request
 
-from search.errors import Unauthorized, WritesDisabled
+from search.errors import NewsdeskError, Unauthorized, WritesDisabled
 from search.settings import Settings
 
+CHALLENGE = 'Bearer realm="newsdesk"'
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/api/health", "/api/openapi.json", "/metrics"})
 
 
 def _presented() -> bytes | None:
-    header = request.headers.get("Authorization", "")
+    return bearer_token(request.headers.get("Authorization", ""))
+
+
+def bearer_token(header: str) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, or None."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
@@ -37,10 +44,34 @@ def _matches(token: bytes | None, *keys: str) -> bool:
 
 
 def require_write_key(settings: Settings) -> None:
+    error = write_key_error(settings, _presented())
+    if error is not None:
+        raise error
+
+
+def write_key_error(settings: Settings, token: bytes | None) -> NewsdeskError | None:
+    """Why ``token`` may not write (writes off: 403; no or a wrong key: 401), or None if it may."""
     if not settings.api_key:
-        raise WritesDisabled("writes are disabled: the server has no write key (set NEWSDESK_API_KEY)")
-    if not _matches(_presented(), settings.api_key):
-        raise Unauthorized("a valid write key is required: send Authorization: Bearer <key>")
+        return WritesDisabled("writes are disabled: the server has no write key (set NEWSDESK_API_KEY)")
+    if not _matches(token, settings.api_key):
+        return Unauthorized("a valid write key is required: send Authorization: Bearer <key>")
+    return None
+
+
+def early_refusal(
+    settings: Settings, method: str, path: str, headers: Mapping[str, str]
+) -> tuple[int, str, str, Mapping[str, str]] | None:
+    """The server's question before it reads a request body (api/server.py): only writes read a body, so a body
+    without the write key is refused from its headers (401, or 403 where writes are off), and nobody without the
+    key makes the server spool up to ``max_body_bytes`` (the server itself refuses a larger body). A body on a
+    read (GET, HEAD, OPTIONS) is read as before: the app ignores it, and the limits bound it."""
+    if method.upper() in READ_METHODS:
+        return None
+    error = write_key_error(settings, bearer_token(headers.get("AUTHORIZATION", "")))
+    if error is None:
+        return None
+    challenge = {"WWW-Authenticate": CHALLENGE} if error.status == 401 else {}
+    return error.status, error.code, error.message, challenge
 
 
 def register_auth(app: Flask, settings: Settings) -> None:
@@ -56,5 +87,5 @@ def register_auth(app: Flask, settings: Settings) -> None:
     @app.after_request
     def _challenge(response: Response) -> Response:
         if response.status_code == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="newsdesk"'
+            response.headers["WWW-Authenticate"] = CHALLENGE
         return response

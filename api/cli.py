@@ -169,6 +169,7 @@ def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> No
     With --collections, serve as a stateless replica of an index on Milvus: no index directory is read, any number
     of replicas serve one corpus, and each reloads when the indexer publishes a write."""
     from api.app import create_app
+    from api.server import ServerLimits
     from api.server import serve as run_server
     from search.index import read_manifest
     from search.milvus import check_uri, is_lite
@@ -191,7 +192,8 @@ def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> No
             )
         served = str(settings.index_dir)
     click.echo(f"serving {served} on http://{host}:{port}/ ({processes} process(es) x {workers} threads)", err=True)
-    run_server(lambda: create_app(settings), host, port, threads=workers, processes=processes)
+    limits = ServerLimits.of(settings)
+    run_server(lambda: create_app(settings), host, port, threads=workers, processes=processes, limits=limits)
 
 
 @main.command()

@@ -1,7 +1,8 @@
 """One JSON error shape for every failure the API can return: ``{"error": {"code", "message"}}``.
 
 A person's browser asking for a page (the web page's own routes, or any non-``/api`` URL whose ``Accept`` prefers
-HTML) gets the same status and message as an HTML page instead; nothing under ``/api`` ever does.
+HTML) gets the same status and message as an HTML page instead; nothing under ``/api`` ever does. A server-side
+failure (5xx) is logged in full and answered by its code alone: its message names files and internals.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def failure_response(status: int, code: str, message: str) -> Response:
     return error_response(status, code, message)
 
 
+def server_side_message(exc: NewsdeskError) -> str:
+    """What a client is told of a server-side failure (a damaged or missing index, an unreachable vector store):
+    its kind, never its details. Those name paths on disk, URIs and parser errors, and ``/api/health`` answers
+    anyone, so they go to the server log only."""
+    return f"the index cannot be served right now ({exc.code}); the server log has the details"
+
+
 def _http_code(exc: HTTPException) -> str:
     return re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower()).strip("_")
 
@@ -54,6 +62,9 @@ def _http_code(exc: HTTPException) -> str:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(NewsdeskError)
     def _newsdesk(exc: NewsdeskError) -> Response:
+        if exc.status >= 500:  # the server's own trouble: its message names files and parser errors
+            log.error("%s: %s (request id %s)", exc.code, exc.message, request_id())
+            return failure_response(exc.status, exc.code, server_side_message(exc))
         return failure_response(exc.status, exc.code, exc.message)
 
     @app.errorhandler(HTTPException)

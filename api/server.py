@@ -1,35 +1,116 @@
-"""Running the WSGI app: waitress threads in one process, or gunicorn worker processes each with their own threads.
+"""Running the WSGI app: waitress threads in one process, or gunicorn worker processes each running waitress.
 
 One process is enough for I/O-bound traffic, but a search is mostly Python holding the GIL (fusion, BM25 scoring,
 serialisation) around an ONNX call that releases it, so one process uses little more than one core however many
-threads it has. ``processes > 1`` runs gunicorn's ``gthread`` workers: each worker is forked *before* it builds the
-app, so every process loads its own model and index after the fork, and no process forks after torch, onnxruntime
-or FAISS started threads.
+threads it has. ``processes > 1`` runs gunicorn workers: each worker is forked *before* it builds the app, so every
+process loads its own model and index after the fork, and no process forks after torch, onnxruntime or FAISS
+started threads.
+
+Slow clients. A request is read whole, headers and body, by waitress's event loop before a thread runs the app, so
+a client trickling bytes holds no request thread. gunicorn's own ``gthread`` worker reads a request inside its
+thread pool: 8 connections sending a header byte a second froze ``--processes 2`` with 4 threads each. So the
+gunicorn workers here (``WaitressWorker``) run waitress's loop on the sockets gunicorn listens on, and gunicorn
+keeps what it is for (forking, supervising, restarting and stopping workers). Neither server bounds how long a
+request may take to arrive (waitress's ``channel_timeout`` only closes connections that send *nothing* for that
+long, so one byte a second keeps a connection forever, and at ``connection_limit`` connections, 100 by default, it
+stops accepting), hence ``harden``: each request must finish its headers within ``header_timeout`` of its first
+byte and its body within ``body_timeout`` of its headers, else its connection is closed; idle connections close
+after ``idle_timeout``; each process holds at most ``max_connections``.
+
+Bodies. waitress refuses a body over ``max_body_bytes`` (by ``Content-Length`` before reading it, a chunked one
+as soon as it grows past), and before reading any body the app's ``early_refusal`` hook may refuse the request from
+its headers: a write without the write key is answered 401/403 without the server spooling up to 16 MiB for an
+unauthenticated caller. Errors the server answers itself are the API's JSON error shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import BaseWSGIServer, create_server
+from waitress.utilities import Error, RequestEntityTooLarge
+
+from search.settings import Settings
+
+log = logging.getLogger("newsdesk.server")
+
+# The app's hook (``app.extensions[EARLY_REFUSAL]``): given a request's method, path and headers (upper-case, as
+# waitress keeps them: ``AUTHORIZATION``, ``CONTENT_LENGTH``), the status, code, message and extra headers to
+# answer instead of reading its body, or None to read it.
+EARLY_REFUSAL = "newsdesk.early_refusal"
+Refusal = tuple[int, str, str, Mapping[str, str]]
+RefusalHook = Callable[[str, str, Mapping[str, str]], Refusal | None]
+LOOP_SECONDS = 0.5  # how often the loop wakes when idle: deadlines are enforced within about this much
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What a serving process bounds, from the settings of the same names."""
+
+    header_timeout: float
+    body_timeout: float
+    idle_timeout: float
+    max_connections: int
+    max_body_bytes: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> ServerLimits:
+        return cls(
+            settings.header_timeout,
+            settings.body_timeout,
+            settings.idle_timeout,
+            settings.max_connections,
+            settings.max_body_bytes,
+        )
+
+    def adjustments(self, threads: int) -> dict[str, Any]:
+        """waitress's own options: the limits it has, and maintenance often enough for the deadlines."""
+        return {
+            "threads": threads,
+            "ident": "newsdesk",
+            "channel_timeout": self.idle_timeout,
+            "connection_limit": self.max_connections,
+            "cleanup_interval": min(1.0, self.header_timeout / 4),
+            "asyncore_loop_timeout": LOOP_SECONDS,
+            "asyncore_use_poll": True,  # select() stops at file descriptor 1024
+            "max_request_body_size": self.max_body_bytes + 1,  # waitress refuses a body of this size or more
+        }
 
 
 def serve(
-    make_app: Callable[[], Flask], host: str, port: int, *, threads: int, processes: int = 1, timeout: int = 300
+    make_app: Callable[[], Flask],
+    host: str,
+    port: int,
+    *,
+    threads: int,
+    processes: int = 1,
+    timeout: int = 300,
+    limits: ServerLimits | None = None,
 ) -> None:
     """Serve ``make_app()`` on ``host:port`` until interrupted; ``make_app`` runs once per serving process."""
+    limits = limits or ServerLimits.of(Settings())
     if processes <= 1:
-        import waitress
-
-        waitress.serve(make_app(), host=host, port=port, threads=threads, ident="newsdesk")
+        app = make_app()
+        server = harden(create_server(app, host=host, port=port, **limits.adjustments(threads)), limits, _hook(app))
+        server.print_listen("Serving on http://{}:{}")
+        server.run()
         return
     _GunicornApp(
         make_app,
         {
             "bind": f"{host}:{port}",
             "workers": processes,
-            "worker_class": "gthread",
+            "worker_class": WaitressWorker,
             "threads": threads,
             "preload_app": False,  # build the app in each worker, after its fork
             "timeout": timeout,  # a worker loading a large index must not be killed as hung
@@ -37,21 +118,154 @@ def serve(
             "accesslog": None,  # the app writes its own structured request log
             "proc_name": "newsdesk",
         },
+        limits,
     ).run()
 
 
-def _gunicorn_base() -> type:
-    from gunicorn.app.base import BaseApplication
+def harden(server: Any, limits: ServerLimits, hook: RefusalHook | None = None) -> Any:
+    """``server`` (made by waitress's ``create_server``) with request deadlines and JSON errors.
 
-    return BaseApplication  # type: ignore[no-any-return]
+    Each listening server of it reads requests with a ``_Parser`` (which records when a request started and asks
+    ``hook`` before reading its body) and closes late requests in its maintenance pass, which
+    waitress runs every ``cleanup_interval`` seconds from its loop.
+    """
+    parser = type("Parser", (_Parser,), {"hook": staticmethod(hook) if hook else None})
+    for each in _listeners(server):
+        each.channel_class = type("Channel", (HTTPChannel,), {"parser_class": parser})
+        each.maintenance = _maintenance(each, limits)
+    return server
 
 
-class _GunicornApp(_gunicorn_base()):  # type: ignore[misc]
+def _listeners(server: Any) -> list[BaseWSGIServer]:
+    """The listening servers of what ``create_server`` returned: itself, or those of a multi-socket server."""
+    if isinstance(server, BaseWSGIServer):
+        return [server]
+    return [d for d in server.map.values() if isinstance(d, BaseWSGIServer)]
+
+
+def _hook(app: Any) -> RefusalHook | None:
+    """The app's early-refusal hook, if it has one (waitress may wrap the app, so it is read here, unwrapped)."""
+    extensions = getattr(app, "extensions", None)
+    hook = extensions.get(EARLY_REFUSAL) if isinstance(extensions, dict) else None
+    return hook if callable(hook) else None
+
+
+def _maintenance(server: BaseWSGIServer, limits: ServerLimits) -> Callable[[float], None]:
+    stock = server.maintenance
+
+    def maintenance(now: float) -> None:
+        stock(now)  # idle connections past channel_timeout
+        clock = time.monotonic()
+        for channel in list(server.active_channels.values()):
+            request = channel.request
+            if isinstance(request, _Parser) and request.late(clock, limits):
+                log.info("closing a connection from %s: its request did not arrive in time", channel.addr)
+                channel.will_close = True  # its loop closes it at the next pass
+
+    return maintenance
+
+
+class _JsonError(Error):  # type: ignore[misc]
+    """An error the server answers itself, in the API's shape."""
+
+    def __init__(self, code: int, reason: str, slug: str, message: str, headers: Mapping[str, str] = {}) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.slug, self.headers = code, reason, slug, dict(headers)
+
+    @classmethod
+    def of(cls, error: Error) -> _JsonError:
+        slug = error.reason.lower().replace(" ", "_")
+        return cls(error.code, error.reason, slug, f"{error.reason.lower()}: {error.body}")
+
+    def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
+        body = json.dumps({"error": {"code": self.slug, "message": self.body}}).encode()
+        return f"{self.code} {self.reason}", [("Content-Type", "application/json"), *self.headers.items()], body
+
+
+_REASONS = {401: "Unauthorized", 403: "Forbidden", 413: "Request Entity Too Large"}
+
+
+class _Parser(HTTPRequestParser):  # type: ignore[misc]
+    """One request as it arrives: when it started, when its headers ended, and the app's verdict on its headers
+    before any of its body is read."""
+
+    hook: RefusalHook | None = None
+    error: Error | None = None  # waitress's own class attributes, typed
+    completed = False
+    headers_finished = False
+    expect_continue = False
+
+    def __init__(self, adj: Any) -> None:
+        super().__init__(adj)
+        self.started = time.monotonic()
+        self.headers_at: float | None = None
+
+    def received(self, data: bytes) -> int:
+        had_headers = self.headers_finished
+        consumed: int = super().received(data)
+        if self.headers_finished and not had_headers:
+            self.headers_at = time.monotonic()
+            body_ahead = self.error is None and not self.completed
+            if (body_ahead or isinstance(self.error, RequestEntityTooLarge)) and self.hook is not None:
+                refusal = self.hook(self.command or "", self.path or "", self.headers)
+                if refusal is not None:
+                    status, code, message, headers = refusal
+                    self.error = _JsonError(status, _REASONS.get(status, "Refused"), code, message, headers)
+                    self.completed = True  # answered now; the unread body is dropped with the connection
+                    self.expect_continue = False  # and no "100 Continue" invites it
+        if isinstance(self.error, RequestEntityTooLarge):
+            limit = self.adj.max_request_body_size - 1
+            message = f"the body is over the limit of {limit} bytes (max_body_bytes)"
+            self.error = _JsonError(413, RequestEntityTooLarge.reason, "request_entity_too_large", message)
+        elif self.error is not None and not isinstance(self.error, _JsonError):
+            self.error = _JsonError.of(self.error)
+        return consumed
+
+    def late(self, now: float, limits: ServerLimits) -> bool:
+        if self.completed:
+            return False
+        if self.headers_at is None:
+            return now - self.started > limits.header_timeout
+        return now - self.headers_at > limits.body_timeout
+
+
+def _gunicorn_base(module: str, name: str) -> type:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+class WaitressWorker(_gunicorn_base("gunicorn.workers.base", "Worker")):  # type: ignore[misc]
+    """A gunicorn worker that serves with waitress (see the module docstring): connections are read by an event
+    loop, requests run on ``threads`` threads, and the loop tells the arbiter it is alive between passes."""
+
+    def run(self) -> None:
+        limits: ServerLimits = self.app.limits
+        socket_map: dict[int, Any] = {}
+        sockets = [getattr(s, "sock", s) for s in self.sockets]
+        server = create_server(self.wsgi, map=socket_map, sockets=sockets, **limits.adjustments(self.cfg.threads))
+        harden(server, limits, _hook(self.wsgi))
+        parent = self.ppid
+        try:
+            while self.alive:
+                self.notify()
+                wasyncore.loop(timeout=LOOP_SECONDS, map=socket_map, use_poll=True, count=1)
+                if os.getppid() != parent:
+                    self.log.info("parent changed, shutting down: %s", self)
+                    break
+        finally:
+            for listener in _listeners(server):
+                listener.accepting = False
+            server.task_dispatcher.shutdown(timeout=self.cfg.graceful_timeout)
+
+
+class _GunicornApp(_gunicorn_base("gunicorn.app.base", "BaseApplication")):  # type: ignore[misc]
     """gunicorn's documented custom-application hook: options from a dict, the app from a factory."""
 
-    def __init__(self, make_app: Callable[[], Flask], options: dict[str, Any]) -> None:
+    def __init__(self, make_app: Callable[[], Flask], options: dict[str, Any], limits: ServerLimits) -> None:
         self._make_app = make_app
         self._options = options
+        self.limits = limits
         super().__init__()
 
     def load_config(self) -> None:

@@ -44,6 +44,7 @@ from search.milvus import (
 )
 from search.models import Article
 from search.neighbours import DEFAULT_NEIGHBOURS, load_graph
+from search.paging import KEY_FIELD, new_key
 from search.settings import Settings
 from search.store import NewArticle, SentenceVectors, Store
 
@@ -157,6 +158,7 @@ def build_index(
                     "sources": report.sources,
                     "created_at": now_iso(),
                     "updated_at": now_iso(),
+                    KEY_FIELD: new_key(),  # signs search cursors; a new build ends every walk of the old one
                 }
                 # vectors.faiss / articles.faiss (or the Milvus collections), this generation
                 opened = load_vectors(work, store, manifest, records=False)

@@ -241,8 +241,9 @@ class ArticleCatalog:
                 tags[self.tag_names[c]] += 1
         months: Counter[str] = Counter()
         for d in self.days[rows].tolist():
-            if d != NO_DATE:
-                months[date.fromordinal(d + _EPOCH).strftime("%Y-%m")] += 1
+            if d != NO_DATE:  # not strftime("%Y"): glibc writes year 1 as "1", a month no date filter reads
+                day = date.fromordinal(d + _EPOCH)
+                months[f"{day.year:04d}-{day.month:02d}"] += 1
 
         def top(counts: Counter[str]) -> list[FacetCount]:
             return [FacetCount(v, n) for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]

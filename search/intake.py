@@ -9,6 +9,7 @@ the corpus fields the indexer reads (``id``, ``title``, ``paragraphs`` or ``text
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -22,6 +23,32 @@ MAX_TAGS = 100
 MAX_EXTRA_DEPTH = 5
 MAX_EXTRA_BYTES = 65_536
 FIELDS = {"id", "title", "paragraphs", "text", "date", "source", "url", "tags", "category", "extra"}
+
+
+def loads(data: bytes | str) -> Any:
+    """A write request's JSON body, refusing what could not be stored and served back as JSON.
+
+    Python's parser accepts ``NaN``, ``Infinity`` and ``1e999`` (as an infinite float), which ``json.dumps`` then
+    writes back as ``NaN``/``Infinity``, which no browser's ``JSON.parse`` reads; and a body of 50,000 ``[`` makes it
+    raise ``RecursionError`` rather than ``ValueError``. Each is an ``InvalidInput`` here.
+    """
+    try:
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise InvalidInput("the body is JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and ints longer than Python converts
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidInput(f"the body holds {name}, which is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidInput(f"the number {text[:40]} is too large for a JSON number")
+    return value
 
 
 @dataclass(frozen=True)
@@ -141,6 +168,16 @@ def _date(value: Any, where: str) -> str | None:
         raise InvalidInput(f"{where} must be an ISO 8601 date or datetime, got {value!r}") from None
 
 
+def _check_number(value: float, where: str) -> None:
+    """A number that reads back as itself: not NaN or infinite (JSON has neither), no integer beyond a double."""
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise InvalidInput(f"{where} must be a finite number that fits a JSON double")
+
+
 def _check_extra(value: Any, where: str, depth: int = 0) -> None:
     if depth > MAX_EXTRA_DEPTH:
         raise InvalidInput(f"{where} is nested deeper than {MAX_EXTRA_DEPTH} levels")
@@ -152,7 +189,9 @@ def _check_extra(value: Any, where: str, depth: int = 0) -> None:
             _check_extra(v, f"{where}[{i}]", depth + 1)
     elif isinstance(value, str):
         _text(value, where, 65_536)
-    elif not isinstance(value, int | float | bool) and value is not None:
+    elif isinstance(value, float | int) and not isinstance(value, bool):
+        _check_number(value, where)
+    elif value is not None and not isinstance(value, bool):
         raise InvalidInput(f"{where} holds a {type(value).__name__}")
     if depth == 0 and len(json.dumps(value, ensure_ascii=False)) > MAX_EXTRA_BYTES:
         raise InvalidInput(f"{where} is larger than {MAX_EXTRA_BYTES} characters of JSON")

@@ -44,7 +44,7 @@ from search.models import (
     TimelineResponse,
 )
 from search.paging import START as CURSOR_START
-from search.paging import Cursor, diversify, fingerprint, resume
+from search.paging import Cursor, diversify, fingerprint, index_key, resume
 from search.related import RelatedFinder
 from search.settings import MODES, SIMILAR_SCORINGS, Settings
 from search.store import StoredPassage
@@ -306,10 +306,12 @@ class SearchService:
                 raise InvalidInput("give either offset or cursor, not both")
             mark = fingerprint(query, mode, filters.key() if filters else None, k, max_per_source)
             generation = self.index.store.generation()
+            key = index_key(self.index.manifest, self.index.store)
             if cursor == CURSOR_START:
                 walk = Cursor(0, max(self.settings.cursor_depth, k), generation, mark)
             else:
-                walk = resume(cursor, mark, generation)
+                bound = max(self.settings.cursor_depth, k)
+                walk = resume(cursor, mark, generation, key, page_size=k, max_depth=bound)
             offset, depth = walk.offset, walk.depth
         allowed = self.index.catalog.allowed(filters)
         qvec = self.embed_query(query)  # also needed in lexical mode, to locate the answering sentence
@@ -321,7 +323,7 @@ class SearchService:
             ranked, page, end = self._diverse_page(query, qvec, depth, mode, allowed, k, offset, max_per_source, walk)
         next_cursor = None
         if walk is not None and offset + k < end:
-            next_cursor = Cursor(offset + k, walk.depth, walk.generation, walk.fingerprint).encode()
+            next_cursor = Cursor(offset + k, walk.depth, walk.generation, walk.fingerprint).encode(key)
         page_aids = [aid for aid, _ in page]
         anchors = [aid for aid, _ in ranked.items[:ANCHOR_ARTICLES]]
         passages = self._best_passages(query, qvec, page_aids, mode, anchors)

@@ -156,7 +156,27 @@ class Settings:
     read_api_key: str = _setting(
         "", "Key required for reads as well (the write key also reads); empty: reads are open.", secret=True
     )
-    max_body_bytes: int = _setting(16 * 1024 * 1024, "Largest request body the API accepts.")
+    max_body_bytes: int = _setting(
+        16 * 1024 * 1024,
+        "Largest request body the API accepts; the server refuses a larger one (413) before reading it, and reads no "
+        "body of a write without the write key.",
+    )
+    # -- slow clients (api/server.py): how long a request may take to arrive, and how many connections a process holds
+    header_timeout: float = _setting(
+        10.0,
+        "Seconds a client may take to send a request's line and headers, from their first byte; a slower connection "
+        "is closed, so clients trickling bytes cannot hold the server.",
+    )
+    body_timeout: float = _setting(
+        60.0, "Seconds a client may take to send a request's body once its headers arrived; a slower one is closed."
+    )
+    idle_timeout: float = _setting(
+        30.0, "Seconds an open connection may send nothing (between keep-alive requests) before it is closed."
+    )
+    max_connections: int = _setting(
+        500,
+        "Open connections per server process; past it, new connections wait in the listen backlog until one closes.",
+    )
     max_batch_articles: int = _setting(1000, "Most articles one write request may carry.")
     max_field_chars: int = _setting(
         200_000, "Longest text field of a written article (id, title, each paragraph; ids are capped at 1,000)."
@@ -192,6 +212,7 @@ class Settings:
             "lexical_candidates",
             "cursor_depth",
             "max_body_bytes",
+            "max_connections",
             "max_batch_articles",
             "max_field_chars",
         )
@@ -207,6 +228,9 @@ class Settings:
             raise InvalidInput("setting duplicate_threshold must be in (0, 1]")
         if self.mode not in MODES:
             raise InvalidInput(f"setting mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("header_timeout", "body_timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise InvalidInput(f"setting {name} must be a positive number of seconds, got {getattr(self, name)}")
         if self.replica_poll < 0:
             raise InvalidInput(f"setting replica_poll must not be negative, got {self.replica_poll}")
         if self.title_weight <= 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -600,6 +601,15 @@ class Store:
             if indexed != stored:
                 problems.append(f"BM25 index holds {indexed} {table}, SQLite {stored}")
         return problems
+
+    def cursor_secret(self) -> bytes | None:
+        """A cursor key (search/paging.py) for an index whose manifest predates them: made once, by the first
+        writable open that asks, in the meta table every process of this index reads; None where none is kept and
+        this store is read-only."""
+        with contextlib.suppress(sqlite3.OperationalError), self._conn() as conn:
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('cursor_key', ?)", (secrets.token_hex(32),))
+        row = self._query_one("SELECT value FROM meta WHERE key = 'cursor_key'")
+        return bytes.fromhex(str(row[0])) if row else None
 
     def _query_one(self, sql: str, params: tuple[object, ...] = ()) -> tuple[Any, ...] | None:
         try:

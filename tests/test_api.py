@@ -482,3 +482,34 @@ def test_search_filters_facets_and_cursor_over_http(client: FlaskClient) -> None
 )
 def test_bad_search_options_are_400(client: FlaskClient, params: dict[str, str]) -> None:
     assert_error(client.get("/api/search", query_string={"q": "rates", **params}), 400, "invalid_input")
+
+
+@pytest.mark.parametrize("path", ["/api/health", "/metrics"])
+def test_open_endpoints_keep_paths_and_internals_to_the_server_log(
+    tmp_path: Any, corpus_index: Any, embedder: Any, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An index broken under a running server (another process committed, then the manifest was damaged): the
+    open endpoints say that the index cannot be served, never where it lives on disk or what the parser said."""
+    import shutil
+    import sqlite3
+
+    from search.index import open_index
+    from search.settings import Settings
+
+    copy = tmp_path / "secret-place"
+    shutil.copytree(corpus_index, copy)
+    svc = SearchService(open_index(copy, embedder), embedder, Settings(index_dir=copy, read_api_key="r"))
+    client = create_app(service=svc).test_client()
+    assert client.get(path).status_code == 200
+    with sqlite3.connect(copy / "newsdesk.sqlite") as conn:  # a commit by another process: the server reloads
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+    (copy / "manifest.json").write_text('{"format_version": 1, "model": ', encoding="utf-8")
+    with caplog.at_level(logging.ERROR):
+        r = client.get(path)
+    text = r.get_data(as_text=True)
+    assert "secret-place" not in text and str(tmp_path) not in text and "Expecting" not in text
+    if path == "/api/health":
+        assert_error(r, 503, "index_corrupt")
+    else:  # the scrape still reports the process, and that the index is down
+        assert r.status_code == 200 and "newsdesk_index_up 0.0" in text and "process_cpu_seconds_total" in text
+    assert "secret-place" in caplog.text  # the operator still learns what is wrong

@@ -96,6 +96,20 @@ def test_unmatched_paths_share_one_label(client: FlaskClient) -> None:
     assert sample(scrape(client), "newsdesk_http_requests", "_total", endpoint="<unmatched>", status="404") == 3
 
 
+def test_invented_methods_share_one_label(client: FlaskClient) -> None:
+    """Any token may be a request's method: invented ones are counted under ``other``, so a client cannot grow the
+    scrape with one series per method it makes up."""
+    for n in range(40):
+        client.open("/api/health", method=f"X{n}METHOD")
+    client.get("/api/health")
+    families = scrape(client)
+    methods = {s.labels["method"] for f in families.values() for s in f.samples if "method" in s.labels}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "other"}
+    assert "GET" in methods
+    others = families["newsdesk_http_requests"].samples
+    assert sum(s.value for s in others if s.name.endswith("_total") and s.labels["method"] == "other") == 40
+
+
 def test_early_answers_are_counted(client: FlaskClient) -> None:
     """The bad-encoding check answers before the view: the request is still counted and timed."""
     assert client.get("/api/search?q=%FF").status_code == 400

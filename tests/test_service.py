@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 from search.catalog import Filter
 from search.errors import InvalidInput, NotFound
 from search.highlight import Highlighter
+from search.paging import Cursor, fingerprint, index_key
 from search.service import SearchService
 from tests.conftest import BACKENDS, make_service, on_backend
 
@@ -326,6 +329,46 @@ def test_cursor_misuse_is_refused(wire_service: SearchService) -> None:
         wire_service.search("tanker freight", k=20, cursor=first.next_cursor)
     with pytest.raises(InvalidInput, match="either offset or cursor"):
         wire_service.search("tanker freight", k=10, offset=10, cursor=first.next_cursor)
+
+
+def _forge(token: str, **change: int) -> str:
+    """``token`` with fields of its readable payload changed (``[version, offset, depth, generation, fp]``), its
+    signature (if any) kept: what a client can do with a cursor it was given."""
+    body, dot, mac = token.partition(".")
+    fields = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    for name, value in change.items():
+        fields[{"offset": 1, "depth": 2, "generation": 3}[name]] = value
+    raw = base64.urlsafe_b64encode(json.dumps(fields, separators=(",", ":")).encode()).decode().rstrip("=")
+    return raw + dot + mac
+
+
+def test_forged_cursors_are_refused_and_depth_is_bounded(wire_service: SearchService) -> None:
+    """The generation is public and the fingerprint an unkeyed hash: a client could rewrite a cursor's depth to a
+    million and make one request rank the whole corpus. A cursor must be one this index signed, and no deeper than
+    ``cursor_depth`` even then."""
+    query = "tanker freight"
+    first = wire_service.search(query, k=10, cursor="*")
+    assert first.next_cursor
+    generation = wire_service.index.store.generation()
+    for forged in (
+        _forge(first.next_cursor, depth=10**6),
+        _forge(first.next_cursor, offset=500),
+        _forge(first.next_cursor, generation=generation + 1),
+        first.next_cursor[:-2] + ("AA" if first.next_cursor[-2:] != "AA" else "BB"),
+    ):
+        with pytest.raises(InvalidInput, match="not one this server made"):
+            wire_service.search(query, k=10, cursor=forged)
+    # signed with this index's key (as a server with a larger cursor_depth would have made it): still bounded
+    key = index_key(wire_service.index.manifest, wire_service.index.store)
+    mark = fingerprint(query, wire_service.settings.mode, None, 10, None)
+    deep = Cursor(10, 10**6, generation, mark).encode(key)
+    with pytest.raises(InvalidInput, match="cursor_depth"):
+        wire_service.search(query, k=10, cursor=deep)
+    mid_page = Cursor(15, wire_service.settings.cursor_depth, generation, mark).encode(key)
+    with pytest.raises(InvalidInput, match="does not start a page"):
+        wire_service.search(query, k=10, cursor=mid_page)
+    second = wire_service.search(query, k=10, cursor=first.next_cursor)  # the real one still pages
+    assert len(second.results) == 10
 
 
 def test_max_per_source_caps_every_page_and_loses_nothing(wire_service: SearchService) -> None:

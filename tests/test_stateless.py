@@ -106,6 +106,11 @@ def test_a_replica_answers_as_the_directory_index(milvus_corpus_index: Path, emb
         assert all(p.highlight is not None for r in result.results for p in r.passages)
         flt = Filter.parse("2024-03-01", None, ["Example Wire"], [])
         assert _plain(directory.search("bank", k=5, filters=flt)) == _plain(replica.search("bank", k=5, filters=flt))
+        # one key for both (the published manifest's): a walk started on one server continues on the other
+        walk = directory.search("bank", k=2, cursor="*").next_cursor
+        assert walk and _plain(replica.search("bank", k=2, cursor=walk)) == _plain(
+            directory.search("bank", k=2, cursor=walk)
+        )
     finally:
         replica.index.close()
         directory.index.close()

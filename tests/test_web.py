@@ -300,3 +300,57 @@ def test_static_assets(client: FlaskClient) -> None:
     js = client.get("/static/newsdesk.js")
     assert js.status_code == 200 and "javascript" in (js.mimetype or "")
     assert client.get("/static/nothing.css").status_code == 404
+
+
+def test_a_month_facet_of_year_one_links_to_its_articles(tmp_path: Any, corpus_index: Any, embedder: Any) -> None:
+    """Years before 1000 are months like ``0001-01``: the facet names them so, and its link narrows to them (it was
+    ``1-01``, whose link asked for ``from=1-01-01``, a 400)."""
+    import shutil
+
+    from api.app import create_app
+    from indexer.live import Writer
+    from search.index import open_index
+    from search.intake import Limits, parse_write
+    from search.service import SearchService
+    from search.settings import Settings
+
+    copy = tmp_path / "ancient"
+    shutil.copytree(corpus_index, copy)
+    svc = SearchService(open_index(copy, embedder), embedder, Settings(index_dir=copy))
+    old = {"id": "ancient/1", "title": "Interest rates in the year one", "date": "0001-01-15", "text": "Rates rose."}
+    Writer(svc).upsert(parse_write(old, Limits()))
+    client = create_app(service=svc).test_client()
+    doc = page(client, "/", query_string={"q": "interest rates"})
+    months = {a.text: a.attrs["href"] for a in doc.find("p", "facet-month").find_all("a")}
+    assert "0001-01" in months, months
+    assert query_of(months["0001-01"])["from"] == ["0001-01-01"] and query_of(months["0001-01"])["to"] == ["0001-01-31"]
+    assert result_ids(page(client, months["0001-01"])) == ["ancient/1"]
+
+
+@pytest.mark.parametrize("url", ["/", "/?q=interest+rates", "/article?id=business/001", "/similar?id=business/001"])
+def test_pages_carry_security_headers_and_need_nothing_the_policy_forbids(client: FlaskClient, url: str) -> None:
+    """CSP, no framing, no sniffing; and the page works under its policy: no inline script or style, no handler or
+    style attributes, scripts and stylesheets from this origin only."""
+    response = client.get(url, headers=BROWSER)
+    assert response.status_code == 200
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "style-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    doc = parse(response.get_data(as_text=True))
+    assert not doc.find_all("style")
+    for node in doc.iter():
+        assert "style" not in node.attrs and not any(a.startswith("on") for a in node.attrs), node.tag
+        if node.tag == "script":
+            assert node.attrs.get("src", "").startswith("/static/") and not node.text.strip()
+        if node.tag == "link" and node.attrs.get("rel") == "stylesheet":
+            assert node.attrs["href"].startswith("/static/")
+
+
+def test_error_pages_and_api_answers_carry_their_headers(client: FlaskClient) -> None:
+    missing = client.get("/article?id=no-such-article", headers=BROWSER)
+    assert missing.status_code == 404 and missing.mimetype == "text/html"
+    assert missing.headers["X-Frame-Options"] == "DENY" and "Content-Security-Policy" in missing.headers
+    api = client.get("/api/health")
+    assert api.headers["X-Content-Type-Options"] == "nosniff"

@@ -165,6 +165,32 @@ def test_a_rejected_request_stores_nothing(wclient: FlaskClient, live: SearchSer
     assert live.index.store.aid_of("world/900") is None
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 50_000,  # RecursionError in the parser: was a 500
+        '{"id": "world/903", "title": "t", "extra": {"x": NaN}}',
+        '{"id": "world/903", "title": "t", "extra": {"x": Infinity}}',
+        '{"id": "world/903", "title": "t", "extra": {"x": -Infinity}}',
+        '{"id": "world/903", "title": "t", "extra": {"x": 1e999}}',
+        '{"id": "world/903", "title": "t", "extra": {"x": ' + "9" * 400 + "}}",  # past a double: Infinity in JS
+    ],
+)
+def test_bodies_that_cannot_round_trip_as_json_are_refused(wclient: FlaskClient, live: SearchService, raw: str) -> None:
+    """Whatever is stored must come back as JSON a browser can read: no NaN or Infinity, no parser crash."""
+    before = _count(live)
+    r = wclient.post("/api/articles", data=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert_error(r, 400, "invalid_input")
+    assert _count(live) == before and live.index.store.aid_of("world/903") is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 10**400])
+def test_extra_numbers_must_be_finite_doubles(value: float) -> None:
+    """The same check for articles that reach ``parse_write`` without the API's parser (``newsdesk add``)."""
+    with pytest.raises(InvalidInput, match="finite number"):
+        parse_write({"id": "a", "title": "t", "extra": {"v": [value]}}, Limits())
+
+
 def test_searches_keep_working_during_writes_and_see_every_write(live: SearchService) -> None:
     writer = Writer(live)
     errors: list[BaseException] = []
