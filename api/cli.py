@@ -16,7 +16,7 @@ import click
 
 from search.errors import NewsdeskError, SourceError
 from search.milvus import STORES
-from search.models import to_plain
+from search.models import SearchResponse, to_plain
 from search.settings import BACKENDS, MODES, Settings
 
 HELP = Settings.help()
@@ -247,6 +247,20 @@ def search(
         if r.passages:
             p = r.passages[0]
             click.echo(f"     {p.text[p.highlight.start : p.highlight.end]}")
+    _print_count(response, offset)
+
+
+def _print_count(response: SearchResponse, offset: int) -> None:
+    """How many articles match, and why a filter matched none, on stderr: stdout keeps only the ranked lines."""
+    shown = len(response.results)
+    if not response.total:
+        click.echo(f"no articles match {response.query!r}", err=True)
+    elif shown:
+        click.echo(f"articles {offset + 1}-{offset + shown} of {response.total} that match", err=True)
+    else:
+        click.echo(f"no more articles: {response.total} match", err=True)
+    for note in response.notes:
+        click.echo(f"note: {note}", err=True)
 
 
 def _read_queries(path: Path) -> list[tuple[str, str]]:

@@ -121,15 +121,17 @@ def _schemas() -> dict[str, Any]:
             "total": {
                 "type": "integer",
                 "minimum": 0,
-                "description": "Articles with a passage among the query's candidates (at least offset + k when the "
-                "index holds that many).",
+                "description": "Articles that match the query and the filters, one per duplicate group: those "
+                "holding a query word and, in dense and hybrid modes, those whose best passage reaches the match "
+                "floor (setting match_floor). 0 when nothing matches; the ranked list ends there.",
             },
             "results": {"type": "array", "items": _ref("SearchResult")},
             "took_ms": {"type": "number", "minimum": 0},
             "facets": {
                 "type": ["object", "null"],
-                "description": "With facets=true: counts of the ranked candidates by source, category and month "
-                "(YYYY-MM); null otherwise.",
+                "description": "With facets=true: counts of the matching articles by source, category and month "
+                "(YYYY-MM), each equal to the total of the same search with that value as its source, category or "
+                "from/to filter; null otherwise.",
                 "properties": {name: {"type": "array", "items": _ref("FacetCount")} for name in FACETS},
                 "required": list(FACETS),
                 "additionalProperties": False,
@@ -138,12 +140,27 @@ def _schemas() -> dict[str, Any]:
                 "type": ["string", "null"],
                 "description": "In a cursor walk, the cursor of the next page; null at its end or without a cursor.",
             },
+            "notes": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Why the filters leave nothing to search, one line each (e.g. no article has a "
+                "source, no article is dated); empty otherwise.",
+            },
         }
     )
     facet_count = _object({"value": {"type": "string"}, "count": {"type": "integer", "minimum": 1}})
     similar_result = _object({"article": _ref("ArticleRef"), "score": {"type": "number"}}, optional=ALSO_REPORTED)
     similar_response = _object(
-        {"article": _ref("ArticleRef"), "results": {"type": "array", "items": _ref("SimilarResult")}}
+        {
+            "article": _ref("ArticleRef"),
+            "results": {"type": "array", "items": _ref("SimilarResult")},
+            "scoring": {
+                "type": "string",
+                "enum": list(SIMILAR_SCORINGS),
+                "description": "What each score is: cosine (article vectors) or profile (shared neighbours). An index "
+                "too small for profiles is ranked by cosine whatever was asked.",
+            },
+        }
     )
     article = _object(
         {

@@ -67,6 +67,7 @@ QUERY_TIME_SETTINGS = frozenset(
         "rrf_k",
         "title_weight",
         "lexical_candidates",
+        "match_floor",
         "passages_per_result",
         "related_per_result",
         "duplicate_threshold",

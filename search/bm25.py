@@ -350,6 +350,13 @@ class MemoryBM25:
         got = scores[idx]
         return {int(r): float(s) for r, s in zip(rowids, got, strict=True) if s > 0}
 
+    def matching_articles(self, query: str) -> np.ndarray:
+        """Keys of every article holding at least one query term (after tokenising and stemming): the lexical
+        side's real match count, not its top k."""
+        postings, scores = self._scores("articles", query)
+        matched: np.ndarray = postings.rowids[scores > 0]
+        return matched
+
     def search_articles(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         return self._top("articles", query, k, allowed)
 

@@ -10,9 +10,8 @@ without a date never passes a date filter. Sources and tags compare exactly, cas
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 import numpy as np
@@ -24,6 +23,7 @@ from search.store import CatalogRow, Store
 NO_DATE = np.iinfo(np.int32).min  # days since 1970-01-01 for articles without a date
 _EPOCH = date(1970, 1, 1).toordinal()
 MAX_FILTER_VALUES = 50
+MAX_NOTE_VALUES = 8  # known values a note lists
 
 
 def parse_day(value: str, name: str) -> int:
@@ -82,6 +82,17 @@ class Filter:
 
     def is_empty(self) -> bool:
         return self.date_from is None and self.date_to is None and not self.sources and not self.tags
+
+    def without(self, part: str) -> Filter:
+        """This filter with one part (``date``, ``source`` or ``tag``) cleared: what a facet of that part counts
+        over, since picking a facet value replaces that part of the filter (the web page's facet links do)."""
+        if part == "date":
+            return replace(self, date_from=None, date_to=None)
+        if part == "source":
+            return replace(self, sources=())
+        if part == "tag":
+            return replace(self, tags=())
+        raise ValueError(f"no filter part {part!r}")
 
     def key(self) -> tuple[object, ...]:
         """A hashable identity (caches, cursors): equal filters give equal keys whatever the value order."""
@@ -229,27 +240,94 @@ class ArticleCatalog:
         rows = self.positions(aids)
         return [self.source_names[self.source_codes[r]] if r >= 0 and self.source_codes[r] >= 0 else None for r in rows]
 
-    def facets(self, aids: Iterable[int], size: int = 10) -> dict[str, list[FacetCount]]:
-        """Counts by source, tag (category) and month over the given articles, largest first (ties by name);
-        months in calendar order."""
+    def rows_of(self, aids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """A boolean mask over the catalog's rows: the rows of the given article keys (keys it lacks are skipped)."""
         rows = self.positions(aids)
-        rows = rows[rows >= 0]
-        sources = Counter(self.source_names[c] for c in self.source_codes[rows].tolist() if c >= 0)
-        tags: Counter[str] = Counter()
-        for r in rows.tolist():
-            for c in self.tag_codes[self.tag_offsets[r] : self.tag_offsets[r + 1]].tolist():
-                tags[self.tag_names[c]] += 1
-        months: Counter[str] = Counter()
-        for d in self.days[rows].tolist():
-            if d != NO_DATE:  # not strftime("%Y"): glibc writes year 1 as "1", a month no date filter reads
-                day = date.fromordinal(d + _EPOCH)
-                months[f"{day.year:04d}-{day.month:02d}"] += 1
+        out = np.zeros(len(self.aids), dtype=bool)
+        out[rows[rows >= 0]] = True
+        return out
 
-        def top(counts: Counter[str]) -> list[FacetCount]:
-            return [FacetCount(v, n) for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
+    def _passing(self, matched: np.ndarray, flt: Filter | None) -> np.ndarray:
+        return matched if flt is None or flt.is_empty() else matched & self.mask(flt)
 
-        return {
-            "source": top(sources),
-            "category": top(tags),
-            "month": [FacetCount(m, n) for m, n in sorted(months.items())],
-        }
+    def count(self, matched: np.ndarray, flt: Filter | None = None) -> int:
+        """How many results the rows ``matched`` (a mask over the rows) make under ``flt``: one per duplicate
+        group, since a ranking lists one article of each group."""
+        return len(np.unique(self.dup_codes[self._passing(matched, flt)]))
+
+    def facets(self, matched: np.ndarray, flt: Filter | None = None, size: int = 10) -> dict[str, list[FacetCount]]:
+        """Counts by source, tag (category) and month of the rows ``matched`` (a mask over the rows), largest first
+        (ties by name), months in calendar order.
+
+        Each count is what ``count`` gives for the filter a click on it makes: ``flt`` with that part replaced by
+        the value (a source, a category, a month's first to last day), so a facet never promises more or fewer
+        results than its link shows. Hence each part is counted over the matches passing the *other* parts of
+        ``flt``, and over duplicate groups, not articles."""
+        out: dict[str, list[FacetCount]] = {}
+        for part, name in (("source", "source"), ("tag", "category"), ("date", "month")):
+            rows = np.flatnonzero(self._passing(matched, flt.without(part) if flt is not None else None))
+            if part == "source":
+                rows = rows[self.source_codes[rows] >= 0]
+                values, names = self.source_codes[rows].astype(np.int64), self.source_names
+            elif part == "tag":
+                entries = np.flatnonzero(np.isin(self._tag_rows, rows))
+                rows, values, names = self._tag_rows[entries], self.tag_codes[entries].astype(np.int64), self.tag_names
+            else:
+                rows = rows[self.days[rows] != NO_DATE]
+                months = self.days[rows].astype("datetime64[D]").astype("datetime64[M]")
+                values = months.astype(np.int64)
+                names = []
+            pairs = np.unique(np.stack([self.dup_codes[rows], values]), axis=1) if len(rows) else np.zeros((2, 0))
+            found, counts = np.unique(pairs[1].astype(np.int64), return_counts=True)
+            if part == "date":
+                labels = [str(np.datetime64(int(m), "M")) for m in found.tolist()]
+                out[name] = [FacetCount(m, int(n)) for m, n in zip(labels, counts.tolist(), strict=True)]
+                continue
+            ranked = sorted(
+                ((names[c], int(n)) for c, n in zip(found.tolist(), counts.tolist(), strict=True)),
+                key=lambda kv: (-kv[1], kv[0]),
+            )
+            out[name] = [FacetCount(v, n) for v, n in ranked[:size]]
+        return out
+
+    def notes(self, flt: Filter | None) -> list[str]:
+        """Why ``flt`` leaves nothing to search, in words: each part that no article of the index passes (most
+        often because no article has that field at all), or, when each part passes some, that no article passes
+        them together. Empty when some article passes ``flt``."""
+        if flt is None or flt.is_empty() or self.mask(flt).any():
+            return []
+        out: list[str] = []
+        if flt.date_from is not None or flt.date_to is not None:
+            dated = self.days[self.days != NO_DATE]
+            asked = _range_words(flt.date_from, flt.date_to)
+            if not len(dated):
+                out.append(f"no article is dated, so the date filter ({asked}) matches none")
+            elif not self.mask(Filter(date_from=flt.date_from, date_to=flt.date_to)).any():
+                held = _range_words(int(dated.min()), int(dated.max()))
+                out.append(f"no article is dated {asked}; the index holds articles dated {held}")
+        for part, name, values, known in (
+            ("source", "source", flt.sources, self.source_names),
+            ("category", "category", flt.tags, self.tag_names),
+        ):
+            if not values:
+                continue
+            if not known:
+                out.append(f"no article has a {name}, so the {name} filter ({', '.join(values)}) matches none")
+                continue
+            lookup = self._source_lookup if part == "source" else self._tag_lookup
+            if not any(v.casefold() in lookup for v in values):
+                shown = ", ".join(known[:MAX_NOTE_VALUES]) + (", ..." if len(known) > MAX_NOTE_VALUES else "")
+                out.append(f"no article has {name} {' or '.join(values)}; the {name} values are: {shown}")
+        if not out:
+            out.append("no article passes all the filters together (each one alone matches some)")
+        return out
+
+
+def _day_text(day: int) -> str:
+    return date.fromordinal(day + _EPOCH).isoformat()
+
+
+def _range_words(lo: int | None, hi: int | None) -> str:
+    if lo is not None and hi is not None:
+        return f"from {_day_text(lo)} to {_day_text(hi)}"
+    return f"from {_day_text(lo)} on" if lo is not None else f"up to {_day_text(hi)}" if hi is not None else "any date"

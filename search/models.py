@@ -130,8 +130,11 @@ class FacetCount:
 
 @dataclass(frozen=True)
 class SearchResponse:
-    """One page of results. ``total`` counts the ranked candidates (after filters); ``facets`` (when asked) count
-    them by source, category and month; ``next_cursor`` continues a cursor walk (None at its end or without one)."""
+    """One page of results. ``total`` counts the articles that match the query and the filters (one per duplicate
+    group): those holding a query term, and in dense and hybrid modes those whose best passage reaches the match
+    floor; the ranked list ends there. ``facets`` (when asked) count the matches by source, category and month,
+    each as many as the search with that value picked shows; ``next_cursor`` continues a cursor walk (None at its
+    end or without one); ``notes`` say why a filter leaves nothing to search (e.g. no article has a source)."""
 
     query: str
     mode: str
@@ -140,6 +143,7 @@ class SearchResponse:
     took_ms: float
     facets: dict[str, list[FacetCount]] | None = None
     next_cursor: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -176,8 +180,13 @@ class TimelineResponse:
 
 @dataclass(frozen=True)
 class SimilarResponse:
+    """More like this. ``scoring`` says what each result's ``score`` is: ``cosine`` (the article vectors' cosine) or
+    ``profile`` (the cosine of shared-neighbour profiles, search/neighbours.py); a corpus too small for profiles is
+    always ranked and scored by cosine."""
+
     article: ArticleRef
     results: list[SimilarResult]
+    scoring: str = "cosine"
 
 
 @dataclass(frozen=True)

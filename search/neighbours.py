@@ -46,6 +46,11 @@ MIN_SHARE = 10  # a profile holds at most 1/MIN_SHARE of the articles: past that
 # Building every profile costs all pairs of articles: 1.0 s for BBC's 2,225, 37.5 s for Reuters' 21,577 (2 cores),
 # growing with the square. Above this many articles there is no graph and more-like-this ranks by cosine.
 MAX_ARTICLES = 50_000
+# Below this many articles, more like this ranks by cosine whatever the scoring asked: a profile holds n / MIN_SHARE
+# neighbours, so under 20 articles it holds one, most articles share none (the 18-article sample: 13 of 17 results
+# scored 0) and precision@5 is no better than cosine's. Measured by bench/mlt_sizes.py on random BBC News draws of
+# 10-1,000 articles (bench/README.md): from 50 articles on, profiles beat cosine in every draw.
+MIN_ARTICLES = 50
 BLOCK = 512  # rows of the all-pairs products computed at once: BLOCK × articles floats per side
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from search.neighbours import NeighbourGraph
+from search.neighbours import MIN_ARTICLES, NeighbourGraph
 from search.store import ReadStore
 from search.vectors import VectorStore
 
@@ -63,10 +63,12 @@ class RelatedFinder:
         """For each article key, up to ``k`` (article key, score) of other, non-duplicate articles, best first;
         ``allowed`` (sorted keys) limits the candidates (a filter; such answers are not cached). The score is the
         article vectors' cosine, or with ``profile`` the shared-neighbour score of ``search/neighbours.py`` (an
-        article the graph lacks, or a list the graph cannot fill, falls back to, or is topped up by, cosine)."""
+        article the graph lacks, or a list the graph cannot fill, falls back to, or is topped up by, cosine; a corpus
+        too small for profiles, ``profiles_apply``, is ranked by cosine)."""
         if not aids or k <= 0 or (allowed is not None and not len(allowed)):
             return [[] for _ in aids]
-        search = self._profile_search if profile and self._graph() is not None else self._search
+        profile = profile and self.profiles_apply()
+        search = self._profile_search if profile else self._search
         if allowed is not None:
             return search(aids, k, allowed)
         graph = self._graph()
@@ -88,6 +90,12 @@ class RelatedFinder:
                     while len(self._cache) > self._cache_size:
                         self._cache.popitem(last=False)
         return [list(known[a]) for a in aids]
+
+    def profiles_apply(self) -> bool:
+        """Whether shared-neighbour profiles rank more like this: the index has them and holds at least
+        ``MIN_ARTICLES`` articles (below that, profiles are measured to do worse than cosine)."""
+        graph = self._graph()
+        return graph is not None and len(graph.keys) >= MIN_ARTICLES
 
     def _search(self, aids: list[int], k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
         vecs = self.vectors(aids)

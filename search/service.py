@@ -73,11 +73,11 @@ def _source_of_item(sources: dict[int, str | None], item: tuple[int, Scores]) ->
 
 @dataclass(frozen=True)
 class Ranking:
-    """The best articles of a query, best first, and how many candidate articles were ranked."""
+    """The best articles of a query, best first, and how many candidate articles were ranked (the pool the best
+    were taken from, not the query's match count: ``SearchService.count_matches`` gives that)."""
 
     items: list[tuple[int, Scores]]
     total: int
-    candidates: list[int]  # every ranked candidate (facets count them), in no particular order
 
 
 @dataclass(frozen=True)
@@ -313,14 +313,19 @@ class SearchService:
                 bound = max(self.settings.cursor_depth, k)
                 walk = resume(cursor, mark, generation, key, page_size=k, max_depth=bound)
             offset, depth = walk.offset, walk.depth
-        allowed = self.index.catalog.allowed(filters)
+        catalog = self.index.catalog
+        allowed = catalog.allowed(filters)
         qvec = self.embed_query(query)  # also needed in lexical mode, to locate the answering sentence
+        matched = self.matching_rows(query, qvec, mode)
+        total = catalog.count(matched, filters)
         if max_per_source is None:
             ranked = self.rank_articles(query, qvec, depth, mode, allowed)
             page = ranked.items[offset : offset + k]
             end = len(ranked.items)
         else:
-            ranked, page, end = self._diverse_page(query, qvec, depth, mode, allowed, k, offset, max_per_source, walk)
+            ranked, page, end = self._diverse_page(
+                query, qvec, depth, mode, allowed, k, offset, max_per_source, walk, total
+            )
         next_cursor = None
         if walk is not None and offset + k < end:
             next_cursor = Cursor(offset + k, walk.depth, walk.generation, walk.fingerprint).encode(key)
@@ -351,12 +356,43 @@ class SearchService:
         return SearchResponse(
             query=query,
             mode=mode,
-            total=ranked.total,
+            # an article written by another process since the catalog was loaded is ranked but not yet counted
+            total=max(total, offset + len(results)) if results else total,
             results=results,
             took_ms=round(took, 2),
-            facets=self.index.catalog.facets(ranked.candidates) if facets else None,
+            facets=catalog.facets(matched, filters) if facets else None,
             next_cursor=next_cursor,
+            notes=catalog.notes(filters),
         )
+
+    def matching_rows(self, query: str, qvec: np.ndarray, mode: str) -> np.ndarray:
+        """Which catalog rows match the query in ``mode``, as a mask (filters apply on top): an article matches
+        when it holds a query term (lexical, hybrid) or its best passage's cosine reaches ``match_floor`` (dense,
+        hybrid). What a total and its facets count, and the same rule ``rank_articles`` cuts its results by."""
+        catalog = self.index.catalog
+        matched = np.zeros(len(catalog), dtype=bool)
+        if mode != "dense":
+            matched |= catalog.rows_of(self.lexical.matching_articles(query))
+        if mode != "lexical":
+            matched |= catalog.rows_of(self._dense_matches(qvec))
+        return matched
+
+    def _dense_matches(self, qvec: np.ndarray) -> np.ndarray:
+        """Keys of the articles with a passage at or above the floor: a FAISS search deepened until its last hit
+        falls below the floor (the store's search is the one way to it that every vector store offers)."""
+        self._pin_search_threads()
+        count = self.index.passages.count()
+        floor = self.settings.match_floor
+        n = min(count, self.settings.candidates)
+        while n > 0:
+            scores, ids = self.index.passages.search(qvec[None, :], n)
+            hits = ids[0] >= 0
+            if not hits.all() or n >= count or scores[0][hits][-1] < floor:
+                keep = hits & (scores[0] >= floor)
+                found: np.ndarray = np.unique(self.index.owners.articles_of(ids[0][keep]))
+                return found[found >= 0]
+            n = min(count, n * 16)
+        return np.zeros(0, dtype=np.int64)
 
     def _diverse_page(
         self,
@@ -369,6 +405,7 @@ class SearchService:
         offset: int,
         cap: int,
         walk: Cursor | None,
+        total: int,
     ) -> tuple[Ranking, list[tuple[int, Scores]], int]:
         """The page at ``offset`` of the ranked list cut into per-source-capped pages; the ranking is deepened
         (unless a cursor fixed its depth) until that page is full or the candidates run out.
@@ -380,7 +417,8 @@ class SearchService:
             pages = diversify(ranked.items, partial(_source_of_item, sources), k, cap)
             index = offset // k
             page = pages[index] if index < len(pages) else []
-            exhausted = len(ranked.items) >= ranked.total
+            # every match is ranked, or the pool is as deep as the index: deeper finds nothing more
+            exhausted = len(ranked.items) >= total or depth >= len(self.index.catalog)
             if walk is not None or exhausted or (len(page) == k and index + 1 < len(pages)):
                 return ranked, page, k * len(pages)
             depth *= 2
@@ -395,13 +433,15 @@ class SearchService:
         *,
         collapse: bool = True,
     ) -> Ranking:
-        """The best ``need`` articles by ``mode`` (fewer only if the candidates hold fewer), with both component
-        scores, and how many candidates there were (a response's ``total``).
+        """The best ``need`` articles by ``mode`` (fewer only if fewer candidates match), with both component
+        scores, and how many candidates there were.
 
         Dense candidates come from FAISS (an article scores as its best passage), lexical ones from BM25 over whole
         articles. In hybrid mode each candidate's missing side is computed exactly before fusing, so an article
         found by one side only is not penalised by a guess. ``allowed`` (sorted article keys) is a filter applied
-        before ranking on both sides.
+        before ranking on both sides. A candidate that does not match the query (no query term, and a best passage
+        below ``match_floor``) is left out, so the list ends where a response's ``total`` says; the order of the
+        others is untouched.
         """
         self._pin_search_threads()
         dense = self._dense_articles(qvec, need, allowed) if mode != "lexical" else {}
@@ -415,6 +455,9 @@ class SearchService:
             fused = self.fusion.fuse(dense, lexical)
         else:
             fused = dict(dense if mode == "dense" else lexical)
+        if mode != "lexical":  # results end where matches end: a term, or a passage at the floor (matching_rows)
+            floor = self.settings.match_floor
+            fused = {a: s for a, s in fused.items() if dense.get(a, -2.0) >= floor or lexical.get(a, 0.0) > 0}
         if collapse:  # one article per duplicate group; evaluation runs rank every copy (judgements name each)
             fused = self._one_per_duplicate_group(fused)
         head = heapq.nsmallest(need, fused, key=lambda a: (-fused[a], a))
@@ -426,7 +469,7 @@ class SearchService:
         items = [
             (a, Scores(round(dense.get(a, 0.0), 6), round(lexical.get(a, 0.0), 6), round(fused[a], 6))) for a in head
         ]
-        return Ranking(items, len(fused), list(fused))
+        return Ranking(items, len(fused))
 
     def _dense_articles(self, qvec: np.ndarray, need: int, allowed: np.ndarray | None = None) -> dict[int, float]:
         """Best passage cosine per article, from a FAISS candidate pool grown until ``need`` articles appear."""
@@ -520,7 +563,8 @@ class SearchService:
         return fusion.fuse(dense, lexical)
 
     def rank_passages(self, query: str, qvec: np.ndarray, k: int, mode: str) -> list[tuple[StoredPassage, Scores]]:
-        """The best ``k`` passages of the whole index for ``mode`` (batch runs, answer-recall evaluation)."""
+        """The best ``k`` passages of the whole index for ``mode`` (batch runs, answer-recall evaluation); as in
+        ``rank_articles``, only passages that match the query."""
         dense: dict[int, float] = {}
         lexical: dict[int, float] = {}
         if mode != "lexical":
@@ -535,6 +579,9 @@ class SearchService:
             lexical.update({p: 0.0 for p in missing})
             lexical.update(self.lexical.score_passages(query, missing))
         fused = self._fuse_mode(dense, lexical, mode, self.passage_fusion)
+        if mode != "lexical":  # a passage matches as an article does (rank_articles): a term, or the floor
+            floor = self.settings.match_floor
+            fused = {p: s for p, s in fused.items() if dense.get(p, -2.0) >= floor or lexical.get(p, 0.0) > 0}
         top = sorted(fused, key=lambda p: (-fused[p], p))[:k]
         rows = self.index.store.passages(top)
         return [
@@ -604,17 +651,21 @@ class SearchService:
         ``scoring`` (default: the ``similar_scoring`` setting): ``profile`` ranks by shared neighbours, which keeps
         an article among its subject's articles (BBC category precision@5 0.964 against 0.923, ``bench/mlt.py``);
         ``cosine`` by the article vectors' cosine, which keeps more of the same event's coverage on top (on
-        Reuters, 45% of the top 5 in the article's own story against 36%)."""
+        Reuters, 45% of the top 5 in the article's own story against 36%). Below ``MIN_ARTICLES`` articles profiles
+        are measured to do worse than cosine, so cosine ranks whatever was asked; the response's ``scoring`` says
+        which one scored the results."""
         self.validate_k(k)
         scoring = self.settings.similar_scoring if scoring is None else scoring
         if scoring not in SIMILAR_SCORINGS:
             raise InvalidInput(f"scoring must be one of {', '.join(SIMILAR_SCORINGS)}, got {scoring!r}")
         aid = self._aid(article_id)
         allowed = self._similar_allowed(aid, filters, exclude_story, exclude_source)
+        if scoring == "profile" and not self.related.profiles_apply():
+            scoring = "cosine"  # too few articles for profiles to mean anything (search/neighbours.py MIN_ARTICLES)
         nearest = self.related.nearest([aid], k, allowed, profile=scoring == "profile")[0]
         refs = self._refs([aid] + [a for a, _ in nearest])
         results = [SimilarResult(refs[a], round(s, 6), self._copies(a)) for a, s in nearest]
-        return SimilarResponse(article=refs[aid], results=results)
+        return SimilarResponse(article=refs[aid], results=results, scoring=scoring)
 
     def _similar_allowed(
         self, aid: int, filters: Filter | None, exclude_story: bool, exclude_source: bool

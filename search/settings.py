@@ -19,6 +19,8 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODES = ("hybrid", "dense", "lexical")
 BACKENDS = ("torch", "onnx-int8")
 SIMILAR_SCORINGS = ("profile", "cosine")
+# bench/count_floor.py on the dev sets (SciFact train, RealTime QA dev): see bench/README.md
+MATCH_FLOOR = 0.22
 
 
 def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -130,6 +132,12 @@ class Settings:
     rrf_k: int = _setting(60, "The k of reciprocal-rank fusion: 1 / (k + rank).")
     title_weight: float = _setting(1.0, "BM25 weight of an article's headline relative to its body.")
     lexical_candidates: int = _setting(100, "Articles and passages taken from BM25 per query before fusion.")
+    match_floor: float = _setting(
+        MATCH_FLOOR,
+        "Cosine (query to best passage) from which an article holding no query word still matches a query in dense "
+        "and hybrid modes: what a search's total and facets count, and where its results end. Measured for the "
+        "bundled model by bench/count_floor.py; -1 counts and lists every candidate.",
+    )
     passages_per_result: int = _setting(3, "Best passages shown under each article.")
     related_per_result: int = _setting(3, "Related stories listed under each search result.")
     similar_scoring: str = _setting(
@@ -233,6 +241,8 @@ class Settings:
                 raise InvalidInput(f"setting {name} must be a positive number of seconds, got {getattr(self, name)}")
         if self.replica_poll < 0:
             raise InvalidInput(f"setting replica_poll must not be negative, got {self.replica_poll}")
+        if not -1.0 <= self.match_floor <= 1.0:
+            raise InvalidInput(f"setting match_floor must be a cosine, between -1 and 1, got {self.match_floor}")
         if self.title_weight <= 0:
             raise InvalidInput("setting title_weight must be positive")
         self.fusion_config()  # validates method, alpha, normalisation and rrf_k

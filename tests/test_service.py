@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ def test_ranks_by_meaning(service: SearchService, query: str, expected: set[str]
 
 
 def test_results_are_grouped_articles_with_sorted_scores(service: SearchService) -> None:
-    response = service.search("inflation and interest rates", k=8, mode="dense")
+    every = SearchService(service.index, service.embedder, replace(service.settings, match_floor=-1.0))  # all match
+    response = every.search("inflation and interest rates", k=8, mode="dense")
     got = ids(response)
     assert len(got) == len(set(got)) == response.total == 7  # the exact copy of business/001 is shown once
     scores = [r.score for r in response.results]
@@ -215,7 +217,7 @@ def test_batch_search_ranks_articles_and_passages(service: SearchService) -> Non
     assert results[0].articles[0][0] == "sport/001"
     assert results[1].articles[0][0] == "/leading slash & ünïcode id"
     for res in results:
-        assert len(res.articles) == 3
+        assert 1 <= len(res.articles) <= 3  # only articles that match: "derby" and "flooded" are rare
         assert [s for _, s in res.articles] == sorted((s for _, s in res.articles), reverse=True)
         assert [p.score for p in res.passages] == sorted((p.score for p in res.passages), reverse=True)
         assert res.passages[0].article_id == res.articles[0][0]
