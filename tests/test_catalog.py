@@ -76,7 +76,7 @@ def test_facets_count_sources_categories_and_months(
     ids = _rows_by_aid(wire_service)
     by_id = {r["id"]: r for r in wire_rows}
     aids = sorted(ids)[:200]
-    facets = wire_service.index.catalog.facets(aids, size=3)
+    facets = wire_service.index.catalog.facets(wire_service.index.catalog.rows_of(aids), size=3)
     rows = [by_id[ids[a]["id"]] for a in aids]
     sources = Counter(r["source"] for r in rows)
     assert [(f.value, f.count) for f in facets["source"]] == sorted(sources.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
