@@ -78,6 +78,18 @@ def main() -> None:
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--rebuild", is_flag=True, help="Build from scratch even if the index could be updated in place.")
+@click.option(
+    "--keep-missing",
+    is_flag=True,
+    help="Keep articles that are in the index but not in SOURCES (by default they are deleted, with a warning for "
+    "those written by newsdesk add or the API).",
+)
+@click.option(
+    "--skip-bad-records",
+    is_flag=True,
+    help="Leave out records that cannot be read (bad JSON, bad bytes, a missing field), listing them in the summary; "
+    "by default the first one stops the run before anything is written.",
+)
 @click.option("--ray", default=None, metavar="local|ADDRESS", help=HELP["ray"] + " [env NEWSDESK_RAY]")
 @click.option("--ray-actors", type=int, default=None, help=HELP["ray_actors"])
 @click.option("--batch-articles", type=int, default=None, help=HELP["batch_articles"])
@@ -89,12 +101,15 @@ def main() -> None:
 @click.option("--source-field", default=None, help="Source field holding the outlet name.")
 @click.option("--url-field", default=None, help="Source field holding the article URL.")
 @click.option("--tags-field", default=None, help="Source field holding tags or a category.")
-def index_cmd(sources: tuple[Path, ...], quiet: bool, rebuild: bool, **opts: Any) -> None:
+def index_cmd(
+    sources: tuple[Path, ...], quiet: bool, rebuild: bool, keep_missing: bool, skip_bad_records: bool, **opts: Any
+) -> None:
     """Build or update an index from SOURCES (.jsonl, .jsonl.gz, .csv, or directories of .txt/.md files).
 
-    On an existing compatible index only new and changed articles are embedded and articles missing from SOURCES
-    are deleted; otherwise (or with --rebuild) a new index is built and swapped in when complete."""
-    from indexer.sources import FieldMap, read_sources
+    On an existing compatible index only new and changed articles are embedded, articles whose metadata alone
+    changed are updated in place, and articles missing from SOURCES are deleted (--keep-missing keeps them);
+    otherwise (or with --rebuild) a new index is built and swapped in when complete."""
+    from indexer.sources import FieldMap, ReadReport, read_sources
     from indexer.sync import SyncReport, sync_index
 
     fields = {k[: -len("_field")]: opts.pop(k) for k in list(opts) if k.endswith("_field")}
@@ -102,37 +117,47 @@ def index_cmd(sources: tuple[Path, ...], quiet: bool, rebuild: bool, **opts: Any
     for s in sources:
         if not s.exists():
             raise SourceError(f"{s}: no such file or directory")
-    articles = read_sources(list(sources), FieldMap(**fields))
+    read = ReadReport()
+    articles = read_sources(list(sources), FieldMap(**fields), report=read, skip_bad=skip_bad_records)
     progress = None if not quiet else False
     report: SyncReport
     ray_summary = ""
+    run: dict[str, Any] = {"rebuild": rebuild, "progress": progress, "sources": [str(s) for s in sources]}
+    run |= {"keep_missing": keep_missing, "warn": lambda message: click.echo(f"warning: {message}", err=True)}
     if settings.ray:  # chunk and embed on Ray actors (indexer/distributed.py); the index is written here as below
         from indexer.distributed import ray_sync_index
 
-        ray_report = ray_sync_index(
-            articles, settings, rebuild=rebuild, progress=progress, sources=[str(s) for s in sources]
-        )
+        ray_report = ray_sync_index(articles, settings, **run)
         report, ray_summary = ray_report, ray_report.summary()
     else:
-        report = sync_index(articles, settings, rebuild=rebuild, progress=progress, sources=[str(s) for s in sources])
+        report = sync_index(articles, settings, **run)
     if quiet:
         return
+    kept = f", {report.kept} missing from the sources kept" if report.kept else ""
     if report.mode == "incremental":
         click.echo(
-            f"updated {settings.index_dir}: {report.added} added, {report.changed} changed, {report.deleted} deleted, "
-            f"{report.unchanged} unchanged; {report.embedded} passages embedded, {report.reused} reused; now "
-            f"{report.articles} articles, {report.passages} passages",
+            f"updated {settings.index_dir}: {report.added} added, {report.changed} changed, {report.metadata} "
+            f"metadata updated, {report.deleted} deleted{_added_note(report.deleted_added)}, {report.unchanged} "
+            f"unchanged{kept}; {report.embedded} passages embedded, {report.reused} reused; now {report.articles} "
+            f"articles, {report.passages} passages",
             err=True,
         )
     else:
+        deleted = f", {report.deleted} deleted{_added_note(report.deleted_added)}" if report.deleted else ""
         click.echo(
             f"indexed {report.articles} articles, {report.passages} passages "
-            f"({report.embedded} embedded, {report.duplicate_ids} duplicate ids replaced) into {settings.index_dir}"
-            f" [full build: {report.reason}]",
+            f"({report.embedded} embedded, {report.duplicate_ids} duplicate ids replaced{deleted}{kept}) into "
+            f"{settings.index_dir} [full build: {report.reason}]",
             err=True,
         )
+    for line in read.lines():
+        click.echo(line, err=True)
     if ray_summary:
         click.echo(ray_summary, err=True)
+
+
+def _added_note(n: int) -> str:
+    return f" ({n} of them written by newsdesk add or the API)" if n else ""
 
 
 @main.command()

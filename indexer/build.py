@@ -109,8 +109,10 @@ def build_index(
     progress: bool | None = None,
     sources: list[str] | None = None,
     embed_groups: GroupEmbedder | None = None,
+    origins: Mapping[str, str] | None = None,
 ) -> BuildReport:
-    """Build a complete index at ``target`` from ``articles`` and swap it in atomically.
+    """Build a complete index at ``target`` from ``articles`` and swap it in atomically. ``origins`` records where
+    articles that did not come from the sources came from (``newsdesk add``, the API: kept by ``--keep-missing``).
 
     ``embed_groups`` chunks and embeds the groups of ``settings.batch_articles`` articles somewhere else (``newsdesk
     index --ray``: on Ray actors); ``embedder`` then only needs to describe the model (name, dimension, fingerprint)."""
@@ -139,6 +141,8 @@ def build_index(
                     store.add_articles(rows)
                     bar.update(len(group))
                 bar.close()
+                if origins:
+                    store.set_origins(dict(origins))
                 report.articles, report.passages = store.counts()
                 manifest: dict[str, Any] = {
                     "format_version": FORMAT_VERSION,
