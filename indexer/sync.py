@@ -19,17 +19,15 @@ atomically, as before.
 from __future__ import annotations
 
 import sqlite3
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from indexer.build import (
     BuildReport,
     GroupEmbedder,
+    IndexProgress,
     article_groups,
     build_index,
     chunking_config,
@@ -276,16 +274,13 @@ def _apply(
         embedder = model.get()
         chunker = make_chunker(settings, embedder)
         known = reusable_vectors(index, [a.id for a in todo if a.id in stored], settings)
-        if progress is None:
-            progress = sys.stderr.isatty()
-        bar = tqdm(total=len(todo), unit="article", desc="re-indexing", disable=not progress, file=sys.stderr)
         groups = article_groups(todo, settings.batch_articles)
         embed = embed_groups or local_groups(chunker, embedder, settings)
-        for group, (group_rows, embedded) in zip(groups, embed(groups, known), strict=True):
-            rows += group_rows
-            report.embedded += embedded
-            bar.update(len(group))
-        bar.close()
+        with IndexProgress(len(todo), "re-indexing", progress, embedder) as bar:
+            for group, (group_rows, embedded) in zip(groups, embed(groups, known), strict=True):
+                rows += group_rows
+                report.embedded += embedded
+                bar.articles(len(group))
     report.reused = sum(len(r.passages) for r in rows) - report.embedded
     report.deleted = len(gone)
     if todo or gone:

@@ -18,6 +18,7 @@ from search.fusion import Fusion
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODES = ("hybrid", "dense", "lexical")
 BACKENDS = ("torch", "onnx-int8")
+STORES = ("faiss", "milvus")  # vector stores (search/milvus.py)
 SIMILAR_SCORINGS = ("profile", "cosine")
 
 
