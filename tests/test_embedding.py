@@ -84,7 +84,8 @@ def test_export_happens_once_and_is_reused(onnx, model_cache: Path) -> None:
     assert isinstance(again, OnnxEmbedder)  # the export exists: it runs alone, without torch
     assert not again.onnx_exported and again.onnx_path == onnx.onnx_path
     assert onnx.onnx_path.stat().st_mtime_ns == mtime
-    assert [p.name for p in model_cache.iterdir()] == [onnx.onnx_path.parent.parent.name]  # no temporary leftovers
+    exports = [p.name for p in model_cache.iterdir() if p.name != embedding.FILES_HASH_CACHE]
+    assert exports == [onnx.onnx_path.parent.parent.name]  # no temporary leftovers
     np.testing.assert_allclose(again.encode(SENTENCES[:2]), onnx.encode(SENTENCES[:2]), atol=1e-6)
 
 
@@ -379,3 +380,26 @@ def test_onnx_encodes_concurrently_like_sequentially(onnx: SentenceTransformerEm
         spans = list(pool.map(lambda t: onnx.encode_spans([t], [[(0, 8)]])[0][0], texts))
     np.testing.assert_allclose(np.stack(together), np.stack(alone), atol=1e-6)
     np.testing.assert_allclose(np.stack(spans), np.stack(alone), atol=1e-6)
+
+
+def test_the_model_files_hash_is_remembered_until_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, cache = tmp_path / "model", tmp_path / "cache"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"one")
+    (model / "config.json").write_text("{}")
+    first = embedding.cached_files_hash(model, cache)
+    assert first == embedding.files_hash(model) and (cache / embedding.FILES_HASH_CACHE).is_file()
+    calls: list[Path] = []
+    real = embedding.files_hash
+
+    def counting(path: Path) -> str | None:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(embedding, "files_hash", counting)
+    assert embedding.cached_files_hash(model, cache) == first and calls == []  # remembered: nothing hashed
+    (model / "weights.bin").write_bytes(b"two")  # another size and modification time
+    changed = embedding.cached_files_hash(model, cache)
+    assert calls == [model] and changed == real(model) != first
