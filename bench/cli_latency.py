@@ -13,7 +13,8 @@ not counted. Timed, ``--runs`` times each, median and spread reported:
   depends on the other processes, the CPU time far less (see ``timed``);
 - baselines: ``python_startup`` (``python -c pass``) and ``torch_path`` (the same search with ``--backend torch``:
   torch and sentence-transformers imported and the model loaded through them, which is what every CLI search paid
-  before the int8 backend ran its export alone).
+  before the int8 backend ran its export alone); with ``--old-tree DIR``, ``old_path``: the same search run by an
+  older checkout (``python -m api.cli`` with ``PYTHONPATH=DIR``).
 
 Prints one JSON object: the figures, their ratios to the baselines, the 1-minute load average before and after
 (timings on a loaded machine are not comparable), the CPU model, core count and the flags that choose the int8
@@ -46,7 +47,7 @@ def newsdesk() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "api.cli"]
 
 
-def timed(command: list[str], env: dict[str, str], expect: int) -> tuple[float, float]:
+def timed(command: list[str], env: dict[str, str], expect: int, cwd: Path = ROOT) -> tuple[float, float]:
     """(wall seconds, CPU seconds: user + system) of ``command``; an unexpected exit status stops the benchmark.
 
     The CPU time is what the wall time would be on an idle machine for work that runs on one core at a time (the
@@ -54,7 +55,7 @@ def timed(command: list[str], env: dict[str, str], expect: int) -> tuple[float, 
     the wall time of the same command varies with what the other processes do, its CPU time much less."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, check=False)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=cwd, check=False)
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != expect:
@@ -62,9 +63,9 @@ def timed(command: list[str], env: dict[str, str], expect: int) -> tuple[float, 
     return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def measure(command: list[str], env: dict[str, str], runs: int, expect: int = 0) -> dict[str, Any]:
-    timed(command, env, expect)  # warm-up, not counted
-    results = [timed(command, env, expect) for _ in range(runs)]
+def measure(command: list[str], env: dict[str, str], runs: int, expect: int = 0, cwd: Path = ROOT) -> dict[str, Any]:
+    timed(command, env, expect, cwd)  # warm-up, not counted
+    results = [timed(command, env, expect, cwd) for _ in range(runs)]
     times = [wall for wall, _ in results]
     return {
         "command": " ".join(command),
@@ -100,6 +101,13 @@ def main() -> None:
     parser.add_argument("--query", default="x")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-torch", action="store_true", help="Skip the torch-path baseline (the slowest part).")
+    parser.add_argument(
+        "--old-tree",
+        type=Path,
+        default=None,
+        help="A checkout of an older commit (git archive REV | tar -x -C DIR): its search, run the same way, is "
+        "the old_path baseline.",
+    )
     args = parser.parse_args()
     if not (args.index / "manifest.json").is_file():
         raise SystemExit(f"no index at {args.index}: newsdesk index index_data/sample.jsonl --index {args.index}")
@@ -116,6 +124,11 @@ def main() -> None:
     if not args.no_torch:
         torch_path = [*cli, "search", args.query, "--index", index, "--backend", "torch"]
         figures["torch_path"] = measure(torch_path, env, args.runs)
+    if args.old_tree is not None:
+        old_env = {**env, "PYTHONPATH": str(args.old_tree.resolve())}
+        old = [sys.executable, "-m", "api.cli", "search", args.query, "--index", str(args.index.resolve())]
+        figures["old_path"] = measure(old, old_env, args.runs, cwd=args.old_tree.resolve())  # cwd: sys.path[0]
+        figures["old_path"]["tree"] = str(args.old_tree)
     load_after = os.getloadavg()[0]
     search = figures["search"]["median_s"]
     report = {
@@ -130,6 +143,11 @@ def main() -> None:
             **(
                 {"search_over_torch_path": round(search / figures["torch_path"]["median_s"], 3)}
                 if "torch_path" in figures
+                else {}
+            ),
+            **(
+                {"search_over_old_path": round(search / figures["old_path"]["median_s"], 3)}
+                if "old_path" in figures
                 else {}
             ),
         },
