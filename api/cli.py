@@ -507,6 +507,7 @@ def add(sources: tuple[Path, ...], **opts: Any) -> None:
     articles = list(read_sources(list(sources)))  # every record read and checked before anything is written
     if not articles:
         raise SourceError("the sources hold no articles")
+    _check_index(settings)  # a missing index fails before the model loads
     embedder = make_embedder(settings)
     written = add_articles(open_index(settings.index_dir, embedder), articles, embedder, settings)
     click.echo(f"added or replaced {written} articles in {settings.index_dir}", err=True)

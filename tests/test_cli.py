@@ -619,6 +619,7 @@ def test_search_takes_the_api_filters_facets_and_mode(runner: CliRunner, corpus_
         (["search", "x", "--from", "2024-03-02", "--to", "2024-03-01"], "is after to"),
         (["search", "x", "--index", "MISSING"], "no index at"),
         (["eval", "--queries", "QUERIES", "--qrels", "QRELS", "--index", "MISSING"], "no index at"),
+        (["add", "QUERIES", "--index", "MISSING"], "no index at"),  # a one-article source
     ],
 )
 def test_argument_mistakes_fail_before_the_model_loads(
