@@ -25,6 +25,7 @@ from indexer.live import Writer
 from search.catalog import Filter
 from search.errors import InvalidInput
 from search.intake import Limits, loads, parse_write
+from search.loading import load_service
 from search.models import Article, ArticleRef, to_plain
 from search.service import SearchService
 from search.settings import Settings
@@ -75,23 +76,6 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
         "/api/articles/<article_id:article_id>", endpoint="delete_article", view_func=delete_article, methods=["DELETE"]
     )
     return app
-
-
-def load_service(settings: Settings) -> SearchService:
-    """Load the model and open the index: the heavy, once-per-process step."""
-    from search.embedding import make_embedder
-    from search.index import open_index
-
-    embedder = make_embedder(settings)
-    if settings.collections:  # a stateless replica: everything from Milvus, no index directory
-        from search.replica import open_replica
-
-        index = open_replica(
-            settings.milvus_uri, settings.collections, embedder, settings.replica_poll, background=True
-        )
-        return SearchService(index, embedder, settings)
-    read_only = True if settings.read_only else None  # None: read-only where the directory cannot be written
-    return SearchService(open_index(settings.index_dir, embedder, read_only=read_only), embedder, settings)
 
 
 def _service() -> SearchService:

@@ -14,10 +14,9 @@ from typing import Any
 
 import click
 
-from search.errors import NewsdeskError, SourceError
-from search.milvus import STORES
+from search.errors import IndexMissing, NewsdeskError, SourceError
 from search.models import SearchResponse, to_plain
-from search.settings import BACKENDS, MODES, Settings
+from search.settings import BACKENDS, MODES, STORES, Settings
 
 HELP = Settings.help()
 
@@ -85,6 +84,18 @@ def main() -> None:
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.option("--rebuild", is_flag=True, help="Build from scratch even if the index could be updated in place.")
+@click.option(
+    "--keep-missing",
+    is_flag=True,
+    help="Keep articles that are in the index but not in SOURCES (by default they are deleted, with a warning for "
+    "those written by newsdesk add or the API).",
+)
+@click.option(
+    "--skip-bad-records",
+    is_flag=True,
+    help="Leave out records that cannot be read (bad JSON, bad bytes, a missing field), listing them in the summary; "
+    "by default the first one stops the run before anything is written.",
+)
 @click.option("--ray", default=None, metavar="local|ADDRESS", help=HELP["ray"] + " [env NEWSDESK_RAY]")
 @click.option("--ray-actors", type=int, default=None, help=HELP["ray_actors"])
 @click.option("--batch-articles", type=int, default=None, help=HELP["batch_articles"])
@@ -96,12 +107,15 @@ def main() -> None:
 @click.option("--source-field", default=None, help="Source field holding the outlet name.")
 @click.option("--url-field", default=None, help="Source field holding the article URL.")
 @click.option("--tags-field", default=None, help="Source field holding tags or a category.")
-def index_cmd(sources: tuple[Path, ...], quiet: bool, rebuild: bool, **opts: Any) -> None:
+def index_cmd(
+    sources: tuple[Path, ...], quiet: bool, rebuild: bool, keep_missing: bool, skip_bad_records: bool, **opts: Any
+) -> None:
     """Build or update an index from SOURCES (.jsonl, .jsonl.gz, .csv, or directories of .txt/.md files).
 
-    On an existing compatible index only new and changed articles are embedded and articles missing from SOURCES
-    are deleted; otherwise (or with --rebuild) a new index is built and swapped in when complete."""
-    from indexer.sources import FieldMap, read_sources
+    On an existing compatible index only new and changed articles are embedded, articles whose metadata alone
+    changed are updated in place, and articles missing from SOURCES are deleted (--keep-missing keeps them);
+    otherwise (or with --rebuild) a new index is built and swapped in when complete."""
+    from indexer.sources import FieldMap, ReadReport, read_sources
     from indexer.sync import SyncReport, sync_index
 
     fields = {k[: -len("_field")]: opts.pop(k) for k in list(opts) if k.endswith("_field")}
@@ -109,37 +123,47 @@ def index_cmd(sources: tuple[Path, ...], quiet: bool, rebuild: bool, **opts: Any
     for s in sources:
         if not s.exists():
             raise SourceError(f"{s}: no such file or directory")
-    articles = read_sources(list(sources), FieldMap(**fields))
+    read = ReadReport()
+    articles = read_sources(list(sources), FieldMap(**fields), report=read, skip_bad=skip_bad_records)
     progress = None if not quiet else False
     report: SyncReport
     ray_summary = ""
+    run: dict[str, Any] = {"rebuild": rebuild, "progress": progress, "sources": [str(s) for s in sources]}
+    run |= {"keep_missing": keep_missing, "warn": lambda message: click.echo(f"warning: {message}", err=True)}
     if settings.ray:  # chunk and embed on Ray actors (indexer/distributed.py); the index is written here as below
         from indexer.distributed import ray_sync_index
 
-        ray_report = ray_sync_index(
-            articles, settings, rebuild=rebuild, progress=progress, sources=[str(s) for s in sources]
-        )
+        ray_report = ray_sync_index(articles, settings, **run)
         report, ray_summary = ray_report, ray_report.summary()
     else:
-        report = sync_index(articles, settings, rebuild=rebuild, progress=progress, sources=[str(s) for s in sources])
+        report = sync_index(articles, settings, **run)
     if quiet:
         return
+    kept = f", {report.kept} missing from the sources kept" if report.kept else ""
     if report.mode == "incremental":
         click.echo(
-            f"updated {settings.index_dir}: {report.added} added, {report.changed} changed, {report.deleted} deleted, "
-            f"{report.unchanged} unchanged; {report.embedded} passages embedded, {report.reused} reused; now "
-            f"{report.articles} articles, {report.passages} passages",
+            f"updated {settings.index_dir}: {report.added} added, {report.changed} changed, {report.metadata} "
+            f"metadata updated, {report.deleted} deleted{_added_note(report.deleted_added)}, {report.unchanged} "
+            f"unchanged{kept}; {report.embedded} passages embedded, {report.reused} reused; now {report.articles} "
+            f"articles, {report.passages} passages",
             err=True,
         )
     else:
+        deleted = f", {report.deleted} deleted{_added_note(report.deleted_added)}" if report.deleted else ""
         click.echo(
             f"indexed {report.articles} articles, {report.passages} passages "
-            f"({report.embedded} embedded, {report.duplicate_ids} duplicate ids replaced) into {settings.index_dir}"
-            f" [full build: {report.reason}]",
+            f"({report.embedded} embedded, {report.duplicate_ids} duplicate ids replaced{deleted}{kept}) into "
+            f"{settings.index_dir} [full build: {report.reason}]",
             err=True,
         )
+    for line in read.lines():
+        click.echo(line, err=True)
     if ray_summary:
         click.echo(ray_summary, err=True)
+
+
+def _added_note(n: int) -> str:
+    return f" ({n} of them written by newsdesk add or the API)" if n else ""
 
 
 @main.command()
@@ -210,6 +234,14 @@ def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> No
 @click.option("--passages", "passages_path", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.option("--tag", default="newsdesk", show_default=True, help="Run tag in the TREC file.")
 @click.option("--mode", type=click.Choice(MODES), default=None, help=HELP["mode"])
+@click.option("--from", "date_from", default=None, metavar="YYYY-MM-DD", help="Only articles dated on or after this.")
+@click.option("--to", "date_to", default=None, metavar="YYYY-MM-DD", help="Only articles dated on or before this.")
+@click.option("--source", "sources", multiple=True, help="Only articles from this source (repeat: any of them).")
+@click.option(
+    "--category", "categories", multiple=True, help="Only articles with this category or tag (repeat: any of them)."
+)
+@click.option("--max-per-source", type=int, default=None, help="At most this many results of one source on a page.")
+@click.option("--facets", is_flag=True, help="Also count the matching articles by source, category and month.")
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 @_backend_option
 def search(
@@ -222,23 +254,65 @@ def search(
     passages_path: Path | None,
     tag: str,
     mode: str | None,
+    date_from: str | None,
+    date_to: str | None,
+    sources: tuple[str, ...],
+    categories: tuple[str, ...],
+    max_per_source: int | None,
+    facets: bool,
     **opts: Any,
 ) -> None:
-    """Search the index for TEXT, or run every query of --queries (batch mode, writes --run and --passages)."""
-    from api.app import load_service
+    """Search the index for TEXT, or run every query of --queries (batch mode, writes --run and --passages).
+
+    The filters (--from, --to, --source, --category), --facets and --max-per-source are the API's. Every argument,
+    the index and the query are checked before the model loads, so a mistake is reported at once."""
+    from search.checks import check_k, check_mode, check_offset, check_query
 
     if (text is None) == (queries is None):
         raise click.UsageError("give either a query TEXT or --queries FILE")
+    single_only = date_from or date_to or sources or categories or facets or offset or max_per_source is not None
+    if queries is not None and single_only:
+        raise click.UsageError(
+            "--from, --to, --source, --category, --facets, --offset and --max-per-source apply to a single query"
+        )
     if queries is not None and run_path is None and passages_path is None:
         raise click.UsageError("batch mode needs --run OUT.trec and/or --passages OUT.jsonl")
+    if not tag or any(c.isspace() for c in tag):
+        raise click.UsageError("--tag must be one word without whitespace")
+    settings = Settings.from_env(**opts)
+    check_mode(settings, mode)
     batch = _read_queries(queries) if queries is not None else None
-    service = load_service(Settings.from_env(**opts))
+    if batch is not None:
+        if not 1 <= k <= BATCH_MAX_K:
+            raise click.UsageError(f"--k must be between 1 and {BATCH_MAX_K} for batch runs, got {k}")
+        for qid, query in batch:
+            try:
+                check_query(settings, query)
+            except NewsdeskError as exc:
+                raise SourceError(f"{queries}: query {qid!r}: {exc.message}") from None
+    else:
+        assert text is not None
+        check_query(settings, text)
+        check_k(settings, k)
+        check_offset(offset)
+    if not settings.collections and not settings.index_dir.exists():  # before numpy and FAISS are even imported
+        raise IndexMissing(f"no index at {settings.index_dir} (build one with: newsdesk index SOURCE --index DIR)")
+    from search.catalog import Filter
+
+    filters = Filter.parse(date_from, date_to, sources, categories)
+    _check_index(settings)
+    from search.loading import load_service
+
+    service = load_service(settings)
     if batch is not None:
         results = service.batch_search([t for _, t in batch], k, mode)
-        _write_batch(batch, results, run_path, passages_path, tag)
+        for line in _write_batch(batch, results, run_path, passages_path, tag):
+            click.echo(line, err=True)
         return
     assert text is not None
-    response = service.search(text, k=k, offset=offset, mode=mode)
+    response = service.search(
+        text, k=k, offset=offset, mode=mode, filters=filters, max_per_source=max_per_source, facets=facets
+    )
     if as_json:
         click.echo(json.dumps(to_plain(response), ensure_ascii=False, indent=2))
         return
@@ -247,6 +321,8 @@ def search(
         if r.passages:
             p = r.passages[0]
             click.echo(f"     {p.text[p.highlight.start : p.highlight.end]}")
+    for name, counts in (response.facets or {}).items():
+        click.echo(f"{name}: " + (", ".join(f"{c.value} ({c.count})" for c in counts) or "none"))
     _print_count(response, offset)
 
 
@@ -261,6 +337,17 @@ def _print_count(response: SearchResponse, offset: int) -> None:
         click.echo(f"no more articles: {response.total} match", err=True)
     for note in response.notes:
         click.echo(f"note: {note}", err=True)
+
+
+BATCH_MAX_K = 1000  # what SearchService.batch_search accepts
+
+
+def _check_index(settings: Settings) -> None:
+    """A missing or unfinished index fails here, before the model loads (a replica has no directory to check)."""
+    if not settings.collections:
+        from search.index import read_manifest
+
+        read_manifest(settings.index_dir)
 
 
 def _read_queries(path: Path) -> list[tuple[str, str]]:
@@ -300,14 +387,17 @@ def trec_id(value: str) -> str:
 
 def _write_batch(
     batch: list[tuple[str, str]], results: list[Any], run: Path | None, passages: Path | None, tag: str
-) -> None:
-    if not tag or any(c.isspace() for c in tag):
-        raise click.UsageError("--tag must be one word without whitespace")
+) -> list[str]:
+    """Write the TREC run and the passage file; returns a line saying what each file got."""
+    wrote: list[str] = []
     if run is not None:
+        lines = 0
         with _atomic_text(run) as fh:
             for (qid, _), res in zip(batch, results, strict=True):
                 for rank, (doc, score) in enumerate(res.articles, 1):
                     fh.write(f"{trec_id(qid)} Q0 {trec_id(doc)} {rank} {score:.6f} {tag}\n")
+                    lines += 1
+        wrote.append(f"wrote {run}: TREC run of {len(batch)} queries, {lines} ranked articles (tag {tag})")
     if passages is not None:
         with _atomic_text(passages) as fh:
             for (qid, text), res in zip(batch, results, strict=True):
@@ -326,6 +416,9 @@ def _write_batch(
                     ],
                 }
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        count = sum(len(res.passages) for res in results)
+        wrote.append(f"wrote {passages}: {len(batch)} queries, {count} ranked passages (JSON Lines)")
+    return wrote
 
 
 class _atomic_text:
@@ -362,8 +455,8 @@ def eval_cmd(
 ) -> None:
     """Evaluate ranking: nDCG@10, recall@100 and MRR@10 against --qrels, and answer recall@k for queries that
     carry answer strings (RealTime QA format), for each mode."""
-    from api.app import load_service
     from search.evaluation import answer_recall, evaluate_run, read_qrels
+    from search.loading import load_service
 
     rows = read_query_file(queries)
     judged = read_qrels(qrels) if qrels is not None else None
@@ -376,7 +469,9 @@ def eval_cmd(
         raise click.UsageError("--answer-k takes comma-separated integers, e.g. 1,5,10") from None
     if not cutoffs or cutoffs[0] < 1:
         raise click.UsageError("--answer-k takes positive integers")
-    service = load_service(Settings.from_env(**opts))
+    settings = Settings.from_env(**opts)
+    _check_index(settings)
+    service = load_service(settings)
     report: dict[str, dict[str, float]] = {}
     for mode in modes or MODES:
         figures: dict[str, float] = {}
@@ -434,6 +529,7 @@ def add(sources: tuple[Path, ...], **opts: Any) -> None:
     articles = list(read_sources(list(sources)))  # every record read and checked before anything is written
     if not articles:
         raise SourceError("the sources hold no articles")
+    _check_index(settings)  # a missing index fails before the model loads
     embedder = make_embedder(settings)
     written = add_articles(open_index(settings.index_dir, embedder), articles, embedder, settings)
     click.echo(f"added or replaced {written} articles in {settings.index_dir}", err=True)

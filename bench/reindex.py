@@ -32,7 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 NEWSDESK = str(ROOT / ".venv" / "bin" / "newsdesk")
 SUMMARY = re.compile(
-    r"(\d+) added, (\d+) changed, (\d+) deleted, (\d+) unchanged; (\d+) passages embedded, (\d+) reused"
+    r"(\d+) added, (\d+) changed, (\d+) metadata updated, (\d+) deleted(?: \([^)]*\))?, (\d+) unchanged"
+    r"(?:, \d+ missing from the sources kept)?; (\d+) passages embedded, (\d+) reused"
 )
 
 
@@ -61,7 +62,7 @@ def summary(stderr: str) -> dict[str, int]:
     m = SUMMARY.search(stderr)
     if m is None:
         raise SystemExit(f"expected an incremental update, the CLI said: {stderr.strip()[-300:]}")
-    keys = ("added", "changed", "deleted", "unchanged", "embedded", "reused")
+    keys = ("added", "changed", "metadata", "deleted", "unchanged", "embedded", "reused")
     return dict(zip(keys, (int(g) for g in m.groups()), strict=True))
 
 

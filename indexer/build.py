@@ -7,6 +7,7 @@ an interrupted or failed build leaves whatever index was there before untouched.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from search.bm25 import LexicalPostings
 from search.catalog import ArticleCatalog
 from search.chunking import Chunk, Chunker, sentence_spans
 from search.dedup import DedupIndex
-from search.embedding import Embedder, make_embedder
+from search.embedding import Embedder, SentenceTransformerEmbedder, make_embedder
 from search.errors import InvalidInput, NewsdeskError, SourceError
 from search.grouping import label_unlabelled, save_duplicates
 from search.index import (
@@ -110,8 +111,10 @@ def build_index(
     progress: bool | None = None,
     sources: list[str] | None = None,
     embed_groups: GroupEmbedder | None = None,
+    origins: Mapping[str, str] | None = None,
 ) -> BuildReport:
-    """Build a complete index at ``target`` from ``articles`` and swap it in atomically.
+    """Build a complete index at ``target`` from ``articles`` and swap it in atomically. ``origins`` records where
+    articles that did not come from the sources came from (``newsdesk add``, the API: kept by ``--keep-missing``).
 
     ``embed_groups`` chunks and embeds the groups of ``settings.batch_articles`` articles somewhere else (``newsdesk
     index --ray``: on Ray actors); ``embedder`` then only needs to describe the model (name, dimension, fingerprint)."""
@@ -121,8 +124,6 @@ def build_index(
     if not items:
         raise SourceError("the sources hold no articles (every record was empty or there were no records)")
     chunker = make_chunker(settings, embedder)
-    if progress is None:
-        progress = sys.stderr.isatty()
     fingerprint = embedder.fingerprint()
     vector_store = _vector_store(settings, target, embedder.dimension)
     replaced = _milvus_entry(target)
@@ -132,14 +133,15 @@ def build_index(
         with building(target) as work:
             store = Store(work / SQLITE, create=True)
             try:
-                bar = tqdm(total=len(items), unit="article", desc="indexing", disable=not progress, file=sys.stderr)
                 groups = article_groups(items, settings.batch_articles)
                 embed = embed_groups or local_groups(chunker, embedder, settings)
-                for group, (rows, embedded) in zip(groups, embed(groups, None), strict=True):
-                    report.embedded += embedded
-                    store.add_articles(rows)
-                    bar.update(len(group))
-                bar.close()
+                with IndexProgress(len(items), "indexing", progress, embedder) as bar:
+                    for group, (rows, embedded) in zip(groups, embed(groups, None), strict=True):
+                        report.embedded += embedded
+                        store.add_articles(rows)
+                        bar.articles(len(group))
+                if origins:
+                    store.set_origins(dict(origins))
                 report.articles, report.passages = store.counts()
                 manifest: dict[str, Any] = {
                     "format_version": FORMAT_VERSION,
@@ -184,6 +186,62 @@ def build_index(
     if replaced is not None:
         drop_collections(replaced, target)
     return report
+
+
+class IndexProgress:
+    """What an indexing run shows while it embeds: on a terminal a tqdm bar over articles whose passage count moves
+    after every forward pass (the bar itself moves per group of ``batch_articles``, 512 by default, which on a slow
+    machine is minutes); elsewhere (a log file, CI, ``nohup``) a line every ``LOG_EVERY_S`` seconds and one at the
+    end, as a bar's carriage returns make an unreadable log. ``mode``: None picks by the stream, True a bar, False
+    nothing."""
+
+    LOG_EVERY_S = 10.0
+
+    def __init__(self, total: int, desc: str, mode: bool | None, embedder: Embedder | None = None) -> None:
+        self.total, self.desc, self.embedder = total, desc, embedder
+        self.done = self.passages_done = 0
+        self.kind = "bar" if mode or (mode is None and sys.stderr.isatty()) else "lines" if mode is None else "off"
+        self.started = self.logged = time.monotonic()
+        self.bar = tqdm(total=total, unit="article", desc=desc, disable=self.kind != "bar", file=sys.stderr)
+
+    def __enter__(self) -> IndexProgress:
+        if self.kind != "off" and isinstance(self.embedder, SentenceTransformerEmbedder):
+            self.embedder.on_batch = self.passages
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if isinstance(self.embedder, SentenceTransformerEmbedder):
+            self.embedder.on_batch = None
+        self.bar.close()
+        if self.kind == "lines" and exc[0] is None:
+            self._line()
+
+    def passages(self, n: int) -> None:
+        """``n`` more passages embedded (one forward pass)."""
+        self.passages_done += n
+        if self.kind == "bar":
+            self.bar.set_postfix(passages=self.passages_done, refresh=True)
+        self._maybe_log()
+
+    def articles(self, n: int) -> None:
+        """``n`` more articles written."""
+        self.done += n
+        self.bar.update(n)
+        self._maybe_log()
+
+    def _maybe_log(self) -> None:
+        if self.kind == "lines" and time.monotonic() - self.logged >= self.LOG_EVERY_S:
+            self._line()
+
+    def _line(self) -> None:
+        self.logged = time.monotonic()
+        elapsed = max(self.logged - self.started, 1e-9)
+        print(
+            f"{self.desc}: {self.done}/{self.total} articles, {self.passages_done} passages embedded "
+            f"({self.passages_done / elapsed:.0f} passages/s, {elapsed:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _vector_store(settings: Settings, target: Path, dimension: int) -> dict[str, Any]:

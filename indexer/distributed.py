@@ -41,7 +41,7 @@ import re
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,8 @@ def ray_sync_index(
     rebuild: bool = False,
     progress: bool | None = None,
     sources: list[str] | None = None,
+    keep_missing: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> RayReport:
     """``sync_index`` with chunking and embedding on the Ray cluster ``settings.ray`` (``local`` starts one here).
 
@@ -111,7 +113,15 @@ def ray_sync_index(
         model = RemoteModel(describe_remotely(settings))
         embed = RayGroups(settings, model, checkpoint, faults)
         report = sync_index(
-            items, settings, model, rebuild=rebuild, progress=progress, sources=sources, embed_groups=embed
+            items,
+            settings,
+            model,
+            rebuild=rebuild,
+            progress=progress,
+            sources=sources,
+            embed_groups=embed,
+            keep_missing=keep_missing,
+            warn=warn,
         )
         checkpoint.remove()  # the index holds every group now
     finally:

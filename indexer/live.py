@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from indexer.build import make_chunker, new_articles
 from indexer.update import apply_changes, reusable_vectors, save_after_commit
@@ -41,6 +41,7 @@ class Writer:
             index, settings = svc.index, svc.settings
             known = reusable_vectors(index, [a.id for a in articles], settings)
             rows, _ = new_articles(articles, make_chunker(settings, svc.embedder), svc.embedder, settings, known)
+            rows = [replace(r, origin="api") for r in rows]  # newsdesk index warns before deleting these
             with svc.lock.writing():
                 self._apply(lambda: apply_changes(index, [a.id for a in articles], rows, save=False))
                 result = WriteResult([a.id for a in articles], [], svc.generation)

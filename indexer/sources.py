@@ -10,15 +10,14 @@ import csv
 import gzip
 import io
 import json
-import re
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
-from datetime import date, datetime
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from search.chunking import split_paragraphs
+from search.dates import parse_date
 from search.errors import SourceError
 from search.models import Article
 
@@ -33,7 +32,6 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "tags": ("tags", "category", "categories", "topics"),
 }
 TEXT_SUFFIXES = (".txt", ".md")
-_DATE_FORMATS = ("%d-%b-%Y %H:%M:%S.%f", "%d-%b-%Y %H:%M:%S", "%Y/%m/%d", "%d/%m/%Y", "%B %d, %Y", "%b %d, %Y")
 
 
 @dataclass(frozen=True)
@@ -60,9 +58,46 @@ class FieldMap:
         return out
 
 
-def read_sources(paths: list[Path], field_map: FieldMap | None = None) -> Iterator[Article]:
-    """Articles from every source in order. Raises ``SourceError`` naming the file and line of any bad record."""
+@dataclass
+class ReadReport:
+    """What reading the sources could not use, for the run's summary: values that could not be read, per source
+    field (``where`` and the raw value; the article keeps the raw value in ``extra``), and the bad records skipped
+    under ``--skip-bad-records`` (their messages, with file, line and column)."""
+
+    unreadable: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    def lines(self, limit: int = 10) -> list[str]:
+        """The summary's lines about what could not be used: one per field with unreadable values, then the
+        skipped records (the first ``limit`` listed)."""
+        out: list[str] = []
+        for name, found in self.unreadable.items():
+            shown = ", ".join(f"{where} {value!r}" for where, value in found[:3])
+            more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+            out.append(
+                f"field {name!r}: {len(found)} value(s) could not be read as dates and were indexed undated "
+                f"(the raw value is kept in extra.date_raw): {shown}{more}"
+            )
+        if self.skipped:
+            out.append(f"skipped {len(self.skipped)} bad record(s) (--skip-bad-records):")
+            out += [f"  {m}" for m in self.skipped[:limit]]
+            if len(self.skipped) > limit:
+                out.append(f"  and {len(self.skipped) - limit} more")
+        return out
+
+
+def read_sources(
+    paths: list[Path],
+    field_map: FieldMap | None = None,
+    *,
+    report: ReadReport | None = None,
+    skip_bad: bool = False,
+) -> Iterator[Article]:
+    """Articles from every source in order. A bad record is a ``SourceError`` naming its file, line and column, or,
+    with ``skip_bad``, is left out and listed in ``report.skipped``; a file that cannot be read at all is an error
+    either way. Values that could not be read (dates) are collected in ``report.unreadable``."""
     fm = field_map or FieldMap()
+    report = report if report is not None else ReadReport()
     for path in paths:
         if not path.exists():
             raise SourceError(f"{path}: no such file or directory")
@@ -71,9 +106,9 @@ def read_sources(paths: list[Path], field_map: FieldMap | None = None) -> Iterat
             continue
         name = path.name.lower()
         if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")):
-            yield from _read_jsonl(path, fm)
+            yield from _read_jsonl(path, fm, report, skip_bad)
         elif name.endswith((".csv", ".csv.gz")):
-            yield from _read_csv(path, fm)
+            yield from _read_csv(path, fm, report, skip_bad)
         else:
             raise SourceError(f"{path}: unknown source format (expected .jsonl, .jsonl.gz, .csv or a directory)")
 
@@ -87,34 +122,96 @@ def _open_text(path: Path) -> IO[str]:
         raise SourceError(f"{path}: {exc.strerror or exc}") from None
 
 
-def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) of every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file; a line that is not a
-    JSON object, or an unreadable file, is a ``SourceError`` naming the file and line."""
-    with _open_text(path) as fh:
+def _open_binary(path: Path) -> IO[bytes]:
+    try:
+        if path.name.lower().endswith(".gz"):
+            return cast(IO[bytes], gzip.open(path, "rb"))
+        return path.open("rb")
+    except OSError as exc:
+        raise SourceError(f"{path}: {exc.strerror or exc}") from None
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | SourceError]]:
+    """(line number, object or the error that line is) of every non-blank line of a ``.jsonl``/``.jsonl.gz`` file.
+
+    Lines are split on ``\\n`` bytes and each is decoded by itself, so a place is the line an editor shows: decoding
+    the file as a text stream reported a bad byte at the line where its read-ahead buffer began (two lines early),
+    and split lines on a lone ``\\r`` as well. An unreadable file (bad gzip data, an I/O error) raises."""
+    with _open_binary(path) as fh:
         lineno = 0
         try:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SourceError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise SourceError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-                yield lineno, record
-        except (UnicodeDecodeError, EOFError, OSError, gzip.BadGzipFile) as exc:
+            for lineno, raw in enumerate(fh, 1):
+                yield lineno, _json_line(path, lineno, raw)
+        except (EOFError, OSError, gzip.BadGzipFile) as exc:
             raise SourceError(f"{path}:{lineno + 1}: unreadable ({exc})") from None
 
 
-def _read_jsonl(path: Path, fm: FieldMap) -> Iterator[Article]:
-    for lineno, record in read_jsonl_objects(path):
-        article = to_article(record, fm, f"{path}:{lineno}")
+def _json_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | SourceError:
+    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte-order mark
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        column = len(raw[: exc.start].decode("utf-8", errors="replace")) + 1
+        return SourceError(f"{path}:{lineno}:{column}: not UTF-8 text (byte 0x{raw[exc.start]:02x}: {exc.reason})")
+    if not line.strip():
+        return {}
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return SourceError(f"{path}:{lineno}:{exc.colno}: invalid JSON: {_json_reason(exc, line)}")
+    except RecursionError:
+        return SourceError(f"{path}:{lineno}: invalid JSON: nested too deeply")
+    if not isinstance(record, dict):
+        return SourceError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _json_reason(exc: json.JSONDecodeError, line: str) -> str:
+    """json's message made whole: the ones ending in "at" (``Invalid control character at``) name the character."""
+    if not exc.msg.endswith(" at"):
+        return exc.msg
+    char = line[exc.pos] if exc.pos < len(line) else ""
+    named = {"\t": "a tab", "\n": "a newline", "\r": "a carriage return"}.get(char, "")
+    what = f"U+{ord(char):04X}{f' ({named})' if named else ''}" if char else "end of line"
+    hint = " (control characters must be escaped inside a JSON string, e.g. \\t)" if char and ord(char) < 32 else ""
+    return f"{exc.msg[:-3]} {what}{hint}"
+
+
+def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file; a line that is not a
+    JSON object, or an unreadable file, is a ``SourceError`` naming the file, line and column."""
+    for lineno, record in jsonl_records(path):
+        if isinstance(record, SourceError):
+            raise record
+        if record:
+            yield lineno, record
+
+
+def _bad(error: SourceError, report: ReadReport, skip_bad: bool) -> None:
+    """A bad record: an error, or (``--skip-bad-records``) one more line of the summary."""
+    if not skip_bad:
+        raise error
+    report.skipped.append(error.message)
+
+
+def _read_jsonl(path: Path, fm: FieldMap, report: ReadReport, skip_bad: bool) -> Iterator[Article]:
+    for lineno, record in jsonl_records(path):
+        if isinstance(record, SourceError):
+            _bad(record, report, skip_bad)
+            continue
+        if not record:
+            continue
+        try:
+            article = to_article(record, fm, f"{path}:{lineno}", report)
+        except SourceError as exc:
+            _bad(exc, report, skip_bad)
+            continue
         if article is not None:
             yield article
 
 
-def _read_csv(path: Path, fm: FieldMap) -> Iterator[Article]:
+def _read_csv(path: Path, fm: FieldMap, report: ReadReport, skip_bad: bool) -> Iterator[Article]:
     csv.field_size_limit(sys.maxsize)
     with _open_text(path) as fh:
         try:
@@ -123,7 +220,11 @@ def _read_csv(path: Path, fm: FieldMap) -> Iterator[Article]:
                 raise SourceError(f"{path}: empty CSV (no header row)")
             for row in reader:
                 record = {k: v for k, v in row.items() if k is not None}
-                article = to_article(record, fm, f"{path}:{reader.line_num}")
+                try:
+                    article = to_article(record, fm, f"{path}:{reader.line_num}", report)
+                except SourceError as exc:
+                    _bad(exc, report, skip_bad)
+                    continue
                 if article is not None:
                     yield article
         except csv.Error as exc:
@@ -149,8 +250,9 @@ def _read_directory(root: Path) -> Iterator[Article]:
         yield Article(id=rel, title=title, paragraphs=tuple(split_paragraphs("\n".join(lines[1:]))))
 
 
-def to_article(record: Mapping[str, Any], fm: FieldMap, where: str) -> Article | None:
-    """One record as an Article, or None when it has neither headline nor text (empty scraped pages)."""
+def to_article(record: Mapping[str, Any], fm: FieldMap, where: str, report: ReadReport | None = None) -> Article | None:
+    """One record as an Article, or None when it has neither headline nor text (empty scraped pages). A date that
+    cannot be read is kept raw in ``extra["date_raw"]`` and listed in ``report``."""
     keys = fm.resolve(record)
     for name, key in vars(fm).items():
         if key is not None and key not in record:
@@ -170,6 +272,8 @@ def to_article(record: Mapping[str, Any], fm: FieldMap, where: str) -> Article |
     iso_date, raw_date = _date(record.get(keys["date"]) if keys["date"] else None)
     if raw_date is not None:
         extra["date_raw"] = raw_date
+        if report is not None and keys["date"]:
+            report.unreadable.setdefault(keys["date"], []).append((where, raw_date))
     article = Article(
         id="",
         title=title,
@@ -204,22 +308,10 @@ def _tags(value: Any) -> tuple[str, ...]:
 
 
 def _date(value: Any) -> tuple[str | None, str | None]:
-    """(ISO 8601 date, the raw value when it could not be read as a date)."""
+    """(ISO 8601 date, the raw value when it could not be read as a date): search/dates.py reads it, as it does for
+    the write API."""
     text = _text(value).strip()
     if not text:
         return None, None
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-        try:
-            return date.fromisoformat(text).isoformat(), None
-        except ValueError:
-            return None, text
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat(), None
-    except ValueError:
-        pass
-    for fmt in _DATE_FORMATS:
-        try:
-            return datetime.strptime(text, fmt).isoformat(), None
-        except ValueError:
-            continue
-    return None, text
+    parsed = parse_date(text)
+    return (parsed, None) if parsed is not None else (None, text)

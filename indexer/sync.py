@@ -4,7 +4,12 @@
 same chunking) compares each source article's content hash with the stored one: new and changed articles are
 chunked and embedded (a changed article's paragraphs that kept their text reuse their stored vectors), articles no
 longer in the sources are deleted, and unchanged ones are not touched. Deletions and insertions commit in one
-SQLite transaction, so a reader or a crash sees the old corpus or the new one.
+SQLite transaction, so a reader or a crash sees the old corpus or the new one. An article whose text is unchanged
+but whose metadata (date, source, url, tags, extra) changed has its row updated in place, without embedding.
+
+Articles written by ``newsdesk add`` or the API are recorded as such (the store's ``origin`` column); when they are
+missing from the sources, ``warn`` is told how many before they are deleted, and ``keep_missing`` keeps every
+article missing from the sources (in a full build too: their stored text is indexed again).
 
 Anything else (no index yet, another model, other chunking settings, another FAISS factory, another vector store,
 Milvus URI or Milvus index, or most of the corpus changed) is a full build into a new directory swapped in
@@ -13,17 +18,16 @@ atomically, as before.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from indexer.build import (
     BuildReport,
     GroupEmbedder,
+    IndexProgress,
     article_groups,
     build_index,
     chunking_config,
@@ -31,14 +35,14 @@ from indexer.build import (
     local_groups,
     make_chunker,
 )
-from indexer.update import apply_changes, reusable_vectors, save_state
+from indexer.update import apply_changes, apply_metadata, reusable_vectors, save_state
 from search.embedding import Embedder, check_compatible, files_hash, make_embedder, quantization_config, resolve_model
 from search.errors import IndexMissing, ModelMismatch, NewsdeskError, SourceError
-from search.index import Index, check_replaceable, open_index, read_manifest
+from search.index import SQLITE, Index, check_replaceable, open_index, read_manifest
 from search.milvus import MilvusConfig, MilvusVectorStore, parse_params, same_location
 from search.models import Article
 from search.settings import Settings
-from search.store import NewArticle
+from search.store import ORIGINS, NewArticle, Store, metadata_key
 
 # Past this share of changed or deleted articles, a fresh build is cheaper than deleting and re-inserting rows.
 FULL_BUILD_SHARE = 0.5
@@ -54,6 +58,9 @@ class SyncReport(BuildReport):
     unchanged: int = 0
     # passages written without being embedded: a stored vector was reused, or an identical text embedded once
     reused: int = 0
+    metadata: int = 0  # articles whose text is unchanged but whose date, source, url, tags or extra changed
+    kept: int = 0  # articles missing from the sources kept by keep_missing
+    deleted_added: int = 0  # of the deleted, those written by newsdesk add or the API
 
 
 class _Model:
@@ -77,15 +84,29 @@ def sync_index(
     progress: bool | None = None,
     sources: list[str] | None = None,
     embed_groups: GroupEmbedder | None = None,
+    keep_missing: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> SyncReport:
     """Bring the index at ``settings.index_dir`` in line with ``articles``: incrementally when it can.
 
-    ``embed_groups`` embeds elsewhere (``newsdesk index --ray``, indexer/distributed.py), as for ``build_index``."""
+    Articles missing from ``articles`` are deleted, unless ``keep_missing``; ``warn`` hears, before anything is
+    written, how many of them were written by ``newsdesk add`` or the API. ``embed_groups`` embeds elsewhere
+    (``newsdesk index --ray``, indexer/distributed.py), as for ``build_index``."""
     model = _Model(settings, embedder)
     report = SyncReport(sources=list(sources or []))
     items = dedupe_articles(articles, report)
     if not items:
         raise SourceError("the sources hold no articles (every record was empty or there were no records)")
+    missing = _missing(settings, {a.id for a in items}, keep_missing)
+    if keep_missing:
+        report.kept = len(missing.kept)
+    else:
+        report.deleted_added = missing.added
+        if missing.added and warn is not None:
+            warn(
+                f"{missing.added} of the {missing.count} articles missing from the sources were added by newsdesk add "
+                "or the API and will be deleted; run with --keep-missing to keep articles missing from the sources"
+            )
     reason = "--rebuild was given" if rebuild else _incompatibility(settings, model)
     if reason is None:
         index = open_index(settings.index_dir, None)  # _incompatibility verified the model
@@ -93,7 +114,7 @@ def sync_index(
             stored = index.writable[1].article_hashes()
             wanted = {a.id for a in items}
             todo = [a for a in items if stored.get(a.id) != a.content_hash()]
-            gone = [i for i in stored if i not in wanted]
+            gone = [] if keep_missing else [i for i in stored if i not in wanted]
             if stored and (len(todo) + len(gone)) / max(len(stored), 1) <= FULL_BUILD_SHARE:
                 _apply(index, items, todo, gone, stored, settings, model, report, progress, embed_groups)
                 if _new_search_params(index, settings):
@@ -104,11 +125,49 @@ def sync_index(
             index.close()
     check_replaceable(settings.index_dir.absolute())  # before the model loads: a foreign directory is refused now
     built = build_index(
-        items, settings.index_dir, settings, model.get(), progress=progress, sources=sources, embed_groups=embed_groups
+        items + missing.kept,
+        settings.index_dir,
+        settings,
+        model.get(),
+        progress=progress,
+        sources=sources,
+        embed_groups=embed_groups,
+        origins=missing.origins if keep_missing else None,
     )
     report.articles, report.passages, report.embedded = built.articles, built.passages, built.embedded
     report.added, report.mode, report.reason = built.articles, "full", reason or ""
+    report.deleted = 0 if keep_missing else missing.count
     return report
+
+
+@dataclass(frozen=True)
+class _Missing:
+    """The stored articles missing from the sources: how many, how many of them came from add or the API, their
+    origins, and (for ``keep_missing``) the articles themselves, for a full build to index again."""
+
+    count: int = 0
+    added: int = 0
+    origins: dict[str, str] = field(default_factory=dict)
+    kept: list[Article] = field(default_factory=list)
+
+
+def _missing(settings: Settings, wanted: set[str], keep: bool) -> _Missing:
+    """Read from the existing index's SQLite store alone (no vectors, no model): any index whose store opens."""
+    try:
+        read_manifest(settings.index_dir)
+        store = Store(settings.index_dir.absolute() / SQLITE)
+    except NewsdeskError:
+        return _Missing()
+    try:
+        stored = store.article_metadata()
+        gone = [i for i in stored if i not in wanted]
+        origins = {i: str(stored[i][1]) for i in gone if stored[i][1] in ORIGINS}
+        kept = [store.article(aid) for aid in (store.aid_of(i) for i in gone) if aid is not None] if keep else []
+        return _Missing(len(gone), len(origins), origins, kept)
+    except sqlite3.DatabaseError:
+        return _Missing()
+    finally:
+        store.close()
 
 
 def _incompatibility(settings: Settings, model: _Model) -> str | None:
@@ -205,25 +264,32 @@ def _apply(
     report.added = sum(1 for a in todo if a.id not in stored)
     report.changed = len(todo) - report.added
     report.unchanged = len(items) - len(todo)
+    same_text = [a for a in items if a.id in stored and stored[a.id] == a.content_hash()]
+    recorded = index.writable[1].article_metadata()
+    changed_metadata = [
+        a for a in same_text if recorded[a.id][0] != metadata_key(a.date, a.source, a.url, a.tags, a.extra)
+    ]
+    now_from_sources = {a.id: None for a in same_text if recorded[a.id][1] is not None}
     rows: list[NewArticle] = []
     if todo:  # only then is the model loaded
         embedder = model.get()
         chunker = make_chunker(settings, embedder)
         known = reusable_vectors(index, [a.id for a in todo if a.id in stored], settings)
-        if progress is None:
-            progress = sys.stderr.isatty()
-        bar = tqdm(total=len(todo), unit="article", desc="re-indexing", disable=not progress, file=sys.stderr)
         groups = article_groups(todo, settings.batch_articles)
         embed = embed_groups or local_groups(chunker, embedder, settings)
-        for group, (group_rows, embedded) in zip(groups, embed(groups, known), strict=True):
-            rows += group_rows
-            report.embedded += embedded
-            bar.update(len(group))
-        bar.close()
+        with IndexProgress(len(todo), "re-indexing", progress, embedder) as bar:
+            for group, (group_rows, embedded) in zip(groups, embed(groups, known), strict=True):
+                rows += group_rows
+                report.embedded += embedded
+                bar.articles(len(group))
     report.reused = sum(len(r.passages) for r in rows) - report.embedded
     report.deleted = len(gone)
     if todo or gone:
         if report.sources:
             index.manifest["sources"] = report.sources
         apply_changes(index, [a.id for a in todo if a.id in stored] + gone, rows)
+    report.metadata = apply_metadata(index, changed_metadata)
+    report.unchanged -= report.metadata
+    if now_from_sources:  # an article added by add or the API that the sources now hold is theirs from now on
+        index.writable[1].set_origins(now_from_sources)
     report.articles, report.passages = index.store.counts()

@@ -28,8 +28,11 @@ from search.store import NewArticle
 log = logging.getLogger("newsdesk.update")
 
 
-def add_articles(index: Index[Any], articles: Iterable[Article], embedder: Embedder, settings: Settings) -> int:
-    """Insert or replace (by id) articles; returns how many were written.
+def add_articles(
+    index: Index[Any], articles: Iterable[Article], embedder: Embedder, settings: Settings, *, origin: str = "add"
+) -> int:
+    """Insert or replace (by id) articles; returns how many were written. They are recorded as coming from
+    ``origin`` (``newsdesk add``), so a later ``newsdesk index`` warns before deleting them.
 
     A replaced article's old and new versions swap in one transaction, and passages whose embedding input did not
     change keep their stored vectors instead of being embedded again."""
@@ -38,7 +41,7 @@ def add_articles(index: Index[Any], articles: Iterable[Article], embedder: Embed
         return 0
     known = reusable_vectors(index, [a.id for a in items], settings)
     rows, _ = new_articles(items, make_chunker(settings, embedder), embedder, settings, known)
-    apply_changes(index, [a.id for a in items], rows)
+    apply_changes(index, [a.id for a in items], [replace(r, origin=origin) for r in rows])
     return len(items)
 
 
@@ -178,3 +181,32 @@ def update_neighbours(index: Index[Any]) -> None:
     live = np.isin(added, index.articles.ids())
     added = sorted(set(np.asarray(added, dtype=np.int64)[live].tolist()))  # not added, then deleted
     index.neighbours = graph.updated(deleted, added, index.articles, index.lexical.articles, index.store.generation())
+
+
+def apply_metadata(index: Index[Any], articles: list[Article]) -> int:
+    """Write new metadata (date, source, url, tags, extra) of stored articles whose text is unchanged, without
+    embedding or re-inserting anything; returns how many were updated.
+
+    The store's row changes in one transaction with a new generation (servers reload); the catalog (filters,
+    facets, timelines, canonical copies) is rebuilt from it, and the caches that do not hold metadata (FAISS, BM25
+    postings, profiles, duplicate fingerprints) are re-stamped with the new generation instead of going stale. An
+    article keeps its story and duplicate labels: labels are never rewritten once given (search/grouping.py), so a
+    corrected date moves it in timelines and date filters, not out of its story (``--rebuild`` regroups)."""
+    directory, store = index.writable
+    if not articles:
+        return 0
+    if index.duplicates is None:  # loaded now, so it is saved under the new generation below
+        index.duplicates = load_duplicates(directory, store, index.catalog)
+    aids = store.update_metadata(articles)
+    if not aids:
+        return 0
+    generation = store.generation()
+    index.catalog = ArticleCatalog.load(store)
+    index.lexical = replace(index.lexical, generation=generation)
+    if index.neighbours is not None:
+        index.neighbours = replace(index.neighbours, generation=generation)
+    if isinstance(index.articles, MilvusVectorStore):  # replicas read the article fields from the record collections
+        config = MilvusConfig.from_manifest(index.manifest["milvus"])
+        engine_records(index.articles.connection, config).apply(store, (aids, []), (aids, []))
+    save_state(index)
+    return len(aids)

@@ -29,8 +29,9 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,19 +85,22 @@ class Embedder(Protocol):
     def fingerprint(self) -> dict[str, Any]: ...
 
 
-def pin_threads(threads: int) -> None:
+def pin_threads(threads: int, *, torch: bool = True) -> None:
     """Pin torch, OpenMP (FAISS) and tokenizers to ``threads``; call before any of them starts a pool.
 
     Oversubscribing 2 cores with default pools (torch and OpenMP each take every core) makes concurrent queries
     slower, not faster, and forked tokenizers deadlock, so this runs at every process start (CLI, WSGI worker).
+    ``torch=False`` (the ONNX-alone embedder) leaves torch unimported: importing it is a second of every CLI search.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import faiss
-    import torch
 
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    if torch:
+        import torch as torch_module
+
+        if torch_module.get_num_threads() != threads:
+            torch_module.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
 
 
@@ -112,7 +116,15 @@ def resolve_model(model: str) -> str:
 
 def make_embedder(settings: Settings, device: str = "cpu") -> Embedder:
     """The embedder ``settings`` ask for: every command and the web app build theirs here. ``device`` is ``cuda``
-    only in a ``newsdesk index --ray`` actor given a GPU (torch backend)."""
+    only in a ``newsdesk index --ray`` actor given a GPU (torch backend).
+
+    The int8 backend runs its ONNX export alone (``OnnxEmbedder``: no torch, no sentence-transformers) once the export
+    exists and the model is one it can run; the first use of a model exports it through sentence-transformers."""
+    if settings.backend == "onnx-int8" and device == "cpu":
+        cache = Path(settings.model_cache).expanduser()
+        alone = OnnxEmbedder.open(settings.model, settings.threads, cache)
+        if alone is not None:
+            return alone
     return SentenceTransformerEmbedder(
         settings.model, settings.threads, backend=settings.backend, model_cache=settings.model_cache, device=device
     )
@@ -186,6 +198,8 @@ class SentenceTransformerEmbedder:
         self.onnx_exported = False  # True when this instance made the export (rather than finding it cached)
         self._session: Any = None
         self._onnx_inputs: list[str] = []
+        # told the number of texts of each forward pass of encode_spans: the indexer's progress (indexer/build.py)
+        self.on_batch: Callable[[int], None] | None = None
         if backend == "onnx-int8":
             cache = Path(model_cache if model_cache is not None else Settings.model_cache).expanduser()
             self._load_onnx(threads, cache)
@@ -200,8 +214,7 @@ class SentenceTransformerEmbedder:
         config = quantization_config()
         source = self._source_hash() or _weights_hash(self._model)
         key = hashlib.sha256(f"{source}|{config}|{ONNX_EXPORT_VERSION}".encode()).hexdigest()[:16]
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.name).name or "model")
-        directory = cache / f"{slug}-{key}"
+        directory = cache / f"{_slug(self.name)}-{key}"
         path = directory / onnx_file_name(config)
         if not path.is_file():
             try:
@@ -219,6 +232,33 @@ class SentenceTransformerEmbedder:
         self.quantization = config
         self.onnx_path = path
 
+    def _tokenize(self, texts: list[str], offsets: bool) -> dict[str, list[Any]]:
+        """Token ids (and type ids, attention masks and, with ``offsets``, character offsets) of each text, truncated
+        to the model's maximum sequence length, by the model's own (transformers) tokenizer."""
+        with self._lock:  # only the tokenizer needs turns: concurrent requests' session runs overlap on the cores
+            enc = self._model.tokenizer(
+                texts, truncation=True, max_length=self.max_seq_length, return_offsets_mapping=offsets, verbose=False
+            )
+        return dict(enc)
+
+    def _pad_id(self) -> int:
+        return int(self._model.tokenizer.pad_token_id or 0)
+
+    def _pooled(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Text vectors from the token embeddings: the model's modules after the transformer (pooling,
+        normalisation, any dense layers), then L2-normalised."""
+        import torch
+
+        features: dict[str, Any] = {
+            "token_embeddings": torch.from_numpy(hidden),
+            "attention_mask": torch.from_numpy(mask),
+        }
+        with torch.inference_mode():
+            for module in list(self._model)[1:]:  # pooling, normalisation, any dense layers: as the model defines
+                features = module(features)
+            pooled: np.ndarray = torch.nn.functional.normalize(features["sentence_embedding"], p=2, dim=1).numpy()
+        return pooled
+
     def _onnx_batches(
         self, texts: list[str], offsets: bool
     ) -> Iterator[tuple[np.ndarray, list[dict[str, np.ndarray]], np.ndarray]]:
@@ -226,23 +266,13 @@ class SentenceTransformerEmbedder:
 
         Texts are tokenized once, here (a fast tokenizer must not be called from two threads), sorted by token
         count, and cut into micro-batches of at most ``ONNX_TOKEN_BUDGET`` padded tokens; ``threads`` of them run
-        at once (onnxruntime releases the GIL), and results come back in order.
+        at once (onnxruntime releases the GIL), and results come back in order. The int8 vector of a text depends a
+        little on the texts it is batched with, so ``OnnxEmbedder`` cuts the same micro-batches.
         """
-        import torch
-
-        with self._lock:  # only the tokenizer needs turns: concurrent requests' session runs overlap on the cores
-            enc = self._model.tokenizer(
-                texts, truncation=True, max_length=self.max_seq_length, return_offsets_mapping=offsets, verbose=False
-            )
+        enc = self._tokenize(texts, offsets)
         ids: list[list[int]] = enc["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
-        groups: list[list[int]] = []
-        for i in order:
-            if groups and (len(groups[-1]) + 1) * len(ids[groups[-1][0]]) <= ONNX_TOKEN_BUDGET:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
-        pad = self._model.tokenizer.pad_token_id or 0
+        groups = micro_batches([len(i) for i in ids])
+        pad = self._pad_id()
 
         def feeds(group: list[int]) -> dict[str, np.ndarray]:
             width = len(ids[group[0]])  # the longest: groups follow the descending order
@@ -264,14 +294,7 @@ class SentenceTransformerEmbedder:
         # concurrent requests' session runs overlap anyway (onnxruntime releases the GIL).
         results = [run(groups[0])] if len(groups) == 1 else self._pool.map(run, groups)
         for group, (hidden, mask) in zip(groups, results, strict=True):
-            features: dict[str, Any] = {
-                "token_embeddings": torch.from_numpy(hidden),
-                "attention_mask": torch.from_numpy(mask),
-            }
-            with torch.inference_mode():
-                for module in list(self._model)[1:]:  # pooling, normalisation, any dense layers: as the model defines
-                    features = module(features)
-                pooled = torch.nn.functional.normalize(features["sentence_embedding"], p=2, dim=1).numpy()
+            pooled = self._pooled(hidden, mask)
             items = [
                 {
                     "tokens": hidden[row],
@@ -292,11 +315,11 @@ class SentenceTransformerEmbedder:
         Batches are formed as sentence-transformers' ``encode`` forms them (longest texts first, by characters, each
         batch padded only to its own longest), so the text vectors equal ``encode``'s and padding wastes little.
         """
-        import torch
-
         if self._session is not None:
             yield from self._onnx_batches(texts, offsets)
             return
+        import torch
+
         order = np.argsort([-len(t) for t in texts])  # the very call sentence-transformers' encode makes
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
@@ -356,6 +379,8 @@ class SentenceTransformerEmbedder:
             return vectors, span_vectors
         with self._lock if self._session is None else contextlib.nullcontext():  # onnx: the tokenizer alone
             for idx, items, pooled in self._batches(texts, batch_size, offsets=True):
+                if self.on_batch is not None:
+                    self.on_batch(len(idx))
                 vectors[idx] = pooled
                 means: list[np.ndarray] = []
                 slots: list[tuple[int, int]] = []
@@ -409,6 +434,168 @@ class SentenceTransformerEmbedder:
             fingerprint["probe"] = [[round(float(x), 6) for x in v] for v in self.encode(list(PROBE_SENTENCES))]
             self._fingerprint = fingerprint
         return self._fingerprint
+
+
+class OnnxEmbedder(SentenceTransformerEmbedder):
+    """The int8 ONNX export of a model, run alone: onnxruntime, the ``tokenizers`` library's fast tokenizer read from
+    the model's ``tokenizer.json`` (once per process), and mean pooling and normalisation in numpy.
+
+    What it saves is the import of torch and sentence-transformers (about 5 s of a 6.6 s CLI search, measured by
+    ``python -X importtime``; bench/cli_latency.py), and it gives the vectors of ``SentenceTransformerEmbedder``'s
+    int8 path: the same export, token ids, micro-batches and pooling (tests/test_embedding.py compares them). It runs
+    models made of a transformer, mean pooling and normalisation, as the bundled all-MiniLM-L6-v2 is; for any other
+    model (dense layers, CLS pooling), a model not on disk, or before the export exists, ``OnnxEmbedder.open``
+    returns None and ``make_embedder`` uses ``SentenceTransformerEmbedder``, which also makes the export.
+    """
+
+    def __init__(self, name: str, path: Path, onnx_path: Path, config: str, threads: int, layout: _Layout) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        pin_threads(threads, torch=False)
+        self.name = name
+        self.backend = "onnx-int8"
+        self._path = str(path)
+        self.dimension = layout.dimension
+        self.max_seq_length = layout.max_seq_length
+        self._fingerprint = None
+        self._files_sha256 = layout.files_sha256
+        self._lock = threading.Lock()
+        self.quantization = config
+        self.onnx_path = onnx_path
+        self.onnx_exported = False
+        self.on_batch = None
+        self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        # what transformers sets for truncation=True, max_length=N: longest first, from the right, no stride
+        self._tokenizer.enable_truncation(self.max_seq_length)
+        self._counter: Any = None  # an untruncated copy for count_tokens, made when the chunker first asks
+        self._pad = layout.pad_id
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # as SentenceTransformerEmbedder._load_onnx: see ONNX_TOKEN_BUDGET
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnx")
+        self._onnx_inputs = [i.name for i in self._session.get_inputs()]
+
+    @classmethod
+    def open(cls, model: str, threads: int, cache: Path) -> OnnxEmbedder | None:
+        """The embedder for ``model``'s existing int8 export under ``cache``, or None when it cannot run alone."""
+        try:
+            import onnxruntime  # noqa: F401
+            import tokenizers  # noqa: F401
+        except ImportError:
+            return None
+        path = Path(resolve_model(model))
+        layout = _Layout.read(path, cache)
+        if layout is None:
+            return None
+        config = quantization_config()
+        key = hashlib.sha256(f"{layout.files_sha256}|{config}|{ONNX_EXPORT_VERSION}".encode()).hexdigest()[:16]
+        onnx_path = cache / f"{_slug(model)}-{key}" / onnx_file_name(config)
+        if not onnx_path.is_file():
+            return None
+        return cls(model, path, onnx_path, config, threads, layout)
+
+    def _tokenize(self, texts: list[str], offsets: bool) -> dict[str, list[Any]]:
+        with self._lock:
+            encodings = self._tokenizer.encode_batch(texts)
+        out: dict[str, list[Any]] = {
+            "input_ids": [e.ids for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+        }
+        if offsets:
+            out["offset_mapping"] = [e.offsets for e in encodings]
+        return out
+
+    def _pad_id(self) -> int:
+        return self._pad
+
+    def _pooled(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Mean of the tokens the mask keeps (sentence-transformers' Pooling, mean mode), L2-normalised."""
+        weights = mask.astype(hidden.dtype)[:, :, None]
+        sums = (hidden * weights).sum(axis=1)
+        counts = np.clip(weights.sum(axis=1), 1e-9, None)
+        return _normalised(sums / counts)
+
+    def _finish_spans(self, means: np.ndarray) -> np.ndarray:
+        return _normalised(np.asarray(means, dtype=np.float32))
+
+    def count_tokens(self, text: str) -> int:
+        with self._lock:
+            if self._counter is None:
+                from tokenizers import Tokenizer
+
+                self._counter = Tokenizer.from_file(str(Path(self._path) / "tokenizer.json"))
+                self._counter.no_padding()
+                self._counter.no_truncation()
+            return len(self._counter.encode(text, add_special_tokens=True).ids)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What ``OnnxEmbedder`` needs from a sentence-transformers model directory, read without sentence-transformers."""
+
+    dimension: int
+    max_seq_length: int
+    pad_id: int
+    files_sha256: str
+
+    @classmethod
+    def read(cls, path: Path, cache: Path) -> _Layout | None:
+        """The layout of a transformer + mean pooling (+ normalisation) model at ``path``; None for anything else.
+        Its files' hash comes from ``cached_files_hash`` (the model cache)."""
+        try:
+            modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+            kinds = [str(m["type"]).rsplit(".", 1)[-1] for m in modules]
+            if kinds not in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"]):
+                return None
+            if modules[0].get("path", "") not in ("", "."):
+                return None
+            pooling = json.loads((path / modules[1]["path"] / "config.json").read_text(encoding="utf-8"))
+            modes = {k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True}
+            if modes != {"pooling_mode_mean_tokens"}:
+                return None
+            max_seq_length = json.loads((path / "sentence_bert_config.json").read_text(encoding="utf-8"))[
+                "max_seq_length"
+            ]
+            special = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+            vocabulary = json.loads((path / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
+        pad = special.get("pad_token")
+        pad_token = pad.get("content") if isinstance(pad, dict) else pad
+        files_sha256 = cached_files_hash(path, cache)
+        if not isinstance(max_seq_length, int) or not isinstance(vocabulary, dict) or files_sha256 is None:
+            return None
+        return cls(
+            int(pooling["word_embedding_dimension"]), max_seq_length, int(vocabulary.get(pad_token, 0)), files_sha256
+        )
+
+
+def micro_batches(lengths: list[int]) -> list[list[int]]:
+    """Indices of texts of the given token counts, longest first, cut into groups of at most ``ONNX_TOKEN_BUDGET``
+    padded tokens (a text longer than the budget goes alone)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= ONNX_TOKEN_BUDGET:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _normalised(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    out: np.ndarray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    return out
+
+
+def _slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name or "model")
 
 
 def _offsets(pairs: list[tuple[int, int]], width: int) -> np.ndarray:
@@ -561,6 +748,38 @@ def files_hash(path: Path) -> str | None:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+FILES_HASH_CACHE = "files-sha256.json"
+
+
+def cached_files_hash(path: Path, cache: Path) -> str | None:
+    """``files_hash(path)``, remembered in ``cache`` against every file's name, size and modification time.
+
+    Hashing the bundled model's 90 MB is 0.1-0.3 s of every CLI search (cProfile); listing and stat-ing its 14 files
+    is a millisecond. A file rewritten in place changes its modification time, so a changed model is hashed again
+    (as make and rsync decide what changed). An unwritable cache only costs the hash."""
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    stamp = [[str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    store = cache / FILES_HASH_CACHE
+    key = str(path.resolve())
+    try:
+        known = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key) if isinstance(known, dict) else None
+    if isinstance(entry, dict) and entry.get("files") == stamp and isinstance(entry.get("sha256"), str):
+        return str(entry["sha256"])
+    digest = files_hash(path)
+    with contextlib.suppress(OSError):
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{FILES_HASH_CACHE}.{os.getpid()}.tmp"
+        known = known if isinstance(known, dict) else {}
+        tmp.write_text(json.dumps({**known, key: {"files": stamp, "sha256": digest}}), encoding="utf-8")
+        os.replace(tmp, store)
+    return digest
 
 
 def check_compatible(recorded: dict[str, Any], embedder: Embedder) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import date, datetime
 from typing import Any
 
+from search.dates import ACCEPTED, parse_date
 from search.errors import InvalidInput
 from search.models import Article
 
@@ -159,13 +159,10 @@ def _date(value: Any, where: str) -> str | None:
     text = _text(value, where, 64)
     if text is None or not text.strip():
         return None
-    text = text.strip()
-    try:
-        if len(text) == 10:
-            return date.fromisoformat(text).isoformat()
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
-    except ValueError:
-        raise InvalidInput(f"{where} must be an ISO 8601 date or datetime, got {value!r}") from None
+    parsed = parse_date(text)
+    if parsed is None:  # the indexer reads the same set (search/dates.py): a corpus and a client agree
+        raise InvalidInput(f"{where} is not a date newsdesk can read ({ACCEPTED}), got {value!r}")
+    return parsed
 
 
 def _check_number(value: float, where: str) -> None:

@@ -40,10 +40,10 @@ import numpy as np
 from search.errors import IndexCorrupt, InvalidInput, VectorStoreUnavailable
 from search.files import discarded_on_failure
 from search.records import RECORD_KINDS, EngineRecords, article_records, meta_name, read_state, record_names
+from search.settings import STORES as STORES  # declared with the settings, so the CLI need not import this module
 from search.store import Store
 from search.vectors import EXACT_FILTER_LIMIT, checked_batch
 
-STORES = ("faiss", "milvus")
 DEFAULT_URI = "milvus.db"
 # Index types MilvusClient accepts for a dense float vector; Milvus Lite builds FLAT, HNSW, HNSW_SQ, IVF_FLAT,
 # IVF_SQ8 and AUTOINDEX (a cluster all of them); an unsupported one fails when the collection is created.

@@ -22,6 +22,8 @@ import numpy as np
 
 from search.bm25 import MemoryBM25
 from search.catalog import NO_DATE, Filter
+from search.checks import MAX_OFFSET as MAX_OFFSET  # where api/openapi.py reads it
+from search.checks import check_k, check_mode, check_offset, check_query
 from search.embedding import Embedder
 from search.errors import InvalidInput, NotFound
 from search.fusion import Fusion
@@ -46,10 +48,9 @@ from search.models import (
 from search.paging import START as CURSOR_START
 from search.paging import Cursor, diversify, fingerprint, index_key, resume
 from search.related import RelatedFinder
-from search.settings import MODES, SIMILAR_SCORINGS, Settings
+from search.settings import SIMILAR_SCORINGS, Settings
 from search.store import StoredPassage
 
-MAX_OFFSET = 10_000
 # Passage scores on a results page are normalised against the passages of the ranking's first articles.
 ANCHOR_ARTICLES = 10
 
@@ -225,18 +226,10 @@ class SearchService:
     # -- validation ------------------------------------------------------------------------------------------
 
     def validate_query(self, query: str) -> str:
-        if not isinstance(query, str) or not query.strip():
-            raise InvalidInput("query must not be empty")
-        if len(query) > self.settings.max_query_chars:
-            raise InvalidInput(f"query is {len(query)} characters; the limit is {self.settings.max_query_chars}")
-        if "\x00" in query:
-            raise InvalidInput("query must not contain NUL characters")
-        return query.strip()
+        return check_query(self.settings, query)  # search/checks.py: the CLI runs them before loading anything
 
     def validate_k(self, k: int, name: str = "k") -> int:
-        if not 1 <= k <= self.settings.max_k:
-            raise InvalidInput(f"{name} must be between 1 and {self.settings.max_k}, got {k}")
-        return k
+        return check_k(self.settings, k, name)
 
     # -- queries ---------------------------------------------------------------------------------------------
 
@@ -263,10 +256,7 @@ class SearchService:
         return vec
 
     def validate_mode(self, mode: str | None) -> str:
-        mode = self.settings.mode if mode is None else mode
-        if mode not in MODES:
-            raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        return mode
+        return check_mode(self.settings, mode)
 
     @_reads
     def search(
@@ -292,8 +282,7 @@ class SearchService:
         query = self.validate_query(query)
         self.validate_k(k)
         mode = self.validate_mode(mode)
-        if not 0 <= offset <= MAX_OFFSET:
-            raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}, got {offset}")
+        check_offset(offset)
         if max_per_source is not None:
             if not 1 <= max_per_source <= self.settings.max_k:
                 raise InvalidInput(f"max_per_source must be between 1 and {self.settings.max_k}, got {max_per_source}")

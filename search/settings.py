@@ -18,6 +18,7 @@ from search.fusion import Fusion
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODES = ("hybrid", "dense", "lexical")
 BACKENDS = ("torch", "onnx-int8")
+STORES = ("faiss", "milvus")  # vector stores (search/milvus.py)
 SIMILAR_SCORINGS = ("profile", "cosine")
 # bench/count_floor.py on the dev sets (SciFact train, RealTime QA dev): see bench/README.md
 MATCH_FLOOR = 0.22

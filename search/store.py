@@ -11,7 +11,7 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS articles (
     tags TEXT NOT NULL,
     extra TEXT NOT NULL,
     content_hash TEXT NOT NULL,
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    origin TEXT
 );
 CREATE INDEX IF NOT EXISTS articles_hash ON articles(content_hash);
 CREATE INDEX IF NOT EXISTS articles_date ON articles(date);
@@ -106,6 +107,12 @@ END;
 """
 
 
+# Where an article came from: NULL for the sources of ``newsdesk index`` (and for every article of an index made
+# before the column existed, which gets it on open), else one of these. ``newsdesk index`` deletes articles missing
+# from its sources, and warns first about those that came another way (indexer/sync.py).
+ORIGINS = ("add", "api")  # newsdesk add, POST /api/articles
+
+
 @dataclass(frozen=True)
 class StoredPassage:
     """A passage row joined with its article's internal key."""
@@ -132,6 +139,7 @@ class NewArticle:
     # its story and duplicate-group labels, when the writer assigned them (a full build labels after writing)
     story: str | None = None
     duplicates: str | None = None
+    origin: str | None = None  # None: the sources of newsdesk index; else one of ORIGINS
 
 
 class ReadStore(Protocol):
@@ -185,6 +193,9 @@ class Store:
         else:
             with contextlib.suppress(sqlite3.OperationalError), self._conn() as conn:  # read-only: reads fall back
                 conn.executescript(SENTENCES_SCHEMA + GROUPS_SCHEMA)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(articles)")}
+                if "origin" not in columns:  # an index from before origins: its articles count as from sources
+                    conn.execute("ALTER TABLE articles ADD COLUMN origin TEXT")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -272,7 +283,7 @@ class Store:
         a = item.article
         cur = conn.execute(
             "INSERT INTO articles (id, title, paragraphs, date, source, url, tags, extra, content_hash, "
-            "vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "vector, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 a.id,
                 a.title,
@@ -284,6 +295,7 @@ class Store:
                 json.dumps(a.extra, ensure_ascii=False, default=str),
                 a.content_hash(),
                 _blob(item.article_vector),
+                item.origin,
             ),
         )
         aid = int(cur.lastrowid or 0)
@@ -309,6 +321,36 @@ class Store:
                     (pid, json.dumps(sent[0]), np.ascontiguousarray(sent[1], dtype=np.float16).tobytes()),
                 )
         return aid, out
+
+    def update_metadata(self, articles: Sequence[Article]) -> list[int]:
+        """Write the date, source, url, tags and extra of stored articles whose text did not change, in one
+        transaction with a new generation (servers reload); returns their keys. Passages, vectors and the BM25
+        tables hold none of these fields, so nothing else is written; an unknown id is skipped."""
+        conn = self._conn()
+        aids: list[int] = []
+        with conn:
+            for a in articles:
+                cur = conn.execute(
+                    "UPDATE articles SET date = ?, source = ?, url = ?, tags = ?, extra = ? WHERE id = ? RETURNING aid",
+                    (
+                        a.date,
+                        a.source,
+                        a.url,
+                        json.dumps(list(a.tags), ensure_ascii=False),
+                        json.dumps(a.extra, ensure_ascii=False, default=str),
+                        a.id,
+                    ),
+                )
+                aids += [int(row[0]) for row in cur.fetchall()]
+            if aids:
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        return aids
+
+    def set_origins(self, origins: Mapping[str, str | None]) -> None:
+        """Record where articles came from (by id; None: the sources). Readers never see origins, so this is no new
+        generation."""
+        with self._conn() as conn:
+            conn.executemany("UPDATE articles SET origin = ? WHERE id = ?", [(o, i) for i, o in origins.items()])
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -383,6 +425,15 @@ class Store:
     def article_hashes(self) -> dict[str, str]:
         """Every article's id and content hash (what an incremental re-index compares its sources with)."""
         return {str(i): str(h) for i, h in self._conn().execute("SELECT id, content_hash FROM articles")}
+
+    def article_metadata(self) -> dict[str, tuple[str, str | None]]:
+        """Every article's id, with ``metadata_key`` of its stored date, source, url, tags and extra and its origin:
+        what a re-index compares with its sources to find metadata changes."""
+        rows = self._conn().execute("SELECT id, date, source, url, tags, extra, origin FROM articles")
+        return {
+            str(i): (metadata_key(date, source, url, json.loads(tags), json.loads(extra)), origin)
+            for i, date, source, url, tags, extra, origin in rows
+        }
 
     def passage_texts(
         self, article_ids: Iterable[str]
@@ -629,6 +680,14 @@ def _disk_full_is_storage_error(path: Path) -> Iterator[None]:
         if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
             raise
         raise StorageError(f"{path.name}: {exc}; nothing was written") from None
+
+
+def metadata_key(
+    date: str | None, source: str | None, url: str | None, tags: Sequence[str], extra: dict[str, Any]
+) -> str:
+    """An article's metadata as one comparable string, serialised as the store serialises it (``default=str``), so
+    a source record and its stored row compare equal when nothing changed."""
+    return json.dumps([date, source, url, list(tags), json.loads(json.dumps(extra, default=str))], sort_keys=True)
 
 
 def _blob(vec: np.ndarray) -> bytes:

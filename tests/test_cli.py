@@ -120,7 +120,7 @@ def test_index_jsonl_then_check(
 
     again = invoke(runner, "index", source, "--index", target)
     assert_ok(again)
-    assert "0 added, 0 changed, 0 deleted, 3 unchanged; 0 passages embedded" in again.stderr
+    assert "0 added, 0 changed, 0 metadata updated, 0 deleted, 3 unchanged; 0 passages embedded" in again.stderr
     rebuilt = invoke(runner, "index", source, "--index", target, "--rebuild")
     assert_ok(rebuilt)
     assert "full build: --rebuild was given" in rebuilt.stderr
@@ -367,6 +367,11 @@ def test_batch_search_writes_a_trec_run_and_passages(
     assert_ok(result)
     rows = read_trec(run)
     assert {r[0] for r in rows} == {"q1", "q2", "3", "q4"}
+    n_passages = sum(len(json.loads(line)["passages"]) for line in passages.read_text(encoding="utf-8").splitlines())
+    assert result.stderr.splitlines() == [  # a batch run says what it wrote
+        f"wrote {run}: TREC run of 4 queries, {len(rows)} ranked articles (tag newsdesk)",
+        f"wrote {passages}: 4 queries, {n_passages} ranked passages (JSON Lines)",
+    ]
     by_query: dict[str, list[list[str]]] = {}
     for r in rows:
         assert len(r) == 6, r
@@ -582,3 +587,139 @@ def test_stats_of_a_missing_index_is_a_one_line_error(runner: CliRunner, tmp_pat
 def index_passage_rows(index_dir: Path) -> list[Any]:
     with closing(sqlite3.connect(index_dir / "newsdesk.sqlite")) as conn:
         return conn.execute("SELECT id FROM passages").fetchall()
+
+
+# -- issue 15: search takes the API's filters; mistakes fail before the model loads; index reports what it did --
+
+
+def test_search_takes_the_api_filters_facets_and_mode(runner: CliRunner, corpus_index: Path) -> None:
+    args: list[str | Path] = ["search", "interest rates", "--index", corpus_index, "--json", "--facets"]
+    args += ["--mode", "lexical"]
+    result = invoke(runner, *args, "--source", "Example Wire", "--from", "2024-03-01", "--to", "2024-03-31")
+    assert_ok(result)
+    body = json.loads(result.stdout)
+    assert body["mode"] == "lexical" and body["results"]
+    for r in body["results"]:
+        assert r["article"]["source"] == "Example Wire" and "2024-03-01" <= r["article"]["date"][:10] <= "2024-03-31"
+    assert [f["value"] for f in body["facets"]["source"]] == ["Example Wire"]
+    sport = invoke(runner, "search", "scores", "--index", corpus_index, "--category", "sport", "--facets", "--k", "3")
+    assert_ok(sport)
+    assert "(sport/001)" in sport.stdout and "category: sport (1)" in sport.stdout
+    none = invoke(runner, "search", "interest rates", "--index", corpus_index, "--source", "No Such Outlet")
+    assert_ok(none)
+    assert none.stdout == "" and "no articles match 'interest rates' with these filters" in none.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", " "], "query must not be empty"),
+        (["search", "x", "--k", "0"], "k must be between 1 and"),
+        (["search", "x", "--offset", "-1"], "offset must be between 0 and"),
+        (["search", "x", "--from", "2024-13-01"], "from must be an ISO date"),
+        (["search", "x", "--from", "2024-03-02", "--to", "2024-03-01"], "is after to"),
+        (["search", "x", "--index", "MISSING"], "no index at"),
+        (["eval", "--queries", "QUERIES", "--qrels", "QRELS", "--index", "MISSING"], "no index at"),
+        (["add", "QUERIES", "--index", "MISSING"], "no index at"),  # a one-article source
+    ],
+)
+def test_argument_mistakes_fail_before_the_model_loads(
+    runner: CliRunner,
+    corpus_index: Path,
+    tmp_path: Path,
+    write_jsonl: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    message: str,
+) -> None:
+    def no_model(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("search.embedding.make_embedder", no_model)
+    queries = write_jsonl("q.jsonl", [{"_id": "1", "text": "x"}])
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\n1\tsport/001\t1\n", encoding="utf-8")
+    swap = {"MISSING": str(tmp_path / "missing"), "QUERIES": str(queries), "QRELS": str(qrels)}
+    args = [swap.get(a, a) for a in args]
+    full = args if "--index" in args else [*args, "--index", str(corpus_index)]
+    assert_one_line_error(invoke(runner, *full), message)
+
+
+def test_a_batch_query_that_cannot_run_fails_before_the_model_loads(
+    runner: CliRunner, corpus_index: Path, write_jsonl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("search.embedding.make_embedder", lambda *_: pytest.fail("the model was loaded"))
+    queries = write_jsonl("q.jsonl", [{"_id": "1", "text": "fine"}, {"_id": "2", "text": "  "}])
+    result = invoke(runner, "search", "--queries", queries, "--run", tmp_path / "r.trec", "--index", corpus_index)
+    assert_one_line_error(result, "query '2': query must not be empty")
+    filtered = invoke(runner, "search", "--queries", queries, "--run", tmp_path / "r.trec", "--source", "X")
+    assert filtered.exit_code == 2 and "apply to a single query" in filtered.output
+
+
+def test_index_reports_metadata_updates_and_warns_before_deleting_added_articles(
+    runner: CliRunner, tmp_path: Path, write_jsonl: Any
+) -> None:
+    target = tmp_path / "idx"
+    records = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    source = write_jsonl("c.jsonl", records)
+    assert_ok(invoke(runner, "index", source, "--index", target, "-q"))
+    extra = write_jsonl("extra.jsonl", [{"id": "added/1", "title": "Cocoa climbs", "text": "Cocoa rose on Tuesday."}])
+    assert_ok(invoke(runner, "add", extra, "--index", target))
+    records[0]["date"] = "Sat, 16 Mar 2024 10:00:00 GMT"  # an RSS date: read, and applied without re-embedding
+    kept = invoke(runner, "index", write_jsonl("c.jsonl", records), "--index", target, "--keep-missing")
+    assert_ok(kept)
+    assert "1 metadata updated" in kept.stderr and "1 missing from the sources kept" in kept.stderr
+    assert "added/1" in index_ids(target)
+    result = invoke(runner, "index", source.parent / "c.jsonl", "--index", target)
+    assert_ok(result)
+    warning, summary = result.stderr.splitlines()[0], result.stderr.splitlines()[-1]
+    assert warning == (
+        "warning: 1 of the 1 articles missing from the sources were added by newsdesk add or the API and will be "
+        "deleted; run with --keep-missing to keep articles missing from the sources"
+    )
+    assert "1 deleted (1 of them written by newsdesk add or the API)" in summary
+    assert "added/1" not in index_ids(target)
+
+
+def test_index_skip_bad_records_lists_them_and_stops_without_it(runner: CliRunner, tmp_path: Path) -> None:
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes(
+        b'{"id": "1", "title": "One", "text": "First.", "date": "8 Jan 2005"}\n'
+        b'{"id": "2", "title": "caf\xe9", "text": "x"}\n'
+        b'{"id": "3", "title": "Three", "text": "Third.", "date": "soon"}\n'
+    )
+    target = tmp_path / "idx"
+    stopped = invoke(runner, "index", source, "--index", target)
+    assert_one_line_error(stopped, f"{source}:2:26: not UTF-8 text")
+    assert not target.exists()
+    result = invoke(runner, "index", source, "--index", target, "--skip-bad-records")
+    assert_ok(result)
+    lines = result.stderr.splitlines()
+    assert lines[-3:] == [
+        f"field 'date': 1 value(s) could not be read as dates and were indexed undated (the raw value is kept in "
+        f"extra.date_raw): {source}:3 'soon'",
+        "skipped 1 bad record(s) (--skip-bad-records):",
+        f"  {source}:2:26: not UTF-8 text (byte 0xe9: invalid continuation byte)",
+    ]
+    assert set(index_ids(target)) == {"1", "3"}
+
+
+def test_progress_moves_per_batch_of_passages_and_logs_lines_off_a_terminal(
+    tmp_path: Path,
+    embedder: SentenceTransformerEmbedder,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from indexer.build import IndexProgress, build_index
+    from indexer.sources import read_sources
+    from search.settings import Settings
+
+    monkeypatch.setattr(IndexProgress, "LOG_EVERY_S", 0.0)  # a line at every step
+    settings = Settings(index_dir=tmp_path / "idx", batch_size=4, backend="torch")
+    build_index(read_sources([CORPUS]), settings.index_dir, settings, embedder, progress=None)  # stderr: no tty
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("indexing: ")]
+    passages = [int(line.split(", ")[1].split()[0]) for line in lines]
+    # all of the corpus is one group of articles, yet the passage count moves batch by batch before it is written
+    assert len([line for line in lines if line.startswith("indexing: 0/")]) >= 2
+    assert passages == sorted(passages) and passages[-1] > passages[0]
+    assert lines[-1].startswith(f"indexing: {len(CORPUS_IDS)}/{len(CORPUS_IDS)} articles")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from search.embedding import (
     PROBE_MIN_COSINE,
     PROBE_SENTENCES,
     QUANT_WEIGHT_TYPES,
+    OnnxEmbedder,
     SentenceTransformerEmbedder,
     check_compatible,
     make_embedder,
@@ -77,11 +81,71 @@ def test_export_happens_once_and_is_reused(onnx, model_cache: Path) -> None:
     assert onnx.onnx_path.relative_to(onnx.onnx_path.parent.parent).as_posix() == onnx_file_name(onnx.quantization)
     mtime = onnx.onnx_path.stat().st_mtime_ns
     again = make_embedder(Settings(backend="onnx-int8", model_cache=model_cache))
-    assert isinstance(again, SentenceTransformerEmbedder)
+    assert isinstance(again, OnnxEmbedder)  # the export exists: it runs alone, without torch
     assert not again.onnx_exported and again.onnx_path == onnx.onnx_path
     assert onnx.onnx_path.stat().st_mtime_ns == mtime
-    assert [p.name for p in model_cache.iterdir()] == [onnx.onnx_path.parent.parent.name]  # no temporary leftovers
-    np.testing.assert_array_equal(again.encode(SENTENCES[:2]), onnx.encode(SENTENCES[:2]))
+    exports = [p.name for p in model_cache.iterdir() if p.name != embedding.FILES_HASH_CACHE]
+    assert exports == [onnx.onnx_path.parent.parent.name]  # no temporary leftovers
+    np.testing.assert_allclose(again.encode(SENTENCES[:2]), onnx.encode(SENTENCES[:2]), atol=1e-6)
+
+
+TEXTS = [
+    *SENTENCES,
+    "",
+    "Café, naïve résumé: “quotes” — and an emoji 😀; 日本語のテキスト.",
+    "A very long paragraph about markets. " * 80,  # past max_seq_length: truncated alike
+    "Short",
+]
+
+
+def test_onnx_alone_gives_the_vectors_of_the_int8_path(onnx, model_cache: Path) -> None:
+    """The ONNX-alone embedder (onnxruntime, the tokenizers library, numpy pooling) against sentence-transformers'
+    int8 path: the same tokens, micro-batches and vectors, so an index built by either is queried by either."""
+    alone = OnnxEmbedder.open("all-MiniLM-L6-v2", 2, model_cache)
+    assert alone is not None and alone.onnx_path == onnx.onnx_path
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        assert alone._tokenize(TEXTS, False)[key] == [list(x) for x in onnx._tokenize(TEXTS, False)[key]]
+    np.testing.assert_allclose(alone.encode(TEXTS), onnx.encode(TEXTS), atol=1e-6)
+    spans = [[(0, min(len(t), 12)), (min(len(t), 12), len(t))] for t in TEXTS]
+    (va, sa), (vb, sb) = alone.encode_spans(TEXTS, spans), onnx.encode_spans(TEXTS, spans)
+    np.testing.assert_allclose(va, vb, atol=1e-6)
+    for a, b in zip(sa, sb, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert [alone.count_tokens(t) for t in TEXTS] == [onnx.count_tokens(t) for t in TEXTS]
+    assert (alone.dimension, alone.max_seq_length) == (onnx.dimension, onnx.max_seq_length)
+    fp_alone, fp_st = alone.fingerprint(), onnx.fingerprint()
+    assert {k: v for k, v in fp_alone.items() if k != "probe"} == {k: v for k, v in fp_st.items() if k != "probe"}
+    np.testing.assert_allclose(fp_alone["probe"], fp_st["probe"], atol=1e-5)
+    check_compatible(fp_st, alone)
+
+
+def test_the_int8_query_path_imports_neither_torch_nor_sentence_transformers(onnx, model_cache: Path) -> None:
+    """What makes a CLI search answer in a few seconds: torch and sentence-transformers cost ~5 s to import."""
+    code = (
+        "import sys; from search.embedding import make_embedder; from search.settings import Settings; "
+        f"e = make_embedder(Settings(model_cache={str(model_cache)!r})); e.encode(['a query']); "
+        "heavy = ('torch', 'sentence_transformers', 'transformers'); "
+        "print(type(e).__name__, sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["OnnxEmbedder", "[]"], out.stderr
+
+
+def test_onnx_alone_declines_what_it_cannot_run(tmp_path: Path, onnx, model_cache: Path) -> None:
+    """A model with another head (a dense layer, CLS pooling), or no export yet: sentence-transformers runs it."""
+    assert OnnxEmbedder.open("all-MiniLM-L6-v2", 1, tmp_path / "empty-cache") is None  # not exported there
+    model = tmp_path / "model"
+    shutil.copytree(embedding.resolve_model("all-MiniLM-L6-v2"), model)
+    modules = json.loads((model / "modules.json").read_text())
+    dense = {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
+    (model / "modules.json").write_text(json.dumps([*modules, dense]))
+    assert OnnxEmbedder.open(str(model), 1, model_cache) is None
+    (model / "modules.json").write_text(json.dumps(modules))
+    pooling = json.loads((model / "1_Pooling" / "config.json").read_text())
+    (model / "1_Pooling" / "config.json").write_text(
+        json.dumps({**pooling, "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True})
+    )
+    assert OnnxEmbedder.open(str(model), 1, model_cache) is None
 
 
 def test_export_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -316,3 +380,26 @@ def test_onnx_encodes_concurrently_like_sequentially(onnx: SentenceTransformerEm
         spans = list(pool.map(lambda t: onnx.encode_spans([t], [[(0, 8)]])[0][0], texts))
     np.testing.assert_allclose(np.stack(together), np.stack(alone), atol=1e-6)
     np.testing.assert_allclose(np.stack(spans), np.stack(alone), atol=1e-6)
+
+
+def test_the_model_files_hash_is_remembered_until_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, cache = tmp_path / "model", tmp_path / "cache"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"one")
+    (model / "config.json").write_text("{}")
+    first = embedding.cached_files_hash(model, cache)
+    assert first == embedding.files_hash(model) and (cache / embedding.FILES_HASH_CACHE).is_file()
+    calls: list[Path] = []
+    real = embedding.files_hash
+
+    def counting(path: Path) -> str | None:
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(embedding, "files_hash", counting)
+    assert embedding.cached_files_hash(model, cache) == first and calls == []  # remembered: nothing hashed
+    (model / "weights.bin").write_bytes(b"two")  # another size and modification time
+    changed = embedding.cached_files_hash(model, cache)
+    assert calls == [model] and changed == real(model) != first

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +13,12 @@ import pytest
 
 from indexer.sources import read_sources
 from indexer.sync import sync_index
+from indexer.update import add_articles
+from search.catalog import Filter
 from search.index import check_index, open_index
+from search.models import Article
 from search.settings import Settings
+from search.store import Store
 from tests.conftest import CORPUS
 
 
@@ -187,3 +193,129 @@ def test_nothing_to_embed_never_loads_the_model(tmp_path: Path, embedder: Any, m
     assert check_index(settings.index_dir) == []
     with pytest.raises(AssertionError, match="the model was loaded"):
         sync_index(read_sources([CORPUS]), settings, progress=False)  # the deleted article is back: embed it
+
+
+def _article_row(index_dir: Path, article_id: str) -> tuple[Any, ...]:
+    with closing(sqlite3.connect(index_dir / "newsdesk.sqlite")) as conn:
+        row: tuple[Any, ...] = conn.execute(
+            "SELECT date, source, url, tags, extra, origin FROM articles WHERE id = ?", (article_id,)
+        ).fetchone()
+    return row
+
+
+def test_changed_metadata_is_applied_without_embedding(
+    built: tuple[Settings, Path], tmp_path: Path, embedder: Any
+) -> None:
+    """Issue 15, defect 1: a new date or source used to report "0 changed" and keep the old values."""
+    settings, target = built
+    records = rows()
+    edited = records[0]
+    edited.update(date="8 Jan 2005", source="Changed Times", url="https://changed.example/1", tags=["corrected"])
+    edited["note"] = "a correction"
+    counting = CountingEmbedder(embedder)
+    report = sync_index(read_sources([write(tmp_path / "meta.jsonl", records)]), settings, counting, progress=False)
+    assert report.mode == "incremental"
+    assert (report.added, report.changed, report.metadata, report.deleted) == (0, 0, 1, 0)
+    assert report.unchanged == len(records) - 1
+    assert counting.texts == []  # the text is the same: nothing embedded
+    date, source, url, tags, extra, _ = _article_row(target, edited["id"])
+    assert (date, source, url, json.loads(tags)) == (
+        "2005-01-08",
+        "Changed Times",
+        "https://changed.example/1",
+        ["corrected"],
+    )
+    assert json.loads(extra)["note"] == "a correction"
+    assert check_index(target) == []
+    index = open_index(target, embedder)
+    try:
+        generation = index.store.generation()
+        # the caches were re-stamped, not left stale (an open would rebuild them)
+        assert json.loads((target / "vectors.json").read_text())["generation"] == generation
+        assert json.loads((target / "lexical.json").read_text())["generation"] == generation
+        aid = index.store.aid_of(edited["id"])
+        for flt in (
+            Filter.parse(sources=["Changed Times"]),
+            Filter.parse("2005-01-01", "2005-01-31"),
+            Filter.parse(tags=["corrected"]),
+        ):
+            allowed = index.catalog.allowed(flt)
+            assert allowed is not None and allowed.tolist() == [aid]
+    finally:
+        index.close()
+    again = sync_index(read_sources([tmp_path / "meta.jsonl"]), settings, counting, progress=False)
+    assert (again.metadata, again.unchanged) == (0, len(records))
+
+
+def _add_one(target: Path, embedder: Any, origin: str = "add") -> str:
+    index = open_index(target, embedder)
+    try:
+        extra = Article(id="added/1", title="Cocoa prices climb", paragraphs=("Cocoa rose sharply on Tuesday.",))
+        add_articles(index, [extra], embedder, Settings(index_dir=target), origin=origin)
+    finally:
+        index.close()
+    return "added/1"
+
+
+def test_index_after_add_warns_before_deleting_and_keep_missing_keeps(
+    built: tuple[Settings, Path], embedder: Any
+) -> None:
+    """Issue 15, defect 7: ``newsdesk index`` after ``newsdesk add`` deleted the added article without a word."""
+    settings, target = built
+    added = _add_one(target, embedder)
+    assert _article_row(target, added)[5] == "add"
+    warnings: list[str] = []
+    kept = sync_index(
+        read_sources([CORPUS]), settings, embedder, progress=False, keep_missing=True, warn=warnings.append
+    )
+    assert (kept.deleted, kept.kept, warnings) == (0, 1, [])
+    assert _article_row(target, added) is not None
+    report = sync_index(read_sources([CORPUS]), settings, embedder, progress=False, warn=warnings.append)
+    assert warnings == [
+        "1 of the 1 articles missing from the sources were added by newsdesk add or the API and will be deleted; run "
+        "with --keep-missing to keep articles missing from the sources"
+    ]
+    assert (report.deleted, report.deleted_added) == (1, 1)
+    assert _article_row(target, added) is None
+    assert check_index(target) == []
+
+
+def test_keep_missing_keeps_added_articles_through_a_full_build(built: tuple[Settings, Path], embedder: Any) -> None:
+    settings, target = built
+    added = _add_one(target, embedder, origin="api")
+    report = sync_index(read_sources([CORPUS]), settings, embedder, rebuild=True, progress=False, keep_missing=True)
+    assert (report.mode, report.kept) == ("full", 1)
+    assert _article_row(target, added)[5] == "api"  # still known as written by the API
+    assert check_index(target) == []
+
+
+def test_an_article_the_sources_now_hold_is_theirs(built: tuple[Settings, Path], tmp_path: Path, embedder: Any) -> None:
+    settings, target = built
+    added = _add_one(target, embedder)
+    index = open_index(target, embedder)
+    try:
+        record = index.store.article(index.store.aid_of(added) or 0)
+    finally:
+        index.close()
+    both = write(
+        tmp_path / "both.jsonl", [*rows(), {"id": added, "title": record.title, "paragraphs": list(record.paragraphs)}]
+    )
+    sync_index(read_sources([both]), settings, embedder, progress=False)
+    assert _article_row(target, added)[5] is None
+    warnings: list[str] = []
+    sync_index(read_sources([CORPUS]), settings, embedder, progress=False, warn=warnings.append)
+    assert warnings == []
+
+
+def test_an_index_from_before_origins_gets_the_column_on_open(built: tuple[Settings, Path]) -> None:
+    _, target = built
+    with closing(sqlite3.connect(target / "newsdesk.sqlite")) as conn:
+        conn.execute("ALTER TABLE articles DROP COLUMN origin")
+        conn.commit()
+    store = Store(target / "newsdesk.sqlite")
+    try:
+        origins = {o for _, o in store.article_metadata().values()}
+    finally:
+        store.close()
+    assert origins == {None}
+    assert check_index(target) == []

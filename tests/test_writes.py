@@ -324,3 +324,28 @@ def test_fuzzed_writes_get_only_4xx_and_store_nothing(wclient: FlaskClient, live
     assert 400 <= r.status_code < 500, (kind, raw[:200], r.get_data(as_text=True))
     assert_error(r, r.status_code)
     assert live.index.store.generation() == before
+
+
+@pytest.mark.parametrize("raw", ["Sat, 08 Jan 2005 10:00:00 GMT", "8 Jan 2005", "2005-01-08T10:00:00Z", "08/01/2005"])
+def test_the_api_reads_the_dates_the_indexer_reads(raw: str, tmp_path: Path) -> None:
+    """One parser (search/dates.py): a date a corpus may carry is a date a client may send, with the same value."""
+    from indexer.sources import read_sources
+
+    (a,) = parse_write({**NEW, "date": raw}, Limits())
+    source = tmp_path / "a.jsonl"
+    source.write_text(json.dumps({**NEW, "date": raw}) + "\n", encoding="utf-8")
+    (b,) = read_sources([source])
+    assert a.date is not None and a.date[:10] == "2005-01-08" and a.date == b.date
+
+
+def test_the_api_refuses_a_month_first_date_as_the_indexer_leaves_it_unread() -> None:
+    with pytest.raises(InvalidInput, match=re.escape("article.date is not a date newsdesk can read")):
+        parse_write({**NEW, "date": "12/25/2005"}, Limits())
+
+
+def test_an_api_write_is_recorded_as_such(live: SearchService) -> None:
+    """So that a later ``newsdesk index`` can warn before deleting it (issue 15, defect 7)."""
+    Writer(live).upsert(parse_write(NEW, Limits()))
+    conn = live.index.store.connection()
+    assert conn.execute("SELECT origin FROM articles WHERE id = ?", (NEW["id"],)).fetchone() == ("api",)
+    assert {o for (o,) in conn.execute("SELECT origin FROM articles WHERE id != ?", (NEW["id"],))} == {None}
