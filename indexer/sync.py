@@ -224,5 +224,6 @@ def _apply(
     if todo or gone:
         if report.sources:
             index.manifest["sources"] = report.sources
-        apply_changes(index, [a.id for a in todo if a.id in stored] + gone, rows)
+        catch_up_model = model.get() if todo else None  # checked against the model of a build swapped in meanwhile
+        apply_changes(index, [a.id for a in todo if a.id in stored] + gone, rows, embedder=catch_up_model)
     report.articles, report.passages = index.store.counts()

@@ -28,7 +28,7 @@ from search.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
 from search.catalog import ArticleCatalog
 from search.dedup import DedupIndex
 from search.embedding import Embedder, check_compatible
-from search.errors import IndexCorrupt, IndexMissing, NewsdeskError, WritesDisabled
+from search.errors import IndexCorrupt, IndexMissing, NewsdeskError, StaleIndex, WritesDisabled
 from search.grouping import label_unlabelled, load_duplicates, save_duplicates
 from search.milvus import (
     MilvusConfig,
@@ -156,6 +156,10 @@ class Index(Generic[S]):
     # (article keys deleted, added) by writes the profiles do not reflect yet: see indexer/update.py save_state
     neighbour_changes: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))
     replica: Replica | None = None  # set for an index served from Milvus alone (search/replica.py)
+    # The store generation every in-memory part (vectors, postings, owners, catalog, profiles) reflects; -1 for a
+    # replica (its Replica tracks what it loaded). A part may hold later changes when a write landed while the
+    # index was being opened, never fewer: a writer that finds the store at this generation holds it all.
+    generation: int = -1
 
     @property
     def name(self) -> str:
@@ -163,21 +167,52 @@ class Index(Generic[S]):
 
     @property
     def writable(self) -> tuple[Path, Store]:
-        """The directory and SQLite store a write goes to; a replica has neither."""
+        """The directory its caches are written to, and the SQLite store a write goes to; a replica has neither.
+
+        The directory is the store's own (the symlink resolved when the index was opened), so a process that
+        still holds a replaced build never writes its caches into the build that replaced it."""
         if self.directory is None or not isinstance(self.store, Store):
             raise WritesDisabled(
                 "this server is a read replica of an index on Milvus: write through the indexer (newsdesk add "
                 "--index DIR) or a server on the index directory; replicas reload when it publishes"
             )
-        return self.directory, self.store
+        return self.store.path.parent, self.store
 
-    def reopen(self) -> Index[Any]:
-        """This index as now committed (or published, for a replica)."""
+    @property
+    def build(self) -> str:
+        """The id of the full build this index's store came from (changes with every build, unlike generations)."""
+        return self.store.build if isinstance(self.store, Store) else ""
+
+    def current(self) -> bool:
+        """Whether the index directory still leads to this index's store: False once a rebuild swapped in another
+        build (or the directory went). A ``stat``, cheap enough to ask on every request."""
+        if self.directory is None or not isinstance(self.store, Store):
+            return True
+        try:
+            stat = os.stat(self.directory / SQLITE)
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self.store.identity
+
+    def reopen(self, embedder: Embedder | None = None) -> Index[Any]:
+        """This index as now committed (or published, for a replica). ``embedder`` is checked against the model
+        of a new build (one swapped in since this index was opened); the same build needs no check."""
         if self.replica is not None:
             reopened: Index[Any] = self.replica.reopen()
             return reopened
-        directory, _ = self.writable
-        return open_index(directory, None)
+        if self.directory is None:
+            raise WritesDisabled("this index has no directory to reopen")
+        return open_index(self.directory, None if self.current() else embedder)
+
+    def catch_up(self, embedder: Embedder | None = None) -> None:
+        """Become the index as now committed, in place (callers hold this object): after another process's write
+        or a rebuild. The replaced store's connections are closed; the caller must hold no reader on them (the
+        service calls this under its write lock)."""
+        fresh = self.reopen(embedder)
+        previous = self.store
+        vars(self).update(vars(fresh))
+        if previous is not self.store and isinstance(previous, Store):
+            previous.close()
 
     def close(self) -> None:
         if self.replica is not None:
@@ -192,11 +227,25 @@ def open_index(directory: Path, embedder: Embedder | None) -> Index[Store]:
 
     ``embedder=None`` skips the model check, for a caller that verified the model otherwise (an incremental
     re-index compares model files and settings, and loads the model only if something needs embedding)."""
-    directory = directory.absolute()
-    manifest = read_manifest(directory)
+    link = directory.absolute()
+    for _ in range(OPEN_TRIES):
+        directory = link.resolve()  # one build's directory: a rebuild swapping the link meanwhile changes nothing here
+        try:
+            manifest = read_manifest(directory)
+            store = Store(directory / SQLITE)
+        except (IndexMissing, IndexCorrupt):
+            if directory == link.resolve():
+                raise
+            continue  # the build just replaced: its directory went while it was opened
+        if manifest.get("build", store.build) == store.build:
+            break
+        store.close()  # the manifest of one build, the store of another: a swap in between
+    else:
+        raise StaleIndex(f"{link} kept being replaced while it was opened ({OPEN_TRIES} tries)")
     if embedder is not None:
         check_compatible(manifest["model"], embedder)
-    store = Store(directory / SQLITE)
+    # Read first: every part loaded below reflects at least this generation (see Index.generation).
+    generation = store.generation()
     n_articles, n_passages = store.counts()
     if manifest["counts"] != {"articles": n_articles, "passages": n_passages}:
         # SQLite is the truth; counts lag it only if a writer died between its commit and the manifest update.
@@ -212,11 +261,18 @@ def open_index(directory: Path, embedder: Embedder | None) -> Index[Store]:
         labels = label_unlabelled(catalog, articles, store, dedup)
         with contextlib.suppress(sqlite3.OperationalError, OSError):  # read-only: the labels live in memory only
             store.set_groups(labels)
-            save_duplicates(directory, dedup, store.generation())
+            with store.saving(generation) as ok:
+                if ok:
+                    save_duplicates(directory, dedup, generation)
             relabel_records(articles, store, manifest, list(labels))
         catalog = ArticleCatalog.load(store, labels)
-    neighbours = load_graph(directory, store, articles, lexical.articles, DEFAULT_NEIGHBOURS)
-    return Index(directory, manifest, store, passages, articles, lexical, owners, catalog, dedup, neighbours)
+    neighbours = load_graph(directory, store, articles, lexical.articles, DEFAULT_NEIGHBOURS, generation)
+    return Index(
+        link, manifest, store, passages, articles, lexical, owners, catalog, dedup, neighbours, generation=generation
+    )
+
+
+OPEN_TRIES = 5
 
 
 def load_vectors(
@@ -245,8 +301,10 @@ def load_vectors(
             pass  # a damaged cache is rebuilt below like a stale one
     passages = FaissVectorStore.build(dim, factory, store.iter_vectors("passages"), search)
     articles = FaissVectorStore.build(dim, ARTICLE_FACTORY, store.iter_vectors("articles"))
-    with contextlib.suppress(OSError):  # a read-only index still serves from the rebuilt in-memory copy
-        save_vectors(directory, passages, articles, generation, manifest)
+    # a read-only index still serves from the rebuilt in-memory copy; one written meanwhile saves its own
+    with contextlib.suppress(OSError), store.saving(generation) as ok:
+        if ok:
+            save_vectors(directory, passages, articles, generation, manifest)
     return passages, articles
 
 
