@@ -250,8 +250,9 @@ def open_index(directory: Path, embedder: Embedder | None) -> Index[Store]:
     if manifest["counts"] != {"articles": n_articles, "passages": n_passages}:
         # SQLite is the truth; counts lag it only if a writer died between its commit and the manifest update.
         manifest["counts"] = {"articles": n_articles, "passages": n_passages}
-        with contextlib.suppress(OSError):
-            write_manifest(directory, manifest)
+        with contextlib.suppress(OSError), store.saving(generation) as ok:  # not beside a writer's own save
+            if ok:
+                write_manifest(directory, manifest)
     passages, articles = load_vectors(directory, store, manifest)
     lexical = load_postings(directory, store)
     owners, catalog = PassageOwners.load(store), ArticleCatalog.load(store)
