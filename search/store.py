@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -174,6 +175,11 @@ class Replaced:
 CACHES_LOCK = ".caches.lock"  # held while the derived caches of a directory are written (Store.saving)
 
 
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the C type cannot): ``Store`` tracks its connections without
+    keeping a finished thread's connection open."""
+
+
 class Store:
     """One SQLite file, and only that file: the path is resolved when the store is opened, so every thread's
     connection reaches the same file even after the index directory's symlink is swapped by a rebuild.
@@ -187,7 +193,7 @@ class Store:
             raise IndexCorrupt(f"{path.name} is missing from the index directory {path.parent}")
         self._real = path.resolve()
         self._local = threading.local()
-        self._open: list[sqlite3.Connection] = []
+        self._open: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._open_lock = threading.Lock()
         self.build = ""
         if create:
@@ -212,7 +218,7 @@ class Store:
         if conn is None:
             try:
                 # not bound to its thread (check_same_thread) only so that close() can close every thread's connection
-                conn = sqlite3.connect(self._real, timeout=30.0, check_same_thread=False)
+                conn = sqlite3.connect(self._real, timeout=30.0, check_same_thread=False, factory=_Connection)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA foreign_keys=ON")
                 conn.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss, not only a crash
@@ -223,7 +229,7 @@ class Store:
                 conn.close()
                 raise StaleIndex(f"{self.path} now holds another build of the index")
             with self._open_lock:
-                self._open.append(conn)
+                self._open.add(conn)
             self._local.conn = conn
         return conn
 
@@ -236,7 +242,7 @@ class Store:
         open for ever). Only when nothing uses the store: the service closes a replaced index under its write lock.
         A later use opens a new connection."""
         with self._open_lock:
-            conns, self._open = self._open, []
+            conns, self._open = list(self._open), weakref.WeakSet()
             self._local = threading.local()
         for conn in conns:
             conn.close()
