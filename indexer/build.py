@@ -146,6 +146,7 @@ def build_index(
                 manifest: dict[str, Any] = {
                     "format_version": FORMAT_VERSION,
                     "name": target.name,
+                    "build": store.build,  # as in SQLite's meta: which build a directory holds (open_index checks)
                     "model": fingerprint,
                     "chunking": chunking_config(chunker, settings),
                     "faiss": {

@@ -287,7 +287,8 @@ def _apply(
     if todo or gone:
         if report.sources:
             index.manifest["sources"] = report.sources
-        apply_changes(index, [a.id for a in todo if a.id in stored] + gone, rows)
+        catch_up_model = model.get() if todo else None  # checked against the model of a build swapped in meanwhile
+        apply_changes(index, [a.id for a in todo if a.id in stored] + gone, rows, embedder=catch_up_model)
     report.metadata = apply_metadata(index, changed_metadata)
     report.unchanged -= report.metadata
     if now_from_sources:  # an article added by add or the API that the sources now hold is theirs from now on

@@ -3,6 +3,12 @@
 SQLite (with the BM25 tables, through triggers) changes in one transaction; FAISS is then updated in memory and
 saved with the new generation. If the process dies between the two, the next open sees a stale generation and
 rebuilds FAISS from the stored vectors, so the dense side can lag a crash but never disagree after an open.
+
+Other processes write too (``newsdesk add``, each server worker): the in-memory index reflects one generation
+(``Index.generation``) and applies a write only on top of exactly that one. The check runs inside the write
+transaction, under SQLite's write lock; finding another process's commit (or another build swapped in), the writer
+rolls back, catches up (reopens the index as committed) and writes again. Caches are stamped with the generation the
+in-memory state reflects, and saved only while the store is still there (``Store.saving``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from indexer.build import Reusable, input_text, make_chunker, new_articles
 from search.catalog import ArticleCatalog
 from search.dedup import DedupIndex
 from search.embedding import Embedder
+from search.errors import StaleIndex
 from search.grouping import Text, label_new, load_duplicates, save_duplicates
 from search.index import Index, now_iso, save_vectors, write_manifest
 from search.milvus import MilvusConfig, MilvusVectorStore, engine_records, publish_index
@@ -41,7 +48,7 @@ def add_articles(
         return 0
     known = reusable_vectors(index, [a.id for a in items], settings)
     rows, _ = new_articles(items, make_chunker(settings, embedder), embedder, settings, known)
-    apply_changes(index, [a.id for a in items], [replace(r, origin=origin) for r in rows])
+    apply_changes(index, [a.id for a in items], [replace(r, origin=origin) for r in rows], embedder=embedder)
     return len(items)
 
 
@@ -59,11 +66,40 @@ def reusable_vectors(index: Index[Any], article_ids: list[str], settings: Settin
     }
 
 
-def apply_changes(index: Index[Any], delete_ids: list[str], rows: list[NewArticle], *, save: bool = True) -> int:
+CATCH_UP_TRIES = 20  # each try that fails does so because another writer committed: someone makes progress
+
+
+def apply_changes(
+    index: Index[Any],
+    delete_ids: list[str],
+    rows: list[NewArticle],
+    *,
+    save: bool = True,
+    embedder: Embedder | None = None,
+) -> int:
     """Delete and insert in one SQLite transaction, then bring FAISS, the BM25 postings and the manifest up to it;
     returns the number of articles deleted. ``save=False`` leaves writing the on-disk caches to the caller
-    (``save_state``), who may do it after letting readers back in: they are caches of the committed store."""
+    (``save_state``), who may do it after letting readers back in: they are caches of the committed store.
+
+    ``index`` catches up in place (``Index.catch_up``; ``embedder`` is checked against a new build's model) when
+    another process committed since it was loaded, or a rebuild replaced it: the write is then labelled and applied
+    again on top of the index as committed, so neither the in-memory index nor a cache saved from it misses the other
+    writer's articles, and a write is never acknowledged into a store that is no longer the index."""
+    for _ in range(CATCH_UP_TRIES):
+        try:
+            return _apply_once(index, delete_ids, rows, save)
+        except StaleIndex:
+            index.catch_up(embedder)
+    raise StaleIndex(f"the index kept changing under this write ({CATCH_UP_TRIES} tries); nothing was written")
+
+
+def _apply_once(index: Index[Any], delete_ids: list[str], rows: list[NewArticle], save: bool) -> int:
+    """One try of ``apply_changes``: StaleIndex (and nothing changed in memory that matters) if the store is not at
+    the generation ``index`` reflects, or is no longer the index; StaleIndex after the commit if a rebuild swapped
+    the directory between the check and the commit (the write went to the replaced store and is written again)."""
     directory, store = index.writable  # a replica refuses here, before anything changes
+    if not index.current() or store.generation() != index.generation:
+        raise StaleIndex("the index changed since it was loaded")  # cheap early exit; the binding check is below
     dedup = index.duplicates
     if rows and dedup is None:
         dedup = load_duplicates(directory, store, index.catalog)
@@ -71,15 +107,24 @@ def apply_changes(index: Index[Any], delete_ids: list[str], rows: list[NewArticl
         for article_id in delete_ids:
             dedup.remove(article_id)
     rows = _labelled(index, dedup, delete_ids, rows)
+
+    def check(generation: int) -> None:
+        if generation != index.generation or not index.current():
+            raise StaleIndex("another process wrote, or a rebuild replaced the index, since it was loaded")
+
     try:
-        done = store.replace_articles(delete_ids, rows)
+        done = store.replace_articles(delete_ids, rows, check)
     except BaseException:
         index.duplicates = None  # it may hold what did not commit: reloaded from the store when next needed
         raise
+    if not index.current():
+        index.duplicates = None
+        raise StaleIndex("a rebuild replaced the index while this write committed")
     index.duplicates = dedup
+    index.generation = done.generation
     aids, pids, new_aids, new_pids = done.deleted_aids, done.deleted_pids, done.new_aids, done.new_pids
     if aids or rows:
-        index.lexical = index.lexical.updated(store, (aids, pids), (new_aids, new_pids))
+        index.lexical = index.lexical.updated(store, (aids, pids), (new_aids, new_pids), done.generation)
         owners = np.repeat(np.asarray(new_aids, dtype=np.int64), [len(r.passages) for r in rows])
         index.owners = index.owners.updated(pids, np.asarray(new_pids, dtype=np.int64), owners)
         index.catalog = ArticleCatalog.load(store)
@@ -133,21 +178,27 @@ def _headline_vector(row: NewArticle) -> np.ndarray | None:
 
 
 def save_state(index: Index[Any]) -> None:
-    """FAISS caches stamped with the store's generation, then the manifest's counts."""
+    """The caches, stamped with the generation the in-memory index reflects, then the manifest's counts; nothing if
+    another process committed since (its own save follows, or the next open repairs the caches) or a rebuild
+    replaced the index."""
     directory, store = index.writable
-    save_vectors(directory, index.passages, index.articles, store.generation(), index.manifest)
-    index.lexical.save(directory)
     update_neighbours(index)
-    if index.neighbours is not None:
-        index.neighbours.save(directory)
-    if index.duplicates is not None:
-        save_duplicates(directory, index.duplicates, store.generation())
-    n_articles, n_passages = store.counts()
-    index.manifest["counts"] = {"articles": n_articles, "passages": n_passages}
-    index.manifest["newest_date"] = store.newest_date()
-    index.manifest["updated_at"] = now_iso()
-    write_manifest(directory, index.manifest)
-    publish_index(index.articles, store.generation(), index.manifest)  # replicas reload (Milvus only)
+    generation = index.generation
+    with store.saving(generation) as ok:
+        if not ok or not index.current():
+            return
+        save_vectors(directory, index.passages, index.articles, generation, index.manifest)
+        index.lexical.save(directory)
+        if index.neighbours is not None:
+            index.neighbours.save(directory)
+        if index.duplicates is not None:
+            save_duplicates(directory, index.duplicates, generation)
+        n_articles, n_passages = store.counts()
+        index.manifest["counts"] = {"articles": n_articles, "passages": n_passages}
+        index.manifest["newest_date"] = store.newest_date()
+        index.manifest["updated_at"] = now_iso()
+        write_manifest(directory, index.manifest)
+        publish_index(index.articles, generation, index.manifest)  # replicas reload (Milvus only)
 
 
 def save_after_commit(index: Index[Any]) -> bool:
@@ -180,7 +231,7 @@ def update_neighbours(index: Index[Any]) -> None:
         return
     live = np.isin(added, index.articles.ids())
     added = sorted(set(np.asarray(added, dtype=np.int64)[live].tolist()))  # not added, then deleted
-    index.neighbours = graph.updated(deleted, added, index.articles, index.lexical.articles, index.store.generation())
+    index.neighbours = graph.updated(deleted, added, index.articles, index.lexical.articles, index.generation)
 
 
 def apply_metadata(index: Index[Any], articles: list[Article]) -> int:
@@ -197,10 +248,19 @@ def apply_metadata(index: Index[Any], articles: list[Article]) -> int:
         return 0
     if index.duplicates is None:  # loaded now, so it is saved under the new generation below
         index.duplicates = load_duplicates(directory, store, index.catalog)
+    if not index.current() or store.generation() != index.generation:
+        index.catch_up(None)  # another writer committed, or a rebuild replaced the index: start from what is there
+        directory, store = index.writable
     aids = store.update_metadata(articles)
     if not aids:
         return 0
     generation = store.generation()
+    if generation != index.generation + 1 or not index.current():
+        # another process committed beside this update: the caches must not be stamped with its generation while
+        # missing its change, so take everything as committed instead (its writer saves, or the next open repairs)
+        index.catch_up(None)
+        return len(aids)
+    index.generation = generation
     index.catalog = ArticleCatalog.load(store)
     index.lexical = replace(index.lexical, generation=generation)
     if index.neighbours is not None:

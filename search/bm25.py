@@ -243,15 +243,17 @@ class LexicalPostings:
         store: Store,
         deleted: tuple[Sequence[int], Sequence[int]],
         added: tuple[Sequence[int], Sequence[int]],
+        generation: int,
     ) -> LexicalPostings:
         """After a write of (article keys, passage ids) ``deleted`` and ``added``: new postings, re-tokenizing only
-        the added rows, stamped with the store's generation."""
+        the added rows, stamped with ``generation``, the one that write committed (not the store's generation now,
+        which may count another process's later write that these postings lack)."""
         del_aids, del_pids = deleted
         new_aids, new_pids = added
         return LexicalPostings(
             passages=self.passages.without(del_pids).extended(_passage_rows(store, new_pids)),
             articles=self.articles.without(del_aids).extended(_article_rows(store, new_aids)),
-            generation=store.generation(),
+            generation=generation,
         )
 
     @classmethod
@@ -287,8 +289,10 @@ def load_postings(directory: Path, store: Store) -> LexicalPostings:
         except DAMAGED_CACHE:
             pass  # a damaged cache is rebuilt like a stale one
     postings = LexicalPostings.build(store)
-    with contextlib.suppress(OSError):  # a read-only index still serves from the rebuilt in-memory copy
-        postings.save(directory)
+    # a read-only index still serves from the rebuilt in-memory copy; one written meanwhile saves its own
+    with contextlib.suppress(OSError), store.saving(postings.generation) as ok:
+        if ok:
+            postings.save(directory)
     return postings
 
 

@@ -53,6 +53,15 @@ class StaleCursor(NewsdeskError):
     status = 409
 
 
+class StaleIndex(NewsdeskError):
+    """The store moved on since this process loaded its in-memory index: another process committed a write, or a
+    rebuild swapped the index directory. A writer catches up (reloads) and writes again; a request that still meets
+    it after that is answered 503, retryable."""
+
+    code = "index_changed"
+    status = 503
+
+
 class SourceError(NewsdeskError):
     """An input corpus that cannot be read: missing file, unknown format, malformed row, missing fields."""
 

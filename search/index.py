@@ -28,7 +28,15 @@ from search.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
 from search.catalog import ArticleCatalog
 from search.dedup import DedupIndex
 from search.embedding import Embedder, check_compatible
-from search.errors import IndexCorrupt, IndexMissing, InvalidInput, NewsdeskError, StorageError, WritesDisabled
+from search.errors import (
+    IndexCorrupt,
+    IndexMissing,
+    InvalidInput,
+    NewsdeskError,
+    StaleIndex,
+    StorageError,
+    WritesDisabled,
+)
 from search.files import DAMAGED_CACHE, directory_writable, discarded_on_failure, file_crc32
 from search.grouping import duplicates_problems, label_unlabelled, load_duplicates, save_duplicates
 from search.milvus import (
@@ -162,6 +170,10 @@ class Index(Generic[S]):
     neighbour_changes: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))
     replica: Replica | None = None  # set for an index served from Milvus alone (search/replica.py)
     read_only: bool = False  # opened read-only (a directory it cannot write, or --read-only): writes are refused
+    # The store generation every in-memory part (vectors, postings, owners, catalog, profiles) reflects; -1 for a
+    # replica (its Replica tracks what it loaded). A part may hold later changes when a write landed while the
+    # index was being opened, never fewer: a writer that finds the store at this generation holds it all.
+    generation: int = -1
 
     @property
     def name(self) -> str:
@@ -169,7 +181,10 @@ class Index(Generic[S]):
 
     @property
     def writable(self) -> tuple[Path, Store]:
-        """The directory and SQLite store a write goes to; a replica has neither."""
+        """The directory its caches are written to, and the SQLite store a write goes to; a replica has neither.
+
+        The directory is the store's own (the symlink resolved when the index was opened), so a process that
+        still holds a replaced build never writes its caches into the build that replaced it."""
         if self.read_only:
             raise WritesDisabled(
                 f"the index {self.name} is open read-only (its directory cannot be written, or it is served with "
@@ -180,17 +195,44 @@ class Index(Generic[S]):
                 "this server is a read replica of an index on Milvus: write through the indexer (newsdesk add "
                 "--index DIR) or a server on the index directory; replicas reload when it publishes"
             )
-        return self.directory, self.store
+        return self.store.path.parent, self.store
 
-    def reopen(self) -> Index[Any]:
-        """This index as now committed (or published, for a replica)."""
+    @property
+    def build(self) -> str:
+        """The id of the full build this index's store came from (changes with every build, unlike generations)."""
+        return self.store.build if isinstance(self.store, Store) else ""
+
+    def current(self) -> bool:
+        """Whether the index directory still leads to this index's store: False once a rebuild swapped in another
+        build (or the directory went). A ``stat``, cheap enough to ask on every request."""
+        if self.directory is None or not isinstance(self.store, Store):
+            return True
+        try:
+            stat = os.stat(self.directory / SQLITE)
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self.store.identity
+
+    def reopen(self, embedder: Embedder | None = None) -> Index[Any]:
+        """This index as now committed (or published, for a replica). ``embedder`` is checked against the model
+        of a new build (one swapped in since this index was opened); the same build needs no check."""
         if self.replica is not None:
             reopened: Index[Any] = self.replica.reopen()
             return reopened
-        if self.read_only and self.directory is not None:
-            return open_index(self.directory, None, read_only=True)
-        directory, _ = self.writable
-        return open_index(directory, None)
+        if self.directory is None:
+            raise WritesDisabled("this index has no directory to reopen")
+        read_only = True if self.read_only else None  # None: read-only where the directory cannot be written
+        return open_index(self.directory, None if self.current() else embedder, read_only=read_only)
+
+    def catch_up(self, embedder: Embedder | None = None) -> None:
+        """Become the index as now committed, in place (callers hold this object): after another process's write
+        or a rebuild. The replaced store's connections are closed; the caller must hold no reader on them (the
+        service calls this under its write lock)."""
+        fresh = self.reopen(embedder)
+        previous = self.store
+        vars(self).update(vars(fresh))
+        if previous is not self.store and isinstance(previous, Store):
+            previous.close()
 
     def close(self) -> None:
         if self.replica is not None:
@@ -207,16 +249,29 @@ def open_index(directory: Path, embedder: Embedder | None, *, read_only: bool | 
     re-index compares model files and settings, and loads the model only if something needs embedding).
     ``read_only`` opens SQLite read-only and refuses writes (``Index.writable``); ``None`` decides by trying to write
     in the directory, so a read-only copy or mount serves instead of failing to open. A damaged SQLite file is one
-    ``IndexCorrupt`` naming it; damaged caches are rebuilt from it."""
-    directory = directory.absolute()
-    manifest = read_manifest(directory)
-    if embedder is not None:
-        check_compatible(manifest["model"], embedder)
-    if read_only is None:
-        read_only = not directory_writable(directory, directory / SQLITE)
-    store = Store(directory / SQLITE, read_only=read_only)
+    ``IndexCorrupt`` naming it; damaged caches are rebuilt from it. The directory's symlink is resolved once: the
+    store and every cache come from one build, whatever a rebuild swaps in meanwhile."""
+    link = directory.absolute()
+    for _ in range(OPEN_TRIES):
+        directory = link.resolve()  # one build's directory: a rebuild swapping the link meanwhile changes nothing here
+        try:
+            manifest = read_manifest(directory)
+            if read_only is None:
+                read_only = not directory_writable(directory, directory / SQLITE)
+            store = Store(directory / SQLITE, read_only=read_only)
+        except (IndexMissing, IndexCorrupt):
+            if directory == link.resolve():
+                raise
+            continue  # the build just replaced: its directory went while it was opened
+        if manifest.get("build", store.build) == store.build:
+            break
+        store.close()  # the manifest of one build, the store of another: a swap in between
+    else:
+        raise StaleIndex(f"{link} kept being replaced while it was opened ({OPEN_TRIES} tries)")
     try:
-        return _open(directory, manifest, store, read_only)
+        if embedder is not None:
+            check_compatible(manifest["model"], embedder)
+        return _open(link, directory, manifest, store, read_only)
     except sqlite3.DatabaseError as exc:
         store.close()
         if isinstance(exc, sqlite3.OperationalError):
@@ -227,14 +282,20 @@ def open_index(directory: Path, embedder: Embedder | None, *, read_only: bool | 
         raise
 
 
-def _open(directory: Path, manifest: dict[str, Any], store: Store, read_only: bool) -> Index[Store]:
+OPEN_TRIES = 5
+
+
+def _open(link: Path, directory: Path, manifest: dict[str, Any], store: Store, read_only: bool) -> Index[Store]:
+    # Read first: every part loaded below reflects at least this generation (see Index.generation).
+    generation = store.generation()
     n_articles, n_passages = store.counts()
     if manifest["counts"] != {"articles": n_articles, "passages": n_passages}:
         # SQLite is the truth; counts lag it only if a writer died between its commit and the manifest update.
         manifest["counts"] = {"articles": n_articles, "passages": n_passages}
-        with contextlib.suppress(OSError):
-            if not read_only:
-                write_manifest(directory, manifest)
+        if not read_only:
+            with contextlib.suppress(OSError), store.saving(generation) as ok:  # not beside a writer's own save
+                if ok:
+                    write_manifest(directory, manifest)
     passages, articles = load_vectors(directory, store, manifest)
     lexical = load_postings(directory, store)
     owners, catalog = PassageOwners.load(store), ArticleCatalog.load(store)
@@ -242,14 +303,18 @@ def _open(directory: Path, manifest: dict[str, Any], store: Store, read_only: bo
     if not catalog.labelled.all():  # an index from before story and duplicate labels
         dedup = load_duplicates(directory, store, catalog)
         labels = label_unlabelled(catalog, articles, store, dedup)
-        with contextlib.suppress(sqlite3.OperationalError, OSError):  # read-only: the labels live in memory only
-            if not read_only:
+        if not read_only:  # read-only: the labels live in memory only
+            with contextlib.suppress(sqlite3.OperationalError, OSError):
                 store.set_groups(labels)
-                save_duplicates(directory, dedup, store.generation())
+                with store.saving(generation) as ok:
+                    if ok:
+                        save_duplicates(directory, dedup, generation)
                 relabel_records(articles, store, manifest, list(labels))
         catalog = ArticleCatalog.load(store, labels)
-    neighbours = load_graph(directory, store, articles, lexical.articles, DEFAULT_NEIGHBOURS)
-    index = Index(directory, manifest, store, passages, articles, lexical, owners, catalog, dedup, neighbours)
+    neighbours = load_graph(directory, store, articles, lexical.articles, DEFAULT_NEIGHBOURS, generation)
+    index = Index(
+        link, manifest, store, passages, articles, lexical, owners, catalog, dedup, neighbours, generation=generation
+    )
     index.read_only = read_only
     return index
 
@@ -284,8 +349,10 @@ def load_vectors(
             pass  # a damaged cache is rebuilt below like a stale one
     passages = FaissVectorStore.build(dim, factory, store.iter_vectors("passages"), search)
     articles = FaissVectorStore.build(dim, ARTICLE_FACTORY, store.iter_vectors("articles"))
-    with contextlib.suppress(OSError):  # a read-only index still serves from the rebuilt in-memory copy
-        save_vectors(directory, passages, articles, generation, manifest)
+    # a read-only index still serves from the rebuilt in-memory copy; one written meanwhile saves its own
+    with contextlib.suppress(OSError), store.saving(generation) as ok:
+        if ok:
+            save_vectors(directory, passages, articles, generation, manifest)
     return passages, articles
 
 

@@ -215,13 +215,20 @@ def _stamp(generation: int, config: NeighbourConfig) -> dict[str, object]:
 
 
 def load_graph(
-    directory: Path, store: Store, articles: VectorStore, postings: Postings, config: NeighbourConfig
+    directory: Path,
+    store: Store,
+    articles: VectorStore,
+    postings: Postings,
+    config: NeighbourConfig,
+    generation: int | None = None,
 ) -> NeighbourGraph | None:
     """The saved graph if it matches the store's generation, else built from the stored vectors and postings (and
-    saved if the directory is writable); None above ``MAX_ARTICLES``."""
+    saved if the directory is writable); None above ``MAX_ARTICLES``. ``generation``: the one ``articles`` and
+    ``postings`` reflect (default: the store's now), which the graph is stamped with."""
     if articles.count() > MAX_ARTICLES:
         return None
-    generation = store.generation()
+    if generation is None:
+        generation = store.generation()
     graph = NeighbourGraph.load(directory, None, config)
     if graph is not None and graph.generation == generation and len(graph.keys) == articles.count():
         return graph
@@ -236,8 +243,10 @@ def load_graph(
         return graph.updated(gone.tolist(), np.setdiff1d(current, graph.keys).tolist(), articles, postings, generation)
     graph = NeighbourGraph.of(articles, postings, generation, config)
     if graph is not None:
-        with contextlib.suppress(OSError):  # a read-only index still serves from the in-memory graph
-            graph.save(directory)
+        # a read-only index still serves from the in-memory graph; one written meanwhile saves its own
+        with contextlib.suppress(OSError), store.saving(generation) as ok:
+            if ok:
+                graph.save(directory)
     return graph
 
 

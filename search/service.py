@@ -161,9 +161,14 @@ class SearchService:
         _pin_blas(settings.search_threads)
 
     def attach(self, index: Index[Any]) -> None:
-        """Serve ``index``: everything built on an index's objects is built again with it."""
+        """Serve ``index``: everything built on an index's objects is built again with it. The SQLite store it
+        replaces is closed (every request thread's connection): callers hold the write lock, so no reader uses it."""
+        previous = getattr(self, "_store", None)
         self.index = index
-        self.generation = index.store.generation()
+        self._store = index.store
+        self.generation = index.generation if index.replica is None else index.store.generation()
+        if previous is not None and previous is not index.store and index.replica is None:
+            previous.close()
         self.highlighter = Highlighter(self.embedder, index.store.sentence_vectors)
         self.related = RelatedFinder(
             index.store,
@@ -178,8 +183,9 @@ class SearchService:
         """Reopen the index if another process committed a write since it was loaded (its FAISS and BM25 caches
         on disk are stamped with the new generation, so reopening costs a file load, no re-embedding); a replica
         reloads from the engine when the indexer published a new state."""
-        if not self._stale():
-            return
+        with self.lock.reading():  # not while a writer replaces the index and closes its store
+            if not self._stale():
+                return
         replica = self.index.replica
         if replica is not None and replica.background:
             self._reload_in_background()
@@ -187,7 +193,7 @@ class SearchService:
         with self.lock.writing():
             if not self._stale():
                 return  # another request thread reloaded first
-            self.attach(self.index.reopen())
+            self.attach(self.index.reopen(self.embedder))
 
     def _reload_in_background(self) -> None:
         """A replica's reload (reading and tokenising the corpus: seconds to minutes) runs in a thread while
@@ -212,16 +218,20 @@ class SearchService:
         threading.Thread(target=reload, name="newsdesk-replica-reload", daemon=True).start()
 
     def _stale(self) -> bool:
-        """Whether the store moved past the loaded index: a commit by another process, or for a replica a new
-        state published in the engine (search/replica.py)."""
+        """Whether the store moved past the loaded index: a commit by another process, a rebuild that swapped
+        the index directory (another build, whatever its generation), or for a replica a new state published in
+        the engine (search/replica.py)."""
         if self.index.replica is not None:
             changed: bool = self.index.replica.changed()
             return changed
-        return bool(self.index.store.generation() != self.generation)
+        return not self.index.current() or bool(self.index.store.generation() != self.generation)
 
     def wrote(self) -> None:
-        """Called by this process's writer, under the write lock, after it changed ``self.index`` in place."""
-        self.generation = self.index.store.generation()
+        """Called by this process's writer, under the write lock, after it changed ``self.index`` in place (and
+        perhaps caught it up onto another store: then everything is attached to it again)."""
+        if self.index.store is not self._store:
+            self.attach(self.index)
+        self.generation = self.index.generation
 
     # -- validation ------------------------------------------------------------------------------------------
 

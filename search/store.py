@@ -7,18 +7,23 @@ thread because the WSGI server answers requests on several threads and sqlite3 c
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from search.errors import IndexCorrupt, StorageError
+from search.errors import IndexCorrupt, StaleIndex, StorageError
 from search.models import Article, ArticleRef, Passage
 
 T = TypeVar("T")
@@ -173,43 +178,79 @@ class Replaced:
     deleted_pids: list[int]
     new_aids: list[int]
     new_pids: list[int]
+    generation: int = -1  # the store's generation once the transaction committed
+
+
+CACHES_LOCK = ".caches.lock"  # held while the derived caches of a directory are written (Store.saving)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the C type cannot): ``Store`` tracks its connections without
+    keeping a finished thread's connection open."""
 
 
 class Store:
+    """One SQLite file, and only that file: the path is resolved when the store is opened, so every thread's
+    connection reaches the same file even after the index directory's symlink is swapped by a rebuild.
+
+    Its ``build`` id (a ``meta`` row written when a full build creates the store) names the build; a connection
+    opened later that finds another build (a plain directory replaced under the same path) is refused.
+
+    ``read_only`` opens the file without write access (``mode=ro``), and where SQLite cannot create the WAL index
+    (``-shm``) beside it, as immutable: see ``_connect``."""
+
     def __init__(self, path: Path, *, create: bool = False, read_only: bool = False) -> None:
-        """``read_only`` opens the file without write access (``mode=ro``), and where SQLite cannot create the WAL
-        index (``-shm``) beside it, as immutable: see ``_connect``."""
         self.path = path
         self.read_only = read_only
         if not create and not path.is_file():
             raise IndexCorrupt(f"{path.name} is missing from the index directory {path.parent}")
+        self._real = path.resolve()
         self._local = threading.local()
+        self._open: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._open_lock = threading.Lock()
+        self.build = ""
         if read_only:
             self._conn()  # fails now, with the file named, rather than on the first query
         elif create:
             with self._conn() as conn:
                 conn.executescript(SCHEMA + LEXICAL_SCHEMA)
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('build', ?)", (uuid.uuid4().hex,))
         else:
             with contextlib.suppress(sqlite3.OperationalError), self._conn() as conn:  # read-only: reads fall back
                 conn.executescript(SENTENCES_SCHEMA + GROUPS_SCHEMA)
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(articles)")}
                 if "origin" not in columns:  # an index from before origins: its articles count as from sources
                     conn.execute("ALTER TABLE articles ADD COLUMN origin TEXT")
+        row = self._query_one("SELECT value FROM meta WHERE key = 'build'")
+        if row is None:  # an index built before build ids gets one (once: concurrent openers agree on the first)
+            with contextlib.suppress(sqlite3.OperationalError), self._conn() as conn:
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('build', ?)", (uuid.uuid4().hex,))
+            row = self._query_one("SELECT value FROM meta WHERE key = 'build'")
+        self.build = str(row[0]) if row else ""
+        stat = os.stat(self._real)
+        self.identity = (stat.st_dev, stat.st_ino)  # which file this is (Index.current compares the directory's)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
                 conn = self._connect()
+                found = conn.execute("SELECT value FROM meta WHERE key = 'build'").fetchone() if self.build else None
             except sqlite3.DatabaseError as exc:
                 raise IndexCorrupt(f"cannot open {self.path}: {exc}") from None
+            if found is not None and str(found[0]) != self.build:
+                conn.close()
+                raise StaleIndex(f"{self.path} now holds another build of the index")
+            with self._open_lock:
+                self._open.add(conn)
             self._local.conn = conn
         return conn
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> _Connection:
+        # not bound to its thread (check_same_thread) only so that close() can close every thread's connection
         if not self.read_only:
-            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=True)
+            conn = sqlite3.connect(self._real, timeout=30.0, check_same_thread=False, factory=_Connection)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss, not only a crash
@@ -218,13 +259,13 @@ class Store:
         # be able to create them (https://sqlite.org/wal.html#readonly). In a directory nobody may write and with no
         # -shm left by a writer, the only way in is ``immutable=1``: no locks and no WAL, which is exact for a
         # read-only copy or mount, since nothing can commit there.
-        uri = self.path.absolute().as_uri()
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0, check_same_thread=True)
+        uri = self._real.as_uri()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0, check_same_thread=False, factory=_Connection)
         try:
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         except sqlite3.OperationalError:
             conn.close()
-            conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=True)
+            conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, check_same_thread=False, factory=_Connection)
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         return conn
 
@@ -233,10 +274,31 @@ class Store:
         return self._conn()
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close every thread's connection (a reloaded index's store would otherwise keep one per request thread
+        open for ever). Only when nothing uses the store: the service closes a replaced index under its write lock.
+        A later use opens a new connection."""
+        with self._open_lock:
+            conns, self._open = list(self._open), weakref.WeakSet()
+            self._local = threading.local()
+        for conn in conns:
             conn.close()
-            self._local.conn = None
+
+    @contextmanager
+    def saving(self, generation: int) -> Iterator[bool]:
+        """Hold the lock on this store's directory caches; yields whether caches of ``generation`` may be written:
+        only while the store is still at that generation, so a cache is never stamped with a generation whose
+        changes it lacks, and two processes never interleave the files and the stamp of one cache. False (nothing
+        to write) where the lock cannot be taken, as in a read-only directory."""
+        try:
+            fd = os.open(self._real.parent / CACHES_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield False
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self.generation() == generation
+        finally:
+            os.close(fd)  # releases the lock
 
     # -- writing ---------------------------------------------------------------------------------------------
 
@@ -252,15 +314,24 @@ class Store:
         done = self.replace_articles(article_ids, ())
         return done.deleted_aids, done.deleted_pids
 
-    def replace_articles(self, delete_ids: Iterable[str], items: Iterable[NewArticle]) -> Replaced:
+    def replace_articles(
+        self, delete_ids: Iterable[str], items: Iterable[NewArticle], check: Callable[[int], None] | None = None
+    ) -> Replaced:
         """Delete ``delete_ids`` and insert ``items`` in one transaction, so a reader sees either the old or the new
-        version of a replaced article, never neither."""
+        version of a replaced article, never neither.
+
+        ``check`` is called with the store's generation once the transaction holds SQLite's write lock (``BEGIN
+        IMMEDIATE``: no other process can commit until this one ends), before anything is written; it raises
+        (``StaleIndex``) to roll back when the caller's in-memory state does not reflect that generation."""
         conn = self._conn()
         aids: list[int] = []
         pids: list[int] = []
         new_aids: list[int] = []
         new_pids: list[int] = []
         with _disk_full_is_storage_error(self.path), conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if check is not None:
+                check(self._generation(conn))
             for article_id in dict.fromkeys(delete_ids):
                 row = conn.execute("SELECT aid FROM articles WHERE id = ?", (article_id,)).fetchone()
                 if row is None:
@@ -275,7 +346,13 @@ class Store:
                 new_pids += passage_ids
             if aids or new_pids:
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        return Replaced(aids, pids, new_aids, new_pids)
+            generation = self._generation(conn)
+        return Replaced(aids, pids, new_aids, new_pids, generation)
+
+    @staticmethod
+    def _generation(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, item: NewArticle) -> tuple[int, list[int]]:

@@ -7,43 +7,26 @@ The default run does a few trials of each (``NEWSDESK_CRASH_TRIALS``, default 2)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bench.serve import free_port
 from search.index import check_index, open_index
 from tests.fakes import wire_articles
+from tests.procs import kill as _kill
+from tests.procs import post as _post
+from tests.procs import serve
+from tests.procs import spawn as _run
 
-NEWSDESK = str(Path(sys.executable).with_name("newsdesk"))
-KEY = "crash-test-key"
 TRIALS = int(os.environ.get("NEWSDESK_CRASH_TRIALS", "2"))
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NEWSDESK_BACKEND": "torch"}
-
-
-def _run(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [NEWSDESK, *args], stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env or ENV, start_new_session=True
-    )
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def _sound(directory: Path, acknowledged: set[str], batches: list[list[str]]) -> None:
@@ -119,17 +102,6 @@ def _add_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
         _sound(target, acknowledged, batches)
 
 
-def _post(port: int, body: dict[str, Any]) -> int:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/articles",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return int(r.status)
-
-
 def _server_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
     rng = random.Random(3)
     target = tmp_path / "served"
@@ -137,17 +109,7 @@ def _server_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
     acknowledged: set[str] = set()
     batches: list[list[str]] = []
     for trial in range(trials):
-        port = free_port()
-        env = {**ENV, "NEWSDESK_API_KEY": KEY}
-        proc = _run(["serve", "--index", str(target), "--port", str(port)], tmp_path / "serve.log", env)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-                time.sleep(0.2)
+        proc, port = serve(target, tmp_path / "serve.log")
         stop = threading.Event()
 
         def write(trial: int = trial, port: int = port, stop: threading.Event = stop) -> None:

@@ -1,0 +1,426 @@
+"""Writers in several processes, and a rebuild under a writing server: nothing acknowledged goes missing.
+
+Trials in other processes (the acceptance of issue 14): two ``newsdesk add`` at once; ``add`` beside a server taking
+POSTs; ``serve --processes 2`` with concurrent POSTs; ``index --rebuild`` under a server taking writes. After each,
+every acknowledged article is found by id and by a query on its headline in every mode, exactly once, from the
+running server (the trial's articles; its requests reach either worker of ``--processes 2``) and after a reopen
+from disk (every article acknowledged so far), and ``newsdesk check`` passes. ``NEWSDESK_CONCURRENCY_TRIALS`` (default
+2) sets the trials of the default run; the slow-marked tests run 20 of each (``pytest tests/test_concurrency.py -m
+slow``).
+
+A rebuild makes the index its sources: what was written before it is replaced with everything else. So after a
+rebuild trial the articles POSTed once the rebuild had finished must be there, those acknowledged before it began
+must not (the server moved to the new build), and whatever the index holds must be found in every mode.
+
+Before them, in-process tests of each mechanism, deterministic and fast: a second writer catches up, a server
+moves to a rebuilt directory and writes into it, a write applies to the index the service holds after the
+embedding, and reloads close the connections of the store they replace.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from indexer.build import build_index
+from indexer.live import Writer
+from indexer.sources import read_sources
+from indexer.update import add_articles
+from search.errors import NotFound
+from search.index import SQLITE, check_index, open_index
+from search.models import Article
+from search.service import SearchService
+from search.settings import Settings
+from tests.fakes import wire_articles
+from tests.procs import NEWSDESK, get_json, post, serve, spawn, stop, write_jsonl
+
+TRIALS = int(os.environ.get("NEWSDESK_CONCURRENCY_TRIALS", "2"))
+MODES = ("dense", "lexical", "hybrid")
+PAUSE = 1.0  # seconds between one client's write batches
+# Headlines are five of these words, so every article's headline is its own and a query on it finds it first.
+WORDS = (
+    "harbour glacier violin orchard lantern falcon meadow quarry tractor velvet canyon pepper walrus chimney "
+    "satellite porcelain tornado accordion lighthouse marble hedgehog volcano bicycle cathedral saffron turbine "
+    "penguin compass raincoat telescope avalanche biscuit dolphin emerald fountain gondola hammock iceberg jasmine "
+    "kettle lobster mosaic nectar octopus pyramid quilt reindeer sapphire tapestry umbrella vineyard waffle yacht "
+    "zeppelin anchor blizzard cactus dune elephant ferry granite helmet island jungle kayak lemon mango needle "
+    "oyster parrot quartz river scarf tiger unicorn valley walnut xylophone yogurt zebra almond bamboo copper "
+    "diamond engine forest garlic honey ivory jacket koala ladder magnet nickel olive pillow quiver rocket "
+    "spider tunnel uranium vulture wagon willow basalt cobalt dragon feather goblet hornet igloo juniper"
+).split()
+
+
+def new_rows(prefix: str, n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """``n`` articles with ids ``PREFIX-i``, distinct headlines and distinct bodies (no two are duplicates)."""
+    rows = []
+    for i in range(n):
+        title = " ".join(rng.sample(WORDS, 5)).capitalize()
+        body = " ".join(rng.sample(WORDS, 24))
+        rows.append({"id": f"{prefix}-{i}", "title": title, "paragraphs": [f"{body}."], "date": "2024-03-01"})
+    return rows
+
+
+Lookup = tuple[Callable[[str], bool], Callable[[str, str], list[str]]]  # (article by id exists, search ids)
+
+
+def http_lookup(port: int) -> Lookup:
+    def by_id(article_id: str) -> bool:
+        status, _ = get_json(port, f"/api/articles/{article_id}")
+        assert status in (200, 404), status
+        return status == 200
+
+    def search(query: str, mode: str) -> list[str]:
+        status, body = get_json(port, "/api/search?" + urllib.parse.urlencode({"q": query, "mode": mode, "k": 10}))
+        assert status == 200, body
+        return [r["article"]["id"] for r in body["results"]]
+
+    return by_id, search
+
+
+def service_lookup(svc: SearchService) -> Lookup:
+    def by_id(article_id: str) -> bool:
+        try:
+            return svc.article(article_id).id == article_id
+        except NotFound:
+            return False
+
+    def search(query: str, mode: str) -> list[str]:
+        return [r.article.id for r in svc.search(query, k=10, mode=mode).results]
+
+    return by_id, search
+
+
+def assert_found(lookup: Lookup, present: dict[str, str], absent: Collection[str] = (), where: str = "") -> None:
+    """Every article of ``present`` (id -> headline) is found by id and, exactly once, by its headline in every
+    mode; no article of ``absent`` is found by id."""
+    by_id, search = lookup
+    for article_id, title in sorted(present.items()):
+        assert by_id(article_id), f"{where}: {article_id} acknowledged but not found by id"
+        for mode in MODES:
+            ids = search(title, mode)
+            assert ids.count(article_id) == 1, f"{where}: {article_id} ({title!r}) in {mode} results {ids}"
+    for article_id in sorted(absent):
+        assert not by_id(article_id), f"{where}: {article_id} should be gone"
+
+
+def assert_sound(directory: Path, embedder: Any, present: dict[str, str], absent: Collection[str] = ()) -> None:
+    """``newsdesk check`` passes, and a process that opens the index now (a restart) finds what it must."""
+    done = subprocess.run([NEWSDESK, "check", "--index", str(directory)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    svc = SearchService(open_index(directory, embedder), embedder, Settings(index_dir=directory))
+    try:
+        assert_found(service_lookup(svc), present, absent, "after a reopen")
+    finally:
+        svc.index.close()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Path:
+    """A tiny index (30 wire stories, the real model), built once; its source file is ``base/../wire.jsonl``."""
+    root = tmp_path_factory.mktemp("concurrency")
+    source = write_jsonl(root / "wire.jsonl", wire_articles(30, seed=11))
+    build_index(read_sources([source]), root / "index", Settings(index_dir=root / "index"), embedder, progress=False)
+    return root / "index"
+
+
+def fresh_copy(base: Path, tmp_path: Path) -> Path:
+    """The base index copied with its layout (a symlink to a versioned directory), as a build leaves it."""
+    shutil.copytree(base.parent, tmp_path / "copy", symlinks=True)
+    return tmp_path / "copy" / base.name
+
+
+def titles(rows: list[dict[str, Any]]) -> dict[str, str]:
+    return {r["id"]: r["title"] for r in rows}
+
+
+# -- in-process: each mechanism --------------------------------------------------------------------------------
+
+
+def articles_of(rows: list[dict[str, Any]]) -> list[Article]:
+    return [Article(id=r["id"], title=r["title"], paragraphs=tuple(r["paragraphs"]), date=r["date"]) for r in rows]
+
+
+def test_a_writer_behind_another_process_catches_up_before_it_writes(base: Path, tmp_path: Path, embedder: Any) -> None:
+    """Two processes' indexes opened at the same generation, each adding an article: the second must not stamp its
+    caches with the newest generation while missing the first's article (found by no search, even after a
+    restart)."""
+    target = fresh_copy(base, tmp_path)
+    settings = Settings(index_dir=target)
+    first, second = open_index(target, embedder), open_index(target, embedder)
+    rows = new_rows("two", 2, random.Random(1))
+    add_articles(first, articles_of(rows[:1]), embedder, settings)
+    add_articles(second, articles_of(rows[1:]), embedder, settings)
+    svc = SearchService(second, embedder, settings)
+    assert_found(service_lookup(svc), titles(rows), where="the second writer")
+    assert check_index(target) == []
+    assert_sound(target, embedder, titles(rows))
+
+
+def test_a_server_moves_to_a_rebuilt_index_and_writes_into_it(base: Path, tmp_path: Path, embedder: Any) -> None:
+    """A rebuild swaps the directory (its store's generation may equal the old one): the service serves the new
+    build, and a write after the swap lands in it, not in the replaced file."""
+    target = fresh_copy(base, tmp_path)
+    settings = Settings(index_dir=target)
+    svc = SearchService(open_index(target, embedder), embedder, settings)
+    writer = Writer(svc)
+    rng = random.Random(2)
+    before, after = new_rows("before", 1, rng), new_rows("after", 1, rng)
+    writer.upsert(articles_of(before))
+    build_index(read_sources([base.parent / "wire.jsonl"]), target, settings, embedder, progress=False)
+    assert_found(service_lookup(svc), {}, set(titles(before)), "the server after the rebuild")
+    writer.upsert(articles_of(after))
+    assert_found(service_lookup(svc), titles(after), where="the server")
+    assert_sound(target, embedder, titles(after), set(titles(before)))
+
+
+def test_a_write_applies_to_the_index_reloaded_during_its_embedding(base: Path, tmp_path: Path, embedder: Any) -> None:
+    """Another process writes while this one embeds a write, and a search reloads the service meanwhile: the
+    write must go to the index the service now serves, not the detached one it held before embedding."""
+    target = fresh_copy(base, tmp_path)
+    settings = Settings(index_dir=target)
+    svc = SearchService(open_index(target, embedder), embedder, settings)
+    rng = random.Random(3)
+    theirs, ours = new_rows("theirs", 1, rng), new_rows("ours", 1, rng)
+
+    class Interrupted:
+        """The model, except that the first embedding also lets another process write and a search reload."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.fired = inner, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def encode_spans(self, *args: Any, **kwargs: Any) -> Any:
+            if not self.fired:
+                self.fired = True
+                add_articles(open_index(target, embedder), articles_of(theirs), embedder, settings)
+                svc.search("anything", k=1)  # a request thread: sees the other process's write and reloads
+            return self.inner.encode_spans(*args, **kwargs)
+
+    svc.embedder = Interrupted(embedder)
+    Writer(svc).upsert(articles_of(ours))
+    svc.embedder = embedder
+    assert svc.embedder is embedder
+    assert_found(service_lookup(svc), titles(theirs) | titles(ours), where="the server")
+    assert_sound(target, embedder, titles(theirs) | titles(ours))
+
+
+def sqlite_fds(directory: Path) -> int:
+    """Open file descriptors of this process on the index's SQLite file (after a collection: only what is still
+    referenced counts, not a finished thread's connection waiting for the garbage collector)."""
+    gc.collect()
+    real = str((directory / SQLITE).resolve())
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == real
+        except OSError:
+            continue
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
+def test_reloads_close_the_connections_of_the_store_they_replace(base: Path, tmp_path: Path, embedder: Any) -> None:
+    """Each reload (another process wrote) used to leave every request thread's connection to the old store open."""
+    target = fresh_copy(base, tmp_path)
+    settings = Settings(index_dir=target)
+    svc = SearchService(open_index(target, embedder), embedder, settings)
+    other = open_index(target, None)
+    rows = new_rows("reload", 6, random.Random(4))
+
+    def searches() -> None:
+        threads = [threading.Thread(target=svc.search, args=("harbour glacier",)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    searches()
+    settled = sqlite_fds(target)
+    for row in rows:
+        add_articles(other, articles_of([row]), embedder, settings)
+        searches()  # the first reloads; all four threads open connections to the new store
+    assert sqlite_fds(target) <= settled + 2, (settled, sqlite_fds(target))
+
+
+# -- in other processes: the acceptance trials -------------------------------------------------------------------
+
+
+def _two_adds(trials: int, base: Path, tmp_path: Path, embedder: Any) -> None:
+    """Two ``newsdesk add`` processes started together, each adding its own articles."""
+    target = fresh_copy(base, tmp_path)
+    rng = random.Random(10)
+    log = tmp_path / "add.log"
+    acknowledged: dict[str, str] = {}
+    for trial in range(trials):
+        batches = [new_rows(f"add{trial}{side}", 3, rng) for side in "ab"]
+        sources = [write_jsonl(tmp_path / f"{trial}-{i}.jsonl", rows) for i, rows in enumerate(batches)]
+        procs = [spawn(["add", str(source), "--index", str(target)], log) for source in sources]
+        for proc, rows in zip(procs, batches, strict=True):
+            assert proc.wait(timeout=600) == 0, log.read_text()
+            acknowledged |= titles(rows)
+        assert_sound(target, embedder, acknowledged)
+
+
+class Poster(threading.Thread):
+    """POSTs a batch of one new article to a server every ``PAUSE`` seconds or so (a paced client keeps the
+    articles to check few) until stopped (after at least ``after`` batches sent once ``mark()`` was called);
+    records each batch: when it was sent, its rows, its status (0: the connection failed)."""
+
+    def __init__(self, port: int, prefix: str, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.prefix, self.rng = port, prefix, random.Random(seed)
+        self.sent: list[tuple[float, list[dict[str, Any]], int]] = []
+        self.marked: float | None = None
+        self.after = 0
+        self.done = threading.Event()
+
+    def mark(self, after: int) -> None:
+        """Stop once ``after`` more batches were sent and answered."""
+        self.marked, self.after = time.monotonic(), after
+
+    def run(self) -> None:
+        n = 0
+        while self.marked is None or sum(1 for t, _, _ in self.sent if t > self.marked) < self.after:
+            rows = new_rows(f"{self.prefix}-{n}", 1, self.rng)
+            n += 1
+            sent = time.monotonic()
+            try:
+                status = post(self.port, {"articles": rows})
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                status = 0
+            self.sent.append((sent, rows, status))
+            time.sleep(PAUSE)
+        self.done.set()
+
+    def acknowledged(self, since: float = 0.0, until: float = float("inf")) -> dict[str, str]:
+        """Articles of the batches answered 200 that were sent between ``since`` and ``until``."""
+        return {
+            r["id"]: r["title"] for t, rows, status in self.sent if status == 200 and since <= t < until for r in rows
+        }
+
+    def finish(self) -> None:
+        self.join(timeout=600)
+        assert not self.is_alive(), "the writer thread did not finish"
+
+
+def _posting(port: int, prefix: str, seed: int) -> Poster:
+    poster = Poster(port, prefix, seed)
+    poster.start()
+    return poster
+
+
+def _add_beside_server(trials: int, base: Path, tmp_path: Path, embedder: Any) -> None:
+    """A server taking POSTs while a ``newsdesk add`` writes to the same index."""
+    target = fresh_copy(base, tmp_path)
+    log = tmp_path / "serve.log"
+    proc, port = serve(target, log)
+    rng = random.Random(20)
+    acknowledged: dict[str, str] = {}
+    try:
+        for trial in range(trials):
+            poster = _posting(port, f"srv{trial}", trial)
+            rows = new_rows(f"cli{trial}", 3, rng)
+            add = spawn(["add", str(write_jsonl(tmp_path / f"{trial}.jsonl", rows)), "--index", str(target)], log)
+            assert add.wait(timeout=600) == 0, log.read_text()
+            poster.mark(after=2)
+            poster.finish()
+            assert all(status == 200 for _, _, status in poster.sent), [s for _, _, s in poster.sent]
+            trial_acknowledged = titles(rows) | poster.acknowledged()
+            assert_found(http_lookup(port), trial_acknowledged, where="the server")
+            acknowledged |= trial_acknowledged
+            assert_sound(target, embedder, acknowledged)
+    finally:
+        stop(proc)
+
+
+def _two_server_processes(trials: int, base: Path, tmp_path: Path, embedder: Any) -> None:
+    """``serve --processes 2`` taking two clients' POSTs at once."""
+    target = fresh_copy(base, tmp_path)
+    proc, port = serve(target, tmp_path / "serve.log", "--processes", "2")
+    acknowledged: dict[str, str] = {}
+    try:
+        for trial in range(trials):
+            posters = [_posting(port, f"p{trial}{side}", 10 * trial + i) for i, side in enumerate("ab")]
+            for poster in posters:
+                poster.mark(after=4)
+            trial_acknowledged: dict[str, str] = {}
+            for poster in posters:
+                poster.finish()
+                assert all(status == 200 for _, _, status in poster.sent), [s for _, _, s in poster.sent]
+                trial_acknowledged |= poster.acknowledged()
+            assert_found(http_lookup(port), trial_acknowledged, where="the server")
+            acknowledged |= trial_acknowledged
+            assert_sound(target, embedder, acknowledged)
+    finally:
+        stop(proc)
+
+
+def _rebuild_under_server(trials: int, base: Path, tmp_path: Path, embedder: Any) -> None:
+    """``newsdesk index SOURCE --rebuild`` while a server takes POSTs. The index becomes the source's articles:
+    a write acknowledged before the rebuild began is replaced with the rest; one sent after it finished must be
+    in the new build (not in the replaced file the server had open); any other is there or not, and whatever is
+    there is found in every mode."""
+    target = fresh_copy(base, tmp_path)
+    log = tmp_path / "serve.log"
+    source = base.parent / "wire.jsonl"
+    proc, port = serve(target, log)
+    try:
+        for trial in range(trials):
+            poster = _posting(port, f"rb{trial}", trial)
+            while not poster.sent:
+                time.sleep(0.05)
+            began = time.monotonic()
+            rebuild = spawn(["index", str(source), "--index", str(target), "--rebuild", "--quiet"], log)
+            assert rebuild.wait(timeout=600) == 0, log.read_text()
+            poster.mark(after=2)
+            ended = poster.marked or 0.0
+            poster.finish()
+            statuses = {status for t, _, status in poster.sent if t < began or t > ended}
+            assert statuses == {200}, statuses  # only a write that meets the swap itself may be refused (503)
+            lookup = http_lookup(port)
+            replaced = set(poster.acknowledged(until=began))
+            racing = poster.acknowledged(since=began, until=ended)
+            kept = {i: t for i, t in racing.items() if lookup[0](i)}
+            present = poster.acknowledged(since=ended) | kept
+            assert_found(lookup, present, replaced, "the server")
+            base_ids = [r["id"] for r in wire_articles(30, seed=11)]
+            assert all(lookup[0](i) for i in base_ids[:5])
+            assert_sound(target, embedder, present, replaced | (set(racing) - set(kept)))
+    finally:
+        stop(proc)
+
+
+KINDS: dict[str, Callable[[int, Path, Path, Any], None]] = {
+    "two adds": _two_adds,
+    "add beside a server": _add_beside_server,
+    "serve --processes 2": _two_server_processes,
+    "rebuild under a server": _rebuild_under_server,
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_concurrent_writers(kind: str, base: Path, tmp_path: Path, embedder: Any) -> None:
+    KINDS[kind](TRIALS, base, tmp_path, embedder)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_twenty_concurrent_trials(kind: str, base: Path, tmp_path: Path, embedder: Any) -> None:
+    """The acceptance run: 20 trials of each kind (the default run does ``NEWSDESK_CONCURRENCY_TRIALS``)."""
+    KINDS[kind](20, base, tmp_path, embedder)
