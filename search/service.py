@@ -335,7 +335,8 @@ class SearchService:
         anchors = [aid for aid, _ in ranked.items[:ANCHOR_ARTICLES]]
         passages = self._best_passages(query, qvec, page_aids, mode, anchors)
         shown = [(sp, sc) for aid in page_aids for sp, sc in passages[aid]]
-        highlights = iter(self.highlighter.locate(qvec, [(sp.passage.id, sp.passage.text) for sp, _ in shown]))
+        marked = [(sp.passage.id, sp.passage.text) for sp, _ in shown]
+        highlights = iter(self.highlighter.locate(qvec, marked, self.lexical.term_weights(query)))
         related = self.related.nearest(page_aids, self.settings.related_per_result)
         refs = self._refs(page_aids + [a for rel in related for a, _ in rel])
         results: list[SearchResult] = []
