@@ -10,14 +10,16 @@ HTML pages by ``api.errors``.
 from __future__ import annotations
 
 import calendar
+import importlib.util
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, abort, current_app, render_template, request, send_from_directory, url_for
 
 from search.catalog import Filter
-from search.errors import InvalidInput
+from search.errors import InvalidInput, NotFound
 from search.models import PassageHit, Scores
 from search.pages import GOOD_MATCH, STRONG_MATCH, match_label
 from search.service import SearchService
@@ -152,19 +154,26 @@ def similar() -> str:
 
 @bp.get("/api/docs")
 def api_docs() -> str:
-    """Interactive documentation of ``/api/openapi.json`` (Swagger UI from the ``swagger-ui-bundle`` package, served
-    from this server: no CDN, so it works offline and under a same-origin Content-Security-Policy)."""
+    """Interactive documentation of ``/api/openapi.json`` (Swagger UI from the ``swagger-ui-py`` package, served from
+    this server: no CDN, so it works offline and under a same-origin Content-Security-Policy)."""
     return render_template("api_docs.html")
 
 
 _SWAGGER_FILES = frozenset({"swagger-ui.css", "swagger-ui-bundle.js"})
 
 
+def _swagger_static() -> Path:
+    """Swagger UI's dist folder inside the installed ``swagger-ui-py`` package, found without importing it (its
+    ``__init__`` loads handlers for a dozen web frameworks)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or spec.origin is None:
+        raise NotFound("Swagger UI is not installed here (the swagger-ui-py package; pip install -e . installs it)")
+    return Path(spec.origin).parent / "static"
+
+
 @bp.get("/static/swagger-ui/<name>")
 def swagger_asset(name: str) -> Response:
     """One of Swagger UI's dist files, from the installed package (only the two the page loads)."""
-    from swagger_ui_bundle import swagger_ui_path
-
     if name not in _SWAGGER_FILES:
         abort(404)
-    return send_from_directory(str(swagger_ui_path), name, max_age=86400)
+    return send_from_directory(_swagger_static(), name, max_age=86400)

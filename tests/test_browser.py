@@ -243,3 +243,17 @@ def test_article_page_and_home_page_on_a_dated_corpus(browser: Any, dated_url: s
     browser.execute_script("arguments[0].scrollIntoView()", related)
     screenshot(browser, "article-timeline.png")
     assert first is not None
+
+
+def test_api_docs_render_offline(browser: Any, dated_url: str) -> None:
+    """Swagger UI, served by newsdesk itself, renders every operation of the OpenAPI document (no CDN here)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(dated_url + "/api/docs")
+    WebDriverWait(browser, WAIT).until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".opblock")))
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    spec = api(dated_url, "/api/openapi.json")
+    assert len(paths) == len(spec["paths"]) and "/api/search" in {p.replace("\u200b", "") for p in paths}
+    screenshot(browser, "api-docs.png")

@@ -1,4 +1,4 @@
-// /api/docs: Swagger UI (served by this server from the swagger-ui-bundle package) rendering /api/openapi.json.
+// /api/docs: Swagger UI (served by this server from the swagger-ui-py package) rendering /api/openapi.json.
 // Kept in a file rather than an inline script so the page works under a Content-Security-Policy without
 // 'unsafe-inline'.
 (function () {
