@@ -624,6 +624,20 @@ def build_spec(settings: Settings) -> dict[str, Any]:
                 )
             },
             "/api/openapi.json": {"get": _operation("openapi", "This document.", [], spec_response)},
+            "/api/docs": {
+                "get": {
+                    "operationId": "docs",
+                    "summary": "This document as interactive documentation (Swagger UI, served locally).",
+                    "parameters": [_param("request_id")],
+                    "responses": {
+                        "200": {
+                            "description": "An HTML page.",
+                            "headers": {REQUEST_ID_HEADER: {"$ref": "#/components/headers/RequestId"}},
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/api/articles": {"post": _write_operation(settings)},
         },
         "components": {

@@ -10,15 +10,18 @@ HTML pages by ``api.errors``.
 from __future__ import annotations
 
 import calendar
+import importlib.util
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from flask import Blueprint, Response, current_app, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, render_template, request, send_from_directory, url_for
 
 from search.catalog import Filter
-from search.errors import InvalidInput
-from search.models import PassageHit
+from search.errors import InvalidInput, NotFound
+from search.models import PassageHit, Scores
+from search.pages import GOOD_MATCH, STRONG_MATCH, match_label
 from search.service import SearchService
 from search.settings import MODES
 
@@ -126,6 +129,18 @@ def web_link(url: str | None) -> str | None:
     return url if url and re.match(r"https?://", url, re.IGNORECASE) else None
 
 
+@bp.app_template_global()
+def relevance(scores: Scores) -> dict[str, str]:
+    """A result's relevance for a reader: a label, and the score breakdown for its hover text."""
+    label = match_label(scores)
+    return {
+        "label": f"{label} match",
+        "class": label,
+        "title": f"dense (cosine of the best passage) {scores.dense:.3f} · lexical (BM25) {scores.lexical:.3f} · "
+        f"fused {scores.fused:.3f}; strong ≥ {STRONG_MATCH:.2f}, good ≥ {GOOD_MATCH:.2f} dense",
+    }
+
+
 @bp.get("/")
 def search() -> str:
     """The search page; with ``q``, one page of results (``mode``, ``offset``, ``from``, ``to``, ``source`` and
@@ -133,7 +148,10 @@ def search() -> str:
     q = request.args.get("q", "")
     offset = _offset()
     if not q.strip():
-        return render_template("search.html", response=None, offset=0, page_size=PAGE_SIZE, autofocus=True)
+        overview = _service().overview()
+        return render_template(
+            "search.html", response=None, overview=overview, offset=0, page_size=PAGE_SIZE, autofocus=True
+        )
     response = _service().search(
         q, k=PAGE_SIZE, offset=offset, mode=request.args.get("mode") or None, filters=_filters(), facets=True
     )
@@ -142,11 +160,39 @@ def search() -> str:
 
 @bp.get("/article")
 def article() -> str:
-    """One article in full (``id`` may hold any character, slashes included)."""
-    return render_template("article.html", article=_service().article(_required("id")))
+    """One article in full (``id`` may hold any character, slashes included), with its story, duplicates, related
+    stories and timeline."""
+    return render_template("article.html", page=_service().article_page(_required("id")))
 
 
 @bp.get("/similar")
 def similar() -> str:
     """More like this: the articles nearest to ``id``, its own copies left out."""
-    return render_template("similar.html", similar=_service().similar(_required("id"), k=PAGE_SIZE))
+    return render_template("similar.html", similar=_service().similar_page(_required("id"), k=PAGE_SIZE))
+
+
+@bp.get("/api/docs")
+def api_docs() -> str:
+    """Interactive documentation of ``/api/openapi.json`` (Swagger UI from the ``swagger-ui-py`` package, served from
+    this server: no CDN, so it works offline and under a same-origin Content-Security-Policy)."""
+    return render_template("api_docs.html")
+
+
+_SWAGGER_FILES = frozenset({"swagger-ui.css", "swagger-ui-bundle.js"})
+
+
+def _swagger_static() -> Path:
+    """Swagger UI's dist folder inside the installed ``swagger-ui-py`` package, found without importing it (its
+    ``__init__`` loads handlers for a dozen web frameworks)."""
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or spec.origin is None:
+        raise NotFound("Swagger UI is not installed here (the swagger-ui-py package; pip install -e . installs it)")
+    return Path(spec.origin).parent / "static"
+
+
+@bp.get("/static/swagger-ui/<name>")
+def swagger_asset(name: str) -> Response:
+    """One of Swagger UI's dist files, from the installed package (only the two the page loads)."""
+    if name not in _SWAGGER_FILES:
+        abort(404)
+    return send_from_directory(_swagger_static(), name, max_age=86400)

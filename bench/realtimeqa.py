@@ -29,8 +29,11 @@ def load_search_results(data: Path) -> dict[str, list[str]]:
     return out
 
 
-def select(data: Path, work: Path, n_dev: int, n_heldout: int) -> dict[str, Any]:
-    """Dev: the first ``n_dev`` 2023 questions; held-out: the last ``n_heldout`` 2024 questions (later in time)."""
+def pick(
+    data: Path, n_dev: int, n_heldout: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[str]]]:
+    """Dev: the first ``n_dev`` 2023 questions; held-out: the last ``n_heldout`` 2024 questions (later in time);
+    and every question's search results."""
     results = load_search_results(data)
     usable = [
         q for q in load_questions(data) if q["question_id"] in results and any(a.strip() for a in q["answer_text"])
@@ -38,6 +41,12 @@ def select(data: Path, work: Path, n_dev: int, n_heldout: int) -> dict[str, Any]
     usable.sort(key=lambda q: (q["question_date"], q["question_id"]))
     dev = [q for q in usable if q["question_date"].startswith("2023")][:n_dev]
     heldout = [q for q in usable if q["question_date"].startswith("2024")][-n_heldout:]
+    return dev, heldout, results
+
+
+def select(data: Path, work: Path, n_dev: int, n_heldout: int) -> dict[str, Any]:
+    """Writes the dev and held-out questions (``pick``) and the union of their search results as one corpus."""
+    dev, heldout, results = pick(data, n_dev, n_heldout)
     wanted = {a for q in dev + heldout for a in results[q["question_id"]]}
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / "rtqa-corpus.jsonl"

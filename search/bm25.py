@@ -34,6 +34,11 @@ LEXICAL_FILES = {"passages": "lexical-passages.npz", "articles": "lexical-articl
 POSTINGS_VERSION = 1  # part of the cache stamp: bump when tokenization or layout changes
 
 
+def idf(rows: int, df: int) -> float:
+    """FTS5's BM25 inverse document frequency, floored just above zero as FTS5 floors it."""
+    return max(math.log((rows - df + 0.5) / (df + 0.5)), 1e-6)
+
+
 @dataclass
 class Postings:
     """One table's inverted index: term -> (row, term frequency per column), plus each row's length in tokens."""
@@ -108,8 +113,7 @@ class Postings:
             lo, hi = int(self.indptr[t]), int(self.indptr[t + 1])
             docs = self.docs[lo:hi]
             freq = (self.tfs[:, lo:hi] * w).sum(axis=0)
-            idf = max(math.log((self.rows - (hi - lo) + 0.5) / ((hi - lo) + 0.5)), 1e-6)
-            out[docs] += np.float32(idf) * freq * (K1 + 1) / (freq + norm[docs])
+            out[docs] += np.float32(idf(self.rows, hi - lo)) * freq * (K1 + 1) / (freq + norm[docs])
         return out
 
     def _term_of_postings(self) -> np.ndarray:
@@ -363,6 +367,17 @@ class MemoryBM25:
 
     def search_articles(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         return self._top("articles", query, k, allowed)
+
+    def term_weights(self, query: str) -> dict[str, float]:
+        """The query's stemmed terms with their passage-level IDF (terms no passage holds are left out): what a
+        highlight weighs a sentence's shared words by."""
+        postings: Postings = self._holder.lexical.passages
+        out: dict[str, float] = {}
+        for term in (stem(t) for t in query_terms(query)):
+            t = postings.vocab.get(term)
+            if t is not None:
+                out[term] = idf(postings.rows, int(postings.indptr[t + 1] - postings.indptr[t]))
+        return out
 
     def score_articles(self, query: str, aids: Iterable[int]) -> dict[int, float]:
         return self._given("articles", query, aids)

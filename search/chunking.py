@@ -12,16 +12,32 @@ from dataclasses import dataclass
 
 from search.models import PARAGRAPH_SEPARATOR, Article
 
-# Words that end in a period without ending a sentence. Initialisms ("U.S.", "U.N.") are caught by a pattern.
-_ABBREVIATIONS = frozenset(
-    """mr mrs ms dr prof sr jr st mt ft gen col lt sgt capt cmdr adm gov sen rep rev hon pres supt inc ltd
-    co corp bros dept univ assn est approx no vs etc al fig jan feb mar apr jun jul aug sep sept oct nov
-    dec e.g i.e a.m p.m""".split()
+# Words that end in a period without ending a sentence, in three kinds (AP style news writes all of them):
+# titles always stand before a name ("Sen. Warren", "Sens. Warren and Sanders"), so they never end a sentence;
+# words that usually stand before a number or a name ("Jan. 5", "No. 2", "Calif. Gov.") end one only when a word
+# that starts sentences follows ("... in Pasadena, Calif. The ..."); initialisms ("U.S.", "U.N.", "p.m.", "W.")
+# are caught by a pattern and treated like the second kind.
+_TITLES = frozenset(
+    """mr mrs ms messrs mmes dr drs prof profs sr jr st mt ft gen gens col cols lt sgt sgts capt cmdr adm gov govs
+    sen sens rep reps rev hon pres supt maj cpl pvt atty attys det insp amb e.g i.e cf""".split()
+)
+_USUALLY_FOLLOWED = frozenset(
+    """inc ltd co corp bros dept univ assn est approx no nos vs etc al fig figs vol vols ave blvd rd
+    jan feb mar apr jun jul aug sep sept oct nov dec
+    ala ariz ark calif colo conn del fla ga ill ind kan kans ky la md mass mich minn miss mo mont neb nev okla ore
+    pa tenn tex vt va wash wis wyo""".split()
+)
+# Words that open sentences but rarely follow an abbreviation inside one: after "U.S." or "Calif." they mean a new
+# sentence has begun ("He lives in the U.S. The court ...").
+_SENTENCE_OPENERS = frozenset(
+    """the a an he she it they we i you his her its their our this that these those there here but and or so yet
+    in on at for if when while after before as however meanwhile also still then now what who why how where""".split()
 )
 _INITIALISM = re.compile(r"(?:[A-Za-z]\.){2,}$|[A-Z]\.$")
 # A sentence ends at . ! ? (or an ellipsis), optionally followed by closing quotes/brackets, then whitespace.
 _BOUNDARY = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s+)")
 _OPENING = re.compile(r"\s+([\"'“‘(\[]*)(\S)")
+_NEXT_WORD = re.compile(r"\s+[\"'“‘(\[]*([A-Za-z]+)")
 
 
 @dataclass(frozen=True)
@@ -33,9 +49,9 @@ class Span:
 def sentence_spans(text: str) -> list[Span]:
     """Sentences of ``text`` as ``[start, end)`` spans with surrounding whitespace trimmed.
 
-    A rule-based splitter: it knows common abbreviations and initialisms ("U.S.", "Mr.") and requires the next
-    sentence to start with an upper-case letter, a digit or an opening quote, which is right for news prose and
-    errs towards longer sentences when unsure.
+    A rule-based splitter: it knows the abbreviations of news prose (titles such as "Sens.", months, states,
+    "Corp.") and initialisms ("U.S.", "W."), and requires the next sentence to start with an upper-case letter, a
+    digit or an opening quote, which is right for news prose and errs towards longer sentences when unsure.
     """
     spans: list[Span] = []
     start = _skip_space(text, 0)
@@ -49,7 +65,7 @@ def sentence_spans(text: str) -> list[Span]:
         first = nxt.group(2)
         if not (first.isupper() or first.isdigit() or nxt.group(1)):
             continue
-        if text[m.start()] == "." and m.end() - m.start() == 1 and _is_abbreviation(text, start, m.start()):
+        if text[m.start()] == "." and m.end() - m.start() == 1 and _continues(text, start, m.start(), end):
             continue
         spans.append(Span(start, end))
         start = _skip_space(text, end)
@@ -65,16 +81,21 @@ def _skip_space(text: str, i: int) -> int:
     return i
 
 
-def _is_abbreviation(text: str, sentence_start: int, dot: int) -> bool:
+def _continues(text: str, sentence_start: int, dot: int, after: int) -> bool:
+    """Whether the period at ``dot`` closes an abbreviation inside a sentence rather than the sentence."""
     word_start = dot
     while word_start > sentence_start and not text[word_start - 1].isspace():
         word_start -= 1
     word = text[word_start:dot].lstrip("\"'“‘([")
     if not word:
         return False
-    if _INITIALISM.search(word + "."):
+    key = word.casefold().rstrip(".")
+    if key in _TITLES:
         return True
-    return word.casefold().rstrip(".") in _ABBREVIATIONS
+    if not (_INITIALISM.search(word + ".") or key in _USUALLY_FOLLOWED):
+        return False
+    nxt = _NEXT_WORD.match(text, after)
+    return nxt is None or nxt.group(1).casefold() not in _SENTENCE_OPENERS
 
 
 def split_paragraphs(text: str) -> list[str]:

@@ -3,6 +3,12 @@
 Sentence vectors come from the index when it has them (made at index time from each passage's own forward pass,
 see ``Embedder.encode_spans``), so showing a result costs no model call. Passages of an index built without them
 have their sentences embedded here, with the same model, cached by passage id.
+
+A sentence is chosen by its vector's cosine to the query plus a lexical bonus: the IDF-weighted share of the
+query's terms it contains (``sentence_score``). Measured by ``bench/sentences.py`` on RealTime QA passages whose
+answer lies in one sentence: the vector alone marks the answering sentence in about half of them, because the
+sentence that restates the question is closer in meaning than the one that answers it; the terms the answer
+sentence shares with the question (names, places) pull it back.
 """
 
 from __future__ import annotations
@@ -15,21 +21,56 @@ import numpy as np
 
 from search.chunking import Span, sentence_spans
 from search.embedding import Embedder
+from search.lexical import fts_term_counts
 from search.models import Highlight
 
 StoredSentences = Callable[[list[int]], dict[int, tuple[list[tuple[int, int]], np.ndarray]]]
+# Query term stem -> IDF weight (``MemoryBM25.term_weights``).
+TermWeights = dict[str, float]
+# How much a sentence holding every query term gains over one holding none, in cosine units: chosen on the
+# RealTime QA dev questions by ``bench/sentences.py`` (see bench/README.md).
+LEXICAL_WEIGHT = 1.0
+
+
+def lexical_overlap(sentence: str, terms: TermWeights) -> float:
+    """The IDF-weighted share of the query's terms that occur in ``sentence`` (stemmed as the BM25 side stems)."""
+    total = sum(terms.values())
+    if total <= 0:
+        return 0.0
+    _, counts = fts_term_counts(sentence)
+    return sum(w for t, w in terms.items() if t in counts) / total
+
+
+def sentence_scores(
+    vectors: np.ndarray, sentences: list[str], query: np.ndarray, terms: TermWeights | None, weight: float
+) -> np.ndarray:
+    """Each sentence's cosine to the query plus ``weight`` times its lexical overlap with the query's terms."""
+    scores: np.ndarray = vectors @ query
+    if terms and weight:
+        scores = scores + weight * np.asarray([lexical_overlap(s, terms) for s in sentences], dtype=scores.dtype)
+    return scores
 
 
 class Highlighter:
-    def __init__(self, embedder: Embedder, stored: StoredSentences | None = None, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        stored: StoredSentences | None = None,
+        cache_size: int = 4096,
+        lexical_weight: float = LEXICAL_WEIGHT,
+    ) -> None:
         self._embedder = embedder
+        self._lexical_weight = lexical_weight
         self._stored = stored
         self._cache: OrderedDict[int, tuple[list[Span], np.ndarray]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
-    def locate(self, query: np.ndarray, passages: list[tuple[int, str]]) -> list[Highlight]:
-        """One highlight per (passage id, text): the span of the sentence closest to ``query``."""
+    def locate(
+        self, query: np.ndarray, passages: list[tuple[int, str]], terms: TermWeights | None = None
+    ) -> list[Highlight]:
+        """One highlight per (passage id, text): the span of the sentence that best answers ``query`` (its vector;
+        with ``terms``, the query's weighted terms, also the terms it shares with the query)."""
         todo: list[tuple[int, str]] = []
         with self._lock:
             known = {pid: self._cache[pid] for pid, _ in passages if pid in self._cache}
@@ -69,7 +110,8 @@ class Highlighter:
             elif len(spans) == 1:
                 out.append(Highlight(spans[0].start, spans[0].end))
             else:
-                best = int(np.argmax(known[pid][1] @ query))
+                texts = [text[sp.start : sp.end] for sp in spans]
+                best = int(np.argmax(sentence_scores(known[pid][1], texts, query, terms, self._lexical_weight)))
                 out.append(Highlight(known[pid][0][best].start, known[pid][0][best].end))
         return out
 

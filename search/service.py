@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from search import pages
 from search.bm25 import MemoryBM25
 from search.catalog import NO_DATE, Filter
 from search.checks import MAX_OFFSET as MAX_OFFSET  # where api/openapi.py reads it
@@ -45,6 +46,7 @@ from search.models import (
     TimelineEntry,
     TimelineResponse,
 )
+from search.pages import ArticlePage, IndexOverview, SimilarPage
 from search.paging import START as CURSOR_START
 from search.paging import Cursor, diversify, fingerprint, index_key, resume
 from search.related import RelatedFinder
@@ -66,6 +68,13 @@ def _pin_blas(threads: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads, user_api="blas")
+
+
+def _unlocked(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``_reads`` method without its lock, for a read that already holds it (the lock is not re-entrant: a
+    nested read behind a waiting writer would wait forever)."""
+    inner: Callable[..., Any] = method.__wrapped__  # type: ignore[attr-defined]
+    return inner
 
 
 def _source_of_item(sources: dict[int, str | None], item: tuple[int, Scores]) -> str | None:
@@ -332,7 +341,8 @@ class SearchService:
         anchors = [aid for aid, _ in ranked.items[:ANCHOR_ARTICLES]]
         passages = self._best_passages(query, qvec, page_aids, mode, anchors)
         shown = [(sp, sc) for aid in page_aids for sp, sc in passages[aid]]
-        highlights = iter(self.highlighter.locate(qvec, [(sp.passage.id, sp.passage.text) for sp, _ in shown]))
+        marked = [(sp.passage.id, sp.passage.text) for sp, _ in shown]
+        highlights = iter(self.highlighter.locate(qvec, marked, self.lexical.term_weights(query)))
         related = self.related.nearest(page_aids, self.settings.related_per_result)
         refs = self._refs(page_aids + [a for rel in related for a, _ in rel])
         results: list[SearchResult] = []
@@ -617,6 +627,11 @@ class SearchService:
 
     # -- articles --------------------------------------------------------------------------------------------
 
+    def _aids_of(self, article_ids: list[str]) -> dict[str, int]:
+        """Keys of the given article ids (one indexed lookup each; a page lists a few dozen at most)."""
+        found = {i: self.index.store.aid_of(i) for i in dict.fromkeys(article_ids)}
+        return {i: a for i, a in found.items() if a is not None}
+
     def _aid(self, article_id: str) -> int:
         aid: int | None = self.index.store.aid_of(article_id)
         if aid is None:
@@ -695,15 +710,19 @@ class SearchService:
     @_reads
     def timeline(self, article_id: str, k: int = 20, *, filters: Filter | None = None) -> TimelineResponse:
         """Coverage around an article in date order (background first): its story and its ``k`` nearest dated
-        articles, one per duplicate group, the article itself marked."""
+        articles, one per duplicate group, the article itself marked. Neighbours less similar than the
+        ``timeline_min_similarity`` setting are left out (its story's articles never are)."""
         self.validate_k(k)
-        aid = self._aid(article_id)
+        return self._article_timeline(self._aid(article_id), k, filters)
+
+    def _article_timeline(self, aid: int, k: int, filters: Filter | None) -> TimelineResponse:
         catalog = self.index.catalog
         row = int(catalog.positions([aid])[0])
         dated = catalog.days != NO_DATE
         keep = dated if filters is None else dated & catalog.mask(filters)
-        nearest = self.related.nearest([aid], k, catalog.aids[keep])[0]
-        story = catalog.story_labels[row] if row >= 0 else article_id
+        floor = self.settings.timeline_min_similarity
+        nearest = [(a, s) for a, s in self.related.nearest([aid], k, catalog.aids[keep])[0] if s >= floor]
+        story = catalog.story_labels[row] if row >= 0 else self.index.store.article_refs([aid])[aid].id
         members = [int(catalog.aids[r]) for r in catalog.story_rows(story) if keep[r]]
         vector = self.related.vectors([aid])[0]
         scores = {a: s for a, s in nearest}
@@ -711,6 +730,8 @@ class SearchService:
         if others:
             scores.update(zip(others, (self.related.vectors(others) @ vector).tolist(), strict=True))
         scores.pop(aid, None)
+        groups = self._duplicate_groups([aid, *scores])
+        scores = {a: s for a, s in scores.items() if groups[a] != groups[aid]}  # its copies: "also reported by"
         entries = [(a, round(float(s), 6)) for a, s in self._one_per_duplicate_group(scores).items()]
         entries.append((aid, 1.0))
         return self._timeline(entries, aid, story, self._refs([aid])[aid], None)
@@ -719,14 +740,18 @@ class SearchService:
     def query_timeline(
         self, query: str, k: int = 20, mode: str | None = None, *, filters: Filter | None = None
     ) -> TimelineResponse:
-        """The ``k`` best dated articles for a query, in date order."""
+        """The ``k`` best dated articles for a query, in date order; articles whose best passage's cosine to the
+        query is below the ``timeline_min_relevance`` setting are left out (an "oil prices" timeline lists no cocoa
+        review merely because it is among the nearest)."""
         query = self.validate_query(query)
         self.validate_k(k)
         mode = self.validate_mode(mode)
         dated = self.index.catalog.days != NO_DATE
         keep = dated if filters is None else dated & self.index.catalog.mask(filters)
         ranked = self.rank_articles(query, self.embed_query(query), k, mode, self.index.catalog.aids[keep])
-        return self._timeline([(a, sc.fused) for a, sc in ranked.items], None, None, None, query)
+        floor = self.settings.timeline_min_relevance  # on the dense side, which every mode fills
+        items = [(a, sc.fused) for a, sc in ranked.items if sc.dense >= floor]
+        return self._timeline(items, None, None, None, query)
 
     def _timeline(
         self,
@@ -752,6 +777,63 @@ class SearchService:
                 TimelineEntry(refs[a], s, a == aid, story is not None and refs[a].story_id == story) for a, s in ordered
             ],
         )
+
+    # -- pages: what the web pages show around the API's responses (search/pages.py) ---------------------------
+
+    @_reads
+    def overview(self) -> IndexOverview:
+        """What the index holds (articles, date range, sources, categories) and example queries drawn from it."""
+        return pages.overview(self.index.store, self.index.catalog)
+
+    @_reads
+    def article_page(self, article_id: str, related: int = 5, timeline: int = 20) -> ArticlePage:
+        """An article with its story (other outlets' coverage, earliest first), its duplicates, related stories
+        outside its story, and its timeline."""
+        aid = self._aid(article_id)
+        catalog, store = self.index.catalog, self.index.store
+        row = int(catalog.positions([aid])[0])
+        ref = self._refs([aid])[aid]
+        copies = self._copies(aid)
+        copy_ids = {c.id for c in copies}
+        story_aids = [int(catalog.aids[r]) for r in catalog.story_rows(ref.story_id or ref.id)]
+        story_aids = [a for a in story_aids if a != aid]
+        floor = self.settings.timeline_min_similarity  # a related story is as close as a timeline neighbour
+        near = self.related.nearest([aid], related + len(story_aids))[0]
+        near = [(a, s) for a, s in near if a not in set(story_aids) and s >= floor][:related]
+        line = self._article_timeline(aid, timeline, None)
+        refs = self._refs(story_aids + [a for a, _ in near])
+        story = [a for a in story_aids if a in refs and refs[a].id not in copy_ids]
+        story.sort(key=lambda a: (refs[a].date or "9999", refs[a].id))
+        timeline_aids = self._aids_of([e.article.id for e in line.entries])
+        refs.update(self._refs(timeline_aids.values()))
+        timeline_entries = [
+            (timeline_aids[e.article.id], e.score) for e in line.entries if e.article.id in timeline_aids
+        ]
+        return ArticlePage(
+            article=store.article(aid),
+            ref=ref,
+            categories=pages.categories_of(catalog, row),
+            story=pages.cards(store, catalog, refs, [(a, None) for a in story], story=ref.story_id, self_aid=aid),
+            duplicates=copies,
+            related=pages.cards(store, catalog, refs, [(a, s) for a, s in near], story=ref.story_id, self_aid=aid),
+            timeline=pages.cards(store, catalog, refs | {aid: ref}, timeline_entries, story=ref.story_id, self_aid=aid),
+            dated=bool((catalog.days != NO_DATE).any()),
+        )
+
+    @_reads
+    def similar_page(self, article_id: str, k: int = 10) -> SimilarPage:
+        """More like this as the web page shows it: each entry with its categories, opening sentence and whether
+        it belongs to the article's own story."""
+        response = _unlocked(SearchService.similar)(self, article_id, k)
+        story = response.article.story_id
+        aids = self._aids_of([r.article.id for r in response.results])
+        refs = {aids[r.article.id]: r.article for r in response.results if r.article.id in aids}
+        copies = {aids[r.article.id]: r.also_reported for r in response.results if r.article.id in aids}
+        entries: list[tuple[int, float | None]] = [
+            (aids[r.article.id], r.score) for r in response.results if r.article.id in aids
+        ]
+        cards = pages.cards(self.index.store, self.index.catalog, refs, entries, story=story, copies=copies)
+        return SimilarPage(article=response.article, results=cards)
 
     # -- labels: stories and duplicates -----------------------------------------------------------------------
 

@@ -149,6 +149,18 @@ class Settings:
     duplicate_threshold: float = _setting(
         0.995, "Article-vector cosine at or above which two articles count as exact duplicates."
     )
+    # Both floors chosen by bench/timeline.py on half of the Reuters topics (best F1 of "shares a topic with the
+    # article"), checked on the other half: see bench/README.md.
+    timeline_min_similarity: float = _setting(
+        0.45,
+        "Article-vector cosine below which a neighbour is left out of an article's timeline (its story's articles "
+        "stay); chosen on Reuters topics by bench/timeline.py.",
+    )
+    timeline_min_relevance: float = _setting(
+        0.4,
+        "Best-passage cosine to the query below which an article is left out of a query's timeline; chosen on "
+        "Reuters topics by bench/timeline.py.",
+    )
     max_query_chars: int = _setting(1000, "Longest query accepted.")
     max_k: int = _setting(100, "Largest k accepted by search and similar.")
     query_cache_size: int = _setting(1024, "Recent query embeddings kept in memory.")
@@ -235,6 +247,9 @@ class Settings:
             raise InvalidInput(f"setting similar_scoring must be one of {', '.join(SIMILAR_SCORINGS)}")
         if not 0.0 < self.duplicate_threshold <= 1.0:
             raise InvalidInput("setting duplicate_threshold must be in (0, 1]")
+        for name in ("timeline_min_similarity", "timeline_min_relevance"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise InvalidInput(f"setting {name} must be a cosine in [-1, 1], got {getattr(self, name)}")
         if self.mode not in MODES:
             raise InvalidInput(f"setting mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         for name in ("header_timeout", "body_timeout", "idle_timeout"):

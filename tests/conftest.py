@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CORPUS = FIXTURES / "corpus.jsonl"
 SAMPLE = ROOT / "index_data" / "sample.jsonl"
+# Dated: two outlets covering one OPEC story, a third outlet's exact copy, background and follow-up coverage, and
+# unrelated stories (a cocoa market review among them) - what the article page and timelines are tested on.
+DATED = FIXTURES / "dated.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +79,19 @@ def sample_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTra
 def make_service(index_dir: Path, embedder: SentenceTransformerEmbedder, **settings: Any) -> SearchService:
     s = Settings(index_dir=index_dir, **settings)
     return SearchService(open_index(index_dir, embedder), embedder, s)
+
+
+@pytest.fixture(scope="session")
+def dated_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+    """The dated fixture corpus indexed once (stories and duplicates labelled by the build)."""
+    target = tmp_path_factory.mktemp("idx") / "dated"
+    build_index(read_sources([DATED]), target, Settings(index_dir=target), embedder, progress=False)
+    return target
+
+
+@pytest.fixture(scope="session")
+def dated_service(dated_index: Path, embedder: SentenceTransformerEmbedder) -> SearchService:
+    return make_service(dated_index, embedder)
 
 
 @pytest.fixture(scope="session")

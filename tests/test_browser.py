@@ -2,7 +2,9 @@
 the real WSGI server (waitress) serving the bundled sample index.
 
 It types the North Korea question, waits for the highlighted answer, follows "more like this", checks the keyboard
-shortcuts and the phone layout, and saves screenshots to ``tests/artifacts/`` (git-ignored). ``make test``
+shortcuts and the phone layout; on a dated fixture corpus (two outlets covering one story, a third one's copy) it
+checks the article page's story, duplicates, related stories and timeline and the home page's holdings; and it saves
+screenshots to ``tests/artifacts/`` (git-ignored). ``make test``
 installs ``chromium`` and ``chromium-driver`` with apt-get where it can; where no browser is installed the test
 skips and says why.
 """
@@ -14,6 +16,7 @@ import shutil
 import threading
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -48,12 +51,12 @@ def _chromedriver() -> str | None:
     return shutil.which("chromedriver") or (str(p) if (p := Path("/usr/bin/chromedriver")).exists() else None)
 
 
-@pytest.fixture(scope="module")
-def base_url(sample_service: SearchService) -> Iterator[str]:
-    """The real server on a free loopback port, in a thread, for this module's tests."""
+@contextmanager
+def serving(service: SearchService) -> Iterator[str]:
+    """The real server for ``service`` on a free loopback port, in a thread; yields its base URL."""
     import waitress
 
-    server = waitress.create_server(create_app(service=sample_service), host="127.0.0.1", port=0, threads=2)
+    server = waitress.create_server(create_app(service=service), host="127.0.0.1", port=0, threads=2)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -61,6 +64,20 @@ def base_url(sample_service: SearchService) -> Iterator[str]:
     finally:
         server.close()
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base_url(sample_service: SearchService) -> Iterator[str]:
+    """The sample index served for this module's tests."""
+    with serving(sample_service) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def dated_url(dated_service: SearchService) -> Iterator[str]:
+    """The dated fixture corpus (tests/fixtures/dated.jsonl) served."""
+    with serving(dated_service) as url:
+        yield url
 
 
 @pytest.fixture
@@ -188,3 +205,55 @@ def test_readable_on_a_phone(browser: Any, base_url: str) -> None:
     assert box.size["width"] >= 200  # the search box takes the width, not a sliver of it
     assert browser.find_element(By.CSS_SELECTOR, "li.result mark.answer").is_displayed()
     screenshot(browser, "phone.png")
+
+
+def test_article_page_and_home_page_on_a_dated_corpus(browser: Any, dated_url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT)
+    browser.get(dated_url + "/")
+    holdings = wait.until(ec.visibility_of_element_located((By.ID, "holdings")))
+    assert browser.find_element(By.ID, "date-range").text == "2024-03-05 to 2024-06-04"
+    sources = browser.find_element(By.ID, "sources").text
+    assert all(s in sources for s in ("Daily Courier", "Harbour Wire", "Valley Gazette"))
+    assert holdings.is_displayed()
+    screenshot(browser, "home.png")
+
+    # an example query drawn from the index leads to its story's article page
+    browser.find_elements(By.CSS_SELECTOR, "a.example")[0].click()
+    first = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "li.result h2 a")))
+    label = browser.find_element(By.CSS_SELECTOR, "li.result .relevance")
+    assert label.text.endswith("match") and "dense" in label.get_attribute("title")
+    browser.get(dated_url + "/article?id=" + quote("wire/opec-cut-1", safe=""))
+    wait.until(ec.visibility_of_element_located((By.ID, "timeline")))
+    story = browser.find_element(By.ID, "story")
+    assert "Oil jumps as OPEC ministers approve output cut in Vienna" in story.text
+    assert "2024-04-02" in story.text and "Daily Courier" in story.text
+    assert "Valley Gazette" in browser.find_element(By.ID, "duplicates").text
+    related = browser.find_element(By.ID, "related")
+    assert "OPEC keeps output cut in place at June meeting" in related.text
+    assert "Cocoa" not in related.text
+    timeline = browser.find_element(By.ID, "timeline")
+    entries = timeline.find_elements(By.CSS_SELECTOR, "li.card")
+    assert len(entries) >= 4 and entries[0].text.startswith("Oil prices slide for a third month")
+    assert timeline.find_element(By.CSS_SELECTOR, "li.self").is_displayed()
+    screenshot(browser, "article.png")
+    browser.execute_script("arguments[0].scrollIntoView()", related)
+    screenshot(browser, "article-timeline.png")
+    assert first is not None
+
+
+def test_api_docs_render_offline(browser: Any, dated_url: str) -> None:
+    """Swagger UI, served by newsdesk itself, renders every operation of the OpenAPI document (no CDN here)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(dated_url + "/api/docs")
+    WebDriverWait(browser, WAIT).until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".opblock")))
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    spec = api(dated_url, "/api/openapi.json")
+    assert len(paths) == len(spec["paths"]) and "/api/search" in {p.replace("\u200b", "") for p in paths}
+    screenshot(browser, "api-docs.png")

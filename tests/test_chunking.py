@@ -41,6 +41,37 @@ def test_sentence_boundaries(text: str, expected: int) -> None:
     assert len(sentence_spans(text)) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # titles, singular and plural, never end a sentence
+        (
+            "Sens. Elizabeth Warren and Bernie Sanders wrote to the agency. It replied.",
+            ["Sens. Elizabeth Warren and Bernie Sanders wrote to the agency.", "It replied."],
+        ),
+        (
+            "Reps. Smith and Jones met Gov. Newsom and Lt. Gov. Kounalakis. They agreed.",
+            ["Reps. Smith and Jones met Gov. Newsom and Lt. Gov. Kounalakis.", "They agreed."],
+        ),
+        # state and month abbreviations before a name or a number
+        (
+            "The bill passed on Feb. 3, the report said. Mass. Gov. Maura Healey signed it.",
+            ["The bill passed on Feb. 3, the report said.", "Mass. Gov. Maura Healey signed it."],
+        ),
+        (
+            "The U.S. Supreme Court and the U.N. Security Council met George W. Bush. Then they left.",
+            ["The U.S. Supreme Court and the U.N. Security Council met George W. Bush.", "Then they left."],
+        ),
+        ("Sony Corp. said No. 2 was fine. Shares rose.", ["Sony Corp. said No. 2 was fine.", "Shares rose."]),
+        # ... but an initialism or abbreviation followed by a word that opens sentences ends one
+        ("He moved to the U.S. The court ruled later.", ["He moved to the U.S.", "The court ruled later."]),
+        ("She was born in Pasadena, Calif. He was not.", ["She was born in Pasadena, Calif.", "He was not."]),
+    ],
+)
+def test_abbreviations_stay_whole(text: str, expected: list[str]) -> None:
+    assert sentences(text) == expected
+
+
 def test_quoted_sentence_keeps_closing_quote() -> None:
     text = "“While holding exercises, the US is moving to establish an Asia-style NATO,” said the ministry. Next one."
     first = sentences(text)[0]
