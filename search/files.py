@@ -77,14 +77,11 @@ def directory_writable(directory: Path, *files: Path) -> bool:
         return exc.errno == errno.ENOSPC
     with contextlib.suppress(OSError):
         probe.unlink()
-    for path in files:
-        try:
-            os.close(os.open(path, os.O_RDWR))
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return False
-    return True
+    # The files themselves are asked, not opened: opening and closing a SQLite file that this process has connections
+    # to would drop every POSIX lock SQLite holds on it (fcntl locks belong to the process and the file, and any
+    # close releases them; https://sqlite.org/howtocorrupt.html, 2.2). A read-only mount failed the probe above, and
+    # os.access answers for file permissions (root may write any file on a writable mount, as it says).
+    return all(os.access(path, os.W_OK) for path in files if path.exists())
 
 
 def file_crc32(path: Path, chunk: int = 1 << 20) -> int:
