@@ -7,6 +7,8 @@ an interrupted or failed build leaves whatever index was there before untouched.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,7 +25,6 @@ from search.chunking import Chunk, Chunker, sentence_spans
 from search.dedup import DedupIndex
 from search.embedding import Embedder, SentenceTransformerEmbedder, make_embedder
 from search.errors import InvalidInput, NewsdeskError, SourceError, StaleIndex
-from search.files import directory_writable
 from search.grouping import label_unlabelled, save_duplicates
 from search.index import (
     ARTICLE_FACTORY,
@@ -250,11 +251,12 @@ class _Previous:
 
     @staticmethod
     def of(target: Path, since: Snapshot | None) -> _Previous | None:
-        """The index at ``target`` if it is one that this process can write (none is written there otherwise)."""
+        """The index at ``target`` if its store can be written (nobody writes there otherwise). ``os.access``, not a
+        probe that opens the file: closing a descriptor on a SQLite file drops the locks this process holds on it."""
         directory = target.absolute().resolve()
         try:
             manifest = read_manifest(directory)
-            if not directory_writable(directory, directory / SQLITE):
+            if not os.access(directory / SQLITE, os.W_OK):
                 return None
             store = Store(directory / SQLITE)
         except NewsdeskError:
@@ -265,7 +267,16 @@ class _Previous:
         return _Previous(store, manifest, since.generation if since is not None else store.generation())
 
     def same_vectors(self, fingerprint: dict[str, Any], chunking: dict[str, Any]) -> bool:
-        return self.manifest.get("model") == fingerprint and self.manifest.get("chunking") == chunking
+        """Whether the new build would give the copied articles the very passages and vectors they have: the same
+        model files, backend (and int8 preset) and chunking. The probe vectors are left out: they only tell close
+        models apart, and the same files on the same backend are the same model."""
+
+        def recorded(value: Any) -> Any:  # as the manifest holds it (JSON: lists, not tuples)
+            return json.loads(json.dumps(value))
+
+        model = {k: v for k, v in recorded(fingerprint).items() if k != "probe"}
+        old = {k: v for k, v in (self.manifest.get("model") or {}).items() if k != "probe"}
+        return bool(model.get("files_sha256")) and model == old and self.manifest.get("chunking") == recorded(chunking)
 
     def carry(self, new: Store, since: int, rows_for: Callable[[list[NewArticle]], list[NewArticle]]) -> int:
         """Bring the articles written here after generation ``since`` into ``new`` as they are now (deleted ones

@@ -33,6 +33,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from indexer.build import build_index
@@ -267,6 +268,12 @@ def test_writes_acknowledged_during_a_rebuild_are_in_the_new_build(
         assert_found(service_lookup(svc), written, {deleted} | set(titles(before)), "after the rebuild")
         assert svc.article(replaced["id"]).title == replaced["title"]
         assert svc.index.store.counts()[0] == 30 - 1 + 3
+        carried = [r["id"] for r in embedding + caching]
+        before_swap = {text: vec for _, _, text, vec, _ in writer.store.passage_texts(carried)}  # the replaced file
+        now = {text: vec for _, _, text, vec, _ in svc.index.store.passage_texts(carried)}
+        assert now.keys() == before_swap.keys()
+        # copied as they were, or (other chunking: the headline before each body passage) embedded again
+        assert all(np.array_equal(v, before_swap[t]) for t, v in now.items()) == same_chunking
     finally:
         svc.index.close()
         writer.close()
