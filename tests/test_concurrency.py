@@ -40,15 +40,21 @@ from indexer.build import build_index
 from indexer.live import Writer
 from indexer.sources import read_sources
 from indexer.update import add_articles, delete_articles
+from search.embedding import make_embedder
 from search.errors import NotFound
 from search.index import SQLITE, check_index, open_index
 from search.models import Article
 from search.service import SearchService
 from search.settings import Settings
 from tests.fakes import wire_articles
-from tests.procs import NEWSDESK, get_json, post, serve, spawn, stop, write_jsonl
+from tests.procs import ENV, NEWSDESK, get_json, post, serve, spawn, stop, write_jsonl
 
 TRIALS = int(os.environ.get("NEWSDESK_CONCURRENCY_TRIALS", "2"))
+# Servers and ``newsdesk add`` run the int8 backend (the default): it loads in about a second where torch takes 6 to
+# 10 (measured on this 2-core machine), which was most of each trial; its vectors live in the torch-built index's
+# space (the probe check every open does). A rebuild keeps torch: its model load falls after it has read the index,
+# which keeps the window of writes it must carry into the new build several seconds wide.
+INT8 = {**ENV, "NEWSDESK_BACKEND": "onnx-int8"}
 MODES = ("dense", "lexical", "hybrid")
 PAUSE = 1.0  # seconds between one client's write batches
 # Headlines are five of these words, so every article's headline is its own and a query on it finds it first.
@@ -131,6 +137,7 @@ def assert_sound(directory: Path, embedder: Any, present: dict[str, str], absent
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Path:
     """A tiny index (30 wire stories, the real model), built once; its source file is ``base/../wire.jsonl``."""
+    make_embedder(Settings(backend="onnx-int8"))  # the int8 export, made once here if missing, not by racing processes
     root = tmp_path_factory.mktemp("concurrency")
     source = write_jsonl(root / "wire.jsonl", wire_articles(30, seed=11))
     build_index(read_sources([source]), root / "index", Settings(index_dir=root / "index"), embedder, progress=False)
@@ -241,6 +248,7 @@ def test_writes_acknowledged_during_a_rebuild_are_in_the_new_build(
 
     swap_in = search.index.swap_in
     waiting: list[threading.Thread] = []
+    others: list[Any] = []
 
     def while_swapping(link: Path, new_dir: Path) -> None:
         """Under the old store's lock (with the carry): a writer that waits on it must catch up onto the new build."""
@@ -248,6 +256,7 @@ def test_writes_acknowledged_during_a_rebuild_are_in_the_new_build(
         thread = threading.Thread(target=add_articles, args=(other, articles_of(swapping), embedder, old_settings))
         thread.start()
         waiting.append(thread)
+        others.append(other)
         time.sleep(0.5)  # the writer reaches the lock
         swap_in(link, new_dir)
 
@@ -260,6 +269,8 @@ def test_writes_acknowledged_during_a_rebuild_are_in_the_new_build(
     for thread in waiting:
         thread.join(timeout=120)
         assert not thread.is_alive(), "the writer waiting on the old store's lock never finished"
+    for index in others:
+        index.close()
     monkeypatch.undo()
     assert check_index(target) == []
     svc = SearchService(open_index(target, embedder), embedder, settings)
@@ -362,7 +373,7 @@ def _two_adds(trials: int, base: Path, tmp_path: Path, embedder: Any) -> None:
     for trial in range(trials):
         batches = [new_rows(f"add{trial}{side}", 3, rng) for side in "ab"]
         sources = [write_jsonl(tmp_path / f"{trial}-{i}.jsonl", rows) for i, rows in enumerate(batches)]
-        procs = [spawn(["add", str(source), "--index", str(target)], log) for source in sources]
+        procs = [spawn(["add", str(source), "--index", str(target)], log, INT8) for source in sources]
         for proc, rows in zip(procs, batches, strict=True):
             assert proc.wait(timeout=600) == 0, log.read_text()
             acknowledged |= titles(rows)
@@ -423,14 +434,15 @@ def _add_beside_server(trials: int, base: Path, tmp_path: Path, embedder: Any) -
     """A server taking POSTs while a ``newsdesk add`` writes to the same index."""
     target = fresh_copy(base, tmp_path)
     log = tmp_path / "serve.log"
-    proc, port = serve(target, log)
+    proc, port = serve(target, log, env=INT8)
     rng = random.Random(20)
     acknowledged: dict[str, str] = {}
     try:
         for trial in range(trials):
             poster = _posting(port, f"srv{trial}", trial)
             rows = new_rows(f"cli{trial}", 3, rng)
-            add = spawn(["add", str(write_jsonl(tmp_path / f"{trial}.jsonl", rows)), "--index", str(target)], log)
+            source = write_jsonl(tmp_path / f"{trial}.jsonl", rows)
+            add = spawn(["add", str(source), "--index", str(target)], log, INT8)
             assert add.wait(timeout=600) == 0, log.read_text()
             poster.mark(after=2)
             poster.finish()
@@ -446,7 +458,7 @@ def _add_beside_server(trials: int, base: Path, tmp_path: Path, embedder: Any) -
 def _two_server_processes(trials: int, base: Path, tmp_path: Path, embedder: Any) -> None:
     """``serve --processes 2`` taking two clients' POSTs at once."""
     target = fresh_copy(base, tmp_path)
-    proc, port = serve(target, tmp_path / "serve.log", "--processes", "2")
+    proc, port = serve(target, tmp_path / "serve.log", "--processes", "2", env=INT8)
     acknowledged: dict[str, str] = {}
     try:
         for trial in range(trials):
@@ -478,7 +490,7 @@ def _rebuild_under_server(trials: int, base: Path, tmp_path: Path, embedder: Any
     log = tmp_path / "serve.log"
     source = base.parent / "wire.jsonl"
     base_ids = [r["id"] for r in wire_articles(30, seed=11)]
-    proc, port = serve(target, log)
+    proc, port = serve(target, log, env=INT8)
     acknowledged: dict[str, str] = {}  # every article that must be there from now on
     try:
         for trial in range(trials):
