@@ -6,10 +6,13 @@ an interrupted or failed build leaves whatever index was there before untouched.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,7 +24,7 @@ from search.catalog import ArticleCatalog
 from search.chunking import Chunk, Chunker, sentence_spans
 from search.dedup import DedupIndex
 from search.embedding import Embedder, SentenceTransformerEmbedder, make_embedder
-from search.errors import InvalidInput, NewsdeskError, SourceError
+from search.errors import InvalidInput, NewsdeskError, SourceError, StaleIndex
 from search.grouping import label_unlabelled, save_duplicates
 from search.index import (
     ARTICLE_FACTORY,
@@ -112,9 +115,14 @@ def build_index(
     sources: list[str] | None = None,
     embed_groups: GroupEmbedder | None = None,
     origins: Mapping[str, str] | None = None,
+    since: Snapshot | None = None,
 ) -> BuildReport:
     """Build a complete index at ``target`` from ``articles`` and swap it in atomically. ``origins`` records where
     articles that did not come from the sources came from (``newsdesk add``, the API: kept by ``--keep-missing``).
+
+    Writes committed into the index being replaced after ``since`` (when the caller began reading it; by default
+    when this build begins) are carried into the new build, the last of them under that store's write lock held
+    across the swap, so a write acknowledged during the build is never lost with the old store (``_Previous``).
 
     ``embed_groups`` chunks and embeds the groups of ``settings.batch_articles`` articles somewhere else (``newsdesk
     index --ray``: on Ray actors); ``embedder`` then only needs to describe the model (name, dimension, fingerprint)."""
@@ -127,10 +135,32 @@ def build_index(
     fingerprint = embedder.fingerprint()
     vector_store = _vector_store(settings, target, embedder.dimension)
     replaced = _milvus_entry(target)
+    previous = _Previous.of(target, since)
     opened: tuple[Any, ...] = ()
     generation = 0
+    carried = 0  # the generation of the previous store up to which its writes are in the new one
+
+    def rows_for(rows: list[NewArticle]) -> list[NewArticle]:
+        """Rows copied from the previous store as they are, or embedded again where the model or chunking changed."""
+        if previous is None or previous.same_vectors(fingerprint, chunking_config(chunker, settings)) or not rows:
+            return rows
+        fresh, _ = next(
+            iter((embed_groups or local_groups(chunker, embedder, settings))([[r.article for r in rows]], None))
+        )
+        return [replace(f, origin=r.origin) for f, r in zip(fresh, rows, strict=True)]
+
+    def last_writes() -> None:
+        """Under the previous store's write lock, held until after the swap: its writes since the first carry."""
+        if previous is None:
+            return
+        held.enter_context(previous.store.locked())
+        previous.carry(store, carried, rows_for)
+        report.articles, report.passages = store.counts()
+        store.close()
+
+    held = contextlib.ExitStack()
     try:
-        with building(target) as work:
+        with held, building(target, last_writes) as work:
             store = Store(work / SQLITE, create=True)
             try:
                 groups = article_groups(items, settings.batch_articles)
@@ -142,6 +172,8 @@ def build_index(
                         bar.articles(len(group))
                 if origins:
                     store.set_origins(dict(origins))
+                if previous is not None:  # most of what was written meanwhile, before the caches are made
+                    carried = previous.carry(store, previous.since, rows_for)
                 report.articles, report.passages = store.counts()
                 manifest: dict[str, Any] = {
                     "format_version": FORMAT_VERSION,
@@ -184,9 +216,76 @@ def build_index(
             publish_index(opened[1], generation, manifest, take_over=True)
     finally:
         close_vectors(*opened)  # Milvus: the connection, and an in-process Milvus Lite's directory lock
+        if previous is not None:
+            previous.store.close()
     if replaced is not None:
         drop_collections(replaced, target)
     return report
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Where a full build began reading the index it replaces: that store's build id and generation."""
+
+    build: str
+    generation: int
+
+    @staticmethod
+    def of(store: Store) -> Snapshot:
+        return Snapshot(store.build, store.generation())
+
+
+@dataclass(frozen=True)
+class _Previous:
+    """The index a full build replaces, whose writers (a server's POSTs, ``newsdesk add``) go on committing into it
+    while the build runs. Every write records its article ids in the store's change log (search/store.py); the
+    build copies the articles written after ``since`` into its own store twice: once before its caches are made
+    (most of them, unlocked), then the rest under the old store's write lock, which it holds across the swap. A
+    writer waiting on that lock then finds the directory swapped and catches up onto the new build (indexer/update.py
+    ``apply_changes``). Copied articles keep their passages and vectors where the model and chunking are the same,
+    and are embedded again otherwise; a deleted one is deleted from the new build."""
+
+    store: Store
+    manifest: dict[str, Any]
+    since: int
+
+    @staticmethod
+    def of(target: Path, since: Snapshot | None) -> _Previous | None:
+        """The index at ``target`` if its store can be written (nobody writes there otherwise). ``os.access``, not a
+        probe that opens the file: closing a descriptor on a SQLite file drops the locks this process holds on it."""
+        directory = target.absolute().resolve()
+        try:
+            manifest = read_manifest(directory)
+            if not os.access(directory / SQLITE, os.W_OK):
+                return None
+            store = Store(directory / SQLITE)
+        except NewsdeskError:
+            return None
+        if since is not None and since.build != store.build:
+            store.close()
+            raise StaleIndex(f"{target} was replaced by another build while this one read it; run the build again")
+        return _Previous(store, manifest, since.generation if since is not None else store.generation())
+
+    def same_vectors(self, fingerprint: dict[str, Any], chunking: dict[str, Any]) -> bool:
+        """Whether the new build would give the copied articles the very passages and vectors they have: the same
+        model files, backend (and int8 preset) and chunking. The probe vectors are left out: they only tell close
+        models apart, and the same files on the same backend are the same model."""
+
+        def recorded(value: Any) -> Any:  # as the manifest holds it (JSON: lists, not tuples)
+            return json.loads(json.dumps(value))
+
+        model = {k: v for k, v in recorded(fingerprint).items() if k != "probe"}
+        old = {k: v for k, v in (self.manifest.get("model") or {}).items() if k != "probe"}
+        return bool(model.get("files_sha256")) and model == old and self.manifest.get("chunking") == recorded(chunking)
+
+    def carry(self, new: Store, since: int, rows_for: Callable[[list[NewArticle]], list[NewArticle]]) -> int:
+        """Bring the articles written here after generation ``since`` into ``new`` as they are now (deleted ones
+        deleted); returns the generation read first, the ``since`` of the next carry."""
+        mark = self.store.generation()
+        ids = self.store.changed_since(since)
+        if ids:
+            new.replace_articles(ids, rows_for(self.store.stored_rows(ids)))
+        return mark
 
 
 class IndexProgress:

@@ -9,7 +9,9 @@ but whose metadata (date, source, url, tags, extra) changed has its row updated 
 
 Articles written by ``newsdesk add`` or the API are recorded as such (the store's ``origin`` column); when they are
 missing from the sources, ``warn`` is told how many before they are deleted, and ``keep_missing`` keeps every
-article missing from the sources (in a full build too: their stored text is indexed again).
+article missing from the sources (in a full build too: their stored text is indexed again). That is of articles
+written before the re-index read the index: those written while a full build runs are carried into it whatever the
+sources say (indexer/build.py ``_Previous``), since their writers were told they were stored.
 
 Anything else (no index yet, another model, other chunking settings, another FAISS factory, another vector store,
 Milvus URI or Milvus index, or most of the corpus changed) is a full build into a new directory swapped in
@@ -28,6 +30,7 @@ from indexer.build import (
     BuildReport,
     GroupEmbedder,
     IndexProgress,
+    Snapshot,
     article_groups,
     build_index,
     chunking_config,
@@ -133,6 +136,7 @@ def sync_index(
         sources=sources,
         embed_groups=embed_groups,
         origins=missing.origins if keep_missing else None,
+        since=missing.snapshot,
     )
     report.articles, report.passages, report.embedded = built.articles, built.passages, built.embedded
     report.added, report.mode, report.reason = built.articles, "full", reason or ""
@@ -149,6 +153,8 @@ class _Missing:
     added: int = 0
     origins: dict[str, str] = field(default_factory=dict)
     kept: list[Article] = field(default_factory=list)
+    # the store's build and generation when it was read: writes after it are carried into a full build
+    snapshot: Snapshot | None = None
 
 
 def _missing(settings: Settings, wanted: set[str], keep: bool) -> _Missing:
@@ -159,11 +165,12 @@ def _missing(settings: Settings, wanted: set[str], keep: bool) -> _Missing:
     except NewsdeskError:
         return _Missing()
     try:
+        snapshot = Snapshot.of(store)  # first: a write committed while the rest is read is carried again, not lost
         stored = store.article_metadata()
         gone = [i for i in stored if i not in wanted]
         origins = {i: str(stored[i][1]) for i in gone if stored[i][1] in ORIGINS}
         kept = [store.article(aid) for aid in (store.aid_of(i) for i in gone) if aid is not None] if keep else []
-        return _Missing(len(gone), len(origins), origins, kept)
+        return _Missing(len(gone), len(origins), origins, kept, snapshot)
     except sqlite3.DatabaseError:
         return _Missing()
     finally:

@@ -15,7 +15,7 @@ import os
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -508,13 +508,15 @@ def _check_postings(directory: Path, store: Store) -> list[str]:
 
 
 @contextmanager
-def building(target: Path) -> Iterator[Path]:
+def building(target: Path, before_swap: Callable[[], None] | None = None) -> Iterator[Path]:
     """Yield a fresh directory beside ``target``; on success make ``target`` point at it atomically.
 
     ``target`` is a symlink to a versioned sibling (``.<name>.<id>``); swapping it is one ``rename``, so readers see
     the old index or the new one, never a mix, and a crash mid-build leaves the old index untouched. ``target`` must
     be new, empty or an index newsdesk wrote (``check_replaceable``): nothing else is ever deleted. A build that
     cannot write (a full disk) is one ``StorageError``, its new directory removed and the old index untouched.
+    ``before_swap`` runs once the new directory's files are synced, just before the swap (a build carries the last
+    writes of the index it replaces into its own store there: indexer/build.py).
     """
     target = target.absolute()
     check_replaceable(target)
@@ -528,6 +530,8 @@ def building(target: Path) -> Iterator[Path]:
             if f.is_file():
                 _fsync(f)
         _fsync(work)
+        if before_swap is not None:
+            before_swap()
         swap_in(target, work)
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)

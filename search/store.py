@@ -51,6 +51,20 @@ CREATE TABLE IF NOT EXISTS article_groups (
 CREATE INDEX IF NOT EXISTS article_groups_story ON article_groups(story);
 """
 
+# The change log: the article ids each write touched (one row per id: its latest generation and operation), written in
+# the write's own transaction. A full build reads the store it replaces for the ids written after the build began
+# reading it, and carries them into the new build before the swap (indexer/build.py), so a write acknowledged during
+# a rebuild is not lost with the old store. One row per id keeps it bounded by the ids written since the store's
+# build (a new build starts with an empty log; its bulk load writes none). Older stores get it empty on open.
+CHANGES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS changes (
+    id TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('upsert', 'delete'))
+);
+CREATE INDEX IF NOT EXISTS changes_generation ON changes(generation);
+"""
+
 SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -84,6 +98,7 @@ CREATE INDEX IF NOT EXISTS passages_aid ON passages(aid, position);
 """
     + SENTENCES_SCHEMA
     + GROUPS_SCHEMA
+    + CHANGES_SCHEMA
 )
 
 # BM25 tables (queried by search/lexical.py), kept in step with articles and passages by triggers, so the
@@ -218,7 +233,7 @@ class Store:
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('build', ?)", (uuid.uuid4().hex,))
         else:
             with contextlib.suppress(sqlite3.OperationalError), self._conn() as conn:  # read-only: reads fall back
-                conn.executescript(SENTENCES_SCHEMA + GROUPS_SCHEMA)
+                conn.executescript(SENTENCES_SCHEMA + GROUPS_SCHEMA + CHANGES_SCHEMA)
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(articles)")}
                 if "origin" not in columns:  # an index from before origins: its articles count as from sources
                     conn.execute("ALTER TABLE articles ADD COLUMN origin TEXT")
@@ -303,8 +318,9 @@ class Store:
     # -- writing ---------------------------------------------------------------------------------------------
 
     def add_articles(self, items: Iterable[NewArticle]) -> list[int]:
-        """Insert articles with their passages in one transaction and bump the generation; returns passage ids."""
-        return self.replace_articles((), items).new_pids
+        """Insert articles with their passages in one transaction and bump the generation; returns passage ids.
+        A full build's bulk load: no change log (nobody reads a build's log before the build is swapped in)."""
+        return self.replace_articles((), items, log=False).new_pids
 
     def delete_articles(self, article_ids: Iterable[str]) -> tuple[list[int], list[int]]:
         """Delete articles (their passages and BM25 entries go with them) in one transaction.
@@ -315,19 +331,27 @@ class Store:
         return done.deleted_aids, done.deleted_pids
 
     def replace_articles(
-        self, delete_ids: Iterable[str], items: Iterable[NewArticle], check: Callable[[int], None] | None = None
+        self,
+        delete_ids: Iterable[str],
+        items: Iterable[NewArticle],
+        check: Callable[[int], None] | None = None,
+        *,
+        log: bool = True,
     ) -> Replaced:
         """Delete ``delete_ids`` and insert ``items`` in one transaction, so a reader sees either the old or the new
         version of a replaced article, never neither.
 
         ``check`` is called with the store's generation once the transaction holds SQLite's write lock (``BEGIN
         IMMEDIATE``: no other process can commit until this one ends), before anything is written; it raises
-        (``StaleIndex``) to roll back when the caller's in-memory state does not reflect that generation."""
+        (``StaleIndex``) to roll back when the caller's in-memory state does not reflect that generation. ``log``
+        records the ids in the change log (``CHANGES_SCHEMA``) in the same transaction."""
         conn = self._conn()
         aids: list[int] = []
         pids: list[int] = []
         new_aids: list[int] = []
         new_pids: list[int] = []
+        items = list(items)
+        gone: list[str] = []  # the ids deleted and not written again
         with _disk_full_is_storage_error(self.path), conn:
             conn.execute("BEGIN IMMEDIATE")
             if check is not None:
@@ -337,6 +361,7 @@ class Store:
                 if row is None:
                     continue
                 aids.append(int(row[0]))
+                gone.append(article_id)
                 pids += [int(r[0]) for r in conn.execute("SELECT id FROM passages WHERE aid = ?", (row[0],))]
                 conn.execute("DELETE FROM passages WHERE aid = ?", (row[0],))
                 conn.execute("DELETE FROM articles WHERE aid = ?", (row[0],))
@@ -347,7 +372,18 @@ class Store:
             if aids or new_pids:
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             generation = self._generation(conn)
+            if log and (aids or new_aids):
+                written = {n.article.id for n in items}
+                self._log(conn, generation, [i for i in gone if i not in written], "delete")
+                self._log(conn, generation, [n.article.id for n in items], "upsert")
         return Replaced(aids, pids, new_aids, new_pids, generation)
+
+    @staticmethod
+    def _log(conn: sqlite3.Connection, generation: int, article_ids: Iterable[str], op: str) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO changes (id, generation, op) VALUES (?, ?, ?)",
+            [(i, generation, op) for i in article_ids],
+        )
 
     @staticmethod
     def _generation(conn: sqlite3.Connection) -> int:
@@ -421,6 +457,7 @@ class Store:
                 aids += [int(row[0]) for row in cur.fetchall()]
             if aids:
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+                self._log(conn, self._generation(conn), [a.id for a in articles], "upsert")
         return aids
 
     def set_origins(self, origins: Mapping[str, str | None]) -> None:
@@ -428,6 +465,59 @@ class Store:
         generation."""
         with self._conn() as conn:
             conn.executemany("UPDATE articles SET origin = ? WHERE id = ?", [(o, i) for i, o in origins.items()])
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold SQLite's write lock on this store (``BEGIN IMMEDIATE`` on this thread's connection) until the block
+        ends, then roll back: no process commits here meanwhile, and this thread's reads see one state. What a full
+        build holds on the store it replaces from copying the last writes until its swap (indexer/build.py)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+    def changed_since(self, generation: int) -> list[str]:
+        """The ids of the articles written (inserted, replaced, deleted or given new metadata) after ``generation``,
+        from the change log."""
+        rows = self._conn().execute("SELECT id FROM changes WHERE generation > ? ORDER BY generation", (generation,))
+        return [str(row[0]) for row in rows]
+
+    def stored_rows(self, article_ids: Iterable[str]) -> list[NewArticle]:
+        """The stored articles among ``article_ids`` as rows another store can take as they are: text, metadata,
+        origin, passages and every vector (sentences too), without their labels (a build labels its own stories).
+        Ids not stored are left out."""
+        out: list[NewArticle] = []
+        for article_id in dict.fromkeys(article_ids):
+            row = self._query_one("SELECT aid, vector, origin FROM articles WHERE id = ?", (article_id,))
+            if row is None:
+                continue
+            aid = int(row[0])
+            passages = (
+                self._conn()
+                .execute(
+                    'SELECT id, position, field, start, "end", text, vector FROM passages WHERE aid = ? '
+                    "ORDER BY position",
+                    (aid,),
+                )
+                .fetchall()
+            )
+            sentences = self.sentence_vectors(int(p[0]) for p in passages)
+            dim = len(row[1]) // 4
+            out.append(
+                NewArticle(
+                    article=self.article(aid),
+                    passages=[(int(p[1]), str(p[2]), int(p[3]), int(p[4]), str(p[5])) for p in passages],
+                    passage_vectors=np.stack([np.frombuffer(p[6], dtype=np.float32) for p in passages])
+                    if passages
+                    else np.zeros((0, dim), dtype=np.float32),
+                    article_vector=np.frombuffer(row[1], dtype=np.float32).copy(),
+                    sentences=[sentences.get(int(p[0])) for p in passages],
+                    origin=row[2],
+                )
+            )
+        return out
 
     # -- reading ---------------------------------------------------------------------------------------------
 

@@ -50,10 +50,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         kill(proc)
 
 
-def serve(directory: Path, log: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+def serve(
+    directory: Path, log: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     """A server on ``directory`` (write key ``KEY``) on a free port, once it answers its health check."""
     port = free_port()
-    env = {**ENV, "NEWSDESK_API_KEY": KEY}
+    env = {**(env or ENV), "NEWSDESK_API_KEY": KEY}
     proc = spawn(["serve", "--index", str(directory), "--port", str(port), *args], log, env)
     deadline = time.monotonic() + 180
     while True:

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -20,8 +21,10 @@ from indexer.live import Writer
 from search.errors import InvalidInput
 from search.index import check_index, open_index
 from search.intake import Limits, parse_write
+from search.models import Article
 from search.service import SearchService
 from search.settings import Settings
+from search.store import NewArticle, Store
 from tests.conftest import assert_error
 
 KEY = "s3cret-write-key"
@@ -349,3 +352,36 @@ def test_an_api_write_is_recorded_as_such(live: SearchService) -> None:
     conn = live.index.store.connection()
     assert conn.execute("SELECT origin FROM articles WHERE id = ?", (NEW["id"],)).fetchone() == ("api",)
     assert {o for (o,) in conn.execute("SELECT origin FROM articles WHERE id != ?", (NEW["id"],))} == {None}
+
+
+def _row(article_id: str, title: str) -> NewArticle:
+    vec = np.ones(4, dtype=np.float32) / 2.0
+    return NewArticle(
+        article=Article(id=article_id, title=title, paragraphs=("Body text.",)),
+        passages=[(0, "title", 0, len(title), title), (1, "body", 0, 10, "Body text.")],
+        passage_vectors=np.stack([vec, vec]),
+        article_vector=vec,
+        origin="api",
+    )
+
+
+def test_the_change_log_holds_one_row_per_written_id_and_a_builds_bulk_load_none(tmp_path: Path) -> None:
+    """What a rebuild carries into its new build is read from the change log: every write records its ids with
+    their latest generation (a delete as such, a write again after it as an upsert), and the log stays bounded by
+    the ids written since the store's build, since a build's own bulk load records nothing."""
+    store = Store(tmp_path / "s.sqlite", create=True)
+    try:
+        store.add_articles([_row("built", "Built")])
+        assert store.changed_since(-1) == []
+        first = store.replace_articles((), [_row("a", "A"), _row("b", "B")]).generation
+        store.replace_articles(["a", "built", "unknown"], [])
+        last = store.replace_articles(["b"], [_row("b", "B again")]).generation
+        rows = store.connection().execute("SELECT id, generation, op FROM changes ORDER BY id").fetchall()
+        assert rows == [("a", first + 1, "delete"), ("b", last, "upsert"), ("built", first + 1, "delete")]
+        assert sorted(store.changed_since(first)) == ["a", "b", "built"]
+        assert store.changed_since(last) == []
+        (copied,) = store.stored_rows(["a", "b", "built"])  # the deleted ones are not stored
+        assert (copied.article.title, copied.origin, len(copied.passages)) == ("B again", "api", 2)
+        assert np.array_equal(copied.passage_vectors, _row("b", "x").passage_vectors)
+    finally:
+        store.close()
