@@ -358,7 +358,13 @@ def test_reloads_close_the_connections_of_the_store_they_replace(base: Path, tmp
     for row in rows:
         add_articles(other, articles_of([row]), embedder, settings)
         searches()  # the first reloads; all four threads open connections to the new store
-    assert sqlite_fds(target) <= settled + 2, (settled, sqlite_fds(target))
+    # One batch of request threads' connections may still be counted: SQLite's unix VFS does not close the descriptor
+    # of a closed connection while another connection of this process holds a lock on the same file (``other``'s
+    # WAL read lock here): it parks it for reuse by the next connection (unixClose, setPendingFd). Whether the last
+    # batch was collected before or after the final reload decides whether its four are parked. The leak this test
+    # caught grew with every reload instead (31 descriptors after these six).
+    threads = 4
+    assert sqlite_fds(target) <= settled + threads + 2, (settled, sqlite_fds(target))
 
 
 # -- in other processes: the acceptance trials -------------------------------------------------------------------
