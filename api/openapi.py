@@ -460,7 +460,14 @@ _WRITE_RESULT = {
 
 def _write_errors(responses: dict[str, Any]) -> dict[str, Any]:
     responses["401"] = _response("No key, or a wrong one (unauthorized).", "Error")
-    responses["403"] = _response("The server has no write key: writes are disabled (writes_disabled).", "Error")
+    responses["403"] = _response(
+        "Writes are disabled (writes_disabled): the server has no write key, or the index is read-only.", "Error"
+    )
+    responses["5XX"] = _response(
+        "The index kept changing under the write (503, index_changed: retry), the disk refused it before it committed "
+        "(507, storage_error: nothing was written), a broken or missing index (503) or a bug (500, internal_error).",
+        "Error",
+    )
     return responses
 
 
