@@ -89,36 +89,15 @@ class BenchError(Exception):
 
 
 def read_qrels(path: Path) -> Qrels:
-    """Relevance judgements as ``{query_id: {doc_id: relevance}}``.
+    """Relevance judgements as ``{query_id: {doc_id: relevance}}``, read by ``newsdesk eval``'s own reader
+    (search/evaluation.py) so that the benchmark and the CLI score against the same judgements."""
+    from search.errors import SourceError
+    from search.evaluation import read_qrels as read_judgements
 
-    Accepts BEIR TSV (``query-id<TAB>corpus-id<TAB>score``, an optional header row) and TREC qrels
-    (``query-id 0 doc-id relevance``). A later line for the same pair replaces an earlier one.
-    """
-    qrels: Qrels = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{path}: unreadable ({exc})") from None
-    for n, line in enumerate(lines, 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) == 3:
-            qid, doc, rel = parts
-        elif len(parts) == 4:
-            qid, _, doc, rel = parts
-        else:
-            raise BenchError(f"{path}:{n}: expected 3 (BEIR) or 4 (TREC) columns, got {len(parts)}")
-        try:
-            relevance = int(float(rel))
-        except ValueError:
-            if n == 1:  # header row, e.g. "query-id corpus-id score"
-                continue
-            raise BenchError(f"{path}:{n}: relevance {rel!r} is not a number") from None
-        qrels.setdefault(qid, {})[doc] = relevance
-    if not qrels:
-        raise BenchError(f"{path}: no judgements")
-    return qrels
+        return read_judgements(path)
+    except SourceError as exc:
+        raise BenchError(exc.message) from None
 
 
 def read_trec_run(path: Path) -> Run:

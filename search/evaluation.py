@@ -16,18 +16,22 @@ Qrels = dict[str, dict[str, int]]
 
 
 def read_qrels(path: Path) -> Qrels:
-    """BEIR TSV (``query-id corpus-id score``, header optional) or TREC (``qid 0 docid rel``) judgments."""
+    """BEIR TSV (``query-id corpus-id score``, header optional) or TREC (``qid 0 docid rel``) judgments.
+
+    The one reader of judgments: ``newsdesk eval`` and the benchmarks (bench/scifact.py) must score a run against
+    the same qrels, or the two disagree on one file. A relevance may be written as a float (``1.0``, as some BEIR
+    exports do) when it is a whole number; the first row is a header when its relevance is not a number. A later
+    line for the same (query, document) pair replaces an earlier one."""
     qrels: Qrels = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceError(f"{path}: unreadable ({exc})") from None
+    first = True
     for n, line in enumerate(lines, 1):
         parts = line.split()
         if not parts:
             continue
-        if n == 1 and not parts[-1].lstrip("-").isdigit():
-            continue  # header row
         if len(parts) == 3:
             qid, doc, rel = parts
         elif len(parts) == 4:
@@ -35,9 +39,16 @@ def read_qrels(path: Path) -> Qrels:
         else:
             raise SourceError(f"{path}:{n}: expected 3 (BEIR) or 4 (TREC) columns, got {len(parts)}")
         try:
-            qrels.setdefault(qid, {})[doc] = int(rel)
+            value = float(rel)
         except ValueError:
-            raise SourceError(f"{path}:{n}: relevance {rel!r} is not an integer") from None
+            if first:
+                first = False
+                continue  # header row, e.g. "query-id corpus-id score"
+            raise SourceError(f"{path}:{n}: relevance {rel!r} is not a number") from None
+        first = False
+        if not value.is_integer():
+            raise SourceError(f"{path}:{n}: relevance {rel!r} is not a whole number")
+        qrels.setdefault(qid, {})[doc] = int(value)
     if not qrels:
         raise SourceError(f"{path}: no judgments (expected BEIR query-id corpus-id score rows or TREC qrels)")
     return qrels

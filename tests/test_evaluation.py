@@ -47,6 +47,20 @@ def test_read_qrels_beir_and_trec(tmp_path: Path) -> None:
         read_qrels(bad)
 
 
+def test_read_qrels_takes_whole_float_relevances_and_agrees_with_the_benchmark(tmp_path: Path) -> None:
+    """One reader: ``newsdesk eval`` refused a ``1.0`` relevance the benchmark read, and skipped a first data row
+    whose relevance looked like no integer (``-0``, ``1.0``) as a header."""
+    from bench.scifact import read_qrels as bench_read_qrels
+
+    p = tmp_path / "q.tsv"
+    p.write_text("1\td1\t1.0\n1\td2\t2\n2\td3\t0.0\n", encoding="utf-8")
+    assert read_qrels(p) == {"1": {"d1": 1, "d2": 2}, "2": {"d3": 0}} == bench_read_qrels(p)
+    half = tmp_path / "half.tsv"
+    half.write_text("1\td1\t0.5\n", encoding="utf-8")
+    with pytest.raises(SourceError, match="whole number"):
+        read_qrels(half)
+
+
 def test_answer_recall_is_case_insensitive_substring() -> None:
     passages = [["The Buffalo Bills won.", "x"], ["nothing here"], ["", "pope benedict xvi was buried"]]
     answers = [["buffalo bills"], ["Iraq"], ["Pope Benedict XVI", ""]]
