@@ -53,7 +53,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 test: install browser lint
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=20
 
 clean:
 	rm -rf $(VENV) $(INDEX) index_data/.sample.* .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts
