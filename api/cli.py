@@ -283,8 +283,8 @@ def search(
     check_mode(settings, mode)
     batch = _read_queries(queries) if queries is not None else None
     if batch is not None:
-        if not 1 <= k <= BATCH_MAX_K:
-            raise click.UsageError(f"--k must be between 1 and {BATCH_MAX_K} for batch runs, got {k}")
+        if not 1 <= k <= settings.max_batch_k:
+            raise click.UsageError(f"--k must be between 1 and {settings.max_batch_k} for batch runs, got {k}")
         for qid, query in batch:
             try:
                 check_query(settings, query)
@@ -337,9 +337,6 @@ def _print_count(response: SearchResponse, offset: int) -> None:
         click.echo(f"no more articles: {response.total} match", err=True)
     for note in response.notes:
         click.echo(f"note: {note}", err=True)
-
-
-BATCH_MAX_K = 1000  # what SearchService.batch_search accepts
 
 
 def _check_index(settings: Settings) -> None:

@@ -232,10 +232,6 @@ class ArticleCatalog:
         code = int(self.source_codes[row])
         return self.source_names[code] if code >= 0 else None
 
-    def day_of(self, aid: int) -> int | None:
-        row = int(self.positions([aid])[0])
-        return None if row < 0 or self.days[row] == NO_DATE else int(self.days[row])
-
     def source_of(self, aids: Sequence[int]) -> list[str | None]:
         rows = self.positions(aids)
         return [self.source_names[self.source_codes[r]] if r >= 0 and self.source_codes[r] >= 0 else None for r in rows]

@@ -604,8 +604,8 @@ class SearchService:
         self, queries: Sequence[str], k: int, mode: str | None = None, *, articles: bool = True, passages: bool = True
     ) -> list[BatchResult]:
         """Rank articles and/or passages for many queries at once (evaluation runs): no highlights, no related."""
-        if not 1 <= k <= 1000:
-            raise InvalidInput(f"k must be between 1 and 1000 for batch runs, got {k}")
+        if not 1 <= k <= self.settings.max_batch_k:
+            raise InvalidInput(f"k must be between 1 and {self.settings.max_batch_k} for batch runs, got {k}")
         mode = self.validate_mode(mode)
         texts = [self.validate_query(q) for q in queries]
         vecs = self.embedder.encode(texts, batch_size=64)

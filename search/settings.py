@@ -163,6 +163,10 @@ class Settings:
     )
     max_query_chars: int = _setting(1000, "Longest query accepted.")
     max_k: int = _setting(100, "Largest k accepted by search and similar.")
+    max_batch_k: int = _setting(
+        1000,
+        "Largest k accepted by batch runs (newsdesk search --queries, evaluation): a TREC run is deeper than a page.",
+    )
     query_cache_size: int = _setting(1024, "Recent query embeddings kept in memory.")
     read_only: bool = _setting(
         False,
@@ -229,6 +233,7 @@ class Settings:
             "max_passage_tokens",
             "candidates",
             "max_k",
+            "max_batch_k",
             "max_query_chars",
             "lexical_candidates",
             "cursor_depth",

@@ -386,3 +386,11 @@ def test_max_per_source_caps_every_page_and_loses_nothing(wire_service: SearchSe
     assert seen[0] == plain.results[0].article.id  # the best result still leads
     with pytest.raises(InvalidInput, match="multiple of k"):
         wire_service.search("crude oil barrels", k=10, offset=5, max_per_source=3)
+
+
+def test_the_batch_k_limit_is_a_setting(corpus_index: Path, embedder) -> None:
+    """Batch runs are bounded by ``max_batch_k`` (a literal 1000 before), which the CLI checks before the model loads."""
+    svc = make_service(corpus_index, embedder, max_batch_k=3)
+    assert len(svc.batch_search(["interest rates"], 3)[0].articles) <= 3
+    with pytest.raises(InvalidInput, match="between 1 and 3 for batch runs"):
+        svc.batch_search(["interest rates"], 4)
