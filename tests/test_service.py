@@ -389,7 +389,7 @@ def test_max_per_source_caps_every_page_and_loses_nothing(wire_service: SearchSe
 
 
 def test_the_batch_k_limit_is_a_setting(corpus_index: Path, embedder) -> None:
-    """Batch runs are bounded by ``max_batch_k`` (a literal 1000 before), which the CLI checks before the model loads."""
+    """Batch runs are bounded by ``max_batch_k`` (a literal 1000 before); the CLI checks it before the model loads."""
     svc = make_service(corpus_index, embedder, max_batch_k=3)
     assert len(svc.batch_search(["interest rates"], 3)[0].articles) <= 3
     with pytest.raises(InvalidInput, match="between 1 and 3 for batch runs"):
