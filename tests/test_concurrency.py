@@ -429,6 +429,12 @@ class Poster(threading.Thread):
         self.join(timeout=600)
         assert not self.is_alive(), "the writer thread did not finish"
 
+    def all_acknowledged(self) -> dict[str, str]:
+        """Once finished: its articles, every batch having been answered 200 (a trial with no rebuild refuses none)."""
+        self.finish()
+        assert all(status == 200 for _, _, status in self.sent), [s for _, _, s in self.sent]
+        return self.acknowledged()
+
 
 def _posting(port: int, prefix: str, seed: int) -> Poster:
     poster = Poster(port, prefix, seed)
@@ -451,9 +457,7 @@ def _add_beside_server(trials: int, base: Path, tmp_path: Path, embedder: Any) -
             add = spawn(["add", str(source), "--index", str(target)], log, INT8)
             assert add.wait(timeout=600) == 0, log.read_text()
             poster.mark(after=2)
-            poster.finish()
-            assert all(status == 200 for _, _, status in poster.sent), [s for _, _, s in poster.sent]
-            trial_acknowledged = titles(rows) | poster.acknowledged()
+            trial_acknowledged = titles(rows) | poster.all_acknowledged()
             assert_found(http_lookup(port), trial_acknowledged, where="the server")
             acknowledged |= trial_acknowledged
             assert_sound(target, embedder, acknowledged)
@@ -473,9 +477,7 @@ def _two_server_processes(trials: int, base: Path, tmp_path: Path, embedder: Any
                 poster.mark(after=4)
             trial_acknowledged: dict[str, str] = {}
             for poster in posters:
-                poster.finish()
-                assert all(status == 200 for _, _, status in poster.sent), [s for _, _, s in poster.sent]
-                trial_acknowledged |= poster.acknowledged()
+                trial_acknowledged |= poster.all_acknowledged()
             assert_found(http_lookup(port), trial_acknowledged, where="the server")
             acknowledged |= trial_acknowledged
             assert_sound(target, embedder, acknowledged)
