@@ -212,7 +212,7 @@ def save_after_commit(index: Index[Any]) -> bool:
         log.warning(
             "the write is committed (generation %s) but saving the index caches failed: %s; they are rebuilt from "
             "SQLite when the index is next opened",
-            index.store.generation(),
+            index.generation,
             exc,
         )
         return False
@@ -246,11 +246,11 @@ def apply_metadata(index: Index[Any], articles: list[Article]) -> int:
     directory, store = index.writable
     if not articles:
         return 0
-    if index.duplicates is None:  # loaded now, so it is saved under the new generation below
-        index.duplicates = load_duplicates(directory, store, index.catalog)
     if not index.current() or store.generation() != index.generation:
         index.catch_up(None)  # another writer committed, or a rebuild replaced the index: start from what is there
         directory, store = index.writable
+    if index.duplicates is None:  # loaded now (after any catch-up, which replaces it), so it is saved below
+        index.duplicates = load_duplicates(directory, store, index.catalog)
     aids = store.update_metadata(articles)
     if not aids:
         return 0
