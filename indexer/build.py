@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,6 +24,7 @@ from search.chunking import Chunk, Chunker, sentence_spans
 from search.dedup import DedupIndex
 from search.embedding import Embedder, SentenceTransformerEmbedder, make_embedder
 from search.errors import InvalidInput, NewsdeskError, SourceError, StaleIndex
+from search.files import directory_writable
 from search.grouping import label_unlabelled, save_duplicates
 from search.index import (
     ARTICLE_FACTORY,
@@ -251,12 +251,12 @@ class _Previous:
 
     @staticmethod
     def of(target: Path, since: Snapshot | None) -> _Previous | None:
-        """The index at ``target`` if its store can be written (nobody writes there otherwise). ``os.access``, not a
-        probe that opens the file: closing a descriptor on a SQLite file drops the locks this process holds on it."""
+        """The index at ``target`` if its store can be written (nobody writes there otherwise), asked as
+        ``open_index`` asks it (``directory_writable``)."""
         directory = target.absolute().resolve()
         try:
             manifest = read_manifest(directory)
-            if not os.access(directory / SQLITE, os.W_OK):
+            if not directory_writable(directory, directory / SQLITE):
                 return None
             store = Store(directory / SQLITE)
         except NewsdeskError:

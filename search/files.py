@@ -64,12 +64,11 @@ def stamped(path: Path, is_current: Callable[[dict[str, Any]], bool]) -> bool:
 
 
 def directory_writable(directory: Path, *files: Path) -> bool:
-    """Whether this process can create files in ``directory`` and write ``files`` there (the SQLite store), found
-    by trying.
+    """Whether this process can create files in ``directory`` and write ``files`` there (the SQLite store).
 
-    ``os.access`` is no answer: it says yes to root on a read-only mount (``EROFS`` refuses root too) and knows nothing
-    of mount options. A probe file is created and removed; a full disk (``ENOSPC``) still counts as writable, since
-    that is a failure of each write, not a read-only index."""
+    The directory is found out by trying: ``os.access`` says yes to root on a read-only mount (``EROFS`` refuses root
+    too) and knows nothing of mount options. A probe file is created and removed; a full disk (``ENOSPC``) still counts
+    as writable, since that is a failure of each write, not a read-only index. The files are only asked (below)."""
     probe = directory / f".newsdesk-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
