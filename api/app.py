@@ -22,11 +22,11 @@ from api.metrics import register_metrics
 from api.openapi import openapi_json
 from api.server import EARLY_REFUSAL
 from indexer.live import Writer
-from search.catalog import Filter
 from search.errors import InvalidInput
 from search.intake import Limits, loads, parse_write
 from search.loading import load_service
 from search.models import Article, ArticleRef, to_plain
+from search.ranking.catalog import Filter
 from search.service import SearchService
 from search.settings import Settings
 

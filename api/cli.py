@@ -195,8 +195,8 @@ def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> No
     from api.app import create_app
     from api.server import ServerLimits
     from api.server import serve as run_server
-    from search.index import read_manifest
-    from search.milvus import check_uri, is_lite
+    from search.storage.index import read_manifest
+    from search.vectors.milvus.vectors import check_uri, is_lite
 
     if workers < 1 or processes < 1:
         raise click.UsageError("--workers and --processes must be at least 1")
@@ -297,7 +297,7 @@ def search(
         check_offset(offset)
     if not settings.collections and not settings.index_dir.exists():  # before numpy and FAISS are even imported
         raise IndexMissing(f"no index at {settings.index_dir} (build one with: newsdesk index SOURCE --index DIR)")
-    from search.catalog import Filter
+    from search.ranking.catalog import Filter
 
     filters = Filter.parse(date_from, date_to, sources, categories)
     _check_index(settings)
@@ -342,7 +342,7 @@ def _print_count(response: SearchResponse, offset: int) -> None:
 def _check_index(settings: Settings) -> None:
     """A missing or unfinished index fails here, before the model loads (a replica has no directory to check)."""
     if not settings.collections:
-        from search.index import read_manifest
+        from search.storage.index import read_manifest
 
         read_manifest(settings.index_dir)
 
@@ -452,8 +452,8 @@ def eval_cmd(
 ) -> None:
     """Evaluate ranking: nDCG@10, recall@100 and MRR@10 against --qrels, and answer recall@k for queries that
     carry answer strings (RealTime QA format), for each mode."""
-    from search.evaluation import answer_recall, evaluate_run, read_qrels
     from search.loading import load_service
+    from search.ranking.evaluation import answer_recall, evaluate_run, read_qrels
 
     rows = read_query_file(queries)
     judged = read_qrels(qrels) if qrels is not None else None
@@ -497,7 +497,7 @@ def eval_cmd(
 @_index_option
 def check(index_dir: Path | None) -> None:
     """Check that manifest, SQLite and vectors agree. Exit 0 if sound, 1 with the problems listed."""
-    from search.index import check_index
+    from search.storage.index import check_index
 
     settings = Settings.from_env(index_dir=index_dir)
     problems = check_index(settings.index_dir)
@@ -519,8 +519,8 @@ def add(sources: tuple[Path, ...], **opts: Any) -> None:
     A server on the same index sees them on its next request (it reloads when the store's generation moves)."""
     from indexer.sources import read_sources
     from indexer.update import add_articles
-    from search.embedding import make_embedder
-    from search.index import open_index
+    from search.storage.index import open_index
+    from search.text.embedding import make_embedder
 
     settings = Settings.from_env(**opts)
     articles = list(read_sources(list(sources)))  # every record read and checked before anything is written
@@ -539,7 +539,7 @@ def delete(ids: tuple[str, ...], index_dir: Path | None) -> None:
     """Delete articles by id, in one transaction; an unknown id is an error and nothing is deleted."""
     from indexer.update import delete_articles
     from search.errors import NotFound
-    from search.index import open_index
+    from search.storage.index import open_index
 
     settings = Settings.from_env(index_dir=index_dir)
     index = open_index(settings.index_dir, None)
@@ -553,8 +553,8 @@ def delete(ids: tuple[str, ...], index_dir: Path | None) -> None:
 def index_stats(directory: Path) -> dict[str, Any]:
     """What an index holds, read from its manifest and SQLite store: no model is loaded and no vector is read, so
     it answers in milliseconds for an index of any size."""
-    from search.index import open_store, read_manifest
-    from search.milvus import describe
+    from search.storage.index import open_store, read_manifest
+    from search.vectors.milvus.vectors import describe
 
     directory = directory.absolute()
     manifest = read_manifest(directory)

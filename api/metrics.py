@@ -22,8 +22,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, 
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from search.errors import NewsdeskError
-from search.index import read_manifest
 from search.service import SearchService
+from search.storage.index import read_manifest
 
 # Seconds. Health checks answer in ~1 ms and searches in tens of ms on the sample; big indexes take longer.
 log = logging.getLogger("newsdesk.api")

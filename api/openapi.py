@@ -14,7 +14,7 @@ from typing import Any
 from flask import Response, current_app, jsonify
 
 from api.logs import REQUEST_ID_HEADER
-from search.catalog import MAX_FILTER_VALUES
+from search.ranking.catalog import MAX_FILTER_VALUES
 from search.service import MAX_OFFSET
 from search.settings import MODES, SIMILAR_SCORINGS, Settings
 

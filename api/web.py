@@ -18,10 +18,10 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, abort, current_app, render_template, request, send_from_directory, url_for
 
-from search.catalog import Filter
 from search.errors import InvalidInput, NotFound
 from search.models import PassageHit, Scores
 from search.pages import GOOD_MATCH, STRONG_MATCH, match_label
+from search.ranking.catalog import Filter
 from search.service import SearchService
 from search.settings import MODES
 

@@ -46,7 +46,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.mlt import save  # noqa: E402
 from bench.scifact import evaluate, git_commit, loadavg, read_qrels, read_queries  # noqa: E402
-from search.evaluation import answer_recall, contains_answer  # noqa: E402
+from search.ranking.evaluation import answer_recall, contains_answer  # noqa: E402
 
 DEPTH = 100
 NONSENSE = ("xyzzy qwerty plugh", "€😀", "zxqv blorft snargle", "asdfgh jkl", "🙂🙂🙂", "qqqq wwww eeee")
@@ -55,10 +55,10 @@ OFF = -1.0  # a match_floor that every cosine reaches: the ranking as it was bef
 
 def open_service(index: Path, floor: float = OFF) -> Any:
     """``SearchService`` on ``index`` as the CLI opens it, with ``match_floor`` set to ``floor``."""
-    from search.embedding import make_embedder
-    from search.index import open_index
     from search.service import SearchService
     from search.settings import Settings
+    from search.storage.index import open_index
+    from search.text.embedding import make_embedder
 
     settings = Settings.from_env(index_dir=index, match_floor=floor)
     embedder = make_embedder(settings)

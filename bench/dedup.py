@@ -5,7 +5,7 @@
 Prints one JSON object (and writes it to ``--out``); exit status 1 if a listed exact group does not collapse or a
 detected group mixes categories. Sections:
 
-1. ``exact``: ``search.dedup.find_duplicates`` with the module defaults over the 2,225 BBC bodies. Every group of
+1. ``exact``: ``search.news.dedup.find_duplicates`` with the module defaults over the 2,225 BBC bodies. Every group of
    the dataset's ``duplicate_groups.json`` (98 exact-duplicate groups) must fall inside one detected group, and no
    detected group (exact or near) may mix categories. Exact-body groups beyond the listed ones and near-duplicate
    pairs are listed with their titles: BBC holds the same body under other headlines, and updated versions.
@@ -66,7 +66,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search import dedup  # noqa: E402
+from search.news import dedup  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "bbc"
 VARIANTS = ("headline", "edit", "drop1", "drop2", "add", "mixed")
@@ -559,7 +559,7 @@ def collapsed(listed: list[list[str]], canonical: dict[str, str]) -> int:
 def embed_titles(titles: list[str]) -> np.ndarray:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from search.embedding import SentenceTransformerEmbedder
+    from search.text.embedding import SentenceTransformerEmbedder
 
     embedder = SentenceTransformerEmbedder(backend="onnx-int8", threads=1)  # one thread: a shared 2-core machine
     return np.asarray(embedder.encode(titles, batch_size=64), dtype=np.float32)

@@ -43,10 +43,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from bench.scifact import evaluate, read_qrels, read_queries, read_trec_run, run_cli, write_jsonl  # noqa: E402
 from indexer.build import _embed, embedding_input, make_chunker  # noqa: E402
 from indexer.sources import read_sources  # noqa: E402
-from search.chunking import Chunk  # noqa: E402
-from search.embedding import Embedder, make_embedder, resolve_model  # noqa: E402
 from search.models import Article  # noqa: E402
 from search.settings import BACKENDS, Settings  # noqa: E402
+from search.text.chunking import Chunk  # noqa: E402
+from search.text.embedding import Embedder, make_embedder, resolve_model  # noqa: E402
 
 BASELINE_BATCH = 32
 WARMUP = 64  # passages embedded once before each timed run (first-call allocations, lazy initialisation)

@@ -5,7 +5,7 @@
 Three rankings of the SciFact corpus (title and abstract as one document) for the test queries, nDCG@10 and
 recall@100 by trec_eval's own code (pytrec_eval):
 
-- ``newsdesk``: the in-memory BM25 (search/bm25.py), SQLite FTS5's formula and tokenizer (unicode61, diacritics
+- ``newsdesk``: the in-memory BM25 (search/text/bm25.py), SQLite FTS5's formula and tokenizer (unicode61, diacritics
   removed, Porter stemming, query stopwords dropped): what a directory index and a stateless replica rank with.
 - ``unstemmed``: the same BM25 code with Milvus Lite's standard analyzer's tokens (``\\w+``, lower-cased, no
   stemming, no folding): the tokenisation difference alone.
@@ -30,9 +30,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search.bm25 import Postings  # noqa: E402
-from search.lexical import query_terms, stem  # noqa: E402
-from search.milvus import MilvusConnection  # noqa: E402
+from search.text.bm25 import Postings  # noqa: E402
+from search.text.fts import query_terms, stem  # noqa: E402
+from search.vectors.milvus.vectors import MilvusConnection  # noqa: E402
 
 ANALYZER = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stemmer", "language": "english"}]}
 MAX_TEXT = 65_000  # analysed text per document, under VARCHAR's limit
@@ -77,7 +77,7 @@ def postings_run(
     docs: Sequence[tuple[str, str, str]], queries: dict[str, str], stemmed: bool
 ) -> dict[str, dict[str, float]]:
     """The in-memory BM25 over (title, body) columns; unstemmed, with Milvus Lite's standard analyzer's tokens."""
-    import search.bm25 as bm25
+    import search.text.bm25 as bm25
 
     def lite_counts(text: str) -> tuple[int, Any]:
         from collections import Counter

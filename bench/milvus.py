@@ -28,9 +28,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search.index import VECTORS_STATE, open_index, read_manifest, write_manifest  # noqa: E402
-from search.milvus import MilvusConfig  # noqa: E402
 from search.settings import Settings  # noqa: E402
+from search.storage.index import VECTORS_STATE, open_index, read_manifest, write_manifest  # noqa: E402
+from search.vectors.milvus.vectors import MilvusConfig  # noqa: E402
 
 
 def milvus_copy(index: Path, work: Path, settings: Settings) -> tuple[Path, float]:

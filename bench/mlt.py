@@ -11,7 +11,7 @@ Methods, all over the same 2,225 articles with the same exclusion rule:
 
 - ``newsdesk``: ``SearchService.similar(id, k)`` on a built BBC index, in process, with the index's settings
   (``NEWSDESK_SIMILAR_SCORING``: ``profile``, shared-neighbour profiles over fused article-vector and tf-idf
-  similarity, ``search/neighbours.py``; ``cosine``, the article vectors' cosine). ``newsdesk_cosine`` is the same
+  similarity, ``search/news/neighbours.py``; ``cosine``, the article vectors' cosine). ``newsdesk_cosine`` is the same
   call with ``similar_scoring=cosine``, the first-order baseline inside newsdesk.
 - ``tfidf_mlt`` (baseline): scikit-learn ``TfidfVectorizer`` over headline + body (sublinear tf, English stop words,
   L2-normalised rows), cosine nearest neighbours. Elasticsearch's ``more_like_this`` builds a query from the
@@ -426,7 +426,7 @@ def expected_hashes(articles: Sequence[BbcArticle]) -> dict[str, str]:
 
 def index_hashes(index: Path) -> dict[str, str] | None:
     """id -> content hash of every article in an index, read-only; None when there is no readable index."""
-    from search.index import SQLITE
+    from search.storage.index import SQLITE
 
     db = index / SQLITE
     if not (index / "manifest.json").is_file() or not db.is_file():
@@ -514,10 +514,10 @@ class Loaded:
 
 def open_service(index: Path) -> Loaded:
     """``SearchService`` on the index, built as the CLI builds it, plus its stored vectors keyed by BBC id."""
-    from search.embedding import make_embedder
-    from search.index import open_index
     from search.service import SearchService
     from search.settings import Settings
+    from search.storage.index import open_index
+    from search.text.embedding import make_embedder
 
     started = time.perf_counter()
     settings = Settings.from_env(index_dir=index)
@@ -729,7 +729,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
     print("mlt: whole-article dense ...", file=sys.stderr)
-    from search.embedding import SentenceTransformerEmbedder
+    from search.text.embedding import SentenceTransformerEmbedder
 
     embedder = service.embedder
     load_s = 0.0

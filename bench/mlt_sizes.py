@@ -3,7 +3,7 @@
     .venv/bin/python bench/mlt_sizes.py --index DIR --sizes 50,100,200,400,800 --seeds 5 \\
         --out bench/results/mlt_sizes.json
 
-``similar()`` ranks by shared-neighbour profiles (``search/neighbours.py``): each article's profile holds its
+``similar()`` ranks by shared-neighbour profiles (``search/news/neighbours.py``): each article's profile holds its
 ``min(160, n / 10)`` nearest articles, so on an 18-article corpus a profile is one neighbour and most articles share
 none (the sample showed 13 of 17 results at similarity 0.000, filled up in cosine order). This measures where the
 profiles start to pay: BBC News subsampled at each size (``--seeds`` random draws per size, the same draws for both
@@ -52,8 +52,8 @@ from bench.mlt import (  # noqa: E402
     top_k_excluding,
 )
 from bench.scifact import git_commit, loadavg  # noqa: E402
-from search.bm25 import Postings  # noqa: E402
-from search.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph  # noqa: E402
+from search.news.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph  # noqa: E402
+from search.text.bm25 import Postings  # noqa: E402
 
 DEPTH = 20  # ranked places kept per article: enough for precision@10 after dropping duplicates
 

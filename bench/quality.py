@@ -43,11 +43,11 @@ sys.path.insert(0, str(ROOT))
 from bench.realtimeqa import select as select_rtqa  # noqa: E402
 from bench.scifact import evaluate, read_qrels, read_queries  # noqa: E402
 from indexer.build import build_index  # noqa: E402
-from search.embedding import Embedder, SentenceTransformerEmbedder  # noqa: E402
-from search.evaluation import answer_recall  # noqa: E402
-from search.index import open_index  # noqa: E402
+from search.ranking.evaluation import answer_recall  # noqa: E402
 from search.service import SearchService  # noqa: E402
 from search.settings import Settings  # noqa: E402
+from search.storage.index import open_index  # noqa: E402
+from search.text.embedding import Embedder, SentenceTransformerEmbedder  # noqa: E402
 
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -162,7 +162,7 @@ def lexical_engines(data: Path, work: Path, embedder: SentenceTransformerEmbedde
     import bm25s
     import Stemmer
 
-    from search.lexical import Fts5Lexical
+    from search.text.fts import Fts5Lexical
 
     index = index_dir(work, "scifact")
     service = service_for(index, embedder, Settings(index_dir=index))
@@ -331,7 +331,7 @@ def latency(
     by ``newsdesk index``, e.g. ~100k RealTime QA passages) it uses that index's real vectors and a query embedder
     of ``backend``; otherwise a hash-vector index of ``passages`` RealTime QA paragraphs built here."""
     if real_index is not None:
-        from search.embedding import make_embedder
+        from search.text.embedding import make_embedder
 
         settings = Settings(index_dir=real_index, backend=backend, query_cache_size=0)
         query_embedder = make_embedder(settings)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/scale.py --sizes 100000 [--out bench/results/scale-100k.json]
     .venv/bin/python bench/scale.py                  # 100k and 1M: tens of minutes on 2 cores, ~6 GB of RAM
 
-Every index is built by ``search.vectors.FaissVectorStore`` (what ``newsdesk`` serves from), so IVF trains on its
+Every index is built by ``search.vectors.faiss.FaissVectorStore`` (what ``newsdesk`` serves from), so IVF trains on its
 bounded seeded sample and HNSW removal uses tombstones exactly as in production. For each size and factory:
 
 - ``build_s``: seconds of ``FaissVectorStore.build`` (train + add) with 2 OpenMP threads (the first ``--threads``);
@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search.vectors import FaissVectorStore  # noqa: E402
+from search.vectors.faiss import FaissVectorStore  # noqa: E402
 
 EXACT = "IDMap2,Flat"
 DEFAULT_FACTORIES = [
@@ -88,8 +88,8 @@ def real_vectors(args: argparse.Namespace, need: int) -> tuple[np.ndarray, dict[
         arr = np.load(args.vectors, mmap_mode="r")
         source: dict[str, Any] = {"source": "file", "path": str(args.vectors), "rows": int(arr.shape[0])}
     else:
-        from search.index import SQLITE
-        from search.store import Store
+        from search.storage.index import SQLITE
+        from search.storage.store import Store
 
         store = Store(Path(args.index) / SQLITE)
         try:

@@ -90,9 +90,9 @@ class BenchError(Exception):
 
 def read_qrels(path: Path) -> Qrels:
     """Relevance judgements as ``{query_id: {doc_id: relevance}}``, read by ``newsdesk eval``'s own reader
-    (search/evaluation.py) so that the benchmark and the CLI score against the same judgements."""
+    (search/ranking/evaluation.py) so that the benchmark and the CLI score against the same judgements."""
     from search.errors import SourceError
-    from search.evaluation import read_qrels as read_judgements
+    from search.ranking.evaluation import read_qrels as read_judgements
 
     try:
         return read_judgements(path)

@@ -14,10 +14,11 @@ right one.
 Scorers: ``first`` (the lead sentence, a baseline), ``stored`` (the sentence vectors an index stores: late-chunked
 from the passage's own forward pass, as the indexer makes them), ``standalone`` (each sentence embedded alone, as
 the highlighter does for an index without stored vectors), and each vector plus ``w`` times the sentence's
-IDF-weighted share of the query's terms (``search.highlight.sentence_scores``; IDF over the collection's passages),
+IDF-weighted share of the query's terms (``search.ranking.highlight.sentence_scores``; IDF over the collection's
+passages),
 for a grid of ``w`` chosen on dev. Also reported: the cosine of each question to its answering passage against
 its cosine to the other questions' answering passages, which sets the results page's relevance labels
-(``search/pages.py``). The splitter (``search.chunking.sentence_spans``) decides the sentences, so its
+(``search/pages.py``). The splitter (``search.text.chunking.sentence_spans``) decides the sentences, so its
 changes are measured by running this before and after them (the questions kept can differ slightly: the count is
 reported).
 """
@@ -45,13 +46,13 @@ sys.path.insert(0, str(ROOT))
 from bench.realtimeqa import pick  # noqa: E402
 from bench.scifact import git_commit, git_dirty  # noqa: E402
 from indexer.build import embedding_input, make_chunker  # noqa: E402
-from search.bm25 import idf  # noqa: E402
-from search.chunking import Chunk, sentence_spans  # noqa: E402
-from search.embedding import Embedder, make_embedder  # noqa: E402
-from search.highlight import sentence_scores  # noqa: E402
-from search.lexical import fts_term_counts, query_terms, stem  # noqa: E402
 from search.models import Article  # noqa: E402
+from search.ranking.highlight import sentence_scores  # noqa: E402
 from search.settings import Settings  # noqa: E402
+from search.text.bm25 import idf  # noqa: E402
+from search.text.chunking import Chunk, sentence_spans  # noqa: E402
+from search.text.embedding import Embedder, make_embedder  # noqa: E402
+from search.text.fts import fts_term_counts, query_terms, stem  # noqa: E402
 
 WEIGHTS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 1.0)
 

@@ -336,7 +336,8 @@ class Server:
         cwd: Path | None = None,
     ) -> None:
         """``env`` changes the child's environment: a value sets a variable, None removes it. ``index=None`` with
-        ``args`` such as ``--milvus-uri URI --collections NAME`` serves a stateless replica (search/replica.py);
+        ``args`` such as ``--milvus-uri URI --collections NAME`` serves a stateless replica
+        (search/vectors/milvus/replica.py);
         ``cwd`` is where the server runs (the checkout by default)."""
         self.port = free_port()
         self.log = log
@@ -675,8 +676,8 @@ def embedding_floor(texts: Sequence[str], backend: str | None, clients: int) -> 
     on ``cores`` cores, the mean latency is at least ``clients * cpu / cores`` (Little's law with the cores busy).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from search.embedding import make_embedder
     from search.settings import Settings
+    from search.text.embedding import make_embedder
 
     settings = Settings.from_env()
     embedder = make_embedder(settings.replace(backend=backend) if backend else settings)

@@ -44,8 +44,8 @@ def _latencies(search: Any, queries: np.ndarray) -> dict[str, float]:
 def measure(n: int, queries: int, seed: int = 0) -> dict[str, Any]:
     import faiss as faiss_module
 
-    from search.milvus import MilvusConnection, build_store
-    from search.vectors import FaissVectorStore
+    from search.vectors.faiss import FaissVectorStore
+    from search.vectors.milvus.vectors import MilvusConnection, build_store
 
     faiss_module.omp_set_num_threads(1)  # as the search service runs it (search_threads=1): one query, one thread
     rng = np.random.default_rng(seed)

@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.scifact import git_commit, git_dirty  # noqa: E402
-from search.catalog import NO_DATE  # noqa: E402
-from search.stories import StoryConfig, assign_stories  # noqa: E402
+from search.news.stories import StoryConfig, assign_stories  # noqa: E402
+from search.ranking.catalog import NO_DATE  # noqa: E402
 
 THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 WINDOWS = (1, 3, 7)
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--windows", default=",".join(map(str, WINDOWS)))
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from search.index import open_index
+    from search.storage.index import open_index
 
     if not (args.index / "manifest.json").is_file():
         print(

@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.sentences import emit, header  # noqa: E402
-from search.embedding import make_embedder  # noqa: E402
-from search.index import open_index  # noqa: E402
 from search.service import SearchService  # noqa: E402
 from search.settings import Settings  # noqa: E402
+from search.storage.index import open_index  # noqa: E402
+from search.text.embedding import make_embedder  # noqa: E402
 
 ARTICLE_FLOORS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))  # 0.30 .. 0.80
 QUERY_FLOORS = tuple(round(0.1 + 0.05 * i, 2) for i in range(11))  # 0.10 .. 0.60

@@ -18,15 +18,16 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from search.bm25 import LexicalPostings
-from search.catalog import ArticleCatalog
-from search.chunking import Chunk, Chunker, sentence_spans
-from search.dedup import DedupIndex
-from search.embedding import Embedder, SentenceTransformerEmbedder, make_embedder
 from search.errors import InvalidInput, NewsdeskError, SourceError, StaleIndex
-from search.files import directory_writable
-from search.grouping import label_unlabelled, save_duplicates
-from search.index import (
+from search.models import Article
+from search.news.dedup import DedupIndex
+from search.news.grouping import label_unlabelled, save_duplicates
+from search.news.neighbours import DEFAULT_NEIGHBOURS, load_graph
+from search.ranking.catalog import ArticleCatalog
+from search.ranking.paging import KEY_FIELD, new_key
+from search.settings import Settings
+from search.storage.files import directory_writable
+from search.storage.index import (
     ARTICLE_FACTORY,
     FORMAT_VERSION,
     SQLITE,
@@ -36,7 +37,11 @@ from search.index import (
     read_manifest,
     write_manifest,
 )
-from search.milvus import (
+from search.storage.store import NewArticle, SentenceVectors, Store
+from search.text.bm25 import LexicalPostings
+from search.text.chunking import Chunk, Chunker, sentence_spans
+from search.text.embedding import Embedder, SentenceTransformerEmbedder, make_embedder
+from search.vectors.milvus.vectors import (
     MilvusConfig,
     MilvusConnection,
     MilvusVectorStore,
@@ -46,11 +51,6 @@ from search.milvus import (
     is_lite,
     publish_index,
 )
-from search.models import Article
-from search.neighbours import DEFAULT_NEIGHBOURS, load_graph
-from search.paging import KEY_FIELD, new_key
-from search.settings import Settings
-from search.store import NewArticle, SentenceVectors, Store
 
 
 @dataclass
@@ -212,7 +212,7 @@ def build_index(
                 generation = store.generation()
             finally:
                 store.close()
-        if opened:  # replicas (search/replica.py) move to the new collections, then the old ones go
+        if opened:  # replicas (search/vectors/milvus/replica.py) move to the new collections, then the old ones go
             publish_index(opened[1], generation, manifest, take_over=True)
     finally:
         close_vectors(*opened)  # Milvus: the connection, and an in-process Milvus Lite's directory lock
@@ -238,7 +238,7 @@ class Snapshot:
 @dataclass(frozen=True)
 class _Previous:
     """The index a full build replaces, whose writers (a server's POSTs, ``newsdesk add``) go on committing into it
-    while the build runs. Every write records its article ids in the store's change log (search/store.py); the
+    while the build runs. Every write records its article ids in the store's change log (search/storage/store.py); the
     build copies the articles written after ``since`` into its own store twice: once before its caches are made
     (most of them, unlocked), then the rest under the old store's write lock, which it holds across the swap. A
     writer waiting on that lock then finds the directory swapped and catches up onto the new build (indexer/update.py

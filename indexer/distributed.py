@@ -50,11 +50,11 @@ import numpy as np
 
 from indexer.build import Reusable, chunking_config, make_chunker, new_articles
 from indexer.sync import SyncReport, sync_index
-from search.embedding import files_hash, make_embedder, resolve_model
 from search.errors import InvalidInput, NewsdeskError
 from search.models import Article
 from search.settings import Settings
-from search.store import NewArticle, SentenceVectors
+from search.storage.store import NewArticle, SentenceVectors
+from search.text.embedding import files_hash, make_embedder, resolve_model
 
 LOCAL = "local"
 AUTO = "auto"

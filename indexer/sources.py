@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, cast
 
-from search.chunking import split_paragraphs
-from search.dates import parse_date
 from search.errors import SourceError
 from search.models import Article
+from search.text.chunking import split_paragraphs
+from search.text.dates import parse_date
 
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "id": ("id", "_id", "doc_id", "docid", "article_id"),
@@ -308,7 +308,7 @@ def _tags(value: Any) -> tuple[str, ...]:
 
 
 def _date(value: Any) -> tuple[str | None, str | None]:
-    """(ISO 8601 date, the raw value when it could not be read as a date): search/dates.py reads it, as it does for
+    """(ISO 8601 date, the raw value when it could not be read as a date): search/text/dates.py reads it, as it does for
     the write API."""
     text = _text(value).strip()
     if not text:

@@ -39,13 +39,20 @@ from indexer.build import (
     make_chunker,
 )
 from indexer.update import apply_changes, apply_metadata, reusable_vectors, save_state
-from search.embedding import Embedder, check_compatible, files_hash, make_embedder, quantization_config, resolve_model
 from search.errors import IndexMissing, ModelMismatch, NewsdeskError, SourceError
-from search.index import SQLITE, Index, check_replaceable, open_index, read_manifest
-from search.milvus import MilvusConfig, MilvusVectorStore, parse_params, same_location
 from search.models import Article
 from search.settings import Settings
-from search.store import ORIGINS, NewArticle, Store, metadata_key
+from search.storage.index import SQLITE, Index, check_replaceable, open_index, read_manifest
+from search.storage.store import ORIGINS, NewArticle, Store, metadata_key
+from search.text.embedding import (
+    Embedder,
+    check_compatible,
+    files_hash,
+    make_embedder,
+    quantization_config,
+    resolve_model,
+)
+from search.vectors.milvus.vectors import MilvusConfig, MilvusVectorStore, parse_params, same_location
 
 # Past this share of changed or deleted articles, a fresh build is cheaper than deleting and re-inserting rows.
 FULL_BUILD_SHARE = 0.5

@@ -21,16 +21,16 @@ from typing import Any
 import numpy as np
 
 from indexer.build import Reusable, input_text, make_chunker, new_articles
-from search.catalog import ArticleCatalog
-from search.dedup import DedupIndex
-from search.embedding import Embedder
 from search.errors import StaleIndex
-from search.grouping import Text, label_new, load_duplicates, save_duplicates
-from search.index import Index, now_iso, save_vectors, write_manifest
-from search.milvus import MilvusConfig, MilvusVectorStore, engine_records, publish_index
 from search.models import Article
+from search.news.dedup import DedupIndex
+from search.news.grouping import Text, label_new, load_duplicates, save_duplicates
+from search.ranking.catalog import ArticleCatalog
 from search.settings import Settings
-from search.store import NewArticle
+from search.storage.index import Index, now_iso, save_vectors, write_manifest
+from search.storage.store import NewArticle
+from search.text.embedding import Embedder
+from search.vectors.milvus.vectors import MilvusConfig, MilvusVectorStore, engine_records, publish_index
 
 log = logging.getLogger("newsdesk.update")
 
@@ -241,7 +241,7 @@ def apply_metadata(index: Index[Any], articles: list[Article]) -> int:
     The store's row changes in one transaction with a new generation (servers reload); the catalog (filters,
     facets, timelines, canonical copies) is rebuilt from it, and the caches that do not hold metadata (FAISS, BM25
     postings, profiles, duplicate fingerprints) are re-stamped with the new generation instead of going stale. An
-    article keeps its story and duplicate labels: labels are never rewritten once given (search/grouping.py), so a
+    article keeps its story and duplicate labels: labels are never rewritten once given (search/news/grouping.py), so a
     corrected date moves it in timelines and date filters, not out of its story (``--rebuild`` regroups)."""
     directory, store = index.writable
     if not articles:

@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from search.dates import ACCEPTED, parse_date
 from search.errors import InvalidInput
 from search.models import Article
+from search.text.dates import ACCEPTED, parse_date
 
 MAX_ID_CHARS = 1000
 MAX_PARAGRAPHS = 2000
@@ -160,7 +160,7 @@ def _date(value: Any, where: str) -> str | None:
     if text is None or not text.strip():
         return None
     parsed = parse_date(text)
-    if parsed is None:  # the indexer reads the same set (search/dates.py): a corpus and a client agree
+    if parsed is None:  # the indexer reads the same set (search/text/dates.py): a corpus and a client agree
         raise InvalidInput(f"{where} is not a date newsdesk can read ({ACCEPTED}), got {value!r}")
     return parsed
 

@@ -12,12 +12,12 @@ from search.settings import Settings
 
 def load_service(settings: Settings) -> SearchService:
     """The service for ``settings``: its index directory, or (``collections``) a stateless replica on Milvus."""
-    from search.embedding import make_embedder
-    from search.index import open_index
+    from search.storage.index import open_index
+    from search.text.embedding import make_embedder
 
     embedder = make_embedder(settings)
     if settings.collections:  # a stateless replica: everything from Milvus, no index directory
-        from search.replica import open_replica
+        from search.vectors.milvus.replica import open_replica
 
         index = open_replica(
             settings.milvus_uri, settings.collections, embedder, settings.replica_poll, background=True

@@ -181,7 +181,7 @@ class TimelineResponse:
 @dataclass(frozen=True)
 class SimilarResponse:
     """More like this. ``scoring`` says what each result's ``score`` is: ``cosine`` (the article vectors' cosine) or
-    ``profile`` (the cosine of shared-neighbour profiles, search/neighbours.py); a corpus too small for profiles is
+    ``profile`` (the cosine of shared-neighbour profiles, search/news/neighbours.py); a corpus too small for profiles is
     always ranked and scored by cosine."""
 
     article: ArticleRef

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
-from search.catalog import NO_DATE, ArticleCatalog
-from search.chunking import sentence_spans
 from search.models import Article, ArticleRef, Copy, FacetCount, Scores
-from search.store import ReadStore
+from search.ranking.catalog import NO_DATE, ArticleCatalog
+from search.storage.store import ReadStore
+from search.text.chunking import sentence_spans
 
 _EPOCH = date(1970, 1, 1).toordinal()
 OPENING_CHARS = 300  # an opening sentence longer than this (a run-on lead, a table) is cut at a word

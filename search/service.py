@@ -21,15 +21,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from search import pages
-from search.bm25 import MemoryBM25
-from search.catalog import NO_DATE, Filter
 from search.checks import MAX_OFFSET as MAX_OFFSET  # where api/openapi.py reads it
 from search.checks import check_k, check_mode, check_offset, check_query
-from search.embedding import Embedder
 from search.errors import InvalidInput, NotFound
-from search.fusion import Fusion
-from search.highlight import Highlighter
-from search.index import Index
 from search.models import (
     Article,
     ArticleRef,
@@ -46,12 +40,18 @@ from search.models import (
     TimelineEntry,
     TimelineResponse,
 )
+from search.news.related import RelatedFinder
 from search.pages import ArticlePage, IndexOverview, SimilarPage
-from search.paging import START as CURSOR_START
-from search.paging import Cursor, diversify, fingerprint, index_key, resume
-from search.related import RelatedFinder
+from search.ranking.catalog import NO_DATE, Filter
+from search.ranking.fusion import Fusion
+from search.ranking.highlight import Highlighter
+from search.ranking.paging import START as CURSOR_START
+from search.ranking.paging import Cursor, diversify, fingerprint, index_key, resume
 from search.settings import SIMILAR_SCORINGS, Settings
-from search.store import StoredPassage
+from search.storage.index import Index
+from search.storage.store import StoredPassage
+from search.text.bm25 import MemoryBM25
+from search.text.embedding import Embedder
 
 # Passage scores on a results page are normalised against the passages of the ranking's first articles.
 ANCHOR_ARTICLES = 10
@@ -229,7 +229,7 @@ class SearchService:
     def _stale(self) -> bool:
         """Whether the store moved past the loaded index: a commit by another process, a rebuild that swapped
         the index directory (another build, whatever its generation), or for a replica a new state published in
-        the engine (search/replica.py)."""
+        the engine (search/vectors/milvus/replica.py)."""
         if self.index.replica is not None:
             changed: bool = self.index.replica.changed()
             return changed
@@ -675,7 +675,9 @@ class SearchService:
         aid = self._aid(article_id)
         allowed = self._similar_allowed(aid, filters, exclude_story, exclude_source)
         if scoring == "profile" and not self.related.profiles_apply():
-            scoring = "cosine"  # too few articles for profiles to mean anything (search/neighbours.py MIN_ARTICLES)
+            scoring = (
+                "cosine"  # too few articles for profiles to mean anything (search/news/neighbours.py MIN_ARTICLES)
+            )
         nearest = self.related.nearest([aid], k, allowed, profile=scoring == "profile")[0]
         refs = self._refs([aid] + [a for a, _ in nearest])
         results = [SimilarResult(refs[a], round(s, 6), self._copies(a)) for a, s in nearest]

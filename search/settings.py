@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import InvalidInput
-from search.fusion import Fusion
+from search.ranking.fusion import Fusion
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODES = ("hybrid", "dense", "lexical")
 BACKENDS = ("torch", "onnx-int8")
-STORES = ("faiss", "milvus")  # vector stores (search/milvus.py)
+STORES = ("faiss", "milvus")  # vector stores (search/vectors/milvus/vectors.py)
 SIMILAR_SCORINGS = ("profile", "cosine")
 # bench/count_floor.py on the dev sets (SciFact train, RealTime QA dev): see bench/README.md
 MATCH_FLOOR = 0.22
@@ -69,7 +69,7 @@ class Settings:
     )
     # -- vector store backend (issue 8) --
     # Build-time choices, recorded in the manifest like faiss_factory: an index is opened with what built it.
-    # Validated by search/milvus.py (MilvusConfig.from_settings) when a build uses them.
+    # Validated by search/vectors/milvus/vectors.py (MilvusConfig.from_settings) when a build uses them.
     store: str = _setting(
         "faiss",
         "Vector store for passage and article vectors: faiss (in-process files in the index directory) or milvus "
@@ -111,7 +111,7 @@ class Settings:
         "Articles chunked and embedded together while indexing (bounds memory); with --ray one Ray task, and what an "
         "interrupted run resumes from.",
     )
-    # -- stateless replicas (search/replica.py) --
+    # -- stateless replicas (search/vectors/milvus/replica.py) --
     collections: str = _setting(
         "",
         "Serve as a stateless replica the index published on Milvus (at milvus_uri) under this name: "
@@ -143,7 +143,8 @@ class Settings:
     related_per_result: int = _setting(3, "Related stories listed under each search result.")
     similar_scoring: str = _setting(
         "profile",
-        "More like this ranks by: profile (shared neighbours over article vectors and tf-idf, search/neighbours.py) "
+        "More like this ranks by: profile (shared neighbours over article vectors and tf-idf, "
+        "search/news/neighbours.py) "
         "or cosine (the article vectors' cosine alone).",
     )
     duplicate_threshold: float = _setting(

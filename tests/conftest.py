@@ -22,10 +22,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from api.app import create_app
 from indexer.build import build_index
 from indexer.sources import read_sources
-from search.embedding import SentenceTransformerEmbedder
-from search.index import open_index
 from search.service import SearchService
 from search.settings import Settings
+from search.storage.index import open_index
+from search.text.embedding import SentenceTransformerEmbedder
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -19,8 +19,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from search.chunking import sentence_spans
 from search.service import SearchService
+from search.text.chunking import sentence_spans
 from tests.conftest import CORPUS, SAMPLE, assert_error
 
 RATES_QUERY = "interest rate increase by the central bank"
@@ -501,8 +501,8 @@ def test_open_endpoints_keep_paths_and_internals_to_the_server_log(
     import shutil
     import sqlite3
 
-    from search.index import open_index
     from search.settings import Settings
+    from search.storage.index import open_index
 
     copy = tmp_path / "secret-place"
     shutil.copytree(corpus_index, copy)

@@ -27,8 +27,8 @@ from bench.load import (
     split_by_writes,
 )
 from bench.serve import TargetRun
-from search.dedup import body_match, fingerprint
 from search.intake import Limits, parse_write
+from search.news.dedup import body_match, fingerprint
 
 # -- generated articles --------------------------------------------------------------------------------------------
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from indexer.update import add_articles, delete_articles
-from search.bm25 import LEXICAL_STATE, LexicalPostings, MemoryBM25, Postings, load_postings
-from search.index import check_index, open_index
-from search.lexical import Fts5Lexical
 from search.models import Article
 from search.service import SearchService
 from search.settings import Settings
+from search.storage.index import check_index, open_index
+from search.text.bm25 import LEXICAL_STATE, LexicalPostings, MemoryBM25, Postings, load_postings
+from search.text.fts import Fts5Lexical
 
 QUERIES = [
     "interest rates inflation",

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 
 from indexer.build import build_index, embedding_input, make_chunker
-from search.chunking import Chunk
 from search.errors import SourceError
-from search.index import open_index
 from search.models import Article
 from search.settings import Settings
+from search.storage.index import open_index
+from search.text.chunking import Chunk
 
 
 def test_duplicate_ids_later_record_wins_and_identical_passages_embedded_once(tmp_path: Path, embedder) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from search.catalog import ArticleCatalog, Filter, parse_day
 from search.errors import InvalidInput
+from search.ranking.catalog import ArticleCatalog, Filter, parse_day
 from search.service import SearchService
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.chunking import Chunker, sentence_spans, split_paragraphs
 from search.models import Article
+from search.text.chunking import Chunker, sentence_spans, split_paragraphs
 
 NK = (
     "The accusation also comes at a time when US President Joe Biden and South Korean President Yoon Suk-yeol "

@@ -21,8 +21,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from api.cli import main, trec_id
-from search.embedding import SentenceTransformerEmbedder
 from search.service import SearchService
+from search.text.embedding import SentenceTransformerEmbedder
 from tests.conftest import CORPUS, make_service
 
 CORPUS_IDS = {json.loads(line)["id"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()}
@@ -476,7 +476,7 @@ def test_check_accepts_manifest_counts_a_crash_left_behind_and_open_repairs_them
 ) -> None:
     """A writer killed between its commit and the manifest update leaves the counts (a cache of SQLite's) behind:
     a legal state that the next open repairs, so check does not call it a problem (tests/test_crash.py)."""
-    from search.index import open_index
+    from search.storage.index import open_index
 
     manifest_path = index_copy / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -638,7 +638,7 @@ def test_argument_mistakes_fail_before_the_model_loads(
     def no_model(*_: Any, **__: Any) -> Any:
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("search.embedding.make_embedder", no_model)
+    monkeypatch.setattr("search.text.embedding.make_embedder", no_model)
     queries = write_jsonl("q.jsonl", [{"_id": "1", "text": "x"}])
     qrels = tmp_path / "qrels.tsv"
     qrels.write_text("query-id\tcorpus-id\tscore\n1\tsport/001\t1\n", encoding="utf-8")
@@ -651,7 +651,7 @@ def test_argument_mistakes_fail_before_the_model_loads(
 def test_a_batch_query_that_cannot_run_fails_before_the_model_loads(
     runner: CliRunner, corpus_index: Path, write_jsonl: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("search.embedding.make_embedder", lambda *_: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("search.text.embedding.make_embedder", lambda *_: pytest.fail("the model was loaded"))
     queries = write_jsonl("q.jsonl", [{"_id": "1", "text": "fine"}, {"_id": "2", "text": "  "}])
     result = invoke(runner, "search", "--queries", queries, "--run", tmp_path / "r.trec", "--index", corpus_index)
     assert_one_line_error(result, "query '2': query must not be empty")

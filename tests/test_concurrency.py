@@ -40,12 +40,12 @@ from indexer.build import build_index
 from indexer.live import Writer
 from indexer.sources import read_sources
 from indexer.update import add_articles, delete_articles
-from search.embedding import make_embedder
 from search.errors import NotFound
-from search.index import SQLITE, check_index, open_index
 from search.models import Article
 from search.service import SearchService
 from search.settings import Settings
+from search.storage.index import SQLITE, check_index, open_index
+from search.text.embedding import make_embedder
 from tests.fakes import wire_articles
 from tests.procs import ENV, NEWSDESK, get_json, post, serve, spawn, stop, write_jsonl
 
@@ -221,7 +221,7 @@ def test_writes_acknowledged_during_a_rebuild_are_in_the_new_build(
     id and by headline in every mode after a reopen, and ``check`` passes. With other chunking the carried articles
     are embedded again for the new build."""
     import indexer.build
-    import search.index
+    import search.storage.index
     from indexer.sync import sync_index
 
     target = fresh_copy(base, tmp_path)
@@ -240,13 +240,13 @@ def test_writes_acknowledged_during_a_rebuild_are_in_the_new_build(
         add_articles(writer, articles_of([*embedding, replaced]), embedder, old_settings, origin="api")
         delete_articles(writer, [deleted])
 
-    write_manifest = search.index.write_manifest  # what the build calls
+    write_manifest = search.storage.index.write_manifest  # what the build calls
 
     def while_caching(directory: Path, manifest: dict[str, Any]) -> None:
         add_articles(writer, articles_of(caching), embedder, old_settings, origin="api")
         write_manifest(directory, manifest)
 
-    swap_in = search.index.swap_in
+    swap_in = search.storage.index.swap_in
     waiting: list[threading.Thread] = []
     others: list[Any] = []
 
@@ -261,7 +261,7 @@ def test_writes_acknowledged_during_a_rebuild_are_in_the_new_build(
         swap_in(link, new_dir)
 
     monkeypatch.setattr(indexer.build, "write_manifest", while_caching)
-    monkeypatch.setattr(search.index, "swap_in", while_swapping)
+    monkeypatch.setattr(search.storage.index, "swap_in", while_swapping)
     report = sync_index(
         articles_of(sources), settings, WritingDuringBuild(embedder, while_embedding), rebuild=True, progress=False
     )

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from api.cli import main
-from search.catalog import Filter
-from search.index import SQLITE
+from search.ranking.catalog import Filter
 from search.service import SearchService
 from search.settings import MODES
+from search.storage.index import SQLITE
 
 NONSENSE = ("xyzzy qwerty plugh", "€😀")
 

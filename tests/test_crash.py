@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from search.index import check_index, open_index
+from search.storage.index import check_index, open_index
 from tests.fakes import wire_articles
 from tests.procs import kill as _kill
 from tests.procs import post as _post

@@ -1,4 +1,4 @@
-"""Near-duplicate detection (``search/dedup.py``): exact copies, light rewrites, the headline rule, grouping,
+"""Near-duplicate detection (``search/news/dedup.py``): exact copies, light rewrites, the headline rule, grouping,
 canonical ids, the incremental index against the batch run, persistence, stable hashing and LSH against a
 brute-force oracle. No model and no index: ``.venv/bin/pytest tests/test_dedup.py``.
 
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from search import dedup
-from search.dedup import DedupConfig, DedupDoc, DedupIndex, DuplicateIndex, find_duplicates
+from search.news import dedup
+from search.news.dedup import DedupConfig, DedupDoc, DedupIndex, DuplicateIndex, find_duplicates
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "dedup" / "articles.json"
@@ -407,7 +407,7 @@ STORM_KEY = "9275ab38af169dc311ca2252731d40c0"
 STORM_SIGNATURE_HEAD = [36706959648122570, 18575893906172827, 236230597043130097, 169925402618900826]
 STORM_BANDS_HEAD = [15008530310225383184, 8530469950479106037]
 _PROBE = (
-    "import json, sys; from search import dedup; t = sys.stdin.read(); f = dedup.fingerprint(t); "
+    "import json, sys; from search.news import dedup; t = sys.stdin.read(); f = dedup.fingerprint(t); "
     "print(json.dumps([f.exact_key, [int(x) for x in f.signature], [int(x) for x in f.bands]]))"
 )
 

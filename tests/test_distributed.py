@@ -50,11 +50,11 @@ from indexer.distributed import (
 )
 from indexer.sources import read_sources
 from indexer.sync import sync_index
-from search.embedding import Embedder, make_embedder
 from search.errors import InvalidInput
-from search.index import MANIFEST, check_index
 from search.models import Article
 from search.settings import Settings
+from search.storage.index import MANIFEST, check_index
+from search.text.embedding import Embedder, make_embedder
 from tests.conftest import CORPUS, SAMPLE
 from tests.fakes import wire_articles
 

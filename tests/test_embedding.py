@@ -17,11 +17,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import search.embedding as embedding
+import search.text.embedding as embedding
 from api.cli import main
 from indexer.build import build_index
 from indexer.sources import read_sources
-from search.embedding import (
+from search.errors import InvalidInput, ModelMismatch
+from search.settings import Settings
+from search.storage.index import MANIFEST, open_index
+from search.text.embedding import (
     PROBE_MIN_COSINE,
     PROBE_SENTENCES,
     QUANT_WEIGHT_TYPES,
@@ -32,9 +35,6 @@ from search.embedding import (
     onnx_file_name,
     quantization_config,
 )
-from search.errors import InvalidInput, ModelMismatch
-from search.index import MANIFEST, open_index
-from search.settings import Settings
 from tests.conftest import CORPUS
 
 SENTENCES = [
@@ -122,7 +122,7 @@ def test_onnx_alone_gives_the_vectors_of_the_int8_path(onnx, model_cache: Path) 
 def test_the_int8_query_path_imports_neither_torch_nor_sentence_transformers(onnx, model_cache: Path) -> None:
     """What makes a CLI search answer in a few seconds: torch and sentence-transformers cost ~5 s to import."""
     code = (
-        "import sys; from search.embedding import make_embedder; from search.settings import Settings; "
+        "import sys; from search.text.embedding import make_embedder; from search.settings import Settings; "
         f"e = make_embedder(Settings(model_cache={str(model_cache)!r})); e.encode(['a query']); "
         "heavy = ('torch', 'sentence_transformers', 'transformers'); "
         "print(type(e).__name__, sorted(m for m in heavy if m in sys.modules))"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from search.errors import SourceError
-from search.evaluation import answer_recall, evaluate_run, mrr, ndcg, read_qrels, recall
+from search.ranking.evaluation import answer_recall, evaluate_run, mrr, ndcg, read_qrels, recall
 
 
 def test_ndcg_by_hand() -> None:

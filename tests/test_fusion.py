@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from search.errors import InvalidInput
-from search.fusion import Fusion, normalise, ranks
+from search.ranking.fusion import Fusion, normalise, ranks
 
 
 def test_ranks_are_one_based_best_first_and_stable_on_ties() -> None:

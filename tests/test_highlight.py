@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from search.bm25 import MemoryBM25
-from search.highlight import Highlighter, lexical_overlap
+from search.ranking.highlight import Highlighter, lexical_overlap
 from search.service import SearchService
+from search.text.bm25 import MemoryBM25
 from tests.fakes import HashEmbedder
 
 TEXT = (

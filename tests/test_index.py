@@ -13,11 +13,11 @@ import pytest
 
 from indexer.build import build_index
 from indexer.sources import read_sources
-from search.embedding import SentenceTransformerEmbedder
 from search.errors import IndexCorrupt, IndexMissing, ModelMismatch
-from search.index import MANIFEST, PASSAGE_VECTORS, SQLITE, VECTORS_STATE, check_index, open_index
 from search.models import Article
 from search.settings import Settings
+from search.storage.index import MANIFEST, PASSAGE_VECTORS, SQLITE, VECTORS_STATE, check_index, open_index
+from search.text.embedding import SentenceTransformerEmbedder
 from tests.conftest import CORPUS
 
 
@@ -233,7 +233,7 @@ def test_check_finds_a_bm25_index_out_of_step(tmp_path: Path, corpus_index: Path
 
 
 def test_passage_owners_map_passages_and_articles_both_ways() -> None:
-    from search.index import PassageOwners
+    from search.storage.index import PassageOwners
 
     owners = PassageOwners.of(np.array([7, 3, 4, 10, 11, 5]), np.array([2, 1, 1, 3, 3, 1]))
     np.testing.assert_array_equal(owners.articles_of(np.array([4, 10, 99, -1])), [1, 3, -1, -1])

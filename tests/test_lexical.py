@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from search.lexical import fts_term_counts, match_expression, query_terms
 from search.service import SearchService
+from search.text.fts import fts_term_counts, match_expression, query_terms
 
 
 def test_query_terms_drop_stopwords_unless_nothing_is_left() -> None:

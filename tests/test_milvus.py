@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import search.milvus as milvus
+import search.vectors.milvus.vectors as milvus
 from api.cli import main
 from bench.serve import free_port
 from indexer.sources import read_sources
 from indexer.sync import sync_index
 from indexer.update import add_articles, delete_articles
 from search.errors import IndexCorrupt, InvalidInput, VectorStoreUnavailable
-from search.index import check_index, open_index
-from search.milvus import MilvusConfig, MilvusConnection, MilvusVectorStore, build_store, parse_params
 from search.models import Article
 from search.settings import Settings
-from search.store import Store
+from search.storage.index import check_index, open_index
+from search.storage.store import Store
+from search.vectors.milvus.vectors import MilvusConfig, MilvusConnection, MilvusVectorStore, build_store, parse_params
 from tests.conftest import CORPUS
 from tests.fakes import HashEmbedder
 from tests.test_vectors import DIM, oracle, unit
@@ -255,7 +255,8 @@ def test_the_manifest_records_the_milvus_store(milvus_index) -> None:
     assert manifest["store"] == "milvus"
     entry = manifest["milvus"]
     assert entry["uri"] == "milvus.db" and (target / "milvus.db").is_dir()  # Milvus Lite inside the index
-    # vectors, and the records stateless replicas read (search/records.py), then the stable meta collection
+    # vectors, and the records stateless replicas read (search/vectors/milvus/records.py), then the stable meta
+    # collection
     assert set(entry["collections"]) == {"passages", "articles", "article_rows", "passage_rows", "sentence_rows"}
     assert all(name.startswith("newsdesk_corpus_") for name in entry["collections"].values())
     assert entry["meta"] == "newsdesk_corpus_meta"

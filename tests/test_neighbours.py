@@ -1,4 +1,5 @@
-"""Shared-neighbour profiles (search/neighbours.py) against a brute-force numpy oracle, kept up to date by writes."""
+"""Shared-neighbour profiles (search/news/neighbours.py) against a brute-force numpy oracle, kept up to date by
+writes."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ import pytest
 from indexer.build import build_index
 from indexer.sources import read_sources
 from indexer.update import add_articles, delete_articles
-from search.bm25 import Postings
-from search.catalog import Filter
 from search.errors import InvalidInput
-from search.index import open_index
 from search.models import Article
-from search.neighbours import NeighbourConfig, NeighbourGraph
+from search.news.neighbours import NeighbourConfig, NeighbourGraph
+from search.ranking.catalog import Filter
 from search.service import SearchService
 from search.settings import Settings
-from search.vectors import FaissVectorStore
+from search.storage.index import open_index
+from search.text.bm25 import Postings
+from search.vectors.faiss import FaissVectorStore
 from tests.fakes import HashEmbedder, wire_articles
 
 WORDS = [f"t{i}" for i in range(60)]
@@ -255,7 +256,7 @@ def test_scoring_can_be_chosen_per_request(wire_service: SearchService) -> None:
 
 
 def test_no_graph_above_the_size_limit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import search.neighbours as neighbours
+    import search.news.neighbours as neighbours
 
     keys, vecs, rows = synthetic(120, seed=8)
     postings = Postings.build(rows, 2)

@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from indexer.build import build_index
 from indexer.sources import read_sources
-from search.embedding import SentenceTransformerEmbedder
 from search.service import SearchService
 from search.settings import Settings
+from search.text.embedding import SentenceTransformerEmbedder
 from tests.conftest import make_service
 from tests.test_web import BROWSER, Node, page
 

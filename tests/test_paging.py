@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from search.errors import InvalidInput, StaleCursor
-from search.paging import KEY_FIELD, MAC_BYTES, Cursor, diversify, fingerprint, index_key, resume
-from search.store import Store
+from search.ranking.paging import KEY_FIELD, MAC_BYTES, Cursor, diversify, fingerprint, index_key, resume
+from search.storage.store import Store
 
 KEY = b"k" * 32
 FP = fingerprint("q", "hybrid", None, 10, None)

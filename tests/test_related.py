@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.milvus import MilvusConnection, MilvusVectorStore
-from search.related import RelatedFinder
-from search.vectors import FaissVectorStore, VectorStore
+from search.news.related import RelatedFinder
+from search.vectors.faiss import FaissVectorStore, VectorStore
+from search.vectors.milvus.vectors import MilvusConnection, MilvusVectorStore
 from tests.conftest import BACKENDS
 
 NewStore = Callable[[int], VectorStore]

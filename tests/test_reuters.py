@@ -15,10 +15,10 @@ import pytest
 
 from indexer.build import build_index
 from indexer.sources import read_sources
-from search.catalog import Filter
-from search.index import open_index
+from search.ranking.catalog import Filter
 from search.service import SearchService
 from search.settings import Settings
+from search.storage.index import open_index
 from tests.fakes import HashEmbedder
 
 REUTERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "reuters21578" / "articles.jsonl.gz"

@@ -29,13 +29,13 @@ from api.app import create_app
 from indexer.build import build_index
 from indexer.sources import read_sources
 from indexer.update import add_articles
-from search.bm25 import LexicalPostings
 from search.errors import IndexCorrupt, InvalidInput, WritesDisabled
-from search.index import MANIFEST, SQLITE, VECTORS_STATE, check_index, open_index, swap_in
 from search.models import Article
 from search.service import SearchService
 from search.settings import Settings
-from search.vectors import FaissVectorStore
+from search.storage.index import MANIFEST, SQLITE, VECTORS_STATE, check_index, open_index, swap_in
+from search.text.bm25 import LexicalPostings
+from search.vectors.faiss import FaissVectorStore
 from tests.conftest import CORPUS, ROOT, assert_error, make_service
 from tests.fakes import HashEmbedder
 from tests.test_cli import assert_one_line_error, invoke
@@ -291,7 +291,7 @@ READ_ONLY_SCRIPT = """
 import json, sys
 from pathlib import Path
 from api.app import create_app
-from search.index import open_index
+from search.storage.index import open_index
 from search.service import SearchService
 from search.settings import Settings
 from tests.fakes import HashEmbedder

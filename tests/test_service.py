@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from search.catalog import Filter
 from search.errors import InvalidInput, NotFound
-from search.highlight import Highlighter
-from search.paging import Cursor, fingerprint, index_key
+from search.ranking.catalog import Filter
+from search.ranking.highlight import Highlighter
+from search.ranking.paging import Cursor, fingerprint, index_key
 from search.service import SearchService
 from tests.conftest import BACKENDS, make_service, on_backend
 
@@ -149,7 +149,7 @@ def test_similar_uses_stored_vectors_and_excludes_duplicates(service: SearchServ
     assert "business/001" not in got and "copy-of-business-001" not in got
     assert got[0] == "business/003"
     assert len(got) == 6  # 8 articles less itself and its duplicate
-    # 8 articles are too few for shared-neighbour profiles (search/neighbours.py): the score is the cosine of
+    # 8 articles are too few for shared-neighbour profiles (search/news/neighbours.py): the score is the cosine of
     # stored article vectors
     store = service.index.store
     a, b = store.aid_of("business/001"), store.aid_of("business/003")

@@ -182,7 +182,7 @@ def test_skip_bad_records_reads_the_rest_and_lists_what_it_left_out(tmp_path: Pa
     ],
 )
 def test_one_date_parser_reads_the_common_formats(raw: str, expected: str | None) -> None:
-    from search.dates import parse_date
+    from search.text.dates import parse_date
 
     assert parse_date(raw) == expected
 

@@ -1,4 +1,5 @@
-"""Stateless replicas (issue 8): an index served from Milvus alone, with no index directory (search/replica.py).
+"""Stateless replicas (issue 8): an index served from Milvus alone, with no index directory
+(search/vectors/milvus/replica.py).
 
 In process, a replica opened on Milvus Lite beside the directory index that wrote it must answer exactly as the
 directory index does (search in every mode, filters, facets, similar, timelines, stories, articles), follow writes,
@@ -28,14 +29,14 @@ from bench.serve import Server
 from indexer.build import build_index, make_chunker, new_articles
 from indexer.sources import read_sources
 from indexer.update import add_articles, delete_articles
-from search.catalog import Filter
 from search.errors import IndexMissing, WritesDisabled
-from search.index import open_index
 from search.models import Article, to_plain
-from search.records import PART_BYTES, RecordCollection, split_parts
-from search.replica import meta_collection, open_replica
+from search.ranking.catalog import Filter
 from search.service import SearchService
 from search.settings import Settings
+from search.storage.index import open_index
+from search.vectors.milvus.records import PART_BYTES, RecordCollection, split_parts
+from search.vectors.milvus.replica import meta_collection, open_replica
 from tests.conftest import CORPUS
 from tests.fakes import HashEmbedder
 from tests.test_replicas import milvus_server  # noqa: F401  (a fixture: Milvus Lite's gRPC server, own process)
@@ -182,7 +183,7 @@ def test_an_old_copy_of_the_directory_does_not_take_the_replicas_back(
 ) -> None:
     """After a rebuild, opening and writing through a copy of the replaced directory (its own, recreated
     collections) leaves the published state on the new build: only a build takes the meta collection over."""
-    from search.records import read_state
+    from search.vectors.milvus.records import read_state
 
     target, embedder, settings = hash_index
     old_copy = tmp_path / "old" / "corpus"
@@ -193,7 +194,7 @@ def test_an_old_copy_of_the_directory_does_not_take_the_replicas_back(
     try:
         add_articles(stale, [Article(id="stale/1", title="Written to the old copy", paragraphs=("x",))], embedder,
                      settings)  # fmt: skip
-        from search.milvus import MilvusVectorStore
+        from search.vectors.milvus.vectors import MilvusVectorStore
 
         assert isinstance(stale.articles, MilvusVectorStore)
         state = read_state(stale.articles.connection, "newsdesk_corpus_meta")
@@ -267,7 +268,7 @@ def test_an_index_from_before_the_records_gets_them_on_open(hash_index: tuple[Pa
     target, embedder, settings = hash_index
     index = open_index(target, embedder)
     try:
-        from search.milvus import MilvusVectorStore
+        from search.vectors.milvus.vectors import MilvusVectorStore
 
         assert isinstance(index.articles, MilvusVectorStore)
         connection = index.articles.connection
@@ -299,7 +300,7 @@ def test_record_parts_and_names() -> None:
 
 def test_records_replace_their_parts(tmp_path: Path) -> None:
     """A record rewritten shorter loses its old later parts; deleting keys removes every part."""
-    from search.milvus import MilvusConnection
+    from search.vectors.milvus.vectors import MilvusConnection
 
     connection = MilvusConnection("records.db", tmp_path)
     try:
@@ -326,7 +327,7 @@ def test_a_meta_collection_holds_the_manifest_and_state(hash_index: tuple[Path, 
     target, embedder, _ = hash_index
     index = open_index(target, embedder)
     try:
-        from search.milvus import MilvusVectorStore
+        from search.vectors.milvus.vectors import MilvusVectorStore
 
         assert isinstance(index.articles, MilvusVectorStore)
         meta = RecordCollection.open(index.articles.connection, "newsdesk_corpus_meta").get([0, 1])

@@ -9,10 +9,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from search.catalog import Filter
 from search.errors import NotFound
+from search.news.stories import Grouped, StoryConfig, assign_stories
+from search.ranking.catalog import Filter
 from search.service import SearchService
-from search.stories import Grouped, StoryConfig, assign_stories
 
 
 def _events(seed: int = 1, n: int = 80, dim: int = 16) -> tuple[list[str], np.ndarray, list[int | None]]:

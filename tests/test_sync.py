@@ -14,11 +14,11 @@ import pytest
 from indexer.sources import read_sources
 from indexer.sync import sync_index
 from indexer.update import add_articles
-from search.catalog import Filter
-from search.index import check_index, open_index
 from search.models import Article
+from search.ranking.catalog import Filter
 from search.settings import Settings
-from search.store import Store
+from search.storage.index import check_index, open_index
+from search.storage.store import Store
 from tests.conftest import CORPUS
 
 

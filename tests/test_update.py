@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from indexer.update import add_articles, delete_articles
-from search.index import check_index, open_index
 from search.models import Article
 from search.service import SearchService
 from search.settings import Settings
+from search.storage.index import check_index, open_index
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from search.errors import IndexCorrupt, InvalidInput
-from search.vectors import IVF_TRAIN_PER_LIST, FaissVectorStore
+from search.vectors.faiss import IVF_TRAIN_PER_LIST, FaissVectorStore
 
 DIM = 32
 
@@ -295,7 +295,7 @@ def test_reconstruct_batch_returns_stored_vectors(factory: str) -> None:
 def test_filtered_search_returns_only_allowed_ids(
     corpus, monkeypatch: pytest.MonkeyPatch, factory: str, search: str, exact_limit: int
 ) -> None:
-    import search.vectors as vectors_module
+    import search.vectors.faiss as vectors_module
 
     monkeypatch.setattr(vectors_module, "EXACT_FILTER_LIMIT", exact_limit)
     ids, vecs, queries = corpus

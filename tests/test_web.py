@@ -326,10 +326,10 @@ def test_a_month_facet_of_year_one_links_to_its_articles(tmp_path: Any, corpus_i
 
     from api.app import create_app
     from indexer.live import Writer
-    from search.index import open_index
     from search.intake import Limits, parse_write
     from search.service import SearchService
     from search.settings import Settings
+    from search.storage.index import open_index
 
     copy = tmp_path / "ancient"
     shutil.copytree(corpus_index, copy)

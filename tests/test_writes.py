@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from api.app import create_app
 from indexer.live import Writer
 from search.errors import InvalidInput
-from search.index import check_index, open_index
 from search.intake import Limits, parse_write
 from search.models import Article
 from search.service import SearchService
 from search.settings import Settings
-from search.store import NewArticle, Store
+from search.storage.index import check_index, open_index
+from search.storage.store import NewArticle, Store
 from tests.conftest import assert_error
 
 KEY = "s3cret-write-key"
@@ -331,7 +331,7 @@ def test_fuzzed_writes_get_only_4xx_and_store_nothing(wclient: FlaskClient, live
 
 @pytest.mark.parametrize("raw", ["Sat, 08 Jan 2005 10:00:00 GMT", "8 Jan 2005", "2005-01-08T10:00:00Z", "08/01/2005"])
 def test_the_api_reads_the_dates_the_indexer_reads(raw: str, tmp_path: Path) -> None:
-    """One parser (search/dates.py): a date a corpus may carry is a date a client may send, with the same value."""
+    """One parser (search/text/dates.py): a date a corpus may carry is a date a client may send, with the same value."""
     from indexer.sources import read_sources
 
     (a,) = parse_write({**NEW, "date": raw}, Limits())

@@ -18,7 +18,7 @@ import numpy as np
 
 from search.errors import InvalidInput
 from search.models import FacetCount
-from search.store import CatalogRow, Store
+from search.storage.store import CatalogRow, Store
 
 NO_DATE = np.iinfo(np.int32).min  # days since 1970-01-01 for articles without a date
 _EPOCH = date(1970, 1, 1).toordinal()

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from search.bm25 import Postings
-from search.files import DAMAGED_CACHE, discarded_on_failure, stamped
-from search.store import Store
-from search.vectors import VectorStore
+from search.storage.files import DAMAGED_CACHE, discarded_on_failure, stamped
+from search.storage.store import Store
+from search.text.bm25 import Postings
+from search.vectors.faiss import VectorStore
 
 GRAPH_FILE = "neighbours.npz"
 GRAPH_STATE = "neighbours.json"

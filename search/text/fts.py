@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from search.errors import IndexCorrupt
-from search.store import Store
+from search.storage.store import Store
 
 # Function words that match nearly every document: dropping them keeps OR queries fast and BM25 focused.
 STOPWORDS = frozenset(

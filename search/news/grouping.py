@@ -3,7 +3,8 @@
 A full build labels every article once it has written them all (``label_unlabelled``); an incremental change
 labels its new articles before writing, so labels commit in the same transaction as the articles
 (``label_new``); an index made before labels existed is labelled when it opens. All three use the same rules
-(``search/stories.py``; duplicates: ``search/dedup.py``, exact and near-identical bodies and reworded headlines),
+(``search/news/stories.py``; duplicates: ``search/news/dedup.py``, exact and near-identical bodies and reworded
+headlines),
 with the articles already labelled as the fixed past, so labels never change once given.
 """
 
@@ -17,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from search.catalog import NO_DATE, ArticleCatalog, day_or_none
-from search.dedup import DedupIndex, DuplicateIndex
-from search.files import DAMAGED_CACHE, discarded_on_failure, stamped
 from search.models import PARAGRAPH_SEPARATOR
-from search.store import Store
-from search.stories import DEFAULT_STORIES, Grouped, StoryConfig, assign_stories
-from search.vectors import VectorStore
+from search.news.dedup import DedupIndex, DuplicateIndex
+from search.news.stories import DEFAULT_STORIES, Grouped, StoryConfig, assign_stories
+from search.ranking.catalog import NO_DATE, ArticleCatalog, day_or_none
+from search.storage.files import DAMAGED_CACHE, discarded_on_failure, stamped
+from search.storage.store import Store
+from search.vectors.faiss import VectorStore
 
 Labels = list[tuple[str, str]]  # (story, duplicate group) per article
 DUPLICATES_FILE = "duplicates.npz"  # the DedupIndex of the labelled articles, a cache stamped like the FAISS files

@@ -1,7 +1,8 @@
 """Stateless serving: an index opened from Milvus alone, with no index directory (issue 8).
 
 ``newsdesk serve --milvus-uri URI --collections newsdesk_<name>`` serves the index whose meta collection is
-``newsdesk_<name>_meta`` (search/records.py). At start, and again whenever the published state changes (a write,
+``newsdesk_<name>_meta`` (search/vectors/milvus/records.py). At start, and again whenever the published state changes
+(a write,
 or a rebuild pointing at new collections), the replica reads from the engine what the query side keeps in memory:
 
 - every article record: the catalog (dates, sources, tags, labels), article references, and the article texts;
@@ -13,7 +14,7 @@ Per request it reads from Milvus what a page shows: passage texts, sentence vect
 from the vector collections. Nothing is written: a replica refuses writes (they go through the indexer, which owns
 SQLite, or a server on the index directory), and every replica that loaded one published state answers alike.
 
-The lexical side is the in-memory BM25 (``search/bm25.py``) built from the engine's text, the same postings as
+The lexical side is the in-memory BM25 (``search/text/bm25.py``) built from the engine's text, the same postings as
 SQLite FTS5 gives a directory index (Porter stemming), so a replica ranks exactly as the writer does.
 """
 
@@ -28,15 +29,21 @@ from typing import Any
 
 import numpy as np
 
-from search.bm25 import LexicalPostings, Postings
-from search.catalog import ArticleCatalog
-from search.embedding import Embedder, check_compatible
 from search.errors import IndexCorrupt, IndexMissing, NotFound, WritesDisabled
-from search.milvus import ARTICLE_INDEX, MilvusConfig, MilvusConnection, MilvusVectorStore
 from search.models import Article, ArticleRef, Passage
-from search.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph
-from search.records import RecordCollection, decode_sentences, meta_name, read_manifest_record, read_state
-from search.store import ArticleText, CatalogRow, SentenceVectors, StoredPassage
+from search.news.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph
+from search.ranking.catalog import ArticleCatalog
+from search.storage.store import ArticleText, CatalogRow, SentenceVectors, StoredPassage
+from search.text.bm25 import LexicalPostings, Postings
+from search.text.embedding import Embedder, check_compatible
+from search.vectors.milvus.records import (
+    RecordCollection,
+    decode_sentences,
+    meta_name,
+    read_manifest_record,
+    read_state,
+)
+from search.vectors.milvus.vectors import ARTICLE_INDEX, MilvusConfig, MilvusConnection, MilvusVectorStore
 
 LOAD_TRIES = 5  # a load that saw the published state move under it (a write landed meanwhile) starts again
 
@@ -243,7 +250,7 @@ def load_replica(
     poll_seconds: float,
     background: bool = False,
 ) -> Any:
-    from search.index import Index, PassageOwners
+    from search.storage.index import Index, PassageOwners
 
     if not connection.call("look up a collection", "has_collection", meta):
         raise IndexMissing(
@@ -300,11 +307,11 @@ def _load(
 
 
 def _article_columns(docs: dict[int, dict[str, Any]]) -> Iterator[tuple[int, Sequence[str]]]:
-    """(key, (title, body)) in key order, the body as the FTS5 trigger joins it (search/bm25.py)."""
+    """(key, (title, body)) in key order, the body as the FTS5 trigger joins it (search/text/bm25.py)."""
     for aid in sorted(docs):
         yield aid, (docs[aid]["title"], "\n".join(docs[aid]["paragraphs"]))
 
 
 def _graph(articles: MilvusVectorStore, postings: Postings, generation: int) -> NeighbourGraph | None:
-    """More-like-this profiles built from the engine's article vectors and the postings (search/neighbours.py)."""
+    """More-like-this profiles built from the engine's article vectors and the postings (search/news/neighbours.py)."""
     return NeighbourGraph.of(articles, postings, generation, DEFAULT_NEIGHBOURS)

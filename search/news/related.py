@@ -5,7 +5,7 @@ paragraphs under another id, or a vector closer than the duplicate threshold) ar
 copies of one story are listed once.
 
 Related stories under search results rank by cosine: they should be the same event's coverage. "More like this"
-(``SearchService.similar``) ranks by shared neighbours (``search/neighbours.py``), which keeps a borderline article
+(``SearchService.similar``) ranks by shared neighbours (``search/news/neighbours.py``), which keeps a borderline article
 among its own subject's articles.
 
 An article's neighbours do not depend on the query, and the same popular articles fill many result pages, so they
@@ -20,9 +20,9 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from search.neighbours import MIN_ARTICLES, NeighbourGraph
-from search.store import ReadStore
-from search.vectors import VectorStore
+from search.news.neighbours import MIN_ARTICLES, NeighbourGraph
+from search.storage.store import ReadStore
+from search.vectors.faiss import VectorStore
 
 GroupOf = Callable[[Sequence[int]], Mapping[int, Hashable]]  # article keys -> duplicate group of each
 
@@ -62,7 +62,7 @@ class RelatedFinder:
     ) -> list[list[tuple[int, float]]]:
         """For each article key, up to ``k`` (article key, score) of other, non-duplicate articles, best first;
         ``allowed`` (sorted keys) limits the candidates (a filter; such answers are not cached). The score is the
-        article vectors' cosine, or with ``profile`` the shared-neighbour score of ``search/neighbours.py`` (an
+        article vectors' cosine, or with ``profile`` the shared-neighbour score of ``search/news/neighbours.py`` (an
         article the graph lacks, or a list the graph cannot fill, falls back to, or is topped up by, cosine; a corpus
         too small for profiles, ``profiles_apply``, is ranked by cosine)."""
         if not aids or k <= 0 or (allowed is not None and not len(allowed)):

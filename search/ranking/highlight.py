@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from search.chunking import Span, sentence_spans
-from search.embedding import Embedder
-from search.lexical import fts_term_counts
 from search.models import Highlight
+from search.text.chunking import Span, sentence_spans
+from search.text.embedding import Embedder
+from search.text.fts import fts_term_counts
 
 StoredSentences = Callable[[list[int]], dict[int, tuple[list[tuple[int, int]], np.ndarray]]]
 # Query term stem -> IDF weight (``MemoryBM25.term_weights``).

@@ -3,7 +3,8 @@
 Layout (``index_data/<name>/``): ``manifest.json``, ``newsdesk.sqlite``, ``vectors.faiss`` (passages),
 ``articles.faiss`` (article vectors for related stories) and ``vectors.json`` recording the generation the FAISS
 files were built from. ``<name>`` is a symlink to a versioned sibling directory, so a rebuild swaps it atomically.
-An index built with ``--store milvus`` keeps both kinds of vectors in Milvus collections instead (search/milvus.py;
+An index built with ``--store milvus`` keeps both kinds of vectors in Milvus collections instead
+(search/vectors/milvus/vectors.py;
 Milvus Lite's ``milvus.db`` inside the directory by default), and ``vectors.json`` records the generation they match.
 """
 
@@ -24,10 +25,6 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from search.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
-from search.catalog import ArticleCatalog
-from search.dedup import DedupIndex
-from search.embedding import Embedder, check_compatible
 from search.errors import (
     IndexCorrupt,
     IndexMissing,
@@ -37,9 +34,17 @@ from search.errors import (
     StorageError,
     WritesDisabled,
 )
-from search.files import DAMAGED_CACHE, directory_writable, discarded_on_failure, file_crc32
-from search.grouping import duplicates_problems, label_unlabelled, load_duplicates, save_duplicates
-from search.milvus import (
+from search.news.dedup import DedupIndex
+from search.news.grouping import duplicates_problems, label_unlabelled, load_duplicates, save_duplicates
+from search.news.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph, graph_problems, load_graph
+from search.ranking.catalog import ArticleCatalog
+from search.storage.files import DAMAGED_CACHE, directory_writable, discarded_on_failure, file_crc32
+from search.storage.store import Store
+from search.text.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
+from search.text.embedding import Embedder, check_compatible
+from search.vectors.faiss import FaissVectorStore
+from search.vectors.milvus.replica import MilvusReadStore, Replica
+from search.vectors.milvus.vectors import (
     MilvusConfig,
     MilvusVectorStore,
     check_collections,
@@ -48,10 +53,6 @@ from search.milvus import (
     relabel_records,
     write_state,
 )
-from search.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph, graph_problems, load_graph
-from search.replica import MilvusReadStore, Replica
-from search.store import Store
-from search.vectors import FaissVectorStore
 
 Vectors = FaissVectorStore | MilvusVectorStore  # the backends an index can use, chosen by its manifest's "store"
 
@@ -154,7 +155,7 @@ S = TypeVar("S", Store, MilvusReadStore, Store | MilvusReadStore)
 @dataclass
 class Index(Generic[S]):
     """An open index: its manifest, its store and its two vector stores, consistent with each other. A replica
-    (search/replica.py) has no directory: its store is a read-only view of what the engine published."""
+    (search/vectors/milvus/replica.py) has no directory: its store is a read-only view of what the engine published."""
 
     directory: Path | None
     manifest: dict[str, Any]
@@ -164,11 +165,11 @@ class Index(Generic[S]):
     lexical: LexicalPostings
     owners: PassageOwners
     catalog: ArticleCatalog
-    duplicates: DedupIndex | None = None  # loaded when a write needs it (search/grouping.py)
-    neighbours: NeighbourGraph | None = None  # more-like-this profiles (search/neighbours.py), set by open_index
+    duplicates: DedupIndex | None = None  # loaded when a write needs it (search/news/grouping.py)
+    neighbours: NeighbourGraph | None = None  # more-like-this profiles (search/news/neighbours.py), set by open_index
     # (article keys deleted, added) by writes the profiles do not reflect yet: see indexer/update.py save_state
     neighbour_changes: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))
-    replica: Replica | None = None  # set for an index served from Milvus alone (search/replica.py)
+    replica: Replica | None = None  # set for an index served from Milvus alone (search/vectors/milvus/replica.py)
     read_only: bool = False  # opened read-only (a directory it cannot write, or --read-only): writes are refused
     # The store generation every in-memory part (vectors, postings, owners, catalog, profiles) reflects; -1 for a
     # replica (its Replica tracks what it loaded). A part may hold later changes when a write landed while the
@@ -324,7 +325,7 @@ def load_vectors(
 ) -> tuple[Vectors, Vectors]:
     """The FAISS caches if they match the store's generation, else rebuilt from stored embeddings (no re-embedding);
     for an index on Milvus its two collections, repaired from the stored embeddings the same way when stale (and,
-    with ``records``, its record collections: search/records.py)."""
+    with ``records``, its record collections: search/vectors/milvus/records.py)."""
     if manifest.get("store") == "milvus":
         return open_collections(directory, store, manifest, directory / VECTORS_STATE, records=records)
     dim = int(manifest["model"]["dimension"])

@@ -25,9 +25,9 @@ from typing import Protocol
 
 import numpy as np
 
-from search.files import DAMAGED_CACHE, discarded_on_failure
-from search.lexical import K1, B, fts_term_counts, query_terms, stem
-from search.store import Store
+from search.storage.files import DAMAGED_CACHE, discarded_on_failure
+from search.storage.store import Store
+from search.text.fts import K1, B, fts_term_counts, query_terms, stem
 
 LEXICAL_STATE = "lexical.json"
 LEXICAL_FILES = {"passages": "lexical-passages.npz", "articles": "lexical-articles.npz"}

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from search.errors import IndexCorrupt, InvalidInput
-from search.files import discarded_on_failure
+from search.storage.files import discarded_on_failure
 
 IVF_TRAIN_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39; 64 keeps training at 1M to minutes
 TRAIN_SEED = 20240501  # the training sample is reproducible: the same vectors give the same index

@@ -1,6 +1,7 @@
 """What a query reads besides vectors, kept in Milvus beside them, so API replicas need no index directory (issue 8).
 
-An index on Milvus (``--store milvus``) has, besides its two vector collections (search/milvus.py), three record
+An index on Milvus (``--store milvus``) has, besides its two vector collections (search/vectors/milvus/vectors.py),
+three record
 collections mirroring SQLite's rows, and one meta collection that tells replicas what to serve:
 
 - ``<build>_article_rows``: per article (key = SQLite ``aid``): id, title, paragraphs, date, source, url, tags,

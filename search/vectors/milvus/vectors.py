@@ -38,11 +38,18 @@ from typing import Any
 import numpy as np
 
 from search.errors import IndexCorrupt, InvalidInput, VectorStoreUnavailable
-from search.files import discarded_on_failure
-from search.records import RECORD_KINDS, EngineRecords, article_records, meta_name, read_state, record_names
 from search.settings import STORES as STORES  # declared with the settings, so the CLI need not import this module
-from search.store import Store
-from search.vectors import EXACT_FILTER_LIMIT, checked_batch
+from search.storage.files import discarded_on_failure
+from search.storage.store import Store
+from search.vectors.faiss import EXACT_FILTER_LIMIT, checked_batch
+from search.vectors.milvus.records import (
+    RECORD_KINDS,
+    EngineRecords,
+    article_records,
+    meta_name,
+    read_state,
+    record_names,
+)
 
 DEFAULT_URI = "milvus.db"
 # Index types MilvusClient accepts for a dense float vector; Milvus Lite builds FLAT, HNSW, HNSW_SQ, IVF_FLAT,
@@ -109,7 +116,7 @@ class MilvusConfig:
     index_params: dict[str, Any] = field(default_factory=dict)
     search_params: dict[str, Any] = field(default_factory=dict)
     collections: dict[str, str] = field(default_factory=dict)  # vector and record collections of this build, by kind
-    meta: str = ""  # the index's stable meta collection (search/records.py), what replicas follow
+    meta: str = ""  # the index's stable meta collection (search/vectors/milvus/records.py), what replicas follow
 
     @classmethod
     def from_settings(cls, settings: Any, index_name: str = "") -> MilvusConfig:
@@ -183,7 +190,7 @@ def _meta_of(passages: str) -> str:
 
 
 def engine_records(connection: MilvusConnection, config: MilvusConfig) -> EngineRecords:
-    """The record and meta collections of an index (search/records.py)."""
+    """The record and meta collections of an index (search/vectors/milvus/records.py)."""
     return EngineRecords(connection, {kind: config.collections[kind] for kind in RECORD_KINDS}, config.meta)
 
 

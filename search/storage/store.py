@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS sentences (
 );
 """
 
-# Story and duplicate-group labels of each article (search/stories.py, search/dedup.py): written with the article,
+# Story and duplicate-group labels of each article (search/news/stories.py, search/news/dedup.py): written with the
+# article,
 # in the same transaction; indexes made before the table existed get it on open and are labelled then.
 GROUPS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS article_groups (
@@ -101,7 +102,7 @@ CREATE INDEX IF NOT EXISTS passages_aid ON passages(aid, position);
     + CHANGES_SCHEMA
 )
 
-# BM25 tables (queried by search/lexical.py), kept in step with articles and passages by triggers, so the
+# BM25 tables (queried by search/text/fts.py), kept in step with articles and passages by triggers, so the
 # lexical side changes in the same transaction as the rows it indexes.
 TOKENIZE = "porter unicode61 remove_diacritics 2"
 
@@ -164,7 +165,7 @@ class NewArticle:
 
 class ReadStore(Protocol):
     """What the query side reads from a store: ``Store`` (SQLite, an index directory) and
-    ``search.replica.MilvusReadStore`` (a stateless replica) both implement it."""
+    ``search.vectors.milvus.replica.MilvusReadStore`` (a stateless replica) both implement it."""
 
     def generation(self) -> int: ...
     def counts(self) -> tuple[int, int]: ...
@@ -733,7 +734,7 @@ class Store:
                 out[int(aid)] = (title, list(json.loads(paragraphs)), date, vec)
         return out
 
-    # -- exporting: what the Milvus record collections mirror (search/records.py) ---------------------------------
+    # -- exporting: what the Milvus record collections mirror (search/vectors/milvus/records.py) -----------------------
 
     def article_documents(self, aids: Iterable[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
         """(key, every stored field of the article with its story and duplicate labels), ascending keys."""
@@ -821,7 +822,7 @@ class Store:
         return problems
 
     def cursor_secret(self) -> bytes | None:
-        """A cursor key (search/paging.py) for an index whose manifest predates them: made once, by the first
+        """A cursor key (search/ranking/paging.py) for an index whose manifest predates them: made once, by the first
         writable open that asks, in the meta table every process of this index reads; None where none is kept and
         this store is read-only."""
         with contextlib.suppress(sqlite3.OperationalError), self._conn() as conn:
