@@ -13,7 +13,6 @@ import os
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
@@ -73,13 +72,17 @@ class IndexCollector:
             },
         )
         yield info
-        for name, key, text in (
-            ("newsdesk_index_articles", "articles", "Articles in the index."),
-            ("newsdesk_index_passages", "passages", "Passages (headline and body chunks) in the index."),
-            ("newsdesk_index_generation", "generation", "Write generation of the store; it grows with every write."),
+        for name, value, text in (
+            ("newsdesk_index_articles", health["articles"], "Articles in the index."),
+            ("newsdesk_index_passages", health["passages"], "Passages (headline and body chunks) in the index."),
+            (
+                "newsdesk_index_generation",
+                health["generation"],
+                "Write generation of the store; it grows with every write.",
+            ),
         ):
             gauge = GaugeMetricFamily(name, text, labels=["index"])
-            gauge.add_metric([index], float(health[key]))
+            gauge.add_metric([index], float(value))
             yield gauge
         updated = self._last_update()
         if updated is not None:
@@ -153,8 +156,8 @@ def register_metrics(app: Flask, service: SearchService) -> CollectorRegistry:
 
     # Labelled children by label values: ``labels()`` validates and hashes its arguments on every call, which is
     # a measurable share of a fast request; the set of keys is bounded (known methods x URL rules x statuses).
-    counters: dict[tuple[str, str, int], Any] = {}
-    timers: dict[tuple[str, str], Any] = {}
+    counters: dict[tuple[str, str, int], Counter] = {}
+    timers: dict[tuple[str, str], Histogram] = {}
 
     def observe(response: Response) -> Response:
         started = g.get("metrics_started")

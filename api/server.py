@@ -31,13 +31,14 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, TypedDict
 
 from flask import Flask
 from waitress import wasyncore
+from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
-from waitress.server import BaseWSGIServer, create_server
+from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 from waitress.utilities import Error, RequestEntityTooLarge
 
 from search.settings import Settings
@@ -51,6 +52,34 @@ EARLY_REFUSAL = "newsdesk.early_refusal"
 Refusal = tuple[int, str, str, Mapping[str, str]]
 RefusalHook = Callable[[str, str, Mapping[str, str]], Refusal | None]
 LOOP_SECONDS = 0.5  # how often the loop wakes when idle: deadlines are enforced within about this much
+
+
+class WaitressOptions(TypedDict):
+    """The options ``ServerLimits.adjustments`` gives waitress's ``create_server`` (its ``Adjustments``)."""
+
+    threads: int
+    ident: str
+    channel_timeout: float
+    connection_limit: int
+    cleanup_interval: float
+    asyncore_loop_timeout: float
+    asyncore_use_poll: bool
+    max_request_body_size: int
+
+
+class _TaskDispatcher(Protocol):
+    def shutdown(self, cancel_pending: bool = True, timeout: float = 5) -> object: ...
+
+
+class _Serving(Protocol):
+    """What waitress's ``create_server`` returns, as used here (waitress has no type hints): a ``BaseWSGIServer``
+    listening on one socket, or a ``MultiSocketServer`` holding one per socket in its ``map``."""
+
+    task_dispatcher: _TaskDispatcher
+
+    def print_listen(self, format_str: str) -> None: ...
+
+    def run(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +102,7 @@ class ServerLimits:
             settings.max_body_bytes,
         )
 
-    def adjustments(self, threads: int) -> dict[str, Any]:
+    def adjustments(self, threads: int) -> WaitressOptions:
         """waitress's own options: the limits it has, and maintenance often enough for the deadlines."""
         return {
             "threads": threads,
@@ -122,7 +151,7 @@ def serve(
     ).run()
 
 
-def harden(server: Any, limits: ServerLimits, hook: RefusalHook | None = None) -> Any:
+def harden(server: _Serving, limits: ServerLimits, hook: RefusalHook | None = None) -> _Serving:
     """``server`` (made by waitress's ``create_server``) with request deadlines and JSON errors.
 
     Each listening server of it reads requests with a ``_Parser`` (which records when a request started and asks
@@ -136,14 +165,16 @@ def harden(server: Any, limits: ServerLimits, hook: RefusalHook | None = None) -
     return server
 
 
-def _listeners(server: Any) -> list[BaseWSGIServer]:
+def _listeners(server: _Serving) -> list[BaseWSGIServer]:
     """The listening servers of what ``create_server`` returned: itself, or those of a multi-socket server."""
     if isinstance(server, BaseWSGIServer):
         return [server]
-    return [d for d in server.map.values() if isinstance(d, BaseWSGIServer)]
+    if isinstance(server, MultiSocketServer):
+        return [d for d in server.map.values() if isinstance(d, BaseWSGIServer)]
+    raise TypeError(f"not a waitress server: {type(server).__name__}")
 
 
-def _hook(app: Any) -> RefusalHook | None:
+def _hook(app: object) -> RefusalHook | None:
     """The app's early-refusal hook, if it has one (waitress may wrap the app, so it is read here, unwrapped)."""
     extensions = getattr(app, "extensions", None)
     hook = extensions.get(EARLY_REFUSAL) if isinstance(extensions, dict) else None
@@ -195,7 +226,7 @@ class _Parser(HTTPRequestParser):  # type: ignore[misc]
     headers_finished = False
     expect_continue = False
 
-    def __init__(self, adj: Any) -> None:
+    def __init__(self, adj: Adjustments) -> None:
         super().__init__(adj)
         self.started = time.monotonic()
         self.headers_at: float | None = None
@@ -241,7 +272,7 @@ class WaitressWorker(_gunicorn_base("gunicorn.workers.base", "Worker")):  # type
 
     def run(self) -> None:
         limits: ServerLimits = self.app.limits
-        socket_map: dict[int, Any] = {}
+        socket_map: dict[int, object] = {}
         sockets = [getattr(s, "sock", s) for s in self.sockets]
         server = create_server(self.wsgi, map=socket_map, sockets=sockets, **limits.adjustments(self.cfg.threads))
         harden(server, limits, _hook(self.wsgi))
@@ -262,7 +293,7 @@ class WaitressWorker(_gunicorn_base("gunicorn.workers.base", "Worker")):  # type
 class _GunicornApp(_gunicorn_base("gunicorn.app.base", "BaseApplication")):  # type: ignore[misc]
     """gunicorn's documented custom-application hook: options from a dict, the app from a factory."""
 
-    def __init__(self, make_app: Callable[[], Flask], options: dict[str, Any], limits: ServerLimits) -> None:
+    def __init__(self, make_app: Callable[[], Flask], options: dict[str, object], limits: ServerLimits) -> None:
         self._make_app = make_app
         self._options = options
         self.limits = limits

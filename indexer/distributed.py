@@ -41,20 +41,24 @@ import re
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import numpy as np
 
 from indexer.build import Reusable, chunking_config, make_chunker, new_articles
 from indexer.sync import SyncReport, sync_index
 from search.errors import InvalidInput, NewsdeskError
+from search.jsontypes import JSONObject
 from search.models import Article
 from search.settings import Settings
 from search.storage.store import NewArticle, SentenceVectors
 from search.text.embedding import files_hash, make_embedder, resolve_model
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
 
 LOCAL = "local"
 AUTO = "auto"
@@ -225,7 +229,7 @@ class ModelInfo:
     name: str
     dimension: int
     max_seq_length: int | None
-    fingerprint: dict[str, Any]
+    fingerprint: JSONObject
 
 
 def describe_model(settings: Settings) -> ModelInfo:
@@ -236,7 +240,8 @@ def describe_model(settings: Settings) -> ModelInfo:
     return ModelInfo(embedder.name, embedder.dimension, int(limit) if limit else None, embedder.fingerprint())
 
 
-_described: dict[tuple[Any, ...], ModelInfo] = {}
+# by (Ray job, model, backend, model cache, hash of the model's files)
+_described: dict[tuple[str, str, str, str, str | None], ModelInfo] = {}
 
 
 def describe_remotely(settings: Settings) -> ModelInfo:
@@ -275,7 +280,7 @@ class RemoteModel:
         self.max_seq_length = info.max_seq_length
         self._fingerprint = info.fingerprint
 
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self) -> JSONObject:
         return self._fingerprint
 
     def encode(self, texts: list[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
@@ -320,7 +325,9 @@ class ChunkEmbed:
     """A Ray actor's work: one model and one chunker for the whole run; each call chunks and embeds one group of
     articles with ``new_articles`` and returns one row per article (``encode_rows``)."""
 
-    def __init__(self, settings: Settings, threads: int, device: str, known: Any, fault: str) -> None:
+    def __init__(
+        self, settings: Settings, threads: int, device: str, known: ObjectRef[dict[str, Reusable]] | None, fault: str
+    ) -> None:
         import ray
 
         self.settings = settings.replace(threads=threads)
@@ -329,17 +336,19 @@ class ChunkEmbed:
         self.known: Mapping[str, Reusable] | None = ray.get(known) if known is not None else None
         self.fault = fault
 
-    def __call__(self, batch: Any) -> Any:
+    def __call__(self, batch: GroupTable) -> ArrowTable:
         import pyarrow as pa
 
         tables = []
-        for group, payload in zip(batch["group"].to_pylist(), batch["articles"].to_pylist(), strict=True):
+        for item in batch.to_pylist():
+            group, payload = item["group"], item["articles"]
             articles = [Article(id=i, title=t, paragraphs=tuple(p)) for i, t, p in json.loads(payload)]
             rows, embedded = new_articles(articles, self.chunker, self.embedder, self.settings, self.known)
             for fault in filter(None, self.fault.split(",")):
                 _inject(fault)
             tables.append(encode_rows(group, rows, embedded))
-        return pa.concat_tables(tables)
+        joined: ArrowTable = pa.concat_tables(tables)
+        return joined
 
 
 def check_faults(faults: str) -> str:
@@ -376,16 +385,54 @@ def _inject(fault: str) -> None:
 COLUMNS = ("group", "n", "id", "embedded", "passages", "vectors", "article_vector", "sentences", "sentence_vectors")
 
 
-def encode_rows(group: int, rows: list[NewArticle], embedded: int) -> Any:
+class StoredRow(TypedDict):
+    """One article of a group as the checkpoint keeps it (``COLUMNS`` but the group, which its key replaces)."""
+
+    n: int  # the article's place in its group
+    id: str
+    embedded: int  # the group's count of passages embedded (rather than reused)
+    passages: str  # JSON
+    vectors: bytes  # float32
+    article_vector: bytes
+    sentences: str  # JSON
+    sentence_vectors: bytes
+
+
+class ResultRow(StoredRow):
+    """One article of a group as an actor returns it (``encode_rows``): every one of ``COLUMNS``."""
+
+    group: int
+
+
+class ArrowTable(Protocol):
+    """What is used here of a ``pyarrow.Table`` (pyarrow has no type hints) of ``encode_rows``'s schema."""
+
+    def to_pylist(self) -> list[ResultRow]: ...
+
+
+class GroupItem(TypedDict):
+    """A group of articles as the dataset the actors map holds it: one row per group."""
+
+    group: int
+    articles: str  # JSON: [[id, title, [paragraph, ...]], ...]
+
+
+class GroupTable(Protocol):
+    """What an actor is given: a ``pyarrow.Table`` of ``GroupItem`` rows (one, with ``batch_size=1``)."""
+
+    def to_pylist(self) -> list[GroupItem]: ...
+
+
+def encode_rows(group: int, rows: list[NewArticle], embedded: int) -> ArrowTable:
     """One group's rows as an Arrow table, one row per article: passages as JSON, vectors as raw float32 bytes
     (exact, no pickling), sentence spans as JSON and their vectors concatenated. ``embedded`` is the group's."""
     import pyarrow as pa
 
-    columns: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+    columns: dict[str, list[int | str | bytes]] = {name: [] for name in COLUMNS}
     for n, row in enumerate(rows):
         sentences = list(row.sentences) or [None] * len(row.passages)
         stacked = [np.asarray(s[1], dtype=np.float32) for s in sentences if s is not None]
-        values = {
+        values: dict[str, int | str | bytes] = {
             "group": group,
             "n": n,
             "id": row.article.id,
@@ -411,10 +458,11 @@ def encode_rows(group: int, rows: list[NewArticle], embedded: int) -> Any:
             ("sentence_vectors", pa.binary()),
         ]
     )
-    return pa.table(columns, schema=schema)
+    table: ArrowTable = pa.table(columns, schema=schema)
+    return table
 
 
-def decode_row(article: Article, row: Mapping[str, Any], dimension: int) -> NewArticle:
+def decode_row(article: Article, row: StoredRow, dimension: int) -> NewArticle:
     """An article's ``NewArticle`` from its encoded row; ``article`` is the driver's own (every field, as read)."""
     if row["id"] != article.id:
         raise NewsdeskError(f"a Ray result for {row['id']!r} came back in the place of {article.id!r}")
@@ -487,20 +535,45 @@ class Checkpoint:
             return set()
         return {str(k) for (k,) in self._db().execute("SELECT key FROM groups")}
 
-    def save(self, key: str, rows: list[dict[str, Any]]) -> None:
+    def save(self, key: str, rows: Sequence[StoredRow]) -> None:
         conn = self._db()
         with conn:
             conn.execute("DELETE FROM rows WHERE key = ?", (key,))
             conn.executemany(
                 "INSERT INTO rows (key, n, id, embedded, passages, vectors, article_vector, sentences, "
                 "sentence_vectors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(key, *(r[c] for c in COLUMNS[1:])) for r in rows],
+                [
+                    (
+                        key,
+                        r["n"],
+                        r["id"],
+                        r["embedded"],
+                        r["passages"],
+                        r["vectors"],
+                        r["article_vector"],
+                        r["sentences"],
+                        r["sentence_vectors"],
+                    )
+                    for r in rows
+                ],
             )
             conn.execute("INSERT OR REPLACE INTO groups (key, articles) VALUES (?, ?)", (key, len(rows)))
 
-    def load(self, key: str) -> list[dict[str, Any]]:
+    def load(self, key: str) -> list[StoredRow]:
         cursor = self._db().execute(f"SELECT {', '.join(COLUMNS[1:])} FROM rows WHERE key = ? ORDER BY n", (key,))
-        return [dict(zip(COLUMNS[1:], r, strict=True)) for r in cursor]
+        return [
+            StoredRow(
+                n=n,
+                id=aid,
+                embedded=embedded,
+                passages=passages,
+                vectors=vectors,
+                article_vector=article_vector,
+                sentences=sentences,
+                sentence_vectors=sentence_vectors,
+            )
+            for n, aid, embedded, passages, vectors, article_vector, sentences, sentence_vectors in cursor
+        ]
 
     def close(self) -> None:
         if self._conn is not None:
@@ -516,7 +589,7 @@ class Checkpoint:
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
 
-def group_key(config: Mapping[str, Any], group: list[Article]) -> str:
+def group_key(config: Mapping[str, object], group: list[Article]) -> str:
     """What a group's rows depend on: the model, the chunking settings and its articles' exact ids and text (not the
     content hash, which ignores case and spacing that the passages keep)."""
     payload = json.dumps([config, [[a.id, a.title, list(a.paragraphs)] for a in group]], sort_keys=True)
@@ -552,8 +625,9 @@ class RayGroups:
         missing = [i for i, key in enumerate(keys) if key not in done]
         self.batches, self.restored = len(groups), len(groups) - len(missing)
         results = self._run(groups, missing, known) if missing else iter(())
-        arrived: dict[int, list[dict[str, Any]]] = {}
+        arrived: dict[int, list[ResultRow]] = {}
         for i, (group, key) in enumerate(zip(groups, keys, strict=True)):
+            rows: Sequence[StoredRow]
             if key in done:
                 rows = self.checkpoint.load(key)
             else:
@@ -563,8 +637,8 @@ class RayGroups:
             yield out, int(rows[0]["embedded"]) if rows else 0
 
     def _take(
-        self, group: int, size: int, arrived: dict[int, list[dict[str, Any]]], results: Iterator[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
+        self, group: int, size: int, arrived: dict[int, list[ResultRow]], results: Iterator[ResultRow]
+    ) -> list[ResultRow]:
         """Group ``group``'s rows, reading results until they are all in (they come in order, by group)."""
         while len(arrived.get(group, ())) < size:
             try:
@@ -583,7 +657,7 @@ class RayGroups:
 
     def _run(
         self, groups: list[list[Article]], missing: list[int], known: Mapping[str, Reusable] | None
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[ResultRow]:
         """Result rows of the ``missing`` groups, in order: one dataset row per group, one actor call per row."""
         import ray
         import ray.data
@@ -602,7 +676,7 @@ class RayGroups:
         resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
         self.plan = plan = plan_actors(resources, self.settings, len(missing))
         payload = [
-            {"group": i, "articles": json.dumps([[a.id, a.title, list(a.paragraphs)] for a in groups[i]])}
+            GroupItem(group=i, articles=json.dumps([[a.id, a.title, list(a.paragraphs)] for a in groups[i]]))
             for i in missing
         ]
         mapped = ray.data.from_items(payload, override_num_blocks=len(payload)).map_batches(
@@ -621,6 +695,10 @@ class RayGroups:
             num_cpus=plan.threads,
             num_gpus=plan.gpus or None,
         )
-        table: Any  # a pyarrow.Table, as batch_format asks
-        for table in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+        import pyarrow as pa
+
+        for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if not isinstance(batch, pa.Table):  # what batch_format asks for; Ray types a batch as any format
+                raise NewsdeskError(f"Ray Data returned a {type(batch).__name__} batch, not a pyarrow table")
+            table: ArrowTable = batch
             yield from table.to_pylist()

@@ -14,9 +14,10 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, cast
 
 from search.errors import SourceError
+from search.jsontypes import JSONObject, JSONValue
 from search.models import Article
 from search.text.chunking import split_paragraphs
 from search.text.dates import parse_date
@@ -47,7 +48,7 @@ class FieldMap:
     url: str | None = None
     tags: str | None = None
 
-    def resolve(self, keys: Mapping[str, Any]) -> dict[str, str | None]:
+    def resolve(self, keys: Mapping[str, object]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
         for f in fields(self):
             explicit = getattr(self, f.name)
@@ -131,7 +132,7 @@ def _open_binary(path: Path) -> IO[bytes]:
         raise SourceError(f"{path}: {exc.strerror or exc}") from None
 
 
-def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | SourceError]]:
+def jsonl_records(path: Path) -> Iterator[tuple[int, JSONObject | SourceError]]:
     """(line number, object or the error that line is) of every non-blank line of a ``.jsonl``/``.jsonl.gz`` file.
 
     Lines are split on ``\\n`` bytes and each is decoded by itself, so a place is the line an editor shows: decoding
@@ -146,7 +147,7 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | SourceErro
             raise SourceError(f"{path}:{lineno + 1}: unreadable ({exc})") from None
 
 
-def _json_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | SourceError:
+def _json_line(path: Path, lineno: int, raw: bytes) -> JSONObject | SourceError:
     if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte-order mark
     try:
@@ -178,7 +179,7 @@ def _json_reason(exc: json.JSONDecodeError, line: str) -> str:
     return f"{exc.msg[:-3]} {what}{hint}"
 
 
-def read_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl_objects(path: Path) -> Iterator[tuple[int, JSONObject]]:
     """(line number, object) of every non-blank line of a ``.jsonl`` or ``.jsonl.gz`` file; a line that is not a
     JSON object, or an unreadable file, is a ``SourceError`` naming the file, line and column."""
     for lineno, record in jsonl_records(path):
@@ -250,7 +251,9 @@ def _read_directory(root: Path) -> Iterator[Article]:
         yield Article(id=rel, title=title, paragraphs=tuple(split_paragraphs("\n".join(lines[1:]))))
 
 
-def to_article(record: Mapping[str, Any], fm: FieldMap, where: str, report: ReadReport | None = None) -> Article | None:
+def to_article(
+    record: Mapping[str, JSONValue], fm: FieldMap, where: str, report: ReadReport | None = None
+) -> Article | None:
     """One record as an Article, or None when it has neither headline nor text (empty scraped pages). A date that
     cannot be read is kept raw in ``extra["date_raw"]`` and listed in ``report``."""
     keys = fm.resolve(record)
@@ -288,18 +291,18 @@ def to_article(record: Mapping[str, Any], fm: FieldMap, where: str, report: Read
     return Article(**{**vars(article), "id": article_id})
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     if value is None:
         return ""
     return value if isinstance(value, str) else str(value)
 
 
-def _opt(value: Any) -> str | None:
+def _opt(value: object) -> str | None:
     text = _text(value).strip()
     return text or None
 
 
-def _tags(value: Any) -> tuple[str, ...]:
+def _tags(value: object) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
     if isinstance(value, list):
@@ -307,7 +310,7 @@ def _tags(value: Any) -> tuple[str, ...]:
     return tuple(t.strip() for t in str(value).replace(";", ",").split(",") if t.strip())
 
 
-def _date(value: Any) -> tuple[str | None, str | None]:
+def _date(value: object) -> tuple[str | None, str | None]:
     """(ISO 8601 date, the raw value when it could not be read as a date): search/text/dates.py reads it, as it does for
     the write API."""
     text = _text(value).strip()

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import NoReturn
 
 from search.errors import InvalidInput
+from search.jsontypes import JSONObject, JSONValue
 from search.models import Article
 from search.text.dates import ACCEPTED, parse_date
 
@@ -25,7 +26,7 @@ MAX_EXTRA_BYTES = 65_536
 FIELDS = {"id", "title", "paragraphs", "text", "date", "source", "url", "tags", "category", "extra"}
 
 
-def loads(data: bytes | str) -> Any:
+def loads(data: bytes | str) -> JSONValue:
     """A write request's JSON body, refusing what could not be stored and served back as JSON.
 
     Python's parser accepts ``NaN``, ``Infinity`` and ``1e999`` (as an infinite float), which ``json.dumps`` then
@@ -40,7 +41,7 @@ def loads(data: bytes | str) -> Any:
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> NoReturn:
     raise InvalidInput(f"the body holds {name}, which is not a JSON number")
 
 
@@ -57,7 +58,7 @@ class Limits:
     max_field_chars: int = 200_000
 
 
-def parse_write(payload: Any, limits: Limits) -> list[Article]:
+def parse_write(payload: JSONValue, limits: Limits) -> list[Article]:
     """The articles of a write body: one article object, or ``{"articles": [...]}``."""
     if isinstance(payload, dict) and set(payload) == {"articles"}:
         items = payload["articles"]
@@ -80,7 +81,7 @@ def parse_write(payload: Any, limits: Limits) -> list[Article]:
     return out
 
 
-def _text(value: Any, where: str, limit: int, *, required: bool = False, empty_ok: bool = True) -> str | None:
+def _text(value: object, where: str, limit: int, *, required: bool = False, empty_ok: bool = True) -> str | None:
     if value is None:
         if required:
             raise InvalidInput(f"{where} is required")
@@ -100,7 +101,7 @@ def _text(value: Any, where: str, limit: int, *, required: bool = False, empty_o
     return value
 
 
-def _article(obj: Any, where: str, limits: Limits) -> Article:
+def _article(obj: JSONValue, where: str, limits: Limits) -> Article:
     if not isinstance(obj, dict):
         raise InvalidInput(f"{where} must be an object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - FIELDS)
@@ -141,7 +142,7 @@ def _article(obj: Any, where: str, limits: Limits) -> Article:
     )
 
 
-def _tags(obj: dict[str, Any], where: str) -> tuple[str, ...]:
+def _tags(obj: JSONObject, where: str) -> tuple[str, ...]:
     if "tags" in obj and "category" in obj:
         raise InvalidInput(f"{where} has both tags and category; give one")
     raw = obj.get("tags", obj.get("category"))
@@ -155,7 +156,7 @@ def _tags(obj: dict[str, Any], where: str) -> tuple[str, ...]:
     )
 
 
-def _date(value: Any, where: str) -> str | None:
+def _date(value: object, where: str) -> str | None:
     text = _text(value, where, 64)
     if text is None or not text.strip():
         return None
@@ -175,7 +176,7 @@ def _check_number(value: float, where: str) -> None:
         raise InvalidInput(f"{where} must be a finite number that fits a JSON double")
 
 
-def _check_extra(value: Any, where: str, depth: int = 0) -> None:
+def _check_extra(value: JSONValue, where: str, depth: int = 0) -> None:
     if depth > MAX_EXTRA_DEPTH:
         raise InvalidInput(f"{where} is nested deeper than {MAX_EXTRA_DEPTH} levels")
     if isinstance(value, dict):

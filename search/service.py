@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial, wraps
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypedDict, TypeVar
 
 import numpy as np
 
@@ -70,10 +70,14 @@ def _pin_blas(threads: int) -> None:
     threadpool_limits(limits=threads, user_api="blas")
 
 
-def _unlocked(method: Callable[..., Any]) -> Callable[..., Any]:
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _unlocked(method: Callable[Concatenate[SearchService, P], R]) -> Callable[Concatenate[SearchService, P], R]:
     """A ``_reads`` method without its lock, for a read that already holds it (the lock is not re-entrant: a
     nested read behind a waiting writer would wait forever)."""
-    inner: Callable[..., Any] = method.__wrapped__  # type: ignore[attr-defined]
+    inner: Callable[Concatenate[SearchService, P], R] = method.__wrapped__  # type: ignore[attr-defined]
     return inner
 
 
@@ -138,20 +142,31 @@ class ReadWriteLock:
                 self._cond.notify_all()
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _reads(method: F) -> F:
+def _reads(method: Callable[Concatenate[SearchService, P], R]) -> Callable[Concatenate[SearchService, P], R]:
     """A public read: sees the latest committed index (reloaded if another process wrote) and no half-applied
     update of this one."""
 
     @wraps(method)
-    def wrapper(self: SearchService, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: SearchService, /, *args: P.args, **kwargs: P.kwargs) -> R:
         self.refresh()
         with self.lock.reading():
             return method(self, *args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
+
+
+class Health(TypedDict):
+    """``SearchService.health()``: what ``/api/health`` answers and ``/metrics`` reports of the index served."""
+
+    status: str
+    index: str
+    model: str
+    dimension: int
+    articles: int
+    passages: int
+    newest_date: str | None
+    generation: int
+    read_only: bool
 
 
 class SearchService:
@@ -881,7 +896,7 @@ class SearchService:
         return [Copy(catalog.ids[r], catalog.source_name(r)) for r in catalog.duplicate_rows(row)]
 
     @_reads
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         n_articles, n_passages = self.index.store.counts()
         return {
             "status": "ok",

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from search.errors import InvalidInput
 from search.ranking.fusion import Fusion
@@ -22,9 +23,10 @@ STORES = ("faiss", "milvus")  # vector stores (search/vectors/milvus/vectors.py)
 SIMILAR_SCORINGS = ("profile", "cosine")
 # bench/count_floor.py on the dev sets (SciFact train, RealTime QA dev): see bench/README.md
 MATCH_FLOOR = 0.22
+T = TypeVar("T")
 
 
-def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
+def _setting(default: T, help: str, *, secret: bool = False) -> T:
     """A field with its help text; a secret one stays out of ``repr`` (settings end up in logs and tracebacks)."""
     return field(default=default, metadata={"help": help}, repr=not secret)
 
@@ -212,19 +214,24 @@ class Settings:
     )
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
         """Defaults, then ``NEWSDESK_<FIELD>`` variables, then explicit overrides (CLI flags)."""
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, object] = {}
         for f in fields(cls):
             raw = env.get(f"NEWSDESK_{f.name.upper()}")
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, f.default, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values).validated()
+        # Names and values known only at run time (the environment, a CLI's options): the constructor taken as an
+        # untyped callable, as ``replace`` below takes ``dataclasses.replace``; ``validated`` checks the values.
+        make: Callable[..., Settings] = cls
+        return make(**values).validated()
 
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None}).validated()
+    def replace(self, **changes: object) -> Settings:
+        """These settings with ``changes`` (None meaning "unchanged", as an option not given on the command line)."""
+        change: Callable[..., Settings] = dataclasses.replace
+        return change(self, **{k: v for k, v in changes.items() if v is not None}).validated()
 
     def validated(self) -> Settings:
         positive = (
@@ -280,7 +287,7 @@ class Settings:
         return {f.name: f.metadata["help"] for f in fields(cls)}
 
 
-def _parse(name: str, default: Any, raw: str) -> Any:
+def _parse(name: str, default: object, raw: str) -> object:
     try:
         if isinstance(default, bool):
             low = raw.strip().lower()
@@ -291,6 +298,8 @@ def _parse(name: str, default: Any, raw: str) -> Any:
             raise ValueError(raw)
         if isinstance(default, Path):
             return Path(raw)
-        return type(default)(raw)
+        if isinstance(default, int | float | str):
+            return type(default)(raw)
+        raise TypeError(f"setting {name} has a default of type {type(default).__name__}, which no variable can set")
     except ValueError:
         raise InvalidInput(f"NEWSDESK_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None

@@ -104,7 +104,7 @@ def test_onnx_alone_gives_the_vectors_of_the_int8_path(onnx, model_cache: Path) 
     alone = OnnxEmbedder.open("all-MiniLM-L6-v2", 2, model_cache)
     assert alone is not None and alone.onnx_path == onnx.onnx_path
     for key in ("input_ids", "token_type_ids", "attention_mask"):
-        assert alone._tokenize(TEXTS, False)[key] == [list(x) for x in onnx._tokenize(TEXTS, False)[key]]
+        assert alone._tokenize(TEXTS, False)[0][key] == [list(x) for x in onnx._tokenize(TEXTS, False)[0][key]]
     np.testing.assert_allclose(alone.encode(TEXTS), onnx.encode(TEXTS), atol=1e-6)
     spans = [[(0, min(len(t), 12)), (min(len(t), 12), len(t))] for t in TEXTS]
     (va, sa), (vb, sb) = alone.encode_spans(TEXTS, spans), onnx.encode_spans(TEXTS, spans)
@@ -159,14 +159,15 @@ def test_export_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(embedding, "_export_fp32", fake_fp32)
     monkeypatch.setattr(embedding, "_quantize", fake_quantize)
+    no_model: Any = None  # _export_fp32 is faked: the model is never read
     target = tmp_path / "cache" / "model-abc"
-    assert embedding._export_onnx_int8(None, target, "avx2")
+    assert embedding._export_onnx_int8(no_model, target, "avx2")
     assert (target / "onnx" / "model_qint8_avx2.onnx").read_bytes() == b"int8 fp32"
     assert json.loads((target / "export.json").read_text())["config"] == "avx2"
     assert not (target / "model_fp32.onnx").exists()
     # a second process finishing the same export later: its rename fails, the first copy stays
     monkeypatch.setattr(embedding, "_quantize", lambda s, d, c: d.write_bytes(b"other"))
-    assert not embedding._export_onnx_int8(None, target, "avx2")
+    assert not embedding._export_onnx_int8(no_model, target, "avx2")
     assert (target / "onnx" / "model_qint8_avx2.onnx").read_bytes() == b"int8 fp32"
 
     def broken(src: Path, dst: Path, config: str) -> None:
@@ -175,7 +176,7 @@ def test_export_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(embedding, "_quantize", broken)
     with pytest.raises(RuntimeError):
-        embedding._export_onnx_int8(None, tmp_path / "cache" / "model-def", "avx2")
+        embedding._export_onnx_int8(no_model, tmp_path / "cache" / "model-def", "avx2")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["model-abc"]
 
 

@@ -25,7 +25,7 @@ import secrets
 import weakref
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from search.errors import InvalidInput, StaleCursor
 
@@ -38,7 +38,7 @@ KEY_FIELD = "cursor_key"  # the manifest's entry: 64 hex digits, made by each bu
 MAC_BYTES = 16  # 128 bits of HMAC-SHA256: forging one is a 2^-128 guess per request
 _FINGERPRINT_CHARS = 16
 _PROCESS_KEY = secrets.token_bytes(32)  # the last resort of index_key: cursors valid in this process only
-_STORE_KEYS: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+_STORE_KEYS: weakref.WeakKeyDictionary[object, bytes] = weakref.WeakKeyDictionary()
 log = logging.getLogger("newsdesk.paging")
 
 
@@ -47,7 +47,7 @@ def new_key() -> str:
     return secrets.token_hex(32)
 
 
-def index_key(manifest: Mapping[str, Any], store: Any) -> bytes:
+def index_key(manifest: Mapping[str, object], store: object) -> bytes:
     """The key an index's cursors are signed with.
 
     The manifest's ``cursor_key`` (written by every build, and published with the manifest to Milvus, so replicas

@@ -29,16 +29,22 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import numpy as np
 
 from search.errors import InvalidInput, ModelMismatch, NewsdeskError
+from search.jsontypes import JSONObject, JSONValue
 from search.settings import BACKENDS, DEFAULT_MODEL, Settings
+
+if TYPE_CHECKING:  # imported where they run: a CLI search on the int8 export never loads torch
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
 
 PROBE_SENTENCES = (
     "North Korea accuses the United States of building an alliance in Asia.",
@@ -82,7 +88,34 @@ class Embedder(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def fingerprint(self) -> dict[str, Any]: ...
+    def fingerprint(self) -> JSONObject:
+        """What the index records of the model (name, dimension, backend, files' hash, probe vectors): a JSON
+        object of the manifest, compared by ``check_compatible``."""
+        ...
+
+
+class _NodeArg(Protocol):
+    name: str
+
+
+class _InferenceSession(Protocol):
+    """What the embedders call on an onnxruntime ``InferenceSession`` (onnxruntime has no type hints)."""
+
+    def run(self, output_names: list[str], input_feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+    def get_inputs(self) -> Sequence[_NodeArg]: ...
+
+
+class _EncodeOptions(TypedDict, total=False):
+    """Options of ``SentenceTransformer.encode`` that its signature leaves to ``**kwargs``."""
+
+    processing_kwargs: dict[str, dict[str, bool]]  # the tokenizer's, by modality: offsets for span vectors
+
+
+# A batch's token data, by the model's input names (input_ids, attention_mask, token_type_ids): one list per text.
+Tokens = dict[str, list[list[int]]]
+# Each text's tokens' (start, end) character offsets, when asked for (empty otherwise).
+Offsets = list[list[tuple[int, int]]]
 
 
 def pin_threads(threads: int, *, torch: bool = True) -> None:
@@ -188,7 +221,7 @@ class SentenceTransformerEmbedder:
             raise NewsdeskError(f"model {model!r} does not report an embedding dimension")
         self.dimension = int(dim)
         self.max_seq_length = int(self._model.max_seq_length or 512)
-        self._fingerprint: dict[str, Any] | None = None
+        self._fingerprint: JSONObject | None = None
         self._files_sha256: str | None = None
         # Fast tokenizers raise "Already borrowed" when two threads encode at once, and torch already uses every
         # pinned thread for one batch, so requests from the WSGI threads take turns here.
@@ -196,7 +229,7 @@ class SentenceTransformerEmbedder:
         self.quantization: str | None = None
         self.onnx_path: Path | None = None
         self.onnx_exported = False  # True when this instance made the export (rather than finding it cached)
-        self._session: Any = None
+        self._session: _InferenceSession | None = None
         self._onnx_inputs: list[str] = []
         # told the number of texts of each forward pass of encode_spans: the indexer's progress (indexer/build.py)
         self.on_batch: Callable[[int], None] | None = None
@@ -232,14 +265,16 @@ class SentenceTransformerEmbedder:
         self.quantization = config
         self.onnx_path = path
 
-    def _tokenize(self, texts: list[str], offsets: bool) -> dict[str, list[Any]]:
-        """Token ids (and type ids, attention masks and, with ``offsets``, character offsets) of each text, truncated
-        to the model's maximum sequence length, by the model's own (transformers) tokenizer."""
+    def _tokenize(self, texts: list[str], offsets: bool) -> tuple[Tokens, Offsets]:
+        """Token ids (and type ids and attention masks) of each text, truncated to the model's maximum sequence
+        length, by the model's own (transformers) tokenizer; with ``offsets``, the tokens' character offsets."""
         with self._lock:  # only the tokenizer needs turns: concurrent requests' session runs overlap on the cores
             enc = self._model.tokenizer(
                 texts, truncation=True, max_length=self.max_seq_length, return_offsets_mapping=offsets, verbose=False
             )
-        return dict(enc)
+        tokens = dict(enc)
+        pairs: Offsets = tokens.pop("offset_mapping", [])
+        return tokens, pairs
 
     def _pad_id(self) -> int:
         return int(self._model.tokenizer.pad_token_id or 0)
@@ -249,7 +284,7 @@ class SentenceTransformerEmbedder:
         normalisation, any dense layers), then L2-normalised."""
         import torch
 
-        features: dict[str, Any] = {
+        features: dict[str, torch.Tensor] = {
             "token_embeddings": torch.from_numpy(hidden),
             "attention_mask": torch.from_numpy(mask),
         }
@@ -269,8 +304,8 @@ class SentenceTransformerEmbedder:
         at once (onnxruntime releases the GIL), and results come back in order. The int8 vector of a text depends a
         little on the texts it is batched with, so ``OnnxEmbedder`` cuts the same micro-batches.
         """
-        enc = self._tokenize(texts, offsets)
-        ids: list[list[int]] = enc["input_ids"]
+        enc, pairs = self._tokenize(texts, offsets)
+        ids = enc["input_ids"]
         groups = micro_batches([len(i) for i in ids])
         pad = self._pad_id()
 
@@ -285,9 +320,12 @@ class SentenceTransformerEmbedder:
                     out[name][row, :n] = enc[name][i] if name != "attention_mask" else 1
             return out
 
+        session = self._session
+        assert session is not None  # the int8 path only
+
         def run(group: list[int]) -> tuple[np.ndarray, np.ndarray]:
             batch = feeds(group)
-            (hidden,) = self._session.run(["last_hidden_state"], batch)
+            (hidden,) = session.run(["last_hidden_state"], batch)
             return hidden, batch["attention_mask"]
 
         # One micro-batch (a query) runs in the calling thread: a hand-off to the pool would only add latency, and
@@ -299,7 +337,7 @@ class SentenceTransformerEmbedder:
                 {
                     "tokens": hidden[row],
                     "mask": mask[row],
-                    **({"offsets": _offsets(enc["offset_mapping"][i], hidden.shape[1])} if offsets else {}),
+                    **({"offsets": _offsets(pairs[i], hidden.shape[1])} if offsets else {}),
                 }
                 for row, i in enumerate(group)
             ]
@@ -324,7 +362,7 @@ class SentenceTransformerEmbedder:
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
             batch = [texts[i] for i in idx]
-            extra: dict[str, Any] = {"processing_kwargs": {"text": {"return_offsets_mapping": True}}} if offsets else {}
+            extra: _EncodeOptions = {"processing_kwargs": {"text": {"return_offsets_mapping": True}}} if offsets else {}
             outputs = self._model.encode(
                 batch, batch_size=len(batch), output_value=None, show_progress_bar=False, **extra
             )
@@ -402,7 +440,7 @@ class SentenceTransformerEmbedder:
         modules = list(self._model)
         after = next((k + 1 for k, m in enumerate(modules) if type(m).__name__ == "Pooling"), len(modules))
         means_tensor = torch.from_numpy(np.ascontiguousarray(means)).to(self._model.device)
-        features: dict[str, Any] = {"sentence_embedding": means_tensor}
+        features: dict[str, torch.Tensor] = {"sentence_embedding": means_tensor}
         with torch.inference_mode():
             for module in modules[after:]:
                 features = module(features)
@@ -420,9 +458,9 @@ class SentenceTransformerEmbedder:
             self._files_sha256 = files_hash(Path(self._path))
         return self._files_sha256
 
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self) -> JSONObject:
         if self._fingerprint is None:
-            fingerprint: dict[str, Any] = {
+            fingerprint: JSONObject = {
                 "name": self.name,
                 "dimension": self.dimension,
                 "normalized": True,
@@ -469,7 +507,7 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
         self._tokenizer.no_padding()
         # what transformers sets for truncation=True, max_length=N: longest first, from the right, no stride
         self._tokenizer.enable_truncation(self.max_seq_length)
-        self._counter: Any = None  # an untruncated copy for count_tokens, made when the chunker first asks
+        self._counter: Tokenizer | None = None  # an untruncated copy for count_tokens, made when the chunker first asks
         self._pad = layout.pad_id
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1  # as SentenceTransformerEmbedder._load_onnx: see ONNX_TOKEN_BUDGET
@@ -498,17 +536,15 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
             return None
         return cls(model, path, onnx_path, config, threads, layout)
 
-    def _tokenize(self, texts: list[str], offsets: bool) -> dict[str, list[Any]]:
+    def _tokenize(self, texts: list[str], offsets: bool) -> tuple[Tokens, Offsets]:
         with self._lock:
             encodings = self._tokenizer.encode_batch(texts)
-        out: dict[str, list[Any]] = {
+        out: Tokens = {
             "input_ids": [e.ids for e in encodings],
             "token_type_ids": [e.type_ids for e in encodings],
             "attention_mask": [e.attention_mask for e in encodings],
         }
-        if offsets:
-            out["offset_mapping"] = [e.offsets for e in encodings]
-        return out
+        return out, [e.offsets for e in encodings] if offsets else []
 
     def _pad_id(self) -> int:
         return self._pad
@@ -619,7 +655,7 @@ def _span_means(item: dict[str, np.ndarray], spans: list[tuple[int, int]]) -> It
             yield j, item["tokens"][inside].astype(np.float32).mean(axis=0)
 
 
-def _weights_hash(model: Any) -> str:
+def _weights_hash(model: SentenceTransformer) -> str:
     """A hash of a loaded model's weights, for a model with no local directory to hash."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -628,7 +664,7 @@ def _weights_hash(model: Any) -> str:
     return h.hexdigest()
 
 
-def _export_onnx_int8(model: Any, target: Path, config: str) -> bool:
+def _export_onnx_int8(model: SentenceTransformer, target: Path, config: str) -> bool:
     """Export ``model``'s transformer to an int8 ONNX file under ``target``; False if another process got there first.
 
     Everything is written into a temporary sibling directory that is renamed to ``target`` only when complete, so a
@@ -666,11 +702,14 @@ def _export_onnx_int8(model: Any, target: Path, config: str) -> bool:
         shutil.rmtree(work, ignore_errors=True)  # gone already after a successful rename
 
 
-def _export_fp32(model: Any, path: Path) -> None:
+def _export_fp32(model: SentenceTransformer, path: Path) -> None:
     """TorchScript export of the transformer (token embeddings out, dynamic batch and sequence axes)."""
     import torch
 
-    transformer = model[0].model
+    inner = model[0].model
+    if not isinstance(inner, torch.nn.Module):  # what a sentence-transformers Transformer module holds
+        raise NewsdeskError(f"cannot export this model to ONNX: its first module holds no transformer ({inner!r})")
+    transformer: torch.nn.Module = inner
     tokenizer = model.tokenizer
     # Two texts of different lengths, so the traced graph is the padded one with a real attention mask.
     sample = tokenizer(
@@ -683,8 +722,9 @@ def _export_fp32(model: Any, path: Path) -> None:
             super().__init__()
             self.inner = transformer
 
-        def forward(self, *inputs: Any) -> Any:
-            return self.inner(**dict(zip(names, inputs, strict=True))).last_hidden_state
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            hidden: torch.Tensor = self.inner(**dict(zip(names, inputs, strict=True))).last_hidden_state
+            return hidden
 
     axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
     with warnings.catch_warnings(), torch.no_grad():
@@ -782,7 +822,7 @@ def cached_files_hash(path: Path, cache: Path) -> str | None:
     return digest
 
 
-def check_compatible(recorded: dict[str, Any], embedder: Embedder) -> None:
+def check_compatible(recorded: Mapping[str, JSONValue], embedder: Embedder) -> None:
     """Refuse an embedder whose vectors would not live in the index's space."""
     if int(recorded.get("dimension", -1)) != embedder.dimension:
         raise ModelMismatch(

@@ -17,7 +17,7 @@ import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from search.errors import IndexCorrupt
 from search.storage.store import Store
@@ -119,7 +119,13 @@ class Fts5Lexical:
         return self._score("passages_fts", query, ids)
 
 
-_STEMMER: Any = None
+class _Stemmer(Protocol):
+    """What ``stem`` calls on a PyStemmer ``Stemmer`` (an extension type without stubs)."""
+
+    def stemWord(self, word: str) -> str: ...
+
+
+_STEMMER: _Stemmer | None = None
 _STEMMER_LOCK = threading.Lock()
 PORTER_MIN, PORTER_MAX = 3, 64  # FTS5's porter tokenizer passes shorter and longer tokens through unstemmed
 
