@@ -286,6 +286,13 @@ def read_manifest(index: Path) -> dict[str, Any]:
     return manifest
 
 
+def write_report(path: Path, report: Mapping[str, Any]) -> None:
+    """A benchmark's JSON report: written to ``path`` (its folder made if missing) and printed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=2))
+
+
 def git_commit() -> str | None:
     try:
         proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)

@@ -21,8 +21,9 @@ One command runs the whole benchmark::
 
 Bounded: connections (``--slow`` at a time, at most ``--max-connects`` over the run), time (three phases), one
 address (127.0.0.1). ``SlowClients``, ``slow_request``, ``cpu_flags``, ``acceptance`` and ``build_report`` are
-importable and unit-tested (``tests/test_bench_slow.py``); ``SlowClients`` is also what ``tests/test_server.py``
-runs against the server.
+importable and unit-tested (``tests/test_bench_slow.py``). The server tests trickle with their own, smaller client
+(``tests/procs.py``'s ``Trickle``): tests import no benchmark code, so a benchmark can change what it measures
+without a test changing what it checks.
 """
 
 from __future__ import annotations

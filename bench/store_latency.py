@@ -12,7 +12,6 @@ Milvus Lite is the tests' stand-in for a Milvus server, and this says how far it
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.scifact import git_commit, loadavg  # noqa: E402
+from bench.scifact import git_commit, loadavg, write_report  # noqa: E402
 
 DIM = 384
 MILVUS = (("FLAT", None, None), ("HNSW", {"M": 32, "efConstruction": 200}, {"ef": 128}))
@@ -91,9 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"store_latency: {n} vectors ...", file=sys.stderr)
         report["sizes"].append(measure(n, args.queries))
     report["loadavg_1min_end"] = loadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2))
+    write_report(args.out, report)
     return 0
 
 

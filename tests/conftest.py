@@ -25,7 +25,7 @@ from indexer.sources import read_sources
 from search.service import SearchService
 from search.settings import Settings
 from search.storage.index import open_index
-from search.text.embedding import SentenceTransformerEmbedder
+from search.text.embedding import Embedder, make_embedder
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -37,12 +37,16 @@ DATED = FIXTURES / "dated.jsonl"
 
 
 @pytest.fixture(scope="session")
-def embedder() -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder("all-MiniLM-L6-v2", threads=2)
+def embedder() -> Embedder:
+    """The embedder a user gets: ``make_embedder`` on the default ``Settings``, so the suite runs the backend the
+    product ships (onnx-int8 today), not whatever a constructor defaults to. The int8 export is made once per machine
+    into ``Settings().model_cache``, as the CLI makes it, and loaded from there afterwards (well under a second,
+    against several for torch). A test that compares backends builds the one it pins, by name, itself."""
+    return make_embedder(Settings())
 
 
 @pytest.fixture(scope="session")
-def corpus_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+def corpus_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
     """The fixture corpus (ids with slashes, URLs, unicode; one exact duplicate) indexed once."""
     target = tmp_path_factory.mktemp("idx") / "corpus"
     build_index(read_sources([CORPUS]), target, Settings(index_dir=target), embedder, progress=False)
@@ -57,32 +61,32 @@ def build_on(backend: str, source: Path, target: Path, embedder: Any) -> Path:
 
 
 @pytest.fixture(scope="session")
-def milvus_corpus_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+def milvus_corpus_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
     """The fixture corpus indexed once with its vectors in Milvus Lite."""
     return build_on("milvus", CORPUS, tmp_path_factory.mktemp("idx") / "corpus", embedder)
 
 
 @pytest.fixture(scope="session")
-def milvus_sample_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+def milvus_sample_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
     """The bundled sample corpus indexed once with its vectors in Milvus Lite."""
     return build_on("milvus", SAMPLE, tmp_path_factory.mktemp("idx") / "sample", embedder)
 
 
 @pytest.fixture(scope="session")
-def sample_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+def sample_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
     """The bundled sample corpus (the North Korea article and 17 headlines) indexed once."""
     target = tmp_path_factory.mktemp("idx") / "sample"
     build_index(read_sources([SAMPLE]), target, Settings(index_dir=target), embedder, progress=False)
     return target
 
 
-def make_service(index_dir: Path, embedder: SentenceTransformerEmbedder, **settings: Any) -> SearchService:
+def make_service(index_dir: Path, embedder: Embedder, **settings: Any) -> SearchService:
     s = Settings(index_dir=index_dir, **settings)
     return SearchService(open_index(index_dir, embedder), embedder, s)
 
 
 @pytest.fixture(scope="session")
-def dated_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+def dated_index(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
     """The dated fixture corpus indexed once (stories and duplicates labelled by the build)."""
     target = tmp_path_factory.mktemp("idx") / "dated"
     build_index(read_sources([DATED]), target, Settings(index_dir=target), embedder, progress=False)
@@ -90,27 +94,27 @@ def dated_index(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTran
 
 
 @pytest.fixture(scope="session")
-def dated_service(dated_index: Path, embedder: SentenceTransformerEmbedder) -> SearchService:
+def dated_service(dated_index: Path, embedder: Embedder) -> SearchService:
     return make_service(dated_index, embedder)
 
 
 @pytest.fixture(scope="session")
-def service(corpus_index: Path, embedder: SentenceTransformerEmbedder) -> SearchService:
+def service(corpus_index: Path, embedder: Embedder) -> SearchService:
     return make_service(corpus_index, embedder)
 
 
 @pytest.fixture(scope="session")
-def sample_service(sample_index: Path, embedder: SentenceTransformerEmbedder) -> SearchService:
+def sample_service(sample_index: Path, embedder: Embedder) -> SearchService:
     return make_service(sample_index, embedder)
 
 
 @pytest.fixture(scope="session")
-def milvus_service(milvus_corpus_index: Path, embedder: SentenceTransformerEmbedder) -> SearchService:
+def milvus_service(milvus_corpus_index: Path, embedder: Embedder) -> SearchService:
     return make_service(milvus_corpus_index, embedder)
 
 
 @pytest.fixture(scope="session")
-def milvus_sample_service(milvus_sample_index: Path, embedder: SentenceTransformerEmbedder) -> SearchService:
+def milvus_sample_service(milvus_sample_index: Path, embedder: Embedder) -> SearchService:
     return make_service(milvus_sample_index, embedder)
 
 

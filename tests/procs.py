@@ -1,5 +1,9 @@
-"""Running ``newsdesk`` in other processes, for the tests that need real concurrency or real crashes
-(tests/test_crash.py, tests/test_concurrency.py): the CLI, a server on a free port, writes over HTTP.
+"""Running ``newsdesk`` in other processes, for the tests that need real concurrency, real crashes or real sockets
+(tests/test_crash.py, tests/test_concurrency.py, the replica and server tests): the CLI, a server on a free port,
+writes over HTTP, and clients that trickle bytes at a server.
+
+The test suite's own helpers: bench/ has its runner for benchmarks (bench/serve.py), and neither imports the other,
+so a benchmark can change what it measures without a test changing what it checks.
 
 ``NEWSDESK_BACKEND=torch`` spares each process the int8 export; every process gets its own session, so a kill
 takes its workers with it.
@@ -10,27 +14,41 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.serve import free_port
-
 NEWSDESK = str(Path(sys.executable).with_name("newsdesk"))
 KEY = "crash-test-key"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NEWSDESK_BACKEND": "torch"}
+# as users run it (the default backend), and the same pinned to torch for the crash and concurrency trials
+PRODUCT_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {**PRODUCT_ENV, "NEWSDESK_BACKEND": "torch"}
 
 
-def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``newsdesk ARGS`` in its own session, output appended to ``log``."""
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick for a bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(
+    args: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``newsdesk ARGS`` in its own session (in ``cwd``, by default this one), output appended to ``log``."""
     return subprocess.Popen(
-        [NEWSDESK, *args], stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env or ENV, start_new_session=True
-    )
+        [NEWSDESK, *args], stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env or ENV, cwd=cwd,
+        start_new_session=True,
+    )  # fmt: skip
 
 
 def kill(proc: subprocess.Popen[bytes]) -> None:
@@ -51,12 +69,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def serve(
-    directory: Path, log: Path, *args: str, env: dict[str, str] | None = None
+    directory: Path | None, log: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """A server on ``directory`` (write key ``KEY``) on a free port, once it answers its health check."""
+    """A server on ``directory`` (write key ``KEY``) on a free port, once it answers its health check.
+
+    ``directory=None`` with ``args`` such as ``--milvus-uri URI --collections NAME`` serves a stateless replica."""
     port = free_port()
     env = {**(env or ENV), "NEWSDESK_API_KEY": KEY}
-    proc = spawn(["serve", "--index", str(directory), "--port", str(port), *args], log, env)
+    index = ["--index", str(directory)] if directory is not None else []
+    proc = spawn(["serve", *index, "--port", str(port), *args], log, env, cwd)
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -67,6 +88,30 @@ def serve(
                 kill(proc)
                 raise AssertionError(f"the server did not start:\n{log.read_text(errors='replace')[-3000:]}") from None
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def serving(
+    count: int,
+    directory: Path | None,
+    logs: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[list[int]]:
+    """``count`` servers as ``serve`` starts them, logging to ``api-N.log`` in ``logs``: their ports; all stopped
+    at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = []
+        for n in range(count):
+            proc, port = serve(directory, logs / f"api-{n}.log", *args, env=env, cwd=cwd)
+            procs.append(proc)
+            ports.append(port)
+        yield ports
+    finally:
+        for proc in procs:
+            stop(proc)
 
 
 def post(port: int, body: dict[str, Any]) -> int:
@@ -93,3 +138,68 @@ def get_json(port: int, path: str) -> tuple[int, Any]:
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+class Trickle:
+    """``count`` connections to a server on 127.0.0.1, each sending a request's head and then one byte every
+    ``interval`` seconds, never finishing: half a search whose headers never end, half a write (with ``key``) whose
+    1 MB body never comes. A connection the server closes or answers is counted in ``closes`` and opened again, as
+    an attacker would. Runs in one thread between ``with`` and its end."""
+
+    def __init__(self, port: int, count: int, interval: float, key: str, max_connects: int = 10_000) -> None:
+        self.port, self.count, self.interval, self.max_connects = port, count, interval, max_connects
+        write = (
+            f"POST /api/articles HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+        )
+        self.heads = [b"GET /api/search?q=slow HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", write.encode()]
+        self.connects = self.closes = self.refused = 0
+        self._stop, self._ready = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="trickle", daemon=True)
+
+    def __enter__(self) -> Trickle:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _connect(self, slot: int, selector: selectors.BaseSelector) -> socket.socket | None:
+        if self.connects >= self.max_connects:
+            return None
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=2.0)
+            sock.sendall(self.heads[slot % 2])
+        except OSError:
+            self.refused += 1
+            return None
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, slot)
+        self.connects += 1
+        return sock
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            socks = [self._connect(slot, selector) for slot in range(self.count)]
+            self._ready.set()
+            try:
+                while not self._stop.wait(self.interval):
+                    for key, _ in selector.select(timeout=0):  # the server answered or closed it: connect again
+                        closed = socks[int(key.data)]
+                        if closed is not None:
+                            selector.unregister(closed)
+                            closed.close()
+                            socks[int(key.data)] = None
+                            self.closes += 1
+                    for slot, sock in enumerate(socks):
+                        if sock is None:
+                            sock = socks[slot] = self._connect(slot, selector)
+                        if sock is not None:
+                            with contextlib.suppress(OSError):  # a reset shows as readable on the next pass
+                                sock.send(b" " if slot % 2 else b"a")
+            finally:
+                for sock in socks:
+                    if sock is not None:
+                        sock.close()

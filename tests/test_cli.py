@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 
 from api.cli import main, trec_id
 from search.service import SearchService
-from search.text.embedding import SentenceTransformerEmbedder
+from search.text.embedding import Embedder
 from tests.conftest import CORPUS, make_service
 
 CORPUS_IDS = {json.loads(line)["id"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()}
@@ -58,7 +58,7 @@ def index_ids(index_dir: Path) -> dict[str, tuple[str, list[str]]]:
     return {r[0]: (r[1], json.loads(r[2])) for r in rows}
 
 
-def top_id(index_dir: Path, embedder: SentenceTransformerEmbedder, query: str) -> str:
+def top_id(index_dir: Path, embedder: Embedder, query: str) -> str:
     service: SearchService = make_service(index_dir, embedder)
     try:
         return service.search(query, k=1).results[0].article.id
@@ -76,9 +76,7 @@ def check_passes(runner: CliRunner, index_dir: Path) -> None:
 # -- index: every source format --------------------------------------------------------------------------------
 
 
-def test_index_jsonl_then_check(
-    runner: CliRunner, write_jsonl: Any, tmp_path: Path, embedder: SentenceTransformerEmbedder
-) -> None:
+def test_index_jsonl_then_check(runner: CliRunner, write_jsonl: Any, tmp_path: Path, embedder: Embedder) -> None:
     source = write_jsonl(
         "news.jsonl",
         [
@@ -127,9 +125,7 @@ def test_index_jsonl_then_check(
     check_passes(runner, target)
 
 
-def test_index_gzipped_jsonl_then_check(
-    runner: CliRunner, tmp_path: Path, embedder: SentenceTransformerEmbedder
-) -> None:
+def test_index_gzipped_jsonl_then_check(runner: CliRunner, tmp_path: Path, embedder: Embedder) -> None:
     source = tmp_path / "news.jsonl.gz"
     rows = [
         {
@@ -152,9 +148,7 @@ def test_index_gzipped_jsonl_then_check(
     assert top_id(target, embedder, "hot weather") == "g1"
 
 
-def test_index_csv_with_mapped_fields_then_check(
-    runner: CliRunner, tmp_path: Path, embedder: SentenceTransformerEmbedder
-) -> None:
+def test_index_csv_with_mapped_fields_then_check(runner: CliRunner, tmp_path: Path, embedder: Embedder) -> None:
     source = tmp_path / "feed.csv"
     with source.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
@@ -205,9 +199,7 @@ def test_index_csv_with_mapped_fields_then_check(
     assert top_id(target, embedder, "artwork recovered after theft") == "c-2"
 
 
-def test_index_directory_of_text_files_then_check(
-    runner: CliRunner, tmp_path: Path, embedder: SentenceTransformerEmbedder
-) -> None:
+def test_index_directory_of_text_files_then_check(runner: CliRunner, tmp_path: Path, embedder: Embedder) -> None:
     root = tmp_path / "news"
     (root / "world").mkdir(parents=True)
     (root / "culture").mkdir()
@@ -301,9 +293,8 @@ def test_search_prints_ranked_lines(runner: CliRunner, corpus_index: Path, servi
 
 
 def test_search_json_has_the_api_shape(runner: CliRunner, corpus_index: Path, service: SearchService) -> None:
-    # the fixture service embeds with torch; the CLI's default backend (int8) would give slightly different scores
+    # the fixture service and the CLI both embed with the default backend, so totals and scores agree
     args: list[str | Path] = ["search", "football match goals", "--index", corpus_index, "--k", "3", "--json"]
-    args += ["--backend", "torch"]
     result = invoke(runner, *args)
     assert_ok(result)
     body = json.loads(result.stdout)
@@ -709,7 +700,7 @@ def test_index_skip_bad_records_lists_them_and_stops_without_it(runner: CliRunne
 
 def test_progress_moves_per_batch_of_passages_and_logs_lines_off_a_terminal(
     tmp_path: Path,
-    embedder: SentenceTransformerEmbedder,
+    embedder: Embedder,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -718,7 +709,7 @@ def test_progress_moves_per_batch_of_passages_and_logs_lines_off_a_terminal(
     from search.settings import Settings
 
     monkeypatch.setattr(IndexProgress, "LOG_EVERY_S", 0.0)  # a line at every step
-    settings = Settings(index_dir=tmp_path / "idx", batch_size=4, backend="torch")
+    settings = Settings(index_dir=tmp_path / "idx", batch_size=4)
     build_index(read_sources([CORPUS]), settings.index_dir, settings, embedder, progress=None)  # stderr: no tty
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("indexing: ")]
     passages = [int(line.split(", ")[1].split()[0]) for line in lines]

@@ -45,15 +45,14 @@ from search.models import Article
 from search.service import SearchService
 from search.settings import Settings
 from search.storage.index import SQLITE, check_index, open_index
-from search.text.embedding import make_embedder
 from tests.fakes import wire_articles
 from tests.procs import ENV, NEWSDESK, get_json, post, serve, spawn, stop, write_jsonl
 
 TRIALS = int(os.environ.get("NEWSDESK_CONCURRENCY_TRIALS", "2"))
-# Servers and ``newsdesk add`` run the int8 backend (the default): it loads in about a second where torch takes 6 to
-# 10 (measured on this 2-core machine), which was most of each trial; its vectors live in the torch-built index's
-# space (the probe check every open does). A rebuild keeps torch: its model load falls after it has read the index,
-# which keeps the window of writes it must carry into the new build several seconds wide.
+# Servers and ``newsdesk add`` run the int8 backend (the default, which built the base index through the session's
+# ``embedder``): it loads in about a second where torch takes 6 to 10 (measured on this 2-core machine), which was
+# most of each trial. A rebuild keeps torch: its model load falls after it has read the index, which keeps the
+# window of writes it must carry into the new build several seconds wide (its vectors pass the probe check).
 INT8 = {**ENV, "NEWSDESK_BACKEND": "onnx-int8"}
 MODES = ("dense", "lexical", "hybrid")
 PAUSE = 1.0  # seconds between one client's write batches
@@ -136,8 +135,9 @@ def assert_sound(directory: Path, embedder: Any, present: dict[str, str], absent
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Path:
-    """A tiny index (30 wire stories, the real model), built once; its source file is ``base/../wire.jsonl``."""
-    make_embedder(Settings(backend="onnx-int8"))  # the int8 export, made once here if missing, not by racing processes
+    """A tiny index (30 wire stories, the real model), built once; its source file is ``base/../wire.jsonl``.
+    The session's ``embedder`` made the int8 export in the default model cache, so the processes below, which run
+    the default backend, load it rather than race to make it."""
     root = tmp_path_factory.mktemp("concurrency")
     source = write_jsonl(root / "wire.jsonl", wire_articles(30, seed=11))
     build_index(read_sources([source]), root / "index", Settings(index_dir=root / "index"), embedder, progress=False)

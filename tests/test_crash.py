@@ -1,8 +1,8 @@
 """kill -9 at random moments of a build, of ``newsdesk add`` and of a server taking write batches; after each, the
 index opens, passes ``check_index``, holds every acknowledged article and no partial one.
 
-The default run does a few trials of each (``NEWSDESK_CRASH_TRIALS``, default 2); the acceptance run is 20:
-``NEWSDESK_CRASH_TRIALS=20 .venv/bin/pytest tests/test_crash.py -m slow`` runs the slow-marked 20-trial versions.
+``NEWSDESK_CRASH_TRIALS`` sets how many trials of each kind run; unset, the default run does 2 of each and the
+slow-marked acceptance run (``.venv/bin/pytest tests/test_crash.py -m slow``) 20 of each.
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ from tests.procs import post as _post
 from tests.procs import serve
 from tests.procs import spawn as _run
 
-TRIALS = int(os.environ.get("NEWSDESK_CRASH_TRIALS", "2"))
+
+def crash_trials(*, slow: bool) -> int:
+    """Trials of each kind: ``NEWSDESK_CRASH_TRIALS`` when set (for both runs), else 2, or 20 in the slow run."""
+    raw = os.environ.get("NEWSDESK_CRASH_TRIALS", "").strip()
+    if not raw:
+        return 20 if slow else 2
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"NEWSDESK_CRASH_TRIALS must be a whole number of trials, at least 1; got {raw!r}")
+    return int(raw)
 
 
 def _sound(directory: Path, acknowledged: set[str], batches: list[list[str]]) -> None:
@@ -83,23 +91,37 @@ def _build_trials(trials: int, corpus: Path, base_index: Path, tmp_path: Path) -
 
 
 def _add_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
+    """``newsdesk add`` of 20 articles, ``trials`` times on one index. The first runs to its acknowledgement (exit
+    0) and is timed; the others are killed at a random moment of that time (loading, embedding or writing), so the
+    acknowledged batch has to survive later crashes, and a killed batch must be all there or absent."""
     rng = random.Random(2)
     target = tmp_path / "add"
     shutil.copytree(base_index, target)
     acknowledged: set[str] = set()
     batches: list[list[str]] = []
+    outcomes = {"acknowledged": 0, "killed": 0}
+    duration = 0.0
     for trial in range(trials):
         rows = [{**r, "id": f"add-{trial}-{i}"} for i, r in enumerate(wire_articles(20, seed=100 + trial))]
         source = tmp_path / f"add-{trial}.jsonl"
         source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         batches.append([r["id"] for r in rows])
+        started = time.monotonic()
         proc = _run(["add", str(source), "--index", str(target)], tmp_path / "add.log")
         try:
-            if proc.wait(timeout=rng.uniform(1.0, 8.0)) == 0:
-                acknowledged |= set(batches[-1])
+            code = proc.wait(timeout=600 if trial == 0 else rng.uniform(0.1, 0.8) * duration)
         except subprocess.TimeoutExpired:
             _kill(proc)
+            outcomes["killed"] += 1
+        else:
+            assert code == 0, (tmp_path / "add.log").read_text(errors="replace")[-3000:]
+            acknowledged |= set(batches[-1])
+            outcomes["acknowledged"] += 1
+            duration = duration or time.monotonic() - started
         _sound(target, acknowledged, batches)
+    # a run where every add was killed before acknowledging proves nothing about acknowledged writes surviving
+    assert outcomes["acknowledged"] >= 1, outcomes
+    assert trials < 2 or outcomes["killed"] >= 1, outcomes
 
 
 def _server_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
@@ -134,25 +156,38 @@ def _server_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
     assert acknowledged, "no write was acknowledged in any trial: the trials did not exercise writes"
 
 
+def test_crash_trials_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both runs read ``NEWSDESK_CRASH_TRIALS`` (the slow one once ignored it); a bad value is refused, not run."""
+    monkeypatch.delenv("NEWSDESK_CRASH_TRIALS", raising=False)
+    assert (crash_trials(slow=False), crash_trials(slow=True)) == (2, 20)
+    monkeypatch.setenv("NEWSDESK_CRASH_TRIALS", "5")
+    assert (crash_trials(slow=False), crash_trials(slow=True)) == (5, 5)
+    for bad in ("0", "-3", "two"):
+        monkeypatch.setenv("NEWSDESK_CRASH_TRIALS", bad)
+        with pytest.raises(ValueError, match="NEWSDESK_CRASH_TRIALS"):
+            crash_trials(slow=True)
+
+
 def test_kill_during_builds(corpus: Path, base_index: Path, tmp_path: Path) -> None:
-    _build_trials(TRIALS, corpus, base_index, tmp_path)
+    _build_trials(crash_trials(slow=False), corpus, base_index, tmp_path)
 
 
 def test_kill_during_cli_adds(base_index: Path, tmp_path: Path) -> None:
-    _add_trials(TRIALS, base_index, tmp_path)
+    _add_trials(crash_trials(slow=False), base_index, tmp_path)
 
 
 def test_kill_the_server_during_write_batches(base_index: Path, tmp_path: Path) -> None:
-    _server_trials(max(TRIALS, 2), base_index, tmp_path)
+    _server_trials(max(crash_trials(slow=False), 2), base_index, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["build", "add", "server"])
-def test_twenty_kills(kind: str, corpus: Path, base_index: Path, tmp_path: Path) -> None:
-    """The acceptance run: 20 trials of each kind (the default-run tests above do the same with fewer)."""
+def test_kills_acceptance_run(kind: str, corpus: Path, base_index: Path, tmp_path: Path) -> None:
+    """The acceptance run: ``crash_trials(slow=True)`` trials of each kind (20 unless the environment says)."""
+    trials = crash_trials(slow=True)
     if kind == "build":
-        _build_trials(20, corpus, base_index, tmp_path)
+        _build_trials(trials, corpus, base_index, tmp_path)
     elif kind == "add":
-        _add_trials(20, base_index, tmp_path)
+        _add_trials(trials, base_index, tmp_path)
     else:
-        _server_trials(20, base_index, tmp_path)
+        _server_trials(trials, base_index, tmp_path)

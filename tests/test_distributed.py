@@ -32,7 +32,6 @@ import pytest
 from click.testing import CliRunner
 
 from api.cli import main
-from bench.serve import free_port
 from indexer.build import make_chunker, new_articles
 from indexer.distributed import (
     FAULT_ENV,
@@ -57,6 +56,7 @@ from search.storage.index import MANIFEST, check_index
 from search.text.embedding import Embedder, make_embedder
 from tests.conftest import CORPUS, SAMPLE
 from tests.fakes import wire_articles
+from tests.procs import free_port
 
 NEWSDESK = str(Path(sys.executable).with_name("newsdesk"))
 # Ray Data's DataContext warns about its own deprecated fields whenever it copies itself.

@@ -28,6 +28,7 @@ from search.text.embedding import (
     PROBE_MIN_COSINE,
     PROBE_SENTENCES,
     QUANT_WEIGHT_TYPES,
+    Embedder,
     OnnxEmbedder,
     SentenceTransformerEmbedder,
     check_compatible,
@@ -55,6 +56,18 @@ def onnx(model_cache: Path) -> SentenceTransformerEmbedder:
     return SentenceTransformerEmbedder(backend="onnx-int8", model_cache=model_cache)
 
 
+@pytest.fixture(scope="module")
+def torch_embedder() -> SentenceTransformerEmbedder:
+    """fp32 torch, pinned: what the int8 backend is compared with (the suite's ``embedder`` is the product default)."""
+    return SentenceTransformerEmbedder(backend="torch")
+
+
+def test_the_suite_embeds_with_the_product_default_backend(embedder: Embedder) -> None:
+    """Service, API and CLI tests run the backend users get, taken from ``Settings`` (issue 16, defect 2)."""
+    assert embedder.fingerprint()["backend"] == Settings().backend
+    assert type(embedder) is type(make_embedder(Settings()))
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out: np.ndarray = np.sum(np.asarray(a) * np.asarray(b), axis=1)
     return out
@@ -63,8 +76,8 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # -- the onnx-int8 backend --------------------------------------------------------------------------------------
 
 
-def test_onnx_int8_vectors_are_close_to_torch(embedder: SentenceTransformerEmbedder, onnx) -> None:
-    torch_vecs, int8_vecs = embedder.encode(SENTENCES), onnx.encode(SENTENCES)
+def test_onnx_int8_vectors_are_close_to_torch(torch_embedder: SentenceTransformerEmbedder, onnx) -> None:
+    torch_vecs, int8_vecs = torch_embedder.encode(SENTENCES), onnx.encode(SENTENCES)
     assert int8_vecs.dtype == np.float32 and int8_vecs.shape == (len(SENTENCES), 384)
     np.testing.assert_allclose(np.linalg.norm(int8_vecs, axis=1), 1.0, atol=1e-5)
     assert cosines(torch_vecs, int8_vecs).min() >= 0.98
@@ -208,8 +221,8 @@ def test_cli_commands_take_backend(runner: CliRunner) -> None:
 # -- fingerprints and compatibility -----------------------------------------------------------------------------
 
 
-def test_fingerprint_records_backend(embedder: SentenceTransformerEmbedder, onnx) -> None:
-    torch_fp, int8_fp = embedder.fingerprint(), onnx.fingerprint()
+def test_fingerprint_records_backend(torch_embedder: SentenceTransformerEmbedder, onnx) -> None:
+    torch_fp, int8_fp = torch_embedder.fingerprint(), onnx.fingerprint()
     assert torch_fp["backend"] == "torch" and "quantization" not in torch_fp
     assert int8_fp["backend"] == "onnx-int8" and int8_fp["quantization"] == quantization_config()
     assert int8_fp["files_sha256"] == torch_fp["files_sha256"]  # the same model files, run differently
@@ -237,35 +250,37 @@ def test_cli_index_builds_with_the_backend_asked_for(
     assert json.loads((target / MANIFEST).read_text())["model"]["backend"] == "onnx-int8"
 
 
-def test_torch_index_accepts_onnx_queries(corpus_index: Path, embedder: SentenceTransformerEmbedder, onnx) -> None:
-    recorded = json.loads((corpus_index / MANIFEST).read_text())["model"]
+def test_torch_index_accepts_onnx_queries(tmp_path: Path, torch_embedder: SentenceTransformerEmbedder, onnx) -> None:
+    target = tmp_path / "torch"
+    build_index(list(read_sources([CORPUS]))[:3], target, Settings(index_dir=target), torch_embedder, progress=False)
+    recorded = json.loads((target / MANIFEST).read_text())["model"]
     assert recorded["backend"] == "torch"
     probe_cosine = cosines(np.asarray(recorded["probe"]), np.asarray(onnx.fingerprint()["probe"])).min()
     assert probe_cosine >= PROBE_MIN_COSINE
-    index = open_index(corpus_index, onnx)
+    index = open_index(target, onnx)
     try:
         q = onnx.encode(["central bank interest rates"])
         assert index.passages.search(q, 3)[1].size
     finally:
         index.close()
     old = {k: v for k, v in recorded.items() if k != "backend"}  # an index from before backends existed
-    check_compatible(old, embedder)
+    check_compatible(old, torch_embedder)
     check_compatible(old, onnx)
 
 
-def test_different_model_is_refused(embedder: SentenceTransformerEmbedder, onnx) -> None:
-    recorded = dict(embedder.fingerprint())
+def test_different_model_is_refused(torch_embedder: SentenceTransformerEmbedder, onnx) -> None:
+    recorded = dict(torch_embedder.fingerprint())
     rotation, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((384, 384)))
     other = dict(recorded, name="other-model", files_sha256="0" * 64)
     other["probe"] = (np.asarray(recorded["probe"]) @ rotation).tolist()
-    for e in (embedder, onnx):
+    for e in (torch_embedder, onnx):
         with pytest.raises(ModelMismatch, match="embeds text differently"):
             check_compatible(other, e)
     # same files, other backend, vectors too far apart: refused, naming the backends
     tampered = dict(recorded, probe=other["probe"])
     with pytest.raises(ModelMismatch, match="onnx-int8 backend"):
         check_compatible(tampered, onnx)
-    check_compatible(tampered, embedder)  # same files on the same backend: trusted without probing
+    check_compatible(tampered, torch_embedder)  # same files on the same backend: trusted without probing
 
 
 # -- span vectors -----------------------------------------------------------------------------------------------
@@ -308,8 +323,10 @@ def sentence_spans(sentences: list[str]) -> tuple[str, list[tuple[int, int]]]:
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx-int8"])
-def test_span_vectors_find_the_answering_sentence(backend: str, embedder: SentenceTransformerEmbedder, onnx) -> None:
-    e = embedder if backend == "torch" else onnx
+def test_span_vectors_find_the_answering_sentence(
+    backend: str, torch_embedder: SentenceTransformerEmbedder, onnx
+) -> None:
+    e = torch_embedder if backend == "torch" else onnx
     texts, spans = zip(*(sentence_spans(sentences) for sentences, _ in PARAGRAPHS), strict=True)
     vectors, span_vectors = e.encode_spans(list(texts), list(spans), batch_size=2)
     np.testing.assert_allclose(vectors, e.encode(list(texts), batch_size=2), atol=1e-6)
@@ -322,8 +339,8 @@ def test_span_vectors_find_the_answering_sentence(backend: str, embedder: Senten
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnx-int8"])
-def test_span_edge_cases(backend: str, embedder: SentenceTransformerEmbedder, onnx) -> None:
-    e = embedder if backend == "torch" else onnx
+def test_span_edge_cases(backend: str, torch_embedder: SentenceTransformerEmbedder, onnx) -> None:
+    e = torch_embedder if backend == "torch" else onnx
     filler = "The committee discussed the report in detail. "
     head = filler * 40
     assert e.count_tokens(head) > e.max_seq_length  # the tail is past the model's truncation
@@ -357,7 +374,7 @@ def test_span_edge_cases(backend: str, embedder: SentenceTransformerEmbedder, on
     assert empty_vectors.shape == (0, 384) and empty_spans == []
 
 
-def test_invalid_spans_are_refused(embedder: SentenceTransformerEmbedder) -> None:
+def test_invalid_spans_are_refused(embedder: Embedder) -> None:
     with pytest.raises(ValueError, match="span lists"):
         embedder.encode_spans(["one", "two"], [[]])
     for bad in [(-1, 2), (3, 2), (0, 99)]:

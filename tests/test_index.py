@@ -17,7 +17,7 @@ from search.errors import IndexCorrupt, IndexMissing, ModelMismatch
 from search.models import Article
 from search.settings import Settings
 from search.storage.index import MANIFEST, PASSAGE_VECTORS, SQLITE, VECTORS_STATE, check_index, open_index
-from search.text.embedding import SentenceTransformerEmbedder
+from search.text.embedding import Embedder, SentenceTransformerEmbedder, resolve_model
 from tests.conftest import CORPUS
 
 
@@ -29,7 +29,7 @@ def build(target: Path, embedder: Any, articles: list[Article] | None = None, **
 class Rotated:
     """Same dimension as the real model, different vectors: what a same-dimension model swap looks like."""
 
-    def __init__(self, inner: SentenceTransformerEmbedder) -> None:
+    def __init__(self, inner: Embedder) -> None:
         self.inner = inner
         self.name = "rotated-minilm"
         self.dimension = inner.dimension
@@ -56,7 +56,7 @@ class Rotated:
 class FailingAfter:
     """Raises on the n-th encode call, to interrupt a build halfway."""
 
-    def __init__(self, inner: SentenceTransformerEmbedder, calls: int) -> None:
+    def __init__(self, inner: Embedder, calls: int) -> None:
         self.inner, self.calls = inner, calls
         self.name, self.dimension = inner.name, inner.dimension
 
@@ -154,7 +154,7 @@ def test_real_second_model_same_dimension_refused_and_copy_of_same_model_accepte
     tmp_path: Path, corpus_index: Path, embedder
 ) -> None:
     same = tmp_path / "same-model"
-    embedder._model.save(str(same))
+    shutil.copytree(resolve_model(embedder.name), same)  # the same files elsewhere, whichever backend embeds
     copy_embedder = SentenceTransformerEmbedder(str(same))
     assert open_index(corpus_index, copy_embedder).store.counts()[0] == 8  # same weights elsewhere: accepted
     pooling = same / "1_Pooling" / "config.json"
@@ -169,7 +169,7 @@ def test_real_second_model_same_dimension_refused_and_copy_of_same_model_accepte
 
 def test_dimension_mismatch_refused(corpus_index: Path, embedder) -> None:
     class Small(Rotated):
-        def __init__(self, inner: SentenceTransformerEmbedder) -> None:
+        def __init__(self, inner: Embedder) -> None:
             super().__init__(inner)
             self.dimension = 128
 

@@ -18,7 +18,6 @@ from click.testing import CliRunner
 
 import search.vectors.milvus.vectors as milvus
 from api.cli import main
-from bench.serve import free_port
 from indexer.sources import read_sources
 from indexer.sync import sync_index
 from indexer.update import add_articles, delete_articles
@@ -30,6 +29,7 @@ from search.storage.store import Store
 from search.vectors.milvus.vectors import MilvusConfig, MilvusConnection, MilvusVectorStore, build_store, parse_params
 from tests.conftest import CORPUS
 from tests.fakes import HashEmbedder
+from tests.procs import free_port
 from tests.test_vectors import DIM, oracle, unit
 
 

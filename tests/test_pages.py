@@ -15,7 +15,7 @@ from indexer.build import build_index
 from indexer.sources import read_sources
 from search.service import SearchService
 from search.settings import Settings
-from search.text.embedding import SentenceTransformerEmbedder
+from search.text.embedding import Embedder
 from tests.conftest import make_service
 from tests.test_web import BROWSER, Node, page
 
@@ -56,7 +56,7 @@ def test_article_page_shows_story_duplicates_related_and_timeline(dated_client: 
 
 
 def test_article_page_says_when_the_corpus_has_no_dates(
-    tmp_path: Path, embedder: SentenceTransformerEmbedder, write_jsonl: object
+    tmp_path: Path, embedder: Embedder, write_jsonl: object
 ) -> None:
     rows = [
         {"id": f"u{i}", "title": t, "paragraphs": [p]}
@@ -108,7 +108,7 @@ def test_home_page_examples_follow_the_index(sample_client: FlaskClient) -> None
 
 
 def test_query_timeline_has_a_relevance_floor(
-    dated_service: SearchService, dated_index: Path, embedder: SentenceTransformerEmbedder
+    dated_service: SearchService, dated_index: Path, embedder: Embedder
 ) -> None:
     ids = [e.article.id for e in dated_service.query_timeline("oil prices OPEC", mode="hybrid").entries]
     assert "wire/opec-background" in ids and COCOA not in ids
@@ -117,7 +117,7 @@ def test_query_timeline_has_a_relevance_floor(
 
 
 def test_article_timeline_has_a_similarity_floor(
-    dated_service: SearchService, dated_index: Path, embedder: SentenceTransformerEmbedder
+    dated_service: SearchService, dated_index: Path, embedder: Embedder
 ) -> None:
     ids = [e.article.id for e in dated_service.timeline(STORY).entries]
     assert COCOA not in ids and "gazette/library-opens" not in ids and OTHER_OUTLET in ids

@@ -22,10 +22,9 @@ from typing import Any
 
 import pytest
 
-from bench.serve import Server, free_port
 from tests.conftest import CORPUS
+from tests.procs import PRODUCT_ENV, free_port, post, serving
 
-KEY = "replica-test-key"
 QUERIES = ("central bank raises interest rates", "football match result", "new phone launch")
 
 
@@ -61,16 +60,6 @@ def _get(port: int, path: str) -> dict[str, Any]:
     return body
 
 
-def _post(port: int, payload: dict[str, Any]) -> int:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/articles",
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"},
-    )
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        return int(resp.status)
-
-
 def test_two_api_processes_on_one_milvus_corpus_answer_alike(milvus_server: str, tmp_path: Path) -> None:
     index = tmp_path / "corpus"
     built = subprocess.run(
@@ -82,12 +71,7 @@ def test_two_api_processes_on_one_milvus_corpus_answer_alike(milvus_server: str,
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["store"] == "milvus" and manifest["milvus"]["uri"] == milvus_server
     assert not any(index.glob("*.faiss"))  # no vectors beside the store: they are in the Milvus server only
-    env = {"NEWSDESK_API_KEY": KEY}
-    servers = [Server(index, 2, tmp_path / f"api-{i}.log", None, env=env) for i in range(2)]
-    try:
-        for s in servers:
-            s.wait_ready(120)
-        a, b = (s.port for s in servers)
+    with serving(2, index, tmp_path, "--workers", "2", env=PRODUCT_ENV) as (a, b):
         paths = [f"/api/search?q={q.replace(' ', '+')}&k=5" for q in QUERIES]
         paths += ["/api/articles/business%2F001/similar?k=5", "/api/articles/sport%2F001/timeline?k=5"]
         for path in paths:
@@ -97,11 +81,8 @@ def test_two_api_processes_on_one_milvus_corpus_answer_alike(milvus_server: str,
         # a write through one replica is served by the other (it reloads on the store's generation)
         article = {"id": "replica/1", "title": "Central bank raises interest rates again", "paragraphs": [
             "The central bank raised its main interest rate by half a point to fight inflation."]}  # fmt: skip
-        assert _post(a, article) == 200
+        assert post(a, article) == 200
         for path in paths[:1]:
             got_a, got_b = _get(a, path), _get(b, path)
             assert got_a == got_b
             assert "replica/1" in [r["article"]["id"] for r in got_b["results"]]
-    finally:
-        for s in servers:
-            s.stop()

@@ -15,7 +15,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from api.cli import main
-from bench.serve import free_port
+from tests.procs import free_port
 
 NEWSDESK = Path(sys.executable).with_name("newsdesk")
 

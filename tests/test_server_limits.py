@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask, jsonify, request
 
-from bench.serve import free_port
-from bench.slow import SlowClients
+from tests.procs import Trickle, free_port
 
 KEY = "the-write-key"
 MAX_BODY = 1000
@@ -148,15 +147,15 @@ def test_trickling_clients_neither_freeze_the_server_nor_stay(server: int) -> No
     """120 connections trickling a byte of headers or body every 0.3 s: beyond waitress's stock connection limit
     (100) and far beyond gunicorn gthread's threads (2 processes x 2 here), which both froze. Normal requests are
     answered at once, and every trickling connection is closed at its deadline (the clients reconnect)."""
-    with SlowClients("127.0.0.1", server, 120, interval=0.3, key=KEY, max_connects=2000) as slow:
-        assert slow.stats.connects >= 120 and slow.stats.refused == 0
+    with Trickle(server, 120, interval=0.3, key=KEY, max_connects=2000) as slow:
+        assert slow.connects >= 120 and slow.refused == 0
         for _ in range(5):
             started = time.monotonic()
             answer = _get(server, "/ping", timeout=3.0)
             assert answer is not None and answer.startswith(b"HTTP/1.1 200"), "the server froze"
             assert time.monotonic() - started < 3.0
         time.sleep(DEADLINE * 2 + 1.5)  # every connection past its deadline, and the server's next pass
-        closes = slow.stats.server_closes
+        closes = slow.closes
     assert closes >= 120, f"only {closes} of 120 trickling connections were closed"
 
 

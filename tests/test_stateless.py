@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 
 from api.app import create_app
-from bench.serve import Server
 from indexer.build import build_index, make_chunker, new_articles
 from indexer.sources import read_sources
 from indexer.update import add_articles, delete_articles
@@ -39,6 +38,7 @@ from search.vectors.milvus.records import PART_BYTES, RecordCollection, split_pa
 from search.vectors.milvus.replica import meta_collection, open_replica
 from tests.conftest import CORPUS
 from tests.fakes import HashEmbedder
+from tests.procs import PRODUCT_ENV, serving
 from tests.test_replicas import milvus_server  # noqa: F401  (a fixture: Milvus Lite's gRPC server, own process)
 
 QUERIES = ("central bank raises interest rates", "football match result", "new phone launch", "café ünïcode")
@@ -366,11 +366,7 @@ def test_two_stateless_replicas_on_one_milvus_server(milvus_server: str, tmp_pat
     empty = tmp_path / "replica-cwd"
     empty.mkdir()
     args = ("--milvus-uri", milvus_server, "--collections", "newsdesk_corpus", "--replica-poll", "0.2")
-    servers = [Server(None, 2, tmp_path / f"api-{i}.log", None, args=args, cwd=empty) for i in range(2)]
-    try:
-        for s in servers:
-            s.wait_ready(180)
-        a, b = (s.port for s in servers)
+    with serving(2, None, tmp_path, *args, "--workers", "2", env=PRODUCT_ENV, cwd=empty) as (a, b):
         paths = [f"/api/search?q={q.replace(' ', '+')}&k=5" for q in QUERIES[:3]]
         paths += ["/api/search?q=bank&k=5&mode=lexical&facets=true", "/api/timeline?q=bank&k=5"]
         for article_id in ("business%2F001", "sport%2F001"):
@@ -398,7 +394,4 @@ def test_two_stateless_replicas_on_one_milvus_server(milvus_server: str, tmp_pat
             assert _get(a, path) == _get(b, path), path
         got = _get(b, paths[0])
         assert "replica/1" in [r["article"]["id"] for r in got["results"]]
-    finally:
-        for s in servers:
-            s.stop()
     shutil.rmtree(tmp_path / "replica-cwd", ignore_errors=True)

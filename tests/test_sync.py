@@ -19,6 +19,7 @@ from search.ranking.catalog import Filter
 from search.settings import Settings
 from search.storage.index import check_index, open_index
 from search.storage.store import Store
+from search.text.embedding import PROBE_MIN_COSINE
 from tests.conftest import CORPUS
 
 
@@ -134,7 +135,9 @@ def test_changes_re_embed_only_changed_passages_and_match_a_fresh_build(
     assert not any(key[0] == removed for key in got)
     for key, (text, vec) in want.items():
         assert got[key][0] == text
-        np.testing.assert_allclose(got[key][1], vec, atol=1e-5)
+        # The same text, embedded in another forward pass: equal under torch; under int8 (the default) a text's
+        # vector depends a little on the texts quantised with it, within what the probe check accepts.
+        assert float(got[key][1] @ vec) >= PROBE_MIN_COSINE, (key, float(got[key][1] @ vec))
 
     index = open_index(target, embedder)
     try:
@@ -179,7 +182,7 @@ def test_search_parameter_change_is_recorded_without_rebuilding(tmp_path: Path, 
 
 def test_nothing_to_embed_never_loads_the_model(tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Same model files, backend and chunking settings settle compatibility; the model loads only to embed."""
-    settings = Settings(index_dir=tmp_path / "idx", backend="torch")
+    settings = Settings(index_dir=tmp_path / "idx")  # the backend of the fixture embedder: the default
     sync_index(read_sources([CORPUS]), settings, embedder, progress=False)
 
     def no_model(_: Settings) -> Any:

@@ -240,7 +240,7 @@ def test_cli_add_and_delete(runner: Any, tmp_path: Path, corpus_index: Path, wri
     copy = tmp_path / "cli"
     shutil.copytree(corpus_index, copy)
     source = write_jsonl("new.jsonl", [NEW])
-    r = runner.invoke(main, ["add", str(source), "--index", str(copy), "--backend", "torch"])
+    r = runner.invoke(main, ["add", str(source), "--index", str(copy)])
     assert r.exit_code == 0, r.output
     assert open_index(copy, None).store.aid_of("world/900") is not None
     bad = runner.invoke(main, ["delete", "world/900", "no-such-id", "--index", str(copy)])

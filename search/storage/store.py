@@ -103,7 +103,15 @@ CREATE INDEX IF NOT EXISTS passages_aid ON passages(aid, position);
 )
 
 # BM25 tables (queried by search/text/fts.py), kept in step with articles and passages by triggers, so the
-# lexical side changes in the same transaction as the rows it indexes.
+# lexical side changes in the same transaction as the rows it indexes. No query reads them: searches score with the
+# in-memory BM25 (search/text/bm25.py, 8x faster than FTS5 on SciFact). They stay as the independent reference it
+# is checked against: SQLite's own tokenizer and bm25(), updated by SQLite on every write, which the in-memory
+# postings must equal score for score after builds, adds and deletes (tests/test_bm25.py; bench/quality.py --only
+# lexical), and which `newsdesk check` holds to the stored rows (integrity_problems). A drift in the postings'
+# incremental updates or tokenizer shows there instead of as quietly worse rankings. Their price, measured by
+# bench/fts_cost.py (bench/README.md): about 1-2 ms per article written (a 20-article write about 4x the SQLite
+# time without them, 1-2% of what embedding the article costs) and a fifth more database. Dropping them would
+# also change the index format (FORMAT_VERSION 2 is "BM25 tables").
 TOKENIZE = "porter unicode61 remove_diacritics 2"
 
 LEXICAL_SCHEMA = f"""

@@ -1,8 +1,17 @@
-"""BM25 over articles and passages with SQLite FTS5, inside the index's own database.
+"""BM25 over articles and passages with SQLite FTS5, inside the index's own database: the reference scorer.
 
-The FTS tables are maintained by triggers on ``articles`` and ``passages``, so every write that adds or removes an
-article updates the lexical side in the same transaction as the dense side's source of truth: they cannot drift.
-FTS5 was measured against ``bm25s`` on SciFact (``bench/quality.py`` reports both); see the README for the figures.
+Searches do not run this: they score with the in-memory BM25 (search/text/bm25.py), which gives FTS5's scores
+8x faster (``bench/quality.py --only lexical``). This module is what that claim is checked against. FTS5 is an
+independent implementation (SQLite's tokenizer, its index, its ``bm25()``) kept up to date by SQLite itself:
+triggers on ``articles`` and ``passages`` update the FTS tables in the same transaction as every write, so they
+cannot drift from the stored rows, while the in-memory postings are updated by our own code on every add and
+delete. tests/test_bm25.py requires the two to agree score for score (after a build, and after adds and deletes),
+``bench/quality.py`` reports both engines' nDCG side by side, and ``newsdesk check`` verifies the FTS tables against
+the rows. Without them a tokenizer change or a missed postings update would show only as worse rankings.
+
+The price is paid on every write: about 1-2 ms per article (a 20-article write takes about 4x the SQLite time it
+takes without the triggers, which is still 1-2% of embedding those articles) and a fifth more database
+(``bench/fts_cost.py``; figures in bench/README.md). The tables are part of the index format (FORMAT_VERSION 2).
 
 User text never reaches FTS5's query language: it is cut into word tokens, each quoted, joined with OR, so quotes,
 operators (AND, NEAR, ``*``, ``^``, ``:``), punctuation and any script are searched as plain words.
