@@ -73,13 +73,17 @@ class IndexCollector:
             },
         )
         yield info
-        for name, key, text in (
-            ("newsdesk_index_articles", "articles", "Articles in the index."),
-            ("newsdesk_index_passages", "passages", "Passages (headline and body chunks) in the index."),
-            ("newsdesk_index_generation", "generation", "Write generation of the store; it grows with every write."),
+        for name, value, text in (
+            ("newsdesk_index_articles", health["articles"], "Articles in the index."),
+            ("newsdesk_index_passages", health["passages"], "Passages (headline and body chunks) in the index."),
+            (
+                "newsdesk_index_generation",
+                health["generation"],
+                "Write generation of the store; it grows with every write.",
+            ),
         ):
             gauge = GaugeMetricFamily(name, text, labels=["index"])
-            gauge.add_metric([index], float(health[key]))
+            gauge.add_metric([index], float(value))
             yield gauge
         updated = self._last_update()
         if updated is not None:

@@ -28,10 +28,13 @@ from search.models import (
     Article,
     ArticleRef,
     Copy,
+    Health,
+    Mode,
     PassageHit,
     RankedPassage,
     Related,
     Scores,
+    Scoring,
     SearchResponse,
     SearchResult,
     SimilarResponse,
@@ -39,6 +42,7 @@ from search.models import (
     StoryResponse,
     TimelineEntry,
     TimelineResponse,
+    is_scoring,
 )
 from search.news.related import RelatedFinder
 from search.pages import ArticlePage, IndexOverview, SimilarPage
@@ -274,7 +278,7 @@ class SearchService:
                     self._query_cache.popitem(last=False)
         return vec
 
-    def validate_mode(self, mode: str | None) -> str:
+    def validate_mode(self, mode: str | None) -> Mode:
         return check_mode(self.settings, mode)
 
     @_reads
@@ -670,18 +674,17 @@ class SearchService:
         which one scored the results."""
         self.validate_k(k)
         scoring = self.settings.similar_scoring if scoring is None else scoring
-        if scoring not in SIMILAR_SCORINGS:
+        if not is_scoring(scoring):
             raise InvalidInput(f"scoring must be one of {', '.join(SIMILAR_SCORINGS)}, got {scoring!r}")
         aid = self._aid(article_id)
         allowed = self._similar_allowed(aid, filters, exclude_story, exclude_source)
+        used: Scoring = scoring
         if scoring == "profile" and not self.related.profiles_apply():
-            scoring = (
-                "cosine"  # too few articles for profiles to mean anything (search/news/neighbours.py MIN_ARTICLES)
-            )
-        nearest = self.related.nearest([aid], k, allowed, profile=scoring == "profile")[0]
+            used = "cosine"  # too few articles for profiles to mean anything (search/news/neighbours.py MIN_ARTICLES)
+        nearest = self.related.nearest([aid], k, allowed, profile=used == "profile")[0]
         refs = self._refs([aid] + [a for a, _ in nearest])
         results = [SimilarResult(refs[a], round(s, 6), self._copies(a)) for a, s in nearest]
-        return SimilarResponse(article=refs[aid], results=results, scoring=scoring)
+        return SimilarResponse(article=refs[aid], results=results, scoring=used)
 
     def _similar_allowed(
         self, aid: int, filters: Filter | None, exclude_story: bool, exclude_source: bool
@@ -881,7 +884,7 @@ class SearchService:
         return [Copy(catalog.ids[r], catalog.source_name(r)) for r in catalog.duplicate_rows(row)]
 
     @_reads
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         n_articles, n_passages = self.index.store.counts()
         return {
             "status": "ok",
