@@ -36,6 +36,7 @@ from api.params import (
 )
 from indexer.live import WriteResult
 from search import models
+from search.intake import MAX_ID_CHARS, MAX_PARAGRAPHS, MAX_TAGS
 from search.jsontypes import JSONObject
 from search.settings import Settings
 
@@ -210,25 +211,34 @@ def _write_errors(responses: JSONObject) -> JSONObject:
     return responses
 
 
-def _write_operation(settings: Settings) -> JSONObject:
+def article_in(settings: Settings) -> JSONObject:
+    """One article of a write body, as search/intake.py reads it (its limits are intake's; a test checks that the
+    properties are intake's FIELDS)."""
     text = {"type": "string", "maxLength": settings.max_field_chars}
-    article_in = {
+    labels = {  # a string, or a list of them
+        "anyOf": [{"type": "string"}, {"type": "array", "maxItems": MAX_TAGS, "items": {"type": "string"}}]
+    }
+    return {
         "type": "object",
         "required": ["id", "title"],
         "additionalProperties": False,
         "properties": {
-            "id": {"type": "string", "minLength": 1, "maxLength": 1000},
+            "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
             "title": text,
-            "paragraphs": {"type": "array", "items": text},
+            "paragraphs": {"type": "array", "maxItems": MAX_PARAGRAPHS, "items": text},
             "text": text,
             "date": {"type": ["string", "null"], "description": "ISO 8601 date or datetime"},
             "source": {"type": ["string", "null"]},
             "url": {"type": ["string", "null"]},
-            "tags": {"type": "array", "items": {"type": "string"}},
-            "category": {"type": "string"},
-            "extra": {"type": "object"},
+            "tags": labels,
+            "category": {**labels, "description": "The same as tags (give one of the two)."},
+            "extra": {"type": "object", "description": "Source fields newsdesk does not map, kept as they came."},
         },
     }
+
+
+def _write_operation(settings: Settings) -> JSONObject:
+    article = article_in(settings)
     op = _operation(
         "writeArticles",
         "Insert or replace (by id) one article or a batch, all or nothing; searchable when acknowledged.",
@@ -242,7 +252,7 @@ def _write_operation(settings: Settings) -> JSONObject:
             JSON: {
                 "schema": {
                     "oneOf": [
-                        article_in,
+                        article,
                         {
                             "type": "object",
                             "required": ["articles"],
@@ -252,7 +262,7 @@ def _write_operation(settings: Settings) -> JSONObject:
                                     "type": "array",
                                     "minItems": 1,
                                     "maxItems": settings.max_batch_articles,
-                                    "items": article_in,
+                                    "items": article,
                                 }
                             },
                         },

@@ -174,6 +174,20 @@ def test_the_document_reads_the_response_types_when_built(monkeypatch: pytest.Mo
     assert schema["required"] == ["story_id", "articles", "size"]
 
 
+def test_the_write_body_documents_what_intake_reads() -> None:
+    """The write body's article is intake's: the same fields, and a string where intake takes one."""
+    import jsonschema_rs
+
+    from api.openapi import article_in
+    from search.intake import FIELDS
+
+    documented = article_in(Settings())
+    assert set(documented["properties"]) == FIELDS
+    validator = jsonschema_rs.validator_for(documented)
+    assert validator.is_valid({"id": "a", "title": "T", "tags": "markets", "category": ["a", "b"]})
+    assert not validator.is_valid({"id": "a", "title": "T", "body": "x"})
+
+
 def test_every_field_docstring_is_a_description() -> None:
     from search.models import SearchResponse
 
