@@ -73,31 +73,29 @@ class Spec:
     name: str
     kind: Literal["str", "int", "bool", "list", "choice"]
     choices: tuple[str, ...]
-    optional: bool
     required: bool
     default: object
     param: Param
 
 
-def _kind(hint: object) -> tuple[Literal["str", "int", "bool", "list", "choice"], tuple[str, ...], bool]:
-    """A field type's reading: its kind, its choices (a ``Literal``) and whether None is allowed."""
-    optional = False
+def _kind(hint: object) -> tuple[Literal["str", "int", "bool", "list", "choice"], tuple[str, ...]]:
+    """A field type's reading: its kind and its choices (a ``Literal``'s). ``X | None`` reads as ``X``: None is
+    what a parameter not given leaves."""
     if get_origin(hint) in (Union, types.UnionType):
         members = [a for a in get_args(hint) if a is not type(None)]
-        optional = len(members) < len(get_args(hint))
         if len(members) != 1:
             raise TypeError(f"a parameter has one type besides None, not {hint!r}")
         hint = members[0]
     if get_origin(hint) is Literal:
-        return "choice", tuple(str(a) for a in get_args(hint)), optional
+        return "choice", tuple(str(a) for a in get_args(hint))
     if get_origin(hint) is list and get_args(hint) == (str,):
-        return "list", (), optional
+        return "list", ()
     if hint is bool:
-        return "bool", (), optional
+        return "bool", ()
     if hint is int:
-        return "int", (), optional
+        return "int", ()
     if hint is str:
-        return "str", (), optional
+        return "str", ()
     raise TypeError(f"no query parameter reads a {hint!r}")
 
 
@@ -118,10 +116,10 @@ def _read_specs(cls: type[Params]) -> tuple[Spec, ...]:
             raise TypeError(f"{cls.__name__}.{f.name} has no Param")
         base, *extras = get_args(hint)
         param = next(e for e in extras if isinstance(e, Param))
-        kind, choices, optional = _kind(base)
+        kind, choices = _kind(base)
         has_default = f.default is not MISSING or f.default_factory is not MISSING
         default = f.default if f.default is not MISSING else None
-        out.append(Spec(f.name, param.name or f.name, kind, choices, optional, not has_default, default, param))
+        out.append(Spec(f.name, param.name or f.name, kind, choices, not has_default, default, param))
     return tuple(out)
 
 

@@ -152,6 +152,15 @@ def test_a_field_added_to_a_response_dataclass_is_in_the_document(tmp_path: Path
     assert "spelling" not in build_spec(Settings())["components"]["schemas"]["SearchResponse"]["properties"]
 
 
+def test_the_schemas_are_built_when_asked_for_not_at_import() -> None:
+    """Importing the app (every server worker, every CLI run that imports it) does not import pydantic: the schemas
+    are generated on the first request for the document."""
+    script = "import sys, api.app; print('pydantic' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
 def test_the_document_reads_the_response_types_when_built(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same in-process: a replaced response type is the one documented, with its field docs (none here: a class
     made at run time has no source) and its bounds."""
