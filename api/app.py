@@ -6,9 +6,7 @@ has started its workers), or takes a ready ``SearchService`` (tests share one ac
 
 from __future__ import annotations
 
-import re
 from functools import partial
-from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from flask import Flask, Response, current_app, jsonify, request
@@ -20,18 +18,23 @@ from api.errors import failure_response, register_error_handlers
 from api.logs import register_request_logging
 from api.metrics import register_metrics
 from api.openapi import openapi_json
+from api.params import (
+    ArticleParams,
+    SearchParams,
+    SimilarByIdParams,
+    SimilarParams,
+    TimelineByQueryParams,
+    TimelineParams,
+    parse,
+)
 from api.server import EARLY_REFUSAL
 from indexer.live import Writer
 from search.errors import InvalidInput
 from search.intake import Limits, loads, parse_write
 from search.loading import load_service
-from search.models import Article, ArticleRef, to_plain
-from search.ranking.catalog import Filter
+from search.models import LabelledArticle, to_plain
 from search.service import SearchService
 from search.settings import Settings
-
-_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-_INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: int() would also take "+5", " 5" and "٣"
 
 
 class ArticleIdConverter(BaseConverter):
@@ -94,92 +97,40 @@ def _reject_bad_encoding() -> Response | None:
     return None
 
 
-def _int_arg(name: str, default: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not _INTEGER.fullmatch(raw):
-        raise InvalidInput(f"{name} must be an integer, got {raw!r}")
-    return int(raw)
-
-
-def _str_arg(name: str) -> str:
-    value = request.args.get(name)
-    if value is None:
-        raise InvalidInput(f"the {name!r} parameter is required")
-    return value
-
-
-def serialize_article(a: Article, ref: ArticleRef | None = None) -> dict[str, Any]:
-    """An article's JSON; with its reference, also the copy that speaks for its duplicates and its story."""
-    out = {
-        "id": a.id,
-        "title": a.title,
-        "date": a.date,
-        "source": a.source,
-        "url": a.url,
-        "tags": list(a.tags),
-        "paragraphs": list(a.paragraphs),
-        "extra": a.extra,
-    }
-    if ref is not None:
-        out["canonical_id"] = ref.canonical_id
-        out["story_id"] = ref.story_id
-    return out
-
-
 def health() -> Response:
     return jsonify(_service().health())
 
 
-def _bool_arg(name: str) -> bool:
-    raw = request.args.get(name)
-    if raw is None:
-        return False
-    if raw.lower() not in _BOOLEANS:
-        raise InvalidInput(f"{name} must be true or false, got {raw!r}")
-    return _BOOLEANS[raw.lower()]
-
-
-def _filter_args() -> Filter | None:
-    """``from``/``to`` (ISO dates, inclusive), ``source`` and ``category`` (alias ``tag``), each repeatable."""
-    return Filter.parse(
-        request.args.get("from"),
-        request.args.get("to"),
-        request.args.getlist("source"),
-        request.args.getlist("category") + request.args.getlist("tag"),
-    )
-
-
 def search() -> Response:
-    per_source = request.args.get("max_per_source")
+    p = parse(SearchParams, request.args)
     result = _service().search(
-        _str_arg("q"),
-        k=_int_arg("k", 10),
-        offset=_int_arg("offset", 0),
-        mode=request.args.get("mode"),
-        filters=_filter_args(),
-        cursor=request.args.get("cursor"),
-        max_per_source=None if per_source is None else _int_arg("max_per_source", 0),
-        facets=_bool_arg("facets"),
+        p.q,
+        k=p.k,
+        offset=p.offset,
+        mode=p.mode,
+        filters=p.filters(),
+        cursor=p.cursor,
+        max_per_source=p.max_per_source,
+        facets=p.facets,
     )
     return jsonify(to_plain(result))
 
 
 def article(article_id: str) -> Response:
-    return jsonify(serialize_article(*_service().article_with_labels(article_id)))
+    return jsonify(to_plain(LabelledArticle.of(*_service().article_with_labels(article_id))))
 
 
-def similar(article_id: str) -> Response:
+def similar(article_id: str, p: SimilarParams | None = None) -> Response:
     """More like this; ``exclude_story``/``exclude_source`` leave out the article's story or source, the search
     filters (``from``, ``to``, ``source``, ``category``) bound the candidates, ``scoring`` picks profile or cosine."""
+    p = p or parse(SimilarParams, request.args)
     result = _service().similar(
         article_id,
-        k=_int_arg("k", 10),
-        filters=_filter_args(),
-        exclude_story=_bool_arg("exclude_story"),
-        exclude_source=_bool_arg("exclude_source"),
-        scoring=request.args.get("scoring"),
+        k=p.k,
+        filters=p.filters(),
+        exclude_story=p.exclude_story,
+        exclude_source=p.exclude_source,
+        scoring=p.scoring,
     )
     return jsonify(to_plain(result))
 
@@ -206,24 +157,27 @@ def story(story_id: str) -> Response:
     return jsonify(to_plain(_service().story(story_id)))
 
 
-def timeline(article_id: str) -> Response:
-    return jsonify(to_plain(_service().timeline(article_id, k=_int_arg("k", 20), filters=_filter_args())))
+def timeline(article_id: str, p: TimelineParams | None = None) -> Response:
+    p = p or parse(TimelineParams, request.args)
+    return jsonify(to_plain(_service().timeline(article_id, k=p.k, filters=p.filters())))
 
 
 def timeline_by_query() -> Response:
     """``/api/timeline?id=...`` (an article's timeline) or ``?q=...`` (the best dated results of a query)."""
-    if request.args.get("id") is not None:
-        return timeline(_str_arg("id"))
-    result = _service().query_timeline(
-        _str_arg("q"), k=_int_arg("k", 20), mode=request.args.get("mode"), filters=_filter_args()
-    )
+    p = parse(TimelineByQueryParams, request.args)
+    if p.id is not None:
+        return timeline(p.id, p)
+    if p.q is None:
+        raise InvalidInput("the 'q' parameter is required")
+    result = _service().query_timeline(p.q, k=p.k, mode=p.mode, filters=p.filters())
     return jsonify(to_plain(result))
 
 
 def article_by_query() -> Response:
     """``/api/article?id=...``: for ids that end in ``/similar`` or that a client cannot put in a path."""
-    return article(_str_arg("id"))
+    return article(parse(ArticleParams, request.args).id)
 
 
 def similar_by_query() -> Response:
-    return similar(_str_arg("id"))
+    p = parse(SimilarByIdParams, request.args)
+    return similar(p.id, p)

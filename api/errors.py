@@ -9,20 +9,39 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
+from typing import Annotated
 
+from annotated_types import MinLen
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from api.logs import request_id
 from search.errors import NewsdeskError
+from search.models import to_plain
 
 log = logging.getLogger("newsdesk.api")
 
 _TITLES = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 500: "Server error", 503: "Unavailable"}
 
 
+@dataclass(frozen=True)
+class ErrorDetail:
+    code: str
+    """Stable and machine-readable: invalid_input, not_found, bad_encoding, method_not_allowed, internal_error, ..."""
+    message: Annotated[str, MinLen(1)]
+    """What was wrong, for a person."""
+
+
+@dataclass(frozen=True)
+class ErrorResponse:
+    """The one shape of every error response."""
+
+    error: ErrorDetail
+
+
 def error_response(status: int, code: str, message: str) -> Response:
-    response = jsonify({"error": {"code": code, "message": message}})
+    response = jsonify(to_plain(ErrorResponse(ErrorDetail(code, message))))
     response.status_code = status
     return response
 

@@ -13,20 +13,18 @@ import calendar
 import importlib.util
 import re
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from flask import Blueprint, Response, abort, current_app, render_template, request, send_from_directory, url_for
 
-from search.errors import InvalidInput, NotFound
+from api.params import PageArticleParams, PageSearchParams, parse
+from search.errors import NotFound
 from search.models import PassageHit, Scores
 from search.pages import GOOD_MATCH, STRONG_MATCH, match_label
-from search.ranking.catalog import Filter
 from search.service import SearchService
 from search.settings import MODES
 
 PAGE_SIZE = 10
-_OFFSET = re.compile(r"[0-9]{1,9}")
 # What a results page's URL carries besides its offset: links (pages, facets) keep all of it.
 STATE = ("q", "mode", "from", "to", "source", "category")
 
@@ -57,31 +55,13 @@ def _service() -> SearchService:
     return svc
 
 
-def _offset() -> int:
-    raw = request.args.get("offset") or "0"
-    if not _OFFSET.fullmatch(raw):
-        raise InvalidInput(f"offset must be a whole number, got {raw!r}")
-    return int(raw)
-
-
-def _required(name: str) -> str:
-    value = request.args.get(name)
-    if not value:
-        raise InvalidInput(f"the {name!r} parameter is required")
-    return value
-
-
 def _values(name: str) -> list[str]:
     """A repeatable parameter's values; the empty ones an unfilled form field sends mean "not given"."""
     return [v for v in request.args.getlist(name) if v.strip()]
 
 
-def _filters() -> Filter | None:
-    return Filter.parse(request.args.get("from"), request.args.get("to"), _values("source"), _values("category"))
-
-
 @bp.app_context_processor
-def _page_context() -> dict[str, Any]:
+def _page_context() -> dict[str, object]:
     """What the header's search form needs on every page, error pages included: it keeps the query, mode and
     filters."""
     return {
@@ -97,12 +77,16 @@ def _page_context() -> dict[str, Any]:
 
 
 @bp.app_template_global()
-def search_url(changes: dict[str, Any] | None = None, **more: Any) -> str:
+def search_url(changes: dict[str, object] | None = None, **more: object) -> str:
     """The current search's URL with some of its state changed (another page, a facet picked, filters cleared);
     offset starts again at the first page unless given. ``changes`` is a dict because ``from`` is no keyword."""
-    args: dict[str, Any] = {name: _values(name) for name in STATE}
+    args: dict[str, object] = {name: _values(name) for name in STATE}
     args.update(changes or {}, **more)
-    return url_for("web.search", **{k: v for k, v in args.items() if v not in (None, "", [])})
+    # url_for's keywords include typed ones (_anchor, _external), so a dict of values is built through the adapter
+    adapter = current_app.create_url_adapter(request)
+    if adapter is None:
+        raise RuntimeError("search_url needs a request")
+    return adapter.build("web.search", {k: v for k, v in args.items() if v not in (None, "", [])})
 
 
 @bp.app_template_global()
@@ -145,30 +129,29 @@ def relevance(scores: Scores) -> dict[str, str]:
 def search() -> str:
     """The search page; with ``q``, one page of results (``mode``, ``offset``, ``from``, ``to``, ``source`` and
     ``category`` as in ``/api/search``) and facet counts to narrow it."""
-    q = request.args.get("q", "")
-    offset = _offset()
-    if not q.strip():
+    p = parse(PageSearchParams, request.args, blank_is_absent=True)
+    if not p.q.strip():
         overview = _service().overview()
         return render_template(
             "search.html", response=None, overview=overview, offset=0, page_size=PAGE_SIZE, autofocus=True
         )
-    response = _service().search(
-        q, k=PAGE_SIZE, offset=offset, mode=request.args.get("mode") or None, filters=_filters(), facets=True
-    )
-    return render_template("search.html", response=response, offset=offset, page_size=PAGE_SIZE)
+    response = _service().search(p.q, k=PAGE_SIZE, offset=p.offset, mode=p.mode, filters=p.filters(), facets=True)
+    return render_template("search.html", response=response, offset=p.offset, page_size=PAGE_SIZE)
 
 
 @bp.get("/article")
 def article() -> str:
     """One article in full (``id`` may hold any character, slashes included), with its story, duplicates, related
     stories and timeline."""
-    return render_template("article.html", page=_service().article_page(_required("id")))
+    page_id = parse(PageArticleParams, request.args, blank_is_absent=True).id
+    return render_template("article.html", page=_service().article_page(page_id))
 
 
 @bp.get("/similar")
 def similar() -> str:
     """More like this: the articles nearest to ``id``, its own copies left out."""
-    return render_template("similar.html", similar=_service().similar_page(_required("id"), k=PAGE_SIZE))
+    page_id = parse(PageArticleParams, request.args, blank_is_absent=True).id
+    return render_template("similar.html", similar=_service().similar_page(page_id, k=PAGE_SIZE))
 
 
 @bp.get("/api/docs")

@@ -8,6 +8,7 @@ onnxruntime to start before saying the query is empty).
 from __future__ import annotations
 
 from search.errors import InvalidInput
+from search.models import Mode, is_mode
 from search.settings import MODES, Settings
 
 MAX_OFFSET = 10_000
@@ -30,10 +31,10 @@ def check_k(settings: Settings, k: int, name: str = "k") -> int:
     return k
 
 
-def check_mode(settings: Settings, mode: str | None) -> str:
+def check_mode(settings: Settings, mode: str | None) -> Mode:
     """The mode asked for, or the settings' default."""
     mode = settings.mode if mode is None else mode
-    if mode not in MODES:
+    if not is_mode(mode):
         raise InvalidInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     return mode
 

@@ -9,9 +9,29 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Literal
+from typing import Annotated, Literal, get_args
+
+from annotated_types import Ge
+from typing_extensions import TypedDict, TypeIs  # pydantic reads typing's TypedDict only from Python 3.12
+
+from search.jsontypes import JSONObject, JSONValue
 
 PassageField = Literal["title", "body"]
+Mode = Literal["hybrid", "dense", "lexical"]
+"""How a query is ranked: BM25 and dense retrieval fused, or one side alone (settings.MODES lists them)."""
+Scoring = Literal["profile", "cosine"]
+"""How "more like this" scores: shared-neighbour profiles or the article vectors' cosine (settings.SIMILAR_SCORINGS)."""
+
+
+def is_mode(value: object) -> TypeIs[Mode]:
+    """Whether ``value`` is one of the modes: the check that lets a string from a request be typed ``Mode``."""
+    return value in get_args(Mode)
+
+
+def is_scoring(value: object) -> TypeIs[Scoring]:
+    return value in get_args(Scoring)
+
+
 PARAGRAPH_SEPARATOR = "\n\n"
 
 
@@ -26,7 +46,7 @@ class Article:
     source: str | None = None
     url: str | None = None
     tags: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: JSONObject = field(default_factory=dict)
 
     @property
     def body(self) -> str:
@@ -51,6 +71,11 @@ class Passage:
     text: str
 
 
+# The response types below are the API's contract: api/openapi.py derives /api/openapi.json's schemas from them (a
+# field's docstring is its description, an ``Annotated`` bound its minimum), so a field added here is documented
+# there with no edit under api/. Every field is always serialised (``to_plain``), so every one is required there.
+
+
 @dataclass(frozen=True)
 class ArticleRef:
     """What a result shows of an article. ``canonical_id`` names the copy that speaks for its duplicates (its own
@@ -62,15 +87,52 @@ class ArticleRef:
     source: str | None
     url: str | None
     canonical_id: str | None = None
+    """The copy that speaks for this article's duplicates (its own id when it has none)."""
     story_id: str | None = None
+    """The story (event) this article belongs to."""
+
+
+@dataclass(frozen=True)
+class LabelledArticle:
+    """A whole article, with the labels the build gave it (what ``/api/articles/{id}`` answers)."""
+
+    id: str
+    title: str
+    date: str | None
+    source: str | None
+    url: str | None
+    tags: list[str]
+    paragraphs: list[str]
+    extra: JSONObject
+    """Source fields newsdesk does not map, kept as they came."""
+    canonical_id: str | None
+    """The copy that speaks for this article's duplicates (its own id when it has none)."""
+    story_id: str | None
+    """The story (event) this article belongs to."""
+
+    @classmethod
+    def of(cls, article: Article, ref: ArticleRef) -> LabelledArticle:
+        a = article
+        return cls(
+            a.id,
+            a.title,
+            a.date,
+            a.source,
+            a.url,
+            list(a.tags),
+            list(a.paragraphs),
+            a.extra,
+            ref.canonical_id,
+            ref.story_id,
+        )
 
 
 @dataclass(frozen=True)
 class Highlight:
-    """Character offsets of the answering sentence inside its passage's ``text``."""
+    """Character offsets (code points) of the answering sentence inside its passage's ``text``."""
 
-    start: int
-    end: int
+    start: Annotated[int, Ge(0)]
+    end: Annotated[int, Ge(0)]
 
 
 @dataclass(frozen=True)
@@ -81,12 +143,17 @@ class Scores:
     """
 
     dense: float
+    """Cosine similarity of the query and the best passage."""
     lexical: float
+    """BM25 score; 0 when no query word occurs."""
     fused: float
+    """The score the item was ranked by in the request's mode."""
 
 
 @dataclass(frozen=True)
 class PassageHit:
+    """A passage of a result, with its answering sentence."""
+
     id: int
     text: str
     score: float
@@ -97,6 +164,8 @@ class PassageHit:
 
 @dataclass(frozen=True)
 class Related:
+    """A related story of a result."""
+
     id: str
     title: str
     score: float
@@ -120,12 +189,15 @@ class SearchResult:
     passages: list[PassageHit]
     related: list[Related]
     also_reported: list[Copy] = field(default_factory=list)
+    """Duplicates of this article, not listed again as results."""
 
 
 @dataclass(frozen=True)
 class FacetCount:
+    """How many matching articles carry one value of a facet."""
+
     value: str
-    count: int
+    count: Annotated[int, Ge(1)]
 
 
 @dataclass(frozen=True)
@@ -137,20 +209,32 @@ class SearchResponse:
     end or without one); ``notes`` say why a filter leaves nothing to search (e.g. no article has a source)."""
 
     query: str
-    mode: str
-    total: int
+    """The query as searched (trimmed)."""
+    mode: Mode
+    total: Annotated[int, Ge(0)]
+    """Articles that match the query and the filters, one per duplicate group: those holding a query word and, in
+    dense and hybrid modes, those whose best passage reaches the match floor (setting match_floor). 0 when nothing
+    matches; the ranked list ends there."""
     results: list[SearchResult]
-    took_ms: float
+    took_ms: Annotated[float, Ge(0)]
     facets: dict[str, list[FacetCount]] | None = None
+    """With facets=true: counts of the matching articles by source, category and month (YYYY-MM), each equal to the
+    total of the same search with that value as its source, category or from/to filter; null otherwise."""
     next_cursor: str | None = None
+    """In a cursor walk, the cursor of the next page; null at its end or without a cursor."""
     notes: list[str] = field(default_factory=list)
+    """Why the filters leave nothing to search, one line each (e.g. no article has a source, no article is dated);
+    empty otherwise."""
 
 
 @dataclass(frozen=True)
 class SimilarResult:
+    """An article like the one asked about."""
+
     article: ArticleRef
     score: float
     also_reported: list[Copy] = field(default_factory=list)
+    """Duplicates of this article, not listed again as results."""
 
 
 @dataclass(frozen=True)
@@ -163,8 +247,11 @@ class StoryResponse:
 
 @dataclass(frozen=True)
 class TimelineEntry:
+    """One article of a timeline."""
+
     article: ArticleRef
-    score: float  # cosine to the article the timeline is for (1.0 for itself); query relevance for a query timeline
+    score: float
+    """Cosine to the timeline's article (1 for itself), or relevance to the query."""
     is_self: bool
     same_story: bool
 
@@ -186,7 +273,25 @@ class SimilarResponse:
 
     article: ArticleRef
     results: list[SimilarResult]
-    scoring: str = "cosine"
+    scoring: Scoring = "cosine"
+    """What each score is: cosine (article vectors) or profile (shared neighbours). An index too small for profiles
+    is ranked by cosine whatever was asked."""
+
+
+class Health(TypedDict):
+    """What ``/api/health`` answers: the index served and its counts."""
+
+    status: Literal["ok"]
+    index: str
+    model: str
+    dimension: Annotated[int, Ge(1)]
+    articles: Annotated[int, Ge(0)]
+    passages: Annotated[int, Ge(0)]
+    newest_date: str | None
+    generation: Annotated[int, Ge(0)]
+    read_only: bool
+    """The index is open read-only (its directory cannot be written, or --read-only): writes answer 403
+    writes_disabled."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +305,7 @@ class RankedPassage:
     scores: Scores
 
 
-def to_plain(value: Any) -> Any:
+def to_plain(value: object) -> JSONValue:
     """A response dataclass as JSON-ready dicts and lists, like ``dataclasses.asdict`` without its deep copies of
     every leaf (a quarter of a search request's CPU time when it was used); field names are looked up once per
     class, not once per object."""

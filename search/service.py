@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial, wraps
-from typing import Any, Concatenate, ParamSpec, TypedDict, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -28,10 +28,13 @@ from search.models import (
     Article,
     ArticleRef,
     Copy,
+    Health,
+    Mode,
     PassageHit,
     RankedPassage,
     Related,
     Scores,
+    Scoring,
     SearchResponse,
     SearchResult,
     SimilarResponse,
@@ -39,6 +42,7 @@ from search.models import (
     StoryResponse,
     TimelineEntry,
     TimelineResponse,
+    is_scoring,
 )
 from search.news.related import RelatedFinder
 from search.pages import ArticlePage, IndexOverview, SimilarPage
@@ -153,20 +157,6 @@ def _reads(method: Callable[Concatenate[SearchService, P], R]) -> Callable[Conca
             return method(self, *args, **kwargs)
 
     return wrapper
-
-
-class Health(TypedDict):
-    """``SearchService.health()``: what ``/api/health`` answers and ``/metrics`` reports of the index served."""
-
-    status: str
-    index: str
-    model: str
-    dimension: int
-    articles: int
-    passages: int
-    newest_date: str | None
-    generation: int
-    read_only: bool
 
 
 class SearchService:
@@ -289,7 +279,7 @@ class SearchService:
                     self._query_cache.popitem(last=False)
         return vec
 
-    def validate_mode(self, mode: str | None) -> str:
+    def validate_mode(self, mode: str | None) -> Mode:
         return check_mode(self.settings, mode)
 
     @_reads
@@ -685,18 +675,17 @@ class SearchService:
         which one scored the results."""
         self.validate_k(k)
         scoring = self.settings.similar_scoring if scoring is None else scoring
-        if scoring not in SIMILAR_SCORINGS:
+        if not is_scoring(scoring):
             raise InvalidInput(f"scoring must be one of {', '.join(SIMILAR_SCORINGS)}, got {scoring!r}")
         aid = self._aid(article_id)
         allowed = self._similar_allowed(aid, filters, exclude_story, exclude_source)
+        used: Scoring = scoring
         if scoring == "profile" and not self.related.profiles_apply():
-            scoring = (
-                "cosine"  # too few articles for profiles to mean anything (search/news/neighbours.py MIN_ARTICLES)
-            )
-        nearest = self.related.nearest([aid], k, allowed, profile=scoring == "profile")[0]
+            used = "cosine"  # too few articles for profiles to mean anything (search/news/neighbours.py MIN_ARTICLES)
+        nearest = self.related.nearest([aid], k, allowed, profile=used == "profile")[0]
         refs = self._refs([aid] + [a for a, _ in nearest])
         results = [SimilarResult(refs[a], round(s, 6), self._copies(a)) for a, s in nearest]
-        return SimilarResponse(article=refs[aid], results=results, scoring=scoring)
+        return SimilarResponse(article=refs[aid], results=results, scoring=used)
 
     def _similar_allowed(
         self, aid: int, filters: Filter | None, exclude_story: bool, exclude_source: bool

@@ -11,16 +11,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 from search.errors import InvalidInput
+from search.models import Mode, Scoring
 from search.ranking.fusion import Fusion
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-MODES = ("hybrid", "dense", "lexical")
+MODES: tuple[Mode, ...] = get_args(Mode)  # the Literal is the one list; this is its runtime form
 BACKENDS = ("torch", "onnx-int8")
 STORES = ("faiss", "milvus")  # vector stores (search/vectors/milvus/vectors.py)
-SIMILAR_SCORINGS = ("profile", "cosine")
+SIMILAR_SCORINGS: tuple[Scoring, ...] = get_args(Scoring)
 # bench/count_floor.py on the dev sets (SciFact train, RealTime QA dev): see bench/README.md
 MATCH_FLOOR = 0.22
 T = TypeVar("T")

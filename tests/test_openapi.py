@@ -8,15 +8,20 @@ fixed seeds) so it takes seconds; the number of cases is printed and written to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from annotated_types import Ge
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -59,18 +64,28 @@ def test_the_sync_check_sees_an_undocumented_route(app: Flask) -> None:
 
 def test_path_parameters_match_the_rules(app: Flask) -> None:
     spec = build_spec(Settings())
-    params = spec["components"]["parameters"]
     for path, ops in spec["paths"].items():
         in_path = set(re.findall(r"{([^}]+)}", path))
         for op in ops.values():
-            declared = {params[p["$ref"].rsplit("/", 1)[1]]["name"] for p in op["parameters"]}
-            path_params = {
-                params[p["$ref"].rsplit("/", 1)[1]]["name"]
-                for p in op["parameters"]
-                if params[p["$ref"].rsplit("/", 1)[1]]["in"] == "path"
-            }
-            assert path_params == in_path, path
-            assert "X-Request-ID" in declared
+            params = [resolve(spec, p) for p in op["parameters"]]
+            assert {p["name"] for p in params if p["in"] == "path"} == in_path, path
+            assert "X-Request-ID" in {p["name"] for p in params}
+            assert len({(p["name"], p["in"]) for p in params}) == len(params), path
+
+
+def resolve(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """``node``, or what its ``$ref`` names."""
+    if "$ref" not in node:
+        return node
+    for part in node["$ref"].removeprefix("#/").split("/"):
+        spec = spec[part]
+    return spec
+
+
+def operation_parameter(spec: dict[str, Any], path: str, name: str) -> dict[str, Any]:
+    found = [p for p in map(lambda p: resolve(spec, p), spec["paths"][path]["get"]["parameters"]) if p["name"] == name]
+    assert len(found) == 1, (path, name)
+    return found[0]
 
 
 def test_every_reference_resolves() -> None:
@@ -88,8 +103,9 @@ def test_bounds_follow_the_served_settings(service: SearchService) -> None:
 
     small = SearchService(service.index, service.embedder, service.settings.replace(max_k=7, max_query_chars=50))
     spec = create_app(service=small).test_client().get("/api/openapi.json").get_json()
-    assert spec["components"]["parameters"]["k"]["schema"]["maximum"] == 7
-    assert spec["components"]["parameters"]["q"]["schema"]["maxLength"] == 50
+    assert operation_parameter(spec, "/api/search", "k")["schema"]["maximum"] == 7
+    assert operation_parameter(spec, "/api/search", "q")["schema"]["maxLength"] == 50
+    assert operation_parameter(spec, "/api/timeline", "q")["schema"]["maxLength"] == 50
 
 
 def test_documented_errors_are_what_the_app_answers(client: FlaskClient) -> None:
@@ -97,11 +113,143 @@ def test_documented_errors_are_what_the_app_answers(client: FlaskClient) -> None
     import jsonschema_rs
 
     spec = build_spec(Settings())
-    error_schema = {**spec["components"]["schemas"]["Error"], "components": spec["components"]}
+    error_schema = {**spec["components"]["schemas"]["ErrorResponse"], "components": spec["components"]}
     validator = jsonschema_rs.validator_for(error_schema)
     body = client.get("/api/articles/no-such-id").get_json()
     assert validator.is_valid(body)
     assert not validator.is_valid({"error": {**body["error"], "request_id": "x"}})
+
+
+# -- the schemas are the models' -----------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_field_added_to_a_response_dataclass_is_in_the_document(tmp_path: Path) -> None:
+    """Acceptance 4 of issue 16, literally: a copy of the code whose search/models.py (and nothing under api/) gains a
+    field serves a document with that field, its docstring as its description and required like every field."""
+    for package in ("search", "api", "indexer"):
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    models = tmp_path / "search" / "models.py"
+    source = models.read_text(encoding="utf-8")
+    anchor = "    notes: list[str] = field(default_factory=list)\n"
+    assert source.count(anchor) == 1
+    models.write_text(
+        source.replace(anchor, anchor + '    spelling: str | None = None\n    """A suggested respelling."""\n'),
+        encoding="utf-8",
+    )
+    script = (
+        "import json; from api.openapi import build_spec; from search.settings import Settings; "
+        "print(json.dumps(build_spec(Settings())['components']['schemas']['SearchResponse']))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    schema = json.loads(done.stdout)
+    assert schema["properties"]["spelling"]["description"] == "A suggested respelling."
+    assert schema["properties"]["spelling"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+    assert "spelling" in schema["required"]
+    assert "spelling" not in build_spec(Settings())["components"]["schemas"]["SearchResponse"]["properties"]
+
+
+def test_the_schemas_are_built_when_asked_for_not_at_import() -> None:
+    """Importing the app (every server worker, every CLI run that imports it) does not import pydantic: the schemas
+    are generated on the first request for the document."""
+    script = "import sys, api.app; print('pydantic' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_the_document_reads_the_response_types_when_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same in-process: a replaced response type is the one documented, with its field docs (none here: a class
+    made at run time has no source) and its bounds."""
+    from api import openapi
+    from search import models
+
+    extended = dataclasses.make_dataclass(
+        "StoryResponse",
+        [("size", Annotated[int, Ge(1)])],
+        bases=(models.StoryResponse,),
+        frozen=True,
+    )
+    openapi.response_schemas.cache_clear()
+    monkeypatch.setattr(models, "StoryResponse", extended)
+    try:
+        schema = build_spec(Settings())["components"]["schemas"]["StoryResponse"]
+    finally:
+        openapi.response_schemas.cache_clear()
+    assert schema["properties"]["size"] == {"type": "integer", "minimum": 1}
+    assert schema["required"] == ["story_id", "articles", "size"]
+
+
+def test_the_write_body_documents_what_intake_reads() -> None:
+    """The write body's article is intake's: the same fields, and a string where intake takes one."""
+    import jsonschema_rs
+
+    from api.openapi import article_in
+    from search.intake import FIELDS
+
+    documented = article_in(Settings())
+    assert set(documented["properties"]) == FIELDS
+    validator = jsonschema_rs.validator_for(documented)
+    assert validator.is_valid({"id": "a", "title": "T", "tags": "markets", "category": ["a", "b"]})
+    assert not validator.is_valid({"id": "a", "title": "T", "body": "x"})
+
+
+def test_every_field_docstring_is_a_description() -> None:
+    from search.models import SearchResponse
+
+    schema = build_spec(Settings())["components"]["schemas"]["SearchResponse"]
+    assert schema["properties"]["query"]["description"] == "The query as searched (trimmed)."
+    assert "\n" not in schema["properties"]["total"]["description"]  # the docstring's wrapping is not kept
+    assert schema["description"].startswith("One page of results.")
+    assert [f.name for f in dataclasses.fields(SearchResponse)] == list(schema["properties"])
+
+
+def routes_answering(client: FlaskClient) -> dict[str, tuple[str, Any]]:
+    """One real response of each response type, from the fixture corpus (the schema named, the body)."""
+    some = CORPUS_IDS[0]
+    article = client.get("/api/article", query_string={"id": some}).get_json()
+    story = article["story_id"]
+    gets = {
+        "SearchResponse": ("/api/search", {"q": "interest rates", "facets": "true", "cursor": "*"}),
+        "LabelledArticle": (f"/api/articles/{some}", {}),
+        "SimilarResponse": ("/api/similar", {"id": some, "exclude_story": "true"}),
+        "StoryResponse": (f"/api/stories/{story}", {}),
+        "TimelineResponse": ("/api/timeline", {"q": "interest rates"}),
+        "Health": ("/api/health", {}),
+        "ErrorResponse": ("/api/articles/no-such-id", {}),
+    }
+    out = {}
+    for name, (url, args) in gets.items():
+        response = client.get(url, query_string=args)
+        assert response.status_code in (200, 404), (url, response.get_data(as_text=True))
+        out[url] = (name, response.get_json())
+    return out
+
+
+def test_each_schema_is_the_shape_the_routes_return(client: FlaskClient) -> None:
+    """Real responses of the fixture corpus validate against their generated schemas, which are closed and require
+    every field: a field the routes add or drop without the dataclass would fail here."""
+    import jsonschema_rs
+
+    spec = build_spec(Settings())
+    seen = set()
+    for url, (name, body) in routes_answering(client).items():
+        validator = jsonschema_rs.validator_for(
+            {**spec["components"]["schemas"][name], "components": spec["components"]}
+        )
+        errors = [str(e) for e in validator.iter_errors(body)]
+        assert not errors, (url, errors)
+        assert set(body) == set(spec["components"]["schemas"][name]["required"]), url
+        assert not validator.is_valid({**body, "unexpected": 1}), url
+        seen.add(name)
+    nested = json.dumps(spec["components"]["schemas"])
+    assert {"ArticleRef", "PassageHit", "Scores", "FacetCount", "Copy"} <= {
+        n for n in spec["components"]["schemas"] if f'"#/components/schemas/{n}"' in nested
+    }
+    assert len(seen) == 7
 
 
 # -- schemathesis --------------------------------------------------------------------------------------------------
