@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from search.errors import IndexMissing, NewsdeskError, SourceError
+from search.jsontypes import JSONObject
 from search.models import SearchResponse, to_plain
 from search.settings import BACKENDS, MODES, STORES, Settings
 
@@ -195,25 +196,22 @@ def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> No
     from api.app import create_app
     from api.server import ServerLimits
     from api.server import serve as run_server
-    from search.storage.index import read_manifest
-    from search.vectors.milvus.vectors import check_uri, is_lite
+    from search.storage.manifest import read_manifest
+    from search.vectors.factory import backend_of, replica_problem
 
     if workers < 1 or processes < 1:
         raise click.UsageError("--workers and --processes must be at least 1")
     settings = Settings.from_env(**opts)
     if settings.collections:
-        check_uri(settings.milvus_uri)
-        if is_lite(settings.milvus_uri) and processes > 1:
-            raise click.UsageError("Milvus Lite opens in one process at a time: replicas need a Milvus server URI")
+        problem = replica_problem(settings, processes)
+        if problem:
+            raise click.UsageError(problem)
         served = f"{settings.collections} on {settings.milvus_uri}"
     else:
         manifest = read_manifest(settings.index_dir)  # a missing or unfinished index fails here, once
-        uri = str((manifest.get("milvus") or {}).get("uri", ""))
-        if processes > 1 and manifest.get("store") == "milvus" and is_lite(uri):
-            raise click.UsageError(
-                f"{settings.index_dir} keeps its vectors in Milvus Lite ({uri}), which one process at a time may "
-                "open; serve it with --processes 1, or rebuild it on a Milvus server (--milvus-uri http://HOST:19530)"
-            )
+        problem = backend_of(manifest).serving_problem(manifest, processes)  # e.g. Milvus Lite: one process
+        if problem:
+            raise click.UsageError(f"{settings.index_dir} {problem}")
         served = str(settings.index_dir)
     click.echo(f"serving {served} on http://{host}:{port}/ ({processes} process(es) x {workers} threads)", err=True)
     limits = ServerLimits.of(settings)
@@ -550,11 +548,12 @@ def delete(ids: tuple[str, ...], index_dir: Path | None) -> None:
     click.echo(f"deleted {deleted} articles from {settings.index_dir}", err=True)
 
 
-def index_stats(directory: Path) -> dict[str, Any]:
+def index_stats(directory: Path) -> JSONObject:
     """What an index holds, read from its manifest and SQLite store: no model is loaded and no vector is read, so
     it answers in milliseconds for an index of any size."""
-    from search.storage.index import open_store, read_manifest
-    from search.vectors.milvus.vectors import describe
+    from search.storage.index import open_store
+    from search.storage.manifest import read_manifest
+    from search.vectors.factory import backend_of
 
     directory = directory.absolute()
     manifest = read_manifest(directory)
@@ -583,7 +582,7 @@ def index_stats(directory: Path) -> dict[str, Any]:
             "metric": faiss.get("metric"),
             "articles": faiss.get("articles"),
         },
-        "store": describe(manifest),
+        "store": backend_of(manifest).describe(manifest),
         "generation": generation,
         "created_at": manifest.get("created_at"),
         "updated_at": manifest.get("updated_at"),
@@ -592,20 +591,13 @@ def index_stats(directory: Path) -> dict[str, Any]:
     }
 
 
-def _vectors_row(info: dict[str, Any]) -> tuple[str, str]:
-    """Where the vectors live: the FAISS factory, or Milvus's URI, index and collections."""
-    store = info["store"]
-    if store["backend"] != "milvus":
-        faiss = info["faiss"]
-        return "faiss", f"{faiss['factory']}  (search {faiss['search'] or 'defaults'}, {faiss['metric']})"
-    index = store.get("index", {}).get("passages", {})
-    params = ",".join(f"{k}={v}" for k, v in (index.get("params") or {}).items())
-    search = ",".join(f"{k}={v}" for k, v in (store.get("search_params") or {}).items())
-    names = ", ".join((store.get("collections") or {}).values())
-    return "milvus", (
-        f"{store.get('uri')}  (passages {index.get('type')}{' ' + params if params else ''}, search "
-        f"{search or 'defaults'}, IP; collections {names})"
-    )
+def _vectors_row(info: JSONObject) -> tuple[str, str]:
+    """Where the vectors live, as the index's backend words it (the FAISS factory, or Milvus's URI, index and
+    collections)."""
+    from search.vectors.factory import backend
+
+    name = str(info["store"]["backend"])
+    return name, backend(name).summary(info)
 
 
 def _size(n: float) -> str:

@@ -155,7 +155,7 @@ def _reads(method: F) -> F:
 
 
 class SearchService:
-    def __init__(self, index: Index[Any], embedder: Embedder, settings: Settings) -> None:
+    def __init__(self, index: Index, embedder: Embedder, settings: Settings) -> None:
         self.embedder = embedder
         self.settings = settings
         self.lock = ReadWriteLock()
@@ -169,7 +169,7 @@ class SearchService:
         self._threads = threading.local()
         _pin_blas(settings.search_threads)
 
-    def attach(self, index: Index[Any]) -> None:
+    def attach(self, index: Index) -> None:
         """Serve ``index``: everything built on an index's objects is built again with it. The SQLite store it
         replaces is closed (every request thread's connection): callers hold the write lock, so no reader uses it."""
         previous = getattr(self, "_store", None)

@@ -16,8 +16,9 @@ from indexer.sources import read_sources
 from search.errors import IndexCorrupt, IndexMissing, ModelMismatch
 from search.models import Article
 from search.settings import Settings
-from search.storage.index import MANIFEST, PASSAGE_VECTORS, SQLITE, VECTORS_STATE, check_index, open_index
+from search.storage.index import MANIFEST, SQLITE, VECTORS_STATE, check_index, open_index
 from search.text.embedding import SentenceTransformerEmbedder
+from search.vectors.faiss import PASSAGE_VECTORS
 from tests.conftest import CORPUS
 
 

@@ -32,11 +32,12 @@ import contextlib
 import json
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from search.errors import IndexCorrupt, VectorStoreUnavailable
+from search.storage.manifest import Manifest
 
 RECORD_KINDS = ("article_rows", "passage_rows", "sentence_rows")
 PART_BITS = 10  # up to 1,024 parts of 60,000 bytes: about 61 MB per record, above any accepted article
@@ -370,8 +371,13 @@ def read_state(connection: Any, meta: str) -> dict[str, Any] | None:
         return None  # caught between the delete and the insert of a publish: as if unchanged
 
 
-def read_manifest_record(connection: Any, meta: str) -> dict[str, Any]:
+def read_manifest_record(connection: Any, meta: str) -> Manifest:
+    """The manifest a build published beside its collections (what a replica serves by)."""
     docs = RecordCollection(connection, meta).get([MANIFEST_KEY])
     if MANIFEST_KEY not in docs:
         raise IndexCorrupt(f"Milvus collection {meta} holds no manifest: build the index with this version")
-    return docs[MANIFEST_KEY]
+    manifest = docs[MANIFEST_KEY]
+    missing = [key for key in ("model", "faiss", "milvus") if key not in manifest]
+    if missing:
+        raise IndexCorrupt(f"the manifest published in {meta} lacks {missing[0]!r}; rebuild the index")
+    return cast(Manifest, manifest)
