@@ -197,7 +197,8 @@ def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> No
     from api.server import ServerLimits
     from api.server import serve as run_server
     from search.storage.manifest import read_manifest
-    from search.vectors.factory import backend_of, replica_problem
+    from search.vectors.factory import backend_of
+    from search.vectors.replicas import replica_problem
 
     if workers < 1 or processes < 1:
         raise click.UsageError("--workers and --processes must be at least 1")

@@ -17,7 +17,7 @@ def load_service(settings: Settings) -> SearchService:
 
     embedder = make_embedder(settings)
     if settings.collections:  # a stateless replica: everything from Milvus, no index directory
-        from search.vectors.factory import open_replica
+        from search.vectors.replicas import open_replica
 
         return SearchService(open_replica(settings, embedder, background=True), embedder, settings)
     read_only = True if settings.read_only else None  # None: read-only where the directory cannot be written

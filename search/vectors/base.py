@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -30,10 +30,6 @@ from search.jsontypes import JSONObject
 from search.settings import Settings
 from search.storage.manifest import Manifest, VectorEntry
 from search.storage.store import Store
-from search.text.embedding import Embedder
-
-if TYPE_CHECKING:
-    from search.storage.index import Index
 
 VECTORS_STATE = "vectors.json"  # the generation a backend's copy of the vectors matches (each backend's own shape)
 # A filter allowing at most this many vectors is searched exactly over them (about 8 ms at 384 dimensions).
@@ -170,12 +166,4 @@ class VectorBackend(ABC):
     def drop_replaced(self, manifest: Manifest, target: Path) -> None:
         """Delete what a replaced build kept outside its directory (which the rebuild deletes itself). Best
         effort: what cannot be reached is left, costing space, not correctness."""
-        return None
-
-    def open_replica(self, settings: Settings, embedder: Embedder | None, *, background: bool = False) -> Index:
-        """An index served from the backend alone, with no index directory (a stateless replica)."""
-        raise InvalidInput(f"the {self.name} vector store cannot serve stateless replicas")
-
-    def replica_problem(self, settings: Settings, processes: int) -> str | None:
-        """Why replicas cannot be served from this backend by ``processes`` processes, or None."""
         return None

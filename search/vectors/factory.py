@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from search.errors import InvalidInput
 from search.settings import Settings
 from search.storage.manifest import FaissEntry, Manifest
 from search.storage.store import Store
-from search.text.embedding import Embedder
 from search.vectors.base import IndexVectors, VectorBackend
 from search.vectors.faiss import ARTICLE_FACTORY
-
-if TYPE_CHECKING:
-    from search.storage.index import Index
 
 DEFAULT = "faiss"  # what an index built before backends could be chosen uses (its manifest has no ``store``)
 # name -> "module:class", imported on first use
@@ -28,7 +23,6 @@ REGISTRY: dict[str, str | type[VectorBackend]] = {
     "faiss": "search.vectors.faiss:FaissBackend",
     "milvus": "search.vectors.milvus.backend:MilvusBackend",
 }
-REPLICAS = "milvus"  # the backend stateless replicas are served from (``serve --collections``)
 _loaded: dict[str, VectorBackend] = {}
 
 
@@ -90,14 +84,3 @@ def vector_change(manifest: Manifest, settings: Settings) -> str | None:
     if recorded != settings.store:
         return f"the vector store changed ({recorded} to {settings.store})"
     return backend(recorded).incompatibility(manifest, settings)
-
-
-def open_replica(settings: Settings, embedder: Embedder | None, *, background: bool = False) -> Index:
-    """The index published under ``settings.collections`` on the engine at ``settings.milvus_uri``, served with no
-    index directory (a stateless replica); ``embedder`` must be the model it was built with (None: unchecked)."""
-    return backend(REPLICAS).open_replica(settings, embedder, background=background)
-
-
-def replica_problem(settings: Settings, processes: int) -> str | None:
-    """Why replicas of ``settings.collections`` cannot be served by ``processes`` processes, or None."""
-    return backend(REPLICAS).replica_problem(settings, processes)

@@ -2,8 +2,9 @@
 
 Passage and article vectors live in two Milvus collections (search/vectors/milvus/vectors.py), with record
 collections replicas read (records.py), opened and repaired from SQLite by repair.py, served without an index
-directory by replica.py. This module answers the questions asked of a backend as a whole: what a build records,
-whether an index can be served by several processes (Milvus Lite: one at a time), what a re-index must rebuild.
+directory by replica.py (reached through search/vectors/replicas.py). This module answers the questions asked of
+a backend as a whole: what a build records, whether an index can be served by several processes (Milvus Lite: one
+at a time), what a re-index must rebuild.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ from pathlib import Path
 from search.errors import NewsdeskError
 from search.jsontypes import JSONObject
 from search.settings import Settings
-from search.storage.index import Index
 from search.storage.manifest import Manifest, VectorEntry
 from search.storage.store import Store
-from search.text.embedding import Embedder
 from search.vectors.base import VECTORS_STATE, VectorBackend
 from search.vectors.milvus.client import MilvusConnection
-from search.vectors.milvus.config import MilvusConfig, check_uri, is_lite, same_location
+from search.vectors.milvus.config import MilvusConfig, is_lite, same_location
 from search.vectors.milvus.repair import MilvusVectors, check_collections, drop_collections, open_collections
-from search.vectors.milvus.replica import open_replica
 
 
 class MilvusBackend(VectorBackend):
@@ -80,14 +78,3 @@ class MilvusBackend(VectorBackend):
         entry = manifest.get("milvus")
         if isinstance(entry, dict):
             drop_collections(entry, target)
-
-    def open_replica(self, settings: Settings, embedder: Embedder | None, *, background: bool = False) -> Index:
-        return open_replica(
-            settings.milvus_uri, settings.collections, embedder, settings.replica_poll, background=background
-        )
-
-    def replica_problem(self, settings: Settings, processes: int) -> str | None:
-        check_uri(settings.milvus_uri)
-        if is_lite(settings.milvus_uri) and processes > 1:
-            return "Milvus Lite opens in one process at a time: replicas need a Milvus server URI"
-        return None
