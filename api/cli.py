@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, TextIO, TypedDict, TypeVar
 
 import click
 
@@ -19,11 +21,25 @@ from search.jsontypes import JSONObject
 from search.models import SearchResponse, to_plain
 from search.settings import BACKENDS, MODES, STORES, Settings
 
+if TYPE_CHECKING:
+    from search.service import BatchResult
+
 HELP = Settings.help()
+F = TypeVar("F", bound=Callable[..., object])  # a command function, which click's decorators return as they got it
+
+
+class _Run(TypedDict):
+    """How ``newsdesk index`` runs a build or a re-index (indexer/sync.py, indexer/distributed.py)."""
+
+    rebuild: bool
+    progress: bool | None
+    sources: list[str]
+    keep_missing: bool
+    warn: Callable[[str], None]
 
 
 class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except NewsdeskError as exc:
@@ -37,7 +53,12 @@ class _Group(click.Group):
             sys.exit(1)
 
 
-def _index_option(f: Any) -> Any:
+def _optional_text(value: object) -> str | None:
+    """A string option as click gives it: the text, or None when not given."""
+    return None if value is None else str(value)
+
+
+def _index_option(f: F) -> F:
     return click.option(
         "--index",
         "index_dir",
@@ -47,15 +68,15 @@ def _index_option(f: Any) -> Any:
     )(f)
 
 
-def _model_option(f: Any) -> Any:
+def _model_option(f: F) -> F:
     return click.option("--model", default=None, help=HELP["model"])(f)
 
 
-def _backend_option(f: Any) -> Any:
+def _backend_option(f: F) -> F:
     return click.option("--backend", type=click.Choice(BACKENDS), default=None, help=HELP["backend"])(f)
 
 
-def _store_options(f: Any) -> Any:
+def _store_options(f: F) -> F:
     """The vector store a build uses (recorded in the manifest; opening an index always uses its own)."""
     f = click.option("--milvus-search", default=None, help=HELP["milvus_search"])(f)
     f = click.option("--milvus-index-params", default=None, help=HELP["milvus_index_params"])(f)
@@ -109,7 +130,7 @@ def main() -> None:
 @click.option("--url-field", default=None, help="Source field holding the article URL.")
 @click.option("--tags-field", default=None, help="Source field holding tags or a category.")
 def index_cmd(
-    sources: tuple[Path, ...], quiet: bool, rebuild: bool, keep_missing: bool, skip_bad_records: bool, **opts: Any
+    sources: tuple[Path, ...], quiet: bool, rebuild: bool, keep_missing: bool, skip_bad_records: bool, **opts: object
 ) -> None:
     """Build or update an index from SOURCES (.jsonl, .jsonl.gz, .csv, or directories of .txt/.md files).
 
@@ -119,8 +140,8 @@ def index_cmd(
     from indexer.sources import FieldMap, ReadReport, read_sources
     from indexer.sync import SyncReport, sync_index
 
-    fields = {k[: -len("_field")]: opts.pop(k) for k in list(opts) if k.endswith("_field")}
-    settings = Settings.from_env(**opts)
+    fields = {k[: -len("_field")]: _optional_text(opts.pop(k)) for k in list(opts) if k.endswith("_field")}
+    settings = Settings.from_env(None, **opts)
     for s in sources:
         if not s.exists():
             raise SourceError(f"{s}: no such file or directory")
@@ -129,8 +150,13 @@ def index_cmd(
     progress = None if not quiet else False
     report: SyncReport
     ray_summary = ""
-    run: dict[str, Any] = {"rebuild": rebuild, "progress": progress, "sources": [str(s) for s in sources]}
-    run |= {"keep_missing": keep_missing, "warn": lambda message: click.echo(f"warning: {message}", err=True)}
+    run: _Run = {
+        "rebuild": rebuild,
+        "progress": progress,
+        "sources": [str(s) for s in sources],
+        "keep_missing": keep_missing,
+        "warn": lambda message: click.echo(f"warning: {message}", err=True),
+    }
     if settings.ray:  # chunk and embed on Ray actors (indexer/distributed.py); the index is written here as below
         from indexer.distributed import ray_sync_index
 
@@ -188,7 +214,7 @@ def _added_note(n: int) -> str:
 @click.option("--replica-poll", type=float, default=None, help=HELP["replica_poll"])
 @click.option("--read-only", is_flag=True, default=None, help=HELP["read_only"] + " [env NEWSDESK_READ_ONLY]")
 @_backend_option
-def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> None:
+def serve(host: str, port: int, workers: int, processes: int, **opts: object) -> None:
     """Serve the API and the web page with a production WSGI server (waitress, or gunicorn for several processes).
 
     With --collections, serve as a stateless replica of an index on Milvus: no index directory is read, any number
@@ -202,7 +228,7 @@ def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> No
 
     if workers < 1 or processes < 1:
         raise click.UsageError("--workers and --processes must be at least 1")
-    settings = Settings.from_env(**opts)
+    settings = Settings.from_env(None, **opts)
     if settings.collections:
         problem = replica_problem(settings, processes)
         if problem:
@@ -259,7 +285,7 @@ def search(
     categories: tuple[str, ...],
     max_per_source: int | None,
     facets: bool,
-    **opts: Any,
+    **opts: object,
 ) -> None:
     """Search the index for TEXT, or run every query of --queries (batch mode, writes --run and --passages).
 
@@ -278,7 +304,7 @@ def search(
         raise click.UsageError("batch mode needs --run OUT.trec and/or --passages OUT.jsonl")
     if not tag or any(c.isspace() for c in tag):
         raise click.UsageError("--tag must be one word without whitespace")
-    settings = Settings.from_env(**opts)
+    settings = Settings.from_env(None, **opts)
     check_mode(settings, mode)
     batch = _read_queries(queries) if queries is not None else None
     if batch is not None:
@@ -382,7 +408,7 @@ def trec_id(value: str) -> str:
 
 
 def _write_batch(
-    batch: list[tuple[str, str]], results: list[Any], run: Path | None, passages: Path | None, tag: str
+    batch: list[tuple[str, str]], results: list[BatchResult], run: Path | None, passages: Path | None, tag: str
 ) -> list[str]:
     """Write the TREC run and the passage file; returns a line saying what each file got."""
     wrote: list[str] = []
@@ -424,11 +450,13 @@ class _atomic_text:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp")
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> TextIO:
         self.fh = self.tmp.open("w", encoding="utf-8")
         return self.fh
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.fh.close()
         if exc_type is None:
             self.tmp.replace(self.path)
@@ -447,7 +475,7 @@ class _atomic_text:
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 @_backend_option
 def eval_cmd(
-    queries: Path, qrels: Path | None, modes: tuple[str, ...], answer_k: str, as_json: bool, **opts: Any
+    queries: Path, qrels: Path | None, modes: tuple[str, ...], answer_k: str, as_json: bool, **opts: object
 ) -> None:
     """Evaluate ranking: nDCG@10, recall@100 and MRR@10 against --qrels, and answer recall@k for queries that
     carry answer strings (RealTime QA format), for each mode."""
@@ -465,7 +493,7 @@ def eval_cmd(
         raise click.UsageError("--answer-k takes comma-separated integers, e.g. 1,5,10") from None
     if not cutoffs or cutoffs[0] < 1:
         raise click.UsageError("--answer-k takes positive integers")
-    settings = Settings.from_env(**opts)
+    settings = Settings.from_env(None, **opts)
     _check_index(settings)
     service = load_service(settings)
     report: dict[str, dict[str, float]] = {}
@@ -512,7 +540,7 @@ def check(index_dir: Path | None) -> None:
 @_index_option
 @_model_option
 @_backend_option
-def add(sources: tuple[Path, ...], **opts: Any) -> None:
+def add(sources: tuple[Path, ...], **opts: object) -> None:
     """Insert or replace (by id) the articles of SOURCES in an existing index, in one transaction.
 
     A server on the same index sees them on its next request (it reloads when the store's generation moves)."""
@@ -521,7 +549,7 @@ def add(sources: tuple[Path, ...], **opts: Any) -> None:
     from search.storage.index import open_index
     from search.text.embedding import make_embedder
 
-    settings = Settings.from_env(**opts)
+    settings = Settings.from_env(None, **opts)
     articles = list(read_sources(list(sources)))  # every record read and checked before anything is written
     if not articles:
         raise SourceError("the sources hold no articles")

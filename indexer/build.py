@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from search.errors import InvalidInput, NewsdeskError, SourceError, StaleIndex
+from search.jsontypes import JSONObject, JSONValue
 from search.models import Article
 from search.news.dedup import DedupIndex
 from search.news.grouping import label_unlabelled, save_duplicates
@@ -68,7 +69,7 @@ def input_text(title: str, field: str, text: str, title_context: bool) -> str:
     return text
 
 
-def chunking_config(chunker: Chunker, settings: Settings) -> dict[str, Any]:
+def chunking_config(chunker: Chunker, settings: Settings) -> dict[str, int | bool]:
     """What decides the passages and their embedding inputs; recorded in the manifest, compared by a re-index."""
     return {
         "max_tokens": chunker.max_tokens,
@@ -246,12 +247,12 @@ class _Previous:
             raise StaleIndex(f"{target} was replaced by another build while this one read it; run the build again")
         return _Previous(store, manifest, since.generation if since is not None else store.generation())
 
-    def same_vectors(self, fingerprint: dict[str, Any], chunking: dict[str, Any]) -> bool:
+    def same_vectors(self, fingerprint: JSONObject, chunking: dict[str, int | bool]) -> bool:
         """Whether the new build would give the copied articles the very passages and vectors they have: the same
         model files, backend (and int8 preset) and chunking. The probe vectors are left out: they only tell close
         models apart, and the same files on the same backend are the same model."""
 
-        def recorded(value: Any) -> Any:  # as the manifest holds it (JSON: lists, not tuples)
+        def recorded(value: object) -> JSONValue:  # as the manifest holds it (JSON: lists, not tuples)
             return json.loads(json.dumps(value))
 
         model = {k: v for k, v in recorded(fingerprint).items() if k != "probe"}

@@ -18,7 +18,6 @@ from search.errors import IndexCorrupt, InvalidInput
 from search.jsontypes import JSONObject
 from search.settings import Settings
 from search.storage.manifest import MilvusEntry, Params
-from search.vectors.milvus.records import RECORD_KINDS, meta_name, record_names
 
 DEFAULT_URI = "milvus.db"
 # Index types MilvusClient accepts for a dense float vector; Milvus Lite builds FLAT, HNSW, HNSW_SQ, IVF_FLAT,
@@ -29,6 +28,7 @@ INDEX_TYPES = ("FLAT", "HNSW", "HNSW_SQ", "HNSW_PQ", "IVF_FLAT", "IVF_SQ8", "IVF
 LITE_INDEX_TYPES = ("FLAT", "HNSW", "HNSW_SQ", "IVF_FLAT", "IVF_SQ8", "AUTOINDEX")
 ARTICLE_INDEX = "FLAT"
 KINDS = ("passages", "articles")  # the SQLite table each collection mirrors
+RECORD_KINDS = ("article_rows", "passage_rows", "sentence_rows")  # what replicas read (records.py)
 SCHEMA: JSONObject = {
     "fields": [
         {"name": "id", "type": "INT64", "primary_key": True, "auto_id": False},
@@ -132,6 +132,18 @@ class MilvusConfig:
             },
             "search_params": dict(self.search_params),
         }
+
+
+def meta_name(index_name: str) -> str:
+    """The stable meta collection of an index name: ``newsdesk_<name>_meta``."""
+    stem = _NAME.sub("_", index_name).strip("_")[:100] or "index"
+    return f"newsdesk_{stem}_meta"
+
+
+def record_names(collections: dict[str, str]) -> dict[str, str]:
+    """Record collection names beside a build's vector collections (``..._passages`` -> ``..._passage_rows``)."""
+    base = collections["passages"].removesuffix("_passages")
+    return {kind: collections.get(kind) or f"{base}_{kind}" for kind in RECORD_KINDS}
 
 
 def collection_names(index_name: str) -> dict[str, str]:

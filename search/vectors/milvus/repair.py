@@ -23,8 +23,8 @@ from search.storage.manifest import Manifest, MilvusEntry
 from search.storage.store import Store
 from search.vectors.base import VECTORS_STATE, Changes, IndexVectors, ids_problem
 from search.vectors.milvus.client import MilvusConnection
-from search.vectors.milvus.config import ARTICLE_INDEX, KINDS, MilvusConfig, is_lite, parse_params
-from search.vectors.milvus.records import RECORD_KINDS, EngineRecords, article_records, read_state
+from search.vectors.milvus.config import ARTICLE_INDEX, KINDS, RECORD_KINDS, MilvusConfig, is_lite, parse_params
+from search.vectors.milvus.records import EngineRecords, article_records, read_state
 from search.vectors.milvus.vectors import MilvusVectorStore
 
 

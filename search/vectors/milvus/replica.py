@@ -39,11 +39,10 @@ from search.storage.store import ArticleText, CatalogRow, SentenceVectors, Store
 from search.text.bm25 import LexicalPostings, Postings
 from search.text.embedding import Embedder, check_compatible
 from search.vectors.milvus.client import MilvusConnection
-from search.vectors.milvus.config import ARTICLE_INDEX, MilvusConfig
+from search.vectors.milvus.config import ARTICLE_INDEX, MilvusConfig, meta_name
 from search.vectors.milvus.records import (
     RecordCollection,
     decode_sentences,
-    meta_name,
     read_manifest_record,
     read_state,
 )
