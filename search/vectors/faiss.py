@@ -13,7 +13,8 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Protocol, cast
 
 import numpy as np
 
@@ -39,6 +40,70 @@ ARTICLE_VECTORS = "articles.faiss"
 ARTICLE_FACTORY = "IDMap2,Flat"  # article vectors stay exact: related stories and labels compare exact cosines
 
 
+class FaissIndex(Protocol):
+    """What this module calls on a FAISS index. faiss's SWIG classes carry no usable types, so this protocol says
+    which of their members the code relies on (an ``IndexIDMap2`` adds those of ``_IdMap``)."""
+
+    d: int
+    ntotal: int
+    is_trained: bool
+
+    def train(self, x: np.ndarray) -> None: ...
+
+    def add_with_ids(self, x: np.ndarray, xids: np.ndarray) -> None: ...
+
+    def remove_ids(self, sel: object) -> int: ...
+
+    def search(self, x: np.ndarray, k: int, params: object = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def reconstruct(self, key: int) -> np.ndarray: ...
+
+    def reconstruct_batch(self, keys: np.ndarray) -> np.ndarray: ...
+
+
+class _IdMap(FaissIndex, Protocol):
+    """``IndexIDMap2``: our ids around an index that numbers its vectors 0..n-1."""
+
+    id_map: object  # a faiss Int64Vector: position -> our id (-1: an HNSW tombstone)
+    index: FaissIndex
+
+    def construct_rev_map(self) -> None: ...
+
+
+class _SearchDepth(Protocol):
+    efSearch: int
+
+
+class _HNSW(Protocol):
+    hnsw: _SearchDepth
+
+
+class _InvertedLists(Protocol):
+    nlist: int
+
+    def list_size(self, list_no: int) -> int: ...
+
+    def get_ids(self, list_no: int) -> object: ...
+
+    def release_ids(self, list_no: int, ids: object) -> None: ...
+
+
+class _DirectMap(Protocol):
+    type: int
+
+
+class _IVF(Protocol):
+    """An inverted-file index (``IndexIVF``): its lists hold our ids, found through a hashtable (``direct_map``)."""
+
+    nlist: int
+    nprobe: int
+    quantizer: FaissIndex
+    invlists: _InvertedLists
+    direct_map: _DirectMap
+
+    def set_direct_map_type(self, kind: object) -> None: ...
+
+
 class FaissVectorStore:
     """A FAISS index from an ``index_factory`` string (inner product on normalised vectors), keyed by our int64 ids.
 
@@ -61,7 +126,9 @@ class FaissVectorStore:
     defaults) is applied with ``faiss.ParameterSpace`` whenever a store is created, built or loaded.
     """
 
-    def __init__(self, dimension: int, factory: str = "IDMap2,Flat", index: Any = None, search: str = "") -> None:
+    def __init__(
+        self, dimension: int, factory: str = "IDMap2,Flat", index: FaissIndex | None = None, search: str = ""
+    ) -> None:
         faiss = _faiss()
 
         self.dimension = dimension
@@ -79,15 +146,19 @@ class FaissVectorStore:
                 ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
             elif not isinstance(index, faiss.IndexIDMap2):
                 index = faiss.IndexIDMap2(index)
-        self._index: Any = index
-        self._ivf: Any = faiss.try_extract_index_ivf(index)
-        self._hnsw: Any = None if self._ivf is not None else _find_hnsw(index)
+        self._index: FaissIndex = index
+        self._ivf: _IVF | None = faiss.try_extract_index_ivf(index)
+        self._hnsw: _HNSW | None = None if self._ivf is not None else _find_hnsw(index)
         self._dead = 0  # HNSW tombstones
         if self._hnsw is not None:
-            self._dead = int((faiss.vector_to_array(index.id_map) < 0).sum())
+            self._dead = int((faiss.vector_to_array(self._mapped().id_map) < 0).sum())
         self._live = faiss.IDSelectorRange(0, 2**63 - 1)  # every id but the -1 of a tombstone
         self.search_params = ""
         self.set_search_params(search)
+
+    def _mapped(self) -> _IdMap:
+        """The index as the ``IndexIDMap2`` every index but an IVF is wrapped in (``__init__``, ``load``)."""
+        return cast(_IdMap, self._index)
 
     @classmethod
     def load(cls, path: Path, factory: str, search: str = "") -> FaissVectorStore:
@@ -207,13 +278,14 @@ class FaissVectorStore:
     def _tombstone(self, ids: np.ndarray) -> int:
         faiss = _faiss()
 
-        id_map = faiss.vector_to_array(self._index.id_map)
+        mapped = self._mapped()
+        id_map = faiss.vector_to_array(mapped.id_map)
         hit = np.isin(id_map, ids) & (id_map >= 0)
         removed = int(hit.sum())
         if removed:
             id_map[hit] = -1
-            faiss.copy_array_to_vector(id_map, self._index.id_map)
-            self._index.construct_rev_map()
+            faiss.copy_array_to_vector(id_map, mapped.id_map)
+            mapped.construct_rev_map()
             self._dead += removed
             if self._dead > self.count():
                 self._compact()
@@ -223,9 +295,10 @@ class FaissVectorStore:
         """Rebuild the HNSW graph from the live vectors (trained codecs such as SQ8 are kept, not retrained)."""
         faiss = _faiss()
 
-        id_map = faiss.vector_to_array(self._index.id_map)
+        mapped = self._mapped()
+        id_map = faiss.vector_to_array(mapped.id_map)
         live = np.flatnonzero(id_map >= 0)
-        inner = faiss.downcast_index(self._index.index)
+        inner = faiss.downcast_index(mapped.index)
         vectors = inner.reconstruct_batch(live) if len(live) else np.zeros((0, self.dimension), np.float32)
         fresh = faiss.clone_index(inner)
         fresh.reset()
@@ -265,7 +338,7 @@ class FaissVectorStore:
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids
 
-    def _params(self, selector: Any) -> Any:
+    def _params(self, selector: object) -> object:
         """Search parameters carrying ``selector`` and the index's own efSearch/nprobe (a bare parameter object
         would reset them to FAISS's defaults)."""
         faiss = _faiss()
@@ -302,7 +375,7 @@ class FaissVectorStore:
         faiss = _faiss()
 
         if self._ivf is None:
-            id_map = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            id_map = faiss.vector_to_array(self._mapped().id_map).astype(np.int64)
             return np.sort(id_map[id_map >= 0])
         lists = self._ivf.invlists
         parts = [np.zeros(0, np.int64)]
@@ -332,20 +405,22 @@ class FaissVectorStore:
             os.replace(tmp, path)
 
 
-def _find_hnsw(index: Any) -> Any:
+def _find_hnsw(index: FaissIndex) -> _HNSW | None:
     """The HNSW index inside id-map and pre-transform wrappers, or None."""
     faiss = _faiss()
     index = faiss.downcast_index(index)
     while True:
         if isinstance(index, faiss.IndexHNSW):
-            return index
+            found: _HNSW = index
+            return found
         if not isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2 | faiss.IndexPreTransform):
             return None
         index = faiss.downcast_index(index.index)
 
 
-def _faiss() -> Any:
-    """The faiss module, typed loosely: its stubs lack names it has (DirectMap, SearchParametersHNSW)."""
+def _faiss() -> ModuleType:
+    """The faiss module, typed as a module (whose attributes are untyped): its stubs lack names it has (DirectMap,
+    SearchParametersHNSW); what the code calls on its objects is declared by the protocols above."""
     import faiss
 
     return faiss
