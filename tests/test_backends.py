@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -16,13 +17,13 @@ import pytest
 from indexer.build import build_index
 from indexer.sources import read_sources
 from indexer.update import add_articles, delete_articles
-from search.errors import InvalidInput
+from search.errors import IndexCorrupt, InvalidInput
 from search.models import Article
 from search.service import SearchService
 from search.settings import STORES, Settings
 from search.storage.files import discarded_on_failure
 from search.storage.index import VECTORS_STATE, check_index, open_index
-from search.storage.manifest import Manifest, VectorEntry, read_manifest
+from search.storage.manifest import Manifest, VectorEntry, read_manifest, write_manifest
 from search.storage.store import Store
 from search.vectors import factory
 from search.vectors.base import IndexVectors, VectorBackend, checked_batch
@@ -255,3 +256,18 @@ def test_the_registry_offers_what_the_store_setting_accepts() -> None:
     assert set(factory.REGISTRY) == set(STORES)
     for name in STORES:
         assert factory.backend(name).name == name
+
+
+def test_an_index_on_a_backend_this_version_lacks_is_refused_not_opened_as_faiss(
+    tmp_path: Path, corpus_index: Path
+) -> None:
+    """Its manifest names a store the registry does not have: open, check and stats say so in one line, where the
+    code before the factory took every store but "milvus" for FAISS and served whatever that rebuilt."""
+    copy = tmp_path / "copy"
+    shutil.copytree(corpus_index.resolve(), copy)
+    manifest = read_manifest(copy)
+    manifest["store"] = "elastic"
+    write_manifest(copy, manifest)
+    with pytest.raises(IndexCorrupt, match="'elastic' store, which this newsdesk does not have"):
+        open_index(copy, None)
+    assert [p for p in check_index(copy) if "'elastic' store" in p] == check_index(copy) != []

@@ -48,7 +48,7 @@ from search.text.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
 from search.text.embedding import Embedder, check_compatible
 from search.vectors.base import VECTORS_STATE as VECTORS_STATE
 from search.vectors.base import IndexVectors, VectorStore
-from search.vectors.factory import check_vectors, open_vectors
+from search.vectors.factory import backend_of, check_vectors, open_vectors
 
 SQLITE = "newsdesk.sqlite"
 # Written first into every directory a build creates: what tells ``newsdesk index`` that it may replace (delete) it.
@@ -322,11 +322,13 @@ def open_store(directory: Path) -> Store:
 def check_index(directory: Path) -> list[str]:
     """Every disagreement between manifest, SQLite and vectors; empty when the index is sound.
 
-    Independent of any model: it compares what is on disk, including every FAISS vector against its stored copy.
+    Independent of any model: it compares what is on disk, including every vector its backend holds (all of them
+    where it keeps them exactly) against its stored copy.
     """
     directory = directory.absolute()
     try:
         manifest = read_manifest(directory)
+        backend_of(manifest)  # a backend this version has
     except NewsdeskError as exc:
         return [exc.message]
     problems: list[str] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from search.errors import InvalidInput
+from search.errors import IndexCorrupt, InvalidInput
 from search.settings import Settings
 from search.storage.manifest import FaissEntry, Manifest
 from search.storage.store import Store
@@ -54,7 +54,15 @@ def store_name(manifest: Manifest) -> str:
 
 
 def backend_of(manifest: Manifest) -> VectorBackend:
-    return backend(store_name(manifest))
+    """The backend an index uses; IndexCorrupt for a name this version does not have (an index written by another
+    version, or a damaged manifest), rather than opening it as some other backend."""
+    name = store_name(manifest)
+    if name not in REGISTRY:
+        raise IndexCorrupt(
+            f"the index keeps its vectors in a {name!r} store, which this newsdesk does not have (it has "
+            f"{', '.join(REGISTRY)}); rebuild the index"
+        )
+    return backend(name)
 
 
 def faiss_entry(settings: Settings) -> FaissEntry:
