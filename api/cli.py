@@ -9,20 +9,37 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, TextIO, TypedDict, TypeVar
 
 import click
 
 from search.errors import IndexMissing, NewsdeskError, SourceError
+from search.jsontypes import JSONObject
 from search.models import SearchResponse, to_plain
 from search.settings import BACKENDS, MODES, STORES, Settings
 
+if TYPE_CHECKING:
+    from search.service import BatchResult
+
 HELP = Settings.help()
+F = TypeVar("F", bound=Callable[..., object])  # a command function, which click's decorators return as they got it
+
+
+class _Run(TypedDict):
+    """How ``newsdesk index`` runs a build or a re-index (indexer/sync.py, indexer/distributed.py)."""
+
+    rebuild: bool
+    progress: bool | None
+    sources: list[str]
+    keep_missing: bool
+    warn: Callable[[str], None]
 
 
 class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except NewsdeskError as exc:
@@ -36,7 +53,12 @@ class _Group(click.Group):
             sys.exit(1)
 
 
-def _index_option(f: Any) -> Any:
+def _optional_text(value: object) -> str | None:
+    """A string option as click gives it: the text, or None when not given."""
+    return None if value is None else str(value)
+
+
+def _index_option(f: F) -> F:
     return click.option(
         "--index",
         "index_dir",
@@ -46,15 +68,15 @@ def _index_option(f: Any) -> Any:
     )(f)
 
 
-def _model_option(f: Any) -> Any:
+def _model_option(f: F) -> F:
     return click.option("--model", default=None, help=HELP["model"])(f)
 
 
-def _backend_option(f: Any) -> Any:
+def _backend_option(f: F) -> F:
     return click.option("--backend", type=click.Choice(BACKENDS), default=None, help=HELP["backend"])(f)
 
 
-def _store_options(f: Any) -> Any:
+def _store_options(f: F) -> F:
     """The vector store a build uses (recorded in the manifest; opening an index always uses its own)."""
     f = click.option("--milvus-search", default=None, help=HELP["milvus_search"])(f)
     f = click.option("--milvus-index-params", default=None, help=HELP["milvus_index_params"])(f)
@@ -108,7 +130,7 @@ def main() -> None:
 @click.option("--url-field", default=None, help="Source field holding the article URL.")
 @click.option("--tags-field", default=None, help="Source field holding tags or a category.")
 def index_cmd(
-    sources: tuple[Path, ...], quiet: bool, rebuild: bool, keep_missing: bool, skip_bad_records: bool, **opts: Any
+    sources: tuple[Path, ...], quiet: bool, rebuild: bool, keep_missing: bool, skip_bad_records: bool, **opts: object
 ) -> None:
     """Build or update an index from SOURCES (.jsonl, .jsonl.gz, .csv, or directories of .txt/.md files).
 
@@ -118,8 +140,8 @@ def index_cmd(
     from indexer.sources import FieldMap, ReadReport, read_sources
     from indexer.sync import SyncReport, sync_index
 
-    fields = {k[: -len("_field")]: opts.pop(k) for k in list(opts) if k.endswith("_field")}
-    settings = Settings.from_env(**opts)
+    fields = {k[: -len("_field")]: _optional_text(opts.pop(k)) for k in list(opts) if k.endswith("_field")}
+    settings = Settings.from_env(None, **opts)
     for s in sources:
         if not s.exists():
             raise SourceError(f"{s}: no such file or directory")
@@ -128,8 +150,13 @@ def index_cmd(
     progress = None if not quiet else False
     report: SyncReport
     ray_summary = ""
-    run: dict[str, Any] = {"rebuild": rebuild, "progress": progress, "sources": [str(s) for s in sources]}
-    run |= {"keep_missing": keep_missing, "warn": lambda message: click.echo(f"warning: {message}", err=True)}
+    run: _Run = {
+        "rebuild": rebuild,
+        "progress": progress,
+        "sources": [str(s) for s in sources],
+        "keep_missing": keep_missing,
+        "warn": lambda message: click.echo(f"warning: {message}", err=True),
+    }
     if settings.ray:  # chunk and embed on Ray actors (indexer/distributed.py); the index is written here as below
         from indexer.distributed import ray_sync_index
 
@@ -187,7 +214,7 @@ def _added_note(n: int) -> str:
 @click.option("--replica-poll", type=float, default=None, help=HELP["replica_poll"])
 @click.option("--read-only", is_flag=True, default=None, help=HELP["read_only"] + " [env NEWSDESK_READ_ONLY]")
 @_backend_option
-def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> None:
+def serve(host: str, port: int, workers: int, processes: int, **opts: object) -> None:
     """Serve the API and the web page with a production WSGI server (waitress, or gunicorn for several processes).
 
     With --collections, serve as a stateless replica of an index on Milvus: no index directory is read, any number
@@ -195,25 +222,23 @@ def serve(host: str, port: int, workers: int, processes: int, **opts: Any) -> No
     from api.app import create_app
     from api.server import ServerLimits
     from api.server import serve as run_server
-    from search.storage.index import read_manifest
-    from search.vectors.milvus.vectors import check_uri, is_lite
+    from search.storage.manifest import read_manifest
+    from search.vectors.factory import backend_of
+    from search.vectors.replicas import replica_problem
 
     if workers < 1 or processes < 1:
         raise click.UsageError("--workers and --processes must be at least 1")
-    settings = Settings.from_env(**opts)
+    settings = Settings.from_env(None, **opts)
     if settings.collections:
-        check_uri(settings.milvus_uri)
-        if is_lite(settings.milvus_uri) and processes > 1:
-            raise click.UsageError("Milvus Lite opens in one process at a time: replicas need a Milvus server URI")
+        problem = replica_problem(settings, processes)
+        if problem:
+            raise click.UsageError(problem)
         served = f"{settings.collections} on {settings.milvus_uri}"
     else:
         manifest = read_manifest(settings.index_dir)  # a missing or unfinished index fails here, once
-        uri = str((manifest.get("milvus") or {}).get("uri", ""))
-        if processes > 1 and manifest.get("store") == "milvus" and is_lite(uri):
-            raise click.UsageError(
-                f"{settings.index_dir} keeps its vectors in Milvus Lite ({uri}), which one process at a time may "
-                "open; serve it with --processes 1, or rebuild it on a Milvus server (--milvus-uri http://HOST:19530)"
-            )
+        problem = backend_of(manifest).serving_problem(manifest, processes)  # e.g. Milvus Lite: one process
+        if problem:
+            raise click.UsageError(f"{settings.index_dir} {problem}")
         served = str(settings.index_dir)
     click.echo(f"serving {served} on http://{host}:{port}/ ({processes} process(es) x {workers} threads)", err=True)
     limits = ServerLimits.of(settings)
@@ -260,7 +285,7 @@ def search(
     categories: tuple[str, ...],
     max_per_source: int | None,
     facets: bool,
-    **opts: Any,
+    **opts: object,
 ) -> None:
     """Search the index for TEXT, or run every query of --queries (batch mode, writes --run and --passages).
 
@@ -279,7 +304,7 @@ def search(
         raise click.UsageError("batch mode needs --run OUT.trec and/or --passages OUT.jsonl")
     if not tag or any(c.isspace() for c in tag):
         raise click.UsageError("--tag must be one word without whitespace")
-    settings = Settings.from_env(**opts)
+    settings = Settings.from_env(None, **opts)
     check_mode(settings, mode)
     batch = _read_queries(queries) if queries is not None else None
     if batch is not None:
@@ -383,7 +408,7 @@ def trec_id(value: str) -> str:
 
 
 def _write_batch(
-    batch: list[tuple[str, str]], results: list[Any], run: Path | None, passages: Path | None, tag: str
+    batch: list[tuple[str, str]], results: list[BatchResult], run: Path | None, passages: Path | None, tag: str
 ) -> list[str]:
     """Write the TREC run and the passage file; returns a line saying what each file got."""
     wrote: list[str] = []
@@ -425,11 +450,13 @@ class _atomic_text:
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp")
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> TextIO:
         self.fh = self.tmp.open("w", encoding="utf-8")
         return self.fh
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.fh.close()
         if exc_type is None:
             self.tmp.replace(self.path)
@@ -448,7 +475,7 @@ class _atomic_text:
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 @_backend_option
 def eval_cmd(
-    queries: Path, qrels: Path | None, modes: tuple[str, ...], answer_k: str, as_json: bool, **opts: Any
+    queries: Path, qrels: Path | None, modes: tuple[str, ...], answer_k: str, as_json: bool, **opts: object
 ) -> None:
     """Evaluate ranking: nDCG@10, recall@100 and MRR@10 against --qrels, and answer recall@k for queries that
     carry answer strings (RealTime QA format), for each mode."""
@@ -466,7 +493,7 @@ def eval_cmd(
         raise click.UsageError("--answer-k takes comma-separated integers, e.g. 1,5,10") from None
     if not cutoffs or cutoffs[0] < 1:
         raise click.UsageError("--answer-k takes positive integers")
-    settings = Settings.from_env(**opts)
+    settings = Settings.from_env(None, **opts)
     _check_index(settings)
     service = load_service(settings)
     report: dict[str, dict[str, float]] = {}
@@ -513,7 +540,7 @@ def check(index_dir: Path | None) -> None:
 @_index_option
 @_model_option
 @_backend_option
-def add(sources: tuple[Path, ...], **opts: Any) -> None:
+def add(sources: tuple[Path, ...], **opts: object) -> None:
     """Insert or replace (by id) the articles of SOURCES in an existing index, in one transaction.
 
     A server on the same index sees them on its next request (it reloads when the store's generation moves)."""
@@ -522,7 +549,7 @@ def add(sources: tuple[Path, ...], **opts: Any) -> None:
     from search.storage.index import open_index
     from search.text.embedding import make_embedder
 
-    settings = Settings.from_env(**opts)
+    settings = Settings.from_env(None, **opts)
     articles = list(read_sources(list(sources)))  # every record read and checked before anything is written
     if not articles:
         raise SourceError("the sources hold no articles")
@@ -550,11 +577,12 @@ def delete(ids: tuple[str, ...], index_dir: Path | None) -> None:
     click.echo(f"deleted {deleted} articles from {settings.index_dir}", err=True)
 
 
-def index_stats(directory: Path) -> dict[str, Any]:
+def index_stats(directory: Path) -> JSONObject:
     """What an index holds, read from its manifest and SQLite store: no model is loaded and no vector is read, so
     it answers in milliseconds for an index of any size."""
-    from search.storage.index import open_store, read_manifest
-    from search.vectors.milvus.vectors import describe
+    from search.storage.index import open_store
+    from search.storage.manifest import read_manifest
+    from search.vectors.factory import backend_of
 
     directory = directory.absolute()
     manifest = read_manifest(directory)
@@ -583,7 +611,7 @@ def index_stats(directory: Path) -> dict[str, Any]:
             "metric": faiss.get("metric"),
             "articles": faiss.get("articles"),
         },
-        "store": describe(manifest),
+        "store": backend_of(manifest).describe(manifest),
         "generation": generation,
         "created_at": manifest.get("created_at"),
         "updated_at": manifest.get("updated_at"),
@@ -592,20 +620,13 @@ def index_stats(directory: Path) -> dict[str, Any]:
     }
 
 
-def _vectors_row(info: dict[str, Any]) -> tuple[str, str]:
-    """Where the vectors live: the FAISS factory, or Milvus's URI, index and collections."""
-    store = info["store"]
-    if store["backend"] != "milvus":
-        faiss = info["faiss"]
-        return "faiss", f"{faiss['factory']}  (search {faiss['search'] or 'defaults'}, {faiss['metric']})"
-    index = store.get("index", {}).get("passages", {})
-    params = ",".join(f"{k}={v}" for k, v in (index.get("params") or {}).items())
-    search = ",".join(f"{k}={v}" for k, v in (store.get("search_params") or {}).items())
-    names = ", ".join((store.get("collections") or {}).values())
-    return "milvus", (
-        f"{store.get('uri')}  (passages {index.get('type')}{' ' + params if params else ''}, search "
-        f"{search or 'defaults'}, IP; collections {names})"
-    )
+def _vectors_row(info: JSONObject) -> tuple[str, str]:
+    """Where the vectors live, as the index's backend words it (the FAISS factory, or Milvus's URI, index and
+    collections)."""
+    from search.vectors.factory import backend
+
+    name = str(info["store"]["backend"])
+    return name, backend(name).summary(info)
 
 
 def _size(n: float) -> str:

@@ -524,7 +524,7 @@ def open_service(index: Path) -> Loaded:
     embedder = make_embedder(settings)
     service = SearchService(open_index(index, embedder), embedder, settings)
     open_seconds = time.perf_counter() - started
-    store = service.index.store
+    store = service.index.sqlite
     aids_list, vecs_list = zip(*store.iter_vectors("articles"), strict=True)
     aids = np.concatenate(aids_list)
     refs = store.article_refs(aids.tolist())

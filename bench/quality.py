@@ -169,7 +169,7 @@ def lexical_engines(data: Path, work: Path, embedder: SentenceTransformerEmbedde
     qrels = read_qrels(data / "qrels" / "test.tsv")
     queries = read_queries(data / "queries.jsonl", qrels)
     out: dict[str, Any] = {}
-    for name, engine in (("memory_bm25", service.lexical), ("fts5", Fts5Lexical(service.index.store))):
+    for name, engine in (("memory_bm25", service.lexical), ("fts5", Fts5Lexical(service.index.sqlite))):
         started = time.perf_counter()
         run: dict[str, dict[str, float]] = {}
         for qid, text in queries:

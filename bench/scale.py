@@ -135,7 +135,7 @@ def serialized_mb(store: FaissVectorStore) -> float:
 
     module: Any = faiss  # PyCallbackIOWriter is missing from faiss's type stubs
     writer = module.PyCallbackIOWriter(count)
-    faiss.write_index(store._index, writer)
+    module.write_index(store._index, writer)
     del writer  # flushes the last block
     return total / 2**20
 

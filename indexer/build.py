@@ -13,44 +13,29 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from search.errors import InvalidInput, NewsdeskError, SourceError, StaleIndex
+from search.jsontypes import JSONObject, JSONValue
 from search.models import Article
 from search.news.dedup import DedupIndex
 from search.news.grouping import label_unlabelled, save_duplicates
 from search.news.neighbours import DEFAULT_NEIGHBOURS, load_graph
 from search.ranking.catalog import ArticleCatalog
-from search.ranking.paging import KEY_FIELD, new_key
+from search.ranking.paging import new_key
 from search.settings import Settings
 from search.storage.files import directory_writable
-from search.storage.index import (
-    ARTICLE_FACTORY,
-    FORMAT_VERSION,
-    SQLITE,
-    building,
-    load_vectors,
-    now_iso,
-    read_manifest,
-    write_manifest,
-)
+from search.storage.index import FORMAT_VERSION, SQLITE, building, now_iso
+from search.storage.manifest import Manifest, read_manifest, write_manifest
 from search.storage.store import NewArticle, SentenceVectors, Store
 from search.text.bm25 import LexicalPostings
 from search.text.chunking import Chunk, Chunker, sentence_spans
 from search.text.embedding import Embedder, SentenceTransformerEmbedder, make_embedder
-from search.vectors.milvus.vectors import (
-    MilvusConfig,
-    MilvusConnection,
-    MilvusVectorStore,
-    close_vectors,
-    drop_collections,
-    fill_records,
-    is_lite,
-    publish_index,
-)
+from search.vectors.base import IndexVectors
+from search.vectors.factory import backend, backend_of, faiss_entry, open_vectors
 
 
 @dataclass
@@ -84,7 +69,7 @@ def input_text(title: str, field: str, text: str, title_context: bool) -> str:
     return text
 
 
-def chunking_config(chunker: Chunker, settings: Settings) -> dict[str, Any]:
+def chunking_config(chunker: Chunker, settings: Settings) -> dict[str, int | bool]:
     """What decides the passages and their embedding inputs; recorded in the manifest, compared by a re-index."""
     return {
         "max_tokens": chunker.max_tokens,
@@ -133,10 +118,11 @@ def build_index(
         raise SourceError("the sources hold no articles (every record was empty or there were no records)")
     chunker = make_chunker(settings, embedder)
     fingerprint = embedder.fingerprint()
-    vector_store = _vector_store(settings, target, embedder.dimension)
-    replaced = _milvus_entry(target)
+    # where vectors live, checked (a server that does not answer) before anything is embedded
+    vector_store = backend(settings.store).entry(settings, target, embedder.dimension)
+    replaced = _replaced_manifest(target)
     previous = _Previous.of(target, since)
-    opened: tuple[Any, ...] = ()
+    opened: IndexVectors | None = None
     generation = 0
     carried = 0  # the generation of the previous store up to which its writes are in the new one
 
@@ -175,29 +161,24 @@ def build_index(
                 if previous is not None:  # most of what was written meanwhile, before the caches are made
                     carried = previous.carry(store, previous.since, rows_for)
                 report.articles, report.passages = store.counts()
-                manifest: dict[str, Any] = {
+                manifest: Manifest = {
                     "format_version": FORMAT_VERSION,
                     "name": target.name,
                     "build": store.build,  # as in SQLite's meta: which build a directory holds (open_index checks)
                     "model": fingerprint,
                     "chunking": chunking_config(chunker, settings),
-                    "faiss": {
-                        "factory": settings.faiss_factory,
-                        "search": settings.faiss_search,
-                        "metric": "inner_product",
-                        "articles": ARTICLE_FACTORY,
-                    },
-                    **vector_store,
+                    "faiss": faiss_entry(settings),
+                    **vector_store,  # "store" and the backend's own entry (Milvus: "milvus")
                     "counts": {"articles": report.articles, "passages": report.passages},
                     "newest_date": store.newest_date(),
                     "sources": report.sources,
                     "created_at": now_iso(),
                     "updated_at": now_iso(),
-                    KEY_FIELD: new_key(),  # signs search cursors; a new build ends every walk of the old one
+                    "cursor_key": new_key(),  # paging.KEY_FIELD: signs search cursors; a new build ends every walk
                 }
-                # vectors.faiss / articles.faiss (or the Milvus collections), this generation
-                opened = load_vectors(work, store, manifest, records=False)
-                article_vectors = opened[1]
+                # the backend's vectors (FAISS files, or Milvus collections), this generation
+                opened = open_vectors(work, store, manifest, records=False)
+                article_vectors = opened.articles
                 dedup = DedupIndex()  # stories and duplicate groups, once every article is written
                 store.set_groups(label_unlabelled(ArticleCatalog.load(store), article_vectors, store, dedup))
                 save_duplicates(work, dedup, store.generation())
@@ -206,20 +187,20 @@ def build_index(
                 load_graph(
                     work, store, article_vectors, postings.articles, DEFAULT_NEIGHBOURS
                 )  # more-like-this profiles
-                if isinstance(article_vectors, MilvusVectorStore):  # text, fields and labels for stateless replicas
-                    fill_records(article_vectors, store, manifest)
+                opened.fill(store, manifest)  # text, fields and labels for stateless replicas (Milvus)
                 write_manifest(work, manifest)
                 generation = store.generation()
             finally:
                 store.close()
-        if opened:  # replicas (search/vectors/milvus/replica.py) move to the new collections, then the old ones go
-            publish_index(opened[1], generation, manifest, take_over=True)
+        if opened is not None:  # replicas (search/vectors/milvus/replica.py) move to the new build, then the old goes
+            opened.publish(generation, manifest, take_over=True)
     finally:
-        close_vectors(*opened)  # Milvus: the connection, and an in-process Milvus Lite's directory lock
+        if opened is not None:
+            opened.close()  # Milvus: the connection, and an in-process Milvus Lite's directory lock
         if previous is not None:
             previous.store.close()
     if replaced is not None:
-        drop_collections(replaced, target)
+        backend_of(replaced).drop_replaced(replaced, target)
     return report
 
 
@@ -246,7 +227,7 @@ class _Previous:
     and are embedded again otherwise; a deleted one is deleted from the new build."""
 
     store: Store
-    manifest: dict[str, Any]
+    manifest: Manifest
     since: int
 
     @staticmethod
@@ -266,12 +247,12 @@ class _Previous:
             raise StaleIndex(f"{target} was replaced by another build while this one read it; run the build again")
         return _Previous(store, manifest, since.generation if since is not None else store.generation())
 
-    def same_vectors(self, fingerprint: dict[str, Any], chunking: dict[str, Any]) -> bool:
+    def same_vectors(self, fingerprint: JSONObject, chunking: dict[str, int | bool]) -> bool:
         """Whether the new build would give the copied articles the very passages and vectors they have: the same
         model files, backend (and int8 preset) and chunking. The probe vectors are left out: they only tell close
         models apart, and the same files on the same backend are the same model."""
 
-        def recorded(value: Any) -> Any:  # as the manifest holds it (JSON: lists, not tuples)
+        def recorded(value: object) -> JSONValue:  # as the manifest holds it (JSON: lists, not tuples)
             return json.loads(json.dumps(value))
 
         model = {k: v for k, v in recorded(fingerprint).items() if k != "probe"}
@@ -344,25 +325,13 @@ class IndexProgress:
         )
 
 
-def _vector_store(settings: Settings, target: Path, dimension: int) -> dict[str, Any]:
-    """The manifest's record of where vectors live: ``store`` and, for Milvus, its ``milvus`` entry (URI, fresh
-    collection names, schema, index type and search parameters). Checked before anything is embedded."""
-    if settings.store == "faiss":
-        return {"store": "faiss"}
-    config = MilvusConfig.from_settings(settings, target.name)
-    if not is_lite(config.uri):
-        MilvusConnection(config.uri, target.parent).close()  # an unreachable server fails now, not after embedding
-    return {"store": "milvus", "milvus": config.manifest_entry(dimension)}
-
-
-def _milvus_entry(target: Path) -> dict[str, Any] | None:
-    """The Milvus entry of the index a build will replace, whose collections go when it does."""
+def _replaced_manifest(target: Path) -> Manifest | None:
+    """The manifest of the index a build will replace, whose backend may keep data outside its directory (Milvus
+    collections) that goes when it does."""
     try:
-        manifest = read_manifest(target.absolute())
+        return read_manifest(target.absolute())
     except NewsdeskError:
         return None
-    entry = manifest.get("milvus") if manifest.get("store") == "milvus" else None
-    return entry if isinstance(entry, dict) else None
 
 
 Reusable = tuple[np.ndarray, SentenceVectors | None]  # a passage's vector and its sentence vectors

@@ -24,7 +24,6 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from indexer.build import (
     BuildReport,
@@ -40,9 +39,11 @@ from indexer.build import (
 )
 from indexer.update import apply_changes, apply_metadata, reusable_vectors, save_state
 from search.errors import IndexMissing, ModelMismatch, NewsdeskError, SourceError
+from search.jsontypes import JSONObject
 from search.models import Article
 from search.settings import Settings
-from search.storage.index import SQLITE, Index, check_replaceable, open_index, read_manifest
+from search.storage.index import SQLITE, Index, check_replaceable, open_index
+from search.storage.manifest import read_manifest
 from search.storage.store import ORIGINS, NewArticle, Store, metadata_key
 from search.text.embedding import (
     Embedder,
@@ -52,7 +53,7 @@ from search.text.embedding import (
     quantization_config,
     resolve_model,
 )
-from search.vectors.milvus.vectors import MilvusConfig, MilvusVectorStore, parse_params, same_location
+from search.vectors.factory import vector_change
 
 # Past this share of changed or deleted articles, a fresh build is cheaper than deleting and re-inserting rows.
 FULL_BUILD_SHARE = 0.5
@@ -195,15 +196,9 @@ def _incompatibility(settings: Settings, model: _Model) -> str | None:
         return "no index yet"
     except NewsdeskError as exc:
         return f"the existing index cannot be opened ({exc})"
-    backend = manifest.get("store") or "faiss"
-    if backend != settings.store:
-        return f"the vector store changed ({backend} to {settings.store})"
-    if backend == "faiss" and manifest["faiss"].get("factory") != settings.faiss_factory:
-        return "the FAISS factory changed"
-    if backend == "milvus":
-        reason = _milvus_change(manifest, settings)
-        if reason:
-            return reason
+    reason = vector_change(manifest, settings)  # another backend, or one configured otherwise
+    if reason:
+        return reason
     recorded = manifest.get("chunking") or {}
     if _same_model_files(manifest["model"], settings) and "max_passage_tokens" in recorded:
         chosen = (settings.max_passage_tokens, settings.min_passage_chars, settings.title_context)
@@ -221,38 +216,12 @@ def _incompatibility(settings: Settings, model: _Model) -> str | None:
     return None
 
 
-def _milvus_change(manifest: dict[str, Any], settings: Settings) -> str | None:
-    """Why the Milvus collections cannot stay: another Milvus, index type or build parameters."""
-    wanted = MilvusConfig.from_settings(settings)
-    try:
-        recorded = MilvusConfig.from_manifest(manifest.get("milvus") or {})
-    except NewsdeskError:
-        return "the manifest's Milvus entry is unreadable"
-    if not same_location(recorded.uri, wanted.uri):
-        return f"the Milvus URI changed ({recorded.uri} to {wanted.uri})"
-    if (recorded.index_type, recorded.index_params) != (wanted.index_type, wanted.index_params):
-        return "the Milvus index changed"
-    return None
-
-
-def _new_search_params(index: Index[Any], settings: Settings) -> bool:
+def _new_search_params(index: Index, settings: Settings) -> bool:
     """Record changed search parameters (efSearch, nprobe, ef): query-time, so nothing is rebuilt."""
-    if index.manifest.get("store") == "milvus":
-        wanted = parse_params(settings.milvus_search, "search parameters")
-        if index.manifest["milvus"].get("search_params") == wanted:
-            return False
-        if isinstance(index.passages, MilvusVectorStore):
-            index.passages.set_search_params(wanted)
-        index.manifest["milvus"]["search_params"] = wanted
-        return True
-    if index.manifest["faiss"].get("search", "") == settings.faiss_search:
-        return False
-    index.passages.set_search_params(settings.faiss_search)
-    index.manifest["faiss"]["search"] = settings.faiss_search
-    return True
+    return index.vectors.search_params_changed(index.manifest, settings)
 
 
-def _same_model_files(recorded: dict[str, Any], settings: Settings) -> bool:
+def _same_model_files(recorded: JSONObject, settings: Settings) -> bool:
     """The index's vectors came from these very model files, by this backend (and int8 preset)."""
     if recorded.get("name") != settings.model or recorded.get("backend", "torch") != settings.backend:
         return False
@@ -263,7 +232,7 @@ def _same_model_files(recorded: dict[str, Any], settings: Settings) -> bool:
 
 
 def _apply(
-    index: Index[Any],
+    index: Index,
     items: list[Article],
     todo: list[Article],
     gone: list[str],

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
@@ -27,16 +26,16 @@ from search.news.dedup import DedupIndex
 from search.news.grouping import Text, label_new, load_duplicates, save_duplicates
 from search.ranking.catalog import ArticleCatalog
 from search.settings import Settings
-from search.storage.index import Index, now_iso, save_vectors, write_manifest
+from search.storage.index import Index, now_iso
+from search.storage.manifest import write_manifest
 from search.storage.store import NewArticle
 from search.text.embedding import Embedder
-from search.vectors.milvus.vectors import MilvusConfig, MilvusVectorStore, engine_records, publish_index
 
 log = logging.getLogger("newsdesk.update")
 
 
 def add_articles(
-    index: Index[Any], articles: Iterable[Article], embedder: Embedder, settings: Settings, *, origin: str = "add"
+    index: Index, articles: Iterable[Article], embedder: Embedder, settings: Settings, *, origin: str = "add"
 ) -> int:
     """Insert or replace (by id) articles; returns how many were written. They are recorded as coming from
     ``origin`` (``newsdesk add``), so a later ``newsdesk index`` warns before deleting them.
@@ -52,12 +51,12 @@ def add_articles(
     return len(items)
 
 
-def delete_articles(index: Index[Any], article_ids: Iterable[str]) -> int:
+def delete_articles(index: Index, article_ids: Iterable[str]) -> int:
     """Delete articles by id (unknown ids are ignored); returns how many were deleted."""
     return apply_changes(index, list(article_ids), [])
 
 
-def reusable_vectors(index: Index[Any], article_ids: list[str], settings: Settings) -> dict[str, Reusable]:
+def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -> dict[str, Reusable]:
     """Stored vectors (passage and sentences) of the given articles' passages, keyed by the text the model saw."""
     _, store = index.writable
     return {
@@ -70,7 +69,7 @@ CATCH_UP_TRIES = 20  # each try that fails does so because another writer commit
 
 
 def apply_changes(
-    index: Index[Any],
+    index: Index,
     delete_ids: list[str],
     rows: list[NewArticle],
     *,
@@ -93,7 +92,7 @@ def apply_changes(
     raise StaleIndex(f"the index kept changing under this write ({CATCH_UP_TRIES} tries); nothing was written")
 
 
-def _apply_once(index: Index[Any], delete_ids: list[str], rows: list[NewArticle], save: bool) -> int:
+def _apply_once(index: Index, delete_ids: list[str], rows: list[NewArticle], save: bool) -> int:
     """One try of ``apply_changes``: StaleIndex (and nothing changed in memory that matters) if the store is not at
     the generation ``index`` reflects, or is no longer the index; StaleIndex after the commit if a rebuild swapped
     the directory between the check and the commit (the write went to the replaced store and is written again)."""
@@ -134,9 +133,8 @@ def _apply_once(index: Index[Any], delete_ids: list[str], rows: list[NewArticle]
     if rows:
         index.passages.add(np.asarray(new_pids, dtype=np.int64), np.concatenate([r.passage_vectors for r in rows]))
         index.articles.add(np.asarray(new_aids, dtype=np.int64), np.stack([r.article_vector for r in rows]))
-    if (aids or rows) and isinstance(index.articles, MilvusVectorStore):  # what replicas read besides vectors
-        config = MilvusConfig.from_manifest(index.manifest["milvus"])
-        engine_records(index.articles.connection, config).apply(store, (aids, pids), (new_aids, new_pids))
+    if aids or rows:  # what replicas read besides vectors (Milvus's record collections)
+        index.vectors.apply(store, (aids, pids), (new_aids, new_pids))
     if aids or rows:
         # The profiles follow in save_state: at 21,577 articles an update costs about a second (all vectors and the
         # sparse matrices are rebuilt around the change), which must not be spent with searches locked out. Until
@@ -149,7 +147,7 @@ def _apply_once(index: Index[Any], delete_ids: list[str], rows: list[NewArticle]
 
 
 def _labelled(
-    index: Index[Any], dedup: DedupIndex | None, delete_ids: list[str], rows: list[NewArticle]
+    index: Index, dedup: DedupIndex | None, delete_ids: list[str], rows: list[NewArticle]
 ) -> list[NewArticle]:
     """``rows`` with their story and duplicate-group labels, decided before the write so they commit with it."""
     if not rows or dedup is None:
@@ -177,7 +175,7 @@ def _headline_vector(row: NewArticle) -> np.ndarray | None:
     return None
 
 
-def save_state(index: Index[Any]) -> None:
+def save_state(index: Index) -> None:
     """The caches, stamped with the generation the in-memory index reflects, then the manifest's counts; nothing if
     another process committed since (its own save follows, or the next open repairs the caches) or a rebuild
     replaced the index."""
@@ -187,7 +185,7 @@ def save_state(index: Index[Any]) -> None:
     with store.saving(generation) as ok:
         if not ok or not index.current():
             return
-        save_vectors(directory, index.passages, index.articles, generation, index.manifest)
+        index.vectors.save(directory, generation, index.manifest)
         index.lexical.save(directory)
         if index.neighbours is not None:
             index.neighbours.save(directory)
@@ -198,10 +196,10 @@ def save_state(index: Index[Any]) -> None:
         index.manifest["newest_date"] = store.newest_date()
         index.manifest["updated_at"] = now_iso()
         write_manifest(directory, index.manifest)
-        publish_index(index.articles, generation, index.manifest)  # replicas reload (Milvus only)
+        index.vectors.publish(generation, index.manifest)  # replicas reload (Milvus only)
 
 
-def save_after_commit(index: Index[Any]) -> bool:
+def save_after_commit(index: Index) -> bool:
     """``save_state`` after a committed write, which stays committed whatever happens here: a save the disk refuses
     (ENOSPC, or a directory gone read-only) is logged, not raised, so the write is still reported as done. The caches
     keep their older generation stamp (each is stamped last), so every process rebuilds them from SQLite when it next
@@ -219,7 +217,7 @@ def save_after_commit(index: Index[Any]) -> bool:
     return True
 
 
-def update_neighbours(index: Index[Any]) -> None:
+def update_neighbours(index: Index) -> None:
     """Bring the more-like-this profiles up to the writes ``apply_changes`` recorded, then swap them in (readers hold
     either the old profiles or the new ones, never a half-updated object)."""
     deleted, added = index.neighbour_changes
@@ -234,7 +232,7 @@ def update_neighbours(index: Index[Any]) -> None:
     index.neighbours = graph.updated(deleted, added, index.articles, index.lexical.articles, index.generation)
 
 
-def apply_metadata(index: Index[Any], articles: list[Article]) -> int:
+def apply_metadata(index: Index, articles: list[Article]) -> int:
     """Write new metadata (date, source, url, tags, extra) of stored articles whose text is unchanged, without
     embedding or re-inserting anything; returns how many were updated.
 
@@ -265,8 +263,6 @@ def apply_metadata(index: Index[Any], articles: list[Article]) -> int:
     index.lexical = replace(index.lexical, generation=generation)
     if index.neighbours is not None:
         index.neighbours = replace(index.neighbours, generation=generation)
-    if isinstance(index.articles, MilvusVectorStore):  # replicas read the article fields from the record collections
-        config = MilvusConfig.from_manifest(index.manifest["milvus"])
-        engine_records(index.articles.connection, config).apply(store, (aids, []), (aids, []))
+    index.vectors.apply(store, (aids, []), (aids, []))  # replicas read the article fields from the records (Milvus)
     save_state(index)
     return len(aids)

@@ -17,11 +17,8 @@ def load_service(settings: Settings) -> SearchService:
 
     embedder = make_embedder(settings)
     if settings.collections:  # a stateless replica: everything from Milvus, no index directory
-        from search.vectors.milvus.replica import open_replica
+        from search.vectors.replicas import open_replica
 
-        index = open_replica(
-            settings.milvus_uri, settings.collections, embedder, settings.replica_poll, background=True
-        )
-        return SearchService(index, embedder, settings)
+        return SearchService(open_replica(settings, embedder, background=True), embedder, settings)
     read_only = True if settings.read_only else None  # None: read-only where the directory cannot be written
     return SearchService(open_index(settings.index_dir, embedder, read_only=read_only), embedder, settings)

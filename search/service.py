@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial, wraps
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -160,7 +160,7 @@ def _reads(method: Callable[Concatenate[SearchService, P], R]) -> Callable[Conca
 
 
 class SearchService:
-    def __init__(self, index: Index[Any], embedder: Embedder, settings: Settings) -> None:
+    def __init__(self, index: Index, embedder: Embedder, settings: Settings) -> None:
         self.embedder = embedder
         self.settings = settings
         self.lock = ReadWriteLock()
@@ -174,7 +174,7 @@ class SearchService:
         self._threads = threading.local()
         _pin_blas(settings.search_threads)
 
-    def attach(self, index: Index[Any]) -> None:
+    def attach(self, index: Index) -> None:
         """Serve ``index``: everything built on an index's objects is built again with it. The SQLite store it
         replaces is closed (every request thread's connection): callers hold the write lock, so no reader uses it."""
         previous = getattr(self, "_store", None)

@@ -42,7 +42,7 @@ def assert_same_as_fts5(memory: MemoryBM25, fts: Fts5Lexical, query: str) -> Non
 @pytest.mark.parametrize("title_weight", [1.0, 2.5])
 def test_scores_equal_fts5_bm25(service: SearchService, title_weight: float) -> None:
     memory = MemoryBM25(service.index, title_weight)
-    fts = Fts5Lexical(service.index.store, title_weight)
+    fts = Fts5Lexical(service.index.sqlite, title_weight)
     for query in QUERIES:
         assert_same_as_fts5(memory, fts, query)
 
@@ -50,7 +50,7 @@ def test_scores_equal_fts5_bm25(service: SearchService, title_weight: float) -> 
 def test_top_k_given_rows_and_all_matches_agree(service: SearchService) -> None:
     memory = MemoryBM25(service.index)
     query = "central bank interest rates"
-    aids = [int(a) for (a,) in service.index.store.connection().execute("SELECT aid FROM articles")]
+    aids = [int(a) for (a,) in service.index.sqlite.connection().execute("SELECT aid FROM articles")]
     every = memory.score_articles(query, aids)
     top = memory.search_articles(query, 2)
     assert [a for a, _ in top] == sorted(every, key=lambda a: (-every[a], a))[:2]
@@ -111,11 +111,11 @@ def test_updates_keep_postings_equal_to_fts5_and_to_a_rebuild(writable: SearchSe
     )
     add_articles(index, [new], embedder, writable.settings)
     assert index.lexical.generation == index.store.generation()
-    fts = Fts5Lexical(index.store)
+    fts = Fts5Lexical(index.sqlite)
     for query in [*QUERIES, "comet sun naked eye", "semiconductor chips"]:
         assert_same_as_fts5(writable.lexical, fts, query)
     assert writable.lexical.search_passages("semiconductor", 5) == []
-    rebuilt = LexicalPostings.build(index.store)
+    rebuilt = LexicalPostings.build(index.sqlite)
     np.testing.assert_array_equal(index.lexical.passages.rowids, rebuilt.passages.rowids)
     assert check_index(index.writable[0]) == []
     # the saved cache is the updated one: a fresh open loads it instead of rebuilding

@@ -14,7 +14,7 @@ from search.service import SearchService
 
 
 def _rows_by_aid(service: SearchService) -> dict[int, dict[str, Any]]:
-    rows = service.index.store.connection().execute("SELECT aid, id FROM articles").fetchall()
+    rows = service.index.sqlite.connection().execute("SELECT aid, id FROM articles").fetchall()
     return {int(aid): {"id": i} for aid, i in rows}
 
 

@@ -45,6 +45,7 @@ from search.models import Article
 from search.service import SearchService
 from search.settings import Settings
 from search.storage.index import SQLITE, check_index, open_index
+from search.storage.manifest import Manifest
 from tests.fakes import wire_articles
 from tests.procs import ENV, NEWSDESK, get_json, post, serve, spawn, stop, write_jsonl
 
@@ -242,7 +243,7 @@ def test_writes_acknowledged_during_a_rebuild_are_in_the_new_build(
 
     write_manifest = search.storage.index.write_manifest  # what the build calls
 
-    def while_caching(directory: Path, manifest: dict[str, Any]) -> None:
+    def while_caching(directory: Path, manifest: Manifest) -> None:
         add_articles(writer, articles_of(caching), embedder, old_settings, origin="api")
         write_manifest(directory, manifest)
 
@@ -281,7 +282,7 @@ def test_writes_acknowledged_during_a_rebuild_are_in_the_new_build(
         assert svc.index.store.counts()[0] == 30 - 1 + 3
         carried = [r["id"] for r in embedding + caching]
         before_swap = {text: vec for _, _, text, vec, _ in writer.store.passage_texts(carried)}  # the replaced file
-        now = {text: vec for _, _, text, vec, _ in svc.index.store.passage_texts(carried)}
+        now = {text: vec for _, _, text, vec, _ in svc.index.sqlite.passage_texts(carried)}
         assert now.keys() == before_swap.keys()
         # copied as they were, or (other chunking: the headline before each body passage) embedded again
         assert all(np.array_equal(v, before_swap[t]) for t, v in now.items()) == same_chunking

@@ -188,14 +188,21 @@ def test_notes_name_the_filter_that_matches_no_article(wire_service: SearchServi
 # -- defect 5: more like this on a small corpus ------------------------------------------------------------------
 
 
+def _key(service: SearchService, article_id: str) -> int:
+    """The store's key of a stored article."""
+    aid = service.index.store.aid_of(article_id)
+    assert aid is not None, article_id
+    return aid
+
+
 def test_more_like_this_on_a_small_corpus_ranks_and_scores_by_cosine(sample_service: SearchService) -> None:
     article = "north-korea-accuses-us-asia-style-nato"
     for scoring in (None, "profile"):
         response = sample_service.similar(article, k=17, scoring=scoring)
         assert response.scoring == "cosine"
         related = sample_service.related
-        keys = [sample_service.index.store.aid_of(r.article.id) for r in response.results]
-        me = related.vectors([sample_service.index.store.aid_of(article)])[0]
+        keys = [_key(sample_service, r.article.id) for r in response.results]
+        me = related.vectors([_key(sample_service, article)])[0]
         cosines = related.vectors(keys) @ me
         assert [r.score for r in response.results] == pytest.approx(cosines.tolist(), abs=1e-5)
         assert all(r.score != 0 for r in response.results)

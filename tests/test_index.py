@@ -16,8 +16,10 @@ from indexer.sources import read_sources
 from search.errors import IndexCorrupt, IndexMissing, ModelMismatch
 from search.models import Article
 from search.settings import Settings
-from search.storage.index import MANIFEST, PASSAGE_VECTORS, SQLITE, VECTORS_STATE, check_index, open_index
+from search.storage.index import MANIFEST, SQLITE, VECTORS_STATE, check_index, open_index
+from search.storage.manifest import read_manifest, write_manifest
 from search.text.embedding import Embedder, SentenceTransformerEmbedder, resolve_model
+from search.vectors.faiss import PASSAGE_VECTORS, FaissVectors
 from tests.conftest import CORPUS
 
 
@@ -252,3 +254,40 @@ def test_open_index_knows_every_passage_owner(corpus_index: Path, embedder) -> N
     rows = index.store.connection().execute("SELECT id, aid FROM passages").fetchall()
     got = index.owners.articles_of(np.array([r[0] for r in rows]))
     assert got.tolist() == [r[1] for r in rows]
+
+
+def test_the_manifest_keeps_its_keys_order_and_bytes(tmp_path: Path, corpus_index: Path) -> None:
+    """search/storage/manifest.py types the manifest without changing its JSON: a build writes the keys every
+    index has had, in their order, and reading then writing a manifest gives back the very same bytes."""
+    raw = (corpus_index / MANIFEST).read_bytes()
+    keys = list(json.loads(raw))
+    assert keys == [
+        "format_version",
+        "name",
+        "build",
+        "model",
+        "chunking",
+        "faiss",
+        "store",
+        "counts",
+        "newest_date",
+        "sources",
+        "created_at",
+        "updated_at",
+        "cursor_key",
+    ]
+    assert list(json.loads(raw)["faiss"]) == ["factory", "search", "metric", "articles"]
+    copy = tmp_path / "copy"
+    shutil.copytree(corpus_index.resolve(), copy)
+    write_manifest(copy, read_manifest(copy))
+    assert (copy / MANIFEST).read_bytes() == raw
+    # a manifest from before vector backends (no "store") opens as FAISS, and is written back without one
+    old = json.loads(raw)
+    del old["store"], old["cursor_key"]
+    (copy / MANIFEST).write_text(json.dumps(old, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    index = open_index(copy, None)
+    try:
+        assert "store" not in index.manifest and isinstance(index.vectors, FaissVectors)
+        assert index.passages.count() == index.sqlite.counts()[1]
+    finally:
+        index.close()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from search.news.related import RelatedFinder
-from search.vectors.faiss import FaissVectorStore, VectorStore
+from search.vectors.base import VectorStore
+from search.vectors.faiss import FaissVectorStore
 from search.vectors.milvus.vectors import MilvusConnection, MilvusVectorStore
 from tests.conftest import BACKENDS
 

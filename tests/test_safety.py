@@ -165,7 +165,7 @@ def test_a_post_the_disk_cannot_hold_is_a_json_507_and_stores_nothing(
     svc = make_service(copy, embedder, api_key=KEY)
     client = create_app(service=svc).test_client()
     generation = svc.index.store.generation()
-    conn = svc.index.store.connection()  # the request runs on this thread: the cap applies to its connection
+    conn = svc.index.sqlite.connection()  # the request runs on this thread: the cap applies to its connection
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")
     body = {"articles": [{**NEW, "id": f"full/{i}", "paragraphs": ["x" * 5000]} for i in range(20)]}

@@ -107,7 +107,7 @@ class Recording:
 def test_highlights_come_from_stored_sentence_vectors(service: SearchService, embedder) -> None:
     """Sentence vectors made at index time mark the answering sentence without a model call; an index without
     them (built before they existed) embeds the sentences instead, and both pick the same sentence."""
-    store = service.index.store
+    store = service.index.sqlite
     pid = next(
         pid
         for pid, spans in store.connection().execute("SELECT pid, spans FROM sentences")
@@ -272,7 +272,7 @@ def test_service_pins_numpy_blas_to_the_search_threads(corpus_index: Path, embed
 
 
 def _article_rows(svc: SearchService) -> dict[str, tuple[str, str, str]]:
-    rows = svc.index.store.connection().execute("SELECT id, date, source, tags FROM articles").fetchall()
+    rows = svc.index.sqlite.connection().execute("SELECT id, date, source, tags FROM articles").fetchall()
     return {i: (d, s, t) for i, d, s, t in rows}
 
 

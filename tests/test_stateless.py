@@ -35,7 +35,7 @@ from search.service import SearchService
 from search.settings import Settings
 from search.storage.index import open_index
 from search.vectors.milvus.records import PART_BYTES, RecordCollection, split_parts
-from search.vectors.milvus.replica import meta_collection, open_replica
+from search.vectors.milvus.replica import Replica, meta_collection, open_replica
 from tests.conftest import CORPUS
 from tests.fakes import HashEmbedder
 from tests.procs import PRODUCT_ENV, serving
@@ -166,12 +166,13 @@ def test_writes_crash_repairs_and_rebuilds_reach_a_replica(hash_index: tuple[Pat
             repaired.index.close()
 
         # a rebuild writes new collections, publishes them, then drops the old ones: the replica moves over
-        old = dict(replica.index.replica.state["collections"]) if replica.index.replica else {}
+        assert isinstance(replica.index.replica, Replica)
+        old = dict(replica.index.replica.state["collections"])
         build_index(read_sources([CORPUS]), target, settings, embedder, progress=False)
         rebuilt = _service(target, embedder)
         try:
             _assert_alike(rebuilt, replica, list(rebuilt.index.catalog.ids))
-            assert replica.index.replica is not None and replica.index.replica.state["collections"] != old
+            assert isinstance(replica.index.replica, Replica) and replica.index.replica.state["collections"] != old
         finally:
             rebuilt.index.close()
     finally:

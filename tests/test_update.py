@@ -24,7 +24,7 @@ def writable(tmp_path: Path, corpus_index: Path, embedder) -> SearchService:
 
 
 def consistent(service: SearchService) -> None:
-    store, index = service.index.store, service.index
+    store, index = service.index.sqlite, service.index
     stored_pids = np.sort(np.concatenate([ids for ids, _ in store.iter_vectors("passages")]))
     stored_aids = np.sort(np.concatenate([ids for ids, _ in store.iter_vectors("articles")]))
     np.testing.assert_array_equal(index.passages.ids(), stored_pids)

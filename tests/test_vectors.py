@@ -193,15 +193,14 @@ def test_save_load_keeps_search_params_and_removals(tmp_path: Path, corpus, fact
     loaded = FaissVectorStore.load(tmp_path / "v.faiss", factory, search)
     assert loaded.search_params == search
     name, _, value = search.partition("=")
-    inner = loaded._hnsw.hnsw if name == "efSearch" else loaded._ivf
-    assert getattr(inner, name) == int(value)
+    assert getattr(_tuned(loaded, name), name) == int(value)
     assert loaded.count() == 4900
     np.testing.assert_array_equal(loaded.ids(), np.sort(ids[100:]))
     for a, b in zip(store.search(queries, 10), loaded.search(queries, 10), strict=True):
         np.testing.assert_array_equal(a, b)
     defaults = FaissVectorStore.load(tmp_path / "v.faiss", factory)  # empty: FAISS's defaults, not the saved ones
     assert defaults.search_params == ""
-    assert getattr(defaults._hnsw.hnsw if name == "efSearch" else defaults._ivf, name) in (1, 16)
+    assert getattr(_tuned(defaults, name), name) in (1, 16)
 
 
 @pytest.mark.parametrize(
@@ -226,10 +225,18 @@ def test_invalid_search_params_are_input_errors(tmp_path: Path, data, factory: s
         FaissVectorStore.load(tmp_path / "v.faiss", factory, search)
 
 
+def _tuned(store: FaissVectorStore, name: str) -> object:
+    """What holds the search parameter ``name``: the HNSW graph's settings (efSearch) or the IVF (nprobe)."""
+    if name == "efSearch":
+        assert store._hnsw is not None
+        return store._hnsw.hnsw
+    return store._ivf
+
+
 def test_search_params_accept_spaces_and_several_names() -> None:
     store = FaissVectorStore(DIM, "IVF16_HNSW32,Flat", search=" nprobe = 4 , quantizer_efSearch=40")
     assert store.search_params == "nprobe=4,quantizer_efSearch=40"
-    assert store._ivf.nprobe == 4
+    assert store._ivf is not None and store._ivf.nprobe == 4
 
 
 def test_ivf_with_fewer_vectors_than_lists_is_refused(data) -> None:

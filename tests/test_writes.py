@@ -349,7 +349,7 @@ def test_the_api_refuses_a_month_first_date_as_the_indexer_leaves_it_unread() ->
 def test_an_api_write_is_recorded_as_such(live: SearchService) -> None:
     """So that a later ``newsdesk index`` can warn before deleting it (issue 15, defect 7)."""
     Writer(live).upsert(parse_write(NEW, Limits()))
-    conn = live.index.store.connection()
+    conn = live.index.sqlite.connection()
     assert conn.execute("SELECT origin FROM articles WHERE id = ?", (NEW["id"],)).fetchone() == ("api",)
     assert {o for (o,) in conn.execute("SELECT origin FROM articles WHERE id != ?", (NEW["id"],))} == {None}
 

@@ -24,7 +24,7 @@ from search.news.stories import DEFAULT_STORIES, Grouped, StoryConfig, assign_st
 from search.ranking.catalog import NO_DATE, ArticleCatalog, day_or_none
 from search.storage.files import DAMAGED_CACHE, discarded_on_failure, stamped
 from search.storage.store import Store
-from search.vectors.faiss import VectorStore
+from search.vectors.base import VectorStore
 
 Labels = list[tuple[str, str]]  # (story, duplicate group) per article
 DUPLICATES_FILE = "duplicates.npz"  # the DedupIndex of the labelled articles, a cache stamped like the FAISS files

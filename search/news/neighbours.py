@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from search.storage.files import DAMAGED_CACHE, discarded_on_failure, stamped
 from search.storage.store import Store
 from search.text.bm25 import Postings
-from search.vectors.faiss import VectorStore
+from search.vectors.base import VectorStore
 
 GRAPH_FILE = "neighbours.npz"
 GRAPH_STATE = "neighbours.json"

@@ -22,7 +22,7 @@ import numpy as np
 
 from search.news.neighbours import MIN_ARTICLES, NeighbourGraph
 from search.storage.store import ReadStore
-from search.vectors.faiss import VectorStore
+from search.vectors.base import VectorStore
 
 GroupOf = Callable[[Sequence[int]], Mapping[int, Hashable]]  # article keys -> duplicate group of each
 

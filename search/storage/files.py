@@ -18,7 +18,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+
+from search.jsontypes import JSONObject
 
 # What reading a truncated or garbled cache can raise: numpy's ``np.load`` of a damaged ``.npz`` raises
 # ``BadZipFile`` (a bad CRC or no central directory), ``EOFError`` or ``zlib.error``; malformed arrays and JSON raise
@@ -50,7 +51,7 @@ def discarded_on_failure(*temporary: Path) -> Iterator[None]:
         raise
 
 
-def stamped(path: Path, is_current: Callable[[dict[str, Any]], bool]) -> bool:
+def stamped(path: Path, is_current: Callable[[JSONObject], bool]) -> bool:
     """Whether the cache stamp at ``path`` (a JSON object naming the generation its cache was saved for) claims the
     current state, so that its cache must load: what ``newsdesk check`` looks at. False for a missing or stale stamp,
     which an open simply rebuilds; one of ``DAMAGED_CACHE`` for a damaged stamp."""
@@ -93,3 +94,13 @@ def file_crc32(path: Path, chunk: int = 1 << 20) -> int:
             crc = zlib.crc32(block, crc)
             left -= len(block)
     return crc
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or directory to disk: after writing a file and before renaming it into place, and after the
+    rename (its directory), so a crash leaves the old file or the new one, never an empty one."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,11 +1,10 @@
-"""The index directory: manifest, SQLite store and FAISS caches, opened and checked together.
+"""The index directory: manifest, SQLite store and vectors, opened and checked together.
 
-Layout (``index_data/<name>/``): ``manifest.json``, ``newsdesk.sqlite``, ``vectors.faiss`` (passages),
-``articles.faiss`` (article vectors for related stories) and ``vectors.json`` recording the generation the FAISS
-files were built from. ``<name>`` is a symlink to a versioned sibling directory, so a rebuild swaps it atomically.
-An index built with ``--store milvus`` keeps both kinds of vectors in Milvus collections instead
-(search/vectors/milvus/vectors.py;
-Milvus Lite's ``milvus.db`` inside the directory by default), and ``vectors.json`` records the generation they match.
+Layout (``index_data/<name>/``): ``manifest.json`` (search/storage/manifest.py), ``newsdesk.sqlite``, the vectors
+of the backend the manifest names (search/vectors/factory.py: FAISS files in the directory, or collections on
+Milvus) with ``vectors.json`` recording the generation they match, and the derived caches (BM25 postings,
+more-like-this profiles, duplicate fingerprints). ``<name>`` is a symlink to a versioned sibling directory, so a
+rebuild swaps it atomically.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Protocol
 
 import numpy as np
 
@@ -38,65 +37,27 @@ from search.news.dedup import DedupIndex
 from search.news.grouping import duplicates_problems, label_unlabelled, load_duplicates, save_duplicates
 from search.news.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph, graph_problems, load_graph
 from search.ranking.catalog import ArticleCatalog
-from search.storage.files import DAMAGED_CACHE, directory_writable, discarded_on_failure, file_crc32
-from search.storage.store import Store
+from search.storage.files import DAMAGED_CACHE, directory_writable, fsync_path
+from search.storage.manifest import FORMAT_VERSION as FORMAT_VERSION
+from search.storage.manifest import MANIFEST as MANIFEST
+from search.storage.manifest import Manifest, looks_like_manifest
+from search.storage.manifest import read_manifest as read_manifest
+from search.storage.manifest import write_manifest as write_manifest
+from search.storage.store import ReadStore, Store
 from search.text.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
 from search.text.embedding import Embedder, check_compatible
-from search.vectors.faiss import FaissVectorStore
-from search.vectors.milvus.replica import MilvusReadStore, Replica
-from search.vectors.milvus.vectors import (
-    MilvusConfig,
-    MilvusVectorStore,
-    check_collections,
-    close_vectors,
-    open_collections,
-    relabel_records,
-    write_state,
-)
+from search.vectors.base import VECTORS_STATE as VECTORS_STATE
+from search.vectors.base import IndexVectors, VectorStore
+from search.vectors.factory import backend_of, check_vectors, open_vectors
 
-Vectors = FaissVectorStore | MilvusVectorStore  # the backends an index can use, chosen by its manifest's "store"
-
-FORMAT_VERSION = 2  # 2: BM25 tables (articles_fts, passages_fts)
-MANIFEST = "manifest.json"
 SQLITE = "newsdesk.sqlite"
-PASSAGE_VECTORS = "vectors.faiss"
-ARTICLE_VECTORS = "articles.faiss"
-VECTORS_STATE = "vectors.json"
 # Written first into every directory a build creates: what tells ``newsdesk index`` that it may replace (delete) it.
 MARKER = ".newsdesk-index"
 MARKER_TEXT = "A newsdesk index directory: `newsdesk index --index` replaces it. Nothing else here is kept.\n"
-ARTICLE_FACTORY = "IDMap2,Flat"
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / MANIFEST
-    if not directory.exists():
-        raise IndexMissing(f"no index at {directory} (build one with: newsdesk index SOURCE --index {directory})")
-    if not path.is_file():
-        raise IndexCorrupt(f"{directory} has no {MANIFEST}; it is not a newsdesk index or its build did not finish")
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexCorrupt(f"{path} is unreadable: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        version = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise IndexCorrupt(f"{path}: format version {version!r} is not {FORMAT_VERSION}; rebuild the index")
-    for key in ("model", "counts", "faiss"):
-        if key not in manifest:
-            raise IndexCorrupt(f"{path} lacks {key!r}")
-    return manifest
-
-
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    tmp = directory / f".{MANIFEST}.tmp"
-    with discarded_on_failure(tmp):
-        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _fsync(tmp)
-        os.replace(tmp, directory / MANIFEST)
 
 
 @dataclass(frozen=True)
@@ -149,19 +110,28 @@ class PassageOwners:
         )
 
 
-S = TypeVar("S", Store, MilvusReadStore, Store | MilvusReadStore)
+class Published(Protocol):
+    """Where a stateless replica's index comes from (search/vectors/milvus/replica.py ``Replica``): asked whether
+    a newer state was published, and to load it."""
+
+    background: bool  # reloaded in a thread, the loaded state served meanwhile (SearchService.refresh)
+
+    def changed(self) -> bool: ...
+
+    def reopen(self) -> Index: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
-class Index(Generic[S]):
-    """An open index: its manifest, its store and its two vector stores, consistent with each other. A replica
+class Index:
+    """An open index: its manifest, its store and its vectors, consistent with each other. A replica
     (search/vectors/milvus/replica.py) has no directory: its store is a read-only view of what the engine published."""
 
     directory: Path | None
-    manifest: dict[str, Any]
-    store: S  # Store for a directory index (what open_index returns), MilvusReadStore for a replica
-    passages: Vectors
-    articles: Vectors
+    manifest: Manifest
+    store: ReadStore  # a Store for a directory index (what open_index returns; ``writable`` gives it typed)
+    vectors: IndexVectors  # passages and articles, from the backend the manifest names (search/vectors/factory.py)
     lexical: LexicalPostings
     owners: PassageOwners
     catalog: ArticleCatalog
@@ -169,12 +139,20 @@ class Index(Generic[S]):
     neighbours: NeighbourGraph | None = None  # more-like-this profiles (search/news/neighbours.py), set by open_index
     # (article keys deleted, added) by writes the profiles do not reflect yet: see indexer/update.py save_state
     neighbour_changes: tuple[list[int], list[int]] = field(default_factory=lambda: ([], []))
-    replica: Replica | None = None  # set for an index served from Milvus alone (search/vectors/milvus/replica.py)
+    replica: Published | None = None  # set for an index served from Milvus alone (search/vectors/milvus/replica.py)
     read_only: bool = False  # opened read-only (a directory it cannot write, or --read-only): writes are refused
     # The store generation every in-memory part (vectors, postings, owners, catalog, profiles) reflects; -1 for a
     # replica (its Replica tracks what it loaded). A part may hold later changes when a write landed while the
     # index was being opened, never fewer: a writer that finds the store at this generation holds it all.
     generation: int = -1
+
+    @property
+    def passages(self) -> VectorStore:
+        return self.vectors.passages
+
+    @property
+    def articles(self) -> VectorStore:
+        return self.vectors.articles
 
     @property
     def name(self) -> str:
@@ -199,6 +177,14 @@ class Index(Generic[S]):
         return self.store.path.parent, self.store
 
     @property
+    def sqlite(self) -> Store:
+        """The SQLite store of an index opened from its directory (read-only or not): what checks, exports and
+        tests read beyond the query side's ``ReadStore``. WritesDisabled for a replica, which has none."""
+        if not isinstance(self.store, Store):
+            raise WritesDisabled("this server is a read replica of an index on Milvus: it has no SQLite store")
+        return self.store
+
+    @property
     def build(self) -> str:
         """The id of the full build this index's store came from (changes with every build, unlike generations)."""
         return self.store.build if isinstance(self.store, Store) else ""
@@ -214,12 +200,11 @@ class Index(Generic[S]):
             return False
         return (stat.st_dev, stat.st_ino) == self.store.identity
 
-    def reopen(self, embedder: Embedder | None = None) -> Index[Any]:
+    def reopen(self, embedder: Embedder | None = None) -> Index:
         """This index as now committed (or published, for a replica). ``embedder`` is checked against the model
         of a new build (one swapped in since this index was opened); the same build needs no check."""
         if self.replica is not None:
-            reopened: Index[Any] = self.replica.reopen()
-            return reopened
+            return self.replica.reopen()
         if self.directory is None:
             raise WritesDisabled("this index has no directory to reopen")
         read_only = True if self.read_only else None  # None: read-only where the directory cannot be written
@@ -240,10 +225,17 @@ class Index(Generic[S]):
             self.replica.close()
             return
         self.store.close()
-        close_vectors(self.passages, self.articles)
+        self.vectors.close()
 
 
-def open_index(directory: Path, embedder: Embedder | None, *, read_only: bool | None = None) -> Index[Store]:
+@dataclass
+class DirectoryIndex(Index):
+    """An index opened from its directory (``open_index``): its store is the SQLite ``Store`` itself."""
+
+    store: Store
+
+
+def open_index(directory: Path, embedder: Embedder | None, *, read_only: bool | None = None) -> DirectoryIndex:
     """Open and check an index; refuse a model whose vectors are not the index's; rebuild stale FAISS caches.
 
     ``embedder=None`` skips the model check, for a caller that verified the model otherwise (an incremental
@@ -286,7 +278,7 @@ def open_index(directory: Path, embedder: Embedder | None, *, read_only: bool | 
 OPEN_TRIES = 5
 
 
-def _open(link: Path, directory: Path, manifest: dict[str, Any], store: Store, read_only: bool) -> Index[Store]:
+def _open(link: Path, directory: Path, manifest: Manifest, store: Store, read_only: bool) -> DirectoryIndex:
     # Read first: every part loaded below reflects at least this generation (see Index.generation).
     generation = store.generation()
     n_articles, n_passages = store.counts()
@@ -297,96 +289,27 @@ def _open(link: Path, directory: Path, manifest: dict[str, Any], store: Store, r
             with contextlib.suppress(OSError), store.saving(generation) as ok:  # not beside a writer's own save
                 if ok:
                     write_manifest(directory, manifest)
-    passages, articles = load_vectors(directory, store, manifest)
+    vectors = open_vectors(directory, store, manifest)
     lexical = load_postings(directory, store)
     owners, catalog = PassageOwners.load(store), ArticleCatalog.load(store)
     dedup = None
     if not catalog.labelled.all():  # an index from before story and duplicate labels
         dedup = load_duplicates(directory, store, catalog)
-        labels = label_unlabelled(catalog, articles, store, dedup)
+        labels = label_unlabelled(catalog, vectors.articles, store, dedup)
         if not read_only:  # read-only: the labels live in memory only
             with contextlib.suppress(sqlite3.OperationalError, OSError):
                 store.set_groups(labels)
                 with store.saving(generation) as ok:
                     if ok:
                         save_duplicates(directory, dedup, generation)
-                relabel_records(articles, store, manifest, list(labels))
+                vectors.relabel(store, manifest, list(labels))
         catalog = ArticleCatalog.load(store, labels)
-    neighbours = load_graph(directory, store, articles, lexical.articles, DEFAULT_NEIGHBOURS, generation)
-    index = Index(
-        link, manifest, store, passages, articles, lexical, owners, catalog, dedup, neighbours, generation=generation
+    neighbours = load_graph(directory, store, vectors.articles, lexical.articles, DEFAULT_NEIGHBOURS, generation)
+    index = DirectoryIndex(
+        link, manifest, store, vectors, lexical, owners, catalog, dedup, neighbours, generation=generation
     )
     index.read_only = read_only
     return index
-
-
-def load_vectors(
-    directory: Path, store: Store, manifest: dict[str, Any], *, records: bool = True
-) -> tuple[Vectors, Vectors]:
-    """The FAISS caches if they match the store's generation, else rebuilt from stored embeddings (no re-embedding);
-    for an index on Milvus its two collections, repaired from the stored embeddings the same way when stale (and,
-    with ``records``, its record collections: search/vectors/milvus/records.py)."""
-    if manifest.get("store") == "milvus":
-        return open_collections(directory, store, manifest, directory / VECTORS_STATE, records=records)
-    dim = int(manifest["model"]["dimension"])
-    factory = str(manifest["faiss"]["factory"])
-    search = str(manifest["faiss"].get("search") or "")
-    generation = store.generation()
-    state_path = directory / VECTORS_STATE
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        state = {}
-    state = state if isinstance(state, dict) else {}
-    fresh = state.get("generation") == generation and state.get("factory") == factory
-    p_path, a_path = directory / PASSAGE_VECTORS, directory / ARTICLE_VECTORS
-    if fresh and p_path.is_file() and a_path.is_file() and _intact(directory, state):
-        try:
-            loaded = FaissVectorStore.load(p_path, factory, search), FaissVectorStore.load(a_path, ARTICLE_FACTORY)
-            n_articles, n_passages = store.counts()
-            if (loaded[0].count(), loaded[1].count()) == (n_passages, n_articles):
-                return loaded
-        except IndexCorrupt:
-            pass  # a damaged cache is rebuilt below like a stale one
-    passages = FaissVectorStore.build(dim, factory, store.iter_vectors("passages"), search)
-    articles = FaissVectorStore.build(dim, ARTICLE_FACTORY, store.iter_vectors("articles"))
-    # a read-only index still serves from the rebuilt in-memory copy; one written meanwhile saves its own
-    with contextlib.suppress(OSError), store.saving(generation) as ok:
-        if ok:
-            save_vectors(directory, passages, articles, generation, manifest)
-    return passages, articles
-
-
-def save_vectors(
-    directory: Path, passages: Vectors, articles: Vectors, generation: int, manifest: dict[str, Any]
-) -> None:
-    """Write both FAISS caches, then record the generation they match (last, so a crash leaves them stale). Milvus
-    holds its writes already: only the generation is recorded."""
-    if manifest.get("store") == "milvus":
-        write_state(directory / VECTORS_STATE, generation, MilvusConfig.from_manifest(manifest["milvus"]))
-        return
-    passages.save(directory / PASSAGE_VECTORS)
-    articles.save(directory / ARTICLE_VECTORS)
-    tmp = directory / f".{VECTORS_STATE}.tmp"
-    state = {
-        "generation": generation,
-        "factory": str(manifest["faiss"]["factory"]),
-        "crc32": {name: file_crc32(directory / name) for name in (PASSAGE_VECTORS, ARTICLE_VECTORS)},
-    }
-    with discarded_on_failure(tmp):
-        tmp.write_text(json.dumps(state), encoding="utf-8")
-        os.replace(tmp, directory / VECTORS_STATE)
-
-
-def _intact(directory: Path, state: dict[str, Any]) -> bool:
-    """Whether both FAISS files still have the CRC-32 their stamp recorded (a stamp from before checksums: yes)."""
-    sums = state.get("crc32")
-    if not isinstance(sums, dict):
-        return True
-    try:
-        return all(file_crc32(directory / name) == sums.get(name) for name in (PASSAGE_VECTORS, ARTICLE_VECTORS))
-    except OSError:
-        return False
 
 
 def open_store(directory: Path) -> Store:
@@ -399,11 +322,13 @@ def open_store(directory: Path) -> Store:
 def check_index(directory: Path) -> list[str]:
     """Every disagreement between manifest, SQLite and vectors; empty when the index is sound.
 
-    Independent of any model: it compares what is on disk, including every FAISS vector against its stored copy.
+    Independent of any model: it compares what is on disk, including every vector its backend holds (all of them
+    where it keeps them exactly) against its stored copy.
     """
     directory = directory.absolute()
     try:
         manifest = read_manifest(directory)
+        backend_of(manifest)  # a backend this version has
     except NewsdeskError as exc:
         return [exc.message]
     problems: list[str] = []
@@ -430,55 +355,13 @@ def check_index(directory: Path) -> list[str]:
                     break
         if problems:
             return problems
-        if manifest.get("store") == "milvus":
-            problems += check_collections(directory, store, manifest, directory / VECTORS_STATE)
-        else:
-            problems += _check_faiss(directory, store, manifest)
+        problems += check_vectors(directory, store, manifest)
         problems += _check_postings(directory, store)
         problems += graph_problems(directory, store.generation(), DEFAULT_NEIGHBOURS)
         problems += duplicates_problems(directory, store.generation())
         return problems
     finally:
         store.close()
-
-
-def _check_faiss(directory: Path, store: Store, manifest: dict[str, Any]) -> list[str]:
-    state_path = directory / VECTORS_STATE
-    if not (directory / PASSAGE_VECTORS).is_file() or not state_path.is_file():
-        return []  # a missing cache is legal: it is rebuilt on open
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return [f"{VECTORS_STATE} is unreadable"]
-    if not isinstance(state, dict):
-        return [f"{VECTORS_STATE} is unreadable"]
-    if state.get("generation") != store.generation():
-        return []  # stale caches are legal too: open rebuilds them
-    if not _intact(directory, state):
-        return [f"{PASSAGE_VECTORS} or {ARTICLE_VECTORS} differs from the checksum it was saved with; rebuilt on open"]
-    problems: list[str] = []
-    factory = str(manifest["faiss"]["factory"])
-    for table, fname, fac in (
-        ("passages", PASSAGE_VECTORS, factory),
-        ("articles", ARTICLE_VECTORS, ARTICLE_FACTORY),
-    ):
-        try:
-            vs = FaissVectorStore.load(directory / fname, fac)
-        except IndexCorrupt as exc:
-            problems.append(exc.message)
-            continue
-        stored_ids = np.concatenate([ids for ids, _ in store.iter_vectors(table)] or [np.zeros(0, np.int64)])
-        faiss_ids = vs.ids()
-        if not np.array_equal(np.sort(stored_ids), faiss_ids):
-            problems.append(f"{fname} holds {len(faiss_ids)} ids, SQLite {len(stored_ids)} {table}; they differ")
-            continue
-        if "Flat" in fac and "PQ" not in fac and "SQ" not in fac:
-            for ids, vecs in store.iter_vectors(table):
-                for i, v in zip(ids, vecs, strict=True):
-                    if not np.allclose(vs.reconstruct(int(i)), v, atol=1e-5):
-                        problems.append(f"{fname}: vector {i} differs from its stored embedding")
-                        return problems
-    return problems
 
 
 def _check_postings(directory: Path, store: Store) -> list[str]:
@@ -529,8 +412,8 @@ def building(target: Path, before_swap: Callable[[], None] | None = None) -> Ite
         yield work
         for f in work.iterdir():
             if f.is_file():
-                _fsync(f)
-        _fsync(work)
+                fsync_path(f)
+        fsync_path(work)
         if before_swap is not None:
             before_swap()
         swap_in(target, work)
@@ -557,12 +440,7 @@ def is_newsdesk_index(directory: Path) -> bool:
     web project has one too."""
     if (directory / MARKER).is_file():
         return True
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    required = {"format_version", "model", "counts", "faiss"}
-    return isinstance(manifest, dict) and required <= manifest.keys() and (directory / SQLITE).is_file()
+    return looks_like_manifest(directory / MANIFEST) and (directory / SQLITE).is_file()
 
 
 def check_replaceable(target: Path) -> None:
@@ -603,17 +481,9 @@ def swap_in(target: Path, new_dir: Path) -> None:
     link_tmp = target.parent / f".{target.name}.link-{uuid.uuid4().hex[:8]}"
     os.symlink(new_dir.name, link_tmp)
     os.replace(link_tmp, target)
-    _fsync(target.parent)
+    fsync_path(target.parent)
     if previous is not None and previous.resolve() != new_dir.resolve():
         shutil.rmtree(previous, ignore_errors=True)
     if emptied is not None:
         with contextlib.suppress(OSError):
             emptied.rmdir()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

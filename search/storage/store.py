@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from search.errors import IndexCorrupt, StaleIndex, StorageError
+from search.jsontypes import JSONObject
 from search.models import Article, ArticleRef, Passage
 
 T = TypeVar("T")
@@ -151,6 +152,8 @@ class StoredPassage:
 
 
 SentenceVectors = tuple[list[tuple[int, int]], np.ndarray]
+SQLValue = int | float | str | bytes | None  # what a SQLite column holds
+Row = tuple[SQLValue, ...]
 CatalogRow = tuple[int, str | None, str | None, tuple[str, ...], str]  # key, date, source, tags, id
 ArticleText = tuple[str, list[str], str | None, np.ndarray | None]  # title, paragraphs, date, headline vector
 
@@ -502,7 +505,7 @@ class Store:
             row = self._query_one("SELECT aid, vector, origin FROM articles WHERE id = ?", (article_id,))
             if row is None:
                 continue
-            aid = int(row[0])
+            aid, vector = _int(row[0]), _bytes(row[1])
             passages = (
                 self._conn()
                 .execute(
@@ -513,7 +516,7 @@ class Store:
                 .fetchall()
             )
             sentences = self.sentence_vectors(int(p[0]) for p in passages)
-            dim = len(row[1]) // 4
+            dim = len(vector) // 4
             out.append(
                 NewArticle(
                     article=self.article(aid),
@@ -521,9 +524,9 @@ class Store:
                     passage_vectors=np.stack([np.frombuffer(p[6], dtype=np.float32) for p in passages])
                     if passages
                     else np.zeros((0, dim), dtype=np.float32),
-                    article_vector=np.frombuffer(row[1], dtype=np.float32).copy(),
+                    article_vector=np.frombuffer(vector, dtype=np.float32).copy(),
                     sentences=[sentences.get(int(p[0])) for p in passages],
-                    origin=row[2],
+                    origin=_opt_text(row[2]),
                 )
             )
         return out
@@ -532,12 +535,12 @@ class Store:
 
     def generation(self) -> int:
         row = self._query_one("SELECT value FROM meta WHERE key = 'generation'")
-        return int(row[0]) if row else 0
+        return _int(row[0]) if row else 0
 
     def counts(self) -> tuple[int, int]:
         a = self._query_one("SELECT COUNT(*) FROM articles")
         p = self._query_one("SELECT COUNT(*) FROM passages")
-        return int(a[0]) if a else 0, int(p[0]) if p else 0
+        return _int(a[0]) if a else 0, _int(p[0]) if p else 0
 
     def groups(self) -> dict[int, tuple[str, str]]:
         """(story, duplicate group) of every labelled article."""
@@ -556,11 +559,11 @@ class Store:
 
     def newest_date(self) -> str | None:
         row = self._query_one("SELECT MAX(date) FROM articles WHERE date IS NOT NULL AND date != ''")
-        return row[0] if row else None
+        return _opt_text(row[0]) if row else None
 
     def aid_of(self, article_id: str) -> int | None:
         row = self._query_one("SELECT aid FROM articles WHERE id = ?", (article_id,))
-        return int(row[0]) if row else None
+        return _int(row[0]) if row else None
 
     def article(self, aid: int) -> Article:
         row = self._query_one(
@@ -569,14 +572,14 @@ class Store:
         if row is None:
             raise KeyError(aid)
         return Article(
-            id=row[0],
-            title=row[1],
-            paragraphs=tuple(json.loads(row[2])),
-            date=row[3],
-            source=row[4],
-            url=row[5],
-            tags=tuple(json.loads(row[6])),
-            extra=json.loads(row[7]),
+            id=_text(row[0]),
+            title=_text(row[1]),
+            paragraphs=tuple(json.loads(_text(row[2]))),
+            date=_opt_text(row[3]),
+            source=_opt_text(row[4]),
+            url=_opt_text(row[5]),
+            tags=tuple(json.loads(_text(row[6]))),
+            extra=json.loads(_text(row[7])),
         )
 
     def article_refs(self, aids: Iterable[int]) -> dict[int, ArticleRef]:
@@ -646,7 +649,7 @@ class Store:
         row = self._query_one("SELECT vector FROM articles WHERE aid = ?", (aid,))
         if row is None:
             raise KeyError(aid)
-        return np.frombuffer(row[0], dtype=np.float32).copy()
+        return np.frombuffer(_bytes(row[0]), dtype=np.float32).copy()
 
     def passages(self, ids: Iterable[int]) -> dict[int, StoredPassage]:
         out: dict[int, StoredPassage] = {}
@@ -715,12 +718,12 @@ class Store:
     def passage_text_rows(self, ids: Iterable[int] | None = None) -> Iterator[tuple[int, str]]:
         """(passage id, text) in ascending id order: all passages, or those with the given ids."""
         for pid, text in self._rows("SELECT id, text FROM passages", "id", ids):
-            yield int(pid), str(text)
+            yield _int(pid), _text(text)
 
     def article_text_rows(self, aids: Iterable[int] | None = None) -> Iterator[tuple[int, str, list[str]]]:
         """(article key, title, paragraphs) in ascending key order: all articles, or those with the given keys."""
         for aid, title, paragraphs in self._rows("SELECT aid, title, paragraphs FROM articles", "aid", aids):
-            yield int(aid), str(title), list(json.loads(paragraphs))
+            yield _int(aid), _text(title), list(json.loads(_text(paragraphs)))
 
     def article_texts(self, aids: Sequence[int]) -> dict[int, ArticleText]:
         """(title, paragraphs, date, headline passage vector or None) of the given articles, for duplicate
@@ -744,7 +747,7 @@ class Store:
 
     # -- exporting: what the Milvus record collections mirror (search/vectors/milvus/records.py) -----------------------
 
-    def article_documents(self, aids: Iterable[int] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    def article_documents(self, aids: Iterable[int] | None = None) -> Iterator[tuple[int, JSONObject]]:
         """(key, every stored field of the article with its story and duplicate labels), ascending keys."""
         sql = (
             "SELECT a.aid, a.id, a.title, a.paragraphs, a.date, a.source, a.url, a.tags, a.extra, a.content_hash, "
@@ -754,27 +757,27 @@ class Store:
             sql, "a.aid", aids
         ):
             yield (
-                int(aid),
+                _int(aid),
                 {
                     "id": id_,
                     "title": title,
-                    "paragraphs": json.loads(paragraphs),
+                    "paragraphs": json.loads(_text(paragraphs)),
                     "date": date,
                     "source": source,
                     "url": url,
-                    "tags": json.loads(tags),
-                    "extra": json.loads(extra),
+                    "tags": json.loads(_text(tags)),
+                    "extra": json.loads(_text(extra)),
                     "content_hash": hash_,
                     "story": story,
                     "duplicates": dup,
                 },
             )
 
-    def passage_documents(self, pids: Iterable[int] | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    def passage_documents(self, pids: Iterable[int] | None = None) -> Iterator[tuple[int, int, JSONObject]]:
         """(passage id, article key, position, field, span and text), ascending ids."""
         sql = 'SELECT id, aid, position, field, start, "end", text FROM passages'
         for pid, aid, position, field, start, end, text in self._rows(sql, "id", pids):
-            yield int(pid), int(aid), {"position": position, "field": field, "start": start, "end": end, "text": text}
+            yield _int(pid), _int(aid), {"position": position, "field": field, "start": start, "end": end, "text": text}
 
     def sentence_rows(
         self, pids: Iterable[int] | None = None
@@ -782,11 +785,11 @@ class Store:
         """(passage id, article key, sentence spans, sentence vectors) of multi-sentence passages, ascending ids."""
         sql = "SELECT s.pid, p.aid, s.spans, s.vectors FROM sentences s JOIN passages p ON p.id = s.pid"
         for pid, aid, spans, vectors in self._rows(sql, "s.pid", pids):
-            found = _sentences(spans, vectors, None)
+            found = _sentences(_opt_text(spans), None if vectors is None else _bytes(vectors), None)
             if found is not None:
-                yield int(pid), int(aid), found[0], found[1]
+                yield _int(pid), _int(aid), found[0], found[1]
 
-    def _rows(self, sql: str, key: str, ids: Iterable[int] | None) -> Iterator[tuple[Any, ...]]:
+    def _rows(self, sql: str, key: str, ids: Iterable[int] | None) -> Iterator[Row]:
         """Rows in ascending key order: all of them, or those with the given keys."""
         conn = self._conn()
         if ids is None:
@@ -804,7 +807,7 @@ class Store:
             return [f"{self.path.name}: {exc}"]
         problems = [f"{self.path.name}: {r[0]}" for r in rows if r[0] != "ok"]
         if orphans and orphans[0]:
-            problems.append(f"{orphans[0]} passages belong to no article")
+            problems.append(f"{_int(orphans[0])} passages belong to no article")
         problems += self._lexical_problems()
         return problems
 
@@ -838,9 +841,9 @@ class Store:
         row = self._query_one("SELECT value FROM meta WHERE key = 'cursor_key'")
         return bytes.fromhex(str(row[0])) if row else None
 
-    def _query_one(self, sql: str, params: tuple[object, ...] = ()) -> tuple[Any, ...] | None:
+    def _query_one(self, sql: str, params: tuple[object, ...] = ()) -> Row | None:
         try:
-            row: tuple[Any, ...] | None = self._conn().execute(sql, params).fetchone()
+            row: Row | None = self._conn().execute(sql, params).fetchone()
         except sqlite3.DatabaseError as exc:
             raise IndexCorrupt(f"{self.path.name}: {exc}") from None
         return row
@@ -858,9 +861,7 @@ def _disk_full_is_storage_error(path: Path) -> Iterator[None]:
         raise StorageError(f"{path.name}: {exc}; nothing was written") from None
 
 
-def metadata_key(
-    date: str | None, source: str | None, url: str | None, tags: Sequence[str], extra: dict[str, Any]
-) -> str:
+def metadata_key(date: str | None, source: str | None, url: str | None, tags: Sequence[str], extra: JSONObject) -> str:
     """An article's metadata as one comparable string, serialised as the store serialises it (``default=str``), so
     a source record and its stored row compare equal when nothing changed."""
     return json.dumps([date, source, url, list(tags), json.loads(json.dumps(extra, default=str))], sort_keys=True)
@@ -878,6 +879,30 @@ def _sentences(spans: str | None, vectors: bytes | None, dimension: int | None) 
     if dimension is not None and vecs.shape[1] != dimension:
         return None
     return pairs, vecs
+
+
+def _int(value: SQLValue) -> int:
+    """A whole-number column (a key, a count, the generation); IndexCorrupt where the file holds something else."""
+    if isinstance(value, int | float | str):
+        return int(value)
+    raise IndexCorrupt(f"the store holds {value!r} where a number belongs")
+
+
+def _text(value: SQLValue) -> str:
+    """A text column (ids, titles, JSON documents)."""
+    return value if isinstance(value, str) else str(value)
+
+
+def _opt_text(value: SQLValue) -> str | None:
+    """A text column that may be NULL (a date, a source, a url, an origin)."""
+    return None if value is None else _text(value)
+
+
+def _bytes(value: SQLValue) -> bytes:
+    """A BLOB column (a vector); IndexCorrupt where the file holds something else."""
+    if isinstance(value, bytes):
+        return value
+    raise IndexCorrupt(f"the store holds {type(value).__name__} where a vector belongs")
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:

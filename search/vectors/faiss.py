@@ -1,68 +1,107 @@
-"""Vector storage behind a narrow interface; FAISS in-process is the embedded default.
+"""The FAISS backend, the embedded default: in-process indexes saved as files in the index directory.
 
-The FAISS file is a cache derived from the embeddings stored in SQLite, so it can always be rebuilt without
-re-embedding; a second backend (a later issue's Milvus) is a new class with the same methods.
+``vectors.faiss`` (passages) and ``articles.faiss`` (article vectors, always exact) are caches derived from the
+embeddings stored in SQLite, so they can always be rebuilt without re-embedding; ``vectors.json`` records the store
+generation they were saved at, the factory, and the files' CRC-32s. An open that finds them stale, damaged or of
+another factory rebuilds them from SQLite (``FaissBackend.open``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from types import ModuleType
+from typing import Protocol, cast
 
 import numpy as np
 
 from search.errors import IndexCorrupt, InvalidInput
-from search.storage.files import discarded_on_failure
+from search.jsontypes import JSONObject
+from search.settings import Settings
+from search.storage.files import discarded_on_failure, file_crc32
+from search.storage.manifest import Manifest, VectorEntry
+from search.storage.store import Store
+from search.vectors.base import (
+    EXACT_FILTER_LIMIT,
+    VECTORS_STATE,
+    IndexVectors,
+    VectorBackend,
+    checked_batch,
+    ids_problem,
+)
 
 IVF_TRAIN_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39; 64 keeps training at 1M to minutes
 TRAIN_SEED = 20240501  # the training sample is reproducible: the same vectors give the same index
+PASSAGE_VECTORS = "vectors.faiss"
+ARTICLE_VECTORS = "articles.faiss"
+ARTICLE_FACTORY = "IDMap2,Flat"  # article vectors stay exact: related stories and labels compare exact cosines
 
 
-class VectorStore(Protocol):
-    """Inner-product search over int64-keyed float32 vectors."""
+class FaissIndex(Protocol):
+    """What this module calls on a FAISS index. faiss's SWIG classes carry no usable types, so this protocol says
+    which of their members the code relies on (an ``IndexIDMap2`` adds those of ``_IdMap``)."""
 
-    dimension: int
+    d: int
+    ntotal: int
+    is_trained: bool
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+    def train(self, x: np.ndarray) -> None: ...
 
-    def remove(self, ids: np.ndarray) -> int: ...
+    def add_with_ids(self, x: np.ndarray, xids: np.ndarray) -> None: ...
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (len(queries), k); missing slots have id -1 and score -inf. ``allowed`` (sorted
-        ids) limits the search to those vectors."""
-        ...
+    def remove_ids(self, sel: object) -> int: ...
 
-    def reconstruct(self, id_: int) -> np.ndarray: ...
+    def search(self, x: np.ndarray, k: int, params: object = None) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
-        """(len(ids), dimension) vectors of the given ids, as the index stores them; KeyError for an unknown id."""
-        ...
+    def reconstruct(self, key: int) -> np.ndarray: ...
 
-    def count(self) -> int: ...
-
-    def ids(self) -> np.ndarray: ...
-
-    def save(self, path: Path) -> None: ...
+    def reconstruct_batch(self, keys: np.ndarray) -> np.ndarray: ...
 
 
-def checked_batch(ids: np.ndarray, vectors: np.ndarray, dimension: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int64 ids, float32 vectors), contiguous, as every backend stores them; InvalidInput for a wrong shape, a
-    count mismatch or a negative id (-1 marks a missing slot in search results)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[1] != dimension:
-        raise InvalidInput(f"expected vectors of dimension {dimension}, got shape {vectors.shape}")
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    if len(ids) != len(vectors):
-        raise InvalidInput(f"{len(ids)} ids for {len(vectors)} vectors")
-    if len(ids) and ids.min() < 0:
-        raise InvalidInput("vector ids must not be negative")
-    return ids, vectors
+class _IdMap(FaissIndex, Protocol):
+    """``IndexIDMap2``: our ids around an index that numbers its vectors 0..n-1."""
+
+    id_map: object  # a faiss Int64Vector: position -> our id (-1: an HNSW tombstone)
+    index: FaissIndex
+
+    def construct_rev_map(self) -> None: ...
 
 
-# A filter allowing at most this many vectors is searched exactly over them (about 8 ms at 384 dimensions).
-EXACT_FILTER_LIMIT = 20_000
+class _SearchDepth(Protocol):
+    efSearch: int
+
+
+class _HNSW(Protocol):
+    hnsw: _SearchDepth
+
+
+class _InvertedLists(Protocol):
+    nlist: int
+
+    def list_size(self, list_no: int) -> int: ...
+
+    def get_ids(self, list_no: int) -> object: ...
+
+    def release_ids(self, list_no: int, ids: object) -> None: ...
+
+
+class _DirectMap(Protocol):
+    type: int
+
+
+class _IVF(Protocol):
+    """An inverted-file index (``IndexIVF``): its lists hold our ids, found through a hashtable (``direct_map``)."""
+
+    nlist: int
+    nprobe: int
+    quantizer: FaissIndex
+    invlists: _InvertedLists
+    direct_map: _DirectMap
+
+    def set_direct_map_type(self, kind: object) -> None: ...
 
 
 class FaissVectorStore:
@@ -87,7 +126,9 @@ class FaissVectorStore:
     defaults) is applied with ``faiss.ParameterSpace`` whenever a store is created, built or loaded.
     """
 
-    def __init__(self, dimension: int, factory: str = "IDMap2,Flat", index: Any = None, search: str = "") -> None:
+    def __init__(
+        self, dimension: int, factory: str = "IDMap2,Flat", index: FaissIndex | None = None, search: str = ""
+    ) -> None:
         faiss = _faiss()
 
         self.dimension = dimension
@@ -105,15 +146,19 @@ class FaissVectorStore:
                 ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
             elif not isinstance(index, faiss.IndexIDMap2):
                 index = faiss.IndexIDMap2(index)
-        self._index: Any = index
-        self._ivf: Any = faiss.try_extract_index_ivf(index)
-        self._hnsw: Any = None if self._ivf is not None else _find_hnsw(index)
+        self._index: FaissIndex = index
+        self._ivf: _IVF | None = faiss.try_extract_index_ivf(index)
+        self._hnsw: _HNSW | None = None if self._ivf is not None else _find_hnsw(index)
         self._dead = 0  # HNSW tombstones
         if self._hnsw is not None:
-            self._dead = int((faiss.vector_to_array(index.id_map) < 0).sum())
+            self._dead = int((faiss.vector_to_array(self._mapped().id_map) < 0).sum())
         self._live = faiss.IDSelectorRange(0, 2**63 - 1)  # every id but the -1 of a tombstone
         self.search_params = ""
         self.set_search_params(search)
+
+    def _mapped(self) -> _IdMap:
+        """The index as the ``IndexIDMap2`` every index but an IVF is wrapped in (``__init__``, ``load``)."""
+        return cast(_IdMap, self._index)
 
     @classmethod
     def load(cls, path: Path, factory: str, search: str = "") -> FaissVectorStore:
@@ -233,13 +278,14 @@ class FaissVectorStore:
     def _tombstone(self, ids: np.ndarray) -> int:
         faiss = _faiss()
 
-        id_map = faiss.vector_to_array(self._index.id_map)
+        mapped = self._mapped()
+        id_map = faiss.vector_to_array(mapped.id_map)
         hit = np.isin(id_map, ids) & (id_map >= 0)
         removed = int(hit.sum())
         if removed:
             id_map[hit] = -1
-            faiss.copy_array_to_vector(id_map, self._index.id_map)
-            self._index.construct_rev_map()
+            faiss.copy_array_to_vector(id_map, mapped.id_map)
+            mapped.construct_rev_map()
             self._dead += removed
             if self._dead > self.count():
                 self._compact()
@@ -249,9 +295,10 @@ class FaissVectorStore:
         """Rebuild the HNSW graph from the live vectors (trained codecs such as SQ8 are kept, not retrained)."""
         faiss = _faiss()
 
-        id_map = faiss.vector_to_array(self._index.id_map)
+        mapped = self._mapped()
+        id_map = faiss.vector_to_array(mapped.id_map)
         live = np.flatnonzero(id_map >= 0)
-        inner = faiss.downcast_index(self._index.index)
+        inner = faiss.downcast_index(mapped.index)
         vectors = inner.reconstruct_batch(live) if len(live) else np.zeros((0, self.dimension), np.float32)
         fresh = faiss.clone_index(inner)
         fresh.reset()
@@ -291,7 +338,7 @@ class FaissVectorStore:
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids
 
-    def _params(self, selector: Any) -> Any:
+    def _params(self, selector: object) -> object:
         """Search parameters carrying ``selector`` and the index's own efSearch/nprobe (a bare parameter object
         would reset them to FAISS's defaults)."""
         faiss = _faiss()
@@ -328,7 +375,7 @@ class FaissVectorStore:
         faiss = _faiss()
 
         if self._ivf is None:
-            id_map = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            id_map = faiss.vector_to_array(self._mapped().id_map).astype(np.int64)
             return np.sort(id_map[id_map >= 0])
         lists = self._ivf.invlists
         parts = [np.zeros(0, np.int64)]
@@ -358,20 +405,22 @@ class FaissVectorStore:
             os.replace(tmp, path)
 
 
-def _find_hnsw(index: Any) -> Any:
+def _find_hnsw(index: FaissIndex) -> _HNSW | None:
     """The HNSW index inside id-map and pre-transform wrappers, or None."""
     faiss = _faiss()
     index = faiss.downcast_index(index)
     while True:
         if isinstance(index, faiss.IndexHNSW):
-            return index
+            found: _HNSW = index
+            return found
         if not isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2 | faiss.IndexPreTransform):
             return None
         index = faiss.downcast_index(index.index)
 
 
-def _faiss() -> Any:
-    """The faiss module, typed loosely: its stubs lack names it has (DirectMap, SearchParametersHNSW)."""
+def _faiss() -> ModuleType:
+    """The faiss module, typed as a module (whose attributes are untyped): its stubs lack names it has (DirectMap,
+    SearchParametersHNSW); what the code calls on its objects is declared by the protocols above."""
     import faiss
 
     return faiss
@@ -386,3 +435,142 @@ def _exact_top(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int
     order = np.lexsort((ids[part], -top), axis=1)  # best first, ties by id
     rows = np.arange(len(queries))[:, None]
     return top[rows, order].astype(np.float32), ids[part][rows, order]
+
+
+# -- the backend: an index's two FAISS caches ------------------------------------------------------------------
+
+
+class FaissVectors(IndexVectors):
+    """An index's passage and article ``FaissVectorStore``s, in memory, saved as files in its directory."""
+
+    def __init__(self, passages: FaissVectorStore, articles: FaissVectorStore) -> None:
+        self.passages: FaissVectorStore = passages
+        self.articles: FaissVectorStore = articles
+
+    def save(self, directory: Path, generation: int, manifest: Manifest) -> None:
+        """Write both files, then the stamp recording the generation they match (last, so a crash leaves them
+        stale)."""
+        self.passages.save(directory / PASSAGE_VECTORS)
+        self.articles.save(directory / ARTICLE_VECTORS)
+        tmp = directory / f".{VECTORS_STATE}.tmp"
+        state = {
+            "generation": generation,
+            "factory": manifest["faiss"]["factory"],
+            "crc32": {name: file_crc32(directory / name) for name in (PASSAGE_VECTORS, ARTICLE_VECTORS)},
+        }
+        with discarded_on_failure(tmp):
+            tmp.write_text(json.dumps(state), encoding="utf-8")
+            os.replace(tmp, directory / VECTORS_STATE)
+
+    def search_params_changed(self, manifest: Manifest, settings: Settings) -> bool:
+        if manifest["faiss"].get("search", "") == settings.faiss_search:
+            return False
+        self.passages.set_search_params(settings.faiss_search)
+        manifest["faiss"]["search"] = settings.faiss_search
+        return True
+
+
+class FaissBackend(VectorBackend):
+    name = "faiss"
+
+    def entry(self, settings: Settings, target: Path, dimension: int) -> VectorEntry:
+        return {"store": self.name}
+
+    def open(self, directory: Path, store: Store, manifest: Manifest, *, records: bool = True) -> FaissVectors:
+        """The FAISS caches if they match the store's generation and factory and their checksums, else rebuilt from
+        the stored embeddings and saved (where the directory can be written and no writer saves meanwhile)."""
+        dim = int(manifest["model"]["dimension"])
+        factory = manifest["faiss"]["factory"]
+        search = manifest["faiss"].get("search") or ""
+        generation = store.generation()
+        state = _read_state(directory)
+        fresh = state.get("generation") == generation and state.get("factory") == factory
+        p_path, a_path = directory / PASSAGE_VECTORS, directory / ARTICLE_VECTORS
+        if fresh and p_path.is_file() and a_path.is_file() and _intact(directory, state):
+            try:
+                loaded = FaissVectors(
+                    FaissVectorStore.load(p_path, factory, search), FaissVectorStore.load(a_path, ARTICLE_FACTORY)
+                )
+                n_articles, n_passages = store.counts()
+                if (loaded.passages.count(), loaded.articles.count()) == (n_passages, n_articles):
+                    return loaded
+            except IndexCorrupt:
+                pass  # a damaged cache is rebuilt below like a stale one
+        vectors = FaissVectors(
+            FaissVectorStore.build(dim, factory, store.iter_vectors("passages"), search),
+            FaissVectorStore.build(dim, ARTICLE_FACTORY, store.iter_vectors("articles")),
+        )
+        # a read-only index still serves from the rebuilt in-memory copy; one written meanwhile saves its own
+        with contextlib.suppress(OSError), store.saving(generation) as ok:
+            if ok:
+                vectors.save(directory, generation, manifest)
+        return vectors
+
+    def check(self, directory: Path, store: Store, manifest: Manifest) -> list[str]:
+        """The caches, when their stamp claims the store's generation: intact, holding exactly SQLite's ids, and
+        (exact factories) every vector equal to its stored embedding."""
+        state_path = directory / VECTORS_STATE
+        if not (directory / PASSAGE_VECTORS).is_file() or not state_path.is_file():
+            return []  # a missing cache is legal: it is rebuilt on open
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return [f"{VECTORS_STATE} is unreadable"]
+        if not isinstance(state, dict):
+            return [f"{VECTORS_STATE} is unreadable"]
+        if state.get("generation") != store.generation():
+            return []  # stale caches are legal too: open rebuilds them
+        if not _intact(directory, state):
+            return [
+                f"{PASSAGE_VECTORS} or {ARTICLE_VECTORS} differs from the checksum it was saved with; rebuilt on open"
+            ]
+        problems: list[str] = []
+        factory = manifest["faiss"]["factory"]
+        for table, fname, fac in (
+            ("passages", PASSAGE_VECTORS, factory),
+            ("articles", ARTICLE_VECTORS, ARTICLE_FACTORY),
+        ):
+            try:
+                vs = FaissVectorStore.load(directory / fname, fac)
+            except IndexCorrupt as exc:
+                problems.append(exc.message)
+                continue
+            problem = ids_problem(vs.ids(), store, table, fname)
+            if problem:
+                problems.append(problem)
+                continue
+            if "Flat" in fac and "PQ" not in fac and "SQ" not in fac:
+                for ids, vecs in store.iter_vectors(table):
+                    for i, v in zip(ids, vecs, strict=True):
+                        if not np.allclose(vs.reconstruct(int(i)), v, atol=1e-5):
+                            problems.append(f"{fname}: vector {i} differs from its stored embedding")
+                            return problems
+        return problems
+
+    def summary(self, stats: JSONObject) -> str:
+        faiss = stats["faiss"]
+        return f"{faiss['factory']}  (search {faiss['search'] or 'defaults'}, {faiss['metric']})"
+
+    def incompatibility(self, manifest: Manifest, settings: Settings) -> str | None:
+        if manifest["faiss"].get("factory") != settings.faiss_factory:
+            return "the FAISS factory changed"
+        return None
+
+
+def _read_state(directory: Path) -> JSONObject:
+    try:
+        state = json.loads((directory / VECTORS_STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _intact(directory: Path, state: JSONObject) -> bool:
+    """Whether both FAISS files still have the CRC-32 their stamp recorded (a stamp from before checksums: yes)."""
+    sums = state.get("crc32")
+    if not isinstance(sums, dict):
+        return True
+    try:
+        return all(file_crc32(directory / name) == sums.get(name) for name in (PASSAGE_VECTORS, ARTICLE_VECTORS))
+    except OSError:
+        return False

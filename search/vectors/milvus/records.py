@@ -30,15 +30,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import cast
 
 import numpy as np
 
 from search.errors import IndexCorrupt, VectorStoreUnavailable
+from search.jsontypes import JSONObject
+from search.storage.manifest import Manifest
+from search.storage.store import Store
+from search.vectors.milvus.client import MilvusConnection
+from search.vectors.milvus.config import RECORD_KINDS
 
-RECORD_KINDS = ("article_rows", "passage_rows", "sentence_rows")
 PART_BITS = 10  # up to 1,024 parts of 60,000 bytes: about 61 MB per record, above any accepted article
 PART_BYTES = 60_000  # under VARCHAR's 65,535 with room to spare
 MAX_VARCHAR = 65_535
@@ -47,19 +50,6 @@ READ_KEYS = 1_000  # keys per "key in [...]" query: parts stay far below a clust
 WRITE_ROWS = 512  # rows per insert: at most ~30 MB of text, under gRPC's 64 MiB
 SCAN_BATCH = 2_000  # rows per query_iterator page
 STATE_KEY, MANIFEST_KEY = 0, 1
-_NAME = re.compile(r"[^A-Za-z0-9_]+")
-
-
-def meta_name(index_name: str) -> str:
-    """The stable meta collection of an index name: ``newsdesk_<name>_meta``."""
-    stem = _NAME.sub("_", index_name).strip("_")[:100] or "index"
-    return f"newsdesk_{stem}_meta"
-
-
-def record_names(collections: dict[str, str]) -> dict[str, str]:
-    """Record collection names beside a build's vector collections (``..._passages`` -> ``..._passage_rows``)."""
-    base = collections["passages"].removesuffix("_passages")
-    return {kind: collections.get(kind) or f"{base}_{kind}" for kind in RECORD_KINDS}
 
 
 def split_parts(text: str) -> list[str]:
@@ -80,12 +70,12 @@ def split_parts(text: str) -> list[str]:
     return parts
 
 
-def encode_sentences(spans: list[tuple[int, int]], vectors: np.ndarray) -> dict[str, Any]:
+def encode_sentences(spans: list[tuple[int, int]], vectors: np.ndarray) -> JSONObject:
     data = np.ascontiguousarray(vectors, dtype=np.float16).tobytes()
     return {"spans": [list(s) for s in spans], "vectors": base64.b64encode(data).decode("ascii")}
 
 
-def decode_sentences(record: dict[str, Any]) -> tuple[list[tuple[int, int]], np.ndarray]:
+def decode_sentences(record: JSONObject) -> tuple[list[tuple[int, int]], np.ndarray]:
     spans = [(int(a), int(b)) for a, b in record["spans"]]
     raw = np.frombuffer(base64.b64decode(record["vectors"]), dtype=np.float16)
     return spans, raw.astype(np.float32).reshape(len(spans), -1)
@@ -94,12 +84,12 @@ def decode_sentences(record: dict[str, Any]) -> tuple[list[tuple[int, int]], np.
 class RecordCollection:
     """Keyed JSON records in one Milvus collection: ``id`` (pk), ``key``, ``owner``, ``data``, ``pad``."""
 
-    def __init__(self, connection: Any, name: str) -> None:
+    def __init__(self, connection: MilvusConnection, name: str) -> None:
         self.connection = connection
         self.name = name
 
     @classmethod
-    def create(cls, connection: Any, name: str) -> RecordCollection:
+    def create(cls, connection: MilvusConnection, name: str) -> RecordCollection:
         """A new, empty, loaded collection (one of that name is dropped first)."""
         from pymilvus import DataType, MilvusClient
 
@@ -120,7 +110,7 @@ class RecordCollection:
         return cls(connection, name)
 
     @classmethod
-    def open(cls, connection: Any, name: str) -> RecordCollection:
+    def open(cls, connection: MilvusConnection, name: str) -> RecordCollection:
         if not connection.call("look up a collection", "has_collection", name):
             raise IndexCorrupt(f"Milvus at {connection.uri} has no collection {name}")
         connection.call("load a collection", "load_collection", name)
@@ -128,10 +118,10 @@ class RecordCollection:
 
     # -- writes --
 
-    def put(self, records: Iterable[tuple[int, int, dict[str, Any]]], *, replace: bool = True) -> int:
+    def put(self, records: Iterable[tuple[int, int, JSONObject]], *, replace: bool = True) -> int:
         """Write (key, owner, document) records; ``replace`` first deletes every part of those keys (a shorter new
         version must not keep an old version's later parts). Returns how many records were written."""
-        rows: list[dict[str, Any]] = []
+        rows: list[JSONObject] = []
         keys: list[int] = []
         written = 0
         for key, owner, doc in records:
@@ -146,7 +136,7 @@ class RecordCollection:
         self._write(keys, rows, replace)
         return written
 
-    def _write(self, keys: list[int], rows: list[dict[str, Any]], replace: bool) -> None:
+    def _write(self, keys: list[int], rows: list[JSONObject], replace: bool) -> None:
         """Insert ``rows``; with ``replace``, upsert them and then delete the keys' parts they did not write, so a
         reader sees the old or the new version of a one-part record, never none."""
         for row in rows:
@@ -178,7 +168,7 @@ class RecordCollection:
 
     # -- reads --
 
-    def get(self, keys: Iterable[int]) -> dict[int, dict[str, Any]]:
+    def get(self, keys: Iterable[int]) -> dict[int, JSONObject]:
         """The documents of the given keys (absent keys are left out)."""
         unique = sorted({int(k) for k in keys})
         found: dict[int, list[tuple[int, str]]] = {}
@@ -196,7 +186,7 @@ class RecordCollection:
                 found.setdefault(int(r["key"]), []).append((int(r["id"]), str(r["data"])))
         return {key: _joined(parts) for key, parts in found.items()}
 
-    def scan(self, fields: tuple[str, ...] = ("key", "owner", "data")) -> Iterator[dict[str, Any]]:
+    def scan(self, fields: tuple[str, ...] = ("key", "owner", "data")) -> Iterator[JSONObject]:
         """Every row (a part of a record), in no particular order, through a paged query iterator (a cluster's
         query window does not bound it)."""
         from pymilvus.exceptions import MilvusException
@@ -223,7 +213,7 @@ class RecordCollection:
             with contextlib.suppress(Exception):
                 iterator.close()
 
-    def documents(self) -> dict[int, tuple[int, dict[str, Any]]]:
+    def documents(self) -> dict[int, tuple[int, JSONObject]]:
         """Every record: key -> (owner, document)."""
         parts: dict[int, list[tuple[int, str]]] = {}
         owners: dict[int, int] = {}
@@ -245,25 +235,25 @@ class RecordCollection:
         return self.owners()[0]
 
 
-def _joined(parts: list[tuple[int, str]]) -> dict[str, Any]:
+def _joined(parts: list[tuple[int, str]]) -> JSONObject:
     parts.sort()
-    doc: dict[str, Any] = json.loads("".join(p for _, p in parts))
+    doc: JSONObject = json.loads("".join(p for _, p in parts))
     return doc
 
 
 # -- from SQLite --------------------------------------------------------------------------------------------------
 
 
-def article_records(store: Any, aids: Iterable[int] | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+def article_records(store: Store, aids: Iterable[int] | None = None) -> Iterator[tuple[int, int, JSONObject]]:
     for aid, doc in store.article_documents(aids):
         yield aid, aid, doc
 
 
-def passage_records(store: Any, pids: Iterable[int] | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+def passage_records(store: Store, pids: Iterable[int] | None = None) -> Iterator[tuple[int, int, JSONObject]]:
     yield from store.passage_documents(pids)
 
 
-def sentence_records(store: Any, pids: Iterable[int] | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+def sentence_records(store: Store, pids: Iterable[int] | None = None) -> Iterator[tuple[int, int, JSONObject]]:
     for pid, aid, spans, vectors in store.sentence_rows(pids):
         yield pid, aid, encode_sentences(spans, vectors)
 
@@ -274,7 +264,7 @@ SOURCES = {"article_rows": article_records, "passage_rows": passage_records, "se
 class EngineRecords:
     """The record collections and the meta collection of one index build, as its writer sees them."""
 
-    def __init__(self, connection: Any, names: dict[str, str], meta: str) -> None:
+    def __init__(self, connection: MilvusConnection, names: dict[str, str], meta: str) -> None:
         self.connection = connection
         self.names = names
         self.meta = meta
@@ -293,21 +283,21 @@ class EngineRecords:
                 self.connection.call("load a collection", "load_collection", name)
         return complete
 
-    def fill(self, store: Any) -> None:
+    def fill(self, store: Store) -> None:
         """Write every record of a new build into its (new, empty) collections."""
         for kind in RECORD_KINDS:
             coll = self.collection(kind)
             coll.put(SOURCES[kind](store), replace=False)
             coll.flush()
 
-    def sync(self, store: Any) -> None:
+    def sync(self, store: Store) -> None:
         """Make the collections hold exactly SQLite's records (a repair after a crash): every record rewritten,
         keys SQLite no longer has deleted."""
         for kind in RECORD_KINDS:
             coll = self.collection(kind)
             held = coll.keys()
             written: list[int] = []
-            batch: list[tuple[int, int, dict[str, Any]]] = []
+            batch: list[tuple[int, int, JSONObject]] = []
             for record in SOURCES[kind](store):
                 batch.append(record)
                 written.append(record[0])
@@ -318,7 +308,7 @@ class EngineRecords:
             extra = np.setdiff1d(held, np.asarray(written, dtype=np.int64))
             coll.delete(extra.tolist())
 
-    def apply(self, store: Any, deleted: tuple[list[int], list[int]], added: tuple[list[int], list[int]]) -> None:
+    def apply(self, store: Store, deleted: tuple[list[int], list[int]], added: tuple[list[int], list[int]]) -> None:
         """After a committed write that deleted and added (article keys, passage ids): the same in the records.
         Deleted keys go first: SQLite may give a new row the key of one deleted in the same transaction."""
         del_aids, del_pids = deleted
@@ -330,13 +320,13 @@ class EngineRecords:
         self.collection("passage_rows").put(passage_records(store, new_pids))
         self.collection("sentence_rows").put(sentence_records(store, new_pids))
 
-    def publish(self, generation: int, collections: dict[str, str], manifest: dict[str, Any]) -> None:
+    def publish(self, generation: int, collections: dict[str, str], manifest: JSONObject) -> None:
         """Tell replicas the records and vectors now match ``generation``: the manifest first, the state last."""
         meta = RecordCollection(self.connection, self.meta)
         meta.put([(MANIFEST_KEY, MANIFEST_KEY, manifest)])
         meta.put([(STATE_KEY, generation, {"generation": generation, "collections": collections})])
 
-    def problems(self, store: Any) -> list[str]:
+    def problems(self, store: Store) -> list[str]:
         """Record keys that differ from SQLite's rows (``newsdesk check``)."""
         out: list[str] = []
         for kind, table in (("article_rows", "articles"), ("passage_rows", "passages")):
@@ -352,7 +342,7 @@ class EngineRecords:
         return out
 
 
-def read_state(connection: Any, meta: str) -> dict[str, Any] | None:
+def read_state(connection: MilvusConnection, meta: str) -> JSONObject | None:
     """The published state ``{"generation", "collections"}`` of a meta collection, or None if it has none."""
     rows = connection.call(
         "read the published state",
@@ -370,8 +360,13 @@ def read_state(connection: Any, meta: str) -> dict[str, Any] | None:
         return None  # caught between the delete and the insert of a publish: as if unchanged
 
 
-def read_manifest_record(connection: Any, meta: str) -> dict[str, Any]:
+def read_manifest_record(connection: MilvusConnection, meta: str) -> Manifest:
+    """The manifest a build published beside its collections (what a replica serves by)."""
     docs = RecordCollection(connection, meta).get([MANIFEST_KEY])
     if MANIFEST_KEY not in docs:
         raise IndexCorrupt(f"Milvus collection {meta} holds no manifest: build the index with this version")
-    return docs[MANIFEST_KEY]
+    manifest = docs[MANIFEST_KEY]
+    missing = [key for key in ("model", "faiss", "milvus") if key not in manifest]
+    if missing:
+        raise IndexCorrupt(f"the manifest published in {meta} lacks {missing[0]!r}; rebuild the index")
+    return cast(Manifest, manifest)

@@ -25,25 +25,29 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from search.errors import IndexCorrupt, IndexMissing, NotFound, WritesDisabled
+from search.jsontypes import JSONObject
 from search.models import Article, ArticleRef, Passage
 from search.news.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph
 from search.ranking.catalog import ArticleCatalog
+from search.storage.index import Index, PassageOwners
+from search.storage.manifest import Manifest
 from search.storage.store import ArticleText, CatalogRow, SentenceVectors, StoredPassage
 from search.text.bm25 import LexicalPostings, Postings
 from search.text.embedding import Embedder, check_compatible
+from search.vectors.milvus.client import MilvusConnection
+from search.vectors.milvus.config import ARTICLE_INDEX, MilvusConfig, meta_name
 from search.vectors.milvus.records import (
     RecordCollection,
     decode_sentences,
-    meta_name,
     read_manifest_record,
     read_state,
 )
-from search.vectors.milvus.vectors import ARTICLE_INDEX, MilvusConfig, MilvusConnection, MilvusVectorStore
+from search.vectors.milvus.repair import MilvusVectors
+from search.vectors.milvus.vectors import MilvusVectorStore
 
 LOAD_TRIES = 5  # a load that saw the published state move under it (a write landed meanwhile) starts again
 
@@ -63,7 +67,7 @@ class MilvusReadStore:
     def __init__(
         self,
         generation: int,
-        articles: dict[int, dict[str, Any]],
+        articles: dict[int, JSONObject],
         owners: tuple[np.ndarray, np.ndarray],
         collections: dict[str, RecordCollection],
         vectors: tuple[MilvusVectorStore, MilvusVectorStore],
@@ -199,13 +203,13 @@ class Replica:
     uri: str
     meta: str
     embedder: Embedder | None
-    state: dict[str, Any]
+    state: JSONObject
     poll_seconds: float = 0.5
     background: bool = False  # reload in a thread, serving the loaded state meanwhile (SearchService.refresh)
 
     def __post_init__(self) -> None:
         self._checked = time.monotonic()
-        self._latest: dict[str, Any] | None = self.state
+        self._latest: JSONObject | None = self.state
         self._lock = threading.Lock()
 
     def changed(self) -> bool:
@@ -220,7 +224,7 @@ class Replica:
                     self._latest = latest
             return self._latest != self.state
 
-    def reopen(self) -> Any:
+    def reopen(self) -> Index:
         """The index as now published (an ``Index``), sharing this replica's connection."""
         return load_replica(self.connection, self.uri, self.meta, self.embedder, self.poll_seconds, self.background)
 
@@ -230,7 +234,7 @@ class Replica:
 
 def open_replica(
     uri: str, collections: str, embedder: Embedder | None, poll_seconds: float = 0.5, background: bool = False
-) -> Any:
+) -> Index:
     """The index published in ``collections`` (see ``meta_collection``) on the Milvus at ``uri``, as an ``Index``
     with no directory. Its vectors must have been built by ``embedder``'s model (None skips the check). A
     ``background`` replica is reloaded in a thread when a new state is published (else by the request seeing it)."""
@@ -249,9 +253,8 @@ def load_replica(
     embedder: Embedder | None,
     poll_seconds: float,
     background: bool = False,
-) -> Any:
-    from search.storage.index import Index, PassageOwners
-
+) -> Index:
+    """The index ``meta`` publishes, read whole (retried while a write moves the published state under it)."""
     if not connection.call("look up a collection", "has_collection", meta):
         raise IndexMissing(
             f"Milvus at {uri} has no collection {meta}: build the index there first "
@@ -275,14 +278,13 @@ def load_replica(
             owners = PassageOwners.of(*store.passage_owners())
             catalog = ArticleCatalog.of(store.catalog_rows(), store.groups())
             graph = _graph(articles, lexical.articles, store.generation())
-            return Index(
-                None, manifest, store, passages, articles, lexical, owners, catalog, neighbours=graph, replica=replica
-            )
+            vectors = MilvusVectors(passages, articles, config, owned=False)  # the connection is the replica's
+            return Index(None, manifest, store, vectors, lexical, owners, catalog, neighbours=graph, replica=replica)
     raise IndexCorrupt(f"the index published in {meta} kept changing while it was read ({LOAD_TRIES} tries)")
 
 
 def _load(
-    connection: MilvusConnection, config: MilvusConfig, manifest: dict[str, Any], generation: int
+    connection: MilvusConnection, config: MilvusConfig, manifest: Manifest, generation: int
 ) -> tuple[MilvusReadStore, MilvusVectorStore, MilvusVectorStore, LexicalPostings]:
     dim = int(manifest["model"]["dimension"])
     collections = {
@@ -306,7 +308,7 @@ def _load(
     return store, passages, articles, lexical
 
 
-def _article_columns(docs: dict[int, dict[str, Any]]) -> Iterator[tuple[int, Sequence[str]]]:
+def _article_columns(docs: dict[int, JSONObject]) -> Iterator[tuple[int, Sequence[str]]]:
     """(key, (title, body)) in key order, the body as the FTS5 trigger joins it (search/text/bm25.py)."""
     for aid in sorted(docs):
         yield aid, (docs[aid]["title"], "\n".join(docs[aid]["paragraphs"]))
