@@ -56,6 +56,7 @@ from search.storage.index import Index
 from search.storage.store import StoredPassage
 from search.text.bm25 import MemoryBM25
 from search.text.embedding import Embedder
+from search.vectors.factory import pin_threads as pin_vector_threads
 
 # Passage scores on a results page are normalised against the passages of the ranking's first articles.
 ANCHOR_ARTICLES = 10
@@ -258,11 +259,10 @@ class SearchService:
     # -- queries ---------------------------------------------------------------------------------------------
 
     def _pin_search_threads(self) -> None:
-        """OpenMP's thread count is per calling thread: set it once in each request thread before FAISS runs."""
+        """OpenMP's thread count is per calling thread: set it once in each request thread before the vector engine
+        (FAISS) runs."""
         if getattr(self._threads, "pinned", None) != self.settings.search_threads:
-            import faiss
-
-            faiss.omp_set_num_threads(self.settings.search_threads)
+            pin_vector_threads(self.settings.search_threads)
             self._threads.pinned = self.settings.search_threads
 
     def embed_query(self, query: str) -> np.ndarray:

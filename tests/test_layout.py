@@ -1,4 +1,5 @@
-"""The structure the code promises, checked on its source: where backends may be named (issue 16)."""
+"""The structure the code promises, checked on its source: where backends may be named (issue 16). The import
+contracts (layers, no module cycle, backends behind their factory) are import-linter's: tests/test_contracts.py."""
 
 from __future__ import annotations
 
@@ -97,52 +98,3 @@ def test_the_scan_sees_what_it_forbids(tmp_path: Path) -> None:
         "names FaissVectorStore",
         "names MilvusConfig",
     ]
-
-
-def _imports(package: str) -> dict[str, set[str]]:
-    """Module -> the modules of ``package`` it imports: at the top, inside functions or under TYPE_CHECKING alike
-    (a cycle hidden in a function is still a cycle)."""
-    paths = {".".join(p.relative_to(ROOT).with_suffix("").parts): p for p in (ROOT / package).rglob("*.py")}
-    modules = {name.removesuffix(".__init__"): path for name, path in paths.items()}
-    graph: dict[str, set[str]] = {name: set() for name in modules}
-    for name, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-            graph[name] |= {t for t in targets if t in modules and t != name and not name.startswith(f"{t}.")}
-    return graph
-
-
-def _cycle(graph: dict[str, set[str]]) -> list[str]:
-    """One import cycle of ``graph`` (its modules in order, the first repeated at the end), or []."""
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    path: list[str] = []
-
-    def visit(name: str) -> list[str]:
-        state[name] = 1
-        path.append(name)
-        for target in sorted(graph[name]):
-            if state.get(target) == 1:
-                return [*path[path.index(target) :], target]
-            if target not in state and (found := visit(target)):
-                return found
-        state[name] = 2
-        path.pop()
-        return []
-
-    for name in sorted(graph):
-        if name not in state and (found := visit(name)):
-            return found
-    return []
-
-
-def test_no_import_cycle_among_the_modules_of_search() -> None:
-    """A module of search/ never needs, through any chain of imports, itself: the layout reads in one direction
-    (storage/index.py once imported the Milvus replica, which imported it back, so both typed each other Any)."""
-    graph = _imports("search")
-    assert "search.text.bm25" in graph["search.storage.index"]  # the graph holds what index.py imports
-    assert _cycle(graph) == []
-    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]

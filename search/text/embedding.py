@@ -119,7 +119,7 @@ Offsets = list[list[tuple[int, int]]]
 
 
 def pin_threads(threads: int, *, torch: bool = True) -> None:
-    """Pin torch, OpenMP (FAISS) and tokenizers to ``threads``; call before any of them starts a pool.
+    """Pin torch, the vector engines (FAISS's OpenMP) and tokenizers to ``threads``, before any starts a pool.
 
     Oversubscribing 2 cores with default pools (torch and OpenMP each take every core) makes concurrent queries
     slower, not faster, and forked tokenizers deadlock, so this runs at every process start (CLI, WSGI worker).
@@ -127,14 +127,14 @@ def pin_threads(threads: int, *, torch: bool = True) -> None:
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    import faiss
+    from search.vectors.factory import pin_threads as pin_vector_threads
 
     if torch:
         import torch as torch_module
 
         if torch_module.get_num_threads() != threads:
             torch_module.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    pin_vector_threads(threads)
 
 
 def resolve_model(model: str) -> str:

@@ -147,6 +147,11 @@ class VectorBackend(ABC):
         """Disagreements between the vectors and SQLite (``newsdesk check``). A stale copy is not one: the next
         open repairs it."""
 
+    def pin_threads(self, threads: int) -> None:
+        """Limit the engine's thread pool in the calling thread to ``threads`` (OpenMP keeps its count per thread,
+        so a server pins each request thread). Nothing by default: an engine in another process pins its own."""
+        return None
+
     def describe(self, manifest: Manifest) -> JSONObject:
         """Where the vectors live, for ``newsdesk stats --json`` (``backend`` and the backend's own entry)."""
         return {"backend": self.name}

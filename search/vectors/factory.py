@@ -48,6 +48,13 @@ def backend(name: str) -> VectorBackend:
     return _loaded[name]
 
 
+def pin_threads(threads: int) -> None:
+    """Pin the in-process engines' thread pools in the calling thread: the default backend's always (an index may
+    open on it later in this thread), and every backend loaded so far."""
+    for name in dict.fromkeys([DEFAULT, *_loaded]):
+        backend(name).pin_threads(threads)
+
+
 def store_name(manifest: Manifest) -> str:
     """The backend an index uses, as its manifest names it."""
     return manifest.get("store") or DEFAULT

@@ -473,6 +473,9 @@ class FaissVectors(IndexVectors):
 class FaissBackend(VectorBackend):
     name = "faiss"
 
+    def pin_threads(self, threads: int) -> None:
+        _faiss().omp_set_num_threads(threads)
+
     def entry(self, settings: Settings, target: Path, dimension: int) -> VectorEntry:
         return {"store": self.name}
 
