@@ -16,11 +16,12 @@ from typing import TypeVar, get_args
 from search.errors import InvalidInput
 from search.models import Mode, Scoring
 from search.ranking.fusion import Fusion
+from search.vectors.registry import VECTOR_BACKENDS
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODES: tuple[Mode, ...] = get_args(Mode)  # the Literal is the one list; this is its runtime form
 BACKENDS = ("torch", "onnx-int8")
-STORES = ("faiss", "milvus")  # vector stores (search/vectors/milvus/vectors.py)
+STORES = tuple(VECTOR_BACKENDS)  # the vector backends (search/vectors/registry.py)
 SIMILAR_SCORINGS: tuple[Scoring, ...] = get_args(Scoring)
 # bench/count_floor.py on the dev sets (SciFact train, RealTime QA dev): see bench/README.md
 MATCH_FLOOR = 0.22
@@ -72,7 +73,7 @@ class Settings:
     )
     # -- vector store backend (issue 8) --
     # Build-time choices, recorded in the manifest like faiss_factory: an index is opened with what built it.
-    # Validated by search/vectors/milvus/vectors.py (MilvusConfig.from_settings) when a build uses them.
+    # Validated by search/vectors/milvus/config.py (MilvusConfig.from_settings) when a build uses them.
     store: str = _setting(
         "faiss",
         "Vector store for passage and article vectors: faiss (in-process files in the index directory) or milvus "

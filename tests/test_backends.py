@@ -252,7 +252,8 @@ def test_an_unknown_backend_is_refused_before_anything_is_embedded(tmp_path: Pat
 
 
 def test_the_registry_offers_what_the_store_setting_accepts() -> None:
-    """``--store`` (search/settings.py STORES, the CLI's choices) and the factory name the same backends."""
+    """``--store`` (search/settings.py STORES, the CLI's choices) and the factory name the same backends, from the
+    one list in search/vectors/registry.py."""
     assert set(factory.REGISTRY) == set(STORES)
     for name in STORES:
         assert factory.backend(name).name == name

@@ -2,7 +2,8 @@
 
 As txtai's ``ANNFactory``: a registry from the manifest's ``store`` (or the ``store`` setting, for a new build) to
 the class implementing ``VectorBackend`` (search/vectors/base.py), imported only when an index asks for it, so
-an index on FAISS never imports pymilvus. A new backend is one module and one line here (or a ``register`` call).
+an index on FAISS never imports pymilvus. A new backend is one module and one line in search/vectors/registry.py
+(or a ``register`` call, as the tests do).
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ from search.storage.manifest import FaissEntry, Manifest
 from search.storage.store import Store
 from search.vectors.base import IndexVectors, VectorBackend
 from search.vectors.faiss import ARTICLE_FACTORY
+from search.vectors.registry import VECTOR_BACKENDS
 
 DEFAULT = "faiss"  # what an index built before backends could be chosen uses (its manifest has no ``store``)
-# name -> "module:class", imported on first use
-REGISTRY: dict[str, str | type[VectorBackend]] = {
-    "faiss": "search.vectors.faiss:FaissBackend",
-    "milvus": "search.vectors.milvus.backend:MilvusBackend",
-}
+# name -> "module:Class" imported on first use (the built-in ones), or a class given to ``register``
+REGISTRY: dict[str, str | type[VectorBackend]] = dict(VECTOR_BACKENDS)
 _loaded: dict[str, VectorBackend] = {}
 
 
