@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -575,6 +576,29 @@ def delete(ids: tuple[str, ...], index_dir: Path | None) -> None:
         raise NotFound(f"no article with id {missing[0]!r} in {settings.index_dir}")
     deleted = delete_articles(index, list(ids))
     click.echo(f"deleted {deleted} articles from {settings.index_dir}", err=True)
+
+
+@main.command()
+@_index_option
+def optimize(index_dir: Path | None) -> None:
+    """Merge the vector segments that writes appended into new base files now, rather than when the merge policy
+    next asks (search/vectors/segments.py); the index serves and takes writes throughout."""
+    from indexer.update import optimize as merge_segments
+    from search.storage.index import open_index
+
+    settings = Settings.from_env(index_dir=index_dir)
+    _check_index(settings)
+    started = time.monotonic()
+    index = open_index(settings.index_dir, None)
+    try:
+        merged = merge_segments(index)
+    finally:
+        index.close()
+    took = time.monotonic() - started
+    if merged:
+        click.echo(f"merged {merged} segment files into the base files of {settings.index_dir} in {took:.1f} s")
+    else:
+        click.echo(f"{settings.index_dir}: no segments to merge")
 
 
 def index_stats(directory: Path) -> JSONObject:

@@ -266,3 +266,19 @@ def apply_metadata(index: Index, articles: list[Article]) -> int:
     index.vectors.apply(store, (aids, []), (aids, []))  # replicas read the article fields from the records (Milvus)
     save_state(index)
     return len(aids)
+
+
+def optimize(index: Index) -> int:
+    """Merge the vector segments saves appended (search/vectors/segments.py) into new base files now, under the
+    caches lock as a save; returns how many segment files were merged (0: the bases already hold everything).
+    Another process committing meanwhile makes this catch up (its own save may have merged) and try again."""
+    for _ in range(CATCH_UP_TRIES):
+        directory, store = index.writable
+        with store.saving(index.generation) as ok:
+            if ok and index.current():
+                return index.vectors.merge(directory, index.generation, index.manifest)
+        if not index.current() or store.generation() != index.generation:
+            index.catch_up(None)
+            continue
+        raise OSError(f"cannot take the caches lock of {directory}; is the directory writable?")
+    raise StaleIndex(f"the index kept changing under this merge ({CATCH_UP_TRIES} tries); nothing was merged")

@@ -1,5 +1,6 @@
-"""kill -9 at random moments of a build, of ``newsdesk add`` and of a server taking write batches; after each, the
-index opens, passes ``check_index``, holds every acknowledged article and no partial one.
+"""kill -9 at random moments of a build, of ``newsdesk add``, of a server taking write batches and of merges of the
+vector segments (``newsdesk optimize``, and an add whose save merges); after each, the index opens, passes
+``check_index``, holds every acknowledged article and no partial one.
 
 ``NEWSDESK_CRASH_TRIALS`` sets how many trials of each kind run; unset, the default run does 2 of each and the
 slow-marked acceptance run (``.venv/bin/pytest tests/test_crash.py -m slow``) 20 of each.
@@ -156,6 +157,62 @@ def _server_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
     assert acknowledged, "no write was acknowledged in any trial: the trials did not exercise writes"
 
 
+def _write_rows(tmp_path: Path, name: str, n: int, seed: int) -> tuple[Path, list[str]]:
+    rows = [{**r, "id": f"{name}-{i}"} for i, r in enumerate(wire_articles(n, seed=seed))]
+    source = tmp_path / f"{name}.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return source, [r["id"] for r in rows]
+
+
+def _merge_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
+    """SIGKILL during merges of the vector segments: ``newsdesk optimize`` (even trials) and a ``newsdesk add``
+    large enough that its save writes new bases instead of a segment (odd trials), each over segments an
+    acknowledged small add appended just before. Each kind is timed once on a copy, run to the end, and the trials
+    kill it at a random moment of its second half, where the merge runs."""
+    rng = random.Random(4)
+    target = tmp_path / "merged"
+    shutil.copytree(base_index, target)
+    log = tmp_path / "merge.log"
+    timing = tmp_path / "timing"
+    shutil.copytree(base_index, timing)
+    source, _ = _write_rows(tmp_path, "timing-small", 4, 500)
+    assert _run(["add", str(source), "--index", str(timing)], log).wait(timeout=600) == 0, log.read_text()[-3000:]
+    durations: dict[str, float] = {}
+    big, _ = _write_rows(tmp_path, "timing-big", 40, 501)
+    for kind, args in (("optimize", ["optimize"]), ("add", ["add", str(big)])):
+        started = time.monotonic()
+        assert _run([*args, "--index", str(timing)], log).wait(timeout=600) == 0, log.read_text()[-3000:]
+        durations[kind] = time.monotonic() - started
+    acknowledged: set[str] = set()
+    batches: list[list[str]] = []
+    killed = 0
+    for trial in range(trials):
+        source, ids = _write_rows(tmp_path, f"seg-{trial}", 4, 600 + trial)
+        proc = _run(["add", str(source), "--index", str(target)], log)
+        assert proc.wait(timeout=600) == 0, log.read_text(errors="replace")[-3000:]
+        acknowledged |= set(ids)
+        batches.append(ids)
+        assert any(".seg-" in p.name for p in target.iterdir()), "the small add appended no segment"
+        kind = "optimize" if trial % 2 == 0 else "add"
+        if kind == "optimize":
+            proc = _run(["optimize", "--index", str(target)], log)
+        else:
+            source, ids = _write_rows(tmp_path, f"merge-{trial}", 40, 700 + trial)
+            batches.append(ids)
+            proc = _run(["add", str(source), "--index", str(target)], log)
+        try:
+            code = proc.wait(timeout=rng.uniform(0.5, 1.0) * durations[kind])
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            killed += 1
+        else:
+            assert code == 0, log.read_text(errors="replace")[-3000:]
+            if kind == "add":
+                acknowledged |= set(batches[-1])
+        _sound(target, acknowledged, batches)
+    assert killed >= 1, "no merge was killed: the trials did not exercise a crash"
+
+
 def test_crash_trials_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both runs read ``NEWSDESK_CRASH_TRIALS`` (the slow one once ignored it); a bad value is refused, not run."""
     monkeypatch.delenv("NEWSDESK_CRASH_TRIALS", raising=False)
@@ -180,8 +237,12 @@ def test_kill_the_server_during_write_batches(base_index: Path, tmp_path: Path) 
     _server_trials(max(crash_trials(slow=False), 2), base_index, tmp_path)
 
 
+def test_kill_during_merges(base_index: Path, tmp_path: Path) -> None:
+    _merge_trials(crash_trials(slow=False), base_index, tmp_path)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["build", "add", "server"])
+@pytest.mark.parametrize("kind", ["build", "add", "server", "merge"])
 def test_kills_acceptance_run(kind: str, corpus: Path, base_index: Path, tmp_path: Path) -> None:
     """The acceptance run: ``crash_trials(slow=True)`` trials of each kind (20 unless the environment says)."""
     trials = crash_trials(slow=True)
@@ -189,5 +250,7 @@ def test_kills_acceptance_run(kind: str, corpus: Path, base_index: Path, tmp_pat
         _build_trials(trials, corpus, base_index, tmp_path)
     elif kind == "add":
         _add_trials(trials, base_index, tmp_path)
+    elif kind == "merge":
+        _merge_trials(trials, base_index, tmp_path)
     else:
         _server_trials(trials, base_index, tmp_path)

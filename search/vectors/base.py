@@ -100,6 +100,12 @@ class IndexVectors(ABC):
         """Make the vectors durable as of ``generation`` and stamp them with it, the stamp last: a crash in between
         leaves them stale, and the next open repairs them from SQLite."""
 
+    def merge(self, directory: Path, generation: int, manifest: Manifest) -> int:
+        """Fold what saves appended since the last whole write into the backend's base files (``newsdesk
+        optimize``), as of ``generation``, and return how many segment files that merged; 0 when there was nothing
+        to merge (the default: a backend that keeps no segments)."""
+        return 0
+
     @abstractmethod
     def search_params_changed(self, manifest: Manifest, settings: Settings) -> bool:
         """Apply the query-time parameters ``settings`` ask for (efSearch, nprobe, ef) and record them in

@@ -2,8 +2,9 @@
 
 ``vectors.faiss`` (passages) and ``articles.faiss`` (article vectors, always exact) are caches derived from the
 embeddings stored in SQLite, so they can always be rebuilt without re-embedding; ``vectors.json`` records the store
-generation they were saved at, the factory, and the files' CRC-32s. An open that finds them stale, damaged or of
-another factory rebuilds them from SQLite (``FaissBackend.open``).
+generation they were saved at, the factory, the segments later saves appended to them (search/vectors/segments.py:
+a write's save costs what it changed, not 1.7 GB at 1.1M passages) and every file's CRC-32. An open that finds them
+stale, damaged or of another factory rebuilds them from SQLite (``FaissBackend.open``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ from search.vectors.base import (
     VectorBackend,
     checked_batch,
     ids_problem,
+)
+from search.vectors.segments import (
+    MERGE_FRACTION,
+    MERGE_SEGMENTS,
+    Delta,
+    Journal,
+    compose,
+    garbage,
+    is_segment_of,
+    read_segment,
+    segment_name,
+    write_segment,
 )
 
 IVF_TRAIN_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39; 64 keeps training at 1M to minutes
@@ -153,6 +166,9 @@ class FaissVectorStore:
         if self._hnsw is not None:
             self._dead = int((faiss.vector_to_array(self._mapped().id_map) < 0).sum())
         self._live = faiss.IDSelectorRange(0, 2**63 - 1)  # every id but the -1 of a tombstone
+        # changes since the files were written (segments.py): tracked only for a store loaded from or saved to
+        # its files, so that a build, which writes a whole base, keeps no second copy of its vectors
+        self.journal: Journal | None = None
         self.search_params = ""
         self.set_search_params(search)
 
@@ -259,13 +275,27 @@ class FaissVectorStore:
             return
         ids, vectors = checked_batch(ids, vectors, self.dimension)
         self._index.add_with_ids(vectors, ids)
+        if self.journal is not None:
+            self.journal.added(ids, vectors)
+            self._bound_journal()
+
+    def _bound_journal(self) -> None:
+        if self.journal is not None and self.journal.too_big(self.count()):
+            self.journal = None  # the next save writes a whole base, as it would merge anyway
 
     def remove(self, ids: np.ndarray) -> int:
-        faiss = _faiss()
-
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return 0
+        removed = self._removed(ids)
+        if self.journal is not None:  # after the removal: one FAISS refused is not journalled as done
+            self.journal.removed(ids)
+            self._bound_journal()
+        return removed
+
+    def _removed(self, ids: np.ndarray) -> int:
+        faiss = _faiss()
+
         if self._hnsw is not None:
             return self._tombstone(ids)
         try:
@@ -441,26 +471,81 @@ def _exact_top(queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int
 
 
 class FaissVectors(IndexVectors):
-    """An index's passage and article ``FaissVectorStore``s, in memory, saved as files in its directory."""
+    """An index's passage and article ``FaissVectorStore``s, in memory, saved as files in its directory: a base file
+    per kind and the segments written since (search/vectors/segments.py), listed in ``vectors.json``."""
 
-    def __init__(self, passages: FaissVectorStore, articles: FaissVectorStore) -> None:
+    def __init__(self, passages: FaissVectorStore, articles: FaissVectorStore, stamp: JSONObject | None = None) -> None:
         self.passages: FaissVectorStore = passages
         self.articles: FaissVectorStore = articles
+        # the stamp the files on disk had when these stores were loaded or last saved, which their journals are
+        # relative to; None: the files hold something else (a fresh build), so the next save writes whole bases
+        self.stamp: JSONObject | None = stamp
+
+    def _stores(self) -> tuple[tuple[str, FaissVectorStore], tuple[str, FaissVectorStore]]:
+        return (PASSAGE_VECTORS, self.passages), (ARTICLE_VECTORS, self.articles)
 
     def save(self, directory: Path, generation: int, manifest: Manifest) -> None:
-        """Write both files, then the stamp recording the generation they match (last, so a crash leaves them
-        stale)."""
-        self.passages.save(directory / PASSAGE_VECTORS)
-        self.articles.save(directory / ARTICLE_VECTORS)
+        """Append a segment per kind holding the changes since the last save, or write whole bases (a merge) when
+        the files on disk are not the ones the changes are relative to or the merge policy says so; the stamp
+        last (a crash in between leaves the previous stamp, whose files are all still there)."""
+        self._write(directory, generation, manifest, merge=False)
+
+    def merge(self, directory: Path, generation: int, manifest: Manifest) -> int:
+        """Write both bases from memory and drop every segment (``newsdesk optimize``); returns how many segment
+        files were merged. Nothing is written when the files on disk already hold exactly this state in bases."""
+        on_disk = _read_state(directory)
+        merged = sum(len(_entries(on_disk, base)) for base, _ in self._stores())
+        if (
+            merged == 0
+            and on_disk == self.stamp
+            and on_disk.get("generation") == generation
+            and all(s.journal is not None and not s.journal.ops for _, s in self._stores())
+        ):
+            return 0
+        self._write(directory, generation, manifest, merge=True)
+        return merged
+
+    def _write(self, directory: Path, generation: int, manifest: Manifest, *, merge: bool) -> None:
+        on_disk = _read_state(directory)
+        factory = manifest["faiss"]["factory"]
+        appendable = not merge and self.stamp is not None and on_disk == self.stamp
+        # (no checksum of the bases here: reading 1.7 GB per save is what segments avoid; under the caches lock,
+        # files the stamp lists are the ones this process loaded or wrote)
+        appendable = appendable and on_disk.get("factory") == factory
+        old_sums = on_disk.get("crc32") if appendable else None
+        sums: JSONObject = dict(old_sums) if isinstance(old_sums, dict) else {}
+        segments: JSONObject = {}
+        for base, store in self._stores():
+            entries = _entries(on_disk, base) if appendable else []
+            plan = _append_plan(store, base, entries, generation) if appendable else None
+            if plan is None:  # a whole base: a merge, or files this state's journal is not relative to
+                for entry in entries:
+                    sums.pop(entry["file"], None)
+                store.save(directory / base)
+                sums[base] = file_crc32(directory / base)
+                segments[base] = []
+                continue
+            delta, entries = plan
+            if delta.rows:
+                name = segment_name(base, generation)
+                write_segment(directory / name, delta)
+                sums[name] = file_crc32(directory / name)
+                entries = [*entries, {"file": name, "rows": delta.rows}]
+            if base not in sums:  # a stamp from before checksums
+                sums[base] = file_crc32(directory / base)
+            segments[base] = entries
+        state: JSONObject = {"generation": generation, "factory": factory, "crc32": sums, "segments": segments}
         tmp = directory / f".{VECTORS_STATE}.tmp"
-        state = {
-            "generation": generation,
-            "factory": manifest["faiss"]["factory"],
-            "crc32": {name: file_crc32(directory / name) for name in (PASSAGE_VECTORS, ARTICLE_VECTORS)},
-        }
         with discarded_on_failure(tmp):
             tmp.write_text(json.dumps(state), encoding="utf-8")
             os.replace(tmp, directory / VECTORS_STATE)
+        self.stamp = state
+        for _, store in self._stores():
+            store.journal = Journal()
+        listed = {entry["file"] for base, _ in self._stores() for entry in segments[base]}
+        for path in garbage(directory, (PASSAGE_VECTORS, ARTICLE_VECTORS), listed):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def search_params_changed(self, manifest: Manifest, settings: Settings) -> bool:
         if manifest["faiss"].get("search", "") == settings.faiss_search:
@@ -468,6 +553,73 @@ class FaissVectors(IndexVectors):
         self.passages.set_search_params(settings.faiss_search)
         manifest["faiss"]["search"] = settings.faiss_search
         return True
+
+
+def _append_plan(
+    store: FaissVectorStore, base: str, entries: list[JSONObject], generation: int
+) -> tuple[Delta, list[JSONObject]] | None:
+    """The segment to append for ``store``'s journal (maybe empty: nothing changed) and the segments it follows;
+    None when a whole base must be written instead: no journal, or the merge policy's limits passed."""
+    if store.journal is None:
+        return None
+    delta = store.journal.delta(store.dimension)
+    if not delta.rows:
+        return delta, entries
+    if any(entry["file"] == segment_name(base, generation) for entry in entries):
+        return None  # this generation has a segment already (cannot happen with a journal; a whole base is safe)
+    rows = delta.rows + sum(int(entry["rows"]) for entry in entries)
+    if len(entries) + 1 > MERGE_SEGMENTS or rows > MERGE_FRACTION * max(store.count(), 1):
+        return None
+    return delta, entries
+
+
+def _entries(state: JSONObject, base: str) -> list[JSONObject]:
+    """The segments ``state`` lists for ``base``, oldest first (none in a stamp from before segments); IndexCorrupt
+    for a list of the wrong shape."""
+    listed = state.get("segments", {})
+    entries = listed.get(base, []) if isinstance(listed, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("file"), str) and is_segment_of(e["file"], base)
+        and isinstance(e.get("rows"), int)
+        for e in entries
+    ):  # fmt: skip
+        raise IndexCorrupt(f"{VECTORS_STATE} lists the segments of {base} in a form this newsdesk cannot read")
+    return entries
+
+
+def _listed_files(state: JSONObject) -> list[str]:
+    """Every file ``state`` says the vectors are made of: both bases and their segments."""
+    names = [PASSAGE_VECTORS, ARTICLE_VECTORS]
+    for base in (PASSAGE_VECTORS, ARTICLE_VECTORS):
+        names += [entry["file"] for entry in _entries(state, base)]
+    return names
+
+
+def _load_store(directory: Path, state: JSONObject, base: str, factory: str, search: str = "") -> FaissVectorStore:
+    """A base file with its segments applied in order (their net tombstones in one removal, then their net
+    additions in one addition: a removal scans the whole id map once)."""
+    store = FaissVectorStore.load(directory / base, factory, search)
+    entries = _entries(state, base)
+    if entries:
+        delta = compose((read_segment(directory / e["file"], store.dimension) for e in entries), store.dimension)
+        store.remove(delta.tombstones)
+        store.add(delta.ids, delta.vectors)
+    store.journal = Journal()
+    return store
+
+
+def _load(directory: Path, state: JSONObject, manifest: Manifest) -> FaissVectors:
+    """The vectors the stamp ``state`` describes; IndexCorrupt when a file is damaged or missing."""
+    factory = manifest["faiss"]["factory"]
+    search = manifest["faiss"].get("search") or ""
+    return FaissVectors(
+        _load_store(directory, state, PASSAGE_VECTORS, factory, search),
+        _load_store(directory, state, ARTICLE_VECTORS, ARTICLE_FACTORY),
+        state,
+    )
+
+
+OPEN_TRIES = 3  # a save or merge in another process may replace the files between reading the stamp and them
 
 
 class FaissBackend(VectorBackend):
@@ -480,25 +632,27 @@ class FaissBackend(VectorBackend):
         return {"store": self.name}
 
     def open(self, directory: Path, store: Store, manifest: Manifest, *, records: bool = True) -> FaissVectors:
-        """The FAISS caches if they match the store's generation and factory and their checksums, else rebuilt from
-        the stored embeddings and saved (where the directory can be written and no writer saves meanwhile)."""
+        """The FAISS caches (bases and segments) if they match the store's generation and factory and their
+        checksums, else rebuilt from the stored embeddings and saved (where the directory can be written and no
+        writer saves meanwhile)."""
         dim = int(manifest["model"]["dimension"])
         factory = manifest["faiss"]["factory"]
         search = manifest["faiss"].get("search") or ""
         generation = store.generation()
-        state = _read_state(directory)
-        fresh = state.get("generation") == generation and state.get("factory") == factory
-        p_path, a_path = directory / PASSAGE_VECTORS, directory / ARTICLE_VECTORS
-        if fresh and p_path.is_file() and a_path.is_file() and _intact(directory, state):
+        for _ in range(OPEN_TRIES):
+            state = _read_state(directory)
+            if state.get("generation") != generation or state.get("factory") != factory:
+                break
             try:
-                loaded = FaissVectors(
-                    FaissVectorStore.load(p_path, factory, search), FaissVectorStore.load(a_path, ARTICLE_FACTORY)
-                )
-                n_articles, n_passages = store.counts()
-                if (loaded.passages.count(), loaded.articles.count()) == (n_passages, n_articles):
-                    return loaded
+                if _intact(directory, state):
+                    loaded = _load(directory, state, manifest)
+                    n_articles, n_passages = store.counts()
+                    if (loaded.passages.count(), loaded.articles.count()) == (n_passages, n_articles):
+                        return loaded
             except IndexCorrupt:
                 pass  # a damaged cache is rebuilt below like a stale one
+            if _read_state(directory) == state:
+                break  # the files are what the stamp lists, and wrong; else a save replaced them: read again
         vectors = FaissVectors(
             FaissVectorStore.build(dim, factory, store.iter_vectors("passages"), search),
             FaissVectorStore.build(dim, ARTICLE_FACTORY, store.iter_vectors("articles")),
@@ -510,8 +664,9 @@ class FaissBackend(VectorBackend):
         return vectors
 
     def check(self, directory: Path, store: Store, manifest: Manifest) -> list[str]:
-        """The caches, when their stamp claims the store's generation: intact, holding exactly SQLite's ids, and
-        (exact factories) every vector equal to its stored embedding."""
+        """The caches, when their stamp claims the store's generation: every listed file intact, the bases with
+        their segments applied holding exactly SQLite's ids and (exact factories) every vector equal to its stored
+        embedding, and every vector a segment adds (any factory: segments hold raw vectors) equal to it."""
         state_path = directory / VECTORS_STATE
         if not (directory / PASSAGE_VECTORS).is_file() or not state_path.is_file():
             return []  # a missing cache is legal: it is rebuilt on open
@@ -523,30 +678,36 @@ class FaissBackend(VectorBackend):
             return [f"{VECTORS_STATE} is unreadable"]
         if state.get("generation") != store.generation():
             return []  # stale caches are legal too: open rebuilds them
-        if not _intact(directory, state):
-            return [
-                f"{PASSAGE_VECTORS} or {ARTICLE_VECTORS} differs from the checksum it was saved with; rebuilt on open"
-            ]
+        try:
+            damaged = _damaged(directory, state)
+            if damaged:
+                return [f"{damaged} differs from the checksum it was saved with; rebuilt on open"]
+            vectors = _load(directory, state, manifest)
+        except IndexCorrupt as exc:
+            return [exc.message]
         problems: list[str] = []
         factory = manifest["faiss"]["factory"]
-        for table, fname, fac in (
-            ("passages", PASSAGE_VECTORS, factory),
-            ("articles", ARTICLE_VECTORS, ARTICLE_FACTORY),
+        for table, base, vs, fac in (
+            ("passages", PASSAGE_VECTORS, vectors.passages, factory),
+            ("articles", ARTICLE_VECTORS, vectors.articles, ARTICLE_FACTORY),
         ):
-            try:
-                vs = FaissVectorStore.load(directory / fname, fac)
-            except IndexCorrupt as exc:
-                problems.append(exc.message)
-                continue
-            problem = ids_problem(vs.ids(), store, table, fname)
+            entries = _entries(state, base)
+            what = base if not entries else f"{base} with its {len(entries)} segments"
+            problem = ids_problem(vs.ids(), store, table, what)
             if problem:
                 problems.append(problem)
                 continue
+            if entries:
+                added = compose((read_segment(directory / e["file"], vs.dimension) for e in entries), vs.dimension)
+                problem = _segment_problem(added, store, table, base)
+                if problem:
+                    problems.append(problem)
+                    continue
             if "Flat" in fac and "PQ" not in fac and "SQ" not in fac:
                 for ids, vecs in store.iter_vectors(table):
                     for i, v in zip(ids, vecs, strict=True):
                         if not np.allclose(vs.reconstruct(int(i)), v, atol=1e-5):
-                            problems.append(f"{fname}: vector {i} differs from its stored embedding")
+                            problems.append(f"{base}: vector {i} differs from its stored embedding")
                             return problems
         return problems
 
@@ -569,11 +730,42 @@ def _read_state(directory: Path) -> JSONObject:
 
 
 def _intact(directory: Path, state: JSONObject) -> bool:
-    """Whether both FAISS files still have the CRC-32 their stamp recorded (a stamp from before checksums: yes)."""
+    """Whether every file the stamp lists still has the CRC-32 it recorded (a stamp from before checksums, which
+    lists no segments: yes); False for a stamp listing segments in a form this newsdesk cannot read."""
+    try:
+        return _damaged(directory, state) is None
+    except IndexCorrupt:
+        return False
+
+
+def _damaged(directory: Path, state: JSONObject) -> str | None:
+    """The first listed file whose CRC-32 is not the recorded one (or that is missing), or None."""
+    names = _listed_files(state)
     sums = state.get("crc32")
     if not isinstance(sums, dict):
-        return True
-    try:
-        return all(file_crc32(directory / name) == sums.get(name) for name in (PASSAGE_VECTORS, ARTICLE_VECTORS))
-    except OSError:
-        return False
+        return None if names == [PASSAGE_VECTORS, ARTICLE_VECTORS] else VECTORS_STATE
+    for name in names:
+        try:
+            if file_crc32(directory / name) != sums.get(name):
+                return name
+        except OSError:
+            return name
+    return None
+
+
+def _segment_problem(added: Delta, store: Store, table: str, base: str) -> str | None:
+    """The ``check`` line when a vector the segments of ``base`` add differs from SQLite's embedding of that id."""
+    if not len(added.ids):
+        return None  # the segments only delete
+    order = np.argsort(added.ids)
+    keys = added.ids[order]
+    for ids, vecs in store.iter_vectors(table):
+        at = np.searchsorted(keys, ids)
+        hit = (at < len(keys)) & (keys[np.minimum(at, len(keys) - 1)] == ids)
+        if not hit.any():
+            continue
+        ours = added.vectors[order[at[hit]]]
+        bad = ~np.all(np.isclose(ours, np.asarray(vecs)[hit], atol=1e-6), axis=1)
+        if bad.any():
+            return f"{base}: a segment's vector {int(ids[hit][bad][0])} differs from its stored embedding"
+    return None
