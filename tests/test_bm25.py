@@ -252,8 +252,10 @@ def test_pruning_scores_fewer_postings_of_common_terms(monkeypatch: pytest.Monke
     assert top.scored < 0.1 * 3 * 60_000
 
 
-def test_matching_articles_is_every_row_with_a_positive_score() -> None:
+def test_memory_bm25_answers_as_the_exhaustive_scorer(pruning: str) -> None:
+    """The service's lexical index: matches, top k with and without a filter of article keys, given rows."""
     postings = zipf_postings(3)
+    rng = np.random.default_rng(3)
 
     @dataclass
     class Holder:
@@ -263,8 +265,16 @@ def test_matching_articles_is_every_row_with_a_positive_score() -> None:
     for query in random_queries(3, 30):
         text = " ".join(query)
         phrases = bm25._phrases(text)  # as the query's text is read: tokenized, stemmed, each term once
-        want = postings.rowids[postings.scores(phrases, (1.0, 1.0)) > 0]
-        np.testing.assert_array_equal(memory.matching_articles(text), want)
+        matched = postings.rowids[postings.scores(phrases, (1.0, 1.0)) > 0]
+        np.testing.assert_array_equal(memory.matching_articles(text), matched)
         got = memory.search_articles(text, 7)
         rows, scores = postings.top_exhaustive(phrases, (1.0, 1.0), 7)
         assert got == [(int(postings.rowids[r]), float(s)) for r, s in zip(rows, scores, strict=True)]
+        mask = rng.random(postings.rows) < 0.3
+        got = memory.search_articles(text, 12, postings.rowids[mask])
+        rows, scores = postings.top_exhaustive(phrases, (1.0, 1.0), 12, mask)
+        assert got == [(int(postings.rowids[r]), float(s)) for r, s in zip(rows, scores, strict=True)]
+        keys = [int(k) for k in postings.rowids[rng.integers(0, postings.rows, size=50)]] + [0, 10**9]
+        every = postings.scores(phrases, (1.0, 1.0))
+        want = {int(postings.rowids[r]): float(every[r]) for r in postings.positions(keys)[1] if every[r] > 0}
+        assert memory.score_articles(text, keys) == want
