@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from search.models import Article
 from search.service import SearchService
 from search.settings import Settings
 from search.storage.index import check_index, open_index
+from search.text import bm25
 from search.text.bm25 import LEXICAL_STATE, LexicalPostings, MemoryBM25, Postings, load_postings
 from search.text.fts import Fts5Lexical
 
@@ -132,3 +135,146 @@ def test_stale_or_damaged_cache_is_rebuilt(writable: SearchService) -> None:
     assert "unreadable" in " ".join(check_index(directory))
     assert load_postings(directory, store).passages.rows == store.counts()[1]
     assert check_index(directory) == []
+
+
+# -- top-k pruning: the pruned top k is the exhaustive one ---------------------------------------------------------
+
+
+def zipf_postings(seed: int, rows: int = 3000, vocabulary: int = 400, columns: int = 2) -> Postings:
+    """Rows whose words follow a Zipf law (a few words in most rows, most words in few), with some rows repeated
+    word for word (equal scores, so ties cross the k-th place) and some empty ones."""
+    rng = np.random.default_rng(seed)
+    p = 1 / np.arange(1, vocabulary + 1) ** 1.1
+    p /= p.sum()
+
+    def text(n: int) -> str:
+        return " ".join(f"w{i}" for i in rng.choice(vocabulary, size=n, p=p))
+
+    built: list[tuple[int, tuple[str, ...]]] = []
+    for i in range(rows):
+        if built and rng.random() < 0.05:
+            texts = built[int(rng.integers(len(built)))][1]  # a duplicate row
+        else:
+            texts = tuple(text(int(rng.integers(0, 40 if c else 8))) for c in range(columns))
+        built.append((3 * i + 1, texts))
+    return Postings.build(built, columns)
+
+
+def random_queries(seed: int, n: int, vocabulary: int = 400) -> Iterator[list[str]]:
+    """Queries of 1 to 8 terms: very common ones, rare ones, repeated ones, and words no row holds."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        size = int(rng.integers(1, 9))
+        top = 12 if rng.random() < 0.5 else vocabulary + 20  # the commonest words only, or any (some unknown)
+        ids = rng.integers(0, top, size=size)
+        query = [f"w{i}" for i in ids]
+        if rng.random() < 0.3:
+            query += query[: int(rng.integers(1, len(query) + 1))]  # repeated terms add again, as in FTS5
+        yield query
+
+
+@pytest.fixture(params=["default", "forced"])
+def pruning(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``forced``: small blocks, a threshold for every query and block skipping on every term, so that small
+    corpora take every pruning step that 1.1M passages take."""
+    if request.param == "forced":
+        monkeypatch.setattr(bm25, "BLOCK", 8)
+        monkeypatch.setattr(bm25, "_PRUNE_MIN_POSTINGS", 0)
+        monkeypatch.setattr(bm25, "_PRUNE_MIN_ROWS", 0)
+        monkeypatch.setattr(bm25, "_SKIP_MIN_BLOCKS", 2)
+    return str(request.param)
+
+
+def mismatches(seed: int, queries: int = 60) -> list[str]:
+    """Queries (with k and filter) whose pruned top k differs from the exhaustive one in rows, scores or order."""
+    postings = zipf_postings(seed)
+    rng = np.random.default_rng(seed + 1000)
+    weights = (float(rng.choice([1.0, 2.5, 0.5])), 1.0)
+    found = []
+    for query in random_queries(seed, queries):
+        k = int(rng.choice([1, 2, 5, 10, 37, 100, 1000, 10_000]))
+        allowed = None
+        if rng.random() < 0.4:
+            allowed = rng.random(postings.rows) < float(rng.choice([0.0, 0.002, 0.05, 0.5, 1.0]))
+        want_rows, want_scores = postings.top_exhaustive(query, weights, k, allowed)
+        got = postings.top(query, weights, k, allowed)
+        if not (np.array_equal(got.rows, want_rows) and np.array_equal(got.scores, want_scores)):
+            found.append(f"{query} k={k} filtered={allowed is not None}")
+    return found
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pruned_top_k_is_the_exhaustive_top_k(seed: int, pruning: str) -> None:
+    assert mismatches(seed) == []
+
+
+def test_the_comparison_catches_a_bound_that_is_too_low(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The property test has teeth: with every bound halved (a wrong pruning), pruned and exhaustive differ."""
+    monkeypatch.setattr(bm25, "BLOCK", 8)
+    monkeypatch.setattr(bm25, "_PRUNE_MIN_POSTINGS", 0)
+    monkeypatch.setattr(bm25, "_PRUNE_MIN_ROWS", 0)
+    monkeypatch.setattr(bm25, "_SKIP_MIN_BLOCKS", 2)
+    monkeypatch.setattr(bm25, "_SLACK", 0.5)
+    assert sum(len(mismatches(seed)) for seed in range(3)) > 0
+
+
+def test_exhaustive_top_k_ranks_by_score_then_rowid() -> None:
+    """The oracle itself, against a plain sort of every row's score: ties at the k-th place go to the lower row."""
+    postings = zipf_postings(11)
+    for query in random_queries(11, 40):
+        scores = postings.scores(query, (1.0, 1.0))
+        ranked = sorted((i for i in range(postings.rows) if scores[i] > 0), key=lambda i: (-scores[i], i))
+        for k in (1, 3, 50, 5000):
+            rows, got = postings.top_exhaustive(query, (1.0, 1.0), k)
+            assert rows.tolist() == ranked[:k]
+            np.testing.assert_array_equal(got, scores[ranked[:k]])
+
+
+def test_scores_of_given_rows_are_the_exhaustive_scores_bit_for_bit() -> None:
+    postings = zipf_postings(5)
+    rng = np.random.default_rng(5)
+    for query in random_queries(5, 40):
+        every = postings.scores(query, (2.0, 1.0))
+        rows = rng.integers(0, postings.rows, size=int(rng.integers(0, 300)))  # any order, repeats allowed
+        np.testing.assert_array_equal(postings.score_rows(query, (2.0, 1.0), rows), every[rows])
+
+
+def test_pruning_scores_fewer_postings_of_common_terms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rare word beside very common ones: the pruned search scores a fraction of the common words' postings."""
+    monkeypatch.setattr(bm25, "_PRUNE_MIN_ROWS", 0)
+    rows = [(i + 1, (f"w0 w1 w2 filler{i % 50}" + (" rare" if i % 97 == 0 else ""),)) for i in range(60_000)]
+    postings = Postings.build(rows, 1)
+    query = ["w0", "w1", "w2", "rare"]
+    top = postings.top(query, (1.0,), 10)
+    want_rows, want_scores = postings.top_exhaustive(query, (1.0,), 10)
+    np.testing.assert_array_equal(top.rows, want_rows)
+    np.testing.assert_array_equal(top.scores, want_scores)
+    assert top.scored < 0.1 * 3 * 60_000
+
+
+def test_memory_bm25_answers_as_the_exhaustive_scorer(pruning: str) -> None:
+    """The service's lexical index: matches, top k with and without a filter of article keys, given rows."""
+    postings = zipf_postings(3)
+    rng = np.random.default_rng(3)
+
+    @dataclass
+    class Holder:
+        lexical: LexicalPostings
+
+    memory = MemoryBM25(Holder(LexicalPostings(passages=postings, articles=postings, generation=0)))
+    for query in random_queries(3, 30):
+        text = " ".join(query)
+        phrases = bm25._phrases(text)  # as the query's text is read: tokenized, stemmed, each term once
+        matched = postings.rowids[postings.scores(phrases, (1.0, 1.0)) > 0]
+        np.testing.assert_array_equal(memory.matching_articles(text), matched)
+        got = memory.search_articles(text, 7)
+        rows, scores = postings.top_exhaustive(phrases, (1.0, 1.0), 7)
+        assert got == [(int(postings.rowids[r]), float(s)) for r, s in zip(rows, scores, strict=True)]
+        mask = rng.random(postings.rows) < 0.3
+        got = memory.search_articles(text, 12, postings.rowids[mask])
+        rows, scores = postings.top_exhaustive(phrases, (1.0, 1.0), 12, mask)
+        assert got == [(int(postings.rowids[r]), float(s)) for r, s in zip(rows, scores, strict=True)]
+        keys = [int(k) for k in postings.rowids[rng.integers(0, postings.rows, size=50)]] + [0, 10**9]
+        every = postings.scores(phrases, (1.0, 1.0))
+        want = {int(postings.rowids[r]): float(every[r]) for r in postings.positions(keys)[1] if every[r] > 0}
+        assert memory.score_articles(text, keys) == want
