@@ -192,7 +192,7 @@ class SearchService:
             groups=self._duplicate_groups,
             graph=lambda: self.index.neighbours,
         )
-        self.lexical = MemoryBM25(index, self.settings.title_weight)
+        self.lexical = MemoryBM25(index, self.settings.title_weight, prune=self.settings.lexical_pruning)
 
     def refresh(self) -> None:
         """Reopen the index if another process committed a write since it was loaded (its FAISS and BM25 caches

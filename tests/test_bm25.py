@@ -261,7 +261,7 @@ def test_memory_bm25_answers_as_the_exhaustive_scorer(pruning: str) -> None:
     class Holder:
         lexical: LexicalPostings
 
-    memory = MemoryBM25(Holder(LexicalPostings(passages=postings, articles=postings, generation=0)))
+    memory = MemoryBM25(Holder(LexicalPostings(passages=postings, articles=postings, generation=0)), prune=True)
     for query in random_queries(3, 30):
         text = " ".join(query)
         phrases = bm25._phrases(text)  # as the query's text is read: tokenized, stemmed, each term once

@@ -203,7 +203,15 @@ class Postings:
             bounds = self._bounds[key] = BlockMax.build(self, weights)
         return bounds
 
-    def top(self, phrases: Sequence[str], weights: Sequence[float], k: int, allowed: np.ndarray | None = None) -> TopK:
+    def top(
+        self,
+        phrases: Sequence[str],
+        weights: Sequence[float],
+        k: int,
+        allowed: np.ndarray | None = None,
+        *,
+        prune: bool = True,
+    ) -> TopK:
         """``top_exhaustive``'s answer (same rows, same float32 scores bit for bit, same tie order), scoring only
         part of the postings of a large table's common terms: MaxScore (Turtle and Flood) with block-max bounds
         (Ding and Suel), as PISA's block-max MaxScore, cast as a few whole-array numpy passes rather than a walk
@@ -223,7 +231,8 @@ class Postings:
         Bounds are float64 sums of float32 maxima widened by ``_SLACK``, so the rounding of a real score never
         exceeds its bound; a row whose bound equals the threshold is kept (a tied row with a lower rowid wins).
         Below ``_PRUNE_MIN_POSTINGS`` postings or ``_PRUNE_MIN_ROWS`` rows, and for a filter allowing few rows,
-        there is nothing worth pruning and the exhaustive scorer (or a lookup of the allowed rows) answers."""
+        there is nothing worth pruning and the exhaustive scorer (or a lookup of the allowed rows) answers; so it
+        does with ``prune=False`` (the service's default: the lexical_pruning setting)."""
         terms, counts = self._terms(phrases)
         if k <= 0 or not len(terms) or not self.rows:
             return TopK.empty()
@@ -233,7 +242,7 @@ class Postings:
             rows = np.flatnonzero(allowed)
             found, scores = _best_positive(rows, self.score_rows(phrases, weights, rows), k)
             return TopK(found, scores, 0, len(rows) * len(terms))
-        if every < _PRUNE_MIN_POSTINGS or self.rows < _PRUNE_MIN_ROWS:
+        if not prune or every < _PRUNE_MIN_POSTINGS or self.rows < _PRUNE_MIN_ROWS:
             found, scores = self.top_exhaustive(phrases, weights, k, allowed)
             return TopK(found, scores, every, 0)
         return _maxscore_top(self, phrases, weights, terms, counts, k, allowed)
@@ -658,9 +667,10 @@ class MemoryBM25:
     (``Postings.top``) and the scores of given rows by lookups (``Postings.score_rows``): neither scores every
     posting of a common term, and both give the exhaustive scorer's numbers bit for bit."""
 
-    def __init__(self, holder: HasPostings, title_weight: float = 1.0) -> None:
+    def __init__(self, holder: HasPostings, title_weight: float = 1.0, *, prune: bool = False) -> None:
         self._holder = holder
         self._weights = (float(title_weight), 1.0)
+        self._prune = prune  # the lexical_pruning setting: off, the exhaustive scorer finds every top k
 
     def _table(self, table: str) -> tuple[Postings, tuple[float, ...]]:
         postings: Postings = getattr(self._holder.lexical, table)
@@ -672,7 +682,7 @@ class MemoryBM25:
         if allowed is not None:  # a filter: only rows whose key is allowed (sorted keys) compete for the top k
             mask = np.zeros(postings.rows, dtype=bool)
             mask[postings.positions(allowed)[1]] = True
-        top = postings.top(_phrases(query), weights, k, mask)
+        top = postings.top(_phrases(query), weights, k, mask, prune=self._prune)
         return [(int(postings.rowids[i]), float(s)) for i, s in zip(top.rows, top.scores, strict=True)]
 
     def _given(self, table: str, query: str, keys: Iterable[int]) -> dict[int, float]:
