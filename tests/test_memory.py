@@ -123,3 +123,9 @@ def test_model_weights_are_counted_as_loaded(embedder: Any) -> None:
     torch_model = SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="torch")
     assert abs(torch_model.memory_bytes() - weights) < 0.01 * weights
     assert embedder.onnx_path is not None and embedder.memory_bytes() >= embedder.onnx_path.stat().st_size > 0
+
+
+def test_milvus_vectors_hold_nothing_in_process(milvus_service: Any) -> None:
+    """On Milvus the vectors live in its server (or Milvus Lite's process): 0 here, the rest still counted."""
+    memory = milvus_service.index.memory()
+    assert memory["vectors"] == 0 and memory["postings"] > 0 and memory["catalog"] > 0
