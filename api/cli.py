@@ -661,13 +661,43 @@ def _size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def memory_stats(settings: Settings) -> dict[str, int]:
+    """Resident memory by component of the index opened as a server opens it (read-only here: nothing is written)
+    with the model the settings load: what ``stats --memory`` reports (search/memory.py)."""
+    from search.memory import memory_report
+    from search.storage.index import open_index
+    from search.text.embedding import make_embedder
+
+    index = open_index(settings.index_dir, None, read_only=True)
+    try:
+        return memory_report(index.memory(), make_embedder(settings))
+    finally:
+        index.close()
+
+
+def _memory_row(memory: dict[str, int]) -> tuple[str, str]:
+    """The one ``memory`` line: RSS, then each component that holds anything, largest first, then other."""
+    parts = sorted(((v, k) for k, v in memory.items() if k not in ("rss", "other") and v), reverse=True)
+    shown = ", ".join(f"{k} {_size(v)}" for v, k in parts)
+    return "memory", f"{_size(memory['rss'])} resident: {shown}, other {_size(memory['other'])}"
+
+
 @main.command()
 @_index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def stats(index_dir: Path | None, as_json: bool) -> None:
-    """Show what an index holds: name, model and backend, counts, newest article, vector store, size on disk."""
+@click.option(
+    "--memory",
+    is_flag=True,
+    help="Also open the index and load the model as a server does, and report resident memory by component "
+    "(seconds, and the index's size in RAM; without it stats reads the manifest and SQLite alone).",
+)
+def stats(index_dir: Path | None, as_json: bool, memory: bool) -> None:
+    """Show what an index holds: name, model and backend, counts, newest article, vector store, size on disk, and
+    with --memory the resident memory by component."""
     settings = Settings.from_env(index_dir=index_dir)
     info = index_stats(settings.index_dir)
+    if memory:
+        info["memory"] = memory_stats(settings)
     if as_json:
         click.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
@@ -682,6 +712,8 @@ def stats(index_dir: Path | None, as_json: bool) -> None:
         ("updated", f"{info['updated_at']}  (generation {info['generation']})"),
         ("on disk", f"{_size(info['size_bytes'])} in {info['files']} files"),
     ]
+    if memory:
+        rows.append(_memory_row(info["memory"]))
     for name, value in rows:
         click.echo(f"{name:<9} {value}")
 

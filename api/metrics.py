@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, 
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from search.errors import NewsdeskError
+from search.memory import memory_report
 from search.service import SearchService
 from search.storage.index import read_manifest
 
@@ -45,6 +46,9 @@ class IndexCollector:
 
     def __init__(self, service: SearchService) -> None:
         self.service = service
+        # the index parts' sizes (search/memory.py), kept while the served index and its generation stay: walking
+        # a large vocabulary on every scrape would cost a fraction of a second each time
+        self._parts: tuple[tuple[int, int], dict[str, int]] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # names are fixed below; describing them must not touch the index at registration time
@@ -84,6 +88,15 @@ class IndexCollector:
             gauge = GaugeMetricFamily(name, text, labels=["index"])
             gauge.add_metric([index], float(value))
             yield gauge
+        memory = GaugeMetricFamily(
+            "newsdesk_memory_bytes",
+            "Resident memory by component (vectors, postings, catalog, owners, profiles, model...), the process's "
+            "RSS (component rss) and what no component accounts for (other); see the README's stats section.",
+            labels=["index", "component"],
+        )
+        for component, size in self._memory().items():
+            memory.add_metric([index, component], float(size))
+        yield memory
         updated = self._last_update()
         if updated is not None:
             gauge = GaugeMetricFamily(
@@ -93,6 +106,13 @@ class IndexCollector:
             )
             gauge.add_metric([index], updated)
             yield gauge
+
+    def _memory(self) -> dict[str, int]:
+        index = self.service.index
+        key = (id(index), index.generation)
+        if self._parts is None or self._parts[0] != key:
+            self._parts = (key, index.memory())
+        return memory_report(self._parts[1], self.service.embedder)
 
     def _last_update(self) -> float | None:
         try:

@@ -24,6 +24,7 @@ from search import pages
 from search.checks import MAX_OFFSET as MAX_OFFSET  # where api/openapi.py reads it
 from search.checks import check_k, check_mode, check_offset, check_query
 from search.errors import InvalidInput, NotFound
+from search.memory import memory_report
 from search.models import (
     Article,
     ArticleRef,
@@ -883,6 +884,11 @@ class SearchService:
         if row < 0:
             return []
         return [Copy(catalog.ids[r], catalog.source_name(r)) for r in catalog.duplicate_rows(row)]
+
+    @_reads
+    def memory(self) -> dict[str, int]:
+        """Resident memory by component (search/memory.py): the served index's parts, the model, RSS and other."""
+        return memory_report(self.index.memory(), self.embedder)
 
     @_reads
     def health(self) -> Health:

@@ -106,6 +106,9 @@ class NumpyVectors(IndexVectors):
     def search_params_changed(self, manifest: Manifest, settings: Settings) -> bool:
         return False  # exact: nothing to tune
 
+    def memory_bytes(self) -> int:
+        return sum(s._ids.nbytes + s._vectors.nbytes for s in (self.passages, self.articles))
+
 
 class NumpyBackend(VectorBackend):
     name = "numpy"

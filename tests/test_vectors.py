@@ -328,3 +328,23 @@ def test_filtered_search_with_few_allowed_pads_and_empty_allows_nothing(data) ->
     store.remove(removed)
     _, got = store.search(vecs[:1], 5, allowed=np.sort(ids[[3, 7]]))
     assert ids[3] not in got[0] and ids[7] in got[0]  # a tombstone is never returned, filtered or not
+
+
+@pytest.mark.parametrize(
+    ("factory", "per_vector"),
+    [
+        ("IDMap2,Flat", 4 * 32 + 8 + 40),  # float32 codes, the id map, IDMap2's reverse hashtable entry
+        ("SQ8", 32 + 8 + 40),  # a byte a dimension
+        ("HNSW16", 4 * 32 + 8 + 40 + 4 * 32),  # and at least the 2 x 16 level-0 links of 4 bytes each
+        ("IVF8,SQ8", 32 + 8 + 40),  # codes and ids in the lists, the id hashtable
+    ],
+)
+def test_memory_bytes_counts_codes_ids_and_graph(factory: str, per_vector: int) -> None:
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(2000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store = FaissVectorStore.build(32, factory, [(np.arange(2000, dtype=np.int64), vectors)])
+    held = store.memory_bytes()
+    assert 2000 * per_vector <= held <= 2000 * per_vector * 1.5 + 32 * 32 * 4 * 8  # plus an IVF's centroids
+    store.remove(np.arange(1000, dtype=np.int64))
+    assert store.memory_bytes() <= held  # removal never grows it (an HNSW tombstone keeps its node)

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from search.memory import deep_size
 from search.storage.files import DAMAGED_CACHE, discarded_on_failure, stamped
 from search.storage.store import Store
 from search.text.bm25 import Postings
@@ -195,6 +196,10 @@ class NeighbourGraph:
                 return cls(keys, profiles, profiles.T.tocsr(), terms, data["idf"], changed, generation, config)
         except DAMAGED_CACHE:
             return None  # missing, stale or damaged: rebuilt by the caller
+
+    def memory_bytes(self) -> int:
+        """What the profiles, their transpose, the term rows and the idf hold: ``profiles`` in the memory report."""
+        return deep_size((self.keys, self.profiles, self.inverse, self.terms, self.idf))
 
 
 def graph_problems(directory: Path, generation: int, config: NeighbourConfig) -> list[str]:

@@ -17,6 +17,7 @@ from datetime import date
 import numpy as np
 
 from search.errors import InvalidInput
+from search.memory import deep_size
 from search.models import FacetCount
 from search.storage.store import CatalogRow, Store
 
@@ -166,6 +167,10 @@ class ArticleCatalog:
             ids=[r[4] for r in rows],
             groups=groups,
         )
+
+    def memory_bytes(self) -> int:
+        """What the catalog's arrays, ids, labels and lookups hold: ``catalog`` in the memory report."""
+        return deep_size(vars(self))
 
     def __len__(self) -> int:
         return len(self.aids)

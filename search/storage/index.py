@@ -33,6 +33,7 @@ from search.errors import (
     StorageError,
     WritesDisabled,
 )
+from search.memory import deep_size
 from search.news.dedup import DedupIndex
 from search.news.grouping import duplicates_problems, label_unlabelled, load_duplicates, save_duplicates
 from search.news.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph, graph_problems, load_graph
@@ -101,6 +102,10 @@ class PassageOwners:
     def passages_of_set(self, aids: np.ndarray) -> np.ndarray:
         """Sorted passage ids of the given (sorted, unique) article keys: a filter's passages, in one vector op."""
         return self.pids[np.isin(self.aids, aids, assume_unique=False)]
+
+    def memory_bytes(self) -> int:
+        """The three arrays: 24 bytes a passage. ``owners`` in the memory report."""
+        return int(self.pids.nbytes + self.aids.nbytes + self.order.nbytes)
 
     def updated(self, removed: list[int], added_pids: np.ndarray, added_aids: np.ndarray) -> PassageOwners:
         keep = ~np.isin(self.pids, np.asarray(removed, dtype=np.int64))
@@ -219,6 +224,20 @@ class Index:
         vars(self).update(vars(fresh))
         if previous is not self.store and isinstance(previous, Store):
             previous.close()
+
+    def memory(self) -> dict[str, int]:
+        """Bytes each in-memory part holds (search/memory.py): the backend's vectors, the BM25 postings, the article
+        catalog, the passage owners, the more-like-this profiles and the duplicate fingerprints (loaded for a write).
+        Sentence vectors stay in SQLite, read per page for highlighting: none are held, hence 0."""
+        return {
+            "vectors": self.vectors.memory_bytes(),
+            "sentence_vectors": 0,
+            "postings": self.lexical.memory_bytes(),
+            "catalog": self.catalog.memory_bytes(),
+            "owners": self.owners.memory_bytes(),
+            "profiles": self.neighbours.memory_bytes() if self.neighbours is not None else 0,
+            "duplicates": deep_size(self.duplicates) if self.duplicates is not None else 0,
+        }
 
     def close(self) -> None:
         if self.replica is not None:

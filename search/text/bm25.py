@@ -29,6 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
+from search.memory import deep_size
 from search.storage.files import DAMAGED_CACHE, discarded_on_failure
 from search.storage.store import Store
 from search.text.fts import K1, B, fts_term_counts, query_terms, stem
@@ -615,6 +616,10 @@ class LexicalPostings:
         with discarded_on_failure(tmp):
             tmp.write_text(json.dumps({"generation": self.generation, "version": POSTINGS_VERSION}), encoding="utf-8")
             os.replace(tmp, directory / LEXICAL_STATE)
+
+    def memory_bytes(self) -> int:
+        """What both tables' postings hold in memory (arrays and vocabularies): ``postings`` in the memory report."""
+        return deep_size((self.passages, self.articles))
 
 
 def load_postings(directory: Path, store: Store) -> LexicalPostings:

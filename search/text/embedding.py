@@ -453,6 +453,13 @@ class SentenceTransformerEmbedder:
                 self._model.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
             )
 
+    def memory_bytes(self) -> int:
+        """What the model holds: its torch parameters and buffers (the fp32 weights, loaded in both backends, which
+        the int8 path still uses for tokenizing and pooling), plus the ONNX file onnxruntime reads whole into its
+        session. ``model`` in the memory report (search/memory.py)."""
+        weights = sum(t.numel() * t.element_size() for t in (*self._model.parameters(), *self._model.buffers()))
+        return int(weights) + _file_size(self.onnx_path)
+
     def _source_hash(self) -> str | None:
         if self._files_sha256 is None:
             self._files_sha256 = files_hash(Path(self._path))
@@ -549,6 +556,10 @@ class OnnxEmbedder(SentenceTransformerEmbedder):
     def _pad_id(self) -> int:
         return self._pad
 
+    def memory_bytes(self) -> int:
+        """The ONNX file onnxruntime reads whole into its session (no torch model here): ``model`` in the report."""
+        return _file_size(self.onnx_path)
+
     def _pooled(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Mean of the tokens the mask keeps (sentence-transformers' Pooling, mean mode), L2-normalised."""
         weights = mask.astype(hidden.dtype)[:, :, None]
@@ -609,6 +620,14 @@ class _Layout:
         return cls(
             int(pooling["word_embedding_dimension"]), max_seq_length, int(vocabulary.get(pad_token, 0)), files_sha256
         )
+
+
+def _file_size(path: Path | None) -> int:
+    """Bytes of a model file (0 for none, or one gone since it was loaded: the session holds its copy)."""
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0
 
 
 def micro_batches(lengths: list[int]) -> list[list[int]]:

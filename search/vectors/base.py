@@ -111,6 +111,11 @@ class IndexVectors(ABC):
         """Apply the query-time parameters ``settings`` ask for (efSearch, nprobe, ef) and record them in
         ``manifest``; False when they are the recorded ones. Nothing is rebuilt."""
 
+    @abstractmethod
+    def memory_bytes(self) -> int:
+        """Bytes both stores hold in this process (codes, ids, graph, id maps): ``vectors`` in the memory report
+        (search/memory.py). A backend whose vectors live in another process (a Milvus server) holds none here."""
+
     def publish(self, generation: int, manifest: Manifest, *, take_over: bool = False) -> None:
         """Tell servers that read the backend alone (stateless replicas) that it holds ``generation``. Only a new
         build ``take_over``s from another build's data."""

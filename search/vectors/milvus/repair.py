@@ -87,6 +87,11 @@ class MilvusVectors(IndexVectors):
         entry["search_params"] = wanted
         return True
 
+    def memory_bytes(self) -> int:
+        """None in this process: the vectors and their index live in the Milvus server (or Milvus Lite's own
+        process); what the connection's client holds counts as ``other`` in the memory report."""
+        return 0
+
     def publish(self, generation: int, manifest: Manifest, *, take_over: bool = False) -> None:
         config = MilvusConfig.from_manifest(manifest["milvus"])
         publish(self.connection, config, manifest, generation, take_over=take_over)
