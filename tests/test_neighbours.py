@@ -4,18 +4,21 @@ writes."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from indexer.build import build_index
 from indexer.sources import read_sources
 from indexer.update import add_articles, delete_articles
 from search.errors import InvalidInput
 from search.models import Article
-from search.news.neighbours import NeighbourConfig, NeighbourGraph
+from search.news.neighbours import NeighbourConfig, NeighbourGraph, PoolConfig
 from search.ranking.catalog import Filter
 from search.service import SearchService
 from search.settings import Settings
@@ -255,21 +258,116 @@ def test_scoring_can_be_chosen_per_request(wire_service: SearchService) -> None:
         wire_service.similar("wire/0007", scoring="tf-idf")
 
 
-def test_no_graph_above_the_size_limit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def entry_recall(got: sp.csr_matrix, exact: sp.csr_matrix) -> float:
+    """Share of the exact profiles' (row, neighbour) entries that ``got`` holds too."""
+    hit = (got.astype(bool).multiply(exact.astype(bool))).nnz
+    return float(hit / exact.nnz)
+
+
+def test_above_the_exact_size_profiles_are_pooled_and_agree_with_the_exact_ones(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import search.news.neighbours as neighbours
 
-    keys, vecs, rows = synthetic(120, seed=8)
+    keys, vecs, rows = synthetic(1500, seed=8)
     postings = Postings.build(rows, 2)
-    graph = NeighbourGraph.build(keys, vecs, postings, generation=1, config=CONFIG)
-    monkeypatch.setattr(neighbours, "MAX_ARTICLES", 119)
-    assert graph.updated([], [], vector_store(keys, vecs), postings, generation=2) is None
+    exact = NeighbourGraph.build(keys, vecs, postings, generation=1, config=CONFIG)
+    assert exact.centroids is None
+    monkeypatch.setattr(neighbours, "EXACT_ARTICLES", 1000)
+    monkeypatch.setattr(neighbours, "DEFAULT_POOL", PoolConfig(cluster_size=50, probe=4, widest=8))
 
     class FakeStore:
         def generation(self) -> int:
             return 1
 
-    got = neighbours.load_graph(tmp_path, FakeStore(), vector_store(keys, vecs), postings, CONFIG)  # type: ignore[arg-type]
-    assert got is None and not (tmp_path / "neighbours.npz").exists()
+        @contextmanager
+        def saving(self, generation: int) -> Iterator[bool]:
+            yield True
+
+    graph = neighbours.load_graph(tmp_path, FakeStore(), vector_store(keys, vecs), postings, CONFIG)  # type: ignore[arg-type]
+    assert graph.centroids is not None and graph.clusters is not None and len(graph.centroids) == 30
+    # each article scored against at most 8 of 30 clusters (about a quarter of the corpus): most exact neighbours,
+    # more as the pools grow (this corpus's words follow its clusters loosely: tf-idf neighbours lie further out)
+    recall = entry_recall(graph.profiles, exact.profiles)
+    wider = NeighbourGraph.build(keys, vecs, postings, 1, CONFIG, PoolConfig(cluster_size=50, probe=8, widest=16))
+    assert 0.75 < recall < entry_recall(wider.profiles, exact.profiles) < 1
+    assert entry_recall(wider.profiles, exact.profiles) > 0.9
+    assert (graph.profiles.getnnz(axis=1) == CONFIG.k + 1).all()
+    # a pool covering every cluster gives the exact profiles
+    whole = NeighbourGraph.build(keys, vecs, postings, 1, CONFIG, PoolConfig(cluster_size=50, probe=30, widest=30))
+    assert np.allclose(whole.profiles.toarray(), exact.profiles.toarray(), atol=1e-6)
+    # saved with its clusters, loaded as it was
+    loaded = NeighbourGraph.load(tmp_path, 1, CONFIG)
+    assert loaded is not None and loaded.clusters is not None and loaded.centroids is not None
+    assert np.array_equal(loaded.clusters, graph.clusters) and np.array_equal(loaded.centroids, graph.centroids)
+    assert (loaded.profiles != graph.profiles).nnz == 0
+
+
+def test_a_write_to_pooled_profiles_scores_new_articles_from_both_sides() -> None:
+    pool = PoolConfig(
+        cluster_size=40, probe=10, widest=10
+    )  # 10 clusters, all probed: the pooled profiles are the exact ones
+    keys, vecs, rows = synthetic(400, seed=9)
+    postings = Postings.build(rows, 2)
+    graph = NeighbourGraph.build(keys, vecs, postings, 1, CONFIG, pool)
+    assert graph.centroids is not None and graph.clusters is not None and len(graph.centroids) == 10
+    new_keys, new_vecs, new_rows = synthetic(10, seed=10, start=401)
+    postings2 = postings.extended(new_rows)
+    store = vector_store(np.concatenate([keys, new_keys]), np.concatenate([vecs, new_vecs]))
+    updated = graph.updated([], new_keys.tolist(), store, postings2, generation=2)
+    live = np.concatenate([keys, new_keys])
+    assert np.array_equal(updated.keys, live) and updated.changed == 10 and updated.clusters is not None
+    assert updated.centroids is graph.centroids  # the clusters stay; new articles join the nearest
+    assert np.array_equal(updated.clusters[-10:], np.argmax(new_vecs @ graph.centroids.T, axis=1))
+    # every profile, old and new, is what a build would make now: new articles entered the older profiles whose
+    # weakest neighbour they beat, and the profiles whose best cosine they beat were made again
+    terms = oracle_terms(postings2, live, updated.idf)
+    vecs_live = store.reconstruct_batch(live).astype(np.float64)
+    expected = oracle_profiles(vecs_live, terms, np.arange(len(live)), CONFIG)
+    assert np.allclose(updated.profiles.toarray(), expected, atol=1e-5)
+    before = graph.profiles.toarray()
+    changed = np.flatnonzero(np.abs(updated.profiles.toarray()[:400, :400] - before).max(axis=1) > 1e-6)
+    assert 0 < len(changed) < 400  # the write touched some older profiles, not all
+    assert updated.best is not None and np.allclose(
+        updated.best[:, 0], (vecs_live @ vecs_live.T - 2 * np.eye(410)).max(axis=1), atol=1e-5
+    )
+    # a delete: the articles that held it lose it, and nothing else changes
+    gone = int(live[7])
+    alone = updated.updated([gone], [], store, postings2.without([gone]), generation=3)
+    held = updated.inverse[7].indices
+    assert gone not in alone and np.array_equal(alone.keys, np.delete(live, 7)) and len(held) > 1
+    kept = np.delete(np.delete(updated.profiles.toarray(), 7, axis=0), 7, axis=1)
+    assert np.allclose(alone.profiles.toarray(), kept)
+
+
+def test_a_write_to_partly_pooled_profiles_stays_as_close_to_the_exact_ones_as_a_rebuild() -> None:
+    pool = PoolConfig(cluster_size=40, probe=3, widest=4)
+    keys, vecs, rows = synthetic(600, seed=11)
+    postings = Postings.build(rows, 2)
+    graph = NeighbourGraph.build(keys[:500], vecs[:500], postings, 1, CONFIG, pool)
+    store = vector_store(keys, vecs)
+    updated = graph
+    for lo in range(500, 600, 20):  # five writes of 20 articles
+        updated = updated.updated([], keys[lo : lo + 20].tolist(), store, postings, generation=2)
+    exact = NeighbourGraph.build(keys, vecs, postings, 2, CONFIG)
+    rebuilt = NeighbourGraph.build(keys, vecs, postings, 2, CONFIG, pool)
+    assert entry_recall(updated.profiles, exact.profiles) > entry_recall(rebuilt.profiles, exact.profiles) - 0.03
+
+
+def test_kept_columns_drops_deleted_rows_and_columns_like_slicing() -> None:
+    from search.news.neighbours import _kept_columns
+
+    m = sp.random(40, 40, density=0.2, format="csr", random_state=4, dtype=np.float32).tolil()
+    m[5] = 0  # an empty row
+    m[39] = 0  # and the last one
+    m = m.tocsr()
+    m.eliminate_zeros()
+    keep = np.random.default_rng(3).random(40) > 0.3
+    keep[39] = True
+    got = _kept_columns(m, np.flatnonzero(~keep), int(keep.sum()) + 4)
+    assert got.shape == (int(keep.sum()), int(keep.sum()) + 4)
+    got.check_format(full_check=True)
+    assert np.array_equal(got.toarray()[:, : int(keep.sum())], m[keep][:, keep].toarray())
 
 
 def test_filters_that_match_nothing_give_empty_lists(wire_service: SearchService) -> None:
