@@ -316,8 +316,10 @@ class NeighbourGraph:
             return None  # missing, stale or damaged: rebuilt by the caller
 
     def memory_bytes(self) -> int:
-        """What the profiles, their transpose, the term rows and the idf hold: ``profiles`` in the memory report."""
-        return deep_size((self.keys, self.profiles, self.inverse, self.terms, self.idf))
+        """What the profiles, their transpose, the term rows, the idf and (pooled) the clusters and best cosines
+        hold: ``profiles`` in the memory report."""
+        parts = (self.keys, self.profiles, self.inverse, self.terms, self.idf, self.centroids, self.clusters, self.best)
+        return deep_size(tuple(p for p in parts if p is not None))
 
 
 def graph_problems(directory: Path, generation: int, config: NeighbourConfig) -> list[str]:
