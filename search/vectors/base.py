@@ -77,6 +77,15 @@ def checked_batch(ids: np.ndarray, vectors: np.ndarray, dimension: int) -> tuple
     return ids, vectors
 
 
+def lookup_keys(ids: np.ndarray) -> np.ndarray:
+    """The keys of a ``reconstruct_batch``: contiguous int64; KeyError for a negative one (no vector has it), as
+    for any key the backend does not hold."""
+    keys = np.ascontiguousarray(ids, dtype=np.int64)
+    if len(keys) and int(keys.min()) < 0:
+        raise KeyError(int(keys.min()))
+    return keys
+
+
 def ids_problem(held: np.ndarray, store: Store, table: str, what: str) -> str | None:
     """The ``newsdesk check`` line when a backend's copy (``what``, holding the sorted ids ``held``) has other ids
     than SQLite's vectors of ``table``; None when they are the same."""

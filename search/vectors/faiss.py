@@ -32,6 +32,7 @@ from search.vectors.base import (
     VectorBackend,
     checked_batch,
     ids_problem,
+    lookup_keys,
 )
 from search.vectors.segments import (
     MERGE_FRACTION,
@@ -388,11 +389,9 @@ class FaissVectorStore:
             raise KeyError(id_) from None
 
     def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
-        keys = np.ascontiguousarray(ids, dtype=np.int64)
+        keys = lookup_keys(ids)
         if len(keys) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        if int(keys.min()) < 0:
-            raise KeyError(int(keys.min()))
         try:
             return np.asarray(self._index.reconstruct_batch(keys), dtype=np.float32)
         except RuntimeError:

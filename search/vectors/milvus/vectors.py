@@ -29,7 +29,7 @@ import numpy as np
 
 from search.errors import IndexCorrupt, InvalidInput
 from search.storage.manifest import Params
-from search.vectors.base import EXACT_FILTER_LIMIT, checked_batch
+from search.vectors.base import EXACT_FILTER_LIMIT, checked_batch, lookup_keys
 from search.vectors.milvus.client import MilvusConnection, next_page, reason
 from search.vectors.milvus.config import LITE_INDEX_TYPES, SCHEMA, MilvusConfig, format_params, parse_params
 
@@ -255,11 +255,9 @@ class MilvusVectorStore:
         return vector
 
     def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
-        keys = np.ascontiguousarray(ids, dtype=np.int64)
+        keys = lookup_keys(ids)
         if len(keys) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        if int(keys.min()) < 0:
-            raise KeyError(int(keys.min()))
         unique = np.unique(keys)
         found: dict[int, list[float]] = {}
         for start in range(0, len(unique), READ_BATCH):
