@@ -368,7 +368,7 @@ def _print_count(response: SearchResponse, offset: int) -> None:
 def _check_index(settings: Settings) -> None:
     """A missing or unfinished index fails here, before the model loads (a replica has no directory to check)."""
     if not settings.collections:
-        from search.storage.index import read_manifest
+        from search.storage.manifest import read_manifest
 
         read_manifest(settings.index_dir)
 

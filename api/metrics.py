@@ -23,7 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from search.errors import NewsdeskError
 from search.memory import memory_report
 from search.service import SearchService
-from search.storage.index import read_manifest
+from search.storage.manifest import read_manifest
 
 # Seconds. Health checks answer in ~1 ms and searches in tens of ms on the sample; big indexes take longer.
 log = logging.getLogger("newsdesk.api")

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from search.settings import Settings  # noqa: E402
-from search.storage.index import VECTORS_STATE, open_index, read_manifest, write_manifest  # noqa: E402
+from search.storage.index import VECTORS_STATE, open_index  # noqa: E402
+from search.storage.manifest import read_manifest, write_manifest  # noqa: E402
 from search.vectors.milvus.vectors import MilvusConfig  # noqa: E402
 
 

@@ -223,6 +223,7 @@ def test_writes_acknowledged_during_a_rebuild_are_in_the_new_build(
     are embedded again for the new build."""
     import indexer.build
     import search.storage.index
+    import search.storage.manifest
     from indexer.sync import sync_index
 
     target = fresh_copy(base, tmp_path)
@@ -241,7 +242,7 @@ def test_writes_acknowledged_during_a_rebuild_are_in_the_new_build(
         add_articles(writer, articles_of([*embedding, replaced]), embedder, old_settings, origin="api")
         delete_articles(writer, [deleted])
 
-    write_manifest = search.storage.index.write_manifest  # what the build calls
+    write_manifest = search.storage.manifest.write_manifest  # what the build calls
 
     def while_caching(directory: Path, manifest: Manifest) -> None:
         add_articles(writer, articles_of(caching), embedder, old_settings, origin="api")

@@ -41,9 +41,7 @@ from search.ranking.catalog import ArticleCatalog
 from search.storage.files import DAMAGED_CACHE, directory_writable, fsync_path
 from search.storage.manifest import FORMAT_VERSION as FORMAT_VERSION
 from search.storage.manifest import MANIFEST as MANIFEST
-from search.storage.manifest import Manifest, looks_like_manifest
-from search.storage.manifest import read_manifest as read_manifest
-from search.storage.manifest import write_manifest as write_manifest
+from search.storage.manifest import Manifest, looks_like_manifest, read_manifest, write_manifest
 from search.storage.store import ReadStore, Store
 from search.text.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
 from search.text.embedding import Embedder, check_compatible
