@@ -78,7 +78,8 @@ from search.settings import Settings  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "realtimeqa"
 CORPUS = "news_corpus.jsonl.gz"
 QUESTIONS = "questions_dev.jsonl"
-HELD_OUT = 200  # articles after the largest size: what the writes add (never in the index beforehand)
+HELD_OUT = 200  # articles the writes draw from (corpus_articles)
+MIN_NOVEL = 50  # fewer articles after the largest size than this: the writes add copies
 WRITE_ARTICLES = 10
 FULL_CORPUS_ARTICLES = 26_671
 HASH_CLI = "--hash-newsdesk"  # first argument: run the newsdesk CLI with the hash embedder (``hash_newsdesk``)
@@ -218,7 +219,9 @@ def build_phase(data: Path, size: int, target: Path) -> dict[str, Any]:
     read_s = time.perf_counter() - start
     with patched(stages):
         begun = time.perf_counter()
-        report = build_index(articles, target, Settings(index_dir=target), HashVectorEmbedder(), progress=False)
+        report = build_index(
+            articles, target, Settings.from_env(index_dir=target), HashVectorEmbedder(), progress=False
+        )
         total = time.perf_counter() - begun
     s = stages.seconds
     out = {
@@ -278,11 +281,17 @@ class TimedEmbedder(HashVectorEmbedder):
             self.spent += time.perf_counter() - start
 
 
-def corpus_articles(data: Path, size: int) -> tuple[list[Article], list[Article]]:
-    """The ``size`` articles the index was built from, and the held-out ones after them (never in the index
-    beforehand) that the writes add; articles without a paragraph are left out of the held-out ones."""
-    articles = read_articles(data, size + HELD_OUT)
-    return articles[:size], [a for a in articles[size:] if a.paragraphs]
+def corpus_articles(data: Path, size: int, largest: int) -> tuple[list[Article], list[Article], str]:
+    """The ``size`` articles the index was built from; the pool the writes draw their 10-article batches from (ids
+    renamed: ``write_batch``), the same at every size of a run so that a ratio compares the same writes; and which
+    pool it is. ``novel``: the articles after the run's ``largest`` size, in no index of the run, when the corpus
+    has ``MIN_NOVEL`` of them; ``copies``: else (the whole corpus is indexed, nothing is left after it) the first
+    ``HELD_OUT`` articles again, copies of articles every size holds, as wire copies reach a newsroom."""
+    articles = read_articles(data, max(size, largest + HELD_OUT, HELD_OUT))
+    after = [a for a in articles[largest:] if a.paragraphs]
+    if len(after) >= MIN_NOVEL:
+        return articles[:size], after, "novel"
+    return articles[:size], [a for a in articles[:HELD_OUT] if a.paragraphs], "copies"
 
 
 def timed_calls(call: Callable[[str], object], keys: list[str]) -> dict[str, Any]:
@@ -538,6 +547,7 @@ def serve_phase(
     real_model: bool,
     quality_queries: int,
     write_seconds: float,
+    largest: int,
 ) -> dict[str, Any]:
     from indexer.build import make_chunker, new_articles
     from indexer.update import add_articles, delete_articles
@@ -545,7 +555,7 @@ def serve_phase(
     from search.service import SearchService
     from search.storage.index import open_index
 
-    settings = Settings(index_dir=target)
+    settings = Settings.from_env(index_dir=target)
     questions = load_questions(data, queries)
     embedder = TimedEmbedder()
     start = time.perf_counter()
@@ -554,7 +564,7 @@ def serve_phase(
     open_s = time.perf_counter() - start
     memory = memory_report(service.index.memory(), embedder)
 
-    in_index, held = corpus_articles(data, size)
+    in_index, held, pool = corpus_articles(data, size, largest)
     picks = np.random.default_rng(17).choice(len(in_index), size=min(queries, len(in_index)), replace=False)
     latency = serving_latency(service, questions, [in_index[i].id for i in picks.tolist()])
     log(f"{size} articles: latency {latency['hybrid']}; quality")
@@ -579,6 +589,7 @@ def serve_phase(
     alone = log_alone.summary()
     write: dict[str, Any] = {
         "articles": WRITE_ARTICLES,
+        "pool": pool,
         "rounds": rounds,
         "add_s": alone["add_s"],
         "add_excl_embedding_s": alone["add_excl_embedding_s"],
@@ -651,9 +662,9 @@ def real_phase(data: Path, target: Path, size: int, queries: int, quality_querie
     from search.storage.index import open_index
     from search.text.embedding import make_embedder
 
-    settings = Settings(index_dir=target)
+    settings = Settings.from_env(index_dir=target)
     embedder = make_embedder(settings)
-    in_index, held = corpus_articles(data, size)
+    in_index, held, pool = corpus_articles(data, size, size)
     evidence = evidence_questions(data, {a.id for a in in_index})
     questions = [q for q, _ in evidence][:queries] or load_questions(data, queries)
     start = time.perf_counter()
@@ -696,6 +707,7 @@ def real_phase(data: Path, target: Path, size: int, queries: int, quality_querie
         "answer_recall_at_5": {"as_built": recall_built, "after_writes_and_merge": recall_after},
         "write": {
             "articles": len(batch),
+            "pool": pool,
             "add_with_real_embedding_s": round(add_s, 3),
             "appended": appended,
             "visible_to_search": visible,
@@ -725,7 +737,7 @@ def child(args: argparse.Namespace, phase: str, size: int, target: Path) -> dict
     command = [sys.executable, __file__, "--phase", phase, "--size", str(size), "--work", str(args.work)]
     command += ["--target", str(target), "--data", str(args.data), "--queries", str(args.queries)]
     command += ["--rounds", str(args.rounds), "--quality-queries", str(args.quality_queries)]
-    command += ["--write-seconds", str(args.write_seconds)]
+    command += ["--write-seconds", str(args.write_seconds), "--largest", str(args.largest)]
     if not args.real_model:
         command.append("--no-real-model")
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
@@ -1147,6 +1159,7 @@ def main() -> None:
     parser.add_argument("--phase", choices=("build", "serve", "real"), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--target", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--largest", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.phase is not None:
@@ -1162,6 +1175,7 @@ def main() -> None:
                 args.real_model,
                 args.quality_queries,
                 args.write_seconds,
+                args.largest,
             )
         else:
             result = real_phase(args.data, args.target, args.size, args.queries, args.quality_queries)
@@ -1170,6 +1184,7 @@ def main() -> None:
 
     sizes = [args.limit_articles] if args.limit_articles else [int(s) for s in args.sizes.split(",") if s.strip()]
     args.work.mkdir(parents=True, exist_ok=True)
+    args.largest = max(sizes, default=0)  # every size's writes draw from the same pool (corpus_articles)
     runs: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     began = time.perf_counter()
@@ -1205,6 +1220,12 @@ def main() -> None:
         "load_average": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "minutes": round((time.perf_counter() - began) / 60, 1),
         "corpus": str(args.data / CORPUS),
+        # every phase reads NEWSDESK_* settings (lexical_pruning, the index type...): the run says which were set
+        "settings_env": {
+            k: "(set)" if any(w in k for w in ("KEY", "TOKEN", "SECRET", "PASSWORD")) else v
+            for k, v in sorted(os.environ.items())
+            if k.startswith("NEWSDESK_")
+        },
         "sizes": runs,
     }
     if real is not None:
