@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.archive import CORPUS, QUESTIONS, HashVectorEmbedder, same_top, verdict
+from bench.archive import CORPUS, QUESTIONS, HashVectorEmbedder, corpus_articles, same_top, verdict
 from tests.fakes import wire_articles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,8 @@ def run_archive(tmp_path: Path, data: Path, *options: str) -> dict[str, Any]:
 
 
 def test_a_two_size_run_reports_every_figure(tmp_path: Path) -> None:
-    report = run_archive(tmp_path, stand_in_data(tmp_path), "--sizes", "12,24", "--http-seconds", "1")
+    # the larger size is the whole stand-in corpus, as 26,671 is the whole of RealTime QA: nothing is left after it
+    report = run_archive(tmp_path, stand_in_data(tmp_path, 24), "--sizes", "12,24", "--http-seconds", "1")
     small, large = report["sizes"]
     assert (small["articles"], large["articles"]) == (12, 24) and small["passages"] < large["passages"]
     stages = ("read", "chunk", "embed", "sqlite_write", "faiss", "labels", "bm25", "profiles", "caches_and_swap")
@@ -70,6 +71,7 @@ def test_a_two_size_run_reports_every_figure(tmp_path: Path) -> None:
         assert set(run["latency_ms"]) == {"hybrid", "dense", "similar", "timeline", "story"}
         assert all(lat["calls"] > 0 for lat in run["latency_ms"].values())
         assert run["write"]["add_s"] >= run["write"]["add_excl_embedding_s"] > 0 and run["write"]["delete_s"] > 0
+        assert run["write"]["pool"] == "copies"  # the same writes at both sizes, none of them empty
         # exact vectors and the exhaustive BM25 itself: the served answers are the reference's
         assert run["quality"]["dense_recall_at_10"] == 1.0 and run["quality"]["queries"] == 3
         assert run["quality"]["lexical_identical"] == {"passages": 1.0, "articles": 1.0}
@@ -110,6 +112,17 @@ def test_the_real_subset_is_built_by_newsdesk_index_served_and_resumed(tmp_path:
     assert "conditions" not in verdicts  # no hash-vector size was run
     again = run_archive(tmp_path, data, *options)["real_subset"]
     assert again["build"]["resumed"] is True and again["build"]["seconds"] == real["build"]["seconds"]
+
+
+def test_writes_draw_one_pool_at_every_size_even_at_the_whole_corpus(tmp_path: Path) -> None:
+    data = stand_in_data(tmp_path, 80)
+    small, pool, kind = corpus_articles(data, 12, 24)
+    large, same, _ = corpus_articles(data, 24, 24)
+    assert kind == "novel" and len(small) == 12 and len(large) == 24 and pool == same
+    assert {a.id for a in pool}.isdisjoint(a.id for a in large)  # after the largest size: in no index of the run
+    whole, copies, kind = corpus_articles(data, 80, 80)
+    assert kind == "copies" and len(whole) == 80 and len(copies) == 80  # not an empty pool (empty writes)
+    assert {a.id for a in copies} <= {a.id for a in whole}
 
 
 def test_same_top_allows_only_ties_to_differ() -> None:
