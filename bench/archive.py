@@ -82,6 +82,7 @@ HELD_OUT = 200  # articles the writes draw from (corpus_articles)
 MIN_NOVEL = 50  # fewer articles after the largest size than this: the writes add copies
 WRITE_ARTICLES = 10
 FULL_CORPUS_ARTICLES = 26_671
+SERVED = ("hybrid", "dense", "similar", "timeline", "story")  # what acceptance 1 says the index serves
 HASH_CLI = "--hash-newsdesk"  # first argument: run the newsdesk CLI with the hash embedder (``hash_newsdesk``)
 TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
@@ -538,6 +539,25 @@ def writes_under_load(
     }
 
 
+def real_embedding(settings: Settings, batches: list[list[Article]]) -> dict[str, Any]:
+    """The real model (``make_embedder``) chunking and embedding each 10-article batch as a write would: what a
+    write spends embedding, which the hash embedder stands in for (the median over the batches)."""
+    from indexer.build import make_chunker, new_articles
+    from search.text.embedding import make_embedder
+
+    real = make_embedder(settings)
+    chunker = make_chunker(settings, real)
+    spent = []
+    for batch in batches:
+        t = time.perf_counter()
+        new_articles(batch, chunker, real, settings, {})
+        spent.append(time.perf_counter() - t)
+    return {
+        "real_model": real.name + f" ({real.fingerprint().get('backend', 'torch')})",
+        "real_embedding_s": round(statistics.median(spent), 4),
+    }
+
+
 def serve_phase(
     data: Path,
     target: Path,
@@ -549,7 +569,6 @@ def serve_phase(
     write_seconds: float,
     largest: int,
 ) -> dict[str, Any]:
-    from indexer.build import make_chunker, new_articles
     from indexer.update import add_articles, delete_articles
     from search.memory import memory_report
     from search.service import SearchService
@@ -568,7 +587,7 @@ def serve_phase(
     picks = np.random.default_rng(17).choice(len(in_index), size=min(queries, len(in_index)), replace=False)
     latency = serving_latency(service, questions, [in_index[i].id for i in picks.tolist()])
     log(f"{size} articles: latency {latency['hybrid']}; quality")
-    quality = quality_phase(service, target, questions[:quality_queries])
+    quality = attempt("quality", lambda: quality_phase(service, target, questions[:quality_queries]))
 
     log_alone = WriteLog()
     batches = []
@@ -597,20 +616,14 @@ def serve_phase(
         "merging_writes": alone["merging_writes"],
     }
     log(f"{size} articles: writes alone {write}; writes under load")
-    under_load = writes_under_load(service, embedder, target, held, questions, write_seconds)
-    if real_model:
-        from search.text.embedding import make_embedder
-
-        real = make_embedder(settings)
-        chunker = make_chunker(settings, real)
-        spent = []
-        for batch in batches:
-            t = time.perf_counter()
-            new_articles(batch, chunker, real, settings, {})
-            spent.append(time.perf_counter() - t)
-        write["real_model"] = real.name + f" ({real.fingerprint().get('backend', 'torch')})"
-        write["real_embedding_s"] = round(statistics.median(spent), 4)
-        write["add_with_real_embedding_s"] = round(write["add_excl_embedding_s"] + write["real_embedding_s"], 4)
+    under_load = attempt(
+        "writes under load", lambda: writes_under_load(service, embedder, target, held, questions, write_seconds)
+    )
+    if real_model:  # after the memory figure: the model's weights would count in it
+        real = attempt("real model", partial(real_embedding, settings, batches))
+        write.update({f"real_{k}" if k == "error" else k: v for k, v in real.items()})
+        if "real_embedding_s" in real and write["add_excl_embedding_s"] is not None:
+            write["add_with_real_embedding_s"] = round(write["add_excl_embedding_s"] + real["real_embedding_s"], 4)
     service.index.close()
     return {
         "open_s": round(open_s, 3),
@@ -852,40 +865,40 @@ def http_phase(args: argparse.Namespace, target: Path, size: int) -> dict[str, A
     }
 
 
-def ratios(small: dict[str, Any], large: dict[str, Any]) -> dict[str, float | None]:
-    def r(a: float | None, b: float | None) -> float | None:  # None where a figure is missing (strict JSON)
-        return round(b / a, 2) if a and b is not None else None
+RATIO_FIGURES = (
+    "passages",
+    "build.total",
+    "open_s",
+    "memory.rss",
+    "build_peak_rss_bytes",
+    "on_disk_bytes",
+    *(f"latency_ms.{op}.{p}" for op in SERVED for p in ("p50", "p99")),
+    "quality.served_vector_search_ms.p50",
+    "write.add_s",
+    "write.add_excl_embedding_s",
+    "write.delete_s",
+    "write.add_with_real_embedding_s",
+    "writes_under_load.search_without_writes_ms.p99",
+    "writes_under_load.search_with_writes_ms.p99",
+    "writes_under_load.writes.add_excl_embedding_s",
+    "writes_under_load.writes.delete_s",
+    "writes_under_load.writes.appending_write_s",
+    "writes_under_load.writes.merging_write_s",
+    "optimize.seconds",
+    "check.seconds",
+    "http.open_to_first_search_s",
+    "http.peak_rss",
+    "http.clients_4.p50_ms",
+    "http.clients_4.p99_ms",
+    "http.clients_4.throughput_rps",
+    "http.clients_1.p50_ms",
+    "http.clients_1.throughput_rps",
+)
 
-    out = {
-        "passages": r(small["passages"], large["passages"]),
-        "build_total": r(small["build"]["total"], large["build"]["total"]),
-        "open_s": r(small["open_s"], large["open_s"]),
-        "rss": r(small["memory"]["rss"], large["memory"]["rss"]),
-        "build_peak_rss": r(small["build_peak_rss_bytes"], large["build_peak_rss_bytes"]),
-        "on_disk": r(small["on_disk_bytes"], large["on_disk_bytes"]),
-    }
-    for mode, lat in large["latency_ms"].items():
-        for p in ("p50", "p99"):
-            out[f"{mode}_{p}"] = r(small["latency_ms"][mode][p], lat[p])
-    for key in ("add_s", "add_excl_embedding_s", "delete_s", "add_with_real_embedding_s"):
-        if key in large["write"]:
-            out[f"write_{key}"] = r(small["write"][key], large["write"][key])
-    a, b = small.get("writes_under_load", {}), large.get("writes_under_load", {})
-    if a and b:
-        for key in ("search_without_writes_ms", "search_with_writes_ms"):
-            out[f"{key.removesuffix('_ms')}_p99"] = r(a[key]["p99"], b[key]["p99"])
-        for key in ("add_excl_embedding_s", "delete_s", "appending_write_s", "merging_write_s"):
-            out[f"under_load_{key}"] = r(a["writes"][key], b["writes"][key])
-    for key in ("optimize", "check"):
-        if key in small and key in large:
-            out[f"{key}_s"] = r(small[key]["seconds"], large[key]["seconds"])
-    if "http" in small and "http" in large:
-        out["http_open_s"] = r(small["http"]["open_to_first_search_s"], large["http"]["open_to_first_search_s"])
-        for name, s in large["http"].items():
-            if name.startswith("clients_"):
-                out[f"http_{name}_p50"] = r(small["http"][name]["p50_ms"], s["p50_ms"])
-                out[f"http_{name}_throughput"] = r(small["http"][name]["throughput_rps"], s["throughput_rps"])
-    return out
+
+def ratios(small: dict[str, Any], large: dict[str, Any]) -> dict[str, float | None]:
+    """Each figure at the largest size over the smallest (None where either is missing)."""
+    return {path: ratio(pick(small, path), pick(large, path)) for path in RATIO_FIGURES}
 
 
 def projection(small: dict[str, Any], large: dict[str, Any], full_passages: int) -> dict[str, Any]:
@@ -929,15 +942,16 @@ def verdict(figure: float | None, bar: float, below: bool = True) -> dict[str, A
 
 
 def acceptance(runs: list[dict[str, Any]], real: dict[str, Any] | None) -> dict[str, Any]:
-    """Issue 17's acceptance 1-4 judged on this run: each criterion's figure, its bar, pass or fail. The figures
-    are the largest size's against the smallest's; ``conditions`` says whether the sizes are the issue's (the
-    whole corpus, and a ~110k-passage one): if not, the verdicts are about these sizes only."""
+    """Issue 17's acceptance 1-4 judged on this run: each criterion's figure, its bar, pass or fail (a figure a
+    failed phase left missing fails). The figures are the largest size's against the smallest's; ``conditions``
+    says whether the sizes are the issue's (the whole corpus, and a ~110k-passage one): if not, the verdicts are
+    about these sizes only."""
     out: dict[str, Any] = {}
     if runs:
         small, large = runs[0], runs[-1]
-        ops, load = large["latency_ms"], large["writes_under_load"]
-        served = all(ops[m].get("calls", 0) > 0 for m in ("hybrid", "dense", "similar", "timeline", "story"))
-        served = served and not load["write_failures"] and load["writes"]["adds"] > 0
+        served = all((pick(large, f"latency_ms.{op}.calls") or 0) > 0 for op in SERVED)
+        served = served and pick(large, "writes_under_load.write_failures") == []
+        served = served and (pick(large, "writes_under_load.writes.adds") or 0) > 0
         out["conditions"] = {
             "largest_articles": large["articles"],
             "whole_corpus": large["articles"] >= FULL_CORPUS_ARTICLES,
@@ -946,34 +960,36 @@ def acceptance(runs: list[dict[str, Any]], real: dict[str, Any] | None) -> dict[
         }
         out["1_whole_corpus_indexed"] = verdict(large["articles"], FULL_CORPUS_ARTICLES, below=False)
         out["1_serves_search_similar_timelines_stories_writes"] = {"figure": served, "pass": served}
-        status = large["check"]["exit_status"]
+        status = pick(large, "check.exit_status")
         out["1_check_passes"] = {"figure": status, "bar": "exit 0", "pass": status == 0}
     if real is not None:
-        ok = real["check"]["exit_status"] == 0 and real["served"]["latency_ms"]["hybrid"].get("calls", 0) > 0
-        out["1_real_subset_built_served_checked"] = {"figure": real["passages"], "pass": bool(ok)}
-        recall = real["served"]["answer_recall_at_5"]
-        same = recall["as_built"] == recall["after_writes_and_merge"]
-        out["1_real_subset_answer_recall_unchanged"] = {"figure": recall["after_writes_and_merge"], "pass": same}
+        ok = pick(real, "check.exit_status") == 0 and (pick(real, "served.latency_ms.hybrid.calls") or 0) > 0
+        out["1_real_subset_built_served_checked"] = {"figure": pick(real, "passages"), "pass": bool(ok)}
+        built, after = (
+            pick(real, "served.answer_recall_at_5.as_built"),
+            pick(real, "served.answer_recall_at_5.after_writes_and_merge"),
+        )
+        out["1_real_subset_answer_recall_unchanged"] = {"figure": after, "pass": built is not None and built == after}
     if len(runs) > 1:
-        excl = large["write"]["add_excl_embedding_s"] / small["write"]["add_excl_embedding_s"]
-        out["2_write_ratio_excl_embedding"] = verdict(round(excl, 2), 2.0)
-    if runs and "add_with_real_embedding_s" in large["write"]:
-        out["2_write_with_real_embedding_s"] = verdict(large["write"]["add_with_real_embedding_s"], 2.0)
+        excl = "write.add_excl_embedding_s"
+        out["2_write_ratio_excl_embedding"] = verdict(ratio(pick(small, excl), pick(large, excl)), 2.0)
+    if runs and pick(large, "write.add_with_real_embedding_s") is not None:
+        out["2_write_with_real_embedding_s"] = verdict(pick(large, "write.add_with_real_embedding_s"), 2.0)
     if real is not None:
-        out["2_real_subset_write_with_embedding_s"] = verdict(real["served"]["write"]["add_with_real_embedding_s"], 2.0)
+        out["2_real_subset_write_with_embedding_s"] = verdict(pick(real, "served.write.add_with_real_embedding_s"), 2.0)
     if runs:
-        out["2_search_p99_with_writes_ratio"] = verdict(large["writes_under_load"]["p99_ratio"], 2.0)
+        out["2_search_p99_with_writes_ratio"] = verdict(pick(large, "writes_under_load.p99_ratio"), 2.0)
     if runs and "http" in large:
-        out["3_server_open_to_first_search_s"] = verdict(large["http"]["open_to_first_search_s"], 10.0)
-        peak = large["http"].get("peak_rss")
+        out["3_server_open_to_first_search_s"] = verdict(pick(large, "http.open_to_first_search_s"), 10.0)
+        peak = pick(large, "http.peak_rss")
         out["3_server_peak_rss_gib"] = verdict(round(peak / 2**30, 2) if peak else None, 8.0)
     if len(runs) > 1:
-        hybrid = large["latency_ms"]["hybrid"]["p50"] / small["latency_ms"]["hybrid"]["p50"]
-        out["4_hybrid_p50_ratio"] = verdict(round(hybrid, 2), 2.0)
+        hybrid = "latency_ms.hybrid.p50"
+        out["4_hybrid_p50_ratio"] = verdict(ratio(pick(small, hybrid), pick(large, hybrid)), 2.0)
     if runs:
-        q = large["quality"]
-        out["4_dense_recall_at_10"] = verdict(q.get("dense_recall_at_10"), 0.95, below=False)
-        out["4_lexical_top10_identical_share"] = verdict(min(q["lexical_identical"].values()), 1.0, below=False)
+        out["4_dense_recall_at_10"] = verdict(pick(large, "quality.dense_recall_at_10"), 0.95, below=False)
+        shares = pick(large, "quality.lexical_identical")
+        out["4_lexical_top10_identical_share"] = verdict(min(shares.values()) if shares else None, 1.0, below=False)
     out["all_pass"] = all(v["pass"] for k, v in out.items() if k[0].isdigit())
     return out
 
@@ -1035,87 +1051,96 @@ def fmt(value: object) -> str:
     return str(value)
 
 
+def pick(block: object, path: str) -> Any:
+    """``block[a][b]...`` for the dotted ``path``, or None where a phase failed or did not run (its block holds
+    ``error`` instead, or is missing): the report and its verdicts are written whatever one phase did."""
+    for key in path.split("."):
+        if not isinstance(block, dict) or key not in block:
+            return None
+        block = block[key]
+    return block
+
+
+def ratio(a: object, b: object) -> float | None:
+    """``b / a`` rounded, or None where either is missing (strict JSON has no NaN)."""
+    if isinstance(a, int | float) and isinstance(b, int | float) and a:
+        return round(b / a, 2)
+    return None
+
+
+def attempt(name: str, phase: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A phase's block, or ``{"error": ...}`` when it raised: the run is made once (45 minutes and more), so one
+    phase's failure is reported beside every other phase's figures instead of losing them."""
+    try:
+        return phase()
+    except Exception as exc:
+        log(f"{name} failed: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+SUMMARY_ROWS = (
+    ("articles", "articles"),
+    ("passages", "passages"),
+    ("build total s", "build.total"),
+    ("build peak RSS MiB", "build_peak_rss_bytes:mib"),
+    ("open (in process) s", "open_s"),
+    ("RSS after open MiB", "memory.rss:mib"),
+    *((f"{op} p50/p99 ms", f"latency_ms.{op}.p50 latency_ms.{op}.p99") for op in SERVED),
+    ("dense recall@10", "quality.dense_recall_at_10"),
+    ("lexical identical p/a", "quality.lexical_identical.passages quality.lexical_identical.articles"),
+    ("write add excl emb / real s", "write.add_excl_embedding_s write.add_with_real_embedding_s"),
+    ("write delete s", "write.delete_s"),
+    (
+        "search p99 alone/writes ms",
+        "writes_under_load.search_without_writes_ms.p99 writes_under_load.search_with_writes_ms.p99",
+    ),
+    (
+        "under load add/append/merge s",
+        "writes_under_load.writes.add_excl_embedding_s "
+        "writes_under_load.writes.appending_write_s writes_under_load.writes.merging_write_s",
+    ),
+    ("optimize s (exit)", "optimize.seconds optimize.exit_status"),
+    ("check s (exit)", "check.seconds check.exit_status"),
+    ("HTTP open to search s", "http.open_to_first_search_s"),
+    ("HTTP peak RSS MiB", "http.peak_rss:mib"),
+    ("HTTP 4 clients p50/p99/rps", "http.clients_4.p50_ms http.clients_4.p99_ms http.clients_4.throughput_rps"),
+    ("HTTP 1 client p50/p99/rps", "http.clients_1.p50_ms http.clients_1.p99_ms http.clients_1.throughput_rps"),
+)
+
+
+def cell(run: dict[str, Any], paths: str) -> str:
+    values = []
+    for path in paths.split():
+        path, _, unit = path.partition(":")
+        value = pick(run, path)
+        if unit == "mib" and isinstance(value, int | float):
+            value = value / 2**20
+        values.append("-" if value is None else fmt(value))
+    return "/".join(values)
+
+
 def summary(report: dict[str, Any]) -> str:
-    """The report's main figures as text tables (the JSON has everything)."""
+    """The report's main figures as a text table, then the verdicts (the JSON has everything)."""
     runs = report["sizes"]
-    rows: list[tuple[str, list[object]]] = [
-        ("articles", [r["articles"] for r in runs]),
-        ("passages", [r["passages"] for r in runs]),
-        ("build total s", [r["build"]["total"] for r in runs]),
-        ("build peak RSS MiB", [r["build_peak_rss_bytes"] / 2**20 for r in runs]),
-        ("open (in process) s", [r["open_s"] for r in runs]),
-        ("RSS after open MiB", [r["memory"]["rss"] / 2**20 for r in runs]),
-    ]
-    for op in ("hybrid", "dense", "similar", "timeline", "story"):
-        rows.append((f"{op} p50/p99 ms", [f"{r['latency_ms'][op]['p50']}/{r['latency_ms'][op]['p99']}" for r in runs]))
-    rows += [
-        ("dense recall@10", [r["quality"].get("dense_recall_at_10") for r in runs]),
-        (
-            "lexical identical p/a",
-            [
-                f"{r['quality']['lexical_identical']['passages']}/{r['quality']['lexical_identical']['articles']}"
-                for r in runs
-            ],
-        ),
-        ("write add excl emb s", [r["write"]["add_excl_embedding_s"] for r in runs]),
-        ("write delete s", [r["write"]["delete_s"] for r in runs]),
-        (
-            "search p99 alone/writes ms",
-            [
-                f"{r['writes_under_load']['search_without_writes_ms']['p99']}/"
-                f"{r['writes_under_load']['search_with_writes_ms']['p99']}"
-                for r in runs
-            ],
-        ),
-        (
-            "under load add / append / merge s",
-            [
-                f"{r['writes_under_load']['writes']['add_excl_embedding_s']}/"
-                f"{r['writes_under_load']['writes']['appending_write_s']}/"
-                f"{r['writes_under_load']['writes']['merging_write_s']}"
-                for r in runs
-            ],
-        ),
-        ("optimize s", [r["optimize"]["seconds"] for r in runs]),
-        ("check s (exit)", [f"{r['check']['seconds']} ({r['check']['exit_status']})" for r in runs]),
-    ]
-    if runs and all("http" in r for r in runs):
-        key = next(k for k in runs[0]["http"] if k.startswith("clients_") and k != "clients_1")
-        rows += [
-            ("HTTP open to search s", [r["http"]["open_to_first_search_s"] for r in runs]),
-            ("HTTP peak RSS MiB", [(r["http"]["peak_rss"] or 0) / 2**20 for r in runs]),
-            (
-                f"HTTP {key} p50/p99 ms, rps",
-                [
-                    f"{r['http'][key]['p50_ms']}/{r['http'][key]['p99_ms']}, {r['http'][key]['throughput_rps']}"
-                    for r in runs
-                ],
-            ),
-            (
-                "HTTP 1 client p50/p99 ms, rps",
-                [
-                    f"{r['http']['clients_1']['p50_ms']}/{r['http']['clients_1']['p99_ms']}, "
-                    f"{r['http']['clients_1']['throughput_rps']}"
-                    for r in runs
-                ],
-            ),
-        ]
     lines = []
     if runs:
-        lines.append(f"{'':34}" + "".join(f"{fmt(r['articles']) + ' articles':>26}" for r in runs))
-        lines += [f"{name:34}" + "".join(f"{fmt(v):>26}" for v in values) for name, values in rows]
+        lines.append(f"{'':32}" + "".join(f"{fmt(r['articles']) + ' articles':>26}" for r in runs))
+        lines += [f"{name:32}" + "".join(f"{cell(r, paths):>26}" for r in runs) for name, paths in SUMMARY_ROWS]
+        errors = [f"{r['articles']}: {k}: {v['error']}" for r in runs for k, v in r.items() if pick(v, "error")]
+        lines += [f"failed phase {e}" for e in errors]
         lines.append("")
     lines.append(f"{'acceptance (issue 17)':48}{'figure':>14}{'bar':>10}  pass")
     for name, v in report["acceptance"].items():
         if isinstance(v, dict) and "pass" in v:
             lines.append(f"{name:48}{fmt(v.get('figure')):>14}{v.get('bar', ''):>10}  {v['pass']}")
     lines.append(f"conditions: {report['acceptance'].get('conditions')}")
-    if "real_subset" in report:
-        real = report["real_subset"]
+    real = report.get("real_subset")
+    if real is not None:
         lines.append(
-            f"real subset: {real['articles']} articles, {real['passages']} passages; answer recall@5 "
-            f"{real['served']['answer_recall_at_5']}; write {real['served']['write']['add_with_real_embedding_s']} s; "
-            f"check exit {real['check']['exit_status']}"
+            f"real subset: {pick(real, 'articles')} articles, {pick(real, 'passages')} passages; answer recall@5 "
+            f"{pick(real, 'served.answer_recall_at_5')}; write "
+            f"{pick(real, 'served.write.add_with_real_embedding_s')} s; check exit {pick(real, 'check.exit_status')}"
+            + (f"; error {real['error']}" if "error" in real else "")
         )
     lines.append(f"load average {report['load_average']}; cpu {report['cpu']['flags']}")
     return "\n".join(lines)
@@ -1193,24 +1218,26 @@ def main() -> None:
         log(f"{size} articles: building")
         built = child(args, "build", size, target)
         log(f"{size} articles: {built['passages']} passages in {built['seconds']['total']:.0f} s; serving")
-        served = child(args, "serve", size, target)
+        served = attempt("serving", partial(child, args, "serve", size, target))
         run: dict[str, Any] = {
             "articles": built["articles"],
             "passages": built["passages"],
             "build": built["seconds"],
             "on_disk_bytes": built["on_disk_bytes"],
             "build_peak_rss_bytes": built["peak_rss_bytes"],
-            **served,
+            **({"serve": served} if "error" in served else served),
         }
-        log(f"{size} articles: open {served['open_s']} s, hybrid {served['latency_ms']['hybrid']}; optimize, check")
+        log(f"{size} articles: open {run.get('open_s')} s, hybrid {pick(run, 'latency_ms.hybrid')}; optimize, check")
         run["optimize"] = newsdesk(["optimize", "--index", str(target)])
         run["check"] = newsdesk(["check", "--index", str(target)])
         if args.http_seconds > 0:
             log(f"{size} articles: HTTP")
-            run["http"] = http_phase(args, target, size)
-        run["per_passage"] = per_passage(run)
+            run["http"] = attempt("HTTP", partial(http_phase, args, target, size))
+        run["per_passage"] = attempt("per passage", partial(per_passage, run))
         runs.append(run)
-    real = real_subset(args) if args.real_subset else None
+        # what is measured so far, should a later phase (hours on) end the run
+        (args.work / "partial.json").write_text(json.dumps({"sizes": runs}, indent=2) + "\n", encoding="utf-8")
+    real = attempt("real subset", lambda: real_subset(args)) if args.real_subset else None
     report: dict[str, Any] = {
         "benchmark": "bench/archive.py",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -1234,7 +1261,8 @@ def main() -> None:
         small, large = runs[0], runs[-1]
         report["ratios"] = ratios(small, large)
         per_article = large["passages"] / large["articles"]
-        report["projection"] = projection(small, large, round(FULL_CORPUS_ARTICLES * per_article))
+        full = round(FULL_CORPUS_ARTICLES * per_article)
+        report["projection"] = attempt("projection", partial(projection, small, large, full))
     report["acceptance"] = acceptance(runs, real)
     text = json.dumps(report, indent=2)
     if args.out:

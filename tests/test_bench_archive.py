@@ -13,7 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from bench.archive import CORPUS, QUESTIONS, HashVectorEmbedder, corpus_articles, same_top, verdict
+from bench.archive import (
+    CORPUS,
+    QUESTIONS,
+    HashVectorEmbedder,
+    acceptance,
+    attempt,
+    corpus_articles,
+    same_top,
+    summary,
+    verdict,
+)
 from tests.fakes import wire_articles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,3 +149,14 @@ def test_verdicts_fail_missing_and_nan_figures() -> None:
     assert verdict(1.5, 2.0)["pass"] and not verdict(2.5, 2.0)["pass"]
     assert verdict(0.96, 0.95, below=False)["pass"] and not verdict(0.9, 0.95, below=False)["pass"]
     assert not verdict(None, 2.0)["pass"] and not verdict(float("nan"), 2.0)["pass"]
+
+
+def test_a_failed_phase_is_reported_beside_the_others_and_fails_its_verdicts() -> None:
+    failed = attempt("HTTP", lambda: {"open": 1 // 0})
+    assert failed == {"error": "ZeroDivisionError: integer division or modulo by zero"}
+    run = {"articles": 5, "passages": 50, "http": failed, "check": {"exit_status": 0, "seconds": 1.0}}
+    verdicts = acceptance([run], None)
+    assert verdicts["1_check_passes"]["pass"] and not verdicts["3_server_open_to_first_search_s"]["pass"]
+    assert not verdicts["1_serves_search_similar_timelines_stories_writes"]["pass"] and not verdicts["all_pass"]
+    text = summary({"sizes": [run], "acceptance": verdicts, "load_average": {}, "cpu": {"flags": ""}})
+    assert "failed phase 5: http: ZeroDivisionError" in text
