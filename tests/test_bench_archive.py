@@ -89,6 +89,7 @@ def test_a_two_size_run_reports_every_figure(tmp_path: Path) -> None:
         assert load["writes"]["adds"] >= 1 and load["write_failures"] == []
         assert load["search_without_writes_ms"]["searches"] > 0 and load["search_with_writes_ms"]["searches"] > 0
         assert run["optimize"]["exit_status"] == 0 and run["check"]["exit_status"] == 0
+        assert run["optimize"]["merged_files"] == 0 or run["optimize"]["merge_s"] >= 0
         http = run["http"]
         assert http["open_to_first_search_s"] > 0 and http["peak_rss"] > 0
         assert http["clients_4"]["requests"] > 0 and http["clients_4"]["errors"] == 0
