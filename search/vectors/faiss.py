@@ -650,6 +650,8 @@ class FaissVectors(IndexVectors):
             and on_disk.get("generation") == generation
             and all(s.journal is not None and not s.journal.ops for _, s in self._stores())
         ):
+            for base, _ in self._stores():  # nothing to merge: still verified, as the open no longer checksums them
+                _verify_before_merge(directory, on_disk, base)
             return 0
         before = json.dumps(manifest["faiss"], sort_keys=True)
         self._write(directory, generation, manifest, merge=True)
@@ -960,6 +962,12 @@ class FaissBackend(VectorBackend):
             return []  # stale caches are legal too: open rebuilds them
         try:
             damaged = _damaged(directory, state)
+            if damaged in (PASSAGE_VECTORS, ARTICLE_VECTORS) and (directory / damaged).is_file():
+                # an open checks a base by its size only: this one must be dropped to be rebuilt
+                return [
+                    f"{damaged} differs from the checksum it was saved with; `newsdesk optimize` drops it and the "
+                    "next open rebuilds it from SQLite"
+                ]
             if damaged:
                 return [f"{damaged} differs from the checksum it was saved with; rebuilt on open"]
             vectors = _load(directory, state, manifest)
