@@ -3,8 +3,11 @@
 ``vectors.faiss`` (passages) and ``articles.faiss`` (article vectors, always exact) are caches derived from the
 embeddings stored in SQLite, so they can always be rebuilt without re-embedding; ``vectors.json`` records the store
 generation they were saved at, the factory, the segments later saves appended to them (search/vectors/segments.py:
-a write's save costs what it changed, not 1.7 GB at 1.1M passages) and every file's CRC-32. An open that finds them
-stale, damaged or of another factory rebuilds them from SQLite (``FaissBackend.open``).
+a write's save costs what it changed, not 1.7 GB at 1.1M passages), every file's CRC-32 and the bases' sizes. An
+open maps the bases (``FaissVectorStore.load``) and checks them by size, the segments by CRC-32; ``newsdesk check``
+and a merge verify the bases' CRC-32 too. An open that finds them stale, damaged or of another factory rebuilds them
+from SQLite (``FaissBackend.open``). ``faiss_factory=auto`` picks exact or ANN by the vectors' count whenever a base
+is written (``resolve``), and an ANN base's recall@10 against exact search is measured then (``sampled_recall``).
 """
 
 from __future__ import annotations
@@ -909,9 +912,9 @@ class FaissBackend(VectorBackend):
         return {"store": self.name}
 
     def open(self, directory: Path, store: Store, manifest: Manifest, *, records: bool = True) -> FaissVectors:
-        """The FAISS caches (bases and segments) if they match the store's generation and factory and their
-        checksums, else rebuilt from the stored embeddings and saved (where the directory can be written and no
-        writer saves meanwhile)."""
+        """The FAISS caches (bases and segments) if they match the store's generation and factory, the bases their
+        recorded sizes and the segments their checksums, else rebuilt from the stored embeddings and saved (where
+        the directory can be written and no writer saves meanwhile)."""
         dim = int(manifest["model"]["dimension"])
         entry = manifest["faiss"]
         auto = "auto" in entry  # the stamp says what the bases hold; else they must hold the manifest's factory
