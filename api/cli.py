@@ -529,11 +529,34 @@ def check(index_dir: Path | None) -> None:
 
     settings = Settings.from_env(index_dir=index_dir)
     problems = check_index(settings.index_dir)
+    quality = {} if problems else _vector_quality(settings.index_dir)
+    recall = quality.get("recall")
+    if isinstance(recall, dict) and recall["at10"] < quality["recall_floor"]:
+        problems.append(f"ANN recall@10 {recall['at10']:.3f} is below {quality['recall_floor']} ({quality['factory']})")
     if problems:
         for p in problems:
             click.echo(f"problem: {p}", err=True)
         sys.exit(1)
+    if isinstance(recall, dict):
+        click.echo(
+            f"vectors: {quality['factory']} ({quality['search'] or 'defaults'}), recall@10 {recall['at10']:.3f} "
+            f"against exact search on {recall['sample']} sampled stored vectors"
+        )
     click.echo(f"{settings.index_dir}: ok")
+
+
+def _vector_quality(directory: Path) -> JSONObject:
+    """What the index's vector backend measures for ``check`` (an ANN base's recall against exact search)."""
+    from search.storage.index import open_store
+    from search.storage.manifest import read_manifest
+    from search.vectors.factory import backend_of
+
+    manifest = read_manifest(directory)
+    store = open_store(directory)
+    try:
+        return backend_of(manifest).quality(directory, store, manifest)
+    finally:
+        store.close()
 
 
 @main.command()
@@ -630,10 +653,12 @@ def index_stats(directory: Path) -> JSONObject:
         "passages": n_passages,
         "newest_date": newest,
         "faiss": {
-            "factory": faiss.get("factory"),
-            "search": faiss.get("search") or None,
+            "factory": faiss.get("factory"),  # under auto, what the bases hold now
+            "search": faiss.get("auto", {}).get("passages_search") or faiss.get("search") or None,
             "metric": faiss.get("metric"),
             "articles": faiss.get("articles"),
+            "auto": dict(faiss["auto"]) if "auto" in faiss else None,
+            "recall": dict(faiss["recall"]) if "recall" in faiss else None,  # an ANN base's, when it was written
         },
         "store": backend_of(manifest).describe(manifest),
         "generation": generation,

@@ -13,7 +13,11 @@ bounded seeded sample and HNSW removal uses tombstones exactly as in production.
   threads; ``latency_by_threads`` repeats them for every ``--threads`` count (default 2 and 1: on a busy machine a
   second OpenMP thread that must be woken for every single query can cost milliseconds);
 - ``recall_at_10``: overlap with the exact top 10 from a numpy brute force (batched matmul, independent of FAISS);
-- ``vs_exact``: ratios against ``IDMap2,Flat`` (speed-up of p50/p99, memory and build-time ratios).
+- ``vs_exact``: ratios against ``IDMap2,Flat`` (speed-up of p50/p99, memory and build-time ratios);
+- ``merge_s``: a segment merge of ``--merge`` rows (default 10,000) into the built base, as ``newsdesk`` merges: the
+  rows added to the in-memory index (an IVF assigns them to its trained lists, no retraining) and the whole base
+  written to a file; ``open_s`` opening that file as ``newsdesk`` does (memory-mapped), ``crc_s`` its CRC-32 (what
+  ``check`` and a merge verify, and an open no longer does).
 
 Vectors: ``--vectors FILE.npy`` (rows of float32, normalised here), ``--index DIR`` (the passage vectors of an
 existing newsdesk index, read from its SQLite), or by default synthetic clustered unit vectors in 384-d (1,024
@@ -180,8 +184,95 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(hits))
 
 
+def merge_cost(store: FaissVectorStore, data: np.ndarray, rows: int, factory: str) -> dict[str, float]:
+    """Seconds to merge a ``rows``-vector segment into ``store`` and write the base (then to open and to checksum
+    the file written), in a temporary directory removed afterwards."""
+    import tempfile
+
+    from search.storage.files import file_crc32
+
+    extra = data[:rows]
+    ids = np.arange(10**9, 10**9 + len(extra), dtype=np.int64)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        path = Path(tmp) / "vectors.faiss"
+        started = time.perf_counter()
+        store.add(ids, extra)
+        store.save(path)
+        merge_s = time.perf_counter() - started
+        started = time.perf_counter()
+        loaded = FaissVectorStore.load(path, factory)
+        open_s = time.perf_counter() - started
+        del loaded
+        started = time.perf_counter()
+        file_crc32(path)
+        crc_s = time.perf_counter() - started
+    store.remove(ids)
+    return {"merge_s": round(merge_s, 3), "open_s": round(open_s, 3), "crc_s": round(crc_s, 3)}
+
+
+def open_cost(directory: Path) -> dict[str, Any]:
+    """Opening an index's FAISS bases both ways, in this process: ``read_crc`` as before issue 17's mapped open (FAISS
+    reads the whole file, and its CRC-32 is computed, as the open verified it), ``mapped`` as now (the codes
+    memory-mapped, the size compared); seconds and resident-memory growth of each, then the first exact search
+    over the mapped passages (which touches every page: the mapping is file-backed page cache, counted in RSS)."""
+    import faiss
+
+    from search.storage.files import file_crc32
+
+    out: dict[str, Any] = {}
+    for name in ("vectors.faiss", "articles.faiss"):
+        path = directory / name
+        before = rss_mb()
+        started = time.perf_counter()
+        mapped = FaissVectorStore.load(path, EXACT, size=path.stat().st_size)
+        mapped_s = time.perf_counter() - started
+        mapped_rss = rss_mb() - before
+        before = rss_mb()
+        started = time.perf_counter()
+        read = faiss.read_index(str(path))
+        file_crc32(path)
+        read_s = time.perf_counter() - started
+        read_rss = rss_mb() - before
+        del read
+        row = {
+            "bytes": path.stat().st_size,
+            "mapped": {"s": round(mapped_s, 3), "rss_delta_mb": round(mapped_rss, 1)},
+            "read_crc": {"s": round(read_s, 3), "rss_delta_mb": round(read_rss, 1)},
+        }
+        if name == "vectors.faiss":
+            before = rss_mb()
+            started = time.perf_counter()
+            mapped.search(np.ones((1, mapped.dimension), np.float32), 10)
+            row["first_search"] = {
+                "s": round(time.perf_counter() - started, 3),
+                "rss_delta_mb": round(rss_mb() - before, 1),
+            }
+        out[name] = row
+        del mapped
+        gc.collect()
+    return out
+
+
+def cpu_flags() -> str:
+    """The CPU model and the SIMD flags FAISS's kernels depend on, for the report."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    simd = [f for f in flags if f.startswith(("avx", "sse4", "fma", "f16c"))]
+    return f"{model}; {' '.join(simd)}"
+
+
 def run_size(
-    n: int, data: np.ndarray, queries: np.ndarray, specs: list[str], k: int, threads: list[int]
+    n: int,
+    data: np.ndarray,
+    queries: np.ndarray,
+    specs: list[str],
+    k: int,
+    threads: list[int],
+    merge_rows: int = 0,
 ) -> dict[str, Any]:
     import faiss
 
@@ -212,6 +303,7 @@ def run_size(
         build_s = time.perf_counter() - started
         rss_delta = rss_mb() - before
         vector_mb = serialized_mb(store)
+        merged = merge_cost(store, data, merge_rows, factory) if merge_rows else {}
         for param in params:
             store.set_search_params(param)
             times, found = latency(store, queries, k, threads[0])
@@ -221,6 +313,7 @@ def run_size(
                 "build_s": round(build_s, 2),
                 "vector_mb": round(vector_mb, 2),
                 "rss_delta_mb": round(rss_delta, 1),
+                **merged,
                 "p50_ms": round(float(np.percentile(times, 50)), 3),
                 "p99_ms": round(float(np.percentile(times, 99)), 3),
                 f"recall_at_{k}": round(recall_at(found, truth), 4),
@@ -284,10 +377,20 @@ def main(argv: list[str] | None = None) -> int:
         help="FAISS OpenMP threads: the first for builds and the reported p50/p99 (and acceptance), every one for "
         "latency_by_threads (default 2,1)",
     )
+    ap.add_argument("--merge", type=int, default=10_000, help="rows of the segment merged into each base (0: none)")
+    ap.add_argument(
+        "--open", type=Path, help="only time opening this index's FAISS bases, mapped and read in full (open_cost)"
+    )
     ap.add_argument("--out", type=Path, help="also write the JSON report here")
     args = ap.parse_args(argv)
 
     import faiss
+
+    if args.open:
+        faiss.omp_set_num_threads(1)
+        opened = {"index": str(args.open), "cpu": cpu_flags(), "faiss": faiss.__version__, "open": open_cost(args.open)}
+        print(json.dumps(opened, indent=2))
+        return 0
 
     threads = [int(t) for t in args.threads.split(",")]
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -312,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "k": args.k,
         "threads": threads[0],
         "faiss": faiss.__version__,
+        "cpu": cpu_flags(),
         "acceptance_criteria": {f"recall_at_{args.k}_min": ACCEPT["recall_at_10"]}
         | {"vector_mb_max": ACCEPT["vector_mb"], "single_query_p50_ms_max": ACCEPT["p50_ms"]},
         "sizes": [],
@@ -320,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         if n > len(pool):
             report["sizes"].append({"n": n, "skipped": f"only {len(pool)} vectors besides the queries"})
             continue
-        report["sizes"].append(run_size(n, pool[:n], queries, specs, args.k, threads))
+        report["sizes"].append(run_size(n, pool[:n], queries, specs, args.k, threads, args.merge))
     at_1m = [s for s in report["sizes"] if s.get("n") == 1_000_000 and "acceptance" in s]
     report["acceptance_at_1m"] = at_1m[0]["acceptance"] if at_1m else None
     report["seconds"] = round(time.perf_counter() - started, 1)

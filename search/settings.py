@@ -67,7 +67,25 @@ class Settings:
     title_context: bool = _setting(
         True, "Embed each body passage with its article's headline in front (the stored text stays exact)."
     )
-    faiss_factory: str = _setting("IDMap2,Flat", "FAISS index_factory string for passage vectors.")
+    faiss_factory: str = _setting(
+        "auto",
+        "FAISS index_factory string for passage vectors, or auto: exact IDMap2,Flat below faiss_ann_threshold vectors, "
+        "faiss_ann_factory from there (decided when a base is written: a build, or a merge that crosses it).",
+    )
+    # bench/README.md "Exact below a threshold": exact p50 on 1 thread grows with the vectors (55 ms at 110k, 82-111 ms
+    # at 175k) where IVF stays at a few ms; 110k and the 180k archive stay exact, the 1.1M corpus is ANN. IVF,Flat keeps
+    # exact codes (recall not capped as SQ8's), maps its lists (HNSW cannot) and merges without retraining; nprobe=256
+    # is 1/16 of 4,096 lists at 1.1M, as 128 of 2,048 gave recall@10 0.955 on the 175k hash vectors.
+    faiss_ann_threshold: int = _setting(
+        250_000, "With faiss_factory auto: passage (or article) vectors from which the index is ANN, not exact."
+    )
+    faiss_ann_factory: str = _setting(
+        "IVF{nlist},Flat",
+        "With faiss_factory auto: the ANN factory above the threshold; {nlist} is the power of two nearest 4*sqrt(N).",
+    )
+    faiss_ann_search: str = _setting(
+        "nprobe=256", "With faiss_factory auto: search parameters of the ANN index, unless faiss_search sets them."
+    )
     faiss_search: str = _setting(
         "", "FAISS search parameters for passage vectors, e.g. efSearch=128 (HNSW) or nprobe=32 (IVF); empty: defaults."
     )

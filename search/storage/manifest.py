@@ -37,6 +37,27 @@ class FaissEntry(TypedDict):
     search: NotRequired[str]  # "" or absent: FAISS's defaults
     metric: NotRequired[str]
     articles: NotRequired[str]  # the article vectors' factory
+    # factory "auto" (search/vectors/faiss.py ``resolve``): ``factory``/``articles`` are what the bases hold now
+    auto: NotRequired[AutoEntry]
+    recall: NotRequired[RecallEntry]  # of an ANN passage base, measured when it was written
+
+
+class AutoEntry(TypedDict):
+    """The size rule of ``faiss_factory=auto``, as the build recorded it: exact below ``threshold`` vectors, else
+    ``ann`` (``{nlist}`` filled from the count) searched with ``ann_search``."""
+
+    threshold: int
+    ann: str
+    ann_search: str
+    passages_search: str  # the search parameters the passage base is searched with now
+
+
+class RecallEntry(TypedDict):
+    """Recall@10 of the ANN passage base against exact search, on ``sample`` stored vectors used as queries."""
+
+    at10: float
+    sample: int
+    exact: str  # where the exact vectors came from
 
 
 class IndexSpec(TypedDict):

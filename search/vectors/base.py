@@ -176,6 +176,11 @@ class VectorBackend(ABC):
         """Where the vectors live, for ``newsdesk stats --json`` (``backend`` and the backend's own entry)."""
         return {"backend": self.name}
 
+    def quality(self, directory: Path, store: Store, manifest: Manifest) -> JSONObject:
+        """What ``newsdesk check`` measures of the vectors besides disagreements (FAISS: an ANN base's recall@10
+        against exact search over SQLite's vectors); empty when there is nothing to measure."""
+        return {}
+
     def summary(self, stats: JSONObject) -> str:
         """The ``vectors`` line of ``newsdesk stats``, from what ``index_stats`` gathered."""
         return str(stats["store"].get("backend", self.name))

@@ -16,7 +16,7 @@ from search.settings import Settings
 from search.storage.manifest import FaissEntry, Manifest
 from search.storage.store import Store
 from search.vectors.base import IndexVectors, VectorBackend
-from search.vectors.faiss import ARTICLE_FACTORY
+from search.vectors.faiss import ARTICLE_FACTORY, AUTO, EXACT_FACTORY
 from search.vectors.registry import VECTOR_BACKENDS
 
 DEFAULT = "faiss"  # what an index built before backends could be chosen uses (its manifest has no ``store``)
@@ -74,12 +74,21 @@ def backend_of(manifest: Manifest) -> VectorBackend:
 def faiss_entry(settings: Settings) -> FaissEntry:
     """The manifest's ``faiss`` entry, which every build records whatever its backend (manifests have always had
     it: an index on another backend can be rebuilt onto FAISS files from the same record)."""
-    return {
+    entry: FaissEntry = {
         "factory": settings.faiss_factory,
         "search": settings.faiss_search,
         "metric": "inner_product",
         "articles": ARTICLE_FACTORY,
     }
+    if settings.faiss_factory == AUTO:  # the factories follow the counts: the first base written resolves them
+        entry["factory"] = EXACT_FACTORY
+        entry["auto"] = {
+            "threshold": settings.faiss_ann_threshold,
+            "ann": settings.faiss_ann_factory,
+            "ann_search": settings.faiss_ann_search,
+            "passages_search": "",
+        }
+    return entry
 
 
 def open_vectors(directory: Path, store: Store, manifest: Manifest, *, records: bool = True) -> IndexVectors:

@@ -3,8 +3,11 @@
 ``vectors.faiss`` (passages) and ``articles.faiss`` (article vectors, always exact) are caches derived from the
 embeddings stored in SQLite, so they can always be rebuilt without re-embedding; ``vectors.json`` records the store
 generation they were saved at, the factory, the segments later saves appended to them (search/vectors/segments.py:
-a write's save costs what it changed, not 1.7 GB at 1.1M passages) and every file's CRC-32. An open that finds them
-stale, damaged or of another factory rebuilds them from SQLite (``FaissBackend.open``).
+a write's save costs what it changed, not 1.7 GB at 1.1M passages), every file's CRC-32 and the bases' sizes. An
+open maps the bases (``FaissVectorStore.load``) and checks them by size, the segments by CRC-32; ``newsdesk check``
+and a merge verify the bases' CRC-32 too. An open that finds them stale, damaged or of another factory rebuilds them
+from SQLite (``FaissBackend.open``). ``faiss_factory=auto`` picks exact or ANN by the vectors' count whenever a base
+is written (``resolve``), and an ANN base's recall@10 against exact search is measured then (``sampled_recall``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol, cast
+from typing import BinaryIO, Protocol, cast
 
 import numpy as np
 
@@ -23,7 +26,7 @@ from search.errors import IndexCorrupt, InvalidInput
 from search.jsontypes import JSONObject
 from search.settings import Settings
 from search.storage.files import discarded_on_failure, file_crc32
-from search.storage.manifest import Manifest, VectorEntry
+from search.storage.manifest import FaissEntry, Manifest, RecallEntry, VectorEntry, write_manifest
 from search.storage.store import Store
 from search.vectors.base import (
     EXACT_FILTER_LIMIT,
@@ -52,6 +55,11 @@ TRAIN_SEED = 20240501  # the training sample is reproducible: the same vectors g
 PASSAGE_VECTORS = "vectors.faiss"
 ARTICLE_VECTORS = "articles.faiss"
 ARTICLE_FACTORY = "IDMap2,Flat"  # article vectors stay exact: related stories and labels compare exact cosines
+EXACT_FACTORY = "IDMap2,Flat"
+AUTO = "auto"  # faiss_factory: exact below the manifest's threshold, its ANN factory from there (``resolve``)
+RECALL_SAMPLE = 200  # stored vectors used as queries when recall@10 of an ANN base is measured
+RECALL_SEED = 17
+RECALL_FLOOR = 0.95  # ``newsdesk check`` reports an ANN base below this recall@10 against exact search
 
 
 class FaissIndex(Protocol):
@@ -118,6 +126,32 @@ class _IVF(Protocol):
     def set_direct_map_type(self, kind: object) -> None: ...
 
 
+def ivf_lists(count: int) -> int:
+    """IVF lists for ``count`` vectors: the power of two nearest 4·√N (1,024 at 100k, 4,096 at 1M), as bench/scale.py
+    measured them."""
+    return int(2 ** round(np.log2(4 * np.sqrt(max(count, 1)))))
+
+
+def resolve(entry: FaissEntry, count: int, *, articles: bool = False) -> tuple[str, str]:
+    """(factory, search parameters) a base of ``count`` vectors is written with: the recorded factory for an
+    explicit one; under ``auto``, as Qdrant's indexing threshold, exact while ``count`` is below the threshold and
+    the ANN factory (``{nlist}`` filled in) from it, searched with ``faiss_search`` or else the ANN's own."""
+    auto = entry.get("auto")
+    if auto is None:
+        return (
+            (entry.get("articles") or ARTICLE_FACTORY, "") if articles else (entry["factory"], entry.get("search", ""))
+        )
+    if count < auto["threshold"]:
+        return EXACT_FACTORY, ""
+    search = "" if articles else entry.get("search", "")
+    return auto["ann"].replace("{nlist}", str(ivf_lists(count))), search or auto["ann_search"]
+
+
+def is_exact(factory: str) -> bool:
+    """Whether a factory keeps every vector as written and scans them all (check compares them, recall is 1)."""
+    return "Flat" in factory and not any(part in factory for part in ("PQ", "SQ", "IVF", "HNSW"))
+
+
 class FaissVectorStore:
     """A FAISS index from an ``index_factory`` string (inner product on normalised vectors), keyed by our int64 ids.
 
@@ -167,6 +201,9 @@ class FaissVectorStore:
         if self._hnsw is not None:
             self._dead = int((faiss.vector_to_array(self._mapped().id_map) < 0).sum())
         self._live = faiss.IDSelectorRange(0, 2**63 - 1)  # every id but the -1 of a tombstone
+        # the base file this store's codes are memory-mapped from (``load``), held open so that a copy-on-write
+        # reads the very bytes that were mapped even after a merge replaced the file; None: owned in memory
+        self._mapped_file: BinaryIO | None = None
         # changes since the files were written (segments.py): tracked only for a store loaded from or saved to
         # its files, so that a build, which writes a whole base, keeps no second copy of its vectors
         self.journal: Journal | None = None
@@ -178,13 +215,28 @@ class FaissVectorStore:
         return cast(_IdMap, self._index)
 
     @classmethod
-    def load(cls, path: Path, factory: str, search: str = "") -> FaissVectorStore:
+    def load(cls, path: Path, factory: str, search: str = "", *, size: int | None = None) -> FaissVectorStore:
+        """The index in ``path``, its codes memory-mapped (FAISS ``IO_FLAG_MMAP_IFC``: flat codes and IVF lists are
+        views of the file, so an open reads only headers, id maps and graphs); IndexCorrupt when the file cannot be
+        read or is not ``size`` bytes long (the size its stamp recorded: a truncated or replaced base). The mapping
+        is read-only: the first change copies the index into memory (``_own``), as FAISS aborts the process when a
+        mapped index is resized."""
         faiss = _faiss()
 
         try:
-            index = faiss.read_index(str(path))
+            fh = path.open("rb")
+        except OSError as exc:
+            raise IndexCorrupt(f"cannot read {path.name}: {exc.strerror}") from None
+        try:
+            if size is not None and os.fstat(fh.fileno()).st_size != size:
+                raise IndexCorrupt(f"{path.name} is not the size its stamp recorded; it is rebuilt")
+            index = _read_mapped(fh)
         except RuntimeError as exc:
+            fh.close()
             raise IndexCorrupt(f"cannot read {path.name}: {exc}".splitlines()[0]) from None
+        except BaseException:
+            fh.close()
+            raise
         ivf = faiss.try_extract_index_ivf(index)
         if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2) and ivf is not None:
             raise IndexCorrupt(f"{path.name} wraps its IVF index in an id map (removal is unsafe); it is rebuilt")
@@ -192,7 +244,48 @@ class FaissVectorStore:
             raise IndexCorrupt(f"{path.name} has no IDMap2 around its index; it is rebuilt")
         if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        return cls(index.d, factory, index, search)
+        store = cls(index.d, factory, index, search)
+        store._mapped_file = fh if _is_mapped(fh) else None
+        if store._mapped_file is None:
+            fh.close()
+        return store
+
+    def rebuild_as(self, factory: str, search: str) -> None:
+        """Become a ``factory`` index holding the same vectors (as this one reconstructs them: exact from a flat
+        base), trained afresh: the switch of ``faiss_factory=auto`` when a merge crosses the threshold. In place,
+        so whoever holds this store searches the new index."""
+        ids = self.ids()
+        vectors = self.reconstruct_batch(ids)
+        fresh = FaissVectorStore.build(self.dimension, factory, [(ids, vectors)], search)
+        if self._mapped_file is not None:
+            self._mapped_file.close()
+        self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "journal"})
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the codes are still views of the base file (nothing changed this store since it was loaded)."""
+        return self._mapped_file is not None
+
+    def _own(self) -> None:
+        """Copy-on-write: before the first change to a memory-mapped store, read the same file (the descriptor held
+        since ``load``, not the path a merge may have replaced) fully into memory and swap it in. The mapped file
+        is never written: FAISS cannot grow or shrink a mapped index (it aborts), and the base must stay what its
+        stamp says for other processes."""
+        fh = self._mapped_file
+        if fh is None:
+            return
+        faiss = _faiss()
+
+        fh.seek(0)
+        index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        self._index, self._ivf = index, ivf
+        self._hnsw = None if ivf is not None else _find_hnsw(index)
+        self._mapped_file = None
+        fh.close()
+        self.set_search_params(self.search_params)
 
     @classmethod
     def build(
@@ -233,6 +326,7 @@ class FaissVectorStore:
         return np.concatenate(parts)
 
     def train(self, vectors: np.ndarray) -> None:
+        self._own()
         try:
             self._index.train(np.ascontiguousarray(vectors, dtype=np.float32))
         except RuntimeError as exc:
@@ -275,6 +369,7 @@ class FaissVectorStore:
         if len(ids) == 0:
             return
         ids, vectors = checked_batch(ids, vectors, self.dimension)
+        self._own()
         self._index.add_with_ids(vectors, ids)
         if self.journal is not None:
             self.journal.added(ids, vectors)
@@ -297,6 +392,7 @@ class FaissVectorStore:
     def _removed(self, ids: np.ndarray) -> int:
         faiss = _faiss()
 
+        self._own()
         if self._hnsw is not None:
             return self._tombstone(ids)
         try:
@@ -428,6 +524,7 @@ class FaissVectorStore:
         (ENOSPC, EROFS) is an ``OSError``, and the temporary file is removed."""
         faiss = _faiss()
 
+        self._own()  # a mapped IVF would be written as a reference to on-disk lists; and this file may be that one
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with discarded_on_failure(tmp):
             with tmp.open("wb") as fh:
@@ -436,6 +533,26 @@ class FaissVectorStore:
                 except RuntimeError as exc:  # a FAISS error while serialising: reported like a failed write
                     raise OSError(f"cannot write {tmp.name}: {str(exc).splitlines()[0]}") from None
             os.replace(tmp, path)
+
+
+def _read_mapped(fh: BinaryIO) -> FaissIndex:
+    """The index in the open file ``fh``, its codes mapped where FAISS can (read through ``/proc/self/fd``, so the
+    mapping is of this descriptor's file even if the path is replaced meanwhile); a full read where there is no
+    ``/proc`` or no mapping flag in this FAISS."""
+    faiss = _faiss()
+    flag = getattr(faiss, "IO_FLAG_MMAP_IFC", None)
+    by_fd = Path(f"/proc/self/fd/{fh.fileno()}")
+    if flag is not None and by_fd.exists():
+        index: FaissIndex = faiss.read_index(str(by_fd), flag)
+        return index
+    fh.seek(0)
+    read: FaissIndex = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+    return read
+
+
+def _is_mapped(fh: BinaryIO) -> bool:
+    """Whether ``_read_mapped`` mapped rather than read (only then is the descriptor kept)."""
+    return getattr(_faiss(), "IO_FLAG_MMAP_IFC", None) is not None and Path(f"/proc/self/fd/{fh.fileno()}").exists()
 
 
 def _find_hnsw(index: FaissIndex) -> _HNSW | None:
@@ -536,28 +653,42 @@ class FaissVectors(IndexVectors):
             and on_disk.get("generation") == generation
             and all(s.journal is not None and not s.journal.ops for _, s in self._stores())
         ):
+            for base, _ in self._stores():  # nothing to merge: still verified, as the open no longer checksums them
+                _verify_before_merge(directory, on_disk, base)
             return 0
+        before = json.dumps(manifest["faiss"], sort_keys=True)
         self._write(directory, generation, manifest, merge=True)
+        if json.dumps(manifest["faiss"], sort_keys=True) != before:  # auto crossed its threshold, or a new recall:
+            write_manifest(directory, manifest)  # a save writes the manifest after the caches; a merge alone does not
         return merged
 
     def _write(self, directory: Path, generation: int, manifest: Manifest, *, merge: bool) -> None:
         on_disk = _read_state(directory)
-        factory = manifest["faiss"]["factory"]
+        spec = manifest["faiss"]
+        factory = spec["factory"]
         appendable = not merge and self.stamp is not None and on_disk == self.stamp
         # (no checksum of the bases here: reading 1.7 GB per save is what segments avoid; under the caches lock,
         # files the stamp lists are the ones this process loaded or wrote)
         appendable = appendable and on_disk.get("factory") == factory
         old_sums = on_disk.get("crc32") if appendable else None
         sums: JSONObject = dict(old_sums) if isinstance(old_sums, dict) else {}
+        old_sizes = on_disk.get("bytes") if appendable else None
+        sizes: JSONObject = dict(old_sizes) if isinstance(old_sizes, dict) else {}
         segments: JSONObject = {}
+        rewritten: set[str] = set()
         for base, store in self._stores():
             entries = _entries(on_disk, base) if appendable else []
             plan = _append_plan(store, base, entries, generation) if appendable else None
             if plan is None:  # a whole base: a merge, or files this state's journal is not relative to
+                if self.stamp is not None and on_disk == self.stamp:
+                    _verify_before_merge(directory, on_disk, base)
+                _follow_size(store, spec, articles=store is self.articles)
                 for entry in entries:
                     sums.pop(entry["file"], None)
                 store.save(directory / base)
+                rewritten.add(base)
                 sums[base] = file_crc32(directory / base)
+                sizes[base] = (directory / base).stat().st_size
                 segments[base] = []
                 continue
             delta, entries = plan
@@ -568,8 +699,26 @@ class FaissVectors(IndexVectors):
                 entries = [*entries, {"file": name, "rows": delta.rows}]
             if base not in sums:  # a stamp from before checksums
                 sums[base] = file_crc32(directory / base)
+            if base not in sizes:  # a stamp from before sizes
+                sizes[base] = (directory / base).stat().st_size
             segments[base] = entries
-        state: JSONObject = {"generation": generation, "factory": factory, "crc32": sums, "segments": segments}
+        if "auto" in spec:  # what the bases hold now, for the manifest written after this save
+            spec["factory"], spec["articles"] = self.passages.factory, self.articles.factory
+            spec["auto"]["passages_search"] = self.passages.search_params
+            factory = spec["factory"]
+        if PASSAGE_VECTORS in rewritten and not is_exact(self.passages.factory):  # measured once per base
+            spec["recall"] = sampled_recall(self.passages)
+        elif is_exact(self.passages.factory):
+            spec.pop("recall", None)
+        state: JSONObject = {
+            "generation": generation,
+            "factory": factory,
+            "factories": {base: store.factory for base, store in self._stores()},
+            "searches": {base: store.search_params for base, store in self._stores()},
+            "crc32": sums,
+            "bytes": sizes,
+            "segments": segments,
+        }
         tmp = directory / f".{VECTORS_STATE}.tmp"
         with discarded_on_failure(tmp):
             tmp.write_text(json.dumps(state), encoding="utf-8")
@@ -583,14 +732,89 @@ class FaissVectors(IndexVectors):
                 path.unlink()
 
     def search_params_changed(self, manifest: Manifest, settings: Settings) -> bool:
-        if manifest["faiss"].get("search", "") == settings.faiss_search:
-            return False
-        self.passages.set_search_params(settings.faiss_search)
-        manifest["faiss"]["search"] = settings.faiss_search
+        entry = manifest["faiss"]
+        rule = (settings.faiss_ann_threshold, settings.faiss_ann_factory, settings.faiss_ann_search)
+        auto = entry.get("auto")
+        adopted = False
+        if settings.faiss_factory == AUTO and (
+            auto is None or (auto["threshold"], auto["ann"], auto["ann_search"]) != rule
+        ):
+            # the size rule is recorded (or its settings changed): it applies from the next base written
+            passages_search = auto["passages_search"] if auto is not None else ""
+            entry["auto"] = auto = {
+                "threshold": rule[0],
+                "ann": rule[1],
+                "ann_search": rule[2],
+                "passages_search": passages_search,
+            }
+            adopted = True
+        if entry.get("search", "") == settings.faiss_search:
+            return adopted
+        if auto is None:
+            self.passages.set_search_params(settings.faiss_search)
+        elif not is_exact(self.passages.factory):  # an exact base takes no search parameters
+            self.passages.set_search_params(settings.faiss_search or auto["ann_search"])
+            auto["passages_search"] = self.passages.search_params
+        entry["search"] = settings.faiss_search
+        if not is_exact(self.passages.factory):
+            entry["recall"] = sampled_recall(self.passages)
         return True
 
     def memory_bytes(self) -> int:
         return self.passages.memory_bytes() + self.articles.memory_bytes()
+
+
+def _follow_size(store: FaissVectorStore, entry: FaissEntry, *, articles: bool) -> None:
+    """Under ``faiss_factory=auto``, before a whole base is written: an exact store grown past the threshold becomes
+    the ANN index (a growing archive turns ANN at its next merge). Not the other way: an archive that shrinks stays
+    ANN until its next full build, which starts from SQLite's exact vectors rather than an ANN's reconstructions."""
+    if "auto" not in entry or not is_exact(store.factory):
+        return
+    factory, search = resolve(entry, store.count(), articles=articles)
+    if factory != store.factory:
+        store.rebuild_as(factory, search)
+
+
+def sampled_recall(
+    store: FaissVectorStore, vectors: Iterable[tuple[np.ndarray, np.ndarray]] | None = None
+) -> RecallEntry:
+    """Recall@10 of ``store``'s own search against exact search, over a seeded sample of ``RECALL_SAMPLE`` of its
+    vectors used as queries. The exact top 10 is a brute-force scan (in blocks) over ``vectors`` (ids, vectors)
+    when given (``check`` passes SQLite's stored embeddings), else over the vectors the store reconstructs (exact
+    for flat-coded IVF and HNSW; SQ/PQ codes give their decoded vectors, so then the figure leaves out the
+    quantisation error)."""
+    ids = store.ids()
+    k = min(10, len(ids))
+    if k == 0:
+        return {"at10": 1.0, "sample": 0, "exact": "none"}
+    picked = np.sort(np.random.default_rng(RECALL_SEED).choice(ids, size=min(RECALL_SAMPLE, len(ids)), replace=False))
+    source = "sqlite" if vectors is not None else "reconstructed"
+    if vectors is None:
+        block = 65_536
+        vectors = ((ids[i : i + block], store.reconstruct_batch(ids[i : i + block])) for i in range(0, len(ids), block))
+    queries: np.ndarray | None = None
+    best_s = np.full((len(picked), k), -np.inf, np.float32)
+    best_i = np.full((len(picked), k), -1, np.int64)
+    blocks = list(vectors) if source == "sqlite" else vectors
+    if source == "sqlite":  # the queries are the stored embeddings of the picked ids
+        parts = [(b_ids, b_vecs) for b_ids, b_vecs in blocks]
+        all_ids = np.concatenate([b for b, _ in parts])
+        order = np.argsort(all_ids)
+        at = order[np.searchsorted(all_ids[order], picked)]
+        flat = np.concatenate([v for _, v in parts])
+        queries = np.ascontiguousarray(flat[at], dtype=np.float32)
+        blocks = parts
+    else:
+        queries = store.reconstruct_batch(picked)
+    for b_ids, b_vecs in blocks:
+        scores = queries @ np.asarray(b_vecs, dtype=np.float32).T
+        both_s = np.concatenate([best_s, scores], axis=1)
+        both_i = np.concatenate([best_i, np.broadcast_to(np.asarray(b_ids, np.int64), scores.shape)], axis=1)
+        top = np.argpartition(-both_s, k - 1, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(both_s, top, axis=1), np.take_along_axis(both_i, top, axis=1)
+    _, found = store.search(queries, k)
+    hits = sum(len(np.intersect1d(a, e)) for a, e in zip(found, best_i, strict=True))
+    return {"at10": round(hits / (k * len(picked)), 4), "sample": len(picked), "exact": source}
 
 
 def _append_plan(
@@ -636,7 +860,9 @@ def _listed_files(state: JSONObject) -> list[str]:
 def _load_store(directory: Path, state: JSONObject, base: str, factory: str, search: str = "") -> FaissVectorStore:
     """A base file with its segments applied in order (their net tombstones in one removal, then their net
     additions in one addition: a removal scans the whole id map once, not once per segment)."""
-    store = FaissVectorStore.load(directory / base, factory, search)
+    sizes = state.get("bytes")
+    size = sizes.get(base) if isinstance(sizes, dict) else None
+    store = FaissVectorStore.load(directory / base, factory, search, size=size if isinstance(size, int) else None)
     entries = _entries(state, base)
     if entries:
         delta = compose((read_segment(directory / e["file"], store.dimension) for e in entries), store.dimension)
@@ -650,12 +876,25 @@ def _load_store(directory: Path, state: JSONObject, base: str, factory: str, sea
 
 
 def _load(directory: Path, state: JSONObject, manifest: Manifest) -> FaissVectors:
-    """The vectors the stamp ``state`` describes; IndexCorrupt when a file is damaged or missing."""
-    factory = manifest["faiss"]["factory"]
-    search = manifest["faiss"].get("search") or ""
+    """The vectors the stamp ``state`` describes; IndexCorrupt when a file is damaged or missing. Under
+    ``faiss_factory=auto`` the stamp says which factory each base holds (it is written with them)."""
+    entry = manifest["faiss"]
+    factory, search = entry["factory"], entry.get("search") or ""
+    articles = entry.get("articles") or ARTICLE_FACTORY
+    auto = entry.get("auto")
+    if auto is not None:
+        factories, searches = state.get("factories"), state.get("searches")
+        if isinstance(factories, dict) and isinstance(searches, dict):
+            factory, articles = str(factories.get(PASSAGE_VECTORS)), str(factories.get(ARTICLE_VECTORS))
+            search = str(searches.get(PASSAGE_VECTORS) or "")
+        else:  # a stamp from before auto (an index that adopted it): the bases hold the manifest's factories
+            search = auto["passages_search"]
+        if entry.get("search"):  # faiss_search, changed since (search_params_changed) or not
+            search = search if is_exact(factory) else entry["search"]
+        entry["factory"], entry["articles"], auto["passages_search"] = factory, articles, search
     return FaissVectors(
         _load_store(directory, state, PASSAGE_VECTORS, factory, search),
-        _load_store(directory, state, ARTICLE_VECTORS, ARTICLE_FACTORY),
+        _load_store(directory, state, ARTICLE_VECTORS, articles),
         state,
     )
 
@@ -673,16 +912,16 @@ class FaissBackend(VectorBackend):
         return {"store": self.name}
 
     def open(self, directory: Path, store: Store, manifest: Manifest, *, records: bool = True) -> FaissVectors:
-        """The FAISS caches (bases and segments) if they match the store's generation and factory and their
-        checksums, else rebuilt from the stored embeddings and saved (where the directory can be written and no
-        writer saves meanwhile)."""
+        """The FAISS caches (bases and segments) if they match the store's generation and factory, the bases their
+        recorded sizes and the segments their checksums, else rebuilt from the stored embeddings and saved (where
+        the directory can be written and no writer saves meanwhile)."""
         dim = int(manifest["model"]["dimension"])
-        factory = manifest["faiss"]["factory"]
-        search = manifest["faiss"].get("search") or ""
+        entry = manifest["faiss"]
+        auto = "auto" in entry  # the stamp says what the bases hold; else they must hold the manifest's factory
         generation = store.generation()
         for _ in range(OPEN_TRIES):
             state = _read_state(directory)
-            if state.get("generation") != generation or state.get("factory") != factory:
+            if state.get("generation") != generation or (not auto and state.get("factory") != entry["factory"]):
                 break
             try:
                 if _intact(directory, state):
@@ -694,10 +933,15 @@ class FaissBackend(VectorBackend):
                 pass  # a damaged cache is rebuilt below like a stale one
             if _read_state(directory) == state:
                 break  # the files are what the stamp lists, and wrong; else a save replaced them: read again
+        n_articles, n_passages = store.counts()
+        factory, search = resolve(entry, n_passages)
+        articles, _ = resolve(entry, n_articles, articles=True)
         vectors = FaissVectors(
             FaissVectorStore.build(dim, factory, store.iter_vectors("passages"), search),
-            FaissVectorStore.build(dim, ARTICLE_FACTORY, store.iter_vectors("articles")),
+            FaissVectorStore.build(dim, articles, store.iter_vectors("articles")),
         )
+        if auto:
+            entry["factory"], entry["articles"], entry["auto"]["passages_search"] = factory, articles, search
         # a read-only index still serves from the rebuilt in-memory copy; one written meanwhile saves its own
         with contextlib.suppress(OSError), store.saving(generation) as ok:
             if ok:
@@ -721,6 +965,12 @@ class FaissBackend(VectorBackend):
             return []  # stale caches are legal too: open rebuilds them
         try:
             damaged = _damaged(directory, state)
+            if damaged in (PASSAGE_VECTORS, ARTICLE_VECTORS) and (directory / damaged).is_file():
+                # an open checks a base by its size only: this one must be dropped to be rebuilt
+                return [
+                    f"{damaged} differs from the checksum it was saved with; `newsdesk optimize` drops it and the "
+                    "next open rebuilds it from SQLite"
+                ]
             if damaged:
                 return [f"{damaged} differs from the checksum it was saved with; rebuilt on open"]
             vectors = _load(directory, state, manifest)
@@ -752,12 +1002,42 @@ class FaissBackend(VectorBackend):
                             return problems
         return problems
 
+    def quality(self, directory: Path, store: Store, manifest: Manifest) -> JSONObject:
+        """The passage base's factory and, for an ANN one, recall@10 against a brute-force scan of SQLite's stored
+        embeddings, on ``RECALL_SAMPLE`` of them (seeded) as queries, and whether it reaches ``RECALL_FLOOR``."""
+        state = _read_state(directory)
+        if state.get("generation") != store.generation():
+            return {}  # stale caches: the next open rebuilds them
+        try:
+            vectors = _load(directory, state, manifest)
+        except IndexCorrupt:
+            return {}  # check reports it
+        passages = vectors.passages
+        report: JSONObject = {"factory": passages.factory, "search": passages.search_params, "exact": True}
+        if not is_exact(passages.factory):
+            recall = sampled_recall(passages, store.iter_vectors("passages"))
+            report.update({"exact": False, "recall": dict(recall), "recall_floor": RECALL_FLOOR})
+        return report
+
     def summary(self, stats: JSONObject) -> str:
         faiss = stats["faiss"]
-        return f"{faiss['factory']}  (search {faiss['search'] or 'defaults'}, {faiss['metric']})"
+        line = f"{faiss['factory']}  (search {faiss['search'] or 'defaults'}, {faiss['metric']})"
+        auto = faiss.get("auto")
+        if isinstance(auto, dict):
+            line += f"; auto: exact below {auto['threshold']:,} vectors, {auto['ann']} from there"
+        recall = faiss.get("recall")
+        if isinstance(recall, dict):
+            line += f"; recall@10 {recall['at10']:.3f} on {recall['sample']} sampled vectors ({recall['exact']})"
+        return line
 
     def incompatibility(self, manifest: Manifest, settings: Settings) -> str | None:
-        if manifest["faiss"].get("factory") != settings.faiss_factory:
+        """An explicit factory must be the one recorded; ``auto`` keeps any index that follows it, and adopts an exact
+        one built before it (``search_params_changed`` records the rule; the next merge past the threshold turns it
+        ANN), so a new default rebuilds nothing."""
+        entry = manifest["faiss"]
+        if settings.faiss_factory == AUTO:
+            return None if "auto" in entry or entry.get("factory") == EXACT_FACTORY else "the FAISS factory changed"
+        if "auto" in entry or entry.get("factory") != settings.faiss_factory:
             return "the FAISS factory changed"
         return None
 
@@ -771,21 +1051,49 @@ def _read_state(directory: Path) -> JSONObject:
 
 
 def _intact(directory: Path, state: JSONObject) -> bool:
-    """Whether every file the stamp lists still has the CRC-32 it recorded (a stamp from before checksums, which
-    lists no segments: yes); False for a stamp listing segments in a form this newsdesk cannot read."""
+    """What an open verifies before loading: every small file the stamp lists (segments) still has the CRC-32 it
+    recorded, and the bases too when the stamp has no sizes for them (a stamp from before sizes); a base with a
+    recorded size is checked by size as it is loaded (``FaissVectorStore.load``), and in full by ``newsdesk check``
+    and before a merge reads it (``_verify_before_merge``), as Lucene verifies checksums on merge and in CheckIndex:
+    reading 1.7 GB to checksum it would cost more than the open. A stamp from before checksums, which lists no
+    segments: yes; False for a stamp listing segments in a form this newsdesk cannot read."""
+    sizes = state.get("bytes")
+    sized = {name for name, size in sizes.items() if isinstance(size, int)} if isinstance(sizes, dict) else set()
     try:
-        return _damaged(directory, state) is None
+        return _damaged(directory, state, skip=sized & {PASSAGE_VECTORS, ARTICLE_VECTORS}) is None
     except IndexCorrupt:
         return False
 
 
-def _damaged(directory: Path, state: JSONObject) -> str | None:
-    """The first listed file whose CRC-32 is not the recorded one (or that is missing), or None."""
+def _verify_before_merge(directory: Path, state: JSONObject, base: str) -> None:
+    """Refuse to merge from a base whose bytes are not the ones it was saved with (the in-memory copy a merge writes
+    was read from it, unverified at open): the stamp is removed so the next open rebuilds from SQLite, and the save
+    fails with an OSError (a committed write stays committed: ``save_after_commit`` logs it)."""
+    sums = state.get("crc32")
+    if not isinstance(sums, dict) or base not in sums:
+        return
+    try:
+        same = file_crc32(directory / base) == sums[base]
+    except OSError:
+        same = False
+    if not same:
+        with contextlib.suppress(OSError):
+            (directory / VECTORS_STATE).unlink()
+        raise OSError(f"{base} differs from the checksum it was saved with; the vectors are rebuilt on next open")
+
+
+def _damaged(directory: Path, state: JSONObject, skip: set[str] | frozenset[str] = frozenset()) -> str | None:
+    """The first listed file (but those in ``skip``) whose CRC-32 is not the recorded one (or that is missing), or
+    None."""
     names = _listed_files(state)
     sums = state.get("crc32")
     if not isinstance(sums, dict):
         return None if names == [PASSAGE_VECTORS, ARTICLE_VECTORS] else VECTORS_STATE
     for name in names:
+        if name in skip:
+            if not (directory / name).is_file():
+                return name
+            continue
         try:
             if file_crc32(directory / name) != sums.get(name):
                 return name

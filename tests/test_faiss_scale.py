@@ -1,0 +1,279 @@
+"""Issue 17, vectors at archive scale: bases memory-mapped on open and copied into memory at the first change, bases
+checked by size on open and by CRC-32 in ``check`` and before a merge, and ``faiss_factory=auto`` (exact below a
+threshold, ANN from it, with recall@10 against exact search recorded and measured)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import search.vectors.faiss as faiss_backend
+from indexer.build import build_index
+from indexer.update import add_articles, optimize
+from search.errors import IndexCorrupt
+from search.models import Article
+from search.settings import Settings
+from search.storage.files import file_crc32
+from search.storage.index import check_index, open_index
+from search.storage.manifest import FaissEntry, read_manifest
+from search.vectors.faiss import PASSAGE_VECTORS, FaissVectorStore, resolve, sampled_recall
+from tests.fakes import HashEmbedder, wire_articles
+from tests.test_cli import assert_ok, invoke
+from tests.test_segments import _same_as_sqlite
+
+EMBEDDER = HashEmbedder()
+
+
+def _articles(n: int, seed: int, prefix: str) -> list[Article]:
+    return [
+        Article(id=f"{prefix}-{i}", title=r["title"], paragraphs=tuple(r["paragraphs"]), date=r.get("date"))
+        for i, r in enumerate(wire_articles(n, seed=seed))
+    ]
+
+
+def _settings(target: Path, **kw: object) -> Settings:
+    return Settings(index_dir=target, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _appending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """About 80 passages: writes of a few articles would pass the merge fraction; lift it so writes append."""
+    monkeypatch.setattr(faiss_backend, "MERGE_FRACTION", 10.0)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("scale") / "base"
+    build_index(_articles(40, 1, "base"), target, _settings(target), EMBEDDER, progress=False)
+    return target
+
+
+@pytest.fixture
+def index_dir(tmp_path: Path, built: Path) -> Path:
+    shutil.copytree(built, tmp_path / "idx")
+    return tmp_path / "idx"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- memory-mapped bases -----------------------------------------------------------------------------------
+
+
+def test_an_open_maps_the_bases_and_the_first_write_copies_them(index_dir: Path) -> None:
+    before = _digest(index_dir / PASSAGE_VECTORS)
+    index = open_index(index_dir, EMBEDDER)
+    try:
+        assert index.passages.mapped and index.articles.mapped  # type: ignore[attr-defined]
+        add_articles(index, _articles(2, 7, "new"), EMBEDDER, _settings(index_dir))  # FAISS would abort if mapped
+        assert not index.passages.mapped  # type: ignore[attr-defined]
+    finally:
+        index.close()
+    assert _digest(index_dir / PASSAGE_VECTORS) == before  # the write appended a segment; the base is untouched
+    _same_as_sqlite(index_dir)
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF8,Flat", "HNSW16"])
+def test_a_mapped_store_searches_and_takes_changes_like_one_read(tmp_path: Path, factory: str) -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1000, 1300, dtype=np.int64)
+    FaissVectorStore.build(16, factory, [(ids, vectors)]).save(tmp_path / "v.faiss")
+    mapped = FaissVectorStore.load(tmp_path / "v.faiss", factory)
+    read = FaissVectorStore.load(tmp_path / "v.faiss", factory)
+    read._own()
+    assert mapped.mapped and not read.mapped
+    queries = vectors[:5] + 0.01
+    for store in (mapped, read):  # the mapped one copies itself at its first change
+        store.remove(ids[:10])
+        store.add(np.array([5, 6], np.int64), vectors[:2])
+    assert not mapped.mapped
+    np.testing.assert_array_equal(mapped.ids(), read.ids())
+    np.testing.assert_array_equal(mapped.search(queries, 5)[1], read.search(queries, 5)[1])
+
+
+def test_a_mapped_store_opened_with_a_wrong_size_is_refused(tmp_path: Path) -> None:
+    vectors = np.eye(4, 8, dtype=np.float32)
+    FaissVectorStore.build(8, "IDMap2,Flat", [(np.arange(4, dtype=np.int64), vectors)]).save(tmp_path / "v.faiss")
+    size = (tmp_path / "v.faiss").stat().st_size
+    assert FaissVectorStore.load(tmp_path / "v.faiss", "IDMap2,Flat", size=size).count() == 4
+    with pytest.raises(IndexCorrupt):
+        FaissVectorStore.load(tmp_path / "v.faiss", "IDMap2,Flat", size=size + 1)
+
+
+# -- verification: by size on open, by checksum in check and before a merge --------------------------------
+
+
+def test_an_open_does_not_checksum_the_bases(index_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    summed: list[str] = []
+    real = file_crc32
+
+    def counting(path: Path, chunk: int = 1 << 20) -> int:
+        summed.append(path.name)
+        return real(path, chunk)
+
+    monkeypatch.setattr(faiss_backend, "file_crc32", counting)
+    index = open_index(index_dir, EMBEDDER)
+    index.close()
+    assert summed == []
+
+
+def test_a_truncated_base_is_refused_at_open_and_rebuilt(index_dir: Path) -> None:
+    path = index_dir / PASSAGE_VECTORS
+    size = path.stat().st_size
+    with path.open("r+b") as fh:
+        fh.truncate(size - 64)  # a header FAISS still reads: only the size tells
+    open_index(index_dir, EMBEDDER).close()
+    assert path.stat().st_size == size
+    _same_as_sqlite(index_dir)
+
+
+def test_a_same_size_corrupted_base_is_caught_by_check_and_by_a_merge(index_dir: Path) -> None:
+    index = open_index(index_dir, EMBEDDER)
+    try:
+        add_articles(index, _articles(2, 9, "new"), EMBEDDER, _settings(index_dir))  # a segment to merge later
+    finally:
+        index.close()
+    path = index_dir / PASSAGE_VECTORS
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A  # inside the vector codes: the same size, a vector changed
+    path.write_bytes(bytes(data))
+    problems = check_index(index_dir)
+    assert len(problems) == 1 and PASSAGE_VECTORS in problems[0], problems
+    index = open_index(index_dir, EMBEDDER)  # by size it looks whole
+    try:
+        with pytest.raises(OSError, match="checksum"):
+            optimize(index)
+    finally:
+        index.close()
+    _same_as_sqlite(index_dir)  # the merge dropped the stamp: the open rebuilt from SQLite
+
+
+# -- faiss_factory=auto ------------------------------------------------------------------------------------
+
+
+def test_auto_resolves_by_count() -> None:
+    entry: FaissEntry = {
+        "factory": "IDMap2,Flat",
+        "search": "",
+        "auto": {"threshold": 1000, "ann": "IVF{nlist},Flat", "ann_search": "nprobe=8", "passages_search": ""},
+    }
+    assert resolve(entry, 999) == ("IDMap2,Flat", "")
+    assert resolve(entry, 1000) == ("IVF128,Flat", "nprobe=8")
+    assert resolve({**entry, "search": "nprobe=4"}, 10**6) == ("IVF4096,Flat", "nprobe=4")
+    assert resolve({"factory": "HNSW32", "search": "efSearch=64"}, 10) == ("HNSW32", "efSearch=64")
+
+
+def test_auto_builds_exact_below_the_threshold_and_ann_above(tmp_path: Path) -> None:
+    small, large = tmp_path / "small", tmp_path / "large"
+    rows = _articles(40, 1, "a")
+    build_index(rows, small, _settings(small), EMBEDDER, progress=False)
+    faiss = read_manifest(small)["faiss"]
+    assert faiss["factory"] == "IDMap2,Flat" and "recall" not in faiss and faiss["auto"]["threshold"] == 250_000
+    build_index(rows, large, _settings(large, faiss_ann_threshold=50, faiss_ann_search="nprobe=4"), EMBEDDER)
+    faiss = read_manifest(large)["faiss"]
+    passages = read_manifest(large)["counts"]["passages"]
+    assert faiss["factory"] == f"IVF{faiss_backend.ivf_lists(passages)},Flat" and passages >= 50
+    assert faiss["articles"] == "IDMap2,Flat"  # 40 articles: below the threshold
+    assert faiss["auto"]["passages_search"] == "nprobe=4" and 0 < faiss["recall"]["at10"] <= 1
+    index = open_index(large, EMBEDDER)
+    try:
+        assert index.passages.factory.startswith("IVF") and index.passages.search_params == "nprobe=4"  # type: ignore[attr-defined]
+    finally:
+        index.close()
+    assert check_index(large) == []
+
+
+def test_a_merge_that_crosses_the_threshold_turns_the_base_ann(index_dir: Path) -> None:
+    manifest = read_manifest(index_dir)
+    passages = manifest["counts"]["passages"]
+    threshold = passages + 5  # the base is exact; a write of a few articles crosses
+    manifest["faiss"]["auto"]["threshold"] = threshold
+    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+    settings = _settings(index_dir, faiss_ann_threshold=threshold)
+    index = open_index(index_dir, EMBEDDER)
+    try:
+        add_articles(index, _articles(4, 11, "more"), EMBEDDER, settings)
+        assert index.passages.factory == "IDMap2,Flat"  # type: ignore[attr-defined]  # appended: no base written
+        optimize(index)
+        assert index.passages.factory.startswith("IVF")  # type: ignore[attr-defined]
+    finally:
+        index.close()
+    faiss = read_manifest(index_dir)["faiss"]
+    assert faiss["factory"].startswith("IVF") and faiss["recall"]["sample"] > 0
+    index = open_index(index_dir, EMBEDDER)
+    try:
+        assert index.passages.factory == faiss["factory"]  # type: ignore[attr-defined]
+        assert index.passages.count() == index.store.counts()[1]
+    finally:
+        index.close()
+    assert check_index(index_dir) == []
+
+
+def test_an_explicit_factory_is_recorded_as_before(tmp_path: Path) -> None:
+    target = tmp_path / "x"
+    build_index(_articles(10, 1, "a"), target, _settings(target, faiss_factory="IDMap2,Flat"), EMBEDDER)
+    faiss = read_manifest(target)["faiss"]
+    assert faiss["factory"] == "IDMap2,Flat" and "auto" not in faiss
+
+
+def test_sampled_recall_matches_a_numpy_oracle() -> None:
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = rng.choice(10**6, size=3000, replace=False).astype(np.int64)
+    store = FaissVectorStore.build(32, "IVF64,Flat", [(ids, vectors)], "nprobe=2")
+    got = sampled_recall(store)
+    from_sqlite = sampled_recall(store, [(ids[:1000], vectors[:1000]), (ids[1000:], vectors[1000:])])
+    # the oracle: the same seeded sample, exact top 10 by numpy over every vector, the store's own top 10
+    picked = np.sort(np.random.default_rng(faiss_backend.RECALL_SEED).choice(np.sort(ids), 200, replace=False))
+    row = {int(i): r for r, i in enumerate(ids)}
+    queries = vectors[[row[int(i)] for i in picked]]
+    exact = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :10]]
+    found = store.search(queries, 10)[1]
+    oracle = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(found, exact, strict=True)])
+    assert got["sample"] == 200 and got["exact"] == "reconstructed" and from_sqlite["exact"] == "sqlite"
+    assert got["at10"] == pytest.approx(oracle, abs=1e-4) and from_sqlite["at10"] == pytest.approx(oracle, abs=1e-4)
+    assert oracle < 0.99  # nprobe=2 of 64 lists: a real loss, so the figure is not trivially 1
+    store.set_search_params("nprobe=64")
+    assert sampled_recall(store)["at10"] == 1.0
+
+
+def test_stats_and_check_report_the_ann_recall(tmp_path: Path, runner: CliRunner) -> None:
+    target = tmp_path / "ann"
+    build_index(_articles(40, 1, "a"), target, _settings(target, faiss_ann_threshold=50), EMBEDDER, progress=False)
+    result = invoke(runner, "stats", "--index", target, "--json")
+    assert_ok(result)
+    faiss = json.loads(result.output)["faiss"]
+    assert faiss["factory"].startswith("IVF") and faiss["recall"]["sample"] > 0 and faiss["auto"]["threshold"] == 50
+    result = invoke(runner, "stats", "--index", target)
+    assert_ok(result)
+    assert "recall@10" in result.output and "auto: exact below 50" in result.output
+    result = invoke(runner, "check", "--index", target)
+    assert_ok(result)
+    assert "recall@10" in result.output and "sampled stored vectors" in result.output
+
+
+def test_an_exact_index_built_before_auto_adopts_it_without_a_rebuild(tmp_path: Path) -> None:
+    target = tmp_path / "old"
+    build_index(_articles(10, 1, "a"), target, _settings(target, faiss_factory="IDMap2,Flat"), EMBEDDER)
+    manifest = read_manifest(target)
+    backend = faiss_backend.FaissBackend()
+    auto = _settings(target, faiss_ann_threshold=50)
+    assert backend.incompatibility(manifest, auto) is None
+    assert backend.incompatibility(manifest, _settings(target, faiss_factory="HNSW32")) is not None
+    index = open_index(target, EMBEDDER)
+    try:
+        assert index.vectors.search_params_changed(index.manifest, auto)  # the rule recorded: the sync saves it
+        assert index.manifest["faiss"]["auto"]["threshold"] == 50
+        assert not index.vectors.search_params_changed(index.manifest, auto)
+    finally:
+        index.close()
