@@ -691,6 +691,7 @@ class Postings:
         self._views: tuple[Segment, Segment] | None = None
         self._merged: Segment | None = None
         self._rowids: np.ndarray | None = None
+        self._alive: np.ndarray | None = None
 
     # -- shape and statistics ----------------------------------------------------------------------------------
 
@@ -758,13 +759,17 @@ class Postings:
         return slots - np.searchsorted(self.dead, slots) if len(self.dead) else slots
 
     def _base_mask(self, allowed: np.ndarray | None) -> np.ndarray | None:
-        """A filter over live rows as one over the base's rows, tombstoned rows never allowed."""
+        """A filter over live rows as one over the base's rows, tombstoned rows never allowed (the mask of live
+        base rows is made once per postings, not per query)."""
         if allowed is None and not len(self.dead):
             return None
-        mask = np.ones(self.base.rows, dtype=bool)
-        mask[self.dead] = False
-        if allowed is not None:
-            mask[mask] = allowed[: self.base_live]
+        if self._alive is None:
+            self._alive = np.ones(self.base.rows, dtype=bool)
+            self._alive[self.dead] = False
+        if allowed is None:
+            return self._alive
+        mask = self._alive.copy()
+        mask[mask] = allowed[: self.base_live]
         return mask
 
     @property
