@@ -138,8 +138,13 @@ def test_base_tombstones_and_delta_answer_as_one_rebuilt_segment(seed: int, prun
         live = live.extended(corpus.rows(int(corpus.rng.integers(0, 25))))
         assert len(live.dead) or step == 0 or live.delta.rows  # the base itself is never rewritten
         assert_same(live, corpus.oracle(), corpus, pruning)
-        merged = live.merged()
+        merged = live.merged_with_forward()
         assert_same(Postings(merged), corpus.oracle(), corpus, pruning)  # what a merge writes answers the same
+        ptr, terms = merged.forward()  # carried over from the base and the delta: each row's terms, as a sort gives
+        plain = Segment(merged.rowids, merged.lengths, merged.vocab, merged.indptr, merged.docs, merged.tfs).forward()
+        np.testing.assert_array_equal(ptr, plain[0])
+        for row in range(merged.rows):
+            assert sorted(terms[ptr[row] : ptr[row + 1]]) == sorted(plain[1][plain[0][row] : plain[0][row + 1]])
 
 
 def test_statistics_are_exact_over_live_rows() -> None:

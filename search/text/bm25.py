@@ -952,6 +952,25 @@ class Postings:
                 self._merged = kept.appended(tail) if tail.rows else _widened(kept, len(vocab))
         return self._merged
 
+    def merged_with_forward(self) -> Segment:
+        """``merged()`` with its forward index (what a base on disk holds), carried over rather than sorted."""
+        merged = self.merged()
+        if merged._forward is None:
+            merged._forward = self._forward_of_live()
+        return merged
+
+    def _forward_of_live(self) -> tuple[np.ndarray, np.ndarray]:
+        """The merged segment's forward index from the base's (less its tombstoned rows) and the delta's: term ids
+        are the same in both, so no sort over the table's postings is needed (a merge's largest cost otherwise)."""
+        ptr, terms = self.base.forward()
+        alive = np.delete(np.arange(self.base.rows, dtype=np.int64), self.dead)
+        delta_ptr, delta_terms = self.delta.forward()
+        counts = np.concatenate([(ptr[alive + 1] - ptr[alive]), np.diff(delta_ptr)])
+        fwd_ptr = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=fwd_ptr[1:])
+        kept = np.asarray(terms[_slices(ptr[alive], ptr[alive + 1])], dtype=np.int32)
+        return fwd_ptr, np.concatenate([kept, np.asarray(delta_terms, dtype=np.int32)])
+
     # -- the merged arrays, for readers that walk every posting ----------------------------------------------------
 
     @property
@@ -1105,7 +1124,7 @@ class LexicalPostings:
                     or len(segments) + int(postings.changed) > MERGE_SEGMENTS
                     or postings.delta.rows + len(postings.dead) > MERGE_FRACTION * max(postings.base.rows, 1)
                 ):
-                    base = postings.merged()
+                    base = postings.merged_with_forward()
                     entry = _write_base(directory, name, base, self.generation)
                     merged += len(segments)
                     done[name] = Postings(base)  # the same live rows, all in the base
