@@ -11,7 +11,7 @@ One command runs the whole benchmark::
    ``--limit`` paragraphs for a quick run) and every article one row (title and body); the dev questions
    (``--queries`` of them) as queries;
 3. for each table and each k (10 and the service's 100 lexical candidates): every query answered by the exhaustive
-   scorer (``Postings.top_exhaustive``: every posting of every query term scored) and by ``Postings.top`` (block-max
+   scorer (``Segment.top_exhaustive``: every posting of every query term scored) and by ``Segment.top`` (block-max
    pruning), in turn, each timed; the share of queries whose top k is identical (same rows, same float32 scores,
    same order; must be 1.0), p50/p99 ms of each and their ratio, postings scored by each; for RealTime QA also
    with keyword queries (each question's first three words), where one common word meets rarer ones;
@@ -47,7 +47,7 @@ from bench.scifact import evaluate, git_commit, loadavg, read_qrels, read_querie
 from bench.slow import cpu_flags  # noqa: E402
 from indexer.sources import read_sources  # noqa: E402
 from search.models import Article  # noqa: E402
-from search.text.bm25 import BlockMax, Postings, _phrases  # noqa: E402
+from search.text.bm25 import BlockMax, Segment, _phrases  # noqa: E402
 
 KS = (10, 100)
 SHORT_WORDS = 3
@@ -63,27 +63,27 @@ def articles(path: Path, limit: int | None) -> Iterator[Article]:
         yield article
 
 
-def cached(work: Path, name: str, build: Any) -> tuple[Postings, float | None]:
+def cached(work: Path, name: str, build: Any) -> tuple[Segment, float | None]:
     """``work/name.npz`` if there, else built (timed) and saved."""
     path = work / f"{name}.npz"
     if path.is_file():
-        return Postings.load(path), None
+        return Segment.load(path), None
     started = time.perf_counter()
-    postings: Postings = build()
+    postings: Segment = build()
     seconds = round(time.perf_counter() - started, 1)
     work.mkdir(parents=True, exist_ok=True)
     postings.save(path)
     return postings, seconds
 
 
-def article_postings(items: Sequence[Article]) -> Postings:
+def article_postings(items: Sequence[Article]) -> Segment:
     """Two columns, title and the paragraphs joined by newlines, as ``search.text.bm25._article_rows`` gives them."""
-    return Postings.build(((i + 1, (a.title, "\n".join(a.paragraphs))) for i, a in enumerate(items)), 2)
+    return Segment.build(((i + 1, (a.title, "\n".join(a.paragraphs))) for i, a in enumerate(items)), 2)
 
 
-def passage_postings(items: Sequence[Article], limit: int | None) -> Postings:
+def passage_postings(items: Sequence[Article], limit: int | None) -> Segment:
     paragraphs = itertools.chain.from_iterable(a.paragraphs for a in items)
-    return Postings.build(((i + 1, (p,)) for i, p in enumerate(itertools.islice(paragraphs, limit))), 1)
+    return Segment.build(((i + 1, (p,)) for i, p in enumerate(itertools.islice(paragraphs, limit))), 1)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -91,7 +91,7 @@ def pct(values: list[float], p: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 3)
 
 
-def compare(postings: Postings, weights: tuple[float, ...], queries: list[str], k: int) -> dict[str, Any]:
+def compare(postings: Segment, weights: tuple[float, ...], queries: list[str], k: int) -> dict[str, Any]:
     """Each query by both scorers, alternately, timed; identical top k share, latencies, postings read."""
     exhaustive_ms: list[float] = []
     pruned_ms: list[float] = []
@@ -133,7 +133,7 @@ def compare(postings: Postings, weights: tuple[float, ...], queries: list[str], 
 
 
 def table(
-    name: str, postings: Postings, weights: tuple[float, ...], queries: list[str], short: bool = False
+    name: str, postings: Segment, weights: tuple[float, ...], queries: list[str], short: bool = False
 ) -> dict[str, Any]:
     started = time.perf_counter()
     BlockMax.build(postings, weights)

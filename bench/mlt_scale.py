@@ -59,7 +59,7 @@ from search.news.neighbours import (  # noqa: E402
     _profiles,
     _term_rows,
 )
-from search.text.bm25 import Postings  # noqa: E402
+from search.text.bm25 import Postings, Segment  # noqa: E402
 from search.vectors.faiss import FaissVectorStore  # noqa: E402
 
 DIMENSION = 384
@@ -82,13 +82,15 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, Postings]:
     np.cumsum(np.bincount(term_of, minlength=VOCABULARY), out=indptr[1:])
     tfs = np.zeros((2, len(pairs)), dtype=np.float32)
     tfs[1] = counts
-    postings = Postings(
-        rowids=np.arange(1, n + 1, dtype=np.int64),
-        lengths=np.full(n, TERMS, dtype=np.float32),
-        vocab={f"t{i}": i for i in range(VOCABULARY)},
-        indptr=indptr,
-        docs=doc_of.astype(np.int32),
-        tfs=tfs,
+    postings = Postings(  # one base segment, as an index holds its postings after a build or a merge
+        Segment(
+            rowids=np.arange(1, n + 1, dtype=np.int64),
+            lengths=np.full(n, TERMS, dtype=np.float32),
+            vocab={f"t{i}": i for i in range(VOCABULARY)},
+            indptr=indptr,
+            docs=doc_of.astype(np.int32),
+            tfs=tfs,
+        )
     )
     return np.arange(1, n + 1, dtype=np.int64), vectors, postings
 

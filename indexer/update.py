@@ -269,14 +269,16 @@ def apply_metadata(index: Index, articles: list[Article]) -> int:
 
 
 def optimize(index: Index) -> int:
-    """Merge the vector segments saves appended (search/vectors/segments.py) into new base files now, under the
-    caches lock as a save; returns how many segment files were merged (0: the bases already hold everything).
+    """Merge the vector segments and the BM25 segments saves appended (search/vectors/segments.py,
+    search/text/bm25.py) into new base files now, under the caches lock as a save; returns how many segment files
+    were merged (0: the bases already hold everything).
     Another process committing meanwhile makes this catch up (its own save may have merged) and try again."""
     for _ in range(CATCH_UP_TRIES):
         directory, store = index.writable
         with store.saving(index.generation) as ok:
             if ok and index.current():
-                return index.vectors.merge(directory, index.generation, index.manifest)
+                merged = index.vectors.merge(directory, index.generation, index.manifest)
+                return merged + index.lexical.merge(directory)
         if not index.current() or store.generation() != index.generation:
             index.catch_up(None)
             continue

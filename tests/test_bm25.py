@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -131,8 +132,9 @@ def test_stale_or_damaged_cache_is_rebuilt(writable: SearchService) -> None:
     (directory / LEXICAL_STATE).write_text('{"generation": -1, "version": 1}', encoding="utf-8")
     assert load_postings(directory, store).passages.rows == store.counts()[1]
     assert check_index(directory) == []  # load_postings saved a fresh cache
-    (directory / "lexical-passages.npz").write_bytes(b"not a numpy file")
-    assert "unreadable" in " ".join(check_index(directory))
+    base = json.loads((directory / LEXICAL_STATE).read_text(encoding="utf-8"))["tables"]["passages"]["base"]
+    (directory / f"{base}.docs.npy").write_bytes(b"not a numpy file")
+    assert "BM25 postings cache is damaged" in " ".join(check_index(directory))
     assert load_postings(directory, store).passages.rows == store.counts()[1]
     assert check_index(directory) == []
 

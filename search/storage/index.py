@@ -43,7 +43,7 @@ from search.storage.manifest import FORMAT_VERSION as FORMAT_VERSION
 from search.storage.manifest import MANIFEST as MANIFEST
 from search.storage.manifest import Manifest, looks_like_manifest, read_manifest, write_manifest
 from search.storage.store import ReadStore, Store
-from search.text.bm25 import LEXICAL_STATE, LexicalPostings, load_postings
+from search.text.bm25 import LEXICAL_STATE, POSTINGS_VERSION, LexicalPostings, load_postings
 from search.text.embedding import Embedder, check_compatible
 from search.vectors.base import VECTORS_STATE as VECTORS_STATE
 from search.vectors.base import IndexVectors, VectorStore
@@ -391,10 +391,13 @@ def _check_postings(directory: Path, store: Store) -> list[str]:
         return [f"{LEXICAL_STATE} is unreadable"]
     if not isinstance(state, dict):
         return [f"{LEXICAL_STATE} is unreadable"]
-    if state.get("generation") != store.generation():
-        return []
+    if state.get("generation") != store.generation() or state.get("version") != POSTINGS_VERSION:
+        return []  # stale or of an older format: rebuilt on open
     try:
-        postings = LexicalPostings.load(directory, store.generation())
+        postings = LexicalPostings.load(directory, store.generation(), verify=True)  # the bases' CRC-32 too
+    except IndexCorrupt as exc:
+        # a base of the right size is not read whole on open: removing the stamp makes the next open rebuild it
+        return [f"BM25 postings cache is damaged ({exc.message}); remove {LEXICAL_STATE} to rebuild it from SQLite"]
     except DAMAGED_CACHE as exc:
         return [f"BM25 postings cache is unreadable ({type(exc).__name__}: {exc}); it is rebuilt on open"]
     problems: list[str] = []

@@ -21,22 +21,27 @@ import contextlib
 import json
 import math
 import os
+import re
+import uuid
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from search.errors import IndexCorrupt
+from search.jsontypes import JSONObject, JSONValue
 from search.memory import deep_size
-from search.storage.files import DAMAGED_CACHE, discarded_on_failure
+from search.storage.files import DAMAGED_CACHE, discarded_on_failure, file_crc32, fsync_path
 from search.storage.store import Store
 from search.text.fts import K1, B, fts_term_counts, query_terms, stem
+from search.vectors.segments import MERGE_FRACTION as MERGE_FRACTION
+from search.vectors.segments import MERGE_SEGMENTS as MERGE_SEGMENTS
 
 LEXICAL_STATE = "lexical.json"
-LEXICAL_FILES = {"passages": "lexical-passages.npz", "articles": "lexical-articles.npz"}
-POSTINGS_VERSION = 1  # part of the cache stamp: bump when tokenization or layout changes
+POSTINGS_VERSION = 2  # part of the cache stamp: bump when tokenization or layout changes (2: a base and segments)
 
 
 def idf(rows: int, df: int) -> float:
@@ -44,20 +49,73 @@ def idf(rows: int, df: int) -> float:
     return max(math.log((rows - df + 0.5) / (df + 0.5)), 1e-6)
 
 
+class Vocab(Mapping[str, int]):
+    """Term -> id: an immutable ``base`` (a saved base segment's vocabulary, possibly a million terms) and the
+    ``extra`` terms rows added since introduced, numbered after it. Copying one copies ``extra`` only."""
+
+    def __init__(self, base: Mapping[str, int], extra: dict[str, int] | None = None) -> None:
+        self.base = base
+        self.extra = extra if extra is not None else {}
+
+    def __getitem__(self, term: str) -> int:
+        got = self.base.get(term)
+        return self.extra[term] if got is None else got
+
+    def get(self, term: str, default: int | None = None) -> int | None:  # type: ignore[override]
+        got = self.base.get(term)
+        return self.extra.get(term, default) if got is None else got
+
+    def __contains__(self, term: object) -> bool:
+        return term in self.base or term in self.extra
+
+    def __len__(self) -> int:
+        return len(self.base) + len(self.extra)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.base
+        yield from self.extra
+
+    def copy(self) -> Vocab:
+        return Vocab(self.base, dict(self.extra))
+
+    def add(self, term: str) -> int:
+        """The term's id, a new one (after every other) if it is new."""
+        got = self.base.get(term)
+        return self.extra.setdefault(term, len(self.base) + len(self.extra)) if got is None else got
+
+
+@dataclass(frozen=True)
+class TableStats:
+    """BM25's statistics over a table's live rows, as FTS5 computes them: row count, average length, and each term's
+    document frequency (``df``; ``df_array``: of the first ``n`` term ids at once)."""
+
+    rows: int
+    avgdl: float
+    df: Callable[[int], int]
+    df_array: Callable[[int], np.ndarray]
+
+
 @dataclass
-class Postings:
-    """One table's inverted index: term -> (row, term frequency per column), plus each row's length in tokens."""
+class Segment:
+    """One immutable inverted index over some rows: term -> (row, term frequency per column), plus each row's length
+    in tokens. A table's ``Postings`` are a base segment, its tombstones and a small segment of the rows added since.
+
+    ``stats`` (None: the segment's own) gives the BM25 statistics of the whole table it is part of (row count,
+    average length, each term's document frequency over the live rows), so that a segment's scores are the table's,
+    bit for bit."""
 
     rowids: np.ndarray  # int64[rows], ascending: the table's rowid of each row index
     lengths: np.ndarray  # float32[rows]: tokens in the row, all columns (FTS5's document length)
-    vocab: dict[str, int]
+    vocab: Mapping[str, int]
     indptr: np.ndarray  # int64[terms + 1]: term t's postings are [indptr[t], indptr[t + 1])
     docs: np.ndarray  # int32[postings]: row index
     tfs: np.ndarray  # float32[columns, postings]: occurrences in each column
+    stats: TableStats | None = field(default=None, repr=False, compare=False)
     # derived on first use by ``block_max``: the bounds of top-k pruning, per column weights
-    _bounds: dict[tuple[float, ...], BlockMax] = field(default_factory=dict, repr=False, compare=False)
-    _avgdl_cache: float | None = field(default=None, repr=False, compare=False)
-    _norm_cache: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _bounds: dict[tuple[float, ...], BlockMax] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _avgdl_cache: float | None = field(default=None, init=False, repr=False, compare=False)
+    _forward: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
+    _norm_cache: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def rows(self) -> int:
@@ -65,12 +123,13 @@ class Postings:
 
     @classmethod
     def build(
-        cls, rows: Iterable[tuple[int, Sequence[str]]], columns: int, vocab: dict[str, int] | None = None
-    ) -> Postings:
+        cls, rows: Iterable[tuple[int, Sequence[str]]], columns: int, vocab: Mapping[str, int] | None = None
+    ) -> Segment:
         """From (rowid, column texts) in ascending rowid order, tokenized exactly as the FTS5 tables are.
 
-        ``vocab`` (copied, then extended) lets new rows share term ids with existing postings."""
-        vocab = dict(vocab or {})
+        ``vocab`` (copied, then extended) lets new rows share term ids with existing postings: a ``Vocab`` is copied
+        without its (large, immutable) base, so a write's few rows cost what they hold, not the table's vocabulary."""
+        words = vocab.copy() if isinstance(vocab, Vocab) else Vocab({}, dict(vocab or {}))
         rowids = array("q")
         lengths = array("f")
         terms, docs = array("i"), array("i")
@@ -83,8 +142,7 @@ class Postings:
                 n, counts = fts_term_counts(text)
                 total += n
                 for term, tf in counts.items():
-                    t = vocab.setdefault(term, len(vocab))
-                    per_term.setdefault(t, [0] * columns)[c] += tf
+                    per_term.setdefault(words.add(term), [0] * columns)[c] += tf
             lengths.append(total)
             for t, per_column in per_term.items():
                 terms.append(t)
@@ -93,18 +151,23 @@ class Postings:
                     tfs[c].append(per_column[c])
         term_arr = np.frombuffer(terms, dtype=np.int32) if terms else np.zeros(0, np.int32)
         order = np.argsort(term_arr, kind="stable")  # rows stay ascending inside each term's postings
-        indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(term_arr, minlength=len(vocab)), out=indptr[1:])
+        indptr = np.zeros(len(words) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(term_arr, minlength=len(words)), out=indptr[1:])
         doc_arr = np.frombuffer(docs, dtype=np.int32) if docs else np.zeros(0, np.int32)
         tf_arr = np.stack([np.frombuffer(a, dtype=np.float32) if a else np.zeros(0, np.float32) for a in tfs])
-        return cls(
+        segment = cls(
             rowids=np.frombuffer(rowids, dtype=np.int64).copy() if rowids else np.zeros(0, np.int64),
             lengths=np.frombuffer(lengths, dtype=np.float32).copy() if lengths else np.zeros(0, np.float32),
-            vocab=vocab,
+            vocab=words if isinstance(vocab, Vocab) else words.extra,
             indptr=indptr,
             docs=doc_arr[order],
             tfs=np.ascontiguousarray(tf_arr[:, order]),
         )
+        # the forward index (each row's terms) comes free here, in row order: what tombstones subtract from df
+        fwd_ptr = np.zeros(len(segment.rowids) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(doc_arr, minlength=len(segment.rowids)), out=fwd_ptr[1:])
+        segment._forward = (fwd_ptr, term_arr.copy())
+        return segment
 
     def scores(self, phrases: Sequence[str], weights: Sequence[float]) -> np.ndarray:
         """FTS5's ``bm25()`` of every row (0 where no phrase occurs): for each phrase, IDF times the saturated,
@@ -124,9 +187,13 @@ class Postings:
 
     def _avgdl(self) -> float:
         """The average row length, summed once per postings (they never change: an update makes new ones)."""
+        if self.stats is not None:
+            return self.stats.avgdl
         avgdl = self._avgdl_cache
         if avgdl is None:
-            avgdl = self._avgdl_cache = float(self.lengths.sum()) / self.rows if self.rows else 0.0
+            # an exact sum (lengths are whole numbers): the same whatever the order rows were added or removed in,
+            # so a table kept as segments has the average a single rebuilt one has (a float32 sum drifts past 2**24)
+            avgdl = self._avgdl_cache = float(self.lengths.sum(dtype=np.float64)) / self.rows if self.rows else 0.0
         return avgdl
 
     def _norm(self, rows: np.ndarray | None) -> np.ndarray:
@@ -135,7 +202,9 @@ class Postings:
         norm = self._norm_cache
         if norm is None:
             avgdl = self._avgdl()
-            norm = K1 * (1 - B + B * self.lengths / avgdl) if avgdl > 0 else np.full(self.rows, K1, np.float32)
+            norm = (
+                K1 * (1 - B + B * np.asarray(self.lengths) / avgdl) if avgdl > 0 else np.full(self.rows, K1, np.float32)
+            )
             self._norm_cache = norm
         return norm if rows is None else norm[rows]
 
@@ -154,14 +223,15 @@ class Postings:
         order every scorer adds contributions in, so that their float32 sums agree."""
         for phrase in phrases:
             t = self.vocab.get(phrase)
-            if t is not None and self.indptr[t + 1] > self.indptr[t]:
+            if t is not None and t + 1 < len(self.indptr) and self.indptr[t + 1] > self.indptr[t]:
                 lo, hi = int(self.indptr[t]), int(self.indptr[t + 1])
-                yield t, lo, hi, np.float32(idf(self.rows, hi - lo))
+                stats = self.stats
+                yield t, lo, hi, np.float32(idf(self.rows, hi - lo) if stats is None else idf(stats.rows, stats.df(t)))
 
     def _terms(self, phrases: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(term ids of the phrases the vocabulary holds, how many times each occurs): a repeated phrase adds its
         contribution once per occurrence, as FTS5 does."""
-        ids = [t for t in (self.vocab.get(p) for p in phrases) if t is not None]
+        ids = [t for t in (self.vocab.get(p) for p in phrases) if t is not None and t + 1 < len(self.indptr)]
         terms, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
         held = self.indptr[terms + 1] > self.indptr[terms]  # a term whose rows were all deleted has no postings
         return terms[held], counts[held]
@@ -251,7 +321,7 @@ class Postings:
     def _term_of_postings(self) -> np.ndarray:
         return np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int32), np.diff(self.indptr))
 
-    def without(self, rowids: Iterable[int]) -> Postings:
+    def without(self, rowids: Iterable[int]) -> Segment:
         """A copy without the given rows (a numpy filter over the postings: nothing is re-tokenized)."""
         _, idx = self.positions(rowids)
         if not len(idx):
@@ -263,7 +333,7 @@ class Postings:
         counts = np.bincount(self._term_of_postings()[keep], minlength=len(self.indptr) - 1)
         indptr = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
-        return Postings(
+        return Segment(
             rowids=self.rowids[keep_rows],
             lengths=self.lengths[keep_rows],
             vocab=self.vocab,
@@ -272,22 +342,23 @@ class Postings:
             tfs=np.ascontiguousarray(self.tfs[:, keep]),
         )
 
-    def extended(self, rows: Iterable[tuple[int, Sequence[str]]]) -> Postings:
+    def extended(self, rows: Iterable[tuple[int, Sequence[str]]]) -> Segment:
         """A copy with new rows appended; only they are tokenized. Their rowids must be above every present one
         (SQLite gives a new row the largest rowid plus one, and deleted rows are removed first)."""
-        new = Postings.build(rows, self.tfs.shape[0], self.vocab)
+        return self.appended(Segment.build(rows, self.tfs.shape[0], self.vocab))
+
+    def appended(self, new: Segment) -> Segment:
+        """A copy with the rows of ``new`` (whose vocabulary extends this one's) after its own."""
         if not new.rows:
             return self
         if self.rows and int(new.rowids[0]) <= int(self.rowids[-1]):
             raise ValueError("new rows must come after the existing ones")
-        old_terms = self._term_of_postings()
-        new_terms = new._term_of_postings()
-        terms = np.concatenate([old_terms, new_terms])
+        terms = np.concatenate([self._term_of_postings(), new._term_of_postings()])
         order = np.argsort(terms, kind="stable")  # old rows before new ones inside each term: still ascending
         counts = np.bincount(terms, minlength=len(new.vocab))
         indptr = np.zeros(len(new.vocab) + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
-        return Postings(
+        return Segment(
             rowids=np.concatenate([self.rowids, new.rowids]),
             lengths=np.concatenate([self.lengths, new.lengths]),
             vocab=new.vocab,
@@ -295,6 +366,20 @@ class Postings:
             docs=np.concatenate([self.docs, new.docs + self.rows]).astype(np.int32)[order],
             tfs=np.ascontiguousarray(np.concatenate([self.tfs, new.tfs], axis=1)[:, order]),
         )
+
+    def forward(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row pointer, term ids): each row's terms, the postings transposed. What a tombstone subtracts from the
+        table's document frequencies without a pass over the postings; free when built from rows, else one sort."""
+        if self._forward is None:
+            order = np.argsort(self.docs, kind="stable")
+            ptr = np.zeros(self.rows + 1, dtype=np.int64)
+            np.cumsum(np.bincount(self.docs, minlength=self.rows), out=ptr[1:])
+            self._forward = (ptr, self._term_of_postings()[order].astype(np.int32))
+        return self._forward
+
+    def with_stats(self, stats: TableStats | None) -> Segment:
+        """The same arrays scored with a whole table's statistics (``stats``), nothing derived from them shared."""
+        return Segment(self.rowids, self.lengths, self.vocab, self.indptr, self.docs, self.tfs, stats)
 
     def positions(self, rowids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """(rowids present here, their row indexes)."""
@@ -323,7 +408,7 @@ class Postings:
             os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> Postings:
+    def load(cls, path: Path) -> Segment:
         """The saved postings; ``ValueError`` if the arrays do not fit together (a damaged or foreign file), so a
         cache that loads is one a search cannot index out of bounds with."""
         with np.load(path) as data:
@@ -411,7 +496,7 @@ class BlockMax:
     term_max: np.ndarray  # float64[terms]: largest contribution of each term
 
     @classmethod
-    def build(cls, postings: Postings, weights: Sequence[float], chunk: int = 1 << 22) -> BlockMax:
+    def build(cls, postings: Segment, weights: Sequence[float], chunk: int = 1 << 22) -> BlockMax:
         """Every posting's contribution computed as ``Postings.scores`` computes it (in chunks, to bound memory),
         then maxima per block and per term."""
         df = np.diff(postings.indptr)
@@ -425,15 +510,17 @@ class BlockMax:
         starts = np.empty(blocks + 1, dtype=np.int64)
         starts[:blocks] = postings.indptr[term_of_block] + within * BLOCK
         starts[blocks] = len(postings.docs)
-        n = max(postings.rows, 1)
-        idfs = np.maximum(np.log((n - df + 0.5) / (df + 0.5)), 1e-6).astype(np.float32)
+        stats = postings.stats
+        n = max(postings.rows, 1) if stats is None else max(stats.rows, 1)
+        live_df = df if stats is None else stats.df_array(n_terms)
+        idfs = np.maximum(np.log((n - live_df + 0.5) / (live_df + 0.5)), 1e-6).astype(np.float32)
         terms = postings._term_of_postings()
         w = postings._column_weights(weights)
         total = len(postings.docs)
         contributions = np.empty(total, dtype=np.float32)
         for lo in range(0, total, chunk):
             hi = min(lo + chunk, total)
-            contributions[lo:hi] = Postings._contributions(
+            contributions[lo:hi] = Segment._contributions(
                 idfs[terms[lo:hi]], postings.tfs[:, lo:hi], w, postings._norm(postings.docs[lo:hi])
             )
         maxes = np.maximum.reduceat(contributions, starts[:blocks]) if blocks else np.zeros(0, np.float32)
@@ -450,7 +537,7 @@ def _slices(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def _kept_postings(
-    postings: Postings, bounds: BlockMax, t: int, terms: np.ndarray, counts: np.ndarray, threshold: float
+    postings: Segment, bounds: BlockMax, t: int, terms: np.ndarray, counts: np.ndarray, threshold: float
 ) -> np.ndarray | None:
     """Term ``t``'s postings in blocks whose bound reaches ``threshold`` (None: every block does). A row in a
     skipped block scores below the threshold, which k real rows reach, so it cannot enter the top k: leaving it
@@ -484,7 +571,7 @@ def _kept_postings(
 
 
 def _maxscore_top(
-    postings: Postings,
+    postings: Segment,
     phrases: Sequence[str],
     weights: Sequence[float],
     terms: np.ndarray,
@@ -544,7 +631,7 @@ def _maxscore_top(
         essential = t in kept
         at = kept.get(t)
         if essential and at is None:  # every posting: slices, as the exhaustive scorer reads them
-            acc[docs] += Postings._contributions(idf32, postings.tfs[:, lo:hi], w, postings._norm(docs))
+            acc[docs] += Segment._contributions(idf32, postings.tfs[:, lo:hi], w, postings._norm(docs))
             scored += hi - lo
             continue
         if at is not None:
@@ -559,19 +646,413 @@ def _maxscore_top(
             at = lo + np.flatnonzero(candidate[docs])
             checked += hi - lo
         sel = postings.docs[at]
-        acc[sel] += Postings._contributions(idf32, postings.tfs[:, at], w, postings._norm(sel))
+        acc[sel] += Segment._contributions(idf32, postings.tfs[:, at], w, postings._norm(sel))
         scored += len(at)
     found_rows, found_scores = _best_positive(rows, acc[rows], k)
     return TopK(found_rows, found_scores, scored, checked)
 
 
+class Postings:
+    """A table's BM25 postings kept as Lucene keeps an index: an immutable ``base`` segment (memory-mapped when
+    loaded from disk), tombstones (``dead``: its rows deleted since, sorted row indexes) and one small ``delta``
+    segment of the rows added since, rebuilt by each write from the previous delta and the new rows. A write costs
+    what it changed (its rows, the tombstones' terms through the base's forward index), not the table.
+
+    The statistics stay FTS5's over live rows, exactly: row count, total length (an exact sum) and each term's
+    document frequency (the base's, less its tombstoned rows', plus the delta's). Every scorer runs on the base and
+    the delta with those statistics, so each live row gets the float32 additions, in the same order, that the one
+    merged segment (``merged()``) gives it: scores, top k and tie order (row order, which is rowid order: new rows
+    take rowids above every live one) are the merged segment's bit for bit (tests/test_bm25_segments.py).
+
+    Row indexes (``positions``, ``top``, ``score_rows``) count live rows: base rows not tombstoned, then delta rows.
+    ``indptr``, ``docs``, ``tfs`` and ``lengths`` are the merged segment's, built on first use (for a reader that
+    walks every posting; the scorers never need them)."""
+
+    def __init__(
+        self,
+        base: Segment,
+        dead: np.ndarray | None = None,
+        delta: Segment | None = None,
+        dead_df: dict[int, int] | None = None,
+        total: float | None = None,
+    ) -> None:
+        self.base = base
+        self.dead = dead if dead is not None else np.zeros(0, np.int64)
+        vocab = base.vocab if isinstance(base.vocab, Vocab) else Vocab(base.vocab)
+        self.delta = delta if delta is not None else Segment.build([], base.tfs.shape[0], vocab)
+        self.dead_df = dead_df if dead_df is not None else {}
+        self.total = float(base.lengths.sum(dtype=np.float64)) if total is None else total
+        # what the next save appends (bookkeeping only, never read by a search): delta rows from ``persisted`` on,
+        # base rows tombstoned and saved delta rows removed since the last save, terms numbered from ``saved_terms``
+        self.persisted = 0
+        self.unsaved_dead = np.zeros(0, np.int64)
+        self.unsaved_gone = np.zeros(0, np.int64)
+        self.saved_terms = len(self.vocab)
+        self._views: tuple[Segment, Segment] | None = None
+        self._merged: Segment | None = None
+        self._rowids: np.ndarray | None = None
+        self._alive: np.ndarray | None = None
+
+    # -- shape and statistics ----------------------------------------------------------------------------------
+
+    @property
+    def vocab(self) -> Mapping[str, int]:
+        return self.delta.vocab
+
+    @property
+    def columns(self) -> int:
+        return int(self.base.tfs.shape[0])
+
+    @property
+    def base_live(self) -> int:
+        return self.base.rows - len(self.dead)
+
+    @property
+    def rows(self) -> int:
+        return self.base_live + self.delta.rows
+
+    def df(self, t: int) -> int:
+        """Live rows holding term ``t``."""
+        n = 0
+        base, delta = self.base.indptr, self.delta.indptr
+        if t + 1 < len(base):
+            n += int(base[t + 1] - base[t]) - self.dead_df.get(t, 0)
+        if t + 1 < len(delta):
+            n += int(delta[t + 1] - delta[t])
+        return n
+
+    def df_array(self, n: int) -> np.ndarray:
+        """``df`` of term ids 0..n-1."""
+        out = np.zeros(n, dtype=np.int64)
+        for indptr in (self.base.indptr, self.delta.indptr):
+            m = min(n, len(indptr) - 1)
+            out[:m] += np.diff(np.asarray(indptr[: m + 1]))
+        if self.dead_df:
+            terms = np.fromiter(self.dead_df, np.int64, len(self.dead_df))
+            counts = np.fromiter(self.dead_df.values(), np.int64, len(self.dead_df))
+            inside = terms < n
+            np.subtract.at(out, terms[inside], counts[inside])
+        return out
+
+    def stats(self) -> TableStats:
+        rows = self.rows
+        return TableStats(rows, self.total / rows if rows else 0.0, self.df, self.df_array)
+
+    def _segments(self) -> tuple[Segment, Segment]:
+        """The base and the delta scored with the table's statistics (made once per postings: they never change)."""
+        if self._views is None:
+            stats = self.stats()
+            self._views = (self.base.with_stats(stats), self.delta.with_stats(stats))
+        return self._views
+
+    # -- row indexes ---------------------------------------------------------------------------------------------
+
+    def _base_slots(self, live: np.ndarray) -> np.ndarray:
+        """Base row indexes of live rows below ``base_live``."""
+        if not len(self.dead):
+            return live
+        shifted = self.dead - np.arange(len(self.dead), dtype=np.int64)
+        return live + np.searchsorted(shifted, live, side="right")
+
+    def _live_of(self, slots: np.ndarray) -> np.ndarray:
+        """Live row indexes of base rows that are not tombstoned."""
+        return slots - np.searchsorted(self.dead, slots) if len(self.dead) else slots
+
+    def _base_mask(self, allowed: np.ndarray | None) -> np.ndarray | None:
+        """A filter over live rows as one over the base's rows, tombstoned rows never allowed (the mask of live
+        base rows is made once per postings, not per query)."""
+        if allowed is None and not len(self.dead):
+            return None
+        if self._alive is None:
+            self._alive = np.ones(self.base.rows, dtype=bool)
+            self._alive[self.dead] = False
+        if allowed is None:
+            return self._alive
+        mask = self._alive.copy()
+        mask[mask] = allowed[: self.base_live]
+        return mask
+
+    @property
+    def rowids(self) -> np.ndarray:
+        """Every live row's rowid, ascending (made on first use)."""
+        if self._rowids is None:
+            self._rowids = np.concatenate([np.delete(np.asarray(self.base.rowids), self.dead), self.delta.rowids])
+        return self._rowids
+
+    def rowids_of(self, rows: np.ndarray) -> np.ndarray:
+        """The rowids of live row indexes."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty(len(rows), dtype=np.int64)
+        in_base = rows < self.base_live
+        out[in_base] = self.base.rowids[self._base_slots(rows[in_base])]
+        out[~in_base] = self.delta.rowids[rows[~in_base] - self.base_live]
+        return out
+
+    def positions(self, rowids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(rowids present here, their live row indexes), in the order given."""
+        wanted = np.fromiter((int(r) for r in rowids), dtype=np.int64)
+        live = np.full(len(wanted), -1, dtype=np.int64)
+        slots, found = _lookup(self.base.rowids, wanted)
+        if len(self.dead):
+            at = np.searchsorted(self.dead, slots)
+            found &= ~((at < len(self.dead)) & (self.dead[np.minimum(at, len(self.dead) - 1)] == slots))
+        live[found] = self._live_of(slots[found])
+        rows, found = _lookup(self.delta.rowids, wanted)
+        live[found] = self.base_live + rows[found]
+        keep = live >= 0
+        return wanted[keep], live[keep]
+
+    # -- scoring ---------------------------------------------------------------------------------------------------
+
+    def scores(self, phrases: Sequence[str], weights: Sequence[float]) -> np.ndarray:
+        """``Segment.scores`` of the merged postings: every live row's BM25 (the exhaustive scorer)."""
+        base, delta = self._segments()
+        return np.concatenate([np.delete(base.scores(phrases, weights), self.dead), delta.scores(phrases, weights)])
+
+    def score_rows(self, phrases: Sequence[str], weights: Sequence[float], rows: np.ndarray) -> np.ndarray:
+        """``scores(phrases, weights)[rows]`` bit for bit, by lookups in the base and the delta."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros(len(rows), dtype=np.float32)
+        base, delta = self._segments()
+        in_base = rows < self.base_live
+        if in_base.any():
+            out[in_base] = base.score_rows(phrases, weights, self._base_slots(rows[in_base]))
+        if not in_base.all():
+            out[~in_base] = delta.score_rows(phrases, weights, rows[~in_base] - self.base_live)
+        return out
+
+    def top_exhaustive(
+        self, phrases: Sequence[str], weights: Sequence[float], k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The oracle: the best ``k`` live rows from every row's score (``Segment.top_exhaustive``)."""
+        scores = self.scores(phrases, weights)
+        matched = np.flatnonzero(scores > 0)
+        if allowed is not None:
+            matched = matched[allowed[matched]]
+        return _best(matched, scores[matched], k)
+
+    def top(
+        self,
+        phrases: Sequence[str],
+        weights: Sequence[float],
+        k: int,
+        allowed: np.ndarray | None = None,
+        *,
+        prune: bool = True,
+    ) -> TopK:
+        """``top_exhaustive``'s answer: the base's top k (block-max pruned with the table's statistics when
+        ``prune``; tombstoned rows never allowed) and the small delta's, merged. A row of the top k is in the top k
+        of its segment, so the best k of both lists are the table's, ties by row."""
+        if k <= 0 or not self.rows:
+            return TopK.empty()
+        base, delta = self._segments()
+        b = base.top(phrases, weights, k, self._base_mask(allowed), prune=prune)
+        d = delta.top(phrases, weights, k, None if allowed is None else allowed[self.base_live :], prune=prune)
+        rows, scores = _best(
+            np.concatenate([self._live_of(b.rows), d.rows + self.base_live]), np.concatenate([b.scores, d.scores]), k
+        )
+        return TopK(rows, scores, b.scored + d.scored, b.checked + d.checked)
+
+    def holding(self, phrases: Sequence[str]) -> np.ndarray:
+        """A mask over live rows: those holding at least one of ``phrases`` (a union of postings, nothing scored)."""
+        parts = []
+        for segment in (self.base, self.delta):
+            hit = np.zeros(segment.rows, dtype=bool)
+            for t in segment._terms(phrases)[0]:
+                hit[segment.docs[segment.indptr[t] : segment.indptr[t + 1]]] = True
+            parts.append(hit)
+        return np.concatenate([np.delete(parts[0], self.dead), parts[1]])
+
+    def term_idf(self, term: str) -> float | None:
+        """The IDF of a (stemmed) term, None for one no live row holds (as a table rebuilt from its rows lacks it)."""
+        t = self.vocab.get(term)
+        df = 0 if t is None else self.df(t)
+        return idf(self.rows, df) if df else None
+
+    # -- writes ----------------------------------------------------------------------------------------------------
+
+    def without(self, rowids: Iterable[int]) -> Postings:
+        """These postings without the given rows: base rows are tombstoned (their terms leave the document
+        frequencies through the base's forward index), delta rows filtered out of the small delta."""
+        wanted = np.unique(np.fromiter((int(r) for r in rowids), dtype=np.int64))
+        present, live = self.positions(wanted)
+        if not len(live):
+            return self
+        in_base = live < self.base_live
+        slots = self._base_slots(live[in_base])
+        gone = live[~in_base] - self.base_live
+        dead_df = dict(self.dead_df)
+        if len(slots):
+            ptr, terms = self.base.forward()
+            dead_terms, counts = np.unique(np.asarray(terms[_slices(ptr[slots], ptr[slots + 1])]), return_counts=True)
+            for t, c in zip(dead_terms.tolist(), counts.tolist(), strict=True):
+                dead_df[t] = dead_df.get(t, 0) + c
+        removed = float(self.base.lengths[slots].sum(dtype=np.float64)) + float(
+            self.delta.lengths[gone].sum(dtype=np.float64)
+        )
+        out = Postings(
+            self.base,
+            np.union1d(self.dead, slots),
+            self.delta.without(present[~in_base]),
+            dead_df,
+            self.total - removed,
+        )
+        out._carry(self, slots, present[~in_base][gone < self.persisted], int(np.count_nonzero(gone < self.persisted)))
+        return out
+
+    def extended(self, rows: Iterable[tuple[int, Sequence[str]]]) -> Postings:
+        """These postings with new rows after the live ones (SQLite gives a new row a rowid above every live one);
+        only the new rows are tokenized, and only the delta is rebuilt."""
+        new = Segment.build(rows, self.columns, self.delta.vocab)
+        if not new.rows:
+            return self
+        if self.rows and int(new.rowids[0]) <= int(self.rowids_of(np.array([self.rows - 1]))[0]):
+            raise ValueError("new rows must come after the existing ones")
+        out = Postings(
+            self.base,
+            self.dead,
+            self.delta.appended(new),
+            self.dead_df,
+            self.total + float(new.lengths.sum(dtype=np.float64)),
+        )
+        out._carry(self, np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
+        return out
+
+    def _carry(self, before: Postings, dead: np.ndarray, gone: np.ndarray, persisted_gone: int) -> None:
+        self.persisted = before.persisted - persisted_gone
+        self.unsaved_dead = np.concatenate([before.unsaved_dead, dead])
+        self.unsaved_gone = np.concatenate([before.unsaved_gone, gone])
+        self.saved_terms = before.saved_terms
+
+    def mark_saved(self) -> None:
+        """Everything so far is on disk: the next save appends only what changes after this."""
+        self.persisted = self.delta.rows
+        self.unsaved_dead = np.zeros(0, np.int64)
+        self.unsaved_gone = np.zeros(0, np.int64)
+        self.saved_terms = len(self.vocab)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything happened since the last save (or load)."""
+        return (
+            bool(len(self.unsaved_dead) or len(self.unsaved_gone) or self.delta.rows > self.persisted)
+            or len(self.vocab) > self.saved_terms
+        )
+
+    def merged(self) -> Segment:
+        """One segment holding exactly the live rows (what a merge writes as the new base)."""
+        if self._merged is None:
+            if not len(self.dead) and not self.delta.rows and len(self.base.vocab) == len(self.vocab):
+                self._merged = self.base
+            else:
+                vocab = dict(self.vocab)
+                kept = self.base.without(self.base.rowids[self.dead]) if len(self.dead) else self.base
+                kept = replace(kept, vocab=vocab)
+                tail = replace(self.delta, vocab=vocab)
+                self._merged = kept.appended(tail) if tail.rows else _widened(kept, len(vocab))
+        return self._merged
+
+    def merged_with_forward(self) -> Segment:
+        """``merged()`` with its forward index (what a base on disk holds), carried over rather than sorted."""
+        merged = self.merged()
+        if merged._forward is None:
+            merged._forward = self._forward_of_live()
+        return merged
+
+    def _forward_of_live(self) -> tuple[np.ndarray, np.ndarray]:
+        """The merged segment's forward index from the base's (less its tombstoned rows) and the delta's: term ids
+        are the same in both, so no sort over the table's postings is needed (a merge's largest cost otherwise)."""
+        ptr, terms = self.base.forward()
+        alive = np.delete(np.arange(self.base.rows, dtype=np.int64), self.dead)
+        delta_ptr, delta_terms = self.delta.forward()
+        counts = np.concatenate([(ptr[alive + 1] - ptr[alive]), np.diff(delta_ptr)])
+        fwd_ptr = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=fwd_ptr[1:])
+        kept = np.asarray(terms[_slices(ptr[alive], ptr[alive + 1])], dtype=np.int32)
+        return fwd_ptr, np.concatenate([kept, np.asarray(delta_terms, dtype=np.int32)])
+
+    # -- the merged arrays, for readers that walk every posting ----------------------------------------------------
+
+    @property
+    def indptr(self) -> np.ndarray:
+        return self.merged().indptr
+
+    @property
+    def docs(self) -> np.ndarray:
+        return self.merged().docs
+
+    @property
+    def tfs(self) -> np.ndarray:
+        return self.merged().tfs
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.merged().lengths
+
+    @classmethod
+    def build(
+        cls, rows: Iterable[tuple[int, Sequence[str]]], columns: int, vocab: Mapping[str, int] | None = None
+    ) -> Postings:
+        """From (rowid, column texts) in ascending rowid order: one base segment (``Segment.build``)."""
+        return cls(Segment.build(rows, columns, vocab))
+
+    def save(self, path: Path) -> None:
+        """The merged segment as one ``.npz`` (a benchmark's cache; an index saves base and segments)."""
+        self.merged().save(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Postings:
+        return cls(Segment.load(path))
+
+    def validate(self) -> None:
+        """``Segment.validate`` of the merged postings: raise ``ValueError`` unless they are one consistent index."""
+        self.merged().validate()
+
+    def memory_bytes(self) -> int:
+        """What these postings hold in memory: the delta, the tombstones and the base's arrays that are not
+        memory-mapped (a mapped file is counted by the page cache, not here)."""
+        base = self.base
+        arrays = [
+            a for a in (base.rowids, base.lengths, base.indptr, base.docs, base.tfs) if not isinstance(a, np.memmap)
+        ]
+        return deep_size((arrays, base.vocab, self.delta, self.dead, self.dead_df))
+
+
+def _lookup(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(insertion index of each wanted id in ``sorted_ids``, whether it is there)."""
+    n = len(sorted_ids)
+    at = np.searchsorted(sorted_ids, wanted)
+    found = at < n
+    found[found] = np.asarray(sorted_ids[at[found]]) == wanted[found]
+    return at, found
+
+
+def _widened(segment: Segment, terms: int) -> Segment:
+    """``segment`` with room for ``terms`` term ids (the new ones without postings)."""
+    if len(segment.indptr) == terms + 1:
+        return segment
+    indptr = np.concatenate([segment.indptr, np.full(terms + 1 - len(segment.indptr), segment.indptr[-1])])
+    return replace(segment, indptr=indptr)
+
+
 @dataclass
 class LexicalPostings:
-    """Postings of both tables, stamped with the store generation they were built from."""
+    """Postings of both tables, stamped with the store generation they were built from.
+
+    On disk (``save``), as the vector segments (search/vectors/segments.py): each table's base is a set of
+    uncompressed ``.npy`` files (``lexical-passages.base-<generation>.<tag>.<array>.npy``) written once, at a build
+    or a merge, and opened memory-mapped, so an open reads their headers and the vocabulary only; each later save
+    appends one small immutable segment file (``lexical-passages.seg-<generation>.<tag>.npz``: the rows added since
+    the save before it, its tombstones, its new terms). ``lexical.json``, written last with a rename, lists each
+    table's base (with its files' sizes and CRC-32) and segments (with their CRC-32), so a crash at any moment leaves
+    the old list or the new one; a file it does not list is garbage, removed by a later save. Every file of a table
+    is written as ``.lexical-<table>.tmp`` first (one at a time, under the caches lock), then renamed."""
 
     passages: Postings
     articles: Postings
     generation: int
+    # the stamp on disk these postings were loaded from or last saved as, which their unsaved changes are relative to
+    stamp: JSONObject | None = field(default=None, compare=False)
 
     @classmethod
     def build(cls, store: Store) -> LexicalPostings:
@@ -590,52 +1071,322 @@ class LexicalPostings:
         generation: int,
     ) -> LexicalPostings:
         """After a write of (article keys, passage ids) ``deleted`` and ``added``: new postings, re-tokenizing only
-        the added rows, stamped with ``generation``, the one that write committed (not the store's generation now,
-        which may count another process's later write that these postings lack)."""
+        the added rows and rebuilding only the small delta, stamped with ``generation``, the one that write committed
+        (not the store's generation now, which may count another process's later write that these postings lack)."""
         del_aids, del_pids = deleted
         new_aids, new_pids = added
         return LexicalPostings(
             passages=self.passages.without(del_pids).extended(_passage_rows(store, new_pids)),
             articles=self.articles.without(del_aids).extended(_article_rows(store, new_aids)),
             generation=generation,
+            stamp=self.stamp,
         )
+
+    def tables(self) -> dict[str, Postings]:
+        return {"passages": self.passages, "articles": self.articles}
 
     @classmethod
-    def load(cls, directory: Path, generation: int) -> LexicalPostings:
-        return cls(
-            passages=Postings.load(directory / LEXICAL_FILES["passages"]),
-            articles=Postings.load(directory / LEXICAL_FILES["articles"]),
-            generation=generation,
-        )
+    def load(cls, directory: Path, generation: int, *, verify: bool = False) -> LexicalPostings:
+        """The postings ``lexical.json`` describes; ``IndexCorrupt`` (or one of ``DAMAGED_CACHE``) when it is not
+        for ``generation`` and this format, or a file is missing, of another size, or damaged. The bases are
+        checked by size and their ``.npy`` headers (their arrays' shapes must fit together), the small segment files
+        by CRC-32; ``verify`` (``newsdesk check``) reads the bases whole: their CRC-32 and every index in range.
+        Lucene likewise verifies a segment's checksum on merge and in CheckIndex, not on every open: reading a
+        1.1M-passage base to check it would cost what memory-mapping saves."""
+        state = json.loads((directory / LEXICAL_STATE).read_text(encoding="utf-8"))
+        if state.get("version") != POSTINGS_VERSION or state.get("generation") != generation:
+            raise IndexCorrupt(f"{LEXICAL_STATE} is not for generation {generation} of this format")
+        tables = {name: _load_table(directory, state["tables"][name], columns, verify) for name, columns in TABLES}
+        return cls(tables["passages"], tables["articles"], generation, stamp=state)
 
-    def save(self, directory: Path) -> None:
-        """Both files, then the stamp (last, so a crash in between leaves the cache stale, never wrong)."""
-        self.passages.save(directory / LEXICAL_FILES["passages"])
-        self.articles.save(directory / LEXICAL_FILES["articles"])
-        tmp = directory / f".{LEXICAL_STATE}.tmp"
-        with discarded_on_failure(tmp):
-            tmp.write_text(json.dumps({"generation": self.generation, "version": POSTINGS_VERSION}), encoding="utf-8")
-            os.replace(tmp, directory / LEXICAL_STATE)
+    def save(self, directory: Path, *, merge: bool = False) -> int:
+        """Append each table's changes since the last save as one segment file (nothing for a table without any),
+        or write a new base when ``merge``, when the files on disk are not the ones the changes are relative to, or
+        when the merge policy says so; then the stamp (last: a crash in between leaves the previous stamp, whose files
+        are all still there), then remove the files no stamp lists. Returns how many segment files were merged away.
+        Call under the caches lock (``Store.saving``): it replaces files another process may be about to list."""
+        on_disk = _read_stamp(directory)
+        appendable = self.stamp is not None and on_disk == self.stamp
+        entries: dict[str, JSONValue] = {}
+        merged = 0
+        done: dict[str, Postings | None] = {}  # applied once the stamp is written: a table's new base, or None
+        try:
+            for name, _ in TABLES:
+                postings = self.tables()[name]
+                previous = _entry(self.stamp, name) if appendable else None
+                segments = list(_segments_of(previous)) if previous is not None else []
+                entry = dict(previous) if previous is not None else {}
+                if previous is not None and merge and not segments and not postings.changed:
+                    done[name] = None  # a merge with nothing to merge
+                elif (
+                    previous is None
+                    or merge
+                    or len(segments) + int(postings.changed) > MERGE_SEGMENTS
+                    or postings.delta.rows + len(postings.dead) > MERGE_FRACTION * max(postings.base.rows, 1)
+                ):
+                    base = postings.merged_with_forward()
+                    entry = _write_base(directory, name, base, self.generation)
+                    merged += len(segments)
+                    done[name] = Postings(base)  # the same live rows, all in the base
+                else:
+                    if postings.changed:
+                        entry["segments"] = [*segments, _write_segment(directory, name, postings, self.generation)]
+                    done[name] = None
+                entry["rows"] = postings.rows
+                entries[name] = entry
+            state: JSONObject = {"version": POSTINGS_VERSION, "generation": self.generation, "tables": entries}
+            tmp = directory / f".{LEXICAL_STATE}.tmp"
+            with discarded_on_failure(tmp):
+                tmp.write_text(json.dumps(state), encoding="utf-8")
+                os.replace(tmp, directory / LEXICAL_STATE)
+        except BaseException:
+            self.stamp = None  # whether the stamp was replaced is unknown: the next save writes new bases
+            raise
+        self.stamp = state
+        for name, fresh in done.items():
+            if fresh is None:
+                self.tables()[name].mark_saved()
+            else:
+                setattr(self, name, fresh)
+        for path in _garbage(directory, state):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return merged
+
+    def merge(self, directory: Path) -> int:
+        """A save that writes a new base for every table holding segments or unsaved changes (``newsdesk
+        optimize``); returns how many segment files it merged away."""
+        return self.save(directory, merge=True)
 
     def memory_bytes(self) -> int:
         """What both tables' postings hold in memory (arrays and vocabularies): ``postings`` in the memory report."""
-        return deep_size((self.passages, self.articles))
+        return self.passages.memory_bytes() + self.articles.memory_bytes()
 
 
-def load_postings(directory: Path, store: Store) -> LexicalPostings:
-    """The saved postings if they match the store's generation, else rebuilt from the rows (and saved if writable)."""
-    generation = store.generation()
+TABLES = (("passages", 1), ("articles", 2))
+_BASE_ARRAYS = ("rowids", "lengths", "indptr", "docs", "tfs", "fwd_ptr", "fwd_terms")
+_LEXICAL_FILE = re.compile(r"^(?P<stem>lexical-(passages|articles)\.(base|seg)-\d+\.[0-9a-f]+)(\.[a-z_]+\.npy|\.npz)?$")
+
+
+def _read_stamp(directory: Path) -> JSONObject | None:
     try:
         state = json.loads((directory / LEXICAL_STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        state = {}
-    if state == {"generation": generation, "version": POSTINGS_VERSION}:
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _entry(state: JSONObject | None, table: str) -> JSONObject | None:
+    tables = state.get("tables") if state is not None else None
+    entry = tables.get(table) if isinstance(tables, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def _segments_of(entry: JSONObject) -> list[JSONObject]:
+    segments = entry.get("segments")
+    if not isinstance(segments, list) or not all(isinstance(s, dict) for s in segments):
+        raise IndexCorrupt(f"{LEXICAL_STATE} lists its segments wrongly")
+    return [s for s in segments if isinstance(s, dict)]
+
+
+def _tag() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _write_base(directory: Path, table: str, base: Segment, generation: int) -> JSONObject:
+    """A base segment as one ``.npy`` file per array (which ``np.load`` can memory-map; an ``.npz`` cannot be), each
+    written beside its final name and renamed into place; returns its entry in the stamp (which lists the base only
+    once every file is there)."""
+    name = f"lexical-{table}.base-{generation}.{_tag()}"
+    fwd_ptr, fwd_terms = base.forward()
+    terms = sorted(base.vocab, key=base.vocab.__getitem__)
+    arrays: dict[str, np.ndarray] = {
+        "rowids": np.asarray(base.rowids, dtype=np.int64),
+        "lengths": np.asarray(base.lengths, dtype=np.float32),
+        "indptr": np.asarray(base.indptr, dtype=np.int64),
+        "docs": np.asarray(base.docs, dtype=np.int32),
+        "tfs": np.ascontiguousarray(base.tfs, dtype=np.float32),
+        "fwd_ptr": np.asarray(fwd_ptr, dtype=np.int64),
+        "fwd_terms": np.asarray(fwd_terms, dtype=np.int32),
+        "vocab": np.frombuffer("\n".join(terms).encode("utf-8"), dtype=np.uint8),
+    }
+    sizes: dict[str, JSONValue] = {}
+    sums: dict[str, JSONValue] = {}
+    for key, values in arrays.items():
+        path = directory / f"{name}.{key}.npy"
+        tmp = directory / f".lexical-{table}.tmp"
+        with discarded_on_failure(tmp):
+            with tmp.open("wb") as fh:
+                np.save(fh, values, allow_pickle=False)
+            fsync_path(tmp)
+            os.replace(tmp, path)
+        sizes[key] = path.stat().st_size
+        sums[key] = file_crc32(path)
+    return {"base": name, "terms": len(terms), "sizes": sizes, "crc32": sums, "segments": []}
+
+
+def _write_segment(directory: Path, table: str, postings: Postings, generation: int) -> JSONObject:
+    """One segment file: the delta rows added since the last save (their terms in row order: a forward index), the
+    base rows tombstoned and the saved delta rows removed since, and the terms numbered since; returns its entry."""
+    delta, start = postings.delta, postings.persisted
+    mine = delta.docs >= start
+    docs = delta.docs[mine] - start
+    order = np.argsort(docs, kind="stable")
+    fwd_ptr = np.zeros(delta.rows - start + 1, dtype=np.int64)
+    np.cumsum(np.bincount(docs, minlength=delta.rows - start), out=fwd_ptr[1:])
+    new_terms = list(postings.vocab)[postings.saved_terms :]
+    name = f"lexical-{table}.seg-{generation}.{_tag()}.npz"
+    path = directory / name
+    tmp = directory / f".lexical-{table}.tmp"
+    with discarded_on_failure(tmp):
+        with tmp.open("wb") as fh:
+            np.savez(
+                fh,
+                dead=np.sort(postings.unsaved_dead).astype(np.int64),
+                gone=postings.unsaved_gone.astype(np.int64),
+                rowids=delta.rowids[start:],
+                lengths=delta.lengths[start:],
+                fwd_ptr=fwd_ptr,
+                fwd_terms=delta._term_of_postings()[mine][order].astype(np.int32),
+                fwd_tfs=np.ascontiguousarray(delta.tfs[:, mine][:, order]),
+                vocab_start=np.int64(postings.saved_terms),
+                vocab=np.frombuffer("\n".join(new_terms).encode("utf-8"), dtype=np.uint8),
+            )
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    return {"name": name, "crc32": file_crc32(path)}
+
+
+def _load_table(directory: Path, entry: JSONObject, columns: int, verify: bool) -> Postings:
+    base = _load_base(directory, entry, columns, verify)
+    postings = Postings(base)
+    for segment in _segments_of(entry):
+        name = str(segment["name"])
+        path = directory / name
+        if not _LEXICAL_FILE.match(name) or file_crc32(path) != segment.get("crc32"):
+            raise IndexCorrupt(f"{name} is damaged or missing")
+        postings = _applied(postings, path)
+    if postings.rows != entry.get("rows"):
+        raise IndexCorrupt(f"{LEXICAL_STATE} says {entry.get('rows')} rows, its files hold {postings.rows}")
+    postings.mark_saved()
+    return postings
+
+
+def _load_base(directory: Path, entry: JSONObject, columns: int, verify: bool) -> Segment:
+    name = str(entry["base"])
+    sizes, sums = entry["sizes"], entry["crc32"]
+    if not _LEXICAL_FILE.match(name) or not isinstance(sizes, dict) or not isinstance(sums, dict):
+        raise IndexCorrupt(f"{LEXICAL_STATE} names its base wrongly")
+    arrays: dict[str, np.ndarray] = {}
+    for key in (*_BASE_ARRAYS, "vocab"):
+        path = directory / f"{name}.{key}.npy"
+        if path.stat().st_size != sizes.get(key) or (verify and file_crc32(path) != sums.get(key)):
+            raise IndexCorrupt(f"{path.name} is damaged (its size or CRC-32 is not the one saved)")
+        arrays[key] = np.load(path, mmap_mode=None if key == "vocab" else "r", allow_pickle=False)
+    text = arrays["vocab"].tobytes().decode("utf-8")
+    terms = text.split("\n") if text else []
+    n, postings = len(arrays["rowids"]), len(arrays["docs"])
+    shapes = (
+        arrays["lengths"].shape == (n,)
+        and arrays["indptr"].shape == (len(terms) + 1,)
+        and arrays["tfs"].shape == (columns, postings)
+        and arrays["fwd_ptr"].shape == (n + 1,)
+        and arrays["fwd_terms"].shape == (postings,)
+        and len(terms) == entry.get("terms")
+    )
+    if not shapes:
+        raise IndexCorrupt(f"the arrays of {name} do not fit together")
+    segment = Segment(
+        arrays["rowids"],
+        arrays["lengths"],
+        {t: i for i, t in enumerate(terms)},
+        arrays["indptr"],
+        arrays["docs"],
+        arrays["tfs"],
+    )
+    segment._forward = (arrays["fwd_ptr"], arrays["fwd_terms"])
+    if verify:
+        segment.validate()
+    return segment
+
+
+def _applied(postings: Postings, path: Path) -> Postings:
+    """``postings`` with one segment file applied: its tombstones, then its rows."""
+    with np.load(path, allow_pickle=False) as data:
+        dead, gone = data["dead"], data["gone"]
+        rowids, lengths = data["rowids"], data["lengths"]
+        fwd_ptr, fwd_terms, fwd_tfs = data["fwd_ptr"], data["fwd_terms"], data["fwd_tfs"]
+        start = int(data["vocab_start"])
+        text = data["vocab"].tobytes().decode("utf-8")
+    vocab = postings.delta.vocab
+    if not isinstance(vocab, Vocab) or start != len(vocab) or fwd_tfs.shape != (postings.columns, len(fwd_terms)):
+        raise IndexCorrupt(f"{path.name} does not follow the segments before it")
+    if len(dead) and (int(dead.min()) < 0 or int(dead.max()) >= postings.base.rows):
+        raise IndexCorrupt(f"{path.name} tombstones rows its base lacks")
+    rows = len(rowids)
+    if fwd_ptr.shape != (rows + 1,) or int(fwd_ptr[-1]) != len(fwd_terms) or lengths.shape != (rows,):
+        raise IndexCorrupt(f"the arrays of {path.name} do not fit together")
+    words = vocab.copy()
+    for term in text.split("\n") if text else []:
+        words.add(term)
+    if len(fwd_terms) and (int(fwd_terms.min()) < 0 or int(fwd_terms.max()) >= len(words)):
+        raise IndexCorrupt(f"{path.name} names terms it lacks")
+    postings = postings.without(postings.base.rowids[dead]).without(gone) if len(dead) else postings.without(gone)
+    docs = np.repeat(np.arange(rows, dtype=np.int32), np.diff(fwd_ptr))
+    order = np.argsort(fwd_terms, kind="stable")
+    indptr = np.zeros(len(words) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(fwd_terms, minlength=len(words)), out=indptr[1:])
+    new = Segment(rowids, lengths, words, indptr, docs[order], np.ascontiguousarray(fwd_tfs[:, order]))
+    if not rows:
+        delta = replace(postings.delta, vocab=words, indptr=_widened(postings.delta, len(words)).indptr)
+        return Postings(postings.base, postings.dead, delta, postings.dead_df, postings.total)
+    return Postings(
+        postings.base,
+        postings.dead,
+        postings.delta.appended(new),
+        postings.dead_df,
+        postings.total + float(lengths.sum(dtype=np.float64)),
+    )
+
+
+def _garbage(directory: Path, state: JSONObject) -> list[Path]:
+    """The lexical files ``state`` does not list: bases and segments of saves that died before their stamp or were
+    merged away, temporary files of killed saves, and the whole-table ``.npz`` files of the format before segments.
+    Only safe to delete under the caches lock, where no other process is writing them."""
+    listed: set[str] = set()
+    for table, _ in TABLES:
+        entry = _entry(state, table)
+        if entry is not None:
+            listed.add(str(entry["base"]))
+            listed.update(str(s["name"]) for s in _segments_of(entry))
+    found = []
+    for path in directory.iterdir():
+        name = path.name
+        match = _LEXICAL_FILE.match(name)
+        unlisted = match is not None and name not in listed and match["stem"] not in listed
+        temporary = name.startswith(".lexical-") and name.endswith((".tmp", ".tmp.npz"))
+        if unlisted or temporary or name in _OLD_FILES:
+            found.append(path)
+    return found
+
+
+_OLD_FILES = {"lexical-passages.npz", "lexical-articles.npz"}
+
+
+def load_postings(directory: Path, store: Store) -> LexicalPostings:
+    """The saved postings if they match the store's generation and row counts, else rebuilt from the rows (and saved
+    if writable). A stale, damaged or old-format cache is rebuilt the same way."""
+    generation = store.generation()
+    state = _read_stamp(directory)
+    if state is not None and state.get("version") == POSTINGS_VERSION and state.get("generation") == generation:
         try:
             loaded = LexicalPostings.load(directory, generation)
             if (loaded.articles.rows, loaded.passages.rows) == store.counts():
                 return loaded
-        except DAMAGED_CACHE:
+        except IndexCorrupt:
             pass  # a damaged cache is rebuilt like a stale one
+        except DAMAGED_CACHE:
+            pass
     postings = LexicalPostings.build(store)
     # a read-only index still serves from the rebuilt in-memory copy; one written meanwhile saves its own
     with contextlib.suppress(OSError), store.saving(postings.generation) as ok:
@@ -688,7 +1439,7 @@ class MemoryBM25:
             mask = np.zeros(postings.rows, dtype=bool)
             mask[postings.positions(allowed)[1]] = True
         top = postings.top(_phrases(query), weights, k, mask, prune=self._prune)
-        return [(int(postings.rowids[i]), float(s)) for i, s in zip(top.rows, top.scores, strict=True)]
+        return [(int(r), float(s)) for r, s in zip(postings.rowids_of(top.rows), top.scores, strict=True)]
 
     def _given(self, table: str, query: str, keys: Iterable[int]) -> dict[int, float]:
         postings, weights = self._table(table)
@@ -705,10 +1456,7 @@ class MemoryBM25:
         if min(weights) <= 0:
             matched: np.ndarray = postings.rowids[postings.scores(phrases, weights) > 0]
             return matched
-        hit = np.zeros(postings.rows, dtype=bool)
-        for t in postings._terms(phrases)[0]:
-            hit[postings.docs[postings.indptr[t] : postings.indptr[t + 1]]] = True
-        matched = postings.rowids[hit]
+        matched = postings.rowids[postings.holding(phrases)]
         return matched
 
     def search_articles(self, query: str, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
@@ -720,9 +1468,9 @@ class MemoryBM25:
         postings: Postings = self._holder.lexical.passages
         out: dict[str, float] = {}
         for term in (stem(t) for t in query_terms(query)):
-            t = postings.vocab.get(term)
-            if t is not None:
-                out[term] = idf(postings.rows, int(postings.indptr[t + 1] - postings.indptr[t]))
+            weight = postings.term_idf(term)
+            if weight is not None:
+                out[term] = weight
         return out
 
     def score_articles(self, query: str, aids: Iterable[int]) -> dict[int, float]:
