@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,9 +63,12 @@ def listed_segments(directory: Path, stamp: JSONObject, base: str) -> list[Path]
 
 def base_stamp(directory: Path, base: str, rows: int, fields: JSONObject) -> JSONObject:
     """The stamp of a base file just written (no segments): ``fields`` (the generation and what else its cache
-    checks) and the base's size and rows (which the merge policy compares segments to)."""
+    checks), the base's size and rows (which the merge policy compares segments to) and a token of this write."""
     size = (directory / base).stat().st_size
-    return fields | {"base": {"file": base, "size": size, "rows": rows}, "segments": []}
+    # a token of this write: another process's base of the same size and rows is still another base, which the
+    # changes an index holds are not relative to (a save compares the stamp on disk with the one it last wrote)
+    token = uuid.uuid4().hex
+    return fields | {"base": {"file": base, "size": size, "rows": rows, "token": token}, "segments": []}
 
 
 def appended(
@@ -96,7 +100,11 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def write_stamp(path: Path, stamp: JSONObject) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(stamp), encoding="utf-8"))
+    """The stamp, through ``.<name>.tmp`` and a rename (under the caches lock: one writer at a time)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with discarded_on_failure(tmp):
+        tmp.write_text(json.dumps(stamp), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 _SEGMENT = re.compile(r"^(?P<stem>.+)\.seg-\d+\.npz$")
