@@ -365,9 +365,12 @@ class NeighbourGraph:
             terms = sp.csr_matrix((base["t_data"], base["t_indices"], base["t_indptr"]), shape=(n, width))
             idf, centroids = base["idf"], base.get("centroids")
             clusters, best = base.get("clusters"), base.get("best")
-            for path in segments:
-                with np.load(path) as data:
-                    segment = {name: data[name] for name in data.files}
+            if segments:  # composed first: one pass over the base's entries however many segments there are
+                loaded = []
+                for path in segments:
+                    with np.load(path) as data:
+                        loaded.append({name: data[name] for name in data.files})
+                segment = _composed(loaded, idf)
                 keys, profiles, terms, idf, clusters, best = _applied(
                     segment, keys, profiles, terms, idf, clusters, best
                 )
@@ -422,6 +425,54 @@ def _stamp_of(state: JSONObject) -> dict[str, object]:
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with path.open("wb") as fh:  # a file object: np.savez would append ".npz" to a name
         np.savez(fh, allow_pickle=False, **arrays)
+
+
+def _composed(segments: list[dict[str, np.ndarray]], idf: np.ndarray) -> dict[str, np.ndarray]:
+    """Successive segments (oldest first) as one, relative to a base whose idf is ``idf``: every deleted key, and
+    for each key the row of the last segment that gives it, less the columns of keys deleted by any (a later
+    deletion drops its column from rows given before it, as ``updated`` did); a key given then deleted is gone."""
+    gone = np.unique(np.concatenate([s["gone"] for s in segments]))
+    latest: dict[int, tuple[int, int]] = {}
+    for i, segment in enumerate(segments):
+        idf_from = int(segment["idf_from"])
+        if idf_from > len(idf):
+            raise ValueError("a segment's idf does not follow the one before it")
+        idf = np.concatenate([idf[:idf_from], segment["idf_tail"]])
+        for r, key in enumerate(segment["rows"].tolist()):
+            latest[key] = (i, r)
+    rows = np.array(sorted(set(latest) - set(gone.tolist())), dtype=np.int64)
+    kept = [~np.isin(s["p_keys"], gone) for s in segments]
+    parts: dict[str, list[np.ndarray]] = {"p_keys": [], "p_data": [], "t_indices": [], "t_data": []}
+    p_lengths, t_lengths = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
+    pooled = "clusters" in segments[-1]
+    clusters = np.zeros(len(rows), np.int32)
+    best = np.zeros((len(rows), 2), np.float32)
+    for j, key in enumerate(rows.tolist()):
+        i, r = latest[key]
+        segment = segments[i]
+        lo, hi = int(segment["p_indptr"][r]), int(segment["p_indptr"][r + 1])
+        mask = kept[i][lo:hi]
+        parts["p_keys"].append(segment["p_keys"][lo:hi][mask])
+        parts["p_data"].append(segment["p_data"][lo:hi][mask])
+        p_lengths[j] = int(mask.sum())
+        lo, hi = int(segment["t_indptr"][r]), int(segment["t_indptr"][r + 1])
+        parts["t_indices"].append(segment["t_indices"][lo:hi])
+        parts["t_data"].append(segment["t_data"][lo:hi])
+        t_lengths[j] = hi - lo
+        if pooled:
+            clusters[j], best[j] = segment["clusters"][r], segment["best"][r]
+    composed = {
+        "gone": gone, "rows": rows, "idf_from": np.array(0, np.int64), "idf_tail": idf,
+        "p_indptr": np.concatenate([[0], np.cumsum(p_lengths)]),
+        "t_indptr": np.concatenate([[0], np.cumsum(t_lengths)]),
+        "p_keys": np.concatenate([*parts["p_keys"], np.zeros(0, np.int64)]),
+        "p_data": np.concatenate([*parts["p_data"], np.zeros(0, np.float32)]),
+        "t_indices": np.concatenate([*parts["t_indices"], np.zeros(0, np.int32)]),
+        "t_data": np.concatenate([*parts["t_data"], np.zeros(0, np.float32)]),
+    }  # fmt: skip
+    if pooled:
+        composed |= {"clusters": clusters, "best": best}
+    return composed
 
 
 def _applied(
