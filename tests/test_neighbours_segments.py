@@ -11,12 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from indexer.update import add_articles
+from search.models import Article
 from search.news import neighbours as nb
 from search.news import segmented
 from search.news.neighbours import GRAPH_STATE, NeighbourGraph, PoolConfig, graph_problems
+from search.settings import Settings
+from search.storage.index import check_index, open_index
 from search.text.bm25 import Postings
 from search.vectors.segments import MERGE_SEGMENTS
-from tests.test_neighbours import CONFIG, synthetic, vector_store
+from tests.fakes import HashEmbedder
+from tests.test_neighbours import CONFIG, synthetic, vector_store, wire_index
 
 
 @pytest.fixture(autouse=True)
@@ -158,3 +163,33 @@ def test_a_stamp_from_before_segments_still_loads(tmp_path: Path) -> None:
     loaded = NeighbourGraph.load(tmp_path, 4, CONFIG)
     assert loaded is not None
     assert_same(loaded, graph)
+
+
+def test_check_reads_the_segments_of_an_index_and_an_open_rebuilds_a_damaged_one(tmp_path: Path) -> None:
+    """Through the index: a write appends segments to both caches, ``newsdesk check`` passes, and finds a damaged
+    segment of either; the next open serves the same profiles (rebuilt or updated from SQLite)."""
+    target, rows = wire_index(tmp_path, 120)
+    embedder, settings = HashEmbedder(), Settings(index_dir=target)
+    index = open_index(target, embedder)
+    article = Article(id="wire/new", title=rows[4]["title"], paragraphs=tuple(rows[4]["paragraphs"]), date=None)
+    add_articles(index, [article], embedder, settings)
+    graph = index.neighbours
+    generation = index.generation
+    index.close()
+    directory = target.resolve()
+    names = segments(directory)
+    for stem in ("neighbours", "duplicates"):
+        assert f"{stem}.seg-{generation}.npz" in names
+    assert check_index(target) == []
+    for stem in ("neighbours", "duplicates"):
+        segment = directory / f"{stem}.seg-{generation}.npz"
+        kept = segment.read_bytes()
+        segment.write_bytes(kept[: len(kept) // 2])
+        assert any(stem in problem or "duplicate" in problem for problem in check_index(target))
+        segment.write_bytes(kept)
+    assert check_index(target) == []
+    (directory / f"neighbours.seg-{generation}.npz").write_bytes(b"damaged")
+    reopened = open_index(target, embedder)
+    assert reopened.neighbours is not None and graph is not None
+    assert np.array_equal(reopened.neighbours.keys, graph.keys)
+    reopened.close()

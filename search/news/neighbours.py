@@ -409,7 +409,7 @@ def graph_problems(directory: Path, generation: int, config: NeighbourConfig) ->
     except DAMAGED_CACHE:
         return [f"{GRAPH_STATE} is unreadable; the profiles are rebuilt on open"]
     if current and NeighbourGraph.load(directory, generation, config) is None:
-        return [f"{GRAPH_FILE} is unreadable; it is rebuilt on open"]
+        return [f"{GRAPH_FILE} or a segment its stamp lists is unreadable; the profiles are rebuilt on open"]
     return []
 
 
