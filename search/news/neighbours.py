@@ -16,7 +16,12 @@ dense weight 0.3, terms in more than 30% of articles dropped from tf-idf, as Ela
 The graph is a cache derived from the stored article vectors and the BM25 article postings, saved beside them and
 stamped with the store's generation. A write updates it in place of a rebuild: deleted articles leave it, new
 ones get profiles computed against every article (exactly as a build computes them), and older profiles are kept
-until articles added or deleted since the last full build reach ``REBUILD_SHARE`` of the corpus. Memory: about
+until articles added or deleted since the last full build reach ``REBUILD_SHARE`` of the corpus. A save writes what
+the writes changed, not the graph: a segment of the deleted keys and the rows made or remade (keyed by article key)
+appended to ``neighbours.npz`` and listed in the stamp (``search/news/segmented.py``); an open applies the segments,
+composed into one, to the base. A write's update still passes over every article (the exact method scores each new
+article against all of them: their vectors, a transpose of the tf-idf rows, the postings for the new rows' terms, the
+profiles' transpose for ranking), about 0.1 s at 5,000 articles; pooled profiles score against a pool. Memory: about
 ``(k + 1) × 16`` bytes an article for the profiles and their transpose, plus the tf-idf rows.
 
 Above ``EXACT_ARTICLES`` articles all pairs cost too much (Reuters' 21,577 took 37.5 s; the cost grows with the
