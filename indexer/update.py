@@ -136,9 +136,9 @@ def _apply_once(index: Index, delete_ids: list[str], rows: list[NewArticle], sav
     if aids or rows:  # what replicas read besides vectors (Milvus's record collections)
         index.vectors.apply(store, (aids, pids), (new_aids, new_pids))
     if aids or rows:
-        # The profiles follow in save_state: at 21,577 articles an update costs about a second (all vectors and the
-        # sparse matrices are rebuilt around the change), which must not be spent with searches locked out. Until
-        # then searches use the previous profiles; related.py skips the articles they name that are gone.
+        # The profiles follow in save_state: an exact update passes over every article's vector and term entries
+        # (search/news/neighbours.py), which must not be spent with searches locked out. Until then searches use the
+        # previous profiles; related.py skips the articles they name that are gone.
         index.neighbour_changes[0].extend(aids)
         index.neighbour_changes[1].extend(new_aids)
     if (aids or rows) and save:

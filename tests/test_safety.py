@@ -130,9 +130,10 @@ def test_a_link_to_an_index_elsewhere_is_replaced_and_that_index_kept(tmp_path: 
 # -- 4. a full disk -----------------------------------------------------------------------------------------------
 
 
-def full_disk_at(directory: Path, name: str) -> Path:
-    """Make the save of ``name`` hit a real ENOSPC: its temporary file is a link to ``/dev/full``."""
-    link = directory.resolve() / name.format(pid=os.getpid())
+def full_disk_at(directory: Path, name: str, generation: int = 0) -> Path:
+    """Make the save of ``name`` hit a real ENOSPC: its temporary file is a link to ``/dev/full`` (``{next}``: the
+    generation after ``generation``, which a write's segment files are named by)."""
+    link = directory.resolve() / name.format(pid=os.getpid(), next=generation + 1)
     link.symlink_to("/dev/full")
     return link
 
@@ -193,9 +194,9 @@ CACHE_TEMPORARIES = [
     ".lexical-passages.tmp",
     ".lexical-articles.tmp",
     ".lexical.json.tmp",
-    ".neighbours.npz.{pid}.tmp.npz",
+    ".neighbours.seg-{next}.npz.{pid}.tmp",  # a write appends a segment to the profiles and the fingerprints
     ".neighbours.json.tmp",
-    ".duplicates.npz.tmp",
+    ".duplicates.seg-{next}.npz.{pid}.tmp",
     ".duplicates.json.tmp",
     f".{MANIFEST}.tmp",
 ]
@@ -207,7 +208,7 @@ def test_add_commits_on_a_full_disk_and_leaves_no_temporary_file(tmp_path: Path,
     target = hash_build(tmp_path / "idx")
     embedder = HashEmbedder()
     index = open_index(target, embedder)
-    link = full_disk_at(target, temporary)
+    link = full_disk_at(target, temporary, index.generation)
     article = Article(id="safety/1", title="Lighthouse keepers vote to strike", paragraphs=("Keepers walked out.",))
     assert add_articles(index, [article], embedder, Settings(index_dir=target)) == 1
     index.close()

@@ -56,6 +56,8 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from search.jsontypes import JSONObject
+
 U64 = npt.NDArray[np.uint64]
 F32 = npt.NDArray[np.float32]
 PairReason = Literal["exact", "body", "headline"]
@@ -632,6 +634,10 @@ class DedupIndex:
         self._groups: dict[int, set[str]] = {}
         self._canonical: dict[int, str] = {}
         self._next_group = 0
+        # What changed since the saved files this index was loaded from or last saved to (``stamp``, their JSON
+        # stamp; None: no such files): the ids a save appends as a segment (search/news/grouping.py).
+        self.touched: set[str] = set()
+        self.stamp: JSONObject | None = None
 
     # queries
 
@@ -678,12 +684,18 @@ class DedupIndex:
         changes. Not thread-safe: one writer at a time, as the indexer is."""
         fp = fingerprint(text, title, self.config)
         vec = None if headline_vector is None else normalize_rows(headline_vector)[0]
+        return self._add(article_id, fp, date, vec)
+
+    def _add(self, article_id: str, fp: Fingerprint, date: str | None, vec: F32 | None) -> str:
+        """``add`` of a fingerprint already taken and a headline vector already normalised (``apply_delta`` adds
+        them as saved: normalising a unit vector again may move its last bit)."""
         if vec is not None:
             others = len(self._vector_ids) - (article_id in self._vector_row)
             if others and len(vec) != self._vectors.shape[1]:
                 raise ValueError(f"headline vector has dimension {len(vec)}, the index holds {self._vectors.shape[1]}")
         if article_id in self._articles:
             self.remove(article_id)
+        self.touched.add(article_id)
         art = _Article(article_id, fp.exact_key, date, _date_key(date), vec)
         me = _Item(article_id, fp, art.date_key, vec)
         neighbours: set[str] = set()
@@ -720,6 +732,7 @@ class DedupIndex:
         art = self._articles.pop(article_id, None)
         if art is None:
             return
+        self.touched.add(article_id)
         entry = self._entries[art.key]
         entry.members.discard(article_id)
         if not entry.members:
@@ -828,16 +841,36 @@ class DedupIndex:
 
     def to_bytes(self) -> bytes:
         """The index as an ``.npz`` archive (numpy arrays and one JSON header; no pickle), for the indexer to
-        store beside its other files. Buckets and canonical ids are derived again on load; groups are stored, so
-        loading costs no pair comparisons."""
+        store beside its other files. Buckets and canonical ids are derived again on load; groups are stored
+        (numbered by their first member, so one set of articles gives one archive), so loading costs no pair
+        comparisons."""
         ids = sorted(self._articles)
-        keys = sorted(self._entries)
+        header, arrays = self._records(ids)
+        group_row: dict[int, int] = {}
+        for i in ids:
+            group_row.setdefault(self._group_of[i], len(group_row))
+        arrays["article_group"] = np.array([group_row[self._group_of[i]] for i in ids], dtype=np.int64)
+        return _npz(header, arrays)
+
+    def delta_bytes(self) -> bytes:
+        """What changed since ``touched`` was last cleared, as an ``.npz`` segment: the touched ids as tombstones
+        (removed, replaced or added), then the fingerprints, dates and headline vectors of those still held.
+        ``apply_delta`` of it on the index as it was before gives this index's articles and groups: groups are a
+        function of the articles alone, whatever order they came in (the class docstring)."""
+        touched = sorted(self.touched)
+        header, arrays = self._records([i for i in touched if i in self._articles])
+        header["tombstones"] = touched
+        return _npz(header, arrays)
+
+    def _records(self, ids: list[str]) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+        """The JSON header and arrays of the articles ``ids`` (sorted): dates, distinct bodies' fingerprints,
+        headline vectors."""
+        keys = sorted({self._articles[i].key for i in ids})
         key_row = {k: r for r, k in enumerate(keys)}
         sig_keys = [k for k in keys if self._entries[k].fp.signature is not None]
-        group_row = {g: r for r, g in enumerate(sorted(self._groups))}
         vec_ids = [i for i in ids if self._articles[i].vector is not None]
         dim = self._vectors.shape[1] if vec_ids else 0
-        header = {
+        header: JSONObject = {
             "version": SIGNATURE_VERSION,
             "config": asdict(self.config),
             "ids": ids,
@@ -848,9 +881,7 @@ class DedupIndex:
             "sig_keys": sig_keys,
         }
         arrays: dict[str, np.ndarray] = {
-            "header": np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
             "article_entry": np.array([key_row[self._articles[i].key] for i in ids], dtype=np.int64),
-            "article_group": np.array([group_row[self._group_of[i]] for i in ids], dtype=np.int64),
             "signatures": np.stack([self._entries[k].fp.signature for k in sig_keys])  # type: ignore[misc]
             if sig_keys
             else np.zeros((0, self.config.num_perm), dtype=np.uint64),
@@ -859,45 +890,25 @@ class DedupIndex:
             if vec_ids
             else np.zeros((0, dim), dtype=np.float32),
         }
-        buf = io.BytesIO()
-        np.savez(buf, allow_pickle=False, **arrays)
-        return buf.getvalue()
+        return header, arrays
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DedupIndex:
         """An index from ``to_bytes``; ``ValueError`` if it was made by another ``SIGNATURE_VERSION`` (rebuild)."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            header = json.loads(npz["header"].tobytes().decode("utf-8"))
-            if header.get("version") != SIGNATURE_VERSION:
-                raise ValueError(
-                    f"dedup index has signature version {header.get('version')}, this code makes "
-                    f"{SIGNATURE_VERSION}: rebuild it"
-                )
-            article_entry = npz["article_entry"]
-            article_group = npz["article_group"]
-            signatures = npz["signatures"].astype(np.uint64)
-            vector_ids = npz["vector_ids"]
-            vectors = npz["vectors"].astype(np.float32)
+        header, arrays = _read_npz(data, ("article_group",))
         index = cls(DedupConfig(**header["config"]))
-        cfg = index.config
-        sig_of = dict(zip(header["sig_keys"], signatures, strict=True))
-        bands = band_hashes(signatures, cfg.bands, cfg.rows) if len(signatures) else signatures
-        band_of = dict(zip(header["sig_keys"], bands, strict=True))
-        for key, words, shingles in zip(header["keys"], header["words"], header["shingles"], strict=True):
-            sig = sig_of.get(key)
-            b = band_of.get(key)
-            if sig is not None and b is not None:
-                sig.setflags(write=False)
-                b.setflags(write=False)
-            index._entries[key] = _Entry(Fingerprint(key, int(words), int(shingles), sig, b))
-            if b is not None:
-                for h in b.tolist():
+        fps = index._fingerprints(header, arrays["signatures"])
+        for key, fp in fps.items():
+            index._entries[key] = _Entry(fp)
+            if fp.bands is not None:
+                for h in fp.bands.tolist():
                     index._buckets.setdefault(h, set()).add(key)
-        vec_of = {header["ids"][int(i)]: vectors[r] for r, i in enumerate(vector_ids.tolist())}
+        vec_of = {header["ids"][int(i)]: arrays["vectors"][r] for r, i in enumerate(arrays["vector_ids"].tolist())}
         members: dict[int, set[str]] = {}
         for article_id, date, e, g in zip(
-            header["ids"], header["dates"], article_entry.tolist(), article_group.tolist(), strict=True
-        ):
+            header["ids"], header["dates"], arrays["article_entry"].tolist(), arrays["article_group"].tolist(),
+            strict=True,
+        ):  # fmt: skip
             key = header["keys"][e]
             vec = vec_of.get(article_id)
             index._articles[article_id] = _Article(article_id, key, date, _date_key(date), vec)
@@ -908,6 +919,61 @@ class DedupIndex:
         for group_members in members.values():
             index._new_group(group_members)
         return index
+
+    def apply_delta(self, data: bytes) -> None:
+        """Apply a segment from ``delta_bytes``: its tombstones leave, then its articles join with their saved
+        fingerprints (no text is read again). ``ValueError`` for a segment of another version or config (the
+        caller rebuilds); ``touched`` gains its ids, as any change."""
+        header, arrays = _read_npz(data, ())
+        if DedupConfig(**header["config"]) != self.config:
+            raise ValueError("the segment was made with another duplicate config: rebuild it")
+        fps = self._fingerprints(header, arrays["signatures"])
+        vec_of = {header["ids"][int(i)]: arrays["vectors"][r] for r, i in enumerate(arrays["vector_ids"].tolist())}
+        for article_id in header["tombstones"]:
+            self.remove(str(article_id))
+        for article_id, date, e in zip(header["ids"], header["dates"], arrays["article_entry"].tolist(), strict=True):
+            if article_id not in header["tombstones"]:
+                raise ValueError("a segment adds an article it does not first remove")
+            vec = vec_of.get(article_id)
+            self._add(article_id, fps[header["keys"][e]], date, None if vec is None else np.asarray(vec, np.float32))
+
+    def _fingerprints(self, header: JSONObject, signatures: U64) -> dict[str, Fingerprint]:
+        """The fingerprints a header and its signature rows describe, band hashes derived again."""
+        cfg = self.config
+        sig_of = dict(zip(header["sig_keys"], signatures, strict=True))
+        bands = band_hashes(signatures, cfg.bands, cfg.rows) if len(signatures) else signatures
+        band_of = dict(zip(header["sig_keys"], bands, strict=True))
+        out: dict[str, Fingerprint] = {}
+        for key, words, shingles in zip(header["keys"], header["words"], header["shingles"], strict=True):
+            sig = sig_of.get(key)
+            b = band_of.get(key)
+            if sig is not None and b is not None:
+                sig.setflags(write=False)
+                b.setflags(write=False)
+            out[key] = Fingerprint(key, int(words), int(shingles), sig, b)
+        return out
+
+
+def _npz(header: JSONObject, arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    encoded = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    np.savez(buf, allow_pickle=False, header=encoded, **arrays)
+    return buf.getvalue()
+
+
+def _read_npz(data: bytes, extra: tuple[str, ...]) -> tuple[JSONObject, dict[str, np.ndarray]]:
+    """The header and arrays of ``to_bytes`` or ``delta_bytes``; ValueError for another ``SIGNATURE_VERSION``."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        header = json.loads(npz["header"].tobytes().decode("utf-8"))
+        if not isinstance(header, dict) or header.get("version") != SIGNATURE_VERSION:
+            version = header.get("version") if isinstance(header, dict) else None
+            raise ValueError(
+                f"dedup index has signature version {version}, this code makes {SIGNATURE_VERSION}: rebuild it"
+            )
+        arrays = {name: npz[name] for name in ("article_entry", "signatures", "vector_ids", "vectors", *extra)}
+    arrays["signatures"] = arrays["signatures"].astype(np.uint64)
+    arrays["vectors"] = arrays["vectors"].astype(np.float32)
+    return header, arrays
 
 
 def _positions(ids: list[str], subset: list[str]) -> npt.NDArray[np.int64]:

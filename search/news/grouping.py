@@ -10,25 +10,34 @@ with the articles already labelled as the fixed past, so labels never change onc
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from search.jsontypes import JSONObject
 from search.models import PARAGRAPH_SEPARATOR
 from search.news.dedup import DedupIndex, DuplicateIndex
+from search.news.segmented import (
+    appended,
+    base_stamp,
+    listed_segments,
+    read_stamp,
+    remove_garbage,
+    write_atomic,
+    write_stamp,
+)
 from search.news.stories import DEFAULT_STORIES, Grouped, StoryConfig, assign_stories
 from search.ranking.catalog import NO_DATE, ArticleCatalog, day_or_none
-from search.storage.files import DAMAGED_CACHE, discarded_on_failure, stamped
+from search.storage.files import DAMAGED_CACHE, stamped
 from search.storage.store import Store
 from search.vectors.base import VectorStore
 
 Labels = list[tuple[str, str]]  # (story, duplicate group) per article
 DUPLICATES_FILE = "duplicates.npz"  # the DedupIndex of the labelled articles, a cache stamped like the FAISS files
-DUPLICATES_STATE = "duplicates.json"
+DUPLICATES_STATE = "duplicates.json"  # its stamp: the generation, the base and the segments (segmented.py)
+DUPLICATES_STEM = "duplicates"
 
 
 @dataclass(frozen=True)
@@ -118,14 +127,15 @@ def article_texts(store: Store, aids: Sequence[int]) -> dict[int, Text]:
 
 
 def load_duplicates(directory: Path, store: Store, catalog: ArticleCatalog) -> DedupIndex:
-    """The cached ``DedupIndex`` if it matches the store's generation, else one rebuilt from the labelled
-    articles' texts (fingerprints cost about 2 ms an article; the cache spares a server that on every start)."""
+    """The cached ``DedupIndex`` (base and segments) if it matches the store's generation, else one rebuilt from the
+    labelled articles' texts (fingerprints cost about 2 ms an article; the cache spares a server that on every
+    start)."""
     try:
-        state = json.loads((directory / DUPLICATES_STATE).read_text(encoding="utf-8"))
-        if state.get("generation") == store.generation():
-            return DedupIndex.from_bytes((directory / DUPLICATES_FILE).read_bytes())
+        cached = read_duplicates(directory)
+        if cached is not None and cached[1] == store.generation():
+            return cached[0]
     except DAMAGED_CACHE:
-        pass  # missing, stale, damaged or from another signature version: rebuilt below
+        pass  # damaged, or from another signature version: rebuilt below
     dedup = DedupIndex()
     rows = np.flatnonzero(catalog.labelled).tolist()
     texts = article_texts(store, catalog.aids[rows].tolist())
@@ -135,23 +145,50 @@ def load_duplicates(directory: Path, store: Store, catalog: ArticleCatalog) -> D
     return dedup
 
 
+def read_duplicates(directory: Path) -> tuple[DedupIndex, int] | None:
+    """The saved ``DedupIndex`` (the base, then its segments in order) and the generation its stamp names; None
+    when there is no stamp; one of ``DAMAGED_CACHE`` when a listed file is missing or damaged."""
+    stamp = read_stamp(directory / DUPLICATES_STATE)
+    if "generation" not in stamp:
+        return None
+    segments = listed_segments(directory, stamp, DUPLICATES_FILE)
+    dedup = DedupIndex.from_bytes((directory / DUPLICATES_FILE).read_bytes())
+    for path in segments:
+        dedup.apply_delta(path.read_bytes())
+    dedup.touched.clear()
+    dedup.stamp = stamp
+    return dedup, int(stamp["generation"])
+
+
 def duplicates_problems(directory: Path, generation: int) -> list[str]:
-    """What ``newsdesk check`` says of the duplicate cache: a damaged stamp, or a damaged file stamped with the store's
-    generation, is a problem (the next write rebuilds it); a missing or stale one is not."""
+    """What ``newsdesk check`` says of the duplicate cache: a damaged stamp, or a damaged base or segment stamped with
+    the store's generation, is a problem (the next write rebuilds it); a missing or stale one is not."""
     try:
         if stamped(directory / DUPLICATES_STATE, lambda state: state.get("generation") == generation):
-            DedupIndex.from_bytes((directory / DUPLICATES_FILE).read_bytes())
+            read_duplicates(directory)
     except DAMAGED_CACHE as exc:
         return [f"the duplicate cache is unreadable ({type(exc).__name__}: {exc}); the next write rebuilds it"]
     return []
 
 
-def save_duplicates(directory: Path, dedup: DuplicateIndex, generation: int) -> None:
-    """Write the cache, then record the generation it matches (last, so a crash leaves it stale, not wrong)."""
-    tmp = directory / f".{DUPLICATES_FILE}.tmp"
-    state = directory / f".{DUPLICATES_STATE}.tmp"
-    with discarded_on_failure(tmp, state):
-        tmp.write_bytes(dedup.to_bytes())
-        os.replace(tmp, directory / DUPLICATES_FILE)
-        state.write_text(json.dumps({"generation": generation}), encoding="utf-8")
-        os.replace(state, directory / DUPLICATES_STATE)
+def save_duplicates(directory: Path, dedup: DedupIndex, generation: int) -> None:
+    """Append a segment of what changed since ``dedup`` was loaded or saved (search/news/segmented.py), or write the
+    whole base when the files on disk are not the ones it is relative to or the merge policy says so; the stamp
+    last (a crash in between leaves the previous stamp, whose files are all still there). Under the caches lock."""
+    on_disk = read_stamp(directory / DUPLICATES_STATE)
+    stamp: JSONObject | None = None
+    if dedup.stamp is not None and on_disk == dedup.stamp:
+        if not dedup.touched:
+            stamp = on_disk | {"generation": generation}
+        else:
+            delta = dedup.delta_bytes()
+            rows = 2 * len(dedup.touched)  # tombstones and additions, as the vector segments count them
+            stamp = appended(directory, on_disk, DUPLICATES_STEM, generation, rows, lambda p: p.write_bytes(delta))
+    if stamp is None:
+        data = dedup.to_bytes()
+        write_atomic(directory / DUPLICATES_FILE, lambda p: p.write_bytes(data))
+        stamp = base_stamp(directory, DUPLICATES_FILE, len(dedup), {"generation": generation})
+    write_stamp(directory / DUPLICATES_STATE, stamp)
+    dedup.stamp = stamp
+    dedup.touched.clear()
+    remove_garbage(directory, DUPLICATES_STEM, stamp)
