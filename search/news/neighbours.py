@@ -572,7 +572,7 @@ def _idf(postings: Postings, max_df: float) -> np.ndarray:
     """Smoothed idf per term (``ln((1 + n) / (1 + df)) + 1``, scikit-learn's); 0 for terms in more than
     ``max_df`` of the articles, which say nothing about a topic (the, said, year...)."""
     n = postings.rows
-    df = np.diff(postings.indptr)
+    df = postings.df_array(len(postings.vocab))  # live rows, without building the merged postings
     idf = (np.log((1 + n) / (1 + df)) + 1).astype(np.float32)
     idf[df > max_df * n] = 0
     return idf
@@ -580,17 +580,19 @@ def _idf(postings: Postings, max_df: float) -> np.ndarray:
 
 def _term_rows(postings: Postings, keys: np.ndarray, idf: np.ndarray) -> sp.csr_matrix:
     """L2-normalised tf-idf rows of the articles ``keys`` (headline and body counted alike, sublinear tf)."""
-    present, rows = postings.positions(keys.tolist())
-    if len(present) != len(keys):
+    if postings.positions(keys.tolist())[0].size != len(keys):
         raise ValueError("every article needs its BM25 postings")
+    # a write's new articles are all in the postings' small delta: one pass over its postings, not the table's
+    segment = postings.segment_holding(keys)
+    _, rows = segment.positions(keys.tolist())
     width = len(idf)
-    position = np.full(postings.rows, -1, dtype=np.int64)
+    position = np.full(segment.rows, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
-    mine = np.flatnonzero(position[postings.docs] >= 0)  # one pass over the postings; a write's few rows stay few
-    tf = postings.tfs[:, mine].sum(axis=0)
-    t = np.searchsorted(postings.indptr, mine, side="right") - 1  # the term whose postings hold each entry
+    mine = np.flatnonzero(position[segment.docs] >= 0)
+    tf = segment.tfs[:, mine].sum(axis=0)
+    t = np.searchsorted(segment.indptr, mine, side="right") - 1  # the term whose postings hold each entry
     weight = idf[t] * (1 + np.log(np.maximum(tf, 1)))  # idf covers the whole vocabulary (see updated)
-    matrix = sp.csr_matrix((weight.astype(np.float32), (position[postings.docs[mine]], t)), shape=(len(keys), width))
+    matrix = sp.csr_matrix((weight.astype(np.float32), (position[segment.docs[mine]], t)), shape=(len(keys), width))
     matrix.eliminate_zeros()
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
     scaled: sp.csr_matrix = sp.diags(1 / np.where(norms > 0, norms, 1)).astype(np.float32) @ matrix

@@ -971,6 +971,12 @@ class Postings:
         kept = np.asarray(terms[_slices(ptr[alive], ptr[alive + 1])], dtype=np.int32)
         return fwd_ptr, np.concatenate([kept, np.asarray(delta_terms, dtype=np.int32)])
 
+    def segment_holding(self, rowids: np.ndarray) -> Segment:
+        """A segment holding every row of ``rowids`` with the table's term ids: the delta when they are all there
+        (a write's new rows, so a reader of their postings walks the delta, not the table), else the merged one."""
+        _, found = _lookup(self.delta.rowids, np.asarray(rowids, dtype=np.int64))
+        return self.delta if found.all() else self.merged()
+
     # -- the merged arrays, for readers that walk every posting ----------------------------------------------------
 
     @property
