@@ -31,7 +31,7 @@ import numpy as np
 
 from search.memory import deep_size
 from search.storage.files import DAMAGED_CACHE, discarded_on_failure
-from search.storage.store import Store
+from search.storage.store import ChangedRows, Store
 from search.text.fts import K1, B, fts_term_counts, query_terms, stem
 
 LEXICAL_STATE = "lexical.json"
@@ -584,7 +584,7 @@ class LexicalPostings:
 
     def updated(
         self,
-        store: Store,
+        store: ChangedRows,
         deleted: tuple[Sequence[int], Sequence[int]],
         added: tuple[Sequence[int], Sequence[int]],
         generation: int,
@@ -644,12 +644,12 @@ def load_postings(directory: Path, store: Store) -> LexicalPostings:
     return postings
 
 
-def _passage_rows(store: Store, ids: Sequence[int] | None = None) -> Iterator[tuple[int, Sequence[str]]]:
+def _passage_rows(store: ChangedRows, ids: Sequence[int] | None = None) -> Iterator[tuple[int, Sequence[str]]]:
     for pid, text in store.passage_text_rows(ids):
         yield pid, (text,)
 
 
-def _article_rows(store: Store, ids: Sequence[int] | None = None) -> Iterator[tuple[int, Sequence[str]]]:
+def _article_rows(store: ChangedRows, ids: Sequence[int] | None = None) -> Iterator[tuple[int, Sequence[str]]]:
     # the body as the articles_fts trigger indexes it: paragraphs joined by newlines
     for aid, title, paragraphs in store.article_text_rows(ids):
         yield aid, (title, "\n".join(paragraphs))
