@@ -136,6 +136,11 @@ class MilvusVectorStore:
         )
         return int(rows[0]["count(*)"]) if rows else 0
 
+    def set_count(self, count: int) -> None:
+        """The number of vectors the collection holds, known otherwise (a replica counts its passages and
+        articles after a delta): saves a ``count(*)``, which Milvus Lite answers by a scan."""
+        self._count = int(count)
+
     def set_search_params(self, search: str | Params) -> None:
         """Search-time parameters passed with every search (``ef=128`` for HNSW, ``nprobe=32`` for IVF)."""
         self.search_params = parse_params(search, "search parameters") if isinstance(search, str) else dict(search)
