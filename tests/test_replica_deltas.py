@@ -23,7 +23,7 @@ from search.settings import Settings
 from search.storage.index import Index, open_index
 from search.vectors.milvus import records
 from search.vectors.milvus.records import LOG_KEY, RecordCollection, read_state
-from search.vectors.milvus.replica import MilvusReadStore, Replica
+from search.vectors.milvus.replica import MilvusReadStore, Replica, open_replica
 from tests.fakes import HashEmbedder
 from tests.test_stateless import _assert_alike, _replica, hash_index  # noqa: F401  (hash_index: a fixture)
 
@@ -204,3 +204,24 @@ def test_deltas_name_what_changed(writer_and_replicas: Any) -> None:
         "pids": [],
     }
 
+
+def test_a_replica_behind_the_engine_serves_only_what_it_holds(hash_index: Fixture) -> None:  # noqa: F811
+    """Between a write reaching Milvus and the replica applying it, the engine's article vectors hold articles the
+    replica does not know: related stories must not name them (it answered 500, a KeyError, before)."""
+    target, embedder, settings = hash_index
+    index = open_replica(settings.milvus_uri, "newsdesk_corpus", embedder, poll_seconds=3600.0)
+    replica = SearchService(index, embedder, Settings(index_dir=Path("/nonexistent")))
+    writer = open_index(target, embedder)
+    try:
+        original = replica.article("business/001")
+        near = Article(id="near/1", title=original.title + " today", paragraphs=original.paragraphs[:1])
+        add_articles(writer, [near], embedder, settings)
+        assert replica.index.store.aid_of("near/1") is None  # not polled yet: the replica serves its state
+        found = replica.search("central bank raises interest rates", k=5)
+        assert found.results and all(r.id != "near/1" for res in found.results for r in res.related)
+        for scoring in ("cosine", "profile"):
+            similar = replica.similar("business/001", k=5, scoring=scoring)
+            assert all(r.article.id != "near/1" for r in similar.results)
+    finally:
+        writer.close()
+        replica.index.close()

@@ -377,6 +377,7 @@ class Replica:
         apply_in_memory(index, DeltaRows(new_store, articles, docs), deleted, added, owners, generation)
         new_store.set_owners(index.owners.pids, index.owners.aids)
         new_store.use_vectors(passage_vectors, article_vectors)
+        article_vectors.held = index.catalog.aids
         passage_vectors.set_count(len(index.owners.pids))
         article_vectors.set_count(len(index.catalog.aids))
         if index.neighbours is not None and (deleted[0] or added[0]):
@@ -479,6 +480,8 @@ def _load(
     )
     articles = MilvusVectorStore.open(connection, config.collections["articles"], dim, ARTICLE_INDEX)
     article_docs = {key: doc for key, (_, doc) in collections["article_rows"].documents().items()}
+    articles.held = np.fromiter(sorted(article_docs), np.int64, len(article_docs))
+    articles.set_count(len(article_docs))
     passage_docs = collections["passage_rows"].documents()
     pids = np.fromiter(sorted(passage_docs), np.int64, len(passage_docs))
     owners = np.fromiter((passage_docs[int(p)][0] for p in pids), np.int64, len(pids))
