@@ -297,20 +297,18 @@ class Replica:
         """The index as now published (an ``Index``), sharing this replica's connection: ``current`` (the index
         this replica serves) brought forward by the deltas published since, or, where the log does not reach back
         to it (trimmed, a new log after a rebuild or relabelling, a damaged record), read whole."""
-        for _ in range(LOAD_TRIES):
-            state = read_state(self.connection, self.meta)
-            if state is None or state.get("collections") != self.state.get("collections"):
-                break
-            if state == self.state:
-                return current
+        state = read_state(self.connection, self.meta)
+        if state == self.state:
+            return current
+        if state is not None and state.get("collections") == self.state.get("collections"):
             try:
                 index = self._caught_up(current, state)
             except (IndexCorrupt, ValueError, KeyError) as exc:  # a delta that does not fit what this replica holds
                 log.warning("replica %s: the published deltas do not apply (%s); reloading in full", self.meta, exc)
-                break
-            if index is None:
-                break
-            if read_state(self.connection, self.meta) == state:
+                index = None
+            if index is not None:
+                # A write published meanwhile may show in some records read: the next delta names them again
+                # (what they hold then is read again), so the replica never stays behind a published state.
                 self.loads.deltas += 1
                 return index
         self.loads.full += 1
