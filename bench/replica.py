@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from bench.archive import HashVectorEmbedder, cpu_flags, read_articles  # noqa: E402
 from bench.milvus import milvus_copy  # noqa: E402
 from search.settings import Settings  # noqa: E402
+from search.storage.manifest import read_manifest  # noqa: E402
 
 POLL = 0.02
 
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each mode (delta, full)")
     parser.add_argument("--limit", type=float, default=600.0, help="seconds to wait for a write to show")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--reuse", action="store_true", help="keep the Milvus copy a previous run left in --work")
     parser.add_argument("--serve-replica", nargs=3, metavar=("URI", "META", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_replica:
@@ -134,7 +136,10 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     log = (args.work / "processes.log").open("ab")
     try:
-        port = free_port()
+        copy = args.work / f"{args.index.name}-milvus"
+        reuse = args.reuse and copy.is_dir()
+        # a kept copy names its server's URI in its manifest: the server comes back on that port
+        port = (urllib.parse.urlparse(read_manifest(copy)["milvus"]["uri"]).port or 0) if reuse else free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(args.work / "milvus"), "--port",
              str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -143,7 +148,9 @@ def main() -> None:
         wait_port(port, server, 120)
         uri = f"http://127.0.0.1:{port}"
         settings = Settings(index_dir=args.work, store="milvus", milvus_uri=uri)
-        target, fill_s = milvus_copy(args.index, args.work, settings)
+        target, fill_s = copy, None
+        if not reuse:
+            target, fill_s = milvus_copy(args.index, args.work, settings)
         embedder = HashVectorEmbedder()
         writer = open_index(target, embedder)
         meta = str(writer.manifest["milvus"]["meta"])
