@@ -26,6 +26,7 @@ from search.news.dedup import DedupIndex
 from search.news.grouping import Text, label_new, load_duplicates, save_duplicates
 from search.ranking.catalog import ArticleCatalog
 from search.settings import Settings
+from search.storage.changes import apply_in_memory
 from search.storage.index import Index, now_iso
 from search.storage.manifest import write_manifest
 from search.storage.store import NewArticle
@@ -122,11 +123,9 @@ def _apply_once(index: Index, delete_ids: list[str], rows: list[NewArticle], sav
     index.duplicates = dedup
     index.generation = done.generation
     aids, pids, new_aids, new_pids = done.deleted_aids, done.deleted_pids, done.new_aids, done.new_pids
-    if aids or rows:
-        index.lexical = index.lexical.updated(store, (aids, pids), (new_aids, new_pids), done.generation)
+    if aids or rows:  # the same update a replica applies to a published delta (search/storage/changes.py)
         owners = np.repeat(np.asarray(new_aids, dtype=np.int64), [len(r.passages) for r in rows])
-        index.owners = index.owners.updated(pids, np.asarray(new_pids, dtype=np.int64), owners)
-        index.catalog = ArticleCatalog.load(store)
+        apply_in_memory(index, store, (aids, pids), (new_aids, new_pids), owners, done.generation)
     if aids:
         index.passages.remove(np.asarray(pids, dtype=np.int64))
         index.articles.remove(np.asarray(aids, dtype=np.int64))

@@ -19,7 +19,7 @@ import numpy as np
 from search.errors import InvalidInput
 from search.memory import deep_size
 from search.models import FacetCount
-from search.storage.store import CatalogRow, Store
+from search.storage.store import CatalogRow, ChangedRows
 
 NO_DATE = np.iinfo(np.int32).min  # days since 1970-01-01 for articles without a date
 _EPOCH = date(1970, 1, 1).toordinal()
@@ -152,7 +152,7 @@ class ArticleCatalog:
         self._tag_rows = np.repeat(np.arange(len(self.aids)), lengths)
 
     @classmethod
-    def load(cls, store: Store, extra_groups: dict[int, tuple[str, str]] | None = None) -> ArticleCatalog:
+    def load(cls, store: ChangedRows, extra_groups: dict[int, tuple[str, str]] | None = None) -> ArticleCatalog:
         """The catalog of ``store``; ``extra_groups`` adds labels not written (a read-only index labelled on open)."""
         return cls.of(store.catalog_rows(), {**store.groups(), **(extra_groups or {})})
 

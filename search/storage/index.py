@@ -115,13 +115,13 @@ class PassageOwners:
 
 class Published(Protocol):
     """Where a stateless replica's index comes from (search/vectors/milvus/replica.py ``Replica``): asked whether
-    a newer state was published, and to load it."""
+    a newer state was published, and to load it (from ``current``, the index it serves, by the published deltas)."""
 
     background: bool  # reloaded in a thread, the loaded state served meanwhile (SearchService.refresh)
 
     def changed(self) -> bool: ...
 
-    def reopen(self) -> Index: ...
+    def reopen(self, current: Index) -> Index: ...
 
     def close(self) -> None: ...
 
@@ -207,7 +207,7 @@ class Index:
         """This index as now committed (or published, for a replica). ``embedder`` is checked against the model
         of a new build (one swapped in since this index was opened); the same build needs no check."""
         if self.replica is not None:
-            return self.replica.reopen()
+            return self.replica.reopen(self)
         if self.directory is None:
             raise WritesDisabled("this index has no directory to reopen")
         read_only = True if self.read_only else None  # None: read-only where the directory cannot be written

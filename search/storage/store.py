@@ -197,6 +197,17 @@ class ReadStore(Protocol):
     def close(self) -> None: ...
 
 
+class ChangedRows(Protocol):
+    """What the in-memory parts of an index read to follow a change (search/storage/changes.py): the texts of the
+    rows it added (BM25) and the catalog as it now stands. ``Store`` after a write's commit, and a replica's
+    delta fetched from the engine (search/vectors/milvus/replica.py)."""
+
+    def passage_text_rows(self, ids: Iterable[int] | None = None) -> Iterator[tuple[int, str]]: ...
+    def article_text_rows(self, aids: Iterable[int] | None = None) -> Iterator[tuple[int, str, list[str]]]: ...
+    def catalog_rows(self) -> list[CatalogRow]: ...
+    def groups(self) -> dict[int, tuple[str, str]]: ...
+
+
 @dataclass(frozen=True)
 class Replaced:
     """What one ``replace_articles`` transaction removed and wrote (new articles in the order given)."""

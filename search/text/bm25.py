@@ -35,7 +35,7 @@ from search.errors import IndexCorrupt
 from search.jsontypes import JSONObject, JSONValue
 from search.memory import deep_size
 from search.storage.files import DAMAGED_CACHE, discarded_on_failure, file_crc32, fsync_path
-from search.storage.store import Store
+from search.storage.store import ChangedRows, Store
 from search.text.fts import K1, B, fts_term_counts, query_terms, stem
 from search.vectors.segments import MERGE_FRACTION as MERGE_FRACTION
 from search.vectors.segments import MERGE_SEGMENTS as MERGE_SEGMENTS
@@ -1071,7 +1071,7 @@ class LexicalPostings:
 
     def updated(
         self,
-        store: Store,
+        store: ChangedRows,
         deleted: tuple[Sequence[int], Sequence[int]],
         added: tuple[Sequence[int], Sequence[int]],
         generation: int,
@@ -1401,12 +1401,12 @@ def load_postings(directory: Path, store: Store) -> LexicalPostings:
     return postings
 
 
-def _passage_rows(store: Store, ids: Sequence[int] | None = None) -> Iterator[tuple[int, Sequence[str]]]:
+def _passage_rows(store: ChangedRows, ids: Sequence[int] | None = None) -> Iterator[tuple[int, Sequence[str]]]:
     for pid, text in store.passage_text_rows(ids):
         yield pid, (text,)
 
 
-def _article_rows(store: Store, ids: Sequence[int] | None = None) -> Iterator[tuple[int, Sequence[str]]]:
+def _article_rows(store: ChangedRows, ids: Sequence[int] | None = None) -> Iterator[tuple[int, Sequence[str]]]:
     # the body as the articles_fts trigger indexes it: paragraphs joined by newlines
     for aid, title, paragraphs in store.article_text_rows(ids):
         yield aid, (title, "\n".join(paragraphs))

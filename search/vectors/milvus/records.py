@@ -11,8 +11,10 @@ collections mirroring SQLite's rows, and one meta collection that tells replicas
   highlighter reads), base64 in the record: Milvus has no BLOB type, and one row per passage keeps a result page to
   one lookup.
 - ``newsdesk_<index name>_meta`` (a stable name, unlike the per-build collections): key 1 holds the manifest, key 0
-  the published state ``{"generation", "collections"}``, written last. A replica polls key 0 and reloads when it
-  changes, including when a rebuild points it at new collections.
+  the published state ``{"generation", "collections", "log"}``, written last, and key ``LOG_KEY + g`` the delta
+  that published generation ``g`` (``change_record``: what changed since the state before it, in the log ``log``
+  names). A replica polls key 0; when it changes, it applies the deltas since its own generation
+  (``read_changes``), or reloads whole when they do not reach back to it or a rebuild points it at new collections.
 
 Every record is one JSON document. Milvus ``VARCHAR`` is limited to 65,535 bytes (a cluster counts UTF-8 bytes,
 Milvus Lite characters), so a longer document (an article with a long body) is cut into parts of at most
@@ -30,6 +32,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import cast
 
@@ -50,6 +53,9 @@ READ_KEYS = 1_000  # keys per "key in [...]" query: parts stay far below a clust
 WRITE_ROWS = 512  # rows per insert: at most ~30 MB of text, under gRPC's 64 MiB
 SCAN_BATCH = 2_000  # rows per query_iterator page
 STATE_KEY, MANIFEST_KEY = 0, 1
+_FIELDS = ["id", "key", "owner", "data"]
+LOG_KEY = 1 << 32  # the delta that published generation g is the meta record of key LOG_KEY + g
+LOG_KEEP = 1_000  # deltas kept in the log: a replica further behind reloads in full
 
 
 def split_parts(text: str) -> list[str]:
@@ -170,8 +176,32 @@ class RecordCollection:
 
     def get(self, keys: Iterable[int]) -> dict[int, JSONObject]:
         """The documents of the given keys (absent keys are left out)."""
+        return {key: doc for key, (_, doc) in self.owned(keys).items()}
+
+    def owned(self, keys: Iterable[int]) -> dict[int, tuple[int, JSONObject]]:
+        """key -> (owner, document) of the given keys (absent keys are left out).
+
+        Each key's first part is read by primary key (a point read; a ``key in [...]`` filter makes Milvus Lite
+        scan every row, 0.5 s over 100k passages, on every results page); only the keys whose first part is not
+        a whole document (a record cut into parts) are then read by that filter."""
         unique = sorted({int(k) for k in keys})
+        out: dict[int, tuple[int, JSONObject]] = {}
+        split: list[int] = []
+        for start in range(0, len(unique), READ_KEYS):
+            ids = [key << PART_BITS for key in unique[start : start + READ_KEYS]]
+            for r in self.connection.call("read records", "get", self.name, ids=ids, output_fields=_FIELDS):
+                try:
+                    doc: JSONObject = json.loads(str(r["data"]))
+                except ValueError:  # the first of several parts
+                    split.append(int(r["key"]))
+                    continue
+                out[int(r["key"])] = (int(r["owner"]), doc)
+        return out | self._owned_parts(split)
+
+    def _owned_parts(self, unique: list[int]) -> dict[int, tuple[int, JSONObject]]:
+        """``owned`` for records cut into parts: every part of the keys, joined in order."""
         found: dict[int, list[tuple[int, str]]] = {}
+        owners: dict[int, int] = {}
         for start in range(0, len(unique), READ_KEYS):
             chunk = unique[start : start + READ_KEYS]
             rows = self.connection.call(
@@ -179,12 +209,13 @@ class RecordCollection:
                 "query",
                 self.name,
                 filter=f"key in [{','.join(map(str, chunk))}]",
-                output_fields=["id", "key", "data"],
+                output_fields=_FIELDS,
                 consistency_level="Strong",
             )
             for r in rows:
                 found.setdefault(int(r["key"]), []).append((int(r["id"]), str(r["data"])))
-        return {key: _joined(parts) for key, parts in found.items()}
+                owners[int(r["key"])] = int(r["owner"])
+        return {key: (owners[key], _joined(parts)) for key, parts in found.items()}
 
     def scan(self, fields: tuple[str, ...] = ("key", "owner", "data")) -> Iterator[JSONObject]:
         """Every row (a part of a record), in no particular order, through a paged query iterator (a cluster's
@@ -320,11 +351,27 @@ class EngineRecords:
         self.collection("passage_rows").put(passage_records(store, new_pids))
         self.collection("sentence_rows").put(sentence_records(store, new_pids))
 
-    def publish(self, generation: int, collections: dict[str, str], manifest: JSONObject) -> None:
-        """Tell replicas the records and vectors now match ``generation``: the manifest first, the state last."""
+    def publish(
+        self, generation: int, collections: dict[str, str], manifest: JSONObject, delta: JSONObject | None
+    ) -> None:
+        """Tell replicas the records and vectors now match ``generation``: the delta since the previous published
+        state first (``change_record``; None starts a new log, which sends every replica to a full reload), then
+        the manifest, the state last. Deltas older than ``LOG_KEEP`` generations are trimmed."""
         meta = RecordCollection(self.connection, self.meta)
+        if delta is not None:
+            meta.put([(LOG_KEY + generation, generation, delta)])
+            log = str(delta["log"])
+        else:
+            log = uuid.uuid4().hex
         meta.put([(MANIFEST_KEY, MANIFEST_KEY, manifest)])
-        meta.put([(STATE_KEY, generation, {"generation": generation, "collections": collections})])
+        state: JSONObject = {"generation": generation, "collections": collections, "log": log}
+        meta.put([(STATE_KEY, generation, state)])
+        self.connection.call(
+            "trim the change log",
+            "delete",
+            self.meta,
+            filter=f"key >= {LOG_KEY} and key <= {LOG_KEY + generation - LOG_KEEP}",
+        )
 
     def problems(self, store: Store) -> list[str]:
         """Record keys that differ from SQLite's rows (``newsdesk check``)."""
@@ -358,6 +405,52 @@ def read_state(connection: MilvusConnection, meta: str) -> JSONObject | None:
         return _joined([(int(r["id"]), str(r["data"])) for r in rows])
     except ValueError:
         return None  # caught between the delete and the insert of a publish: as if unchanged
+
+
+def change_record(store: Store, state: JSONObject, generation: int) -> JSONObject | None:
+    """What changed between the published ``state`` and ``generation``, as a replica applies it
+    (search/vectors/milvus/replica.py): the article ids SQLite's change log names since the state's generation (every
+    process's writes, not only this one's), with the keys those articles and their passages hold now; a replica
+    finds the keys they held before in its own catalog. None where no delta can describe the step (another build's
+    collections, a state from before the log, a generation going back): replicas reload in full."""
+    try:
+        previous, log = int(state["generation"]), str(state["log"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if previous > generation:
+        return None
+    ids = store.changed_since(previous)  # a superset where a later write landed meanwhile: replicas re-read those
+    aids = sorted(a for a in (store.aid_of(i) for i in ids) if a is not None)
+    pids = sorted(p.id for aid in aids for p in store.passages_of(aid))
+    return {"from": previous, "to": generation, "log": log, "ids": ids, "aids": aids, "pids": pids}
+
+
+def read_changes(connection: MilvusConnection, meta: str, state: JSONObject, since: int) -> list[JSONObject] | None:
+    """The deltas that take a replica from generation ``since`` to the published ``state``, oldest first; None when
+    the log does not reach back that far (trimmed, or a new log began) or a record is damaged: a full reload then."""
+    try:
+        generation, log = int(state["generation"]), str(state["log"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if generation < since or generation - since > LOG_KEEP:
+        return None
+    try:
+        found = RecordCollection(connection, meta).get(range(LOG_KEY + since + 1, LOG_KEY + generation + 1))
+    except ValueError:  # a damaged record (unreadable JSON)
+        return None
+    chain: list[JSONObject] = []
+    at = generation
+    while at > since:  # walk back from the published state: each delta names the state it follows
+        delta = found.get(LOG_KEY + at)
+        if not isinstance(delta, dict) or delta.get("log") != log or delta.get("to") != at:
+            return None
+        try:
+            at = int(delta["from"])
+            [str(i) for i in delta["ids"]], [int(a) for a in delta["aids"]], [int(p) for p in delta["pids"]]
+        except (KeyError, TypeError, ValueError):
+            return None
+        chain.append(delta)
+    return chain[::-1]
 
 
 def read_manifest_record(connection: MilvusConnection, meta: str) -> Manifest:

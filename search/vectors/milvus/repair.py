@@ -24,7 +24,7 @@ from search.storage.store import Store
 from search.vectors.base import VECTORS_STATE, Changes, IndexVectors, ids_problem
 from search.vectors.milvus.client import MilvusConnection
 from search.vectors.milvus.config import ARTICLE_INDEX, KINDS, RECORD_KINDS, MilvusConfig, is_lite, parse_params
-from search.vectors.milvus.records import EngineRecords, article_records, read_state
+from search.vectors.milvus.records import EngineRecords, article_records, change_record, read_state
 from search.vectors.milvus.vectors import MilvusVectorStore
 
 
@@ -40,23 +40,32 @@ def publish(
     generation: int,
     *,
     take_over: bool = False,
+    store: Store | None = None,
 ) -> bool:
     """Tell replicas the collections hold ``generation`` (after the writes it stands for); returns whether it did.
 
     Only a new build ``take_over``s the meta collection from another build's collections. A write or a repair
     publishes only while this build's collections are the published ones (or none are): an old copy of the index
-    directory, or a server still on the directory a rebuild replaced, must not point replicas back at them."""
-    if not take_over:
-        state = read_state(connection, config.meta)
-        if state is not None and state.get("collections") != dict(config.collections):
-            return False
-    engine_records(connection, config).publish(generation, dict(config.collections), dict(manifest))
+    directory, or a server still on the directory a rebuild replaced, must not point replicas back at them.
+
+    With the ``store`` whose rows the collections hold, the delta since the published state goes in the change log
+    (records.py ``change_record``), so replicas catch up by it; without (a new build, labels rewritten without a new
+    generation), a new log begins and replicas reload in full."""
+    state = read_state(connection, config.meta)
+    ours = state is not None and state.get("collections") == dict(config.collections)
+    if not take_over and state is not None and not ours:
+        return False
+    delta = change_record(store, state, generation) if store is not None and state is not None and ours else None
+    engine_records(connection, config).publish(generation, dict(config.collections), dict(manifest), delta)
     return True
 
 
 def published(connection: MilvusConnection, config: MilvusConfig, generation: int) -> bool:
     state = read_state(connection, config.meta)
-    return state == {"generation": generation, "collections": dict(config.collections)}
+    return state is not None and (state.get("generation"), state.get("collections")) == (
+        generation,
+        dict(config.collections),
+    )
 
 
 class MilvusVectors(IndexVectors):
@@ -66,13 +75,20 @@ class MilvusVectors(IndexVectors):
     ``owned``: closing releases the connection (a directory index); a replica's belongs to its ``Replica``."""
 
     def __init__(
-        self, passages: MilvusVectorStore, articles: MilvusVectorStore, config: MilvusConfig, *, owned: bool = True
+        self,
+        passages: MilvusVectorStore,
+        articles: MilvusVectorStore,
+        config: MilvusConfig,
+        *,
+        owned: bool = True,
+        store: Store | None = None,
     ) -> None:
         self.passages: MilvusVectorStore = passages
         self.articles: MilvusVectorStore = articles
         self.config = config
         self.connection = passages.connection
         self._owned = owned
+        self._store = store  # the SQLite store the collections mirror: what a publication's delta is read from
 
     def save(self, directory: Path, generation: int, manifest: Manifest) -> None:
         """Milvus holds its writes already: only the generation they match is recorded."""
@@ -94,7 +110,7 @@ class MilvusVectors(IndexVectors):
 
     def publish(self, generation: int, manifest: Manifest, *, take_over: bool = False) -> None:
         config = MilvusConfig.from_manifest(manifest["milvus"])
-        publish(self.connection, config, manifest, generation, take_over=take_over)
+        publish(self.connection, config, manifest, generation, take_over=take_over, store=self._store)
 
     def fill(self, store: Store, manifest: Manifest) -> None:
         engine = engine_records(self.connection, MilvusConfig.from_manifest(manifest["milvus"]))
@@ -106,8 +122,10 @@ class MilvusVectors(IndexVectors):
 
     def relabel(self, store: Store, manifest: Manifest, aids: list[int]) -> None:
         if aids:
-            engine = engine_records(self.connection, MilvusConfig.from_manifest(manifest["milvus"]))
-            engine.collection("article_rows").put(article_records(store, aids))
+            config = MilvusConfig.from_manifest(manifest["milvus"])
+            engine_records(self.connection, config).collection("article_rows").put(article_records(store, aids))
+            # labels change no generation, so no delta can carry them: a new log sends replicas to a full reload
+            publish(self.connection, config, manifest, store.generation())
 
     def close(self) -> None:
         if self._owned:
@@ -153,8 +171,9 @@ def open_collections(
             with contextlib.suppress(OSError):  # a read-only index still serves from the repaired collections
                 write_state(state_path, generation, config)
         if engine is not None and not published(connection, config, generation):
-            publish(connection, config, manifest, generation)  # e.g. a writer died between vectors.json and this
-        return MilvusVectors(stores[0], stores[1], config)
+            # e.g. a writer died between vectors.json and this: SQLite's change log still names what it wrote
+            publish(connection, config, manifest, generation, store=store)
+        return MilvusVectors(stores[0], stores[1], config, store=store)
     except BaseException:
         connection.close()
         raise

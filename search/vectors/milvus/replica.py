@@ -1,14 +1,17 @@
 """Stateless serving: an index opened from Milvus alone, with no index directory (issue 8).
 
 ``newsdesk serve --milvus-uri URI --collections newsdesk_<name>`` serves the index whose meta collection is
-``newsdesk_<name>_meta`` (search/vectors/milvus/records.py). At start, and again whenever the published state changes
-(a write,
-or a rebuild pointing at new collections), the replica reads from the engine what the query side keeps in memory:
+``newsdesk_<name>_meta`` (search/vectors/milvus/records.py). At start (and after a rebuild pointing at new
+collections, or whenever the published deltas cannot take it to the new state: ``Replica.reopen``), the replica reads
+from the engine what the query side keeps in memory:
 
 - every article record: the catalog (dates, sources, tags, labels), article references, and the article texts;
 - every passage's owner, and (unless the lexical side is the engine's, see below) its text;
 - then builds the BM25 postings, the passage owners, the catalog and the more-like-this profiles in memory, as a
   directory index builds them from SQLite, and opens the two vector collections.
+
+After a write it catches up by the deltas the writer published (``Replica._caught_up``): it reads only the records
+they name and applies them with the writer's own in-memory update (search/storage/changes.py).
 
 Per request it reads from Milvus what a page shows: passage texts, sentence vectors, full articles; vectors come
 from the vector collections. Nothing is written: a replica refuses writes (they go through the indexer, which owns
@@ -20,10 +23,12 @@ SQLite FTS5 gives a directory index (Porter stemming), so a replica ranks exactl
 
 from __future__ import annotations
 
+import copy
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +38,7 @@ from search.jsontypes import JSONObject
 from search.models import Article, ArticleRef, Passage
 from search.news.neighbours import DEFAULT_NEIGHBOURS, NeighbourGraph
 from search.ranking.catalog import ArticleCatalog
+from search.storage.changes import apply_in_memory
 from search.storage.index import Index, PassageOwners
 from search.storage.manifest import Manifest
 from search.storage.store import ArticleText, CatalogRow, SentenceVectors, StoredPassage
@@ -43,11 +49,14 @@ from search.vectors.milvus.config import ARTICLE_INDEX, MilvusConfig, meta_name
 from search.vectors.milvus.records import (
     RecordCollection,
     decode_sentences,
+    read_changes,
     read_manifest_record,
     read_state,
 )
 from search.vectors.milvus.repair import MilvusVectors
 from search.vectors.milvus.vectors import MilvusVectorStore
+
+log = logging.getLogger("newsdesk.replica")
 
 LOAD_TRIES = 5  # a load that saw the published state move under it (a write landed meanwhile) starts again
 
@@ -76,27 +85,73 @@ class MilvusReadStore:
         self._collections = collections
         self._passage_vectors, self._article_vectors = vectors
         self._owners = owners
-        keys = sorted(articles)
-        self._ids = {aid: str(articles[aid]["id"]) for aid in keys}
-        self._aid_of = {article_id: aid for aid, article_id in self._ids.items()}
-        self._refs = {
-            aid: ArticleRef(
-                id=str(doc["id"]), title=doc["title"], date=doc["date"], source=doc["source"], url=doc["url"]
-            )
-            for aid, doc in articles.items()
-        }
-        self._hashes = {aid: str(doc.get("content_hash") or "") for aid, doc in articles.items()}
-        self._catalog_rows: list[CatalogRow] = [
-            (aid, articles[aid]["date"], articles[aid]["source"], tuple(articles[aid]["tags"]), self._ids[aid])
-            for aid in keys
-        ]
-        self._groups = {
-            aid: (str(doc["story"]), str(doc["duplicates"]))
-            for aid, doc in articles.items()
-            if doc.get("story") is not None
-        }
-        dates = [d for d in (doc["date"] for doc in articles.values()) if d]
+        self._ids: dict[int, str] = {}
+        self._aid_of: dict[str, int] = {}
+        self._refs: dict[int, ArticleRef] = {}
+        self._hashes: dict[int, str] = {}
+        self._rows: dict[int, CatalogRow] = {}
+        self._groups: dict[int, tuple[str, str]] = {}
+        for aid in sorted(articles):
+            self._take(aid, articles[aid])
+        self._settle()
+
+    def _take(self, aid: int, doc: JSONObject) -> None:
+        """Hold article ``aid`` as ``doc`` (its record) describes it."""
+        article_id = str(doc["id"])
+        self._ids[aid] = article_id
+        self._aid_of[article_id] = aid
+        self._refs[aid] = ArticleRef(
+            id=article_id, title=doc["title"], date=doc["date"], source=doc["source"], url=doc["url"]
+        )
+        self._hashes[aid] = str(doc.get("content_hash") or "")
+        self._rows[aid] = (aid, doc["date"], doc["source"], tuple(doc["tags"]), article_id)
+        if doc.get("story") is not None:
+            self._groups[aid] = (str(doc["story"]), str(doc["duplicates"]))
+        else:
+            self._groups.pop(aid, None)
+
+    def _drop(self, aid: int) -> None:
+        article_id = self._ids.pop(aid, None)
+        if article_id is not None and self._aid_of.get(article_id) == aid:
+            del self._aid_of[article_id]
+        for held in (self._refs, self._hashes, self._rows, self._groups):
+            held.pop(aid, None)
+
+    def _settle(self) -> None:
+        """What is derived from every article: the catalog rows in key order, the newest date."""
+        self._catalog_rows = [self._rows[aid] for aid in sorted(self._rows)]
+        dates = [row[1] for row in self._catalog_rows if row[1]]
         self._newest = max(dates) if dates else None
+
+    def changed(self, generation: int, removed: Iterable[int], written: dict[int, JSONObject]) -> MilvusReadStore:
+        """A new store for ``generation``: this one without the ``removed`` article keys, with the ``written``
+        records (new articles, or new versions of held ones). This one is left as it was (it is still served while
+        the new one is made); its passage owners follow with ``set_owners``."""
+        new = copy.copy(self)
+        new._generation = generation
+        new._ids, new._aid_of, new._refs = dict(self._ids), dict(self._aid_of), dict(self._refs)
+        new._hashes, new._rows, new._groups = dict(self._hashes), dict(self._rows), dict(self._groups)
+        for aid in removed:
+            new._drop(int(aid))
+        for aid in sorted(written):
+            new._take(int(aid), written[aid])
+        new._settle()
+        return new
+
+    def holds(self, aid: int) -> bool:
+        return int(aid) in self._ids
+
+    def collection(self, kind: str) -> RecordCollection:
+        """One of the record collections (``article_rows``, ``passage_rows``, ``sentence_rows``)."""
+        return self._collections[kind]
+
+    def use_vectors(self, passages: MilvusVectorStore, articles: MilvusVectorStore) -> None:
+        """Read vectors through these stores (a new state's, counting its vectors) from now on."""
+        self._passage_vectors, self._article_vectors = passages, articles
+
+    def set_owners(self, pids: np.ndarray, aids: np.ndarray) -> None:
+        """(passage ids ascending, the article of each): the index's ``PassageOwners`` arrays, shared."""
+        self._owners = (pids, aids)
 
     # -- what the service reads ------------------------------------------------------------------------------
 
@@ -196,6 +251,15 @@ class MilvusReadStore:
 
 
 @dataclass
+class Loads:
+    """How a replica (and the replicas that followed it) came by each state it served: read whole, or caught up
+    by the published deltas. What tests and benchmarks read to tell the two apart."""
+
+    full: int = 0
+    deltas: int = 0
+
+
+@dataclass
 class Replica:
     """Where a replica's index comes from, and whether the engine has published something newer since."""
 
@@ -206,11 +270,16 @@ class Replica:
     state: JSONObject
     poll_seconds: float = 0.5
     background: bool = False  # reload in a thread, serving the loaded state meanwhile (SearchService.refresh)
+    loads: Loads = field(default_factory=Loads)  # shared with the replicas that follow this one
 
     def __post_init__(self) -> None:
         self._checked = time.monotonic()
         self._latest: JSONObject | None = self.state
         self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> int:
+        return int(self.state["generation"])
 
     def changed(self) -> bool:
         """Whether the engine publishes another state than the one loaded (asked at most every ``poll_seconds``;
@@ -224,12 +293,124 @@ class Replica:
                     self._latest = latest
             return self._latest != self.state
 
-    def reopen(self) -> Index:
-        """The index as now published (an ``Index``), sharing this replica's connection."""
-        return load_replica(self.connection, self.uri, self.meta, self.embedder, self.poll_seconds, self.background)
+    def reopen(self, current: Index) -> Index:
+        """The index as now published (an ``Index``), sharing this replica's connection: ``current`` (the index
+        this replica serves) brought forward by the deltas published since, or, where the log does not reach back
+        to it (trimmed, a new log after a rebuild or relabelling, a damaged record), read whole."""
+        state = read_state(self.connection, self.meta)
+        if state == self.state:
+            return current
+        if state is not None and state.get("collections") == self.state.get("collections"):
+            try:
+                index = self._caught_up(current, state)
+            except (IndexCorrupt, ValueError, KeyError) as exc:  # a delta that does not fit what this replica holds
+                log.warning("replica %s: the published deltas do not apply (%s); reloading in full", self.meta, exc)
+                index = None
+            if index is not None:
+                # A write published meanwhile may show in some records read: the next delta names them again
+                # (what they hold then is read again), so the replica never stays behind a published state.
+                self.loads.deltas += 1
+                return index
+        self.loads.full += 1
+        return load_replica(
+            self.connection, self.uri, self.meta, self.embedder, self.poll_seconds, self.background, self.loads
+        )
+
+    def _caught_up(self, current: Index, state: JSONObject) -> Index | None:
+        """``current`` with every delta from this replica's generation to ``state`` applied, as a new ``Index``
+        (``current`` is left as it was: it is served meanwhile); None where the log cannot take it there.
+
+        What each article id a delta names held here (its key and passages, found in this replica's catalog and
+        owners) is dropped, and what the engine holds for it now (the keys the delta names) is read, once, however
+        many deltas named it: the work is the change, not the corpus. An article whose record comes back with its
+        key, content hash and passages unchanged (new metadata: date, tags...) keeps its postings and profile."""
+        store = current.store
+        if not isinstance(store, MilvusReadStore) or not isinstance(current.vectors, MilvusVectors):
+            return None
+        chain = read_changes(self.connection, self.meta, state, self.generation)
+        if chain is None:
+            return None
+        manifest = read_manifest_record(self.connection, self.meta)
+        if (manifest["model"], manifest["milvus"]) != (current.manifest["model"], current.manifest["milvus"]):
+            return None  # new search parameters or another model: read whole, as a first load does
+        generation = int(state["generation"])
+        old_aids = {a for a in (store.aid_of(str(i)) for d in chain for i in d["ids"]) if a is not None}
+        aids = sorted(old_aids | {int(a) for d in chain for a in d["aids"]})
+        _, old_pids = current.owners.passages_of(sorted(old_aids))
+        pids = sorted(set(old_pids.tolist()) | {int(p) for d in chain for p in d["pids"]})
+        articles = store.collection("article_rows").get(aids)
+        passages = store.collection("passage_rows").owned(pids)
+
+        held_aids = {a for a in aids if store.holds(a)}
+        held_pids = current.owners.articles_of(np.asarray(pids, dtype=np.int64))
+        held_by = {pid: int(aid) for pid, aid in zip(pids, held_pids.tolist(), strict=True) if aid >= 0}
+        if not set(held_by.values()) <= held_aids:
+            raise IndexCorrupt("a delta names a passage of an article it does not name")
+        now_by = {pid: owner for pid, (owner, _) in passages.items() if owner in articles}
+        same = {
+            a
+            for a in held_aids & set(articles)
+            if store.content_hashes([a]).get(a) == str(articles[a].get("content_hash") or "")
+            and {p for p, o in held_by.items() if o == a} == {p for p, o in now_by.items() if o == a}
+        }
+        deleted = (sorted(held_aids - same), sorted(p for p, o in held_by.items() if o not in same))
+        added_pids = sorted(p for p, o in now_by.items() if o not in same)
+        added = (sorted(set(articles) - same), added_pids)
+        docs = {p: doc for p, (_, doc) in passages.items()}
+
+        new_store = store.changed(generation, held_aids, articles)
+        vectors = current.vectors
+        passage_vectors, article_vectors = copy.copy(vectors.passages), copy.copy(vectors.articles)
+        index = replace(
+            current,
+            manifest=manifest,
+            store=new_store,
+            vectors=MilvusVectors(passage_vectors, article_vectors, vectors.config, owned=False),
+            replica=Replica(
+                self.connection, self.uri, self.meta, self.embedder, state, self.poll_seconds, self.background,
+                self.loads,
+            ),
+        )  # fmt: skip
+        owners = np.asarray([now_by[p] for p in added_pids], dtype=np.int64)
+        apply_in_memory(index, DeltaRows(new_store, articles, docs), deleted, added, owners, generation)
+        new_store.set_owners(index.owners.pids, index.owners.aids)
+        new_store.use_vectors(passage_vectors, article_vectors)
+        article_vectors.held = index.catalog.aids
+        passage_vectors.set_count(len(index.owners.pids))
+        article_vectors.set_count(len(index.catalog.aids))
+        if index.neighbours is not None and (deleted[0] or added[0]):
+            index.neighbours = index.neighbours.updated(
+                deleted[0], added[0], article_vectors, index.lexical.articles, generation
+            )
+        return index
 
     def close(self) -> None:
         self.connection.close()
+
+
+@dataclass
+class DeltaRows:
+    """What ``apply_in_memory`` (search/storage/changes.py) reads of a delta: the texts of the rows it added, read
+    from the engine once, and the catalog of the new state."""
+
+    store: MilvusReadStore
+    articles: dict[int, JSONObject]
+    passages: dict[int, JSONObject]
+
+    def passage_text_rows(self, ids: Iterable[int] | None = None) -> Iterator[tuple[int, str]]:
+        for pid in sorted(self.passages if ids is None else {int(i) for i in ids}):
+            yield pid, str(self.passages[pid]["text"])
+
+    def article_text_rows(self, aids: Iterable[int] | None = None) -> Iterator[tuple[int, str, list[str]]]:
+        for aid in sorted(self.articles if aids is None else {int(a) for a in aids}):
+            doc = self.articles[aid]
+            yield aid, str(doc["title"]), [str(p) for p in doc["paragraphs"]]
+
+    def catalog_rows(self) -> list[CatalogRow]:
+        return self.store.catalog_rows()
+
+    def groups(self) -> dict[int, tuple[str, str]]:
+        return self.store.groups()
 
 
 def open_replica(
@@ -253,6 +434,7 @@ def load_replica(
     embedder: Embedder | None,
     poll_seconds: float,
     background: bool = False,
+    loads: Loads | None = None,
 ) -> Index:
     """The index ``meta`` publishes, read whole (retried while a write moves the published state under it)."""
     if not connection.call("look up a collection", "has_collection", meta):
@@ -274,7 +456,7 @@ def load_replica(
         loaded = _load(connection, config, manifest, int(state["generation"]))
         if read_state(connection, meta) == state:
             store, passages, articles, lexical = loaded
-            replica = Replica(connection, uri, meta, embedder, state, poll_seconds, background)
+            replica = Replica(connection, uri, meta, embedder, state, poll_seconds, background, loads or Loads())
             owners = PassageOwners.of(*store.passage_owners())
             catalog = ArticleCatalog.of(store.catalog_rows(), store.groups())
             graph = _graph(articles, lexical.articles, store.generation())
@@ -296,6 +478,8 @@ def _load(
     )
     articles = MilvusVectorStore.open(connection, config.collections["articles"], dim, ARTICLE_INDEX)
     article_docs = {key: doc for key, (_, doc) in collections["article_rows"].documents().items()}
+    articles.held = np.fromiter(sorted(article_docs), np.int64, len(article_docs))
+    articles.set_count(len(article_docs))
     passage_docs = collections["passage_rows"].documents()
     pids = np.fromiter(sorted(passage_docs), np.int64, len(passage_docs))
     owners = np.fromiter((passage_docs[int(p)][0] for p in pids), np.int64, len(pids))

@@ -38,6 +38,7 @@ __all__ = ["MilvusConfig", "MilvusConnection", "MilvusVectorStore", "build_store
 WRITE_BATCH = 4096  # rows per insert/upsert: ~6 MiB at 384 dimensions, far below gRPC's 64 MiB default
 READ_BATCH = 4096  # ids per get: keeps each "id in [...]" expression and its answer small
 MAX_TOPK = 16384  # a Milvus cluster's default limit on limit (quotaAndLimits.limits.topK)
+HELD_SLACK = 64  # hits fetched beyond k where answers are limited to ``held`` keys: a write's new vectors
 
 
 # -- the store -------------------------------------------------------------------------------------------------
@@ -67,6 +68,10 @@ class MilvusVectorStore:
         self.index_type = index_type
         self.search_params: Params = dict(search_params or {})
         self._count = 0
+        # A replica's keys (sorted): answers are limited to them. The engine holds a write's vectors before the
+        # replica has applied it, and an id the replica does not know must not reach a page (search/vectors/milvus/
+        # replica.py); None (a writer's store) leaves answers as the engine gives them.
+        self.held: np.ndarray | None = None
 
     # -- lifecycle --
 
@@ -135,6 +140,11 @@ class MilvusVectorStore:
             "count vectors", "query", self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
         )
         return int(rows[0]["count(*)"]) if rows else 0
+
+    def set_count(self, count: int) -> None:
+        """The number of vectors the collection holds, known otherwise (a replica counts its passages and
+        articles after a delta): saves a ``count(*)``, which Milvus Lite answers by a scan."""
+        self._count = int(count)
 
     def set_search_params(self, search: str | Params) -> None:
         """Search-time parameters passed with every search (``ef=128`` for HNSW, ``nprobe=32`` for IVF)."""
@@ -205,8 +215,20 @@ class MilvusVectorStore:
         spread evenly, then fall back to filtered searches over chunks of the set, merged.
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if self.held is None:
+            return self._search_held(queries, k, allowed, self._count)
+        if allowed is not None:
+            allowed = allowed[np.isin(allowed, self.held)]
+        want = max(1, min(k, len(self.held) if allowed is None else len(allowed), MAX_TOPK))
+        scores, ids = self._search_held(queries, want + HELD_SLACK, allowed, self._count + HELD_SLACK)
+        return _top_of(scores, ids, np.isin(ids, self.held), want)
+
+    def _search_held(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None, count: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``search`` over whatever the engine holds, ``count`` rows taken as its size."""
         if allowed is None:
-            k = max(1, min(k, max(self._count, 1), MAX_TOPK))
+            k = max(1, min(k, max(count, 1), MAX_TOPK))
             return self._search(queries, k, "")
         allowed = np.ascontiguousarray(allowed, dtype=np.int64)
         k = max(1, min(k, len(allowed), MAX_TOPK))
@@ -214,11 +236,11 @@ class MilvusVectorStore:
             return _empty(len(queries), 1)
         if len(allowed) <= EXACT_FILTER_LIMIT:
             return self._search(queries, k, _id_filter(allowed))
-        fetch = int(np.ceil(2 * k * max(self._count, 1) / len(allowed)))
+        fetch = int(np.ceil(2 * k * max(count, 1) / len(allowed)))
         if fetch <= MAX_TOPK:
-            scores, ids = self._search(queries, min(fetch, max(self._count, 1)), "")
+            scores, ids = self._search(queries, min(fetch, max(count, 1)), "")
             keep = np.isin(ids, allowed) & (ids >= 0)
-            if (keep.sum(axis=1) >= k).all() or fetch >= self._count:
+            if (keep.sum(axis=1) >= k).all() or fetch >= count:
                 return _top_of(scores, ids, keep, k)
         parts = [
             self._search(queries, k, _id_filter(allowed[start : start + EXACT_FILTER_LIMIT]))
