@@ -24,7 +24,6 @@ from search.errors import StaleIndex
 from search.models import Article
 from search.news.dedup import DedupIndex
 from search.news.grouping import Text, label_new, load_duplicates, save_duplicates
-from search.ranking.catalog import ArticleCatalog
 from search.settings import Settings
 from search.storage.index import Index, now_iso
 from search.storage.manifest import write_manifest
@@ -126,7 +125,7 @@ def _apply_once(index: Index, delete_ids: list[str], rows: list[NewArticle], sav
         index.lexical = index.lexical.updated(store, (aids, pids), (new_aids, new_pids), done.generation)
         owners = np.repeat(np.asarray(new_aids, dtype=np.int64), [len(r.passages) for r in rows])
         index.owners = index.owners.updated(pids, np.asarray(new_pids, dtype=np.int64), owners)
-        index.catalog = ArticleCatalog.load(store)
+        index.catalog = index.catalog.updated(store, aids, new_aids)
     if aids:
         index.passages.remove(np.asarray(pids, dtype=np.int64))
         index.articles.remove(np.asarray(aids, dtype=np.int64))
@@ -259,7 +258,7 @@ def apply_metadata(index: Index, articles: list[Article]) -> int:
         index.catch_up(None)
         return len(aids)
     index.generation = generation
-    index.catalog = ArticleCatalog.load(store)
+    index.catalog = index.catalog.updated(store, aids, aids)
     index.lexical = replace(index.lexical, generation=generation)
     if index.neighbours is not None:
         index.neighbours = replace(index.neighbours, generation=generation)
