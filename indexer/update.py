@@ -236,7 +236,7 @@ def apply_metadata(index: Index, articles: list[Article]) -> int:
     embedding or re-inserting anything; returns how many were updated.
 
     The store's row changes in one transaction with a new generation (servers reload); the catalog (filters,
-    facets, timelines, canonical copies) is rebuilt from it, and the caches that do not hold metadata (FAISS, BM25
+    facets, timelines, canonical copies) reads those rows again, and the caches that do not hold metadata (FAISS, BM25
     postings, profiles, duplicate fingerprints) are re-stamped with the new generation instead of going stale. An
     article keeps its story and duplicate labels: labels are never rewritten once given (search/news/grouping.py), so a
     corrected date moves it in timelines and date filters, not out of its story (``--rebuild`` regroups)."""

@@ -177,3 +177,22 @@ def test_the_write_path_keeps_the_catalog_of_the_store(tmp_path: Path, corpus_in
     assert_same_catalog(index.catalog, ArticleCatalog.load(store))
     assert "science/042" not in index.catalog.ids
     index.close()
+
+
+def test_the_catalog_columns_are_read_from_their_own_index(tmp_path: Path) -> None:
+    """An open reads the catalog from the ``articles_catalog`` index, not the article rows (which hold the text), and
+    a store made before that index gets it when opened for writing."""
+    path = tmp_path / "s.sqlite"
+    store = Store(path, create=True)
+    rng = random.Random(5)
+    store.replace_articles([], [_row(rng, _article(rng, f"a{i}"), []) for i in range(3)])
+    sql = "EXPLAIN QUERY PLAN SELECT aid, date, source, tags, id FROM articles ORDER BY aid"
+    assert "COVERING INDEX articles_catalog" in str(store.connection().execute(sql).fetchall())
+    rows = store.catalog_rows()
+    with store.connection() as conn:
+        conn.execute("DROP INDEX articles_catalog")  # as an index made before it
+    store.close()
+    reopened = Store(path)
+    assert "COVERING INDEX articles_catalog" in str(reopened.connection().execute(sql).fetchall())
+    assert reopened.catalog_rows() == rows
+    reopened.close()

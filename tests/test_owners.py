@@ -4,14 +4,20 @@ index, and as a write updates them in memory, against the oracle: every passage 
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from indexer.build import make_chunker, new_articles
+from indexer.update import apply_changes
 from search.models import Article
-from search.storage.index import PassageOwners
+from search.ranking.catalog import ArticleCatalog
+from search.settings import Settings
+from search.storage.index import PassageOwners, open_index
 from search.storage.store import NewArticle, Store
+from tests.test_catalog_updates import assert_same_catalog
 
 
 def _row(article_id: str, passages: int) -> NewArticle:
@@ -91,3 +97,36 @@ def test_updated_owners_equal_owners_of_the_rows(seed: int) -> None:
         want = PassageOwners(keys, np.asarray([table[k] for k in keys.tolist()], dtype=np.int64), np.zeros(0))
         want = PassageOwners(want.pids, want.aids, np.argsort(want.aids, kind="stable"))
         _same(owners, want)
+
+
+def test_owners_are_read_from_the_passage_index_alone(tmp_path: Path) -> None:
+    """The owners query reads the ``passages_aid`` index, never the passage rows (each holds its vector)."""
+    store = Store(tmp_path / "s.sqlite", create=True)
+    plan = store.connection().execute(
+        "EXPLAIN QUERY PLAN SELECT aid, MIN(id), MAX(id), COUNT(*) FROM passages INDEXED BY passages_aid GROUP BY aid"
+    )
+    assert "COVERING INDEX passages_aid" in str(plan.fetchall())
+    store.close()
+
+
+def test_an_open_after_a_write_whose_caches_were_never_saved_holds_it(
+    tmp_path: Path, corpus_index: Path, embedder
+) -> None:
+    """Owners and catalog have no cache file to go stale: a writer that died between its commit and its save (the
+    write applied with ``save=False`` and never saved) leaves an index whose next open holds the write in both."""
+    copy = tmp_path / "copy"
+    shutil.copytree(corpus_index, copy)
+    writer = open_index(copy, embedder)
+    new = Article(id="science/042", title="A comet heads for the Sun", paragraphs=("It may be seen in March.",))
+    rows, _ = new_articles([new], make_chunker(Settings(index_dir=copy), embedder), embedder, Settings(), {})
+    apply_changes(writer, ["business/002"], rows, save=False)  # committed; the process "dies" before saving
+    reopened = open_index(copy, embedder)
+    store = reopened.sqlite
+    pids, aids = _oracle(store)
+    assert (reopened.owners.pids.tolist(), reopened.owners.aids.tolist()) == (pids, aids)
+    aid = store.aid_of("science/042")
+    assert aid is not None and aid in aids and store.aid_of("business/002") is None
+    assert "science/042" in reopened.catalog.ids and "business/002" not in reopened.catalog.ids
+    assert_same_catalog(reopened.catalog, ArticleCatalog.load(store))
+    reopened.close()
+    writer.close()

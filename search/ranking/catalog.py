@@ -2,7 +2,8 @@
 
 A filtered query must know, for thousands of candidate articles, whether each passes ``from``/``to``/``source``/
 ``tag``; reading those columns from SQLite per query would cost more than the search. The catalog holds them as
-arrays aligned on article keys (``aid``), built once when the index opens and rebuilt after a write.
+arrays aligned on article keys (``aid``), built once when the index opens and updated by a write from the rows
+it changed (``ArticleCatalog.updated``).
 
 Dates are compared by calendar day (an article dated ``2022-06-09T15:00`` matches ``to=2022-06-09``); an article
 without a date never passes a date filter. Sources and tags compare exactly, case-insensitively.
@@ -123,34 +124,45 @@ class ArticleCatalog:
         self.days = np.asarray(days, dtype=np.int32)[order]
         raw_ids = ids if ids is not None else [str(a) for a in np.asarray(aids).tolist()]
         self.ids: list[str] = [raw_ids[i] for i in order.tolist()]
-        groups = groups or {}
-        self.labelled = np.asarray([int(a) in groups for a in self.aids.tolist()], dtype=bool)
-        stories = [groups[a][0] if a in groups else i for a, i in zip(self.aids.tolist(), self.ids, strict=True)]
-        dups = [groups[a][1] if a in groups else i for a, i in zip(self.aids.tolist(), self.ids, strict=True)]
+        # One pass per structure over plain lists, each distinct source and tag folded once: a write rebuilds these
+        # over every article (``updated``), 26k of them at the whole RealTime QA corpus.
+        get = (groups or {}).get
+        labels = [get(a) for a in self.aids.tolist()]
+        self.labelled = np.asarray([g is not None for g in labels], dtype=bool)
+        stories = [i if g is None else g[0] for g, i in zip(labels, self.ids, strict=True)]
+        dups = [i if g is None else g[1] for g, i in zip(labels, self.ids, strict=True)]
         self.story_labels = stories
         self.dup_labels = dups
         self._story_rows: dict[str, list[int]] = {}
         for row, label in enumerate(stories):
             self._story_rows.setdefault(label, []).append(row)
         dup_code: dict[str, int] = {}
-        self.dup_codes = np.asarray([dup_code.setdefault(d, len(dup_code)) for d in dups], dtype=np.int64)
         self._dup_rows: dict[int, list[int]] = {}
-        for row, code in enumerate(self.dup_codes.tolist()):
+        codes: list[int] = []
+        for row, d in enumerate(dups):
+            code = dup_code.setdefault(d, len(dup_code))
+            codes.append(code)
             self._dup_rows.setdefault(code, []).append(row)
-        src = [sources[i] for i in order.tolist()]
-        tag = [tuple(tags[i]) for i in order.tolist()]
+        self.dup_codes = np.asarray(codes, dtype=np.int64)
+        rows = order.tolist()
+        src = [sources[i] for i in rows]
+        tag = [tuple(tags[i]) for i in rows]
         self._sources = src  # the rows as read (source casing kept), what ``updated`` carries over for kept rows
         self._tags = tag
-        self.source_names: list[str] = sorted({s for s in src if s})
+        distinct_sources = {s for s in src if s}
+        self.source_names: list[str] = sorted(distinct_sources)
         source_code = {s.casefold(): i for i, s in enumerate(self.source_names)}
-        self.source_codes = np.asarray([source_code[s.casefold()] if s else -1 for s in src], dtype=np.int32)
-        self.tag_names: list[str] = sorted({t for ts in tag for t in ts})
+        code_of_source = {s: source_code[s.casefold()] for s in distinct_sources}
+        self.source_codes = np.asarray([code_of_source.get(s, -1) if s else -1 for s in src], dtype=np.int32)
+        distinct_tags = {t for ts in tag for t in ts}
+        self.tag_names: list[str] = sorted(distinct_tags)
         tag_code = {t.casefold(): i for i, t in enumerate(self.tag_names)}
+        code_of_tag = {t: tag_code[t.casefold()] for t in distinct_tags}
         self._source_lookup = source_code
         self._tag_lookup = tag_code
         lengths = np.asarray([len(ts) for ts in tag], dtype=np.int64)
         self.tag_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self.tag_codes = np.asarray([tag_code[t.casefold()] for ts in tag for t in ts], dtype=np.int32)
+        self.tag_codes = np.asarray([code_of_tag[t] for ts in tag for t in ts], dtype=np.int32)
         self._tag_rows = np.repeat(np.arange(len(self.aids)), lengths)
 
     @classmethod
