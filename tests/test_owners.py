@@ -12,6 +12,7 @@ import pytest
 
 from indexer.build import make_chunker, new_articles
 from indexer.update import apply_changes
+from search.errors import IndexCorrupt
 from search.models import Article
 from search.ranking.catalog import ArticleCatalog
 from search.settings import Settings
@@ -130,3 +131,23 @@ def test_an_open_after_a_write_whose_caches_were_never_saved_holds_it(
     assert_same_catalog(reopened.catalog, ArticleCatalog.load(store))
     reopened.close()
     writer.close()
+
+
+@pytest.mark.parametrize("table", ["passages", "articles"])
+def test_a_damaged_table_fails_the_reads_an_open_makes(tmp_path: Path, table: str) -> None:
+    """Owners and catalog are read from indexes, yet a damaged table page is still the open's IndexCorrupt naming
+    the file (each read also reads its table's first and last key), not an error at the first search."""
+    path = tmp_path / "s.sqlite"
+    store = Store(path, create=True)
+    store.replace_articles([], [_row(f"a{i}", 3) for i in range(40)])
+    conn = store.connection()
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    store.close()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * size : root * size] = b"\xa5" * size
+    path.write_bytes(bytes(data))
+    damaged = Store(path, read_only=True)
+    with pytest.raises(IndexCorrupt, match=r"s\.sqlite"):
+        damaged.passage_owners() if table == "passages" else damaged.catalog_rows()
+    damaged.close()

@@ -730,7 +730,20 @@ class Store:
         elif len(pids) and not bool((pids[1:] > pids[:-1]).all()):
             order = np.argsort(pids, kind="stable")
             pids, owners = pids[order], owners[order]
+        self._check_ends("passages", "id", pids)
         return pids, owners
+
+    def _check_ends(self, table: str, key: str, keys: np.ndarray) -> None:
+        """The first and last key of ``table`` itself (its b-tree's two edges: O(log n)) are those read from an index
+        of it. The owners and the catalog read indexes only, so without this an open would not touch the tables, and
+        a damaged table (or an index that disagrees with it) would show at the first search instead of as the open's
+        one ``IndexCorrupt`` naming the file (a damaged page raises ``sqlite3.DatabaseError``, which ``open_index``
+        turns into that)."""
+        edges = f"SELECT (SELECT MIN({key}) FROM {table} NOT INDEXED), (SELECT MAX({key}) FROM {table} NOT INDEXED)"
+        ends = self._query_one(edges)
+        want = (int(keys[0]), int(keys[-1])) if len(keys) else (None, None)
+        if ends is None or tuple(ends) != want:
+            raise IndexCorrupt(f"{self.path.name}: the {table} table and its index disagree; rebuild the index")
 
     def catalog_rows(self, aids: Iterable[int] | None = None) -> list[CatalogRow]:
         """(key, date, source, tags, id) of every article, or of those with the given keys (a write's changed rows:
@@ -744,6 +757,8 @@ class Store:
             for chunk in _chunks(sorted({int(a) for a in aids}), 500):
                 marks = ",".join("?" * len(chunk))
                 found += conn.execute(f"{sql} WHERE aid IN ({marks}) ORDER BY aid", chunk).fetchall()
+        if aids is None:
+            self._check_ends("articles", "aid", np.asarray([r[0] for r in found[:1] + found[-1:]], dtype=np.int64))
         loads = json.loads
         return [(int(r[0]), r[1], r[2], () if r[3] == "[]" else tuple(loads(r[3])), str(r[4])) for r in found]
 
