@@ -24,7 +24,6 @@ from search.errors import StaleIndex
 from search.models import Article
 from search.news.dedup import DedupIndex
 from search.news.grouping import Text, label_new, load_duplicates, save_duplicates
-from search.ranking.catalog import ArticleCatalog
 from search.settings import Settings
 from search.storage.changes import apply_in_memory
 from search.storage.index import Index, now_iso
@@ -236,7 +235,7 @@ def apply_metadata(index: Index, articles: list[Article]) -> int:
     embedding or re-inserting anything; returns how many were updated.
 
     The store's row changes in one transaction with a new generation (servers reload); the catalog (filters,
-    facets, timelines, canonical copies) is rebuilt from it, and the caches that do not hold metadata (FAISS, BM25
+    facets, timelines, canonical copies) reads those rows again, and the caches that do not hold metadata (FAISS, BM25
     postings, profiles, duplicate fingerprints) are re-stamped with the new generation instead of going stale. An
     article keeps its story and duplicate labels: labels are never rewritten once given (search/news/grouping.py), so a
     corrected date moves it in timelines and date filters, not out of its story (``--rebuild`` regroups)."""
@@ -258,7 +257,7 @@ def apply_metadata(index: Index, articles: list[Article]) -> int:
         index.catch_up(None)
         return len(aids)
     index.generation = generation
-    index.catalog = ArticleCatalog.load(store)
+    index.catalog = index.catalog.updated(store, aids, aids)
     index.lexical = replace(index.lexical, generation=generation)
     if index.neighbours is not None:
         index.neighbours = replace(index.neighbours, generation=generation)

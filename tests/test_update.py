@@ -10,9 +10,11 @@ import pytest
 
 from indexer.update import add_articles, delete_articles
 from search.models import Article
+from search.ranking.catalog import ArticleCatalog
 from search.service import SearchService
 from search.settings import Settings
-from search.storage.index import check_index, open_index
+from search.storage.index import PassageOwners, check_index, open_index
+from tests.test_catalog_updates import assert_same_catalog
 
 
 @pytest.fixture
@@ -31,6 +33,9 @@ def consistent(service: SearchService) -> None:
     np.testing.assert_array_equal(index.articles.ids(), stored_aids)
     assert store.integrity_problems() == []  # includes the BM25 tables against their rows
     assert check_index(index.writable[0]) == []
+    assert_same_catalog(index.catalog, ArticleCatalog.load(store))  # updated by the write, not read again
+    fresh = PassageOwners.load(store)
+    assert [index.owners.pids.tolist(), index.owners.aids.tolist()] == [fresh.pids.tolist(), fresh.aids.tolist()]
 
 
 def test_delete_removes_an_article_from_every_side(writable: SearchService, embedder) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from search.ranking.catalog import ArticleCatalog
 from search.storage.index import Index
 from search.storage.store import ChangedRows
 from search.vectors.base import Changes
@@ -30,4 +29,4 @@ def apply_in_memory(
     aids, pids = deleted
     index.lexical = index.lexical.updated(rows, (aids, pids), added, generation)
     index.owners = index.owners.updated(pids, np.asarray(added[1], dtype=np.int64), owners)
-    index.catalog = ArticleCatalog.load(rows)
+    index.catalog = index.catalog.updated(rows, aids, added[0])  # its own rows, not the whole table

@@ -70,9 +70,15 @@ class PassageOwners:
 
     @classmethod
     def of(cls, pids: np.ndarray, aids: np.ndarray) -> PassageOwners:
-        sort = np.argsort(pids, kind="stable")
-        pids, aids = np.asarray(pids, dtype=np.int64)[sort], np.asarray(aids, dtype=np.int64)[sort]
-        return cls(pids, aids, np.argsort(aids, kind="stable"))
+        """Owners of ``pids`` (any order). Ids in order (as SQLite gives them: a write's passages get ids above all
+        others) are not sorted again, nor are their articles when those are in order too (a sort of 1.1M
+        passages costs 0.1 s, on every open and every write)."""
+        pids, aids = np.asarray(pids, dtype=np.int64), np.asarray(aids, dtype=np.int64)
+        if not _ascending(pids, strict=True):
+            sort = np.argsort(pids, kind="stable")
+            pids, aids = pids[sort], aids[sort]
+        order = np.arange(len(aids), dtype=np.int64) if _ascending(aids) else np.argsort(aids, kind="stable")
+        return cls(pids, aids, order)
 
     @classmethod
     def load(cls, store: Store) -> PassageOwners:
@@ -106,11 +112,24 @@ class PassageOwners:
         return int(self.pids.nbytes + self.aids.nbytes + self.order.nbytes)
 
     def updated(self, removed: list[int], added_pids: np.ndarray, added_aids: np.ndarray) -> PassageOwners:
-        keep = ~np.isin(self.pids, np.asarray(removed, dtype=np.int64))
+        """The owners after a write removed passages ``removed`` and added ``added_pids`` (of ``added_aids``): the
+        removed ids are found by binary search (``np.isin`` sorts all 1.1M ids for a few hundred), and the result is
+        not sorted again when the added ids come after the others, as SQLite gives them."""
+        gone = np.asarray(removed, dtype=np.int64)
+        keep = np.ones(len(self.pids), dtype=bool)
+        if len(gone) and len(self.pids):
+            at = np.minimum(np.searchsorted(self.pids, gone), len(self.pids) - 1)
+            keep[at[self.pids[at] == gone]] = False
         return PassageOwners.of(
             np.concatenate([self.pids[keep], np.asarray(added_pids, dtype=np.int64)]),
             np.concatenate([self.aids[keep], np.asarray(added_aids, dtype=np.int64)]),
         )
+
+
+def _ascending(values: np.ndarray, *, strict: bool = False) -> bool:
+    if len(values) < 2:
+        return True
+    return bool((values[1:] > values[:-1]).all() if strict else (values[1:] >= values[:-1]).all())
 
 
 class Published(Protocol):

@@ -406,11 +406,19 @@ class DeltaRows:
             doc = self.articles[aid]
             yield aid, str(doc["title"]), [str(p) for p in doc["paragraphs"]]
 
-    def catalog_rows(self) -> list[CatalogRow]:
-        return self.store.catalog_rows()
+    def catalog_rows(self, aids: Iterable[int] | None = None) -> list[CatalogRow]:
+        rows = self.store.catalog_rows()
+        if aids is None:
+            return rows
+        wanted = {int(a) for a in aids}
+        return [row for row in rows if row[0] in wanted]
 
     def groups(self) -> dict[int, tuple[str, str]]:
         return self.store.groups()
+
+    def groups_of(self, aids: Iterable[int]) -> dict[int, tuple[str, str]]:
+        groups = self.store.groups()
+        return {aid: groups[aid] for aid in {int(a) for a in aids} if aid in groups}
 
 
 def open_replica(
