@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -23,12 +24,14 @@ from indexer.build import Reusable, input_text, make_chunker, new_articles
 from search.errors import StaleIndex
 from search.models import Article
 from search.news.dedup import DedupIndex
-from search.news.grouping import Text, label_new, load_duplicates, save_duplicates
+from search.news.grouping import DUPLICATES_STATE, Text, label_new, load_duplicates, save_duplicates
+from search.news.neighbours import GRAPH_STATE
+from search.news.segmented import read_stamp
 from search.settings import Settings
 from search.storage.changes import apply_in_memory
 from search.storage.index import Index, now_iso
 from search.storage.manifest import write_manifest
-from search.storage.store import NewArticle
+from search.storage.store import NewArticle, Store
 from search.text.embedding import Embedder
 
 log = logging.getLogger("newsdesk.update")
@@ -267,18 +270,36 @@ def apply_metadata(index: Index, articles: list[Article]) -> int:
 
 
 def optimize(index: Index) -> int:
-    """Merge the vector segments and the BM25 segments saves appended (search/vectors/segments.py,
-    search/text/bm25.py) into new base files now, under the caches lock as a save; returns how many segment files
-    were merged (0: the bases already hold everything).
+    """Merge the segments saves appended (vectors: search/vectors/segments.py; BM25: search/text/bm25.py; profiles
+    and duplicate fingerprints: search/news/segmented.py) into new base files now, under the caches lock as a save;
+    returns how many segment files were merged (0: the bases already hold everything).
     Another process committing meanwhile makes this catch up (its own save may have merged) and try again."""
     for _ in range(CATCH_UP_TRIES):
         directory, store = index.writable
         with store.saving(index.generation) as ok:
             if ok and index.current():
                 merged = index.vectors.merge(directory, index.generation, index.manifest)
-                return merged + index.lexical.merge(directory)
+                return merged + index.lexical.merge(directory) + _merge_news(index, directory, store)
         if not index.current() or store.generation() != index.generation:
             index.catch_up(None)
             continue
         raise OSError(f"cannot take the caches lock of {directory}; is the directory writable?")
     raise StaleIndex(f"the index kept changing under this merge ({CATCH_UP_TRIES} tries); nothing was merged")
+
+
+def _merge_news(index: Index, directory: Path, store: Store) -> int:
+    """Write the profiles and the duplicate fingerprints as new bases when their stamps list segments; returns how
+    many segment files that merged. Under the caches lock, at ``index.generation`` (the caller checked)."""
+    merged = 0
+    update_neighbours(index)  # the profiles as of the index's generation, before they are written whole
+    listed = len(read_stamp(directory / GRAPH_STATE).get("segments", []))
+    if listed and index.neighbours is not None:
+        index.neighbours.save(directory, merge=True)
+        merged += listed
+    listed = len(read_stamp(directory / DUPLICATES_STATE).get("segments", []))
+    if listed:
+        dedup = index.duplicates if index.duplicates is not None else load_duplicates(directory, store, index.catalog)
+        save_duplicates(directory, dedup, index.generation, merge=True)
+        index.duplicates = dedup
+        merged += listed
+    return merged

@@ -75,7 +75,8 @@ def _stamp(directory: Path) -> dict[str, object]:
 
 
 def _segment_files(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if ".seg-" in p.name)
+    """The vector segments (the other caches append their own: lexical, profiles, duplicates)."""
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(("vectors.seg-", "articles.seg-")))
 
 
 def _stored(index: DirectoryIndex, table: str) -> tuple[np.ndarray, np.ndarray]:
@@ -239,10 +240,14 @@ def test_optimize_merges_the_segments(runner: CliRunner, index_dir: Path, opened
     add_articles(opened, _articles(2, 80, "new"), EMBEDDER, _settings(index_dir))
     delete_articles(opened, ["base-7"])
     assert len(_segment_files(index_dir)) == 4
+    # every cache appended its own: vectors, BM25 postings, profiles and duplicate fingerprints; optimize merges all
+    every = sorted(p.name for p in index_dir.iterdir() if ".seg-" in p.name)
+    assert {name.split(".")[0] for name in every} >= {"vectors", "articles", "lexical-passages", "neighbours"}
     result = invoke(runner, "optimize", "--index", index_dir)
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"merged 4 segment files into the base files of {index_dir}")
-    assert _segment_files(index_dir) == []
+    assert result.output.startswith(f"merged {len(every)} segment files into the base files of {index_dir}")
+    assert [p.name for p in index_dir.iterdir() if ".seg-" in p.name] == []
+    assert check_index(index_dir) == []
     _same_as_sqlite(index_dir)
     again = invoke(runner, "optimize", "--index", index_dir)
     assert again.exit_code == 0 and again.output.strip() == f"{index_dir}: no segments to merge"

@@ -171,13 +171,14 @@ def duplicates_problems(directory: Path, generation: int) -> list[str]:
     return []
 
 
-def save_duplicates(directory: Path, dedup: DedupIndex, generation: int) -> None:
+def save_duplicates(directory: Path, dedup: DedupIndex, generation: int, *, merge: bool = False) -> None:
     """Append a segment of what changed since ``dedup`` was loaded or saved (search/news/segmented.py), or write the
-    whole base when the files on disk are not the ones it is relative to or the merge policy says so; the stamp
-    last (a crash in between leaves the previous stamp, whose files are all still there). Under the caches lock."""
+    whole base when the files on disk are not the ones it is relative to, the merge policy says so, or ``merge``
+    (``newsdesk optimize``) asks; the stamp last (a crash in between leaves the previous stamp, whose files are all
+    still there). Under the caches lock."""
     on_disk = read_stamp(directory / DUPLICATES_STATE)
     stamp: JSONObject | None = None
-    if dedup.stamp is not None and on_disk == dedup.stamp:
+    if dedup.stamp is not None and on_disk == dedup.stamp and not merge:
         if not dedup.touched:
             stamp = on_disk | {"generation": generation}
         else:

@@ -300,15 +300,16 @@ class NeighbourGraph:
 
     # -- persistence --------------------------------------------------------------------------------------------
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: Path, *, merge: bool = False) -> None:
         """Append a segment holding what changed since the files on disk (the deleted keys, and the rows made or
         remade, keyed by article key), or write the whole base when those files are not the ones this graph is
-        relative to or the merge policy says so (search/news/segmented.py); the stamp last (a crash in between
-        leaves the previous stamp, whose files are all still there). Under the caches lock."""
+        relative to, the merge policy says so, or ``merge`` (``newsdesk optimize``) asks (search/news/segmented.py);
+        the stamp last (a crash in between leaves the previous stamp, whose files are all still there). Under the
+        caches lock."""
         on_disk = read_stamp(directory / GRAPH_STATE)
         fields = _stamp(self.generation, self.config) | {"changed": self.changed, "idf": len(self.idf)}
         stamp: JSONObject | None = None
-        if self.stamp is not None and on_disk == self.stamp:
+        if self.stamp is not None and on_disk == self.stamp and not merge:
             if not self.gone and not self.touched:
                 stamp = on_disk | fields
             else:
