@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from bench.archive import (
     CORPUS,
@@ -104,6 +105,7 @@ def test_a_two_size_run_reports_every_figure(tmp_path: Path) -> None:
     assert verdicts["4_dense_recall_at_10"]["pass"] is True
 
 
+@pytest.mark.slow  # 8 s of make test's 10 minutes; `newsdesk index`, serving and `check` are covered by their own tests
 def test_the_real_subset_is_built_by_newsdesk_index_served_and_resumed(tmp_path: Path) -> None:
     data = stand_in_data(tmp_path, 30)
     options = ("--sizes", "", "--real-subset", "12")  # no hash-vector size: the subset alone
