@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import threading
 import uuid
 import zipfile
 import zlib
@@ -104,3 +105,31 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+PREFETCH_CHUNK = 8 << 20
+
+
+def prefetch(fd: int) -> None:
+    """Read a memory-mapped cache file into the page cache in a background thread, so that an open stays a mapping
+    of headers and the searches after it soon touch pages already read instead of faulting each one in from disk.
+    Measured on the 924k-passage archive's 1.45 GB IVF base with a cold page cache: first searches 180-1,550 ms
+    against 4-18 ms once the file is cached (bench/README.md, "The whole corpus, measured"); the kernel's
+    ``POSIX_FADV_WILLNEED`` alone left most of the file unread. The thread reads a duplicate of ``fd`` sequentially
+    (``pread`` releases the GIL) and ends at the file's end or its first error."""
+    try:
+        mine = os.dup(fd)
+    except OSError:
+        return
+
+    def read_ahead() -> None:
+        try:
+            offset = 0
+            while chunk := os.pread(mine, PREFETCH_CHUNK, offset):
+                offset += len(chunk)
+        except OSError:
+            pass
+        finally:
+            os.close(mine)
+
+    threading.Thread(target=read_ahead, name="newsdesk-prefetch", daemon=True).start()

@@ -34,7 +34,7 @@ import numpy as np
 from search.errors import IndexCorrupt
 from search.jsontypes import JSONObject, JSONValue
 from search.memory import deep_size
-from search.storage.files import DAMAGED_CACHE, discarded_on_failure, file_crc32, fsync_path
+from search.storage.files import DAMAGED_CACHE, discarded_on_failure, file_crc32, fsync_path, prefetch
 from search.storage.store import ChangedRows, Store
 from search.text.fts import K1, B, fts_term_counts, query_terms, stem
 from search.vectors.segments import MERGE_FRACTION as MERGE_FRACTION
@@ -1289,6 +1289,9 @@ def _load_base(directory: Path, entry: JSONObject, columns: int, verify: bool) -
         if path.stat().st_size != sizes.get(key) or (verify and file_crc32(path) != sums.get(key)):
             raise IndexCorrupt(f"{path.name} is damaged (its size or CRC-32 is not the one saved)")
         arrays[key] = np.load(path, mmap_mode=None if key == "vocab" else "r", allow_pickle=False)
+        if key != "vocab":  # mapped: read ahead into the page cache while the first searches run (files.prefetch)
+            with path.open("rb") as fh:
+                prefetch(fh.fileno())
     text = arrays["vocab"].tobytes().decode("utf-8")
     terms = text.split("\n") if text else []
     n, postings = len(arrays["rowids"]), len(arrays["docs"])

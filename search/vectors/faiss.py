@@ -25,7 +25,7 @@ import numpy as np
 from search.errors import IndexCorrupt, InvalidInput
 from search.jsontypes import JSONObject
 from search.settings import Settings
-from search.storage.files import discarded_on_failure, file_crc32
+from search.storage.files import discarded_on_failure, file_crc32, prefetch
 from search.storage.manifest import FaissEntry, Manifest, RecallEntry, VectorEntry, write_manifest
 from search.storage.store import Store
 from search.vectors.base import (
@@ -248,6 +248,8 @@ class FaissVectorStore:
         store._mapped_file = fh if _is_mapped(fh) else None
         if store._mapped_file is None:
             fh.close()
+        else:
+            prefetch(fh.fileno())  # the codes are read on demand: have the kernel read them ahead of the searches
         return store
 
     def rebuild_as(self, factory: str, search: str) -> None:
