@@ -581,11 +581,11 @@ def _idf(postings: Postings, max_df: float) -> np.ndarray:
 
 def _term_rows(postings: Postings, keys: np.ndarray, idf: np.ndarray) -> sp.csr_matrix:
     """L2-normalised tf-idf rows of the articles ``keys`` (headline and body counted alike, sublinear tf)."""
-    if postings.positions(keys.tolist())[0].size != len(keys):
-        raise ValueError("every article needs its BM25 postings")
     # a write's new articles are all in the postings' small delta: one pass over its postings, not the table's
     segment = postings.segment_holding(keys)
-    _, rows = segment.positions(keys.tolist())
+    present, rows = segment.positions(keys.tolist())
+    if len(present) != len(keys):  # the delta, or the merged segment holding every live row
+        raise ValueError("every article needs its BM25 postings")
     width = len(idf)
     position = np.full(segment.rows, -1, dtype=np.int64)
     position[rows] = np.arange(len(rows))
