@@ -210,7 +210,7 @@ def test_an_index_saved_before_segments_opens_and_takes_segments(index_dir: Path
 # -- merges ------------------------------------------------------------------------------------------------
 
 
-def test_the_merge_policy_writes_new_bases_and_removes_the_segments(
+def test_past_merge_segments_the_segments_are_merged_into_one_and_the_base_kept(
     index_dir: Path, opened: DirectoryIndex, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(faiss_backend, "MERGE_SEGMENTS", 2)
@@ -218,10 +218,14 @@ def test_the_merge_policy_writes_new_bases_and_removes_the_segments(
     for n in range(2):
         add_articles(opened, _articles(1, 50 + n, f"new{n}"), EMBEDDER, _settings(index_dir))
     assert len(_segment_files(index_dir)) == 4 and (index_dir / "vectors.faiss").read_bytes() == before
-    add_articles(opened, _articles(1, 60, "new2"), EMBEDDER, _settings(index_dir))  # a third segment: merged
-    assert _segment_files(index_dir) == []
-    assert _stamp(index_dir)["segments"] == {"vectors.faiss": [], "articles.faiss": []}
-    assert (index_dir / "vectors.faiss").read_bytes() != before
+    delete_articles(opened, ["new0-0", opened.catalog.ids[0]])  # a third save, with tombstones of base vectors
+    assert len(_segment_files(index_dir)) == 2  # past the limit: one segment per kind
+    assert all(len(listed) == 1 for listed in _stamp(index_dir)["segments"].values())
+    assert (index_dir / "vectors.faiss").read_bytes() == before
+    _same_as_sqlite(index_dir)
+    for n in range(2):
+        add_articles(opened, _articles(1, 60 + n, f"more{n}"), EMBEDDER, _settings(index_dir))
+    assert len(_segment_files(index_dir)) == 2 and (index_dir / "vectors.faiss").read_bytes() == before
     _same_as_sqlite(index_dir)
 
 
@@ -304,14 +308,17 @@ class _CutAt:
         return operation
 
 
-@pytest.mark.parametrize("merge", [False, True])
+@pytest.mark.parametrize("merge", ["append", "segments", "base"])
 def test_a_save_cut_at_any_step_leaves_the_committed_state(
-    tmp_path: Path, built: Path, monkeypatch: pytest.MonkeyPatch, merge: bool
+    tmp_path: Path, built: Path, monkeypatch: pytest.MonkeyPatch, merge: str
 ) -> None:
-    """Every rename and removal of a save (appending a segment) or a merge is a place a kill can land: cut there,
-    the index opens to exactly SQLite's vectors, and the next write's save repairs the files."""
-    if merge:
+    """Every rename and removal of a save (appending a segment), a merge of the segments into one, or a merge into
+    a new base is a place a kill can land: cut there, the index opens to exactly SQLite's vectors, and the next
+    write's save repairs the files."""
+    if merge != "append":
         monkeypatch.setattr(faiss_backend, "MERGE_SEGMENTS", 1)
+    if merge == "base":
+        monkeypatch.setattr(faiss_backend, "MERGE_FRACTION", 0.0)
     real_replace, real_unlink = os.replace, Path.unlink
     step = 0
     while True:

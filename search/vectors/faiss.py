@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -201,9 +202,12 @@ class FaissVectorStore:
         if self._hnsw is not None:
             self._dead = int((faiss.vector_to_array(self._mapped().id_map) < 0).sum())
         self._live = faiss.IDSelectorRange(0, 2**63 - 1)  # every id but the -1 of a tombstone
-        # the base file this store's codes are memory-mapped from (``load``), held open so that a copy-on-write
+        # the base file this store's codes are memory-mapped from (``load``), held open so that a fold (``_own``)
         # reads the very bytes that were mapped even after a merge replaced the file; None: owned in memory
         self._mapped_file: BinaryIO | None = None
+        # what changed a mapped base since it was mapped, held beside it (the base is never resized: FAISS aborts)
+        self._layer = _Layer.empty(dimension)
+        self._base_ids: np.ndarray | None = None  # the mapped base's ids, sorted: read once, when first needed
         # changes since the files were written (segments.py): tracked only for a store loaded from or saved to
         # its files, so that a build, which writes a whole base, keeps no second copy of its vectors
         self.journal: Journal | None = None
@@ -250,6 +254,7 @@ class FaissVectorStore:
             fh.close()
         else:
             prefetch(fh.fileno())  # the codes are read on demand: have the kernel read them ahead of the searches
+            store._read_base_ids_ahead()
         return store
 
     def rebuild_as(self, factory: str, search: str) -> None:
@@ -269,10 +274,11 @@ class FaissVectorStore:
         return self._mapped_file is not None
 
     def _own(self) -> None:
-        """Copy-on-write: before the first change to a memory-mapped store, read the same file (the descriptor held
-        since ``load``, not the path a merge may have replaced) fully into memory and swap it in. The mapped file
-        is never written: FAISS cannot grow or shrink a mapped index (it aborts), and the base must stay what its
-        stamp says for other processes."""
+        """Read a memory-mapped store fully into memory and fold its layer into it (the base's removed vectors
+        removed, the added ones added): what a whole base's save (a merge) and training start from. Reads the
+        descriptor held since ``load``, not the path a merge may have replaced. The mapped file is never written:
+        FAISS cannot grow or shrink a mapped index (it aborts), and the base must stay what its stamp says for
+        other processes."""
         fh = self._mapped_file
         if fh is None:
             return
@@ -283,11 +289,61 @@ class FaissVectorStore:
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        layer = self._layer
         self._index, self._ivf = index, ivf
         self._hnsw = None if ivf is not None else _find_hnsw(index)
-        self._mapped_file = None
+        self._mapped_file, self._base_ids, self._layer = None, None, _Layer.empty(self.dimension)
         fh.close()
         self.set_search_params(self.search_params)
+        if len(layer.gone):
+            self._removed(layer.gone)
+        if len(layer.ids):
+            self._index.add_with_ids(layer.vectors, layer.ids)
+
+    def _remap(self, path: Path) -> None:
+        """Serve the base just written to ``path`` from its mapping instead of from memory: after a merge the
+        process holds the corpus's vectors once (in the page cache, shared with every other process that maps it),
+        not twice."""
+        try:
+            fh = path.open("rb")
+        except OSError:
+            return  # the in-memory copy serves on
+        try:
+            index = _read_mapped(fh) if _is_mapped(fh) else None
+        except RuntimeError:
+            index = None
+        if index is None:
+            fh.close()
+            return
+        faiss = _faiss()
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        self._index, self._ivf = index, ivf
+        self._hnsw = None if ivf is not None else _find_hnsw(index)
+        self._dead = int((faiss.vector_to_array(self._mapped().id_map) < 0).sum()) if self._hnsw is not None else 0
+        self._mapped_file, self._base_ids, self._layer = fh, None, _Layer.empty(self.dimension)
+        self.set_search_params(self.search_params)
+
+    def _mapped_base_ids(self) -> np.ndarray:
+        """The mapped base's ids, sorted (tombstones of an HNSW base left out), read once: the base never changes
+        while it is mapped."""
+        found = self._base_ids
+        if found is None:
+            found = self._base_ids = _index_ids(self._index, self._ivf)
+        return found
+
+    def _read_base_ids_ahead(self) -> None:
+        """Read the mapped base's ids in a background thread (0.4 s at 924k passages: an IVF's ids lie in its
+        mapped lists), so that the first write after an open need not. Set only if the same base is still mapped."""
+        index = self._index
+
+        def read() -> None:
+            found = _index_ids(index, self._ivf)
+            if self._index is index and self._base_ids is None:
+                self._base_ids = found
+
+        threading.Thread(target=read, name="newsdesk-faiss-ids", daemon=True).start()
 
     @classmethod
     def build(
@@ -371,8 +427,10 @@ class FaissVectorStore:
         if len(ids) == 0:
             return
         ids, vectors = checked_batch(ids, vectors, self.dimension)
-        self._own()
-        self._index.add_with_ids(vectors, ids)
+        if self._mapped_file is not None:
+            self._layer = self._layer.added(ids, vectors, self._mapped_base_ids())
+        else:
+            self._index.add_with_ids(vectors, ids)
         if self.journal is not None:
             self.journal.added(ids, vectors)
             self._bound_journal()
@@ -385,7 +443,10 @@ class FaissVectorStore:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return 0
-        removed = self._removed(ids)
+        if self._mapped_file is not None:
+            self._layer, removed = self._layer.removed(ids, self._mapped_base_ids())
+        else:
+            removed = self._removed(ids)
         if self.journal is not None:  # after the removal: one FAISS refused is not journalled as done
             self.journal.removed(ids)
             self._bound_journal()
@@ -394,7 +455,6 @@ class FaissVectorStore:
     def _removed(self, ids: np.ndarray) -> int:
         faiss = _faiss()
 
-        self._own()
         if self._hnsw is not None:
             return self._tombstone(ids)
         try:
@@ -441,7 +501,8 @@ class FaissVectorStore:
 
         ``allowed`` (sorted ids) restricts the search to those vectors, as a filter must: few of them are scored
         exactly (a graph or list walk through mostly excluded vectors would lose recall and time), many through an
-        ``IDSelector`` inside the index's own search.
+        ``IDSelector`` inside the index's own search. A mapped base with a layer is searched without the vectors
+        removed since (a selector) and the layer's additions exactly beside it, the two answers merged.
         """
         faiss = _faiss()
 
@@ -456,15 +517,28 @@ class FaissVectorStore:
                     return _exact_top(queries, allowed, self.reconstruct_batch(allowed), k)
                 except KeyError:
                     pass  # an id the store has and this copy lacks: the selector below skips it
-            params = self._params(faiss.IDSelectorBatch(allowed))
-            scores, ids = self._index.search(queries, k, params=params)
         else:
             k = max(1, min(k, max(self.count(), 1)))
-            if self._dead:
-                scores, ids = self._index.search(queries, k, params=self._params(self._live))
-            else:
-                scores, ids = self._index.search(queries, k)
+        layer = self._layer
+        keep: list[object] = []  # FAISS selectors hold raw pointers to each other: alive until the search is done
+        selector: object | None = None
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(allowed)
+        elif self._dead:
+            selector = self._live
+        if len(layer.gone):
+            keep.append(selector)
+            gone = faiss.IDSelectorNot(faiss.IDSelectorBatch(layer.gone))
+            keep.append(gone)
+            selector = gone if selector is None else faiss.IDSelectorAnd(selector, gone)
+        if selector is None:
+            scores, ids = self._index.search(queries, k)
+        else:
+            scores, ids = self._index.search(queries, k, params=self._params(selector))
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        if len(layer.ids):
+            more_s, more_i = layer.search(queries, k, allowed)
+            scores, ids = _merged_top(scores, ids, more_s, more_i, k)
         return scores, ids
 
     def _params(self, selector: object) -> object:
@@ -479,44 +553,50 @@ class FaissVectorStore:
         return faiss.SearchParameters(sel=selector)
 
     def reconstruct(self, id_: int) -> np.ndarray:
-        if int(id_) < 0:
-            raise KeyError(id_)
-        try:
-            return np.asarray(self._index.reconstruct(int(id_)), dtype=np.float32)
-        except RuntimeError:
-            raise KeyError(id_) from None
+        one: np.ndarray = self.reconstruct_batch(np.array([id_], dtype=np.int64))[0]
+        return one
 
     def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
         keys = lookup_keys(ids)
         if len(keys) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if (keys < 0).any():
+            raise KeyError(ids)
+        layer = self._layer
+        if not layer.changed:
+            return self._base_vectors(keys, ids)
+        rows = layer.lookup(keys)
+        in_delta = rows >= 0
+        if np.isin(keys[~in_delta], layer.gone).any():
+            raise KeyError(ids)  # removed from the base since it was mapped
+        out = np.empty((len(keys), self.dimension), dtype=np.float32)
+        if in_delta.any():
+            out[in_delta] = layer.vectors[rows[in_delta]]
+        if not in_delta.all():
+            out[~in_delta] = self._base_vectors(np.ascontiguousarray(keys[~in_delta]), ids)
+        return out
+
+    def _base_vectors(self, keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
         try:
             return np.asarray(self._index.reconstruct_batch(keys), dtype=np.float32)
         except RuntimeError:
             raise KeyError(ids) from None
 
     def count(self) -> int:
-        return int(self._index.ntotal) - self._dead
+        layer = self._layer
+        return int(self._index.ntotal) - self._dead - len(layer.gone) + len(layer.ids)
 
     def memory_bytes(self) -> int:
         """Bytes the FAISS index holds in memory (``faiss_bytes``): its share of the memory report's ``vectors``."""
-        return faiss_bytes(self._index)
+        layer = self._layer
+        return faiss_bytes(self._index) + int(layer.vectors.nbytes + layer.ids.nbytes + layer.gone.nbytes)
 
     def ids(self) -> np.ndarray:
-        faiss = _faiss()
-
-        if self._ivf is None:
-            id_map = faiss.vector_to_array(self._mapped().id_map).astype(np.int64)
-            return np.sort(id_map[id_map >= 0])
-        lists = self._ivf.invlists
-        parts = [np.zeros(0, np.int64)]
-        for i in range(lists.nlist):
-            size = lists.list_size(i)
-            if size:
-                ptr = lists.get_ids(i)
-                parts.append(faiss.rev_swig_ptr(ptr, size).astype(np.int64))  # astype copies before release
-                lists.release_ids(i, ptr)
-        return np.sort(np.concatenate(parts))
+        layer = self._layer
+        if not layer.changed:
+            return _index_ids(self._index, self._ivf)
+        base = np.setdiff1d(self._mapped_base_ids(), layer.gone, assume_unique=True)
+        return np.union1d(base, layer.ids)
 
     def save(self, path: Path) -> None:
         """Write to a temporary file and rename, so a reader never sees half a file.
@@ -526,7 +606,8 @@ class FaissVectorStore:
         (ENOSPC, EROFS) is an ``OSError``, and the temporary file is removed."""
         faiss = _faiss()
 
-        self._own()  # a mapped IVF would be written as a reference to on-disk lists; and this file may be that one
+        self._own()  # a mapped IVF would be written as a reference to on-disk lists; and this file may be that one,
+        # so the base is read and its layer folded in first
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with discarded_on_failure(tmp):
             with tmp.open("wb") as fh:
@@ -535,6 +616,97 @@ class FaissVectorStore:
                 except RuntimeError as exc:  # a FAISS error while serialising: reported like a failed write
                     raise OSError(f"cannot write {tmp.name}: {str(exc).splitlines()[0]}") from None
             os.replace(tmp, path)
+        self._remap(path)
+
+
+class _Layer:
+    """What changed a memory-mapped base since it was mapped, kept beside it: the vectors added since (``ids``,
+    ``vectors``: few, searched exactly with numpy; a merge writes a new base and maps that) and ``gone``, the sorted
+    ids of the base's vectors removed or replaced since. Lucene's and Qdrant's segment and tombstones, inside one
+    store: a write costs what it changed, not a copy of the base (1.45 GB at 924k passages, 9 s, before this).
+    Immutable: a change makes a new layer, swapped in whole, so a search that read one sees one state."""
+
+    __slots__ = ("gone", "ids", "vectors")
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, gone: np.ndarray) -> None:
+        self.ids = ids
+        self.vectors = vectors
+        self.gone = gone
+
+    @classmethod
+    def empty(cls, dimension: int) -> _Layer:
+        return cls(np.zeros(0, np.int64), np.zeros((0, dimension), np.float32), np.zeros(0, np.int64))
+
+    @property
+    def changed(self) -> bool:
+        return bool(len(self.ids) or len(self.gone))
+
+    def added(self, ids: np.ndarray, vectors: np.ndarray, base_ids: np.ndarray) -> _Layer:
+        """This layer with ``ids`` added (replacing a vector of the same id, in the base or among the added)."""
+        keep = ~np.isin(self.ids, ids)
+        held = self.vectors if len(self.vectors) else np.zeros((0, vectors.shape[1]), np.float32)
+        replaced = ids[np.isin(ids, base_ids)]
+        gone = np.union1d(self.gone, replaced) if len(replaced) else self.gone
+        return _Layer(
+            np.concatenate([self.ids[keep], ids]),
+            np.concatenate([held[keep], np.asarray(vectors, np.float32)]),
+            gone,
+        )
+
+    def removed(self, ids: np.ndarray, base_ids: np.ndarray) -> tuple[_Layer, int]:
+        """This layer with ``ids`` removed, and how many live vectors that removed."""
+        hit = np.isin(self.ids, ids)
+        from_base = np.setdiff1d(ids[np.isin(ids, base_ids)], self.gone)  # a replaced base vector is gone already
+        gone = np.union1d(self.gone, from_base) if len(from_base) else self.gone
+        return _Layer(self.ids[~hit], self.vectors[~hit], gone), int(hit.sum()) + len(from_base)
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's row among the added vectors, -1 where it is not one of them."""
+        if not len(self.ids):
+            return np.full(len(keys), -1, np.int64)
+        order = np.argsort(self.ids, kind="stable")
+        at = np.minimum(np.searchsorted(self.ids, keys, sorter=order), len(order) - 1)
+        rows = order[at]
+        found: np.ndarray = np.where(self.ids[rows] == keys, rows, -1)
+        return found
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` of the added vectors (those in ``allowed`` when given), padded as FAISS pads."""
+        ids, vectors = self.ids, self.vectors
+        if allowed is not None:
+            inside = np.isin(ids, allowed)
+            ids, vectors = ids[inside], vectors[inside]
+        if not len(ids):
+            return np.full((len(queries), 1), -np.inf, np.float32), np.full((len(queries), 1), -1, np.int64)
+        return _exact_top(queries, ids, vectors, k)
+
+
+def _merged_top(
+    scores: np.ndarray, ids: np.ndarray, more_s: np.ndarray, more_i: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of two answers per query (best first, ties by id, padding last), as one search gives."""
+    both_s = np.concatenate([scores, more_s], axis=1)
+    both_i = np.concatenate([ids, more_i], axis=1)
+    order = np.lexsort((np.where(both_i < 0, np.iinfo(np.int64).max, both_i), -both_s), axis=1)[:, :k]
+    return np.take_along_axis(both_s, order, axis=1), np.take_along_axis(both_i, order, axis=1)
+
+
+def _index_ids(index: FaissIndex, ivf: _IVF | None) -> np.ndarray:
+    """Every live id a FAISS index holds, sorted: its id map's (tombstones left out), or an IVF's lists'."""
+    faiss = _faiss()
+
+    if ivf is None:
+        id_map = faiss.vector_to_array(cast(_IdMap, index).id_map).astype(np.int64)
+        return np.sort(id_map[id_map >= 0])
+    lists = ivf.invlists
+    parts = [np.zeros(0, np.int64)]
+    for i in range(lists.nlist):
+        size = lists.list_size(i)
+        if size:
+            ptr = lists.get_ids(i)
+            parts.append(faiss.rev_swig_ptr(ptr, size).astype(np.int64))  # astype copies before release
+            lists.release_ids(i, ptr)
+    return np.sort(np.concatenate(parts))
 
 
 def _read_mapped(fh: BinaryIO) -> FaissIndex:
@@ -680,7 +852,7 @@ class FaissVectors(IndexVectors):
         rewritten: set[str] = set()
         for base, store in self._stores():
             entries = _entries(on_disk, base) if appendable else []
-            plan = _append_plan(store, base, entries, generation) if appendable else None
+            plan = _append_plan(store, base, entries, generation, directory) if appendable else None
             if plan is None:  # a whole base: a merge, or files this state's journal is not relative to
                 if self.stamp is not None and on_disk == self.stamp:
                     _verify_before_merge(directory, on_disk, base)
@@ -820,10 +992,13 @@ def sampled_recall(
 
 
 def _append_plan(
-    store: FaissVectorStore, base: str, entries: list[JSONObject], generation: int
+    store: FaissVectorStore, base: str, entries: list[JSONObject], generation: int, directory: Path
 ) -> tuple[Delta, list[JSONObject]] | None:
     """The segment to append for ``store``'s journal (maybe empty: nothing changed) and the segments it follows;
-    None when a whole base must be written instead: no journal, or the merge policy's limits passed."""
+    None when a whole base must be written instead: no journal, or the segments' rows past ``MERGE_FRACTION`` of
+    the store. Past ``MERGE_SEGMENTS`` files the segments and this change are written as one segment (a tiered
+    merge, as Lucene's: it costs the segments' size, a few MB), the base kept: rewriting a 1.45 GB base every
+    ninth write at 924k passages made that write cost seconds."""
     if store.journal is None:
         return None
     delta = store.journal.delta(store.dimension)
@@ -832,8 +1007,11 @@ def _append_plan(
     if any(entry["file"] == segment_name(base, generation) for entry in entries):
         return None  # this generation has a segment already (cannot happen with a journal; a whole base is safe)
     rows = delta.rows + sum(int(entry["rows"]) for entry in entries)
-    if len(entries) + 1 > MERGE_SEGMENTS or rows > MERGE_FRACTION * max(store.count(), 1):
+    if rows > MERGE_FRACTION * max(store.count(), 1):
         return None
+    if len(entries) + 1 > MERGE_SEGMENTS:
+        held = [read_segment(directory / str(entry["file"]), store.dimension) for entry in entries]
+        return compose([*held, delta], store.dimension), []
     return delta, entries
 
 

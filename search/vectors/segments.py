@@ -7,8 +7,9 @@ removed or replaced (tombstones). ``vectors.json``, written last with a rename, 
 every file's CRC-32, so a crash at any moment leaves either the old list or the new one; a file it does not list is
 garbage, removed by the next save. An open loads the base and applies the segments in order (tombstones first,
 then additions), which gives the same in-memory FAISS index as one built from the same vectors, so the query side
-is unchanged. When the segments grow past ``MERGE_SEGMENTS`` files or ``MERGE_FRACTION`` of the base, a save
-writes a new base instead (a merge) and the list empties; ``newsdesk optimize`` forces one.
+is unchanged. When the segments grow past ``MERGE_FRACTION`` of the base, a save writes a new base instead (a
+merge) and the list empties; past ``MERGE_SEGMENTS`` files it writes them and its own change as one segment (the
+base kept); ``newsdesk optimize`` forces a merge.
 
 A segment holds the float32 vectors as written (the embeddings SQLite stores), not FAISS codes: re-adding them to a
 trained SQ/PQ/IVF index on open encodes them exactly as the writer's in-memory index did.
