@@ -19,10 +19,17 @@ ones get profiles computed against every article (exactly as a build computes th
 until articles added or deleted since the last full build reach ``REBUILD_SHARE`` of the corpus. A save writes what
 the writes changed, not the graph: a segment of the deleted keys and the rows made or remade (keyed by article key)
 appended to ``neighbours.npz`` and listed in the stamp (``search/news/segmented.py``); an open applies the segments,
-composed into one, to the base. A write's update still passes over every article (the exact method scores each new
-article against all of them: their vectors, a transpose of the tf-idf rows, the postings for the new rows' terms, the
-profiles' transpose for ranking), about 0.1 s at 5,000 articles; pooled profiles score against a pool. Memory: about
-``(k + 1) × 16`` bytes an article for the profiles and their transpose, plus the tf-idf rows.
+composed into one, to the base. The exact method scores each new article against every article: their vectors
+(read whole), and their tf-idf rows through a transpose (term -> articles, ``TermColumns``) a writer keeps from write
+to write, deleted articles' columns skipped and articles added since read as rows until they pass 1/``TAIL_SHARE`` of
+the corpus (then transposed again). The new term rows and profiles are appended in spare room after the old ones
+(``Room``), and ``inverse`` (the profiles' transpose, for ranking) leaves out the rows appended since it was made,
+which ``rank`` reads as rows. So an addition passes over the entries of its own articles' terms and a pass over the
+article vectors, not over every article's entries: 65-80 ms of CPU for 10 articles at 26,671 (0.27-0.33 s when each
+write transposed and copied them), the profiles bit for bit the same. A deletion still renumbers every profile's
+columns (one pass over them). Pooled profiles score against a pool. Memory: about ``(k + 1) × 16`` bytes an article
+for the profiles and their transpose, plus the tf-idf rows, and in a writer their transpose again and up to
+1/``Room.GROWTH`` spare after each.
 
 Above ``EXACT_ARTICLES`` articles all pairs cost too much (Reuters' 21,577 took 37.5 s; the cost grows with the
 square), so profiles are *pooled*: the article vectors are split into clusters of about ``PoolConfig.cluster_size``
@@ -213,14 +220,15 @@ class NeighbourGraph:
             by_term = TermColumns.of(terms, keys)
         new = _profiles(np.arange(len(old), len(keys)), vectors, terms, keys, by_term, self.config)
         rooms: tuple[Room | None, Room | None] = (terms_room, None)
+        n, added_rows = len(keys), len(keys) - len(old)
         if keep.all():  # additions alone: older profiles and their transpose are kept as they are
-            profiles, room = _appended(self.profiles, new, len(keys), self.rooms[1])
+            profiles, room = _appended(self.profiles, new, n, self.rooms[1])
             rooms = (terms_room, room)
-            inverse, untransposed = _widen(self.inverse, len(keys), len(keys)), self.untransposed + len(new.indptr) - 1
-        else:
-            profiles = sp.vstack([_kept_columns(self.profiles, np.flatnonzero(~keep), len(keys)), new]).tocsr()
+            inverse, untransposed = _widen(self.inverse, n, n), self.untransposed + added_rows
+        else:  # every entry moves (columns renumbered): transposed again, faster than renumbering the transpose
+            profiles = sp.vstack([_kept_columns(self.profiles, np.flatnonzero(~keep), n), new]).tocsr()
             inverse, untransposed = profiles.T.tocsr(), 0
-        if untransposed > len(keys) // TAIL_SHARE:
+        if untransposed > n // TAIL_SHARE:
             inverse, untransposed = profiles.T.tocsr(), 0
         return NeighbourGraph(
             keys, profiles, inverse, terms, idf, changed, generation, self.config,
@@ -233,8 +241,10 @@ class NeighbourGraph:
     ) -> tuple[sp.csr_matrix, Room | None]:
         """The term rows of the kept articles (positions ``keep``), then those of the ``added`` keys, ``len(idf)``
         wide, and the room after them: without deletions the new rows are appended after the kept ones (``Room``)."""
-        kept = self.terms if keep.all() else self.terms[np.flatnonzero(keep)]
-        return _appended(kept, _term_rows(postings, added, idf), len(idf), self.rooms[0] if keep.all() else None)
+        rows = _term_rows(postings, added, idf)
+        if not keep.all():  # the kept rows are copied anyway: no room (the next addition makes one)
+            return sp.vstack([_widen(self.terms[np.flatnonzero(keep)], len(idf)), rows]).tocsr(), None
+        return _appended(self.terms, rows, len(idf), self.rooms[0])
 
     def _touched(self, deleted: Sequence[int], remade: Iterable[int]) -> frozenset[int]:
         """The keys whose rows a save must append after this write: those before, less the deleted, and ``remade``."""
