@@ -175,7 +175,7 @@ class NeighbourGraph:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if pool is None and len(keys) <= EXACT_ARTICLES:
             by_term = TermColumns.of(terms, keys)
-            profiles = _profiles(np.arange(len(keys)), vectors, terms, keys, by_term, config)
+            profiles = _profiles(np.arange(len(keys)), vectors, terms, config, keys, by_term)
             return cls(keys, profiles, profiles.T.tocsr(), terms, idf, 0, generation, config, by_term=by_term)
         pool = pool or DEFAULT_POOL
         centroids, clusters = _clustered(vectors, pool)
@@ -218,7 +218,7 @@ class NeighbourGraph:
         by_term = self.by_term
         if by_term is None or by_term.tail(keys) > len(keys) // TAIL_SHARE:
             by_term = TermColumns.of(terms, keys)
-        new = _profiles(np.arange(len(old), len(keys)), vectors, terms, keys, by_term, self.config)
+        new = _profiles(np.arange(len(old), len(keys)), vectors, terms, self.config, keys, by_term)
         rooms: tuple[Room | None, Room | None] = (terms_room, None)
         n, added_rows = len(keys), len(keys) - len(old)
         if keep.all():  # additions alone: older profiles and their transpose are kept as they are
@@ -740,13 +740,15 @@ def _profiles(
     rows: np.ndarray,
     vectors: np.ndarray,
     terms: sp.csr_matrix,
-    keys: np.ndarray,
-    by_term: TermColumns,
     config: NeighbourConfig,
+    keys: np.ndarray | None = None,
+    by_term: TermColumns | None = None,
 ) -> sp.csr_matrix:
-    """Profiles of the articles at positions ``rows`` against all ``len(vectors)`` articles (``keys``; their term
-    rows ``terms``, transposed in ``by_term``), ``BLOCK`` at a time."""
+    """Profiles of the articles at positions ``rows`` against all ``len(vectors)`` articles (``keys``, default
+    their positions; their term rows ``terms``, transposed in ``by_term``, default here), ``BLOCK`` at a time."""
     n = len(vectors)
+    keys = np.arange(n, dtype=np.int64) if keys is None else keys
+    by_term = TermColumns.of(terms, keys) if by_term is None else by_term
     k = min(config.k, n // MIN_SHARE)
     parts = []
     everyone = np.arange(n)
