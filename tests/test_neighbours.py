@@ -508,3 +508,11 @@ def test_an_addition_passes_over_the_entries_it_changed_not_every_article_s(monk
     assert sum(transposed) <= 10 * written < graph.terms.nnz // 20
     assert np.shares_memory(graph.terms.data, before.terms.data)  # the kept rows were not copied
     assert np.shares_memory(graph.profiles.data, before.profiles.data)
+    # a deletion alone, on a graph as an open loads it (no term transpose yet), transposes its profiles, no more
+    loaded = NeighbourGraph(**{**graph.__dict__, "by_term": None, "rooms": (None, None)})
+    transposed.clear()
+    with monkeypatch.context() as patched:
+        patched.setattr(sp._csr, "csr_tocsc", counted)
+        patched.setattr(sp._csc, "csr_tocsc", counted)
+        gone = loaded.updated([int(keys[7])], [], store, postings.without([int(keys[7])]), 4)
+    assert sum(transposed) <= gone.profiles.nnz

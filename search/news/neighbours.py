@@ -215,8 +215,8 @@ class NeighbourGraph:
         idf = self._idf_for(postings, len(keys))
         old = np.flatnonzero(keep)
         terms, terms_room = self._kept_terms(keep, keys[len(old) :], postings, idf)
-        by_term = self.by_term
-        if by_term is None or by_term.tail(keys) > len(keys) // TAIL_SHARE:
+        by_term = self.by_term  # made (or made again) only to score new rows: a deletion alone keeps it as it is
+        if len(keys) > len(old) and (by_term is None or by_term.tail(keys) > len(keys) // TAIL_SHARE):
             by_term = TermColumns.of(terms, keys)
         new = _profiles(np.arange(len(old), len(keys)), vectors, terms, self.config, keys, by_term)
         rooms: tuple[Room | None, Room | None] = (terms_room, None)
@@ -748,11 +748,11 @@ def _profiles(
     their positions; their term rows ``terms``, transposed in ``by_term``, default here), ``BLOCK`` at a time."""
     n = len(vectors)
     keys = np.arange(n, dtype=np.int64) if keys is None else keys
-    by_term = TermColumns.of(terms, keys) if by_term is None else by_term
     k = min(config.k, n // MIN_SHARE)
     parts = []
     everyone = np.arange(n)
     for lo in range(0, len(rows), BLOCK):
+        by_term = TermColumns.of(terms, keys) if by_term is None else by_term  # none to make for no rows
         block = rows[lo : lo + BLOCK]
         dense = vectors[block] @ vectors.T
         lexical = by_term.cosines(terms[block], terms, keys)
