@@ -25,10 +25,10 @@ to write, deleted articles' columns skipped and articles added since read as row
 the corpus (then transposed again). The new term rows and profiles are appended in spare room after the old ones
 (``Room``), and ``inverse`` (the profiles' transpose, for ranking) leaves out the rows appended since it was made,
 which ``rank`` reads as rows. So an addition passes over the entries of its own articles' terms and a pass over the
-article vectors, not over every article's entries: 65-80 ms of CPU for 10 articles at 26,671 (0.27-0.33 s when each
-write transposed and copied them), the profiles bit for bit the same. A deletion still renumbers every profile's
-columns (one pass over them). Pooled profiles score against a pool. Memory: about ``(k + 1) × 16`` bytes an article
-for the profiles and their transpose, plus the tf-idf rows, and in a writer their transpose again and up to
+article vectors, not over every article's entries: a median of 60-85 ms of CPU for 10 articles at 26,671 (0.19-0.28 s
+when each write transposed and copied them), the profiles bit for bit the same. A deletion still renumbers every
+profile's columns (one pass over them). Pooled profiles score against a pool. Memory: about ``(k + 1) × 16`` bytes an
+article for the profiles and their transpose, plus the tf-idf rows, and in a writer their transpose again and up to
 1/``Room.GROWTH`` spare after each.
 
 Above ``EXACT_ARTICLES`` articles all pairs cost too much (Reuters' 21,577 took 37.5 s; the cost grows with the
