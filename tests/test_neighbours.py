@@ -18,6 +18,7 @@ from indexer.sources import read_sources
 from indexer.update import add_articles, delete_articles
 from search.errors import InvalidInput
 from search.models import Article
+from search.news import neighbours as nb
 from search.news.neighbours import NeighbourConfig, NeighbourGraph, PoolConfig
 from search.ranking.catalog import Filter
 from search.service import SearchService
@@ -426,3 +427,92 @@ def test_a_stale_saved_graph_is_brought_up_to_date_not_rebuilt(tmp_path: Path) -
     assert graph.generation == reopened.store.generation()
     assert np.array_equal(graph.keys, expected.keys)
     assert (graph.profiles != expected.profiles).nnz == 0
+
+
+def full_inverse_rank(graph: NeighbourGraph, key: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rank`` read from the transpose of every profile (what a load or a build holds)."""
+    whole = NeighbourGraph(**{**graph.__dict__, "inverse": graph.profiles.T.tocsr(), "untransposed": 0})
+    return whole.rank(key)
+
+
+def test_a_chain_of_writes_keeps_exact_profiles_and_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes one after another (additions, deletions, both) on one graph, as a writer makes them: the kept term
+    transpose, the rows read past the transposes and the appended rooms (made small here, so they are remade and
+    outgrown along the way) give every new article the profile a build gives it, keep the older ones, rank as the
+    whole transpose does, bit for bit; and a second update of an older graph leaves the newer one as it was."""
+    monkeypatch.setattr(nb, "TAIL_SHARE", 40)  # the transposes remade every 10 articles added, of 400
+    monkeypatch.setattr(nb.Room, "GROWTH", 50)
+    rng = np.random.default_rng(11)
+    keys, vecs, rows = synthetic(400, seed=12)
+    postings = Postings.build(rows, 2)
+    graph = NeighbourGraph.build(keys, vecs, postings, 1, CONFIG)
+    store = vector_store(keys, vecs)
+    start = 401
+    for generation in range(2, 16):
+        deleted = rng.choice(graph.keys, size=2, replace=False).tolist() if generation % 4 == 0 else []
+        count = int(rng.integers(1, 6))
+        new_keys, new_vecs, new_rows = synthetic(count, seed=200 + generation, start=start)
+        start += count
+        postings = postings.without(deleted).extended(new_rows)
+        store.remove(np.asarray(deleted, dtype=np.int64))
+        store.add(new_keys, new_vecs)
+        before = graph
+        kept = np.flatnonzero(~np.isin(before.keys, deleted))
+        old_profiles = before.profiles[kept][:, kept].toarray()
+        graph = before.updated(deleted, new_keys.tolist(), store, postings, generation)
+        assert graph.changed > 0  # never rebuilt: what is checked is what an update made
+        live = np.sort(store.ids())
+        assert np.array_equal(graph.keys, live)
+        assert np.array_equal(graph.profiles[: len(kept)][:, : len(kept)].toarray(), old_profiles)
+        assert (graph.terms != nb._term_rows(postings, live, graph.idf)).nnz == 0
+        terms = oracle_terms(postings, live, graph.idf)
+        vectors = store.reconstruct_batch(live).astype(np.float64)
+        expected = oracle_profiles(vectors, terms, np.arange(len(kept), len(live)), CONFIG)
+        assert np.allclose(graph.profiles.toarray()[len(kept) :], expected, atol=1e-5)
+        for key in [*graph.keys[:: len(live) // 9].tolist(), *new_keys.tolist()]:
+            got, want = graph.rank(key), full_inverse_rank(graph, key)
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        # the older graph updated again (as a reader's copy might be): the newer graph's rows stay as they were
+        frozen = graph.terms.copy(), graph.profiles.copy()
+        other_keys, other_vecs, other_rows = synthetic(3, seed=900 + generation, start=start)
+        other_store = vector_store(np.concatenate([live, other_keys]), np.concatenate([vectors, other_vecs]))
+        before.updated(deleted, other_keys.tolist(), other_store, postings.extended(other_rows), generation)
+        assert (graph.terms != frozen[0]).nnz == 0 and (graph.profiles != frozen[1]).nnz == 0
+
+
+def test_an_addition_passes_over_the_entries_it_changed_not_every_article_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write's new articles are scored against a term transpose kept from the write before, and appended to the
+    term rows and profiles in place: a second addition transposes and copies about the entries of its own rows,
+    not the corpus's (the whole term rows and profiles were transposed, and copied, by every write before)."""
+    keys, vecs, rows = synthetic(3000, seed=13)
+    postings = Postings.build(rows, 2)
+    graph = NeighbourGraph.build(keys, vecs, postings, 1, CONFIG)
+    store = vector_store(keys, vecs)
+    start = 3001
+    for generation in (2, 3):  # the first makes what the later ones keep (as an open's first write)
+        new_keys, new_vecs, new_rows = synthetic(3, seed=300 + generation, start=start)
+        start += 3
+        postings = postings.extended(new_rows)
+        store.add(new_keys, new_vecs)
+        transposed: list[int] = []
+
+        def counted(*args: Any, seen: list[int] = transposed, real: Any = sp._csr.csr_tocsc) -> Any:
+            seen.append(len(args[3]))  # the entries passed over: (M, N, indptr, indices, ...)
+            return real(*args)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(sp._csr, "csr_tocsc", counted)
+            patched.setattr(sp._csc, "csr_tocsc", counted)
+            before, graph = graph, graph.updated([], new_keys.tolist(), store, postings, generation)
+    written = graph.profiles[-3:].nnz + graph.terms[-3:].nnz
+    assert sum(transposed) <= 10 * written < graph.terms.nnz // 20
+    assert np.shares_memory(graph.terms.data, before.terms.data)  # the kept rows were not copied
+    assert np.shares_memory(graph.profiles.data, before.profiles.data)
+    # a deletion alone, on a graph as an open loads it (no term transpose yet), transposes its profiles, no more
+    loaded = NeighbourGraph(**{**graph.__dict__, "by_term": None, "rooms": (None, None)})
+    transposed.clear()
+    with monkeypatch.context() as patched:
+        patched.setattr(sp._csr, "csr_tocsc", counted)
+        patched.setattr(sp._csc, "csr_tocsc", counted)
+        gone = loaded.updated([int(keys[7])], [], store, postings.without([int(keys[7])]), 4)
+    assert sum(transposed) <= gone.profiles.nnz

@@ -19,10 +19,17 @@ ones get profiles computed against every article (exactly as a build computes th
 until articles added or deleted since the last full build reach ``REBUILD_SHARE`` of the corpus. A save writes what
 the writes changed, not the graph: a segment of the deleted keys and the rows made or remade (keyed by article key)
 appended to ``neighbours.npz`` and listed in the stamp (``search/news/segmented.py``); an open applies the segments,
-composed into one, to the base. A write's update still passes over every article (the exact method scores each new
-article against all of them: their vectors, a transpose of the tf-idf rows, the postings for the new rows' terms, the
-profiles' transpose for ranking), about 0.1 s at 5,000 articles; pooled profiles score against a pool. Memory: about
-``(k + 1) × 16`` bytes an article for the profiles and their transpose, plus the tf-idf rows.
+composed into one, to the base. The exact method scores each new article against every article: their vectors
+(read whole), and their tf-idf rows through a transpose (term -> articles, ``TermColumns``) a writer keeps from write
+to write, deleted articles' columns skipped and articles added since read as rows until they pass 1/``TAIL_SHARE`` of
+the corpus (then transposed again). The new term rows and profiles are appended in spare room after the old ones
+(``Room``), and ``inverse`` (the profiles' transpose, for ranking) leaves out the rows appended since it was made,
+which ``rank`` reads as rows. So an addition passes over the entries of its own articles' terms and a pass over the
+article vectors, not over every article's entries: a median of 60-85 ms of CPU for 10 articles at 26,671 (0.19-0.28 s
+when each write transposed and copied them), the profiles bit for bit the same. A deletion still renumbers every
+profile's columns (one pass over them). Pooled profiles score against a pool. Memory: about ``(k + 1) × 16`` bytes an
+article for the profiles and their transpose, plus the tf-idf rows, and in a writer their transpose again and up to
+1/``Room.GROWTH`` spare after each.
 
 Above ``EXACT_ARTICLES`` articles all pairs cost too much (Reuters' 21,577 took 37.5 s; the cost grows with the
 square), so profiles are *pooled*: the article vectors are split into clusters of about ``PoolConfig.cluster_size``
@@ -42,6 +49,7 @@ articles and what pooling keeps of the exact profiles on BBC News (bench/README.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -82,6 +90,10 @@ EXACT_ARTICLES = 50_000
 # 10-1,000 articles (bench/README.md): from 50 articles on, profiles beat cosine in every draw.
 MIN_ARTICLES = 50
 BLOCK = 512  # rows of the all-pairs products computed at once: BLOCK × articles floats per side
+# A write's new rows are scored against the transposes (term -> articles, and ``inverse``) made before it, plus the
+# rows added since, read as rows; once those pass 1/TAIL_SHARE of the articles the transposes are made again (one
+# pass over every entry, every TAIL_SHARE-th of the corpus added: 0.19 s for the term rows of 26,671 articles).
+TAIL_SHARE = 32
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,13 @@ class NeighbourGraph:
     stamp: JSONObject | None = field(default=None, repr=False)
     gone: frozenset[int] = field(default=frozenset(), repr=False)
     touched: frozenset[int] = field(default=frozenset(), repr=False)
+    # ``inverse`` is the transpose of every profile but the last ``untransposed`` (appended by writes since it was
+    # made: ``rank`` reads those as rows), so a write does not transpose every profile again
+    untransposed: int = 0
+    # the term rows as term -> articles, kept from write to write (exact profiles; made by the first write)
+    by_term: TermColumns | None = field(default=None, repr=False, compare=False)
+    # the spare room after the entries of ``terms`` and ``profiles``, which a write's rows are appended to
+    rooms: tuple[Room | None, Room | None] = field(default=(None, None), repr=False, compare=False)
 
     # -- building -----------------------------------------------------------------------------------------------
 
@@ -155,8 +174,9 @@ class NeighbourGraph:
         terms = _term_rows(postings, keys, idf)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if pool is None and len(keys) <= EXACT_ARTICLES:
-            profiles = _profiles(np.arange(len(keys)), vectors, terms, config)
-            return cls(keys, profiles, profiles.T.tocsr(), terms, idf, 0, generation, config)
+            by_term = TermColumns.of(terms, keys)
+            profiles = _profiles(np.arange(len(keys)), vectors, terms, config, keys, by_term)
+            return cls(keys, profiles, profiles.T.tocsr(), terms, idf, 0, generation, config, by_term=by_term)
         pool = pool or DEFAULT_POOL
         centroids, clusters = _clustered(vectors, pool)
         rows = np.arange(len(keys))
@@ -194,24 +214,37 @@ class NeighbourGraph:
             return NeighbourGraph.build(keys, vectors, postings, generation, self.config)
         idf = self._idf_for(postings, len(keys))
         old = np.flatnonzero(keep)
-        terms = self._kept_terms(keep, keys[len(old) :], postings, idf)
-        kept = (
-            _widen(self.profiles, len(keys))
-            if keep.all()
-            else _kept_columns(self.profiles, np.flatnonzero(~keep), len(keys))
-        )
-        new = _profiles(np.arange(len(old), len(keys)), vectors, terms, self.config)
-        profiles = sp.vstack([kept, new]).tocsr()
+        terms, terms_room = self._kept_terms(keep, keys[len(old) :], postings, idf)
+        by_term = self.by_term  # made (or made again) only to score new rows: a deletion alone keeps it as it is
+        if len(keys) > len(old) and (by_term is None or by_term.tail(keys) > len(keys) // TAIL_SHARE):
+            by_term = TermColumns.of(terms, keys)
+        new = _profiles(np.arange(len(old), len(keys)), vectors, terms, self.config, keys, by_term)
+        rooms: tuple[Room | None, Room | None] = (terms_room, None)
+        n, added_rows = len(keys), len(keys) - len(old)
+        if keep.all():  # additions alone: older profiles and their transpose are kept as they are
+            profiles, room = _appended(self.profiles, new, n, self.rooms[1])
+            rooms = (terms_room, room)
+            inverse, untransposed = _widen(self.inverse, n, n), self.untransposed + added_rows
+        else:  # every entry moves (columns renumbered): transposed again, faster than renumbering the transpose
+            profiles = sp.vstack([_kept_columns(self.profiles, np.flatnonzero(~keep), n), new]).tocsr()
+            inverse, untransposed = profiles.T.tocsr(), 0
+        if untransposed > n // TAIL_SHARE:
+            inverse, untransposed = profiles.T.tocsr(), 0
         return NeighbourGraph(
-            keys, profiles, profiles.T.tocsr(), terms, idf, changed, generation, self.config,
+            keys, profiles, inverse, terms, idf, changed, generation, self.config,
             stamp=self.stamp, gone=self.gone | set(map(int, deleted)), touched=self._touched(deleted, keys[len(old) :]),
+            untransposed=untransposed, by_term=by_term, rooms=rooms,
         )  # fmt: skip
 
-    def _kept_terms(self, keep: np.ndarray, added: np.ndarray, postings: Postings, idf: np.ndarray) -> sp.csr_matrix:
+    def _kept_terms(
+        self, keep: np.ndarray, added: np.ndarray, postings: Postings, idf: np.ndarray
+    ) -> tuple[sp.csr_matrix, Room | None]:
         """The term rows of the kept articles (positions ``keep``), then those of the ``added`` keys, ``len(idf)``
-        wide: without deletions the kept rows' arrays are reused as they are (no copy)."""
-        kept = _widen(self.terms if keep.all() else self.terms[np.flatnonzero(keep)], len(idf))
-        return sp.vstack([kept, _term_rows(postings, added, idf)]).tocsr()
+        wide, and the room after them: without deletions the new rows are appended after the kept ones (``Room``)."""
+        rows = _term_rows(postings, added, idf)
+        if not keep.all():  # the kept rows are copied anyway: no room (the next addition makes one)
+            return sp.vstack([_widen(self.terms[np.flatnonzero(keep)], len(idf)), rows]).tocsr(), None
+        return _appended(self.terms, rows, len(idf), self.rooms[0])
 
     def _touched(self, deleted: Sequence[int], remade: Iterable[int]) -> frozenset[int]:
         """The keys whose rows a save must append after this write: those before, less the deleted, and ``remade``."""
@@ -245,7 +278,7 @@ class NeighbourGraph:
         old = np.flatnonzero(keep)
         n, fresh = len(keys), np.arange(len(old), len(keys))
         idf = self._idf_for(postings, n)
-        terms = self._kept_terms(keep, keys[len(old) :], postings, idf)
+        terms, terms_room = self._kept_terms(keep, keys[len(old) :], postings, idf)
         vectors_new = _vectors(articles, keys[fresh])
         joined = _nearest(vectors_new, self.centroids)
         clusters = np.concatenate([self.clusters[keep], joined]).astype(np.int32)
@@ -274,7 +307,7 @@ class NeighbourGraph:
             keys, profiles, profiles.T.tocsr(), terms, idf, changed, generation, self.config,
             self.centroids, clusters, best, self.pool,
             stamp=self.stamp, gone=self.gone | set(self.keys[~keep].tolist()),
-            touched=self._touched(self.keys[~keep].tolist(), remade),
+            touched=self._touched(self.keys[~keep].tolist(), remade), rooms=(terms_room, None),
         )  # fmt: skip
 
     # -- reading ------------------------------------------------------------------------------------------------
@@ -291,6 +324,10 @@ class NeighbourGraph:
             raise KeyError(key)
         row = (self.profiles[i] @ self.inverse).tocoo()  # sparse: cost ~ k² however large the corpus
         cols, scores = row.col, row.data.astype(np.float32)
+        if self.untransposed:  # the profiles ``inverse`` leaves out, read as rows (the same sums, in the same order)
+            lo = len(self.keys) - self.untransposed
+            tail = (self.profiles[lo:] @ self.profiles[i].T).tocoo()
+            cols, scores = np.concatenate([cols, lo + tail.row]), np.concatenate([scores, tail.data.astype(np.float32)])
         keep = cols != i
         if allowed is not None:
             keep &= np.isin(self.keys[cols], allowed)
@@ -399,7 +436,9 @@ class NeighbourGraph:
     def memory_bytes(self) -> int:
         """What the profiles, their transpose, the term rows, the idf and (pooled) the clusters and best cosines
         hold: ``profiles`` in the memory report."""
-        parts = (self.keys, self.profiles, self.inverse, self.terms, self.idf, self.centroids, self.clusters, self.best)
+        parts = [self.keys, self.profiles, self.inverse, self.terms, self.idf, self.centroids, self.clusters, self.best]
+        if self.by_term is not None:  # the kept term transpose (a writer's); the rooms count through their views
+            parts += [self.by_term.matrix, self.by_term.keys]
         return deep_size(tuple(p for p in parts if p is not None))
 
 
@@ -600,26 +639,123 @@ def _term_rows(postings: Postings, keys: np.ndarray, idf: np.ndarray) -> sp.csr_
     return scaled.tocsr()
 
 
-def _widen(matrix: sp.csr_matrix, width: int) -> sp.csr_matrix:
-    """The same rows with ``width`` columns (more terms, or more articles, since they were made)."""
+def _widen(matrix: sp.csr_matrix, width: int, height: int | None = None) -> sp.csr_matrix:
+    """The same rows with ``width`` columns (more terms, or more articles, since they were made), and ``height``
+    rows (the rows added empty)."""
     m = matrix.tocsr()
-    return sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], width))
+    indptr = m.indptr
+    if height is not None and height > m.shape[0]:
+        indptr = np.concatenate([indptr, np.full(height - m.shape[0], indptr[-1], dtype=indptr.dtype)])
+    return sp.csr_matrix((m.data, m.indices, indptr), shape=(len(indptr) - 1, width))
 
 
-def _profiles(rows: np.ndarray, vectors: np.ndarray, terms: sp.csr_matrix, config: NeighbourConfig) -> sp.csr_matrix:
-    """Profiles of the articles at positions ``rows`` against all ``len(vectors)`` articles, ``BLOCK`` at a time."""
+class Room:
+    """Spare room after the entries of a CSR matrix, so that appending rows writes only them, not again the rows
+    before (a list's over-allocation, applied to the term rows and profiles a write appends to): ``data`` and
+    ``indices`` hold ``used`` entries, the matrix's, then free space. Only the matrix holding exactly those entries
+    appends in place; one made before (an older graph still being read, or updated a second time) copies into a new
+    room, so the entries of a matrix never change under its readers."""
+
+    GROWTH = 8  # a new room leaves 1/GROWTH of the entries free (one copy each eighth of the corpus appended)
+
+    def __init__(self, matrix: sp.csr_matrix, extra: int) -> None:
+        nnz = matrix.nnz
+        capacity = nnz + extra + max(nnz // self.GROWTH, extra, 1024)
+        self.data = np.empty(capacity, dtype=matrix.data.dtype)
+        self.indices = np.empty(capacity, dtype=matrix.indices.dtype)
+        self.data[:nnz], self.indices[:nnz] = matrix.data[:nnz], matrix.indices[:nnz]
+        self.used = nnz
+
+    def holds(self, matrix: sp.csr_matrix, extra: int) -> bool:
+        """Whether ``matrix``'s entries are all this room holds, with room after them for ``extra`` more."""
+        mine = matrix.data.base is self.data and matrix.indices.base is self.indices
+        return mine and self.used == matrix.nnz and self.used + extra <= len(self.data)
+
+
+_ROOMS = threading.Lock()  # a room is claimed (``used`` moved past the rows to write) by one append at a time
+
+
+def _appended(
+    matrix: sp.csr_matrix, rows: sp.csr_matrix, width: int, room: Room | None
+) -> tuple[sp.csr_matrix, Room | None]:
+    """``vstack([matrix, rows])``, ``width`` wide, and the room holding its entries: ``rows`` written after
+    ``matrix``'s entries in ``room`` when it holds them (``matrix`` is not copied), else both into a new room."""
+    m, rows = matrix.tocsr(), rows.tocsr()
+    nnz, extra = m.nnz, rows.nnz
+    dtype = np.int32 if max(nnz + extra, width, m.shape[0] + rows.shape[0]) < np.iinfo(np.int32).max else np.int64
+    if m.indices.dtype != dtype or m.indptr.dtype != dtype:  # scipy's index type changes: copied by vstack
+        stacked: sp.csr_matrix = sp.vstack([_widen(m, width), _widen(rows, width)]).tocsr()
+        return stacked, None
+    with _ROOMS:
+        claimed = room is not None and room.holds(m, extra)
+        if room is not None and claimed:
+            room.used = nnz + extra
+    if room is None or not claimed:
+        room = Room(m, extra)
+        room.used = nnz + extra
+    room.data[nnz : nnz + extra] = rows.data
+    room.indices[nnz : nnz + extra] = rows.indices
+    indptr = np.concatenate([m.indptr, (nnz + rows.indptr[1:]).astype(dtype)])
+    shape = (len(indptr) - 1, width)
+    return sp.csr_matrix((room.data[: nnz + extra], room.indices[: nnz + extra], indptr), shape=shape), room
+
+
+@dataclass(frozen=True)
+class TermColumns:
+    """The term rows of the articles ``keys`` transposed (term -> articles): what scoring rows against every
+    article's terms reads. Made once and kept while writes add and delete articles (a deleted article's column is
+    skipped, articles added since are scored from their rows) instead of transposing every term row per write, the
+    cost of a write at 26,671 articles otherwise (0.19 s of the 0.42 s of a 10-article add)."""
+
+    matrix: sp.csr_matrix  # (terms then, len(keys)): row t lists the articles holding term t, with their weights
+    keys: np.ndarray  # int64, ascending: the article of each column
+
+    @classmethod
+    def of(cls, terms: sp.csr_matrix, keys: np.ndarray) -> TermColumns:
+        return cls(terms.T.tocsr(), np.asarray(keys, dtype=np.int64))
+
+    def tail(self, keys: np.ndarray) -> int:
+        """How many of ``keys`` (the articles now, ascending) came after these columns were made: the last ones."""
+        return len(keys) - int(np.searchsorted(keys, self.keys[-1], side="right")) if len(self.keys) else len(keys)
+
+    def cosines(self, rows: sp.csr_matrix, terms: sp.csr_matrix, keys: np.ndarray) -> np.ndarray:
+        """The tf-idf cosines (float32, ``rows`` × ``len(keys)``) of ``rows`` to the term rows ``terms`` of the
+        articles ``keys``: the columns' articles still there from the transpose, the ones added since from their
+        rows. The same products summed in the same order as ``rows @ terms.T`` (scipy transposes to rows too)."""
+        out = np.zeros((rows.shape[0], len(keys)), dtype=np.float32)
+        at = np.minimum(np.searchsorted(keys, self.keys), max(len(keys) - 1, 0))
+        present = keys[at] == self.keys if len(keys) else np.zeros(len(self.keys), dtype=bool)
+        if present.any():
+            # terms first seen since hold none of these columns: empty rows (``rows`` as they are, not sliced, so
+            # each product's terms are summed in the row's order, as ``rows @ terms.T`` sums them)
+            matrix = _widen(self.matrix, self.matrix.shape[1], rows.shape[1])
+            out[:, at[present]] = (rows @ matrix).toarray()[:, present]
+        lo = len(keys) - self.tail(keys)
+        if lo < len(keys):
+            out[:, lo:] = (rows @ terms[lo:].T).toarray()
+        return out
+
+
+def _profiles(
+    rows: np.ndarray,
+    vectors: np.ndarray,
+    terms: sp.csr_matrix,
+    config: NeighbourConfig,
+    keys: np.ndarray | None = None,
+    by_term: TermColumns | None = None,
+) -> sp.csr_matrix:
+    """Profiles of the articles at positions ``rows`` against all ``len(vectors)`` articles (``keys``, default
+    their positions; their term rows ``terms``, transposed in ``by_term``, default here), ``BLOCK`` at a time."""
     n = len(vectors)
+    keys = np.arange(n, dtype=np.int64) if keys is None else keys
     k = min(config.k, n // MIN_SHARE)
     parts = []
-    # The transpose costs a pass over every stored term entry (20-30 ms at 5,000 articles, 1.8M entries) even for a
-    # write's few rows: the floor of scoring new articles against all. Measured on that index, ``terms @ rows.T``
-    # without it took as long (29 ms) and a gather over the entries on the rows' terms longer (330 ms).
-    terms_t = terms.T.tocsc()
     everyone = np.arange(n)
     for lo in range(0, len(rows), BLOCK):
+        by_term = TermColumns.of(terms, keys) if by_term is None else by_term  # none to make for no rows
         block = rows[lo : lo + BLOCK]
         dense = vectors[block] @ vectors.T
-        lexical = np.asarray((terms[block] @ terms_t).todense(), dtype=np.float32)
+        lexical = by_term.cosines(terms[block], terms, keys)
         parts.append(_scored(block, dense, lexical, everyone, n, k, config)[0])
     if not parts:
         return sp.csr_matrix((0, n), dtype=np.float32)
