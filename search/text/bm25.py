@@ -41,7 +41,8 @@ from search.vectors.segments import MERGE_FRACTION as MERGE_FRACTION
 from search.vectors.segments import MERGE_SEGMENTS as MERGE_SEGMENTS
 
 LEXICAL_STATE = "lexical.json"
-POSTINGS_VERSION = 2  # part of the cache stamp: bump when tokenization or layout changes (2: a base and segments)
+POSTINGS_VERSION = 3  # part of the cache stamp: bump when tokenization or layout changes (2: a base and segments;
+# 3: FTS5's unicode61 tokens exactly, search/text/unicode61.py)
 
 
 def idf(rows: int, df: int) -> float:
