@@ -46,8 +46,10 @@ POSTINGS_VERSION = 3  # part of the cache stamp: bump when tokenization or layou
 
 
 def idf(rows: int, df: int) -> float:
-    """FTS5's BM25 inverse document frequency, floored just above zero as FTS5 floors it."""
-    return max(math.log((rows - df + 0.5) / (df + 0.5)), 1e-6)
+    """FTS5's BM25 inverse document frequency: one that is not positive (a term in half the rows or more) becomes
+    1e-6, as FTS5 sets it; a positive one below 1e-6 (a term in just under half of millions of rows) is kept."""
+    value = math.log((rows - df + 0.5) / (df + 0.5))
+    return value if value > 0 else 1e-6
 
 
 class Vocab(Mapping[str, int]):
