@@ -288,3 +288,13 @@ def test_idf_keeps_fts5s_small_positive_values() -> None:
     rows, df = 20_000_001, 10_000_000
     assert bm25.idf(rows, df) == math.log((rows - df + 0.5) / (df + 0.5)) < 1e-6
     assert bm25.idf(10, 5) == bm25.idf(10, 9) == 1e-6
+
+
+def test_pruned_top_10_is_the_exhaustive_one_on_the_bundled_corpus(service: SearchService, pruning: str) -> None:
+    """Real text (the fixture corpus, its headlines weighted): ``forced`` makes its small tables take every pruning
+    step; the pruned top 10 has the exhaustive one's keys, scores and order."""
+    pruned = MemoryBM25(service.index, 2.5, prune=True)
+    exhaustive = MemoryBM25(service.index, 2.5, prune=False)
+    for query in [*QUERIES, "chips", "central bank rates rates", "the"]:
+        for search in ("search_articles", "search_passages"):
+            assert getattr(pruned, search)(query, 10) == getattr(exhaustive, search)(query, 10), (search, query)
