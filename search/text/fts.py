@@ -137,4 +137,7 @@ def stem(token: str) -> str:
 def fts_term_counts(text: str) -> tuple[int, Counter[str]]:
     """(tokens, stem counts) of a text, tokenized as the FTS5 tables are (``unicode61.tokens``, then ``stem``)."""
     tokens = unicode61.tokens(text)
-    return len(tokens), Counter(stem(t) for t in tokens)
+    counts: Counter[str] = Counter()
+    for token, n in Counter(tokens).items():  # each distinct token stemmed once
+        counts[stem(token)] += n
+    return len(tokens), counts

@@ -298,9 +298,26 @@ def _char_class(ranges: tuple[tuple[int, int], ...]) -> str:
     return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
 
 
-_ENDS = _char_class(((0, 0), *_SEPARATORS, (0xD800, 0xDFFF)))  # NUL and lone surrogates never occur in stored text
+def _astral_tokens() -> tuple[tuple[int, int], ...]:
+    """The token characters above the BMP, as ranges: the gaps between the separators there."""
+    gaps, after = [], 0x10000
+    for a, b in _SEPARATORS:
+        if b >= 0x10000:
+            if max(a, 0x10000) > after:
+                gaps.append((after, max(a, 0x10000) - 1))
+            after = b + 1
+    return (*gaps, (after, 0x10FFFF)) if after <= 0x10FFFF else tuple(gaps)
+
+
+# A character class holding every separator ends in one range op per separator range above the BMP, which Python's
+# regex engine tests one by one for every token character (about 85 of them): so the separators are listed for the
+# BMP only (one table lookup), and a character above it is matched by a second, positive class of its token ranges.
+_BMP_ENDS = _char_class(
+    ((0, 0), *((a, min(b, 0xFFFF)) for a, b in _SEPARATORS if a <= 0xFFFF), (0xD800, 0xDFFF), (0x10000, 0x10FFFF))
+)  # NUL and lone surrogates never occur in stored text
 _ACCENTS = "".join(re.escape(chr(c)) for c in _DIACRITICS)
-_TOKEN = re.compile(f"[^{_ENDS}{_ACCENTS}][^{_ENDS}]*")
+_ASTRAL = f"[{_char_class(_astral_tokens())}]"
+_TOKEN = re.compile(f"(?:[^{_BMP_ENDS}{_ACCENTS}]|{_ASTRAL})(?:[^{_BMP_ENDS}]|{_ASTRAL})*")
 _ASCII_TOKEN = re.compile(r"[a-z0-9]+")  # ASCII text (lowercased): FTS5's ASCII token characters
 FOLD: dict[int, str] = {**{a: chr(b) for a, b in _FOLDS}, **{c: "" for c in _DIACRITICS}}
 
@@ -309,4 +326,4 @@ def tokens(text: str) -> list[str]:
     """FTS5's ``unicode61 remove_diacritics 2`` tokens of ``text``, folded, in order (before any stemming)."""
     if text.isascii():  # most rows: lowercasing is FTS5's whole fold there
         return _ASCII_TOKEN.findall(text.lower())
-    return [t.translate(FOLD) for t in _TOKEN.findall(text)]
+    return [t.lower() if t.isascii() else t.translate(FOLD) for t in _TOKEN.findall(text)]
