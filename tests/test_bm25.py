@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -280,3 +281,20 @@ def test_memory_bm25_answers_as_the_exhaustive_scorer(pruning: str) -> None:
         every = postings.scores(phrases, (1.0, 1.0))
         want = {int(postings.rowids[r]): float(every[r]) for r in postings.positions(keys)[1] if every[r] > 0}
         assert memory.score_articles(text, keys) == want
+
+
+def test_idf_keeps_fts5s_small_positive_values() -> None:
+    # FTS5's bm25(): idf = log((N - n + 0.5) / (n + 0.5)), and 1e-6 only where that is not positive
+    rows, df = 20_000_001, 10_000_000
+    assert bm25.idf(rows, df) == math.log((rows - df + 0.5) / (df + 0.5)) < 1e-6
+    assert bm25.idf(10, 5) == bm25.idf(10, 9) == 1e-6
+
+
+def test_pruned_top_10_is_the_exhaustive_one_on_the_bundled_corpus(service: SearchService, pruning: str) -> None:
+    """Real text (the fixture corpus, its headlines weighted): ``forced`` makes its small tables take every pruning
+    step; the pruned top 10 has the exhaustive one's keys, scores and order."""
+    pruned = MemoryBM25(service.index, 2.5, prune=True)
+    exhaustive = MemoryBM25(service.index, 2.5, prune=False)
+    for query in [*QUERIES, "chips", "central bank rates rates", "the"]:
+        for search in ("search_articles", "search_passages"):
+            assert getattr(pruned, search)(query, 10) == getattr(exhaustive, search)(query, 10), (search, query)

@@ -41,12 +41,15 @@ from search.vectors.segments import MERGE_FRACTION as MERGE_FRACTION
 from search.vectors.segments import MERGE_SEGMENTS as MERGE_SEGMENTS
 
 LEXICAL_STATE = "lexical.json"
-POSTINGS_VERSION = 2  # part of the cache stamp: bump when tokenization or layout changes (2: a base and segments)
+POSTINGS_VERSION = 3  # part of the cache stamp: bump when tokenization or layout changes (2: a base and segments;
+# 3: FTS5's unicode61 tokens exactly, search/text/unicode61.py)
 
 
 def idf(rows: int, df: int) -> float:
-    """FTS5's BM25 inverse document frequency, floored just above zero as FTS5 floors it."""
-    return max(math.log((rows - df + 0.5) / (df + 0.5)), 1e-6)
+    """FTS5's BM25 inverse document frequency: one that is not positive (a term in half the rows or more) becomes
+    1e-6, as FTS5 sets it; a positive one below 1e-6 (a term in just under half of millions of rows) is kept."""
+    value = math.log((rows - df + 0.5) / (df + 0.5))
+    return value if value > 0 else 1e-6
 
 
 class Vocab(Mapping[str, int]):

@@ -20,16 +20,15 @@ operators (AND, NEAR, ``*``, ``^``, ``:``), punctuation and any script are searc
 from __future__ import annotations
 
 import functools
-import re
 import sqlite3
-import threading
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from typing import Protocol
 
 from search.errors import IndexCorrupt
 from search.storage.store import Store
+from search.text import unicode61
+from search.text.porter import porter
 
 # Function words that match nearly every document: dropping them keeps OR queries fast and BM25 focused.
 STOPWORDS = frozenset(
@@ -40,14 +39,14 @@ STOPWORDS = frozenset(
     them themselves then there these they this those through to too under until up very was we were what when where
     which while who whom why will with would you your yours yourself yourselves""".split()
 )
-_TOKEN = re.compile(r"\w+", re.UNICODE)
-_FTS_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)  # unicode61: letters and digits; everything else separates
 K1, B = 1.2, 0.75  # FTS5's bm25() constants
 
 
 def query_terms(text: str) -> list[str]:
-    """Distinct word tokens of ``text``, stopwords dropped unless nothing else is left."""
-    tokens = list(dict.fromkeys(t for t in _TOKEN.findall(text.casefold()) if t.strip("_")))
+    """Distinct tokens of ``text``, stopwords dropped unless nothing else is left. FTS5's own tokens (folded), so that
+    each quoted term of ``match_expression`` is one token to FTS5 (a word FTS5 split would become a phrase) and
+    the in-memory BM25 looks up the very term FTS5 searches."""
+    tokens = list(dict.fromkeys(unicode61.tokens(text)))
     content = [t for t in tokens if t not in STOPWORDS]
     return content or tokens
 
@@ -128,42 +127,17 @@ class Fts5Lexical:
         return self._score("passages_fts", query, ids)
 
 
-class _Stemmer(Protocol):
-    """What ``stem`` calls on a PyStemmer ``Stemmer`` (an extension type without stubs)."""
-
-    def stemWord(self, word: str) -> str: ...
-
-
-_STEMMER: _Stemmer | None = None
-_STEMMER_LOCK = threading.Lock()
-PORTER_MIN, PORTER_MAX = 3, 64  # FTS5's porter tokenizer passes shorter and longer tokens through unstemmed
-
-
-@functools.lru_cache(maxsize=200_000)
+@functools.lru_cache(maxsize=400_000)
 def stem(token: str) -> str:
-    """The stem FTS5's ``porter`` tokenizer gives (PyStemmer's ``porter`` is the same algorithm)."""
-    global _STEMMER
-    folded = _fold(token)
-    if not PORTER_MIN <= len(folded) <= PORTER_MAX:
-        return folded
-    with _STEMMER_LOCK:  # a Stemmer object is not thread-safe
-        if _STEMMER is None:
-            import Stemmer
-
-            _STEMMER = Stemmer.Stemmer("porter")
-        return str(_STEMMER.stemWord(folded))
-
-
-def _fold(text: str) -> str:
-    """Case-folded, with every diacritic removed (``remove_diacritics 2``)."""
-    text = text.lower()
-    if text.isascii():
-        return text
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+    """The stem FTS5's ``porter`` tokenizer gives a token of ``unicode61.tokens`` (search/text/porter.py, FTS5's
+    own variant of the algorithm), folded again here for callers holding raw words."""
+    return porter(token.lower() if token.isascii() else token.translate(unicode61.FOLD))
 
 
 def fts_term_counts(text: str) -> tuple[int, Counter[str]]:
-    """(tokens, stem counts) of a text, tokenized as the FTS5 tables are."""
-    tokens = _FTS_TOKEN.findall(text.lower())  # folding diacritics never changes where tokens split
-    return len(tokens), Counter(stem(t) for t in tokens)
+    """(tokens, stem counts) of a text, tokenized as the FTS5 tables are (``unicode61.tokens``, then ``stem``)."""
+    tokens = unicode61.tokens(text)
+    counts: Counter[str] = Counter()
+    for token, n in Counter(tokens).items():  # each distinct token stemmed once
+        counts[stem(token)] += n
+    return len(tokens), counts
