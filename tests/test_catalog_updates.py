@@ -165,8 +165,10 @@ class KeyedRows:
 def test_updated_splices_rows_between_kept_ones(seed: int, few: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keys drawn anywhere in a small range: writes insert before, between and after kept rows, move an id to
     another key, retire and bring back sources and tags, and label rows, each against a fresh load; with the
-    lists edited in place (a few rows) and rebuilt from slices (many: ``few`` 0 takes that path every time)."""
+    lists edited in place (a few rows) and rebuilt from slices (many: ``few`` 0 takes that path every time), and the
+    id and member maps changed in their delta or folded into a new base (``few`` 0: at every write)."""
     monkeypatch.setattr(catalog_module, "SPLICE_FEW", few)
+    monkeypatch.setattr(catalog_module, "LAYER_LIMIT", few and catalog_module.LAYER_LIMIT)
     rng = random.Random(seed)
     rows = KeyedRows()
     serial = 0
