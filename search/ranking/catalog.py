@@ -150,13 +150,17 @@ class ArticleCatalog:
         rows = order.tolist()
         src = [sources[i] for i in rows]
         tag = [tuple(tags[i]) for i in rows]
-        self._sources = src  # the rows as read (source casing kept), what ``updated`` carries over for kept rows
-        self._tags = tag
         self._source_count = dict(Counter(s for s in src if s))
         self._tag_count = dict(Counter(t for ts in tag for t in ts))
         self.source_names, self._source_lookup = _names(self._source_count)
         self.tag_names, self._tag_lookup = _names(self._tag_count)
         self.source_codes = np.asarray([self._source_lookup[s.casefold()] if s else -1 for s in src], dtype=np.int32)
+        # The names as read (casing kept), by their place among the names: what a write counts out of the rows it
+        # drops, without a list of every row's source and tags to copy.
+        raw = {name: i for i, name in enumerate(self.source_names)}
+        self._source_raw = np.asarray([raw[s] if s else -1 for s in src], dtype=np.int32)
+        raw = {name: i for i, name in enumerate(self.tag_names)}
+        self._tag_raw = np.asarray([raw[t] for ts in tag for t in ts], dtype=np.int32)
         lengths = np.asarray([len(ts) for ts in tag], dtype=np.int64)
         self.tag_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self.tag_codes = np.asarray([self._tag_lookup[t.casefold()] for ts in tag for t in ts], dtype=np.int32)
@@ -203,8 +207,6 @@ class ArticleCatalog:
         out.aids = np.insert(kept_aids, at, new_keys)
         out.days = np.insert(self.days[keep], at, np.asarray([_day(r[1]) for r in rows], dtype=np.int32))
         out.ids = _spliced(self.ids, old_rows, spots, [r[4] for r in rows])
-        out._sources = _spliced(self._sources, old_rows, spots, [r[2] for r in rows])
-        out._tags = _spliced(self._tags, old_rows, spots, [tuple(r[3]) for r in rows])
         moved: dict[str, int | None] = {self.ids[r]: None for r in old_rows}
         moved.update((r[4], r[0]) for r in rows)
         out._aid_of = self._aid_of.changed(moved)
@@ -240,30 +242,36 @@ class ArticleCatalog:
 
         # Sources and tags: codes by name, renumbered (an array lookup) when a write adds or retires a name.
         new_sources = [r[2] for r in rows]
-        gone = [self._sources[r] for r in old_rows]
-        out._source_count = _recounted(self._source_count, [s for s in gone if s], [s for s in new_sources if s])
-        kept_codes = self.source_codes[keep]
+        gone = [self.source_names[c] for c in self._source_raw[drop].tolist() if c >= 0]
+        out._source_count = _recounted(self._source_count, gone, [s for s in new_sources if s])
+        kept_codes, kept_raw = self.source_codes[keep], self._source_raw[keep]
         if out._source_count.keys() != self._source_count.keys():
             out.source_names, out._source_lookup = _names(out._source_count)
-            kept_codes = _renumbered(kept_codes, self.source_names, out._source_lookup)
+            kept_codes = _renumbered(kept_codes, [out._source_lookup.get(n.casefold(), -1) for n in self.source_names])
+            kept_raw = _renumbered(kept_raw, _moved(self.source_names, out.source_names))
         codes = [out._source_lookup[s.casefold()] if s else -1 for s in new_sources]
         out.source_codes = np.insert(kept_codes, at, np.asarray(codes, dtype=np.int32))
+        codes = [bisect_left(out.source_names, s) if s else -1 for s in new_sources]
+        out._source_raw = np.insert(kept_raw, at, np.asarray(codes, dtype=np.int32))
 
         new_tags = [tuple(r[3]) for r in rows]
-        gone_tags = [t for r in old_rows for t in self._tags[r]]
-        out._tag_count = _recounted(self._tag_count, gone_tags, [t for ts in new_tags for t in ts])
         entries = [np.arange(self.tag_offsets[r], self.tag_offsets[r + 1]) for r in old_rows]
-        kept_tags = np.delete(self.tag_codes, np.concatenate(entries) if entries else np.zeros(0, dtype=np.int64))
+        dropped = np.concatenate(entries) if entries else np.zeros(0, dtype=np.int64)
+        gone_tags = [self.tag_names[c] for c in self._tag_raw[dropped].tolist()]
+        out._tag_count = _recounted(self._tag_count, gone_tags, [t for ts in new_tags for t in ts])
+        kept_tags, kept_raw = np.delete(self.tag_codes, dropped), np.delete(self._tag_raw, dropped)
         if out._tag_count.keys() != self._tag_count.keys():
             out.tag_names, out._tag_lookup = _names(out._tag_count)
-            kept_tags = _renumbered(kept_tags, self.tag_names, out._tag_lookup)
+            kept_tags = _renumbered(kept_tags, [out._tag_lookup.get(n.casefold(), -1) for n in self.tag_names])
+            kept_raw = _renumbered(kept_raw, _moved(self.tag_names, out.tag_names))
         kept_lengths = np.diff(self.tag_offsets)[keep]
         new_lengths = np.asarray([len(ts) for ts in new_tags], dtype=np.int64)
         kept_offsets = np.concatenate([[0], np.cumsum(kept_lengths)]).astype(np.int64)
+        entry_spots = np.repeat(kept_offsets[at], new_lengths)
         codes = [out._tag_lookup[t.casefold()] for ts in new_tags for t in ts]
-        out.tag_codes = np.insert(
-            kept_tags, np.repeat(kept_offsets[at], new_lengths), np.asarray(codes, dtype=np.int32)
-        )
+        out.tag_codes = np.insert(kept_tags, entry_spots, np.asarray(codes, dtype=np.int32))
+        codes = [bisect_left(out.tag_names, t) for ts in new_tags for t in ts]
+        out._tag_raw = np.insert(kept_raw, entry_spots, np.asarray(codes, dtype=np.int32))
         lengths = np.insert(kept_lengths, at, new_lengths)
         out.tag_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         out._tag_rows = np.repeat(np.arange(len(out.aids)), lengths)
@@ -535,11 +543,17 @@ def _names(counts: dict[str, int]) -> tuple[list[str], dict[str, int]]:
     return names, {name.casefold(): i for i, name in enumerate(names)}
 
 
-def _renumbered(codes: np.ndarray, old_names: list[str], lookup: dict[str, int]) -> np.ndarray:
-    """Codes into ``old_names`` as codes into the names ``lookup`` numbers; -1 (no name) stays -1."""
-    remap = np.asarray([lookup.get(name.casefold(), -1) for name in old_names] + [-1], dtype=np.int32)
-    renumbered: np.ndarray = remap[codes]  # -1 indexes the appended -1
+def _renumbered(codes: np.ndarray, remap: list[int]) -> np.ndarray:
+    """``codes`` through ``remap`` (old code -> new code); -1 (no name) stays -1."""
+    table = np.asarray([*remap, -1], dtype=np.int32)
+    renumbered: np.ndarray = table[codes]  # -1 indexes the appended -1
     return renumbered
+
+
+def _moved(old_names: list[str], new_names: list[str]) -> list[int]:
+    """Where each of ``old_names`` is among ``new_names`` (-1: retired)."""
+    index = {name: i for i, name in enumerate(new_names)}
+    return [index.get(name, -1) for name in old_names]
 
 
 _K = TypeVar("_K")
