@@ -154,8 +154,7 @@ def _labelled(
     if not rows or dedup is None:
         return rows
     catalog = index.catalog
-    position = {article_id: row for row, article_id in enumerate(catalog.ids)}
-    deleted = {int(catalog.aids[position[i]]) for i in delete_ids if i in position}
+    deleted = {int(catalog.aids[row]) for row in map(catalog.row_of, delete_ids) if row >= 0}
     texts = [Text(r.article.title, r.article.body, r.article.date, _headline_vector(r)) for r in rows]
     labels = label_new(
         catalog,

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import search.ranking.catalog as catalog_module
 from indexer.update import add_articles, apply_metadata, delete_articles
 from search.models import Article
 from search.ranking.catalog import ArticleCatalog, parse_day
 from search.settings import Settings
 from search.storage.index import open_index
-from search.storage.store import NewArticle, Store
+from search.storage.store import CatalogRow, NewArticle, Store
 
 SOURCES = [None, "Reuters", "reuters", "AP", "BBC", ""]
 TAGS = ["grain", "Grain", "crude", "ship", "trade", "élan"]
@@ -131,6 +133,99 @@ def test_updated_equals_a_fresh_load_after_random_writes(tmp_path: Path, seed: i
         assert_same_catalog(catalog, ArticleCatalog.load(store, extra))
     assert sorted(catalog.ids) == sorted(stored)
     store.close()
+
+
+class KeyedRows:
+    """Catalog rows and labels by key, any keys: what ``updated`` reads of a change where a store's keys would only
+    grow (a replica's engine may hold any), so new rows land between kept ones, and their tags mid-CSR."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, CatalogRow] = {}
+        self.labels: dict[int, tuple[str, str]] = {}
+
+    def catalog_rows(self, aids: Iterable[int] | None = None) -> list[CatalogRow]:
+        keys = self.rows if aids is None else [a for a in aids if a in self.rows]
+        return [self.rows[a] for a in sorted(keys)]
+
+    def groups(self) -> dict[int, tuple[str, str]]:
+        return self.groups_of(self.labels)
+
+    def groups_of(self, aids: Iterable[int]) -> dict[int, tuple[str, str]]:
+        return {a: self.labels[a] for a in aids if a in self.labels and a in self.rows}
+
+    def passage_text_rows(self, ids: Iterable[int] | None = None) -> Iterator[tuple[int, str]]:
+        return iter(())  # the catalog reads no texts
+
+    def article_text_rows(self, aids: Iterable[int] | None = None) -> Iterator[tuple[int, str, list[str]]]:
+        return iter(())
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("few", [catalog_module.SPLICE_FEW, 0])
+def test_updated_splices_rows_between_kept_ones(seed: int, few: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys drawn anywhere in a small range: writes insert before, between and after kept rows, move an id to
+    another key, retire and bring back sources and tags, and label rows, each against a fresh load; with the
+    lists edited in place (a few rows) and rebuilt from slices (many: ``few`` 0 takes that path every time), and the
+    id and member maps changed in their delta or folded into a new base (``few`` 0: at every write)."""
+    monkeypatch.setattr(catalog_module, "SPLICE_FEW", few)
+    monkeypatch.setattr(catalog_module, "LAYER_LIMIT", few and catalog_module.LAYER_LIMIT)
+    rng = random.Random(seed)
+    rows = KeyedRows()
+    serial = 0
+
+    def row(key: int, article_id: str | None = None) -> CatalogRow:
+        nonlocal serial
+        serial += 1
+        tags = tuple(rng.sample(TAGS, rng.randint(0, 3)))
+        return (key, rng.choice(DATES), rng.choice(SOURCES), tags, article_id or f"a{serial}")
+
+    def label(key: int) -> None:
+        held = sorted(rows.labels) or [key]
+        rows.labels[key] = (f"s{rng.choice(held) % 4}", f"d{rng.choice(held) % 5}")
+
+    for key in rng.sample(range(1, 40), rng.randint(0, 8)):
+        rows.rows[key] = row(key)
+    catalog = ArticleCatalog.load(rows)
+    extra: dict[int, tuple[str, str]] | None = None
+    for _ in range(30):
+        free = [k for k in range(1, 40) if k not in rows.rows]
+        held = sorted(rows.rows)
+        op = rng.choice(["add", "delete", "replace", "move", "label", "extra"])
+        deleted: list[int] = []
+        added: list[int] = []
+        if op == "add" or not held:
+            added = rng.sample(free, rng.randint(1, 4))
+            for key in added:
+                rows.rows[key] = row(key)
+                if rng.random() < 0.7:
+                    label(key)
+        elif op == "delete":
+            deleted = rng.sample(held, rng.randint(1, min(3, len(held))))
+            for key in deleted:
+                del rows.rows[key]
+                rows.labels.pop(key, None)
+        elif op == "replace":  # new metadata (labels kept) or a new article under the same key
+            added = rng.sample(held, rng.randint(1, min(3, len(held))))
+            for key in added:
+                rows.rows[key] = row(key, rows.rows[key][4] if rng.random() < 0.5 else None)
+        elif op == "move":  # an id written again under another key
+            old, new = rng.choice(held), rng.choice(free)
+            rows.rows[new] = row(new, rows.rows.pop(old)[4])
+            rows.labels.pop(old, None)
+            label(new)
+            deleted, added = [old], [new]
+        elif op == "label":
+            for key in catalog.aids[~catalog.labelled].tolist():
+                label(key)
+        else:
+            picked = rng.sample(held, (len(held) + 1) // 2)
+            extra = {**(extra or {}), **{a: (f"x{a % 2}", f"y{a % 3}") for a in picked}}
+        catalog = catalog.updated(rows, deleted, added, extra)
+        assert_same_catalog(catalog, ArticleCatalog.load(rows, extra))
+    assert catalog.ids == [r[4] for r in rows.catalog_rows()]
+    for key, (_, _, _, _, article_id) in rows.rows.items():
+        assert catalog.row_of(article_id) == int(catalog.positions([key])[0])
+    assert catalog.row_of("never-stored") == -1
 
 
 def test_a_reused_key_is_read_again(tmp_path: Path) -> None:

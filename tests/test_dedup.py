@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,35 @@ def test_incremental_add_in_any_order_equals_the_batch_run(seed: int) -> None:
     _assert_same(index, docs)
     assert index.canonical_id("chain3/c") == "chain3/b"
     assert index.group("chain3/c") == ["chain3/b", "chain3/a", "chain3/a-copy", "chain3/c"]
+
+
+def test_headlines_compared_by_date_window_group_as_the_batch_run() -> None:
+    """An add compares its headline only with the stored ones dated within ``headline_days`` and the undated ones.
+    Headline-only records: two days apart pair, a second more does not; an undated one pairs across any distance,
+    whichever is added first; and after a removal moves the last stored vector into its row, that vector is still
+    found by its own date. Each step groups as the batch run, which compares every pair."""
+    edge = dedup.HEADLINE_DAYS * 86400
+    start = datetime(2024, 1, 10, tzinfo=UTC)
+    x1, x2, x3, x4, x5 = _vectors(0.0, 0.05, 0.1, 0.15, 0.2)  # one headline, reworded: cosines above 0.95
+    y1, y2, y3 = _vectors(1.6, 1.65, 1.7)  # another one, far from the first
+
+    def record(article_id: str, seconds: float | None, vector: np.ndarray) -> DedupDoc:
+        date = None if seconds is None else (start + timedelta(seconds=seconds)).isoformat()
+        return DedupDoc(article_id, "", date, f"headline {article_id}", vector)
+
+    a, b, c = record("a", 0, x1), record("b", edge, x2), record("c", 2 * edge + 1, x3)
+    undated, later, earlier = record("u", None, y1), record("f", 10 * edge, y2), record("g", -10 * edge, y3)
+    last = record("d", 20 * edge, x4)
+    docs = [a, b, c, undated, later, earlier, last]
+    index = _index(docs)
+    _assert_same(index, docs)
+    assert find_duplicates(docs).groups == [["a", "b"], ["f", "g", "u"]]
+    index.remove("a")  # "d", the last stored vector, moves into its row
+    near_last = record("e", 20 * edge + 3600, x5)
+    index.add(near_last.id, near_last.text, near_last.date, near_last.headline_vector, title=near_last.title)
+    now = [b, c, undated, later, earlier, last, near_last]
+    _assert_same(index, now)
+    assert ["d", "e"] in find_duplicates(now).groups
 
 
 def test_add_returns_the_canonical_it_joins() -> None:

@@ -65,7 +65,7 @@ def test_labelling_in_two_steps_equals_labelling_at_once() -> None:
         top = np.argsort(-sims, axis=1)[:, :k]
         return np.take_along_axis(sims, top, axis=1), keys[top]
 
-    grouped = Grouped(keys, labels_first, [days[i] for i in first], search)
+    grouped = Grouped.of(keys, labels_first, [days[i] for i in first], search)
     labels_second = assign_stories([ids[i] for i in second], vecs[second], [days[i] for i in second], grouped, CFG)
     got = dict(zip(first + second, labels_first + labels_second, strict=True))
     assert [got[i] for i in range(len(ids))] == at_once

@@ -618,8 +618,9 @@ class DedupIndex:
     ``remove`` re-derives the components of the removed article's group only: a group can split when the removed
     article was the bridge, and no other group can change. Both keep the groups equal to ``find_duplicates`` on
     the same articles. Memory: a signature (8 bytes x ``num_perm``) and ``bands`` dict entries per distinct body,
-    4 bytes x dimension per headline vector. Headline matching scans every stored vector (a few ms at 100k); put
-    an ANN index in front if corpora grow far beyond that.
+    4 bytes x dimension (and 8 for its date) per headline vector. Headline matching scans the stored vectors dated
+    within ``headline_days`` of the new article and the undated ones (an undated article: every one; a few ms at
+    100k); put an ANN index in front if undated articles grow far beyond that.
     """
 
     def __init__(self, config: DedupConfig = DEFAULT_CONFIG) -> None:
@@ -628,6 +629,7 @@ class DedupIndex:
         self._entries: dict[str, _Entry] = {}
         self._buckets: dict[int, set[str]] = {}  # band hash -> exact keys of the entries in that bucket
         self._vectors = np.zeros((0, 0), dtype=np.float32)  # headline vectors, rows [0, len(_vector_ids))
+        self._vector_times = np.zeros(0, dtype=np.float64)  # their articles' instants (``_date_key``), NaN: undated
         self._vector_ids: list[str] = []
         self._vector_row: dict[str, int] = {}
         self._group_of: dict[str, int] = {}
@@ -713,15 +715,17 @@ class DedupIndex:
                 for h in fp.bands.tolist():
                     self._buckets.setdefault(h, set()).add(fp.exact_key)
         if vec is not None and self._vector_ids:
-            sims = self._vectors[: len(self._vector_ids)] @ vec
-            for row in np.flatnonzero(sims >= self.config.headline_cosine).tolist():
+            rows = self._headline_rows(art.date_key)
+            block = self._vectors[: len(self._vector_ids)] if rows is None else self._vectors[rows]
+            hits = np.flatnonzero(block @ vec >= self.config.headline_cosine)
+            for row in (hits if rows is None else rows[hits]).tolist():
                 other_id = self._vector_ids[row]
                 if other_id not in neighbours and pair_reason(me, self._item(other_id), self.config) is not None:
                     neighbours.add(other_id)
         entry.members.add(article_id)
         self._articles[article_id] = art
         if vec is not None:
-            self._store_vector(article_id, vec)
+            self._store_vector(article_id, vec, art.date_key)
         g = self._new_group({article_id})
         for other_id in neighbours:
             g = self._merge(g, self._group_of[other_id])
@@ -767,7 +771,18 @@ class DedupIndex:
                 out.update(bucket)
         return out
 
-    def _store_vector(self, article_id: str, vec: F32) -> None:
+    def _headline_rows(self, date_key: tuple[int, float]) -> npt.NDArray[np.int64] | None:
+        """The stored headline vectors the headline rule could pair with an article of ``date_key``: those dated
+        within ``headline_days`` of it and the undated ones (``_within_days``, to the same float arithmetic), so an
+        add scans the days around its article rather than every headline of the index; None (every row) for an
+        undated article."""
+        if date_key[0]:
+            return None
+        times = self._vector_times[: len(self._vector_ids)]
+        near = np.isnan(times) | (np.abs(times - date_key[1]) <= self.config.headline_days * 86400.0)
+        return np.flatnonzero(near)
+
+    def _store_vector(self, article_id: str, vec: F32, date_key: tuple[int, float]) -> None:
         n = len(self._vector_ids)
         if self._vectors.shape[1] != len(vec):  # the first vector (``add`` has checked the others' dimension)
             self._vectors = np.zeros((0, len(vec)), dtype=np.float32)
@@ -775,7 +790,11 @@ class DedupIndex:
             grown = np.zeros((max(16, 2 * n), len(vec)), dtype=np.float32)
             grown[:n] = self._vectors[:n]
             self._vectors = grown
+            times = np.full(len(grown), np.nan)
+            times[:n] = self._vector_times[:n]
+            self._vector_times = times
         self._vectors[n] = vec
+        self._vector_times[n] = np.nan if date_key[0] else date_key[1]
         self._vector_ids.append(article_id)
         self._vector_row[article_id] = n
 
@@ -785,6 +804,7 @@ class DedupIndex:
         if row != last:  # move the last row into the hole
             moved = self._vector_ids[last]
             self._vectors[row] = self._vectors[last]
+            self._vector_times[row] = self._vector_times[last]
             self._vector_ids[row] = moved
             self._vector_row[moved] = row
         self._vector_ids.pop()
@@ -914,7 +934,7 @@ class DedupIndex:
             index._articles[article_id] = _Article(article_id, key, date, _date_key(date), vec)
             index._entries[key].members.add(article_id)
             if vec is not None:
-                index._store_vector(article_id, vec)
+                index._store_vector(article_id, vec, index._articles[article_id].date_key)
             members.setdefault(int(g), set()).add(article_id)
         for group_members in members.values():
             index._new_group(group_members)

@@ -70,26 +70,38 @@ def label_new(
     exclude = exclude or set()
     keep = catalog.labelled & ~np.isin(catalog.aids, np.asarray(sorted(exclude), dtype=np.int64))
     grouped_aids = catalog.aids[keep]
-    rows = np.flatnonzero(keep)
 
     def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return articles.search(queries, k, allowed=grouped_aids)
 
+    def story_of(keys: np.ndarray) -> list[tuple[str, int | None] | None]:
+        rows = catalog.positions(keys).tolist()
+        return [
+            (catalog.story_labels[r], None if catalog.days[r] == NO_DATE else int(catalog.days[r]))
+            if r >= 0 and keep[r]
+            else None
+            for r in rows
+        ]
+
+    # Only what the neighbour search and the duplicate groups name is looked up, by key or id (not a pass over
+    # every labelled article, 26k of them at the whole RealTime QA corpus).
     days = [day_or_none(t.date) for t in texts]
-    grouped = Grouped(
-        keys=grouped_aids,
-        labels=[catalog.story_labels[r] for r in rows.tolist()],
-        days=[None if catalog.days[r] == NO_DATE else int(catalog.days[r]) for r in rows.tolist()],
-        search=search if len(grouped_aids) else None,
-    )
+    grouped = Grouped(len(grouped_aids), story_of, search if len(grouped_aids) else None)
     stories = assign_stories(ids, vectors, days, grouped, config)
-    label_of = {catalog.ids[r]: catalog.dup_labels[r] for r in rows.tolist()}
+    given: dict[str, str] = {}  # duplicate labels of the new articles so far
+
+    def duplicate_label(article_id: str) -> str | None:
+        if article_id in given:
+            return given[article_id]
+        row = catalog.row_of(article_id)
+        return catalog.dup_labels[row] if row >= 0 and keep[row] else None
+
     for i in sorted(range(len(ids)), key=lambda i: (days[i] is None, days[i] or 0, ids[i])):
         t = texts[i]
         dedup.add(ids[i], t.body, t.date, t.headline, title=t.title)
-        found = next((label_of[m] for m in dedup.group(ids[i]) if m != ids[i] and m in label_of), None)
-        label_of[ids[i]] = found or ids[i]
-    return list(zip(stories, (label_of[i] for i in ids), strict=True))
+        members = (duplicate_label(m) for m in dedup.group(ids[i]) if m != ids[i])
+        given[ids[i]] = next((label for label in members if label is not None), None) or ids[i]
+    return list(zip(stories, (given[i] for i in ids), strict=True))
 
 
 def label_unlabelled(

@@ -37,17 +37,28 @@ class StoryConfig:
 DEFAULT_STORIES = StoryConfig()
 
 
+StoryOf = Callable[[np.ndarray], list[tuple[str, int | None] | None]]  # keys -> (story, day) of each grouped one
+
+
 @dataclass(frozen=True)
 class Grouped:
-    """Articles already in stories: their keys, story labels and days (None: no date), aligned."""
+    """Articles already in stories: how many, the story label and day (None: no date) of any of them by key (None
+    for a key that is not one of them), and the nearest of them to some vectors.
 
-    keys: np.ndarray
-    labels: Sequence[str]
-    days: Sequence[int | None]
+    A lookup, not lists over every grouped article: a write labels a handful of articles against the whole index,
+    and only the keys its neighbour search returns are ever looked at."""
+
+    count: int
+    story_of: StoryOf
     search: Neighbours | None = None  # nearest grouped articles of some vectors
 
-    def lookup(self) -> dict[int, tuple[str, int | None]]:
-        return {int(k): (lab, d) for k, lab, d in zip(self.keys.tolist(), self.labels, self.days, strict=True)}
+    @classmethod
+    def of(
+        cls, keys: np.ndarray, labels: Sequence[str], days: Sequence[int | None], search: Neighbours | None = None
+    ) -> Grouped:
+        """Grouped articles given as aligned keys, story labels and days."""
+        known = {int(k): (lab, d) for k, lab, d in zip(keys.tolist(), labels, days, strict=True)}
+        return cls(len(known), lambda found: [known.get(k) for k in found.tolist()], search)
 
 
 def assign_stories(
@@ -70,14 +81,15 @@ def assign_stories(
     k = min(n, config.neighbours + 1)
     inner_scores, inner_idx = _nearest_within(vectors, k)
     outer: list[list[tuple[float, str, int | None]]] = [[] for _ in range(n)]
-    if grouped is not None and grouped.search is not None and len(grouped.keys):
-        known = grouped.lookup()
+    if grouped is not None and grouped.search is not None and grouped.count:
         scores, keys = grouped.search(vectors, config.neighbours)
+        stories = grouped.story_of(keys.ravel())
+        width = keys.shape[1]
         for i in range(n):
-            for s, key in zip(scores[i].tolist(), keys[i].tolist(), strict=True):
-                if key >= 0 and key in known and not (exclude and key in exclude):
-                    label, day = known[key]
-                    outer[i].append((s, label, day))
+            for j, (s, key) in enumerate(zip(scores[i].tolist(), keys[i].tolist(), strict=True)):
+                story = stories[i * width + j]
+                if key >= 0 and story is not None and not (exclude and key in exclude):
+                    outer[i].append((s, *story))
     labels: list[str | None] = [None] * n
     for i in order:
         best: tuple[float, str] | None = None

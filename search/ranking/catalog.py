@@ -11,9 +11,13 @@ without a date never passes a date filter. Sources and tags compare exactly, cas
 
 from __future__ import annotations
 
+import copy
+from bisect import bisect_left, insort
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -26,6 +30,7 @@ NO_DATE = np.iinfo(np.int32).min  # days since 1970-01-01 for articles without a
 _EPOCH = date(1970, 1, 1).toordinal()
 MAX_FILTER_VALUES = 50
 MAX_NOTE_VALUES = 8  # known values a note lists
+SPLICE_FEW = 32  # rows a write cuts or adds up to which its lists are copied and edited in place (``_spliced``)
 
 
 def parse_day(value: str, name: str) -> int:
@@ -108,7 +113,13 @@ class Filter:
 
 class ArticleCatalog:
     """Arrays over the index's articles, sorted by ``aid``: day, source code, tag codes (CSR), and the story and
-    duplicate-group labels (an article not labelled yet is alone in both, under its own id)."""
+    duplicate-group labels (an article not labelled yet is alone in both, under its own id).
+
+    Besides the row-aligned arrays and lists it keeps what a write would otherwise rebuild by a pass over every
+    article: the key of each article id (``row_of``), the members of each story and duplicate group by key (keys do
+    not move when rows do), and how many rows hold each source and tag (whether a write adds or retires a name).
+    ``updated`` changes those by the rows a write touched, so a 10-article write costs its rows plus copies of the
+    arrays and maps (C loops), not Python over the 26k articles of the whole RealTime QA corpus (0.17 s)."""
 
     def __init__(
         self,
@@ -124,45 +135,35 @@ class ArticleCatalog:
         self.days = np.asarray(days, dtype=np.int32)[order]
         raw_ids = ids if ids is not None else [str(a) for a in np.asarray(aids).tolist()]
         self.ids: list[str] = [raw_ids[i] for i in order.tolist()]
-        # One pass per structure over plain lists, each distinct source and tag folded once: a write rebuilds these
-        # over every article (``updated``), 26k of them at the whole RealTime QA corpus.
+        keys = self.aids.tolist()
+        self._aid_of: _Layered[str, int] = _Layered(dict(zip(self.ids, keys, strict=True)))
         get = (groups or {}).get
-        labels = [get(a) for a in self.aids.tolist()]
+        labels = [get(a) for a in keys]
         self.labelled = np.asarray([g is not None for g in labels], dtype=bool)
-        stories = [i if g is None else g[0] for g, i in zip(labels, self.ids, strict=True)]
-        dups = [i if g is None else g[1] for g, i in zip(labels, self.ids, strict=True)]
-        self.story_labels = stories
-        self.dup_labels = dups
-        self._story_rows: dict[str, list[int]] = {}
-        for row, label in enumerate(stories):
-            self._story_rows.setdefault(label, []).append(row)
-        dup_code: dict[str, int] = {}
-        self._dup_rows: dict[int, list[int]] = {}
-        codes: list[int] = []
-        for row, d in enumerate(dups):
-            code = dup_code.setdefault(d, len(dup_code))
-            codes.append(code)
-            self._dup_rows.setdefault(code, []).append(row)
-        self.dup_codes = np.asarray(codes, dtype=np.int64)
+        self.story_labels = [i if g is None else g[0] for g, i in zip(labels, self.ids, strict=True)]
+        self.dup_labels = [i if g is None else g[1] for g, i in zip(labels, self.ids, strict=True)]
+        duplicates = _members(self.dup_labels, keys)
+        # A duplicate group's code is its smallest key: a function of the rows alone, as a fresh load gives it.
+        self.dup_codes = np.asarray([duplicates[d][0] for d in self.dup_labels], dtype=np.int64)
+        self._stories = _Layered(_members(self.story_labels, keys))
+        self._duplicates = _Layered(duplicates)
         rows = order.tolist()
         src = [sources[i] for i in rows]
         tag = [tuple(tags[i]) for i in rows]
-        self._sources = src  # the rows as read (source casing kept), what ``updated`` carries over for kept rows
-        self._tags = tag
-        distinct_sources = {s for s in src if s}
-        self.source_names: list[str] = sorted(distinct_sources)
-        source_code = {s.casefold(): i for i, s in enumerate(self.source_names)}
-        code_of_source = {s: source_code[s.casefold()] for s in distinct_sources}
-        self.source_codes = np.asarray([code_of_source.get(s, -1) if s else -1 for s in src], dtype=np.int32)
-        distinct_tags = {t for ts in tag for t in ts}
-        self.tag_names: list[str] = sorted(distinct_tags)
-        tag_code = {t.casefold(): i for i, t in enumerate(self.tag_names)}
-        code_of_tag = {t: tag_code[t.casefold()] for t in distinct_tags}
-        self._source_lookup = source_code
-        self._tag_lookup = tag_code
+        self._source_count = dict(Counter(s for s in src if s))
+        self._tag_count = dict(Counter(t for ts in tag for t in ts))
+        self.source_names, self._source_lookup = _names(self._source_count)
+        self.tag_names, self._tag_lookup = _names(self._tag_count)
+        self.source_codes = np.asarray([self._source_lookup[s.casefold()] if s else -1 for s in src], dtype=np.int32)
+        # The names as read (casing kept), by their place among the names: what a write counts out of the rows it
+        # drops, without a list of every row's source and tags to copy.
+        raw = {name: i for i, name in enumerate(self.source_names)}
+        self._source_raw = np.asarray([raw[s] if s else -1 for s in src], dtype=np.int32)
+        raw = {name: i for i, name in enumerate(self.tag_names)}
+        self._tag_raw = np.asarray([raw[t] for ts in tag for t in ts], dtype=np.int32)
         lengths = np.asarray([len(ts) for ts in tag], dtype=np.int64)
         self.tag_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self.tag_codes = np.asarray([code_of_tag[t] for ts in tag for t in ts], dtype=np.int32)
+        self.tag_codes = np.asarray([self._tag_lookup[t.casefold()] for ts in tag for t in ts], dtype=np.int32)
         self._tag_rows = np.repeat(np.arange(len(self.aids)), lengths)
 
     @classmethod
@@ -179,35 +180,102 @@ class ArticleCatalog:
     ) -> ArticleCatalog:
         """The catalog after a write that deleted the articles ``deleted`` and wrote (inserted, replaced or gave new
         metadata to) ``added``, equal to ``load(store, extra_groups)``: only the changed rows (and the labels of
-        rows not labelled yet) are read from SQLite, the other rows are carried over from this catalog, so a write
-        costs its own rows plus array work over the articles, not a read of the whole articles table (0.6 s at the
-        whole RealTime QA corpus, whose article rows hold their text).
+        rows not labelled yet) are read from SQLite, and only they are handled one by one; the other rows are
+        carried over from this catalog by array and list copies with those rows cut out and the new ones spliced
+        in at their keys (a write usually appends: SQLite gives new articles the next keys). This catalog is left
+        as it was: readers holding it keep a consistent view.
 
         A key in both (a replaced article, or SQLite reusing the key of a deleted one) is read again; so is one in
         ``deleted`` that is still stored. Kept rows keep their labels, which are never rewritten once given
-        (search/news/grouping.py); ``extra_groups`` labels rows as in ``load`` (labels given in memory
-        are kept too, so it holds the earlier ones and more)."""
+        (search/news/grouping.py), unless not labelled yet (their stored labels are read) or named in
+        ``extra_groups``, which labels rows as in ``load`` (labels given in memory are kept too, so it holds the
+        earlier ones and more)."""
         changed = np.unique(np.asarray([*deleted, *added], dtype=np.int64))
-        keep = ~np.isin(self.aids, changed)
-        kept = np.flatnonzero(keep).tolist()
-        unlabelled = self.aids[keep & ~self.labelled].tolist()
-        rows = store.catalog_rows(changed.tolist()) if len(changed) else []
-        labelled = self.labelled.tolist()
-        groups = {
-            a: (self.story_labels[r], self.dup_labels[r])
-            for r, a in zip(kept, self.aids[keep].tolist(), strict=True)
-            if labelled[r]
-        }
-        groups.update(store.groups_of([r[0] for r in rows] + unlabelled))
-        groups.update(extra_groups or {})
-        return type(self)(
-            np.concatenate([self.aids[keep], np.asarray([r[0] for r in rows], dtype=np.int64)]),
-            np.concatenate([self.days[keep], np.asarray([_day(r[1]) for r in rows], dtype=np.int32)]),
-            [self._sources[r] for r in kept] + [r[2] for r in rows],
-            [self._tags[r] for r in kept] + [r[3] for r in rows],
-            ids=[self.ids[r] for r in kept] + [r[4] for r in rows],
-            groups=groups,
-        )
+        held = self.positions(changed)
+        drop = held[held >= 0]
+        rows = sorted(store.catalog_rows(changed.tolist()) if len(changed) else [], key=lambda r: r[0])
+        keep = np.ones(len(self.aids), dtype=bool)
+        keep[drop] = False
+        waiting = self.aids[keep & ~self.labelled].tolist()  # kept rows a label may have been written for since
+        labels = store.groups_of([r[0] for r in rows] + waiting) if rows or waiting else {}
+        labels.update(extra_groups or {})
+        new_keys = np.asarray([r[0] for r in rows], dtype=np.int64)
+        kept_aids = self.aids[keep]
+        at = np.searchsorted(kept_aids, new_keys)  # where each new row goes among the kept ones
+        old_rows, spots = drop.tolist(), at.tolist()
+        out = copy.copy(self)
+        out.aids = np.insert(kept_aids, at, new_keys)
+        out.days = np.insert(self.days[keep], at, np.asarray([_day(r[1]) for r in rows], dtype=np.int32))
+        out.ids = _spliced(self.ids, old_rows, spots, [r[4] for r in rows])
+        moved: dict[str, int | None] = {self.ids[r]: None for r in old_rows}
+        moved.update((r[4], r[0]) for r in rows)
+        out._aid_of = self._aid_of.changed(moved)
+
+        # Labels: the new rows', then the kept rows' that ``labels`` names (labelled since, or in ``extra_groups``).
+        given = [labels.get(r[0]) for r in rows]
+        stories = [r[4] if g is None else g[0] for r, g in zip(rows, given, strict=True)]
+        dups = [r[4] if g is None else g[1] for r, g in zip(rows, given, strict=True)]
+        out.labelled = np.insert(self.labelled[keep], at, np.asarray([g is not None for g in given], dtype=bool))
+        out.story_labels = _spliced(self.story_labels, old_rows, spots, stories)
+        out.dup_labels = _spliced(self.dup_labels, old_rows, spots, dups)
+        old_keys = self.aids[drop].tolist()
+        story_moves: list[_Move] = [(self.story_labels[r], a, None) for r, a in zip(old_rows, old_keys, strict=True)]
+        dup_moves: list[_Move] = [(self.dup_labels[r], a, None) for r, a in zip(old_rows, old_keys, strict=True)]
+        story_moves += [(None, r[0], s) for r, s in zip(rows, stories, strict=True)]
+        dup_moves += [(None, r[0], d) for r, d in zip(rows, dups, strict=True)]
+        written = set(new_keys.tolist())
+        named = np.asarray(sorted(k for k in labels if k not in written), dtype=np.int64)
+        now = out.positions(named)
+        for key, row in zip(named[now >= 0].tolist(), now[now >= 0].tolist(), strict=True):
+            story, dup = labels[key]
+            story_moves.append((out.story_labels[row], key, story))
+            dup_moves.append((out.dup_labels[row], key, dup))
+            out.story_labels[row], out.dup_labels[row] = story, dup
+        out.labelled[now[now >= 0]] = True
+        out._stories, _ = _regrouped(self._stories, story_moves)
+        out._duplicates, touched = _regrouped(self._duplicates, dup_moves)
+        out.dup_codes = np.insert(self.dup_codes[keep], at, np.zeros(len(rows), dtype=np.int64))
+        for label in touched:
+            members = out._duplicates.get(label)
+            if members:
+                out.dup_codes[out.positions(members)] = members[0]
+
+        # Sources and tags: codes by name, renumbered (an array lookup) when a write adds or retires a name.
+        new_sources = [r[2] for r in rows]
+        gone = [self.source_names[c] for c in self._source_raw[drop].tolist() if c >= 0]
+        out._source_count = _recounted(self._source_count, gone, [s for s in new_sources if s])
+        kept_codes, kept_raw = self.source_codes[keep], self._source_raw[keep]
+        if out._source_count.keys() != self._source_count.keys():
+            out.source_names, out._source_lookup = _names(out._source_count)
+            kept_codes = _renumbered(kept_codes, [out._source_lookup.get(n.casefold(), -1) for n in self.source_names])
+            kept_raw = _renumbered(kept_raw, _moved(self.source_names, out.source_names))
+        codes = [out._source_lookup[s.casefold()] if s else -1 for s in new_sources]
+        out.source_codes = np.insert(kept_codes, at, np.asarray(codes, dtype=np.int32))
+        codes = [bisect_left(out.source_names, s) if s else -1 for s in new_sources]
+        out._source_raw = np.insert(kept_raw, at, np.asarray(codes, dtype=np.int32))
+
+        new_tags = [tuple(r[3]) for r in rows]
+        entries = [np.arange(self.tag_offsets[r], self.tag_offsets[r + 1]) for r in old_rows]
+        dropped = np.concatenate(entries) if entries else np.zeros(0, dtype=np.int64)
+        gone_tags = [self.tag_names[c] for c in self._tag_raw[dropped].tolist()]
+        out._tag_count = _recounted(self._tag_count, gone_tags, [t for ts in new_tags for t in ts])
+        kept_tags, kept_raw = np.delete(self.tag_codes, dropped), np.delete(self._tag_raw, dropped)
+        if out._tag_count.keys() != self._tag_count.keys():
+            out.tag_names, out._tag_lookup = _names(out._tag_count)
+            kept_tags = _renumbered(kept_tags, [out._tag_lookup.get(n.casefold(), -1) for n in self.tag_names])
+            kept_raw = _renumbered(kept_raw, _moved(self.tag_names, out.tag_names))
+        kept_lengths = np.diff(self.tag_offsets)[keep]
+        new_lengths = np.asarray([len(ts) for ts in new_tags], dtype=np.int64)
+        kept_offsets = np.concatenate([[0], np.cumsum(kept_lengths)]).astype(np.int64)
+        entry_spots = np.repeat(kept_offsets[at], new_lengths)
+        codes = [out._tag_lookup[t.casefold()] for ts in new_tags for t in ts]
+        out.tag_codes = np.insert(kept_tags, entry_spots, np.asarray(codes, dtype=np.int32))
+        codes = [bisect_left(out.tag_names, t) for ts in new_tags for t in ts]
+        out._tag_raw = np.insert(kept_raw, entry_spots, np.asarray(codes, dtype=np.int32))
+        lengths = np.insert(kept_lengths, at, new_lengths)
+        out.tag_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        out._tag_rows = np.repeat(np.arange(len(out.aids)), lengths)
+        return out
 
     @classmethod
     def of(cls, rows: Sequence[CatalogRow], groups: dict[int, tuple[str, str]]) -> ArticleCatalog:
@@ -263,28 +331,37 @@ class ArticleCatalog:
         allowed: np.ndarray = self.aids[self.mask(flt)]
         return allowed
 
+    def row_of(self, article_id: str) -> int:
+        """Row of the article with id ``article_id``; -1 when the catalog does not hold it."""
+        aid = self._aid_of.get(article_id)
+        return -1 if aid is None else int(self.positions([aid])[0])
+
     def _first(self, rows: list[int]) -> int:
         """The row that speaks for a group: the earliest dated (undated last), then the smallest id."""
         return min(rows, key=lambda r: (self.days[r] == NO_DATE, int(self.days[r]), self.ids[r]))
 
+    def _duplicate_group(self, row: int) -> list[int]:
+        rows: list[int] = self.positions(self._duplicates.get(self.dup_labels[row]) or []).tolist()
+        return rows
+
     def canonical_id(self, row: int) -> str:
         """The id of the article that speaks for ``row``'s duplicate group (its own id when it has no duplicate)."""
-        return self.ids[self._first(self._dup_rows[int(self.dup_codes[row])])]
+        return self.ids[self._first(self._duplicate_group(row))]
 
     def duplicate_rows(self, row: int) -> list[int]:
         """The other articles of ``row``'s duplicate group, canonical first, then by date and id."""
-        members = self._dup_rows[int(self.dup_codes[row])]
+        members = self._duplicate_group(row)
         ordered = sorted(members, key=lambda r: (r != self._first(members), int(self.days[r]), self.ids[r]))
         return [r for r in ordered if r != row]
 
     def story_rows(self, label: str) -> list[int]:
         """The rows of story ``label``, in date order (undated last), then by id; empty for an unknown label."""
-        rows = self._story_rows.get(label, [])
+        rows: list[int] = self.positions(self._stories.get(label) or []).tolist()
         return sorted(rows, key=lambda r: (self.days[r] == NO_DATE, int(self.days[r]), self.ids[r]))
 
     @property
     def has_duplicates(self) -> bool:
-        return len(self._dup_rows) < len(self.aids)
+        return len(self._duplicates) < len(self.aids)
 
     def source_name(self, row: int) -> str | None:
         code = int(self.source_codes[row])
@@ -385,3 +462,142 @@ def _range_words(lo: int | None, hi: int | None) -> str:
     if lo is not None and hi is not None:
         return f"from {_day_text(lo)} to {_day_text(hi)}"
     return f"from {_day_text(lo)} on" if lo is not None else f"up to {_day_text(hi)}" if hi is not None else "any date"
+
+
+_T = TypeVar("_T")
+_Move = tuple[str | None, int, str | None]  # (label left or None, article key, label joined or None)
+
+
+def _members(labels: list[str], keys: list[int]) -> dict[str, list[int]]:
+    """The keys under each label (``keys`` ascending, so each list is)."""
+    out: dict[str, list[int]] = {}
+    for label, key in zip(labels, keys, strict=True):
+        out.setdefault(label, []).append(key)
+    return out
+
+
+def _regrouped(groups: _Layered[str, list[int]], moves: list[_Move]) -> tuple[_Layered[str, list[int]], set[str]]:
+    """``groups`` after each key left and joined the labels ``moves`` names, and the labels whose members changed;
+    only those labels' lists are new (``groups`` belongs to a catalog readers may hold)."""
+    lists: dict[str, list[int]] = {}
+    for left, key, joined in moves:
+        for label in (left, joined):
+            if label is not None and label not in lists:
+                lists[label] = list(groups.get(label) or ())
+        if left is not None:
+            members = lists[left]
+            del members[bisect_left(members, key)]
+        if joined is not None:
+            insort(lists[joined], key)
+    changed: dict[str, list[int] | None] = {label: members or None for label, members in lists.items()}
+    return groups.changed(changed), set(lists)
+
+
+def _spliced(values: list[_T], drop: list[int], at: list[int], new: list[_T]) -> list[_T]:
+    """A new list: ``values`` without the rows ``drop`` (ascending), and ``new[i]`` placed before what was kept row
+    ``at[i]`` (ascending; the kept count for the end). A few changes: a copy and a memmove each (C loops, no
+    reference counting of the kept rows); many: one pass over slices."""
+    if len(drop) + len(new) > SPLICE_FEW:
+        kept: list[_T] = []
+        start = 0
+        for row in drop:
+            kept += values[start:row]
+            start = row + 1
+        kept += values[start:]
+        out: list[_T] = []
+        start = 0
+        for spot, item in zip(at, new, strict=True):
+            out += kept[start:spot]
+            out.append(item)
+            start = spot
+        out += kept[start:]
+        return out
+    out = values.copy()
+    for row in reversed(drop):
+        del out[row]
+    if new and at[0] >= len(out):
+        out += new  # the usual write: new keys come after every kept one
+    else:
+        for i in reversed(range(len(new))):
+            out.insert(at[i], new[i])
+    return out
+
+
+def _recounted(counts: dict[str, int], gone: list[str], new: list[str]) -> dict[str, int]:
+    """A copy of the number of rows (entries, for tags) holding each name, less ``gone``, plus ``new``."""
+    out = counts.copy()
+    for name in gone:
+        left = out[name] - 1
+        if left:
+            out[name] = left
+        else:
+            del out[name]
+    for name in new:
+        out[name] = out.get(name, 0) + 1
+    return out
+
+
+def _names(counts: dict[str, int]) -> tuple[list[str], dict[str, int]]:
+    """The sorted names and the code of each case-folded name (the last of its spellings in that order)."""
+    names = sorted(counts)
+    return names, {name.casefold(): i for i, name in enumerate(names)}
+
+
+def _renumbered(codes: np.ndarray, remap: list[int]) -> np.ndarray:
+    """``codes`` through ``remap`` (old code -> new code); -1 (no name) stays -1."""
+    table = np.asarray([*remap, -1], dtype=np.int32)
+    renumbered: np.ndarray = table[codes]  # -1 indexes the appended -1
+    return renumbered
+
+
+def _moved(old_names: list[str], new_names: list[str]) -> list[int]:
+    """Where each of ``old_names`` is among ``new_names`` (-1: retired)."""
+    index = {name: i for i, name in enumerate(new_names)}
+    return [index.get(name, -1) for name in old_names]
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+LAYER_LIMIT = 1024  # keys a layered map's delta holds before it is folded into a new base
+
+
+class _Layered(Generic[_K, _V]):
+    """A map a write derives at the cost of what it changes: a base dict, shared by every catalog derived from the
+    one that made it and never changed after, and a small dict of the keys changed since (None: removed), folded
+    into a new base (one C copy) once it holds ``LAYER_LIMIT`` keys. Copying the whole dict per write instead cost
+    about 1.6 ms a map at 26k articles on a loaded machine (every key and value touched)."""
+
+    __hash__ = None  # type: ignore[assignment]  # equal by content, and not immutable in type
+
+    def __init__(self, base: dict[_K, _V], delta: dict[_K, _V | None] | None = None, size: int | None = None) -> None:
+        self.base = base
+        self.delta: dict[_K, _V | None] = delta or {}
+        self.size = len(base) if size is None else size
+
+    def get(self, key: _K) -> _V | None:
+        return self.delta[key] if key in self.delta else self.base.get(key)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def changed(self, updates: dict[_K, _V | None]) -> _Layered[_K, _V]:
+        """This map with ``updates`` applied (None removes a key); this one is left as it was."""
+        size = self.size + sum((v is not None) - (self.get(k) is not None) for k, v in updates.items())
+        delta = {**self.delta, **updates}
+        if len(delta) <= LAYER_LIMIT:
+            return _Layered(self.base, delta, size)
+        base = self.base.copy()
+        for key, value in delta.items():
+            if value is None:
+                base.pop(key, None)
+            else:
+                base[key] = value
+        return _Layered(base, None, size)
+
+    def as_dict(self) -> dict[_K, _V]:
+        out = {k: v for k, v in self.base.items() if k not in self.delta}
+        out.update((k, v) for k, v in self.delta.items() if v is not None)
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Layered) and self.as_dict() == other.as_dict()
