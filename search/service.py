@@ -398,8 +398,14 @@ class SearchService:
         last hit fell below the floor cost a search of up to 819,200 hits at 924k passages."""
         self._pin_search_threads()
         _, ids = self.index.passages.range(qvec, self.settings.match_floor)
-        found: np.ndarray = np.unique(self.index.owners.articles_of(ids))
-        return found[found >= 0]
+        owners = self.index.owners.articles_of(ids)
+        owners = owners[owners >= 0]
+        if len(owners) and int(owners.max()) < 4 * len(self.index.catalog) + 1024:
+            seen = np.zeros(int(owners.max()) + 1, dtype=bool)  # keys are small ints: one pass, not a sort or hash
+            seen[owners] = True
+            return np.flatnonzero(seen).astype(np.int64)
+        found: np.ndarray = np.unique(owners)
+        return found
 
     def _diverse_page(
         self,
