@@ -74,8 +74,8 @@ class Settings:
     )
     # bench/README.md "Exact below a threshold": exact p50 on 1 thread grows with the vectors (55 ms at 110k, 82-111 ms
     # at 175k) where IVF stays at a few ms; 110k and the 180k archive stay exact, the 1.1M corpus is ANN. IVF,Flat keeps
-    # exact codes (recall not capped as SQ8's), maps its lists (HNSW cannot) and merges without retraining; nprobe=256
-    # is 1/16 of 4,096 lists at 1.1M, as 128 of 2,048 gave recall@10 0.955 on the 175k hash vectors.
+    # exact codes (recall not capped as SQ8's), maps its lists (HNSW cannot) and merges without retraining; how many
+    # lists it probes is faiss_ann_probe_share below.
     faiss_ann_threshold: int = _setting(
         250_000, "With faiss_factory auto: passage (or article) vectors from which the index is ANN, not exact."
     )
