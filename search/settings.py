@@ -74,8 +74,8 @@ class Settings:
     )
     # bench/README.md "Exact below a threshold": exact p50 on 1 thread grows with the vectors (55 ms at 110k, 82-111 ms
     # at 175k) where IVF stays at a few ms; 110k and the 180k archive stay exact, the 1.1M corpus is ANN. IVF,Flat keeps
-    # exact codes (recall not capped as SQ8's), maps its lists (HNSW cannot) and merges without retraining; nprobe=256
-    # is 1/16 of 4,096 lists at 1.1M, as 128 of 2,048 gave recall@10 0.955 on the 175k hash vectors.
+    # exact codes (recall not capped as SQ8's), maps its lists (HNSW cannot) and merges without retraining; how many
+    # lists it probes is faiss_ann_probe_share below.
     faiss_ann_threshold: int = _setting(
         250_000, "With faiss_factory auto: passage (or article) vectors from which the index is ANN, not exact."
     )
@@ -84,7 +84,15 @@ class Settings:
         "With faiss_factory auto: the ANN factory above the threshold; {nlist} is the power of two nearest 4*sqrt(N).",
     )
     faiss_ann_search: str = _setting(
-        "nprobe=256", "With faiss_factory auto: search parameters of the ANN index, unless faiss_search sets them."
+        "", "With faiss_factory auto: search parameters of the ANN index, unless faiss_search sets them."
+    )
+    # bench/README.md "How many lists a search probes": recall@10 of IVF{nlist},Flat on question queries fell as the
+    # archive grew at a fixed nprobe (256 of 4,096 lists: 0.936 at 924k); as a share of the lists it held.
+    faiss_ann_probe_share: float = _setting(
+        0.125,
+        "With faiss_factory auto and an IVF ANN factory: the share of its lists a search probes (nprobe = share x "
+        "nlist, at least 256 or all lists; recorded when a base is written or `newsdesk index` runs), unless "
+        "faiss_ann_search or faiss_search name nprobe.",
     )
     faiss_search: str = _setting(
         "", "FAISS search parameters for passage vectors, e.g. efSearch=128 (HNSW) or nprobe=32 (IVF); empty: defaults."
@@ -304,6 +312,8 @@ class Settings:
             raise InvalidInput(f"setting replica_poll must not be negative, got {self.replica_poll}")
         if not -1.0 <= self.match_floor <= 1.0:
             raise InvalidInput(f"setting match_floor must be a cosine, between -1 and 1, got {self.match_floor}")
+        if not 0.0 < self.faiss_ann_probe_share <= 1.0:
+            raise InvalidInput(f"setting faiss_ann_probe_share must be in (0, 1], got {self.faiss_ann_probe_share}")
         if self.title_weight <= 0:
             raise InvalidInput("setting title_weight must be positive")
         self.fusion_config()  # validates method, alpha, normalisation and rrf_k

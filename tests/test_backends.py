@@ -66,6 +66,11 @@ class NumpyStore:
             found[:, :n] = ids[order]
         return scores, found
 
+    def range(self, query: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        scores = self._vectors @ np.asarray(query, np.float32).reshape(-1)
+        keep = scores >= np.float32(floor)
+        return scores[keep], self._ids[keep]
+
     def reconstruct(self, id_: int) -> np.ndarray:
         vector: np.ndarray = self.reconstruct_batch(np.asarray([id_]))[0]
         return vector

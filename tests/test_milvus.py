@@ -26,6 +26,7 @@ from search.models import Article
 from search.settings import Settings
 from search.storage.index import check_index, open_index
 from search.storage.store import Store
+from search.vectors.base import deepened_range
 from search.vectors.factory import backend
 from search.vectors.milvus.client import CONNECT_TIMEOUT, MilvusConnection
 from search.vectors.milvus.config import MilvusConfig, parse_params
@@ -60,6 +61,42 @@ def test_search_matches_brute_force(connection: MilvusConnection, data) -> None:
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
     assert (got == want).mean() > 0.99  # ties aside, identical ranking
     np.testing.assert_array_equal(store.ids(), np.sort(ids))
+
+
+def test_range_is_every_vector_at_or_above_the_floor(
+    connection: MilvusConnection, data, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Milvus's range search against numpy, the floor inclusive; where the engine refuses range parameters, or
+    more vectors than one answer may hold reach the floor, a deepened top-k search answers, as before range
+    search."""
+    ids, vecs, queries = data
+    store = build_store(connection, "p", DIM, [(ids, vecs)])
+    store.remove(ids[:50])
+    live_ids, live = ids[50:], vecs[50:]
+
+    def want(query: np.ndarray, floor: float) -> set[int]:
+        scores = live @ query
+        return set(live_ids[(scores >= floor) & (np.abs(scores - floor) > 1e-5)].tolist())
+
+    for floor in (-1.0, 0.1, 0.4):
+        for query in queries[:3]:
+            scores, got = store.range(query, floor)
+            assert want(query, floor) <= set(got.tolist()) and (scores >= np.float32(floor) - 1e-5).all()
+    top, best = store.search(queries[:1], 1)
+    assert int(best[0][0]) in store.range(queries[0], float(top[0][0]))[1].tolist()
+    monkeypatch.setattr(milvus, "MAX_TOPK", 20)  # more matches than an answer holds: deepened, as before
+    _, deepened = deepened_range(store, queries[0], -1.0)
+    assert len(deepened) == 20 and np.array_equal(store.range(queries[0], -1.0)[1], deepened)
+    monkeypatch.setattr(milvus, "MAX_TOPK", 16384)
+    plain = store._search
+
+    def no_range(q: np.ndarray, k: int, expr: str, extra: dict[str, float] | None = None) -> Any:
+        if extra:
+            raise VectorStoreUnavailable("range search is not supported")
+        return plain(q, k, expr)
+
+    monkeypatch.setattr(store, "_search", no_range)
+    assert want(queries[1], 0.1) <= set(store.range(queries[1], 0.1)[1].tolist()) <= want(queries[1], 0.1 - 1e-5)
 
 
 def test_remove_and_reconstruct(connection: MilvusConnection, data) -> None:

@@ -16,7 +16,7 @@ from search.errors import IndexCorrupt
 from search.models import Article
 from search.ranking.catalog import ArticleCatalog
 from search.settings import Settings
-from search.storage.index import PassageOwners, open_index
+from search.storage.index import DENSE_LOOKUP_FROM, PassageOwners, open_index
 from search.storage.store import NewArticle, Store
 from tests.test_catalog_updates import assert_same_catalog
 
@@ -151,3 +151,21 @@ def test_a_damaged_table_fails_the_reads_an_open_makes(tmp_path: Path, table: st
     with pytest.raises(IndexCorrupt, match=r"s\.sqlite"):
         damaged.passage_owners() if table == "passages" else damaged.catalog_rows()
     damaged.close()
+
+
+def test_many_ids_are_looked_up_in_the_id_table_with_the_same_answers() -> None:
+    """A range search's hundreds of thousands of hits go through ``by_id`` (one gather): the same articles, -1 for
+    ids no passage has (gaps, beyond the last, negative), as the binary search gives; sparse ids keep the search."""
+    rng = np.random.default_rng(5)
+    pids = np.sort(rng.choice(30_000, size=20_000, replace=False)).astype(np.int64) + 1
+    owners = PassageOwners.of(pids, rng.integers(0, 900, size=len(pids)))
+    asked = np.concatenate([rng.integers(-5, 31_000, size=DENSE_LOOKUP_FROM * 3), pids[:10]])
+    slow = owners.articles_of(asked[:100])  # below DENSE_LOOKUP_FROM: the binary search
+    fast = owners.articles_of(asked)
+    assert owners.__dict__.get("by_id") is not None
+    np.testing.assert_array_equal(fast[:100], slow)
+    want = np.array([owners.aids[np.searchsorted(owners.pids, p)] if p in set(pids.tolist()) else -1 for p in asked])
+    np.testing.assert_array_equal(fast, want)
+    sparse = PassageOwners.of(pids * 1000, owners.aids)
+    assert sparse.by_id is None
+    np.testing.assert_array_equal(sparse.articles_of(asked * 1000), want)

@@ -348,3 +348,82 @@ def test_memory_bytes_counts_codes_ids_and_graph(factory: str, per_vector: int) 
     assert 2000 * per_vector <= held <= 2000 * per_vector * 1.5 + 32 * 32 * 4 * 8  # plus an IVF's centroids
     store.remove(np.arange(1000, dtype=np.int64))
     assert store.memory_bytes() <= held  # removal never grows it (an HNSW tombstone keeps its node)
+
+
+# -- range search: every vector at or above a floor (a query's match count) -----------------------------------------
+
+
+def in_range(ids: np.ndarray, vecs: np.ndarray, query: np.ndarray, floor: float) -> set[int]:
+    """The brute-force oracle of ``range``: ids whose float32 inner product with ``query`` is at least ``floor``."""
+    return set(ids[(vecs @ query).astype(np.float32) >= np.float32(floor)].tolist())
+
+
+def borderline(vecs: np.ndarray, query: np.ndarray, floor: float, ids: np.ndarray) -> set[int]:
+    """Ids whose score is within float rounding of the floor (FAISS and numpy may sum in another order)."""
+    return set(ids[np.abs(vecs @ query - floor) < 1e-5].tolist())
+
+
+@pytest.mark.parametrize(
+    ("factory", "search"), [("IDMap2,Flat", ""), ("IVF64,Flat", "nprobe=64"), ("HNSW32", "efSearch=16")]
+)
+@pytest.mark.parametrize("floor", [-1.0, 0.2, 0.55, 0.9])
+def test_range_is_every_vector_at_or_above_the_floor(corpus, factory: str, search: str, floor: float) -> None:
+    """Exact where the index is (flat, an IVF probing every list), after removals too, and the floor is inclusive;
+    HNSW (a deepened top-k search: its own range search stops at efSearch) finds true matches only (how many is
+    the graph's walk through its tombstones, as before range search); scores are the inner products."""
+    ids, vecs, queries = corpus
+    store = FaissVectorStore.build(DIM, factory, [(ids, vecs)], search)
+    store.remove(ids[:500])
+    live_ids, live = ids[500:], vecs[500:]
+    by_id = dict(zip(live_ids.tolist(), live, strict=True))
+    for query in queries[:10]:
+        scores, got = store.range(query, floor)
+        assert got.dtype == np.int64 and scores.dtype == np.float32 and len(got) == len(set(got.tolist()))
+        want, edge = in_range(live_ids, live, query, floor), borderline(live, query, floor, live_ids)
+        if factory.startswith("HNSW"):
+            assert set(got.tolist()) <= want | edge
+        else:
+            assert set(got.tolist()) - edge == want - edge
+        np.testing.assert_allclose(scores, [by_id[int(i)] @ query for i in got], atol=1e-5)
+        assert (scores >= np.float32(floor)).all()
+    top, best = store.search(queries[:1], 1)  # a floor equal to a score FAISS computes keeps that vector
+    assert int(best[0][0]) in store.range(queries[0], float(top[0][0]))[1].tolist()
+
+
+def test_range_of_an_ann_finds_what_its_probes_reach(corpus) -> None:
+    """An IVF probing a few lists returns only true matches, and most of them; probing more finds more."""
+    ids, vecs, queries = corpus
+    store = FaissVectorStore.build(DIM, "IVF64,Flat", [(ids, vecs)], "nprobe=4")
+    found, wanted = 0, 0
+    for query in queries[:20]:
+        _, got = store.range(query, 0.5)
+        want = in_range(ids, vecs, query, 0.5) | borderline(vecs, query, 0.5, ids)
+        assert set(got.tolist()) <= want
+        found, wanted = found + len(got), wanted + len(in_range(ids, vecs, query, 0.5))
+    assert 0.5 * wanted <= found < wanted
+    store.set_search_params("nprobe=64")
+    assert sum(len(store.range(q, 0.5)[1]) for q in queries[:20]) > found
+
+
+def test_range_on_a_mapped_base_and_an_empty_store(tmp_path: Path, corpus) -> None:
+    ids, vecs, queries = corpus
+    FaissVectorStore.build(DIM, "IVF64,Flat", [(ids, vecs)]).save(tmp_path / "v.faiss")
+    mapped = FaissVectorStore.load(tmp_path / "v.faiss", "IVF64,Flat", "nprobe=64")
+    assert mapped.mapped
+    assert set(mapped.range(queries[0], 0.3)[1].tolist()) - borderline(vecs, queries[0], 0.3, ids) == in_range(
+        ids, vecs, queries[0], 0.3
+    ) - borderline(vecs, queries[0], 0.3, ids)
+    # changed through its layer: removed base vectors are not found, added ones are, at their exact scores
+    removed = ids[np.isin(ids, list(in_range(ids, vecs, queries[0], 0.3)))][:5]
+    added = np.arange(10**6, 10**6 + 20, dtype=np.int64)
+    mapped.remove(removed)
+    mapped.add(added, vecs[:20])
+    live = ~np.isin(ids, removed)
+    all_ids, all_vecs = np.concatenate([ids[live], added]), np.concatenate([vecs[live], vecs[:20]])
+    assert mapped.mapped
+    got_ids = set(mapped.range(queries[0], 0.3)[1].tolist())
+    edge = borderline(all_vecs, queries[0], 0.3, all_ids)
+    assert got_ids - edge == in_range(all_ids, all_vecs, queries[0], 0.3) - edge
+    assert not got_ids & set(removed.tolist())
+    scores, got = FaissVectorStore(DIM).range(queries[0], -1.0)
+    assert len(scores) == len(got) == 0

@@ -44,11 +44,13 @@ class FaissEntry(TypedDict):
 
 class AutoEntry(TypedDict):
     """The size rule of ``faiss_factory=auto``, as the build recorded it: exact below ``threshold`` vectors, else
-    ``ann`` (``{nlist}`` filled from the count) searched with ``ann_search``."""
+    ``ann`` (``{nlist}`` filled from the count) searched with ``ann_search``, and where that names no nprobe, an IVF
+    probing ``probe_share`` of its lists (absent in a manifest from before the share: ``ann_search`` alone)."""
 
     threshold: int
     ann: str
     ann_search: str
+    probe_share: NotRequired[float]
     passages_search: str  # the search parameters the passage base is searched with now
 
 

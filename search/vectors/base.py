@@ -52,6 +52,12 @@ class VectorStore(Protocol):
         ids) limits the search to those vectors."""
         ...
 
+    def range(self, query: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of every vector whose inner product with the one ``query`` (1-d) is at least ``floor``, in
+        no particular order: all of them for an exact index, those the ANN finds for an approximate one. What a
+        query's match count needs (``SearchService.matching_rows``), whose size no top-k can know in advance."""
+        ...
+
     def reconstruct(self, id_: int) -> np.ndarray: ...
 
     def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
@@ -61,6 +67,28 @@ class VectorStore(Protocol):
     def count(self) -> int: ...
 
     def ids(self) -> np.ndarray: ...
+
+
+# A ``deepened_range`` asks this many hits first, then ``DEEPEN_BY`` times more until its last is below the floor.
+DEEPEN_FROM = 256
+DEEPEN_BY = 16
+
+
+def deepened_range(store: VectorStore, query: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``VectorStore.range`` through top-k searches deepened until the last hit falls below ``floor`` (or the store is
+    exhausted): for an engine whose own range search is bounded (FAISS's HNSW stops at efSearch candidates) or
+    missing. Each deeper search repeats the shallower one, so a store with a real range search should use it."""
+    query = np.ascontiguousarray(np.reshape(query, (1, -1)), dtype=np.float32)
+    count = store.count()
+    n = min(count, DEEPEN_FROM)
+    while n > 0:
+        scores, ids = store.search(query, n)
+        hits = ids[0] >= 0
+        if not hits.all() or n >= count or scores[0][hits][-1] < floor:
+            keep = hits & (scores[0] >= floor)
+            return scores[0][keep].astype(np.float32), ids[0][keep].astype(np.int64)
+        n = min(count, n * DEEPEN_BY)
+    return np.zeros(0, np.float32), np.zeros(0, np.int64)
 
 
 def checked_batch(ids: np.ndarray, vectors: np.ndarray, dimension: int) -> tuple[np.ndarray, np.ndarray]:

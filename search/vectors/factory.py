@@ -86,6 +86,7 @@ def faiss_entry(settings: Settings) -> FaissEntry:
             "threshold": settings.faiss_ann_threshold,
             "ann": settings.faiss_ann_factory,
             "ann_search": settings.faiss_ann_search,
+            "probe_share": settings.faiss_ann_probe_share,
             "passages_search": "",
         }
     return entry

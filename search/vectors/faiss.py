@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,7 +28,7 @@ from search.errors import IndexCorrupt, InvalidInput
 from search.jsontypes import JSONObject
 from search.settings import Settings
 from search.storage.files import discarded_on_failure, file_crc32, prefetch
-from search.storage.manifest import FaissEntry, Manifest, RecallEntry, VectorEntry, write_manifest
+from search.storage.manifest import AutoEntry, FaissEntry, Manifest, RecallEntry, VectorEntry, write_manifest
 from search.storage.store import Store
 from search.vectors.base import (
     EXACT_FILTER_LIMIT,
@@ -35,6 +36,7 @@ from search.vectors.base import (
     IndexVectors,
     VectorBackend,
     checked_batch,
+    deepened_range,
     ids_problem,
     lookup_keys,
 )
@@ -60,6 +62,9 @@ EXACT_FACTORY = "IDMap2,Flat"
 AUTO = "auto"  # faiss_factory: exact below the manifest's threshold, its ANN factory from there (``resolve``)
 RECALL_SAMPLE = 200  # stored vectors used as queries when recall@10 of an ANN base is measured
 RECALL_SEED = 17
+# nprobe of an auto IVF is never below this many lists (or all of them): the fixed nprobe before the share, and what a
+# small IVF needs (recall@10 0.86 probing 4 of 32 lists in tests/test_faiss_scale.py's 80 passages)
+PROBE_FLOOR = 256
 RECALL_FLOOR = 0.95  # ``newsdesk check`` reports an ANN base below this recall@10 against exact search
 
 
@@ -78,6 +83,10 @@ class FaissIndex(Protocol):
     def remove_ids(self, sel: object) -> int: ...
 
     def search(self, x: np.ndarray, k: int, params: object = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def range_search(
+        self, x: np.ndarray, thresh: float, params: object = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
     def reconstruct(self, key: int) -> np.ndarray: ...
 
@@ -145,7 +154,24 @@ def resolve(entry: FaissEntry, count: int, *, articles: bool = False) -> tuple[s
     if count < auto["threshold"]:
         return EXACT_FACTORY, ""
     search = "" if articles else entry.get("search", "")
-    return auto["ann"].replace("{nlist}", str(ivf_lists(count))), search or auto["ann_search"]
+    factory = auto["ann"].replace("{nlist}", str(ivf_lists(count)))
+    return factory, search or ann_search(auto, factory)
+
+
+def ann_search(auto: AutoEntry, factory: str) -> str:
+    """The search parameters of an ANN base of ``factory`` under ``auto``: its ``ann_search``, and where that names no
+    nprobe and the factory is IVF, nprobe = ``probe_share`` of its lists, but at least ``PROBE_FLOOR`` (all lists
+    of a smaller IVF). A fixed nprobe lost recall as the archive grew (256 of 4,096 lists: recall@10 0.936 on
+    question queries at 924k passages); on the tuning samples (bench/README.md "How many lists a search probes")
+    recall at a fixed share of the lists rose with their number, and a small IVF needs a larger share."""
+    search = auto["ann_search"]
+    share = auto.get("probe_share")
+    lists = re.search(r"IVF(\d+)", factory)
+    if share is None or lists is None or re.search(r"(^|,)\s*nprobe\s*=", search):
+        return search
+    nlist = int(lists[1])
+    probe = f"nprobe={max(1, round(nlist * share), min(nlist, PROBE_FLOOR))}"
+    return f"{search},{probe}" if search.strip() else probe
 
 
 def is_exact(factory: str) -> bool:
@@ -541,6 +567,31 @@ class FaissVectorStore:
             scores, ids = _merged_top(scores, ids, more_s, more_i, k)
         return scores, ids
 
+    def range(self, query: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every (score, id) at or above ``floor``: one FAISS ``range_search``, which scans the flat codes or the
+        probed IVF lists once whatever the number of hits (a top-k search deepened until its last hit fell below
+        the floor asked for 819,200 hits at 924k passages). FAISS keeps inner products strictly above its radius,
+        so the radius is the float32 just below the floor. An HNSW graph's range search stops at efSearch
+        candidates (it found 152 of 228 in-range vectors of 5,000), so HNSW deepens a top-k search instead."""
+        query = np.ascontiguousarray(np.reshape(query, (1, -1)), dtype=np.float32)
+        if self._hnsw is not None or self.count() == 0:
+            return deepened_range(self, query[0], floor)
+        radius = float(np.nextafter(np.float32(floor), np.float32(-np.inf)))
+        layer = self._layer
+        if len(layer.gone):  # the base's vectors removed since it was mapped are skipped by a selector
+            faiss = _faiss()
+            gone = faiss.IDSelectorNot(faiss.IDSelectorBatch(layer.gone))
+            _, scores, ids = self._index.range_search(query, radius, params=self._params(gone))
+        else:
+            _, scores, ids = self._index.range_search(query, radius)
+        keep = scores >= np.float32(floor)
+        scores, ids = np.asarray(scores[keep], dtype=np.float32), np.asarray(ids[keep], dtype=np.int64)
+        if len(layer.ids):  # and the layer's added vectors, scored exactly
+            more = (layer.vectors @ query[0]).astype(np.float32)
+            hit = more >= np.float32(floor)
+            scores, ids = np.concatenate([scores, more[hit]]), np.concatenate([ids, layer.ids[hit]])
+        return scores, ids
+
     def _params(self, selector: object) -> object:
         """Search parameters carrying ``selector`` and the index's own efSearch/nprobe (a bare parameter object
         would reset them to FAISS's defaults)."""
@@ -907,27 +958,39 @@ class FaissVectors(IndexVectors):
 
     def search_params_changed(self, manifest: Manifest, settings: Settings) -> bool:
         entry = manifest["faiss"]
-        rule = (settings.faiss_ann_threshold, settings.faiss_ann_factory, settings.faiss_ann_search)
+        rule = (
+            settings.faiss_ann_threshold,
+            settings.faiss_ann_factory,
+            settings.faiss_ann_search,
+            settings.faiss_ann_probe_share,
+        )
         auto = entry.get("auto")
         adopted = False
         if settings.faiss_factory == AUTO and (
-            auto is None or (auto["threshold"], auto["ann"], auto["ann_search"]) != rule
+            auto is None or (auto["threshold"], auto["ann"], auto["ann_search"], auto.get("probe_share")) != rule
         ):
-            # the size rule is recorded (or its settings changed): it applies from the next base written
+            # the size rule is recorded (or its settings changed): the factory applies from the next base written,
+            # the search parameters (query-time) to an ANN base now
             passages_search = auto["passages_search"] if auto is not None else ""
             entry["auto"] = auto = {
                 "threshold": rule[0],
                 "ann": rule[1],
                 "ann_search": rule[2],
+                "probe_share": rule[3],
                 "passages_search": passages_search,
             }
             adopted = True
+            if not settings.faiss_search and not is_exact(self.passages.factory):
+                self.passages.set_search_params(ann_search(auto, self.passages.factory))
+                if self.passages.search_params != passages_search:
+                    auto["passages_search"] = self.passages.search_params
+                    entry["recall"] = sampled_recall(self.passages)
         if entry.get("search", "") == settings.faiss_search:
             return adopted
         if auto is None:
             self.passages.set_search_params(settings.faiss_search)
         elif not is_exact(self.passages.factory):  # an exact base takes no search parameters
-            self.passages.set_search_params(settings.faiss_search or auto["ann_search"])
+            self.passages.set_search_params(settings.faiss_search or ann_search(auto, self.passages.factory))
             auto["passages_search"] = self.passages.search_params
         entry["search"] = settings.faiss_search
         if not is_exact(self.passages.factory):
@@ -1205,6 +1268,9 @@ class FaissBackend(VectorBackend):
         auto = faiss.get("auto")
         if isinstance(auto, dict):
             line += f"; auto: exact below {auto['threshold']:,} vectors, {auto['ann']} from there"
+            share = auto.get("probe_share")
+            if isinstance(share, int | float) and not re.search(r"nprobe\s*=", str(auto.get("ann_search", ""))):
+                line += f" probing {share:g} of its lists"
         recall = faiss.get("recall")
         if isinstance(recall, dict):
             line += f"; recall@10 {recall['at10']:.3f} on {recall['sample']} sampled vectors ({recall['exact']})"

@@ -27,9 +27,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from search.errors import IndexCorrupt, InvalidInput
+from search.errors import IndexCorrupt, InvalidInput, VectorStoreUnavailable
 from search.storage.manifest import Params
-from search.vectors.base import EXACT_FILTER_LIMIT, checked_batch, lookup_keys
+from search.vectors.base import EXACT_FILTER_LIMIT, checked_batch, deepened_range, lookup_keys
 from search.vectors.milvus.client import MilvusConnection, next_page, reason
 from search.vectors.milvus.config import LITE_INDEX_TYPES, SCHEMA, MilvusConfig, format_params, parse_params
 
@@ -38,6 +38,7 @@ __all__ = ["MilvusConfig", "MilvusConnection", "MilvusVectorStore", "build_store
 WRITE_BATCH = 4096  # rows per insert/upsert: ~6 MiB at 384 dimensions, far below gRPC's 64 MiB default
 READ_BATCH = 4096  # ids per get: keeps each "id in [...]" expression and its answer small
 MAX_TOPK = 16384  # a Milvus cluster's default limit on limit (quotaAndLimits.limits.topK)
+RANGE_CEILING = 1e6  # range_filter of a range search's first band: above any inner product of stored vectors
 HELD_SLACK = 64  # hits fetched beyond k where answers are limited to ``held`` keys: a write's new vectors
 
 
@@ -250,7 +251,36 @@ class MilvusVectorStore:
         ids = np.concatenate([i for _, i in parts], axis=1)
         return _top_of(scores, ids, ids >= 0, k)
 
-    def _search(self, queries: np.ndarray, k: int, expr: str) -> tuple[np.ndarray, np.ndarray]:
+    def range(self, query: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every (score, id) at or above ``floor``: one Milvus range search (``radius``, exclusive for IP, the
+        float32 just below the floor) of up to ``MAX_TOPK`` hits. Its answer is cut at that limit, and Milvus Lite
+        did not page further by ``range_filter`` (a band below a full answer came back short), so a full answer,
+        or an engine refusing range parameters, falls back to a top-k search deepened until its last hit falls
+        below the floor (bounded by ``MAX_TOPK`` too, as before range search). A replica's answer is limited to the
+        keys it holds, as ``search``'s is."""
+        query = np.ascontiguousarray(np.reshape(query, (1, -1)), dtype=np.float32)
+        if self._count == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        limit = max(1, min(self._count + (HELD_SLACK if self.held is not None else 0), MAX_TOPK))
+        radius = float(np.nextafter(np.float32(floor), np.float32(-np.inf)))
+        try:
+            scores, ids = self._search(query, limit, "", {"radius": radius, "range_filter": RANGE_CEILING})
+        except VectorStoreUnavailable:  # refused (a lost server fails the deepened searches the same way)
+            scores, ids = deepened_range(self, query[0], floor)
+        else:
+            hit = (ids[0] >= 0) & (scores[0] >= np.float32(floor))
+            if hit.sum() >= limit and limit < self._count:
+                scores, ids = deepened_range(self, query[0], floor)
+            else:
+                scores, ids = scores[0][hit], ids[0][hit]
+        if self.held is not None:
+            keep = np.isin(ids, self.held)
+            scores, ids = scores[keep], ids[keep]
+        return scores.astype(np.float32), ids.astype(np.int64)
+
+    def _search(
+        self, queries: np.ndarray, k: int, expr: str, extra: Params | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         hits = self.connection.call(
             "search",
             "search",
@@ -260,7 +290,7 @@ class MilvusVectorStore:
             filter=expr,
             anns_field="vector",
             output_fields=["id"],
-            search_params={"metric_type": "IP", "params": dict(self.search_params)},
+            search_params={"metric_type": "IP", "params": dict(self.search_params) | dict(extra or {})},
             consistency_level="Strong",
         )
         scores, ids = _empty(len(queries), k)
