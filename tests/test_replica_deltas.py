@@ -22,10 +22,12 @@ from search.service import SearchService
 from search.settings import Settings
 from search.storage.index import Index, open_index
 from search.vectors.milvus import records
+from search.vectors.milvus.client import MilvusConnection
 from search.vectors.milvus.records import LOG_KEY, RecordCollection, read_state
 from search.vectors.milvus.replica import MilvusReadStore, Replica, open_replica
+from search.vectors.milvus.vectors import MilvusVectorStore
 from tests.fakes import HashEmbedder
-from tests.test_stateless import _assert_alike, _replica, hash_index  # noqa: F401  (hash_index: a fixture)
+from tests.test_stateless import _assert_alike, _plain, _replica, hash_index  # noqa: F401  (hash_index: a fixture)
 
 Fixture = tuple[Path, HashEmbedder, Settings]
 
@@ -225,3 +227,61 @@ def test_a_replica_behind_the_engine_serves_only_what_it_holds(hash_index: Fixtu
     finally:
         writer.close()
         replica.index.close()
+
+
+def test_a_delta_reads_the_catalog_rows_of_its_own_articles_only(
+    writer_and_replicas: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catching up costs the change, not the corpus: the catalog update looks up the delta's rows and labels by key
+    (it read the replica's whole catalog and all its labels, then filtered them, per delta)."""
+    writer, first, _, (target, embedder, settings) = writer_and_replicas
+    add_articles(writer, _news("c", 3), embedder, settings)
+    delete_articles(writer, ["business/001"])
+
+    def whole(self: MilvusReadStore) -> None:
+        raise AssertionError("a delta read every article's row")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MilvusReadStore, "catalog_rows", whole)
+        patch.setattr(MilvusReadStore, "groups", whole)
+        first.refresh()
+    assert _loads(first) == (0, 1)
+    fresh = _replica(target, embedder, settings.milvus_uri)
+    try:
+        _same_index(first, fresh)
+    finally:
+        fresh.index.close()
+
+
+def test_a_delta_reads_back_the_vectors_of_its_own_articles_only(
+    writer_and_replicas: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The more-like-this profiles take every article vector; a replica keeps them from its load and reads from the
+    engine only those of the articles a delta names (it read all of them back per delta: 0.9 s at 2,700 articles)."""
+    writer, first, _, (target, embedder, settings) = writer_and_replicas
+    articles = first.index.articles
+    assert isinstance(articles, MilvusVectorStore)
+    add_articles(writer, _news("v", 3), embedder, settings)
+    read: list[int] = []
+    call = MilvusConnection.call
+
+    def counted(self: MilvusConnection, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "get" and args == (articles.collection,):
+            read.extend(kwargs["ids"])
+        return call(self, what, method, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MilvusConnection, "call", counted)
+        first.refresh()
+    assert _loads(first) == (0, 1)
+    assert sorted(read) == sorted(first.index.store.aid_of(f"v/{i}") for i in range(3))
+    fresh = _replica(target, embedder, settings.milvus_uri)
+    try:
+        _same_index(first, fresh)
+        for article_id in ("v/0", "business/002"):  # more-like-this from the kept and the read vectors alike
+            for scoring in ("cosine", "profile"):
+                assert _plain(first.similar(article_id, k=5, scoring=scoring)) == _plain(
+                    fresh.similar(article_id, k=5, scoring=scoring)
+                )
+    finally:
+        fresh.index.close()
