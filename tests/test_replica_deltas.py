@@ -97,6 +97,15 @@ def _same_index(followed: SearchService, fresh: SearchService) -> None:
     _assert_alike(fresh, followed, list(b.catalog.ids)[:6] + [i for i in b.catalog.ids if "/" in i][-4:])
 
 
+def _same_as_a_fresh_load(followed: SearchService, target: Path, embedder: HashEmbedder, settings: Settings) -> None:
+    """``_same_index`` against a replica loaded whole now."""
+    fresh = _replica(target, embedder, settings.milvus_uri)
+    try:
+        _same_index(followed, fresh)
+    finally:
+        fresh.index.close()
+
+
 @pytest.fixture
 def writer_and_replicas(hash_index: Fixture) -> Any:  # noqa: F811
     """The directory index (the writer) and two replicas of it, all on one Milvus Lite database."""
@@ -246,11 +255,7 @@ def test_a_delta_reads_the_catalog_rows_of_its_own_articles_only(
         patch.setattr(MilvusReadStore, "groups", whole)
         first.refresh()
     assert _loads(first) == (0, 1)
-    fresh = _replica(target, embedder, settings.milvus_uri)
-    try:
-        _same_index(first, fresh)
-    finally:
-        fresh.index.close()
+    _same_as_a_fresh_load(first, target, embedder, settings)
 
 
 def test_a_delta_reads_back_the_vectors_of_its_own_articles_only(
@@ -285,3 +290,45 @@ def test_a_delta_reads_back_the_vectors_of_its_own_articles_only(
                 )
     finally:
         fresh.index.close()
+
+
+def test_a_write_sweeps_no_record_collection_by_filter(
+    writer_and_replicas: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records of a write's new keys are upserted with no ``key in [...]`` delete after them (a scan of every
+    row on Milvus Lite, three per write): the keys are new, or the write deleted them first. A replacement, new
+    metadata and a reused key still leave exactly one record per row SQLite holds."""
+    writer, first, _, (target, embedder, settings) = writer_and_replicas
+    names = {
+        writer.manifest["milvus"]["collections"][kind] for kind in ("article_rows", "passage_rows", "sentence_rows")
+    }
+    swept: list[str] = []
+    call = MilvusConnection.call
+
+    def counted(self: MilvusConnection, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "delete" and args[0] in names:
+            swept.append(str(kwargs.get("filter")))
+        return call(self, what, method, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MilvusConnection, "call", counted)
+        add_articles(writer, _news("s", 4), embedder, settings)
+    assert swept == []
+    delete_articles(writer, ["s/3"])  # the newest key: SQLite gives it out again below
+    add_articles(
+        writer,
+        [*_news("u", 1), Article(id="s/1", title="Storm floods the coast again", paragraphs=("New.",))],
+        embedder,
+        settings,
+    )
+    moved = _news("s", 1)[0]
+    assert (
+        apply_metadata(writer, [Article(moved.id, moved.title, moved.paragraphs, date="2023-01-02", tags=("m",))]) == 1
+    )
+    connection = writer.articles.connection
+    for kind, table in (("article_rows", "articles"), ("passage_rows", "passages")):
+        rows = list(RecordCollection(connection, writer.manifest["milvus"]["collections"][kind]).scan(("key",)))
+        assert sorted(int(r["key"]) for r in rows) == writer.sqlite.keys(table).tolist(), kind
+    first.refresh()
+    assert _loads(first) == (0, 1)
+    _same_as_a_fresh_load(first, target, embedder, settings)
