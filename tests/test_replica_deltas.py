@@ -280,6 +280,8 @@ def test_a_delta_reads_back_the_vectors_of_its_own_articles_only(
         first.refresh()
     assert _loads(first) == (0, 1)
     assert sorted(read) == sorted(first.index.store.aid_of(f"v/{i}") for i in range(3))
+    kept = first.index.articles
+    assert first.index.vectors.memory_bytes() == len(first.index.catalog.aids) * kept.dimension * 4  # the memory report
     fresh = _replica(target, embedder, settings.milvus_uri)
     try:
         _same_index(first, fresh)
