@@ -334,3 +334,24 @@ def test_a_write_sweeps_no_record_collection_by_filter(
     first.refresh()
     assert _loads(first) == (0, 1)
     _same_as_a_fresh_load(first, target, embedder, settings)
+
+
+def test_the_newest_date_follows_deltas_that_add_and_delete_the_newest(writer_and_replicas: Any) -> None:
+    """A delta updates the newest date from its own rows, and looks through every article only when the newest left."""
+    writer, first, _, (target, embedder, settings) = writer_and_replicas
+    store = first.index.store
+    newest = store.newest_date()
+    assert newest is not None
+    (late,) = _news("late", 1)
+    add_articles(writer, [Article(late.id, late.title, late.paragraphs, date="2099-01-01")], embedder, settings)
+    first.refresh()
+    assert first.index.store.newest_date() == "2099-01-01"
+    delete_articles(writer, [late.id])
+    first.refresh()
+    assert first.index.store.newest_date() == newest
+    dated = [row for row in first.index.store.catalog_rows() if row[1] == newest]
+    delete_articles(writer, [row[4] for row in dated])
+    first.refresh()
+    assert _loads(first) == (0, 3)
+    assert (first.index.store.newest_date() or "") < newest
+    _same_as_a_fresh_load(first, target, embedder, settings)
