@@ -118,6 +118,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/replica-bench"))
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "realtimeqa")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each mode (delta, full)")
+    parser.add_argument(
+        "--modes",
+        default="delta,full",
+        help="modes the rounds alternate between: delta,full (default) or delta alone (a full round reloads the "
+        "corpus on both replicas: minutes at 110k passages, where a delta round takes seconds)",
+    )
     parser.add_argument("--limit", type=float, default=600.0, help="seconds to wait for a write to show")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--reuse", action="store_true", help="keep the Milvus copy a previous run left in --work")
@@ -167,12 +173,15 @@ def main() -> None:
         start_s = round(time.perf_counter() - started, 1)
         print(f"two replicas serving after {start_s} s", file=sys.stderr)
 
-        fresh = read_articles(args.data, counts[0] + 20 * args.rounds + 10)[counts[0] :]
+        fresh = read_articles(args.data, counts[0] + 10 * len(args.modes.split(",")) * args.rounds + 60)[counts[0] :]
         known = set(writer.sqlite.article_hashes())
         fresh = [a for a in fresh if a.id not in known]
         rounds: list[dict[str, Any]] = []
-        for n in range(2 * args.rounds):
-            mode = "delta" if n % 2 == 0 else "full"
+        modes = [m for m in args.modes.split(",") if m]
+        if not modes or set(modes) - {"delta", "full"}:
+            parser.error(f"--modes takes delta and full, got {args.modes!r}")
+        for n in range(len(modes) * args.rounds):
+            mode = modes[n % len(modes)]
             batch, fresh = fresh[:10], fresh[10:]
             if mode == "full":
                 writer.vectors._store = None  # type: ignore[attr-defined]  # publish no delta: replicas reload whole

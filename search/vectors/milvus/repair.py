@@ -104,9 +104,12 @@ class MilvusVectors(IndexVectors):
         return True
 
     def memory_bytes(self) -> int:
-        """None in this process: the vectors and their index live in the Milvus server (or Milvus Lite's own
-        process); what the connection's client holds counts as ``other`` in the memory report."""
-        return 0
+        """The vectors and their index live in the Milvus server (or Milvus Lite's own process); what the
+        connection's client holds counts as ``other`` in the memory report. In this process: the vectors a replica
+        keeps from its reads (``MilvusVectorStore.remember``: its article vectors)."""
+        return sum(
+            len(store.memo) * store.dimension * 4 for store in (self.passages, self.articles) if store.memo is not None
+        )
 
     def publish(self, generation: int, manifest: Manifest, *, take_over: bool = False) -> None:
         config = MilvusConfig.from_manifest(manifest["milvus"])

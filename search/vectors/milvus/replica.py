@@ -93,7 +93,9 @@ class MilvusReadStore:
         self._groups: dict[int, tuple[str, str]] = {}
         for aid in sorted(articles):
             self._take(aid, articles[aid])
-        self._settle()
+        self._catalog_rows: list[CatalogRow] | None = None
+        dates = [row[1] for row in self._rows.values() if row[1]]
+        self._newest: str | None = max(dates) if dates else None
 
     def _take(self, aid: int, doc: JSONObject) -> None:
         """Hold article ``aid`` as ``doc`` (its record) describes it."""
@@ -117,12 +119,6 @@ class MilvusReadStore:
         for held in (self._refs, self._hashes, self._rows, self._groups):
             held.pop(aid, None)
 
-    def _settle(self) -> None:
-        """What is derived from every article: the catalog rows in key order, the newest date."""
-        self._catalog_rows = [self._rows[aid] for aid in sorted(self._rows)]
-        dates = [row[1] for row in self._catalog_rows if row[1]]
-        self._newest = max(dates) if dates else None
-
     def changed(self, generation: int, removed: Iterable[int], written: dict[int, JSONObject]) -> MilvusReadStore:
         """A new store for ``generation``: this one without the ``removed`` article keys, with the ``written``
         records (new articles, or new versions of held ones). This one is left as it was (it is still served while
@@ -131,11 +127,19 @@ class MilvusReadStore:
         new._generation = generation
         new._ids, new._aid_of, new._refs = dict(self._ids), dict(self._aid_of), dict(self._refs)
         new._hashes, new._rows, new._groups = dict(self._hashes), dict(self._rows), dict(self._groups)
-        for aid in removed:
-            new._drop(int(aid))
+        dropped = [int(a) for a in removed]
+        gone = {new._rows[a][1] for a in {*dropped, *map(int, written)} if a in new._rows}  # dates leaving
+        for aid in dropped:
+            new._drop(aid)
         for aid in sorted(written):
             new._take(int(aid), written[aid])
-        new._settle()
+        new._catalog_rows = None  # sorted again only if asked for (a full load's catalog): a delta reads its rows
+        dates = [str(new._rows[int(a)][1]) for a in written if new._rows[int(a)][1]]
+        if self._newest is not None and self._newest in gone:  # the newest article went: look through them all
+            dates += [row[1] for row in new._rows.values() if row[1]]
+        elif self._newest is not None:
+            dates.append(self._newest)
+        new._newest = max(dates) if dates else None
         return new
 
     def holds(self, aid: int) -> bool:
@@ -233,7 +237,17 @@ class MilvusReadStore:
         return self._owners
 
     def catalog_rows(self) -> list[CatalogRow]:
+        if self._catalog_rows is None:
+            self._catalog_rows = [self._rows[aid] for aid in sorted(self._rows)]
         return list(self._catalog_rows)
+
+    def catalog_rows_of(self, aids: Iterable[int]) -> list[CatalogRow]:
+        """The catalog rows of the held articles among ``aids``, in key order: a delta's own rows, looked up."""
+        return [self._rows[a] for a in sorted({int(a) for a in aids}) if a in self._rows]
+
+    def groups_of(self, aids: Iterable[int]) -> dict[int, tuple[str, str]]:
+        """The labels of the labelled articles among ``aids``."""
+        return {a: self._groups[a] for a in {int(a) for a in aids} if a in self._groups}
 
     def keys(self, table: str) -> np.ndarray:
         if table == "passages":
@@ -361,6 +375,7 @@ class Replica:
         new_store = store.changed(generation, held_aids, articles)
         vectors = current.vectors
         passage_vectors, article_vectors = copy.copy(vectors.passages), copy.copy(vectors.articles)
+        article_vectors.remember(forget=aids)  # every key the delta names: its vector may be new or gone
         index = replace(
             current,
             manifest=manifest,
@@ -407,18 +422,15 @@ class DeltaRows:
             yield aid, str(doc["title"]), [str(p) for p in doc["paragraphs"]]
 
     def catalog_rows(self, aids: Iterable[int] | None = None) -> list[CatalogRow]:
-        rows = self.store.catalog_rows()
-        if aids is None:
-            return rows
-        wanted = {int(a) for a in aids}
-        return [row for row in rows if row[0] in wanted]
+        """The rows of ``aids`` (a delta's changed articles: ``ArticleCatalog.updated``) looked up by key, not the
+        whole catalog filtered; every row only when asked for all."""
+        return self.store.catalog_rows() if aids is None else self.store.catalog_rows_of(aids)
 
     def groups(self) -> dict[int, tuple[str, str]]:
         return self.store.groups()
 
     def groups_of(self, aids: Iterable[int]) -> dict[int, tuple[str, str]]:
-        groups = self.store.groups()
-        return {aid: groups[aid] for aid in {int(a) for a in aids} if aid in groups}
+        return self.store.groups_of(aids)
 
 
 def open_replica(
@@ -485,6 +497,7 @@ def _load(
         connection, config.collections["passages"], dim, config.index_type, config.search_params
     )
     articles = MilvusVectorStore.open(connection, config.collections["articles"], dim, ARTICLE_INDEX)
+    articles.remember()  # the profiles read every article vector, at this load and after every delta
     article_docs = {key: doc for key, (_, doc) in collections["article_rows"].documents().items()}
     articles.held = np.fromiter(sorted(article_docs), np.int64, len(article_docs))
     articles.set_count(len(article_docs))

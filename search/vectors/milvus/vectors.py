@@ -73,6 +73,8 @@ class MilvusVectorStore:
         # replica has applied it, and an id the replica does not know must not reach a page (search/vectors/milvus/
         # replica.py); None (a writer's store) leaves answers as the engine gives them.
         self.held: np.ndarray | None = None
+        # Vectors read back, by id, where ``remember`` asked for it (None: every read goes to the engine).
+        self.memo: dict[int, np.ndarray] | None = None
 
     # -- lifecycle --
 
@@ -306,20 +308,39 @@ class MilvusVectorStore:
         vector: np.ndarray = self.reconstruct_batch(np.asarray([int(id_)], dtype=np.int64))[0]
         return vector
 
+    def remember(self, forget: Iterable[int] = ()) -> None:
+        """Keep the vectors this store reads in memory from now on, less those of ``forget`` (ids whose vectors a
+        write changed or removed). A replica's article vectors: its more-like-this profiles read every one of them
+        back after each delta (0.9 s of a 1.6 s delta at 2,700 articles on Milvus Lite, decoding them through
+        pymilvus), though only the delta's articles changed. The memo is a new dict: a copy of this store (the one
+        a replica still serves) keeps the memo it had."""
+        memo = dict(self.memo or {})  # one C-level copy: a request thread may be adding to the old one
+        for key in forget:
+            memo.pop(int(key), None)
+        self.memo = memo
+
     def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
         keys = lookup_keys(ids)
         if len(keys) == 0:
             return np.zeros((0, self.dimension), dtype=np.float32)
         unique = np.unique(keys)
-        found: dict[int, list[float]] = {}
-        for start in range(0, len(unique), READ_BATCH):
-            chunk = [int(i) for i in unique[start : start + READ_BATCH]]
+        memo = self.memo
+        found: dict[int, np.ndarray] = {}
+        wanted = [int(i) for i in unique] if memo is None else [int(i) for i in unique if int(i) not in memo]
+        for start in range(0, len(wanted), READ_BATCH):
+            chunk = wanted[start : start + READ_BATCH]
             rows = self.connection.call("read vectors", "get", self.collection, ids=chunk, output_fields=["vector"])
-            found.update((int(r["id"]), r["vector"]) for r in rows)
-        if len(found) != len(unique):
-            missing = next(int(i) for i in unique if int(i) not in found)
+            found.update((int(r["id"]), np.asarray(r["vector"], dtype=np.float32)) for r in rows)
+        if len(found) != len(wanted):
+            missing = next(i for i in wanted if i not in found)
             raise KeyError(missing)
-        return np.asarray([found[int(i)] for i in keys], dtype=np.float32).reshape(len(keys), self.dimension)
+        if memo is not None:
+            memo.update(found)
+            found = memo
+        out = np.empty((len(keys), self.dimension), dtype=np.float32)
+        for row, i in enumerate(keys.tolist()):
+            out[row] = found[i]
+        return out
 
     def count(self) -> int:
         return self._count
