@@ -239,17 +239,26 @@ def test_saves_append_segments_and_reload_to_the_same_postings(tmp_path: Path) -
     assert_loads_as(tmp_path, held, corpus_p, corpus_a)
 
 
-def test_merge_policy_and_explicit_merge_write_a_new_base(tmp_path: Path) -> None:
+def test_merge_policy_merges_segments_into_one_or_writes_a_new_base(tmp_path: Path) -> None:
     corpus_p, corpus_a = Corpus(3, 1), Corpus(4, 2)
     held = lexical(corpus_p, corpus_a, 1)
     held.save(tmp_path)
-    for _ in range(bm25.MERGE_SEGMENTS + 1):
-        held = write(held, corpus_p, corpus_a, n=1)
-        held.save(tmp_path)
-        stamp = json.loads((tmp_path / LEXICAL_STATE).read_text())
-        assert len(stamp["tables"]["passages"]["segments"]) <= bm25.MERGE_SEGMENTS
-    assert len(stamp["tables"]["passages"]["segments"]) < bm25.MERGE_SEGMENTS  # the count merged at least once
-    assert_loads_as(tmp_path, held, corpus_p, corpus_a)
+    with pytest.MonkeyPatch.context() as patch:  # the fraction lifted: only the count merges
+        patch.setattr(bm25, "MERGE_FRACTION", 10.0)
+        bases = {p.name for p in tmp_path.iterdir() if ".base-" in p.name}
+        for _ in range(bm25.MERGE_SEGMENTS + 1):
+            held = write(held, corpus_p, corpus_a, n=1)
+            held.save(tmp_path)
+            stamp = json.loads((tmp_path / LEXICAL_STATE).read_text())
+            assert len(stamp["tables"]["passages"]["segments"]) <= bm25.MERGE_SEGMENTS
+        assert len(stamp["tables"]["passages"]["segments"]) < bm25.MERGE_SEGMENTS  # the count merged at least once
+        assert {p.name for p in tmp_path.iterdir() if ".base-" in p.name} == bases  # into one segment, the base kept
+        assert_loads_as(tmp_path, held, corpus_p, corpus_a)
+        for _ in range(bm25.MERGE_SEGMENTS + 1):  # again, over a merged segment (writes delete base and delta rows)
+            held = write(held, corpus_p, corpus_a, n=1)
+            held.save(tmp_path)
+            assert_loads_as(tmp_path, held, corpus_p, corpus_a)
+        assert {p.name for p in tmp_path.iterdir() if ".base-" in p.name} == bases
     # a large write (above MERGE_FRACTION of the base) merges at once
     held = write(held, corpus_p, corpus_a, n=int(0.2 * held.passages.rows))
     held.save(tmp_path)

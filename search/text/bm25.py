@@ -1130,13 +1130,18 @@ class LexicalPostings:
                 elif (
                     previous is None
                     or merge
-                    or len(segments) + int(postings.changed) > MERGE_SEGMENTS
                     or postings.delta.rows + len(postings.dead) > MERGE_FRACTION * max(postings.base.rows, 1)
                 ):
                     base = postings.merged_with_forward()
                     entry = _write_base(directory, name, base, self.generation)
                     merged += len(segments)
                     done[name] = Postings(base)  # the same live rows, all in the base
+                elif len(segments) + int(postings.changed) > MERGE_SEGMENTS:
+                    # a tiered merge: everything since the base as one segment, the base kept (rewriting ~500 MB of
+                    # base arrays every ninth write cost seconds at 924k passages; the delta is a few MB)
+                    entry["segments"] = [_write_segment(directory, name, postings, self.generation, whole=True)]
+                    merged += len(segments)
+                    done[name] = None
                 else:
                     if postings.changed:
                         entry["segments"] = [*segments, _write_segment(directory, name, postings, self.generation)]
@@ -1234,16 +1239,23 @@ def _write_base(directory: Path, table: str, base: Segment, generation: int) -> 
     return {"base": name, "terms": len(terms), "sizes": sizes, "crc32": sums, "segments": []}
 
 
-def _write_segment(directory: Path, table: str, postings: Postings, generation: int) -> JSONObject:
+def _write_segment(
+    directory: Path, table: str, postings: Postings, generation: int, *, whole: bool = False
+) -> JSONObject:
     """One segment file: the delta rows added since the last save (their terms in row order: a forward index), the
-    base rows tombstoned and the saved delta rows removed since, and the terms numbered since; returns its entry."""
+    base rows tombstoned and the saved delta rows removed since, and the terms numbered since; returns its entry.
+    ``whole``: everything since the base instead (every delta row, every tombstone, every term the base lacks), the
+    one segment that replaces all those saved before it."""
     delta, start = postings.delta, postings.persisted
+    dead, gone, saved_terms = postings.unsaved_dead, postings.unsaved_gone, postings.saved_terms
+    if whole:
+        start, dead, gone, saved_terms = 0, postings.dead, np.zeros(0, np.int64), len(postings.base.vocab)
     mine = delta.docs >= start
     docs = delta.docs[mine] - start
     order = np.argsort(docs, kind="stable")
     fwd_ptr = np.zeros(delta.rows - start + 1, dtype=np.int64)
     np.cumsum(np.bincount(docs, minlength=delta.rows - start), out=fwd_ptr[1:])
-    new_terms = list(postings.vocab)[postings.saved_terms :]
+    new_terms = list(postings.vocab)[saved_terms:]
     name = f"lexical-{table}.seg-{generation}.{_tag()}.npz"
     path = directory / name
     tmp = directory / f".lexical-{table}.tmp"
@@ -1251,14 +1263,14 @@ def _write_segment(directory: Path, table: str, postings: Postings, generation: 
         with tmp.open("wb") as fh:
             np.savez(
                 fh,
-                dead=np.sort(postings.unsaved_dead).astype(np.int64),
-                gone=postings.unsaved_gone.astype(np.int64),
+                dead=np.sort(dead).astype(np.int64),
+                gone=gone.astype(np.int64),
                 rowids=delta.rowids[start:],
                 lengths=delta.lengths[start:],
                 fwd_ptr=fwd_ptr,
                 fwd_terms=delta._term_of_postings()[mine][order].astype(np.int32),
                 fwd_tfs=np.ascontiguousarray(delta.tfs[:, mine][:, order]),
-                vocab_start=np.int64(postings.saved_terms),
+                vocab_start=np.int64(saved_terms),
                 vocab=np.frombuffer("\n".join(new_terms).encode("utf-8"), dtype=np.uint8),
             )
         fsync_path(tmp)
