@@ -220,7 +220,8 @@ def test_past_merge_segments_the_segments_are_merged_into_one_and_the_base_kept(
     assert len(_segment_files(index_dir)) == 4 and (index_dir / "vectors.faiss").read_bytes() == before
     delete_articles(opened, ["new0-0", opened.catalog.ids[0]])  # a third save, with tombstones of base vectors
     assert len(_segment_files(index_dir)) == 2  # past the limit: one segment per kind
-    assert all(len(listed) == 1 for listed in _stamp(index_dir)["segments"].values())
+    listed = _stamp(index_dir)["segments"]
+    assert isinstance(listed, dict) and all(len(entries) == 1 for entries in listed.values())
     assert (index_dir / "vectors.faiss").read_bytes() == before
     _same_as_sqlite(index_dir)
     for n in range(2):
