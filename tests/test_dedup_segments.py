@@ -40,17 +40,18 @@ def _segments(directory: Path) -> list[str]:
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_base_and_segments_load_to_the_index_a_fresh_save_gives(tmp_path: Path, seed: int) -> None:
     """Random runs of additions, replacements and removals, each saved: the loaded index always equals the one in
-    memory and one written whole from scratch; most saves append (the base is not rewritten) until the merge policy
-    writes a new base (by count here, the fraction being raised)."""
+    memory and one written whole from scratch; saves append (the base is not rewritten), and past MERGE_SEGMENTS
+    one segment of everything since the base replaces the listed ones (the fraction being raised: no new base)."""
     rng = random.Random(seed)
     docs = _collection()
     index = DedupIndex()
     for d in docs[:20]:
         index.add(d.id, d.text, d.date, d.headline_vector, title=d.title)
     save_duplicates(tmp_path, index, 1)
-    appended = merged = 0
+    appended = merged = compacted = 0
     for generation in range(2, 30):
         base = (tmp_path / DUPLICATES_FILE).stat()
+        listed = len(_segments(tmp_path))
         for _ in range(rng.randint(1, 3)):
             d = rng.choice(docs)
             if rng.random() < 0.35 and len(index):
@@ -63,6 +64,7 @@ def test_base_and_segments_load_to_the_index_a_fresh_save_gives(tmp_path: Path, 
         rewritten = (same_base.st_ino, same_base.st_mtime_ns) != (base.st_ino, base.st_mtime_ns)
         merged += rewritten
         appended += not rewritten
+        compacted += not rewritten and listed == MERGE_SEGMENTS and len(_segments(tmp_path)) == 1
         loaded = read_duplicates(tmp_path)
         assert loaded is not None and loaded[1] == generation
         fresh = tmp_path / "fresh"
@@ -72,7 +74,7 @@ def test_base_and_segments_load_to_the_index_a_fresh_save_gives(tmp_path: Path, 
         assert fresh_loaded is not None
         assert _arrays(loaded[0]) == _arrays(index) == _arrays(fresh_loaded[0])
         assert len(_segments(tmp_path)) <= MERGE_SEGMENTS
-    assert appended > merged > 0  # both paths were taken
+    assert appended > compacted > 0 and merged == 0  # both paths were taken; the base never rewritten
 
 
 def test_a_saved_and_loaded_index_keeps_appending_and_grouping(tmp_path: Path) -> None:

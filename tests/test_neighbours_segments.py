@@ -61,16 +61,18 @@ def segments(directory: Path) -> list[str]:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_base_and_segments_load_to_the_graph_in_memory(tmp_path: Path, pool: PoolConfig | None, seed: int) -> None:
     """Random writes (additions, deletions, both), each saved: the loaded graph equals the one in memory and the one
-    a whole save of it gives, rank included; saves append until the count limit writes a new base."""
+    a whole save of it gives, rank included; saves append, and past the count limit one segment of everything since
+    the base replaces the listed ones (the fraction being raised: the base is never rewritten)."""
     rng = np.random.default_rng(seed)
     keys, vecs, rows = synthetic(400, seed=20 + seed)
     postings = Postings.build(rows, 2)
     graph = NeighbourGraph.build(keys, vecs, postings, 1, CONFIG, pool)
     store = vector_store(keys, vecs)
     graph.save(tmp_path)
-    base_writes, start = 0, 401
+    base_writes, start, compacted = 0, 401, 0
     for generation in range(2, 14):
         before = (tmp_path / "neighbours.npz").stat()
+        listed = len(segments(tmp_path))
         deleted = rng.choice(graph.keys, size=int(rng.integers(0, 4)), replace=False).tolist()
         count = int(rng.integers(0, 5)) if deleted else int(rng.integers(1, 5))
         new_keys, new_vecs, new_rows = synthetic(count, seed=100 * seed + generation, start=start)
@@ -94,7 +96,8 @@ def test_base_and_segments_load_to_the_graph_in_memory(tmp_path: Path, pool: Poo
         assert reloaded is not None
         assert_same(reloaded, loaded)
         assert len(segments(tmp_path)) <= MERGE_SEGMENTS
-    assert 0 < base_writes < 11  # mostly appended; a merge when the count passed
+        compacted += listed == MERGE_SEGMENTS and len(segments(tmp_path)) == 1
+    assert base_writes == 0 and compacted > 0  # appended; merged into one segment when the count passed
 
 
 def test_a_save_killed_before_its_stamp_leaves_the_old_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

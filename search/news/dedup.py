@@ -640,6 +640,8 @@ class DedupIndex:
         # stamp; None: no such files): the ids a save appends as a segment (search/news/grouping.py).
         self.touched: set[str] = set()
         self.stamp: JSONObject | None = None
+        # the ids the saved segments changed since the saved base: with ``touched``, one segment that replaces them
+        self.since_base: set[str] = set()
 
     # queries
 
@@ -872,12 +874,13 @@ class DedupIndex:
         arrays["article_group"] = np.array([group_row[self._group_of[i]] for i in ids], dtype=np.int64)
         return _npz(header, arrays)
 
-    def delta_bytes(self) -> bytes:
-        """What changed since ``touched`` was last cleared, as an ``.npz`` segment: the touched ids as tombstones
-        (removed, replaced or added), then the fingerprints, dates and headline vectors of those still held.
-        ``apply_delta`` of it on the index as it was before gives this index's articles and groups: groups are a
-        function of the articles alone, whatever order they came in (the class docstring)."""
-        touched = sorted(self.touched)
+    def delta_bytes(self, *, whole: bool = False) -> bytes:
+        """What changed since ``touched`` was last cleared (``whole``: since the saved base, ``since_base`` too), as
+        an ``.npz`` segment: the touched ids as tombstones (removed, replaced or added), then the fingerprints, dates
+        and headline vectors of those still held. ``apply_delta`` of it on the index as it was before gives this
+        index's articles and groups: groups are a function of the articles alone, whatever order they came in (the
+        class docstring)."""
+        touched = sorted(self.touched | self.since_base if whole else self.touched)
         header, arrays = self._records([i for i in touched if i in self._articles])
         header["tombstones"] = touched
         return _npz(header, arrays)

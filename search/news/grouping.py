@@ -10,7 +10,7 @@ with the articles already labelled as the fixed past, so labels never change onc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +167,7 @@ def read_duplicates(directory: Path) -> tuple[DedupIndex, int] | None:
     dedup = DedupIndex.from_bytes((directory / DUPLICATES_FILE).read_bytes())
     for path in segments:
         dedup.apply_delta(path.read_bytes())
+    dedup.since_base = set(dedup.touched)
     dedup.touched.clear()
     dedup.stamp = stamp
     return dedup, int(stamp["generation"])
@@ -196,11 +197,21 @@ def save_duplicates(directory: Path, dedup: DedupIndex, generation: int, *, merg
         else:
             delta = dedup.delta_bytes()
             rows = 2 * len(dedup.touched)  # tombstones and additions, as the vector segments count them
-            stamp = appended(directory, on_disk, DUPLICATES_STEM, generation, rows, lambda p: p.write_bytes(delta))
+
+            def whole() -> tuple[int, Callable[[Path], object]]:
+                everything = dedup.delta_bytes(whole=True)
+                return 2 * len(dedup.touched | dedup.since_base), lambda p: p.write_bytes(everything)
+
+            stamp = appended(
+                directory, on_disk, DUPLICATES_STEM, generation, rows, lambda p: p.write_bytes(delta), whole
+            )
     if stamp is None:
         data = dedup.to_bytes()
         write_atomic(directory / DUPLICATES_FILE, lambda p: p.write_bytes(data))
         stamp = base_stamp(directory, DUPLICATES_FILE, len(dedup), {"generation": generation})
+        dedup.since_base = set()
+    else:
+        dedup.since_base |= dedup.touched
     write_stamp(directory / DUPLICATES_STATE, stamp)
     dedup.stamp = stamp
     dedup.touched.clear()

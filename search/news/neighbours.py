@@ -352,7 +352,19 @@ class NeighbourGraph:
             else:
                 arrays = self._segment(int(on_disk.get("idf", len(self.idf))))
                 rows = len(self.gone) + len(arrays["rows"])
-                found = appended(directory, on_disk, GRAPH_STEM, self.generation, rows, partial(_savez, arrays=arrays))
+
+                def whole() -> tuple[int, Callable[[Path], object]]:
+                    """The listed segments and this one composed: everything since the base, as one segment."""
+                    loaded = []
+                    for path in listed_segments(directory, on_disk, GRAPH_FILE):
+                        with np.load(path) as data:
+                            loaded.append({name: data[name] for name in data.files})
+                    merged = _composed([*loaded, arrays], self.idf)
+                    return len(merged["gone"]) + len(merged["rows"]), partial(_savez, arrays=merged)
+
+                found = appended(
+                    directory, on_disk, GRAPH_STEM, self.generation, rows, partial(_savez, arrays=arrays), whole
+                )
                 stamp = None if found is None else found | fields
         if stamp is None:
             p, t = self.profiles, self.terms
