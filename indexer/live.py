@@ -1,20 +1,26 @@
 """Writes while the server serves: articles added, replaced and deleted through the API or the CLI.
 
-One writer at a time (a lock per process; SQLite serialises writers across processes). The slow part, embedding,
-runs before the write lock is taken, so searches go on meanwhile; then, under the service's write lock, one SQLite
-transaction stores the articles with their passages, vectors and labels, and FAISS, the BM25 postings and the
-catalog are brought up to it. An acknowledged write is committed (``synchronous=FULL``) and searchable; a failed
-one leaves the store as it was, and the in-memory side is reloaded from it.
+One writer at a time (a lock per process; SQLite serialises writers across processes). Searches are locked out only
+for the swap: embedding runs first; then, with the service holding its index (``SearchService.holding``: no reload
+replaces it meanwhile), the batch is labelled, one SQLite transaction's statements run and the new BM25 postings,
+passage owners and catalog are built from its uncommitted rows, all with searches going on; under the service's
+write lock the transaction commits, those objects are swapped in and FAISS is updated (indexer/update.py
+``apply_changes``, ``exclusive``). A search sees the index before the write or after it, never between: the commit
+and the swap happen together under the lock, and until the commit no other connection sees the transaction's rows.
+An acknowledged write is committed (``synchronous=FULL``) and searchable; a failed one leaves the store as it was
+(SQLite rolls back) and the service serving it: a failure before the commit changed nothing searches read, and one
+under the lock makes the service reload the store's state before it lets readers back in.
 
-The write applies to the index the service holds when the write lock is taken, not the one it held before the
+The write applies to the index the service holds when the write starts holding it, not the one it held before the
 embedding: a reload meanwhile (another process wrote) would otherwise leave the write on a detached index. When
-another process commits between that reload and this write, ``apply_changes`` catches up first (indexer/update.py).
+another process commits after that, ``apply_changes`` catches up (under the write lock) and writes again.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from indexer.build import make_chunker, new_articles
@@ -22,6 +28,8 @@ from indexer.update import apply_changes, reusable_vectors, save_after_commit
 from search.errors import NotFound
 from search.models import Article
 from search.service import SearchService
+from search.storage.index import Index
+from search.storage.store import NewArticle
 
 
 @dataclass(frozen=True)
@@ -48,26 +56,24 @@ class Writer:
             rows, _ = new_articles(articles, make_chunker(settings, svc.embedder), svc.embedder, settings, known)
             rows = [replace(r, origin="api") for r in rows]  # newsdesk index warns before deleting these
             svc.refresh()
-            with svc.lock.writing():  # svc.index now: the one searches use, whatever reloaded during the embedding
-                self._apply(lambda: apply_changes(svc.index, ids, rows, save=False, embedder=svc.embedder))
-                result = WriteResult(ids, [], svc.generation)
+            with svc.holding() as index:  # the one searches use, whatever reloaded during the embedding
+                generation = self._apply(index, ids, rows)
             self._save()
-            return result
+            return WriteResult(ids, [], generation)
 
     def delete(self, article_ids: list[str]) -> WriteResult:
         """Delete articles by id; NotFound (and nothing deleted) if any of them is not in the index."""
         svc = self.service
         with self._lock:
             svc.refresh()
-            svc.index.writable  # noqa: B018 -- a read-only index refuses (403) whether or not the ids exist
-            with svc.lock.writing():
-                missing = [i for i in article_ids if svc.index.store.aid_of(i) is None]
+            with svc.holding() as index:
+                index.writable  # noqa: B018 -- a read-only index refuses (403) whether or not the ids exist
+                missing = [i for i in article_ids if index.store.aid_of(i) is None]
                 if missing:
                     raise NotFound(f"no article with id {missing[0]!r}")
-                self._apply(lambda: apply_changes(svc.index, list(article_ids), [], save=False, embedder=svc.embedder))
-                result = WriteResult([], list(article_ids), svc.generation)
+                generation = self._apply(index, list(article_ids), [])
             self._save()
-            return result
+            return WriteResult([], list(article_ids), generation)
 
     def _save(self) -> None:
         """Write the FAISS, BM25 and duplicate caches and the manifest with searches running again (they only read
@@ -81,14 +87,24 @@ class Writer:
         with svc.lock.reading():
             save_after_commit(svc.index)
 
-    def _apply(self, change: Callable[[], object]) -> None:
-        """Run ``change`` under the service's write lock; the service then serves what it left in ``svc.index``
-        (caught up in place, perhaps onto a new store)."""
+    def _apply(self, index: Index, delete_ids: list[str], rows: list[NewArticle]) -> int:
+        """Write into ``index`` (the service's, held), with the write lock only around what changes what searches
+        read; returns the generation then served."""
         svc = self.service
-        try:
-            change()
-        except BaseException:
-            # SQLite rolled back; FAISS, postings or the catalog may be half-updated: serve the store's state again
-            svc.attach(svc.index.reopen(svc.embedder))
-            raise
-        svc.wrote()
+        apply_changes(index, delete_ids, rows, save=False, embedder=svc.embedder, exclusive=self._exclusive)
+        return svc.generation
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The service's write lock around one step that changes its index in place (a commit and the swap, or a
+        catch-up); the service then serves what that step left in ``svc.index`` (perhaps on a new store). A step
+        that fails has SQLite rolled back, or committed with FAISS, postings or the catalog perhaps half-updated:
+        the store's state is served again before the lock is released, so no reader sees the half."""
+        svc = self.service
+        with svc.lock.writing():
+            try:
+                yield
+            except BaseException:
+                svc.attach(svc.index.reopen(svc.embedder))
+                raise
+            svc.wrote()

@@ -14,7 +14,8 @@ in-memory state reflects, and saved only while the store is still there (``Store
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,10 +29,10 @@ from search.news.grouping import DUPLICATES_STATE, Text, label_new, load_duplica
 from search.news.neighbours import GRAPH_STATE
 from search.news.segmented import read_stamp
 from search.settings import Settings
-from search.storage.changes import apply_in_memory
+from search.storage.changes import InMemory, changed_in_memory
 from search.storage.index import Index, now_iso
 from search.storage.manifest import write_manifest
-from search.storage.store import NewArticle, Store
+from search.storage.store import NewArticle, Replaced, Store
 from search.text.embedding import Embedder
 
 log = logging.getLogger("newsdesk.update")
@@ -70,6 +71,8 @@ def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -
 
 CATCH_UP_TRIES = 20  # each try that fails does so because another writer committed: someone makes progress
 
+Exclusive = Callable[[], AbstractContextManager[object]]
+
 
 def apply_changes(
     index: Index,
@@ -78,6 +81,7 @@ def apply_changes(
     *,
     save: bool = True,
     embedder: Embedder | None = None,
+    exclusive: Exclusive = nullcontext,
 ) -> int:
     """Delete and insert in one SQLite transaction, then bring FAISS, the BM25 postings and the manifest up to it;
     returns the number of articles deleted. ``save=False`` leaves writing the on-disk caches to the caller
@@ -86,48 +90,102 @@ def apply_changes(
     ``index`` catches up in place (``Index.catch_up``; ``embedder`` is checked against a new build's model) when
     another process committed since it was loaded, or a rebuild replaced it: the write is then labelled and applied
     again on top of the index as committed, so neither the in-memory index nor a cache saved from it misses the other
-    writer's articles, and a write is never acknowledged into a store that is no longer the index."""
+    writer's articles, and a write is never acknowledged into a store that is no longer the index.
+
+    ``exclusive`` is entered around each step that changes ``index`` as its readers see it: the commit with the swap
+    of the in-memory parts and the FAISS update, and a catch-up. A live writer passes its service's write lock
+    (indexer/live.py): labelling, the SQLite statements and building the new postings, owners and catalog then run
+    with searches going on (measured by bench/write_lock.py), and the lock is held for the commit and the swap."""
     for _ in range(CATCH_UP_TRIES):
         try:
-            return _apply_once(index, delete_ids, rows, save)
+            deleted = _apply_once(index, delete_ids, rows, save, exclusive, embedder)
         except StaleIndex:
-            index.catch_up(embedder)
+            with exclusive():
+                index.catch_up(embedder)
+            continue
+        if deleted is not None:
+            return deleted
     raise StaleIndex(f"the index kept changing under this write ({CATCH_UP_TRIES} tries); nothing was written")
 
 
-def _apply_once(index: Index, delete_ids: list[str], rows: list[NewArticle], save: bool) -> int:
+def _apply_once(
+    index: Index,
+    delete_ids: list[str],
+    rows: list[NewArticle],
+    save: bool,
+    exclusive: Exclusive,
+    embedder: Embedder | None,
+) -> int | None:
     """One try of ``apply_changes``: StaleIndex (and nothing changed in memory that matters) if the store is not at
-    the generation ``index`` reflects, or is no longer the index; StaleIndex after the commit if a rebuild swapped
-    the directory between the check and the commit (the write went to the replaced store and is written again)."""
+    the generation ``index`` reflects, or is no longer the index; None, ``index`` caught up, if a rebuild swapped
+    the directory between the check and the commit (the write went to the replaced store and is written again).
+
+    Only ``index.duplicates`` changes before the commit (labelling adds to it; the writer alone reads it): the new
+    postings, owners and catalog are built inside the open transaction, from this connection's uncommitted rows,
+    and swapped in with the commit under ``exclusive``."""
     directory, store = index.writable  # a replica refuses here, before anything changes
     if not index.current() or store.generation() != index.generation:
         raise StaleIndex("the index changed since it was loaded")  # cheap early exit; the binding check is below
-    dedup = index.duplicates
-    if rows and dedup is None:
-        dedup = load_duplicates(directory, store, index.catalog)
-    if dedup is not None:
-        for article_id in delete_ids:
-            dedup.remove(article_id)
-    rows = _labelled(index, dedup, delete_ids, rows)
 
     def check(generation: int) -> None:
         if generation != index.generation or not index.current():
             raise StaleIndex("another process wrote, or a rebuild replaced the index, since it was loaded")
 
-    try:
-        done = store.replace_articles(delete_ids, rows, check)
-    except BaseException:
-        index.duplicates = None  # it may hold what did not commit: reloaded from the store when next needed
-        raise
-    if not index.current():
-        index.duplicates = None
-        raise StaleIndex("a rebuild replaced the index while this write committed")
+    with ExitStack() as held:
+        try:
+            dedup = index.duplicates
+            if rows and dedup is None:
+                dedup = load_duplicates(directory, store, index.catalog)
+            if dedup is not None:
+                for article_id in delete_ids:
+                    dedup.remove(article_id)
+            rows = _labelled(index, dedup, delete_ids, rows)
+
+            def publish(done: Replaced, commit: Callable[[], None]) -> None:
+                changed = _changed(index, store, done, rows)
+                held.enter_context(exclusive())  # left after the swap below, or after a catch-up
+                commit()
+                if index.current():
+                    _swap(index, store, done, rows, changed, dedup)
+
+            done = store.replace_articles(delete_ids, rows, check, before_commit=publish)
+        except BaseException:
+            index.duplicates = None  # it may hold what did not commit: reloaded from the store when next needed
+            raise
+        if not index.current():  # still exclusive: no reader sees the old in-memory index beside the commit
+            index.duplicates = None
+            index.catch_up(embedder)
+            return None
+    if (done.deleted_aids or rows) and save:
+        save_after_commit(index)
+    return len(done.deleted_aids)
+
+
+def _changed(index: Index, store: Store, done: Replaced, rows: list[NewArticle]) -> InMemory | None:
+    """The postings, owners and catalog after ``done`` (read in its open transaction), or None if it changed
+    nothing; the same update a replica applies to a published delta (search/storage/changes.py)."""
+    aids, pids, new_aids, new_pids = done.deleted_aids, done.deleted_pids, done.new_aids, done.new_pids
+    if not aids and not rows:
+        return None
+    owners = np.repeat(np.asarray(new_aids, dtype=np.int64), [len(r.passages) for r in rows])
+    return changed_in_memory(index, store, (aids, pids), (new_aids, new_pids), owners, done.generation)
+
+
+def _swap(
+    index: Index,
+    store: Store,
+    done: Replaced,
+    rows: list[NewArticle],
+    changed: InMemory | None,
+    dedup: DedupIndex | None,
+) -> None:
+    """Bring ``index`` to the committed ``done``: the parts built aside swapped in, FAISS updated in place (it has
+    no copy to build aside), generation set. The caller holds the exclusive section."""
+    aids, pids, new_aids, new_pids = done.deleted_aids, done.deleted_pids, done.new_aids, done.new_pids
     index.duplicates = dedup
     index.generation = done.generation
-    aids, pids, new_aids, new_pids = done.deleted_aids, done.deleted_pids, done.new_aids, done.new_pids
-    if aids or rows:  # the same update a replica applies to a published delta (search/storage/changes.py)
-        owners = np.repeat(np.asarray(new_aids, dtype=np.int64), [len(r.passages) for r in rows])
-        apply_in_memory(index, store, (aids, pids), (new_aids, new_pids), owners, done.generation)
+    if changed is not None:
+        changed.swap_into(index)
     if aids:
         index.passages.remove(np.asarray(pids, dtype=np.int64))
         index.articles.remove(np.asarray(aids, dtype=np.int64))
@@ -136,15 +194,11 @@ def _apply_once(index: Index, delete_ids: list[str], rows: list[NewArticle], sav
         index.articles.add(np.asarray(new_aids, dtype=np.int64), np.stack([r.article_vector for r in rows]))
     if aids or rows:  # what replicas read besides vectors (Milvus's record collections)
         index.vectors.apply(store, (aids, pids), (new_aids, new_pids))
-    if aids or rows:
         # The profiles follow in save_state: an exact update passes over every article's vector and term entries
         # (search/news/neighbours.py), which must not be spent with searches locked out. Until then searches use the
         # previous profiles; related.py skips the articles they name that are gone.
         index.neighbour_changes[0].extend(aids)
         index.neighbour_changes[1].extend(new_aids)
-    if (aids or rows) and save:
-        save_after_commit(index)
-    return len(aids)
 
 
 def _labelled(

@@ -168,6 +168,7 @@ class SearchService:
         self.lock = ReadWriteLock()
         self._reload_guard = threading.Lock()
         self._reloading = False
+        self._held = 0  # writes of this process's writer in progress on ``self.index`` (``holding``)
         self.attach(index)
         self.fusion = settings.fusion_config()
         self.passage_fusion = settings.fusion_config(passages=True)
@@ -200,16 +201,33 @@ class SearchService:
         on disk are stamped with the new generation, so reopening costs a file load, no re-embedding); a replica
         reloads from the engine when the indexer published a new state."""
         with self.lock.reading():  # not while a writer replaces the index and closes its store
-            if not self._stale():
+            if self._held or not self._stale():
                 return
         replica = self.index.replica
         if replica is not None and replica.background:
             self._reload_in_background()
             return
         with self.lock.writing():
-            if not self._stale():
-                return  # another request thread reloaded first
+            if self._held or not self._stale():
+                return  # another request thread reloaded first, or this process's writer holds the index
             self.attach(self.index.reopen(self.embedder))
+
+    @contextmanager
+    def holding(self) -> Iterator[Index]:
+        """Keep serving the index yielded (no reload replaces it nor closes its store) while this process's writer
+        works on it outside the write lock: it labels, runs its SQLite statements and builds the new postings and
+        catalog with searches going on, and takes the write lock only to commit and swap them in
+        (indexer/live.py). A commit by another process meanwhile makes the writer catch up, under the write lock, in
+        place; until then searches keep the loaded state, as they would until their next refresh. Taken under the
+        read lock, so that a reload that already decided to run finishes first and the writer works on its index."""
+        with self.lock.reading(), self._reload_guard:
+            self._held += 1
+            index = self.index
+        try:
+            yield index
+        finally:
+            with self._reload_guard:
+                self._held -= 1
 
     def _reload_in_background(self) -> None:
         """A replica's reload (reading and tokenising the corpus: seconds to minutes) runs in a thread while
@@ -244,7 +262,8 @@ class SearchService:
 
     def wrote(self) -> None:
         """Called by this process's writer, under the write lock, after it changed ``self.index`` in place (and
-        perhaps caught it up onto another store: then everything is attached to it again)."""
+        perhaps caught it up onto another store: then everything is attached to it again). The store's generation
+        is then the one served, so readers do not take the writer's own commit for another process's."""
         if self.index.store is not self._store:
             self.attach(self.index)
         self.generation = self.index.generation

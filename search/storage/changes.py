@@ -12,21 +12,49 @@ engine and it updates its profiles at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from search.storage.index import Index
+from search.ranking.catalog import ArticleCatalog
+from search.storage.index import Index, PassageOwners
 from search.storage.store import ChangedRows
+from search.text.bm25 import LexicalPostings
 from search.vectors.base import Changes
+
+
+@dataclass(frozen=True)
+class InMemory:
+    """The postings, owners and catalog of an index after a change, built aside from the ones searches use, so
+    that a writer can build them before it takes the write lock and only swap them in under it."""
+
+    lexical: LexicalPostings
+    owners: PassageOwners
+    catalog: ArticleCatalog
+
+    def swap_into(self, index: Index) -> None:
+        """Make ``index`` serve these (three reference assignments: the part a reader must not see half done)."""
+        index.lexical, index.owners, index.catalog = self.lexical, self.owners, self.catalog
+
+
+def changed_in_memory(
+    index: Index, rows: ChangedRows, deleted: Changes, added: Changes, owners: np.ndarray, generation: int
+) -> InMemory:
+    """New postings, owners and catalog for ``index`` that reflect a change that ``deleted`` and ``added``
+    (article keys, passage ids), ``owners`` being the article of each added passage, and ``generation``; ``rows``
+    gives the added rows' texts and the catalog after the change (for a writer: its own open transaction, read
+    before the commit). ``index`` is only read: each part is a new object, never the old one changed in place."""
+    aids, pids = deleted
+    return InMemory(
+        index.lexical.updated(rows, (aids, pids), added, generation),
+        index.owners.updated(pids, np.asarray(added[1], dtype=np.int64), owners),
+        index.catalog.updated(rows, aids, added[0]),  # its own rows, not the whole table
+    )
 
 
 def apply_in_memory(
     index: Index, rows: ChangedRows, deleted: Changes, added: Changes, owners: np.ndarray, generation: int
 ) -> None:
-    """Replace ``index``'s postings, owners and catalog with ones that reflect a change that ``deleted`` and
-    ``added`` (article keys, passage ids), ``owners`` being the article of each added passage, and committed
-    ``generation``; ``rows`` gives the added rows' texts and the catalog after the change. Each part is replaced by
-    a new object, never changed in place: a reader holding the previous one keeps a consistent view."""
-    aids, pids = deleted
-    index.lexical = index.lexical.updated(rows, (aids, pids), added, generation)
-    index.owners = index.owners.updated(pids, np.asarray(added[1], dtype=np.int64), owners)
-    index.catalog = index.catalog.updated(rows, aids, added[0])  # its own rows, not the whole table
+    """Replace ``index``'s postings, owners and catalog with ones that reflect a committed change
+    (``changed_in_memory``). A reader holding the previous objects keeps a consistent view."""
+    changed_in_memory(index, rows, deleted, added, owners, generation).swap_into(index)

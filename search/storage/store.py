@@ -369,6 +369,7 @@ class Store:
         check: Callable[[int], None] | None = None,
         *,
         log: bool = True,
+        before_commit: Callable[[Replaced, Callable[[], None]], None] | None = None,
     ) -> Replaced:
         """Delete ``delete_ids`` and insert ``items`` in one transaction, so a reader sees either the old or the new
         version of a replaced article, never neither.
@@ -376,7 +377,12 @@ class Store:
         ``check`` is called with the store's generation once the transaction holds SQLite's write lock (``BEGIN
         IMMEDIATE``: no other process can commit until this one ends), before anything is written; it raises
         (``StaleIndex``) to roll back when the caller's in-memory state does not reflect that generation. ``log``
-        records the ids in the change log (``CHANGES_SCHEMA``) in the same transaction."""
+        records the ids in the change log (``CHANGES_SCHEMA``) in the same transaction.
+
+        ``before_commit`` is called with what was written and the transaction's commit, the transaction still open
+        (this thread's reads see the write, other connections do not): a live writer builds its in-memory side there
+        and commits under its service's write lock, so that searches run while the statements execute. It may raise
+        to roll back; if it does not commit, the transaction commits when it returns."""
         conn = self._conn()
         aids: list[int] = []
         pids: list[int] = []
@@ -403,7 +409,10 @@ class Store:
                 written = {n.article.id for n in items}
                 self._log(conn, generation, [i for i in gone if i not in written], "delete")
                 self._log(conn, generation, [n.article.id for n in items], "upsert")
-        return Replaced(aids, pids, new_aids, new_pids, generation)
+            done = Replaced(aids, pids, new_aids, new_pids, generation)
+            if before_commit is not None:
+                before_commit(done, conn.commit)
+        return done
 
     @staticmethod
     def _log(conn: sqlite3.Connection, generation: int, article_ids: Iterable[str], op: str) -> None:
