@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +67,8 @@ def pause_in(stage: str, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Eve
     else:
         insert = Store._insert
 
-        def slow_insert(conn: sqlite3.Connection, item: NewArticle) -> tuple[int, list[int]]:
-            written = insert(conn, item)
+        def slow_insert(conn: sqlite3.Connection, items: Sequence[NewArticle]) -> tuple[list[int], list[int]]:
+            written = insert(conn, items)
             pause()
             return written
 
