@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +81,12 @@ def test_an_open_maps_the_bases_writes_keep_them_mapped_and_a_merge_maps_the_new
         _same_as_sqlite(index_dir)
         assert optimize(index) > 0
         assert _digest(index_dir / PASSAGE_VECTORS) != before
-        assert index.passages.mapped  # type: ignore[attr-defined]  # the merged base, mapped in place of the copy
         add_articles(index, _articles(1, 8, "after"), EMBEDDER, _settings(index_dir))
+        passages: FaissVectorStore = index.passages  # type: ignore[assignment]
+        assert passages.mapped and passages._mapped_file is not None  # the merged base, mapped from the change on
+        assert os.fstat(passages._mapped_file.fileno()).st_ino == (index_dir / PASSAGE_VECTORS).stat().st_ino
+        aid = index.store.aid_of("after-0")
+        assert aid is not None and len(passages._layer.ids) == len(index.store.passages_of(aid))  # what came after
     finally:
         index.close()
     _same_as_sqlite(index_dir)
@@ -142,10 +148,42 @@ def test_a_mapped_store_takes_changes_through_its_layer_like_one_held_in_memory(
             np.testing.assert_array_equal(got_i, want)
             np.testing.assert_allclose(got_s, np.sort(scores, axis=1)[:, ::-1][:, :8], atol=1e-5)
             np.testing.assert_array_equal(got_i, read.search(queries, 8, allowed=allow)[1])
-    mapped.save(tmp_path / "w.faiss")
-    assert mapped.mapped  # the new base, mapped: its layer is folded in and empty
+    mapped.save(tmp_path / "w.faiss")  # served as it was until the next change, which maps the new base
     np.testing.assert_array_equal(mapped.ids(), np.array(sorted(held), np.int64))
+    mapped.add(np.array([9999], np.int64), vecs[:1])
+    assert mapped.mapped and mapped._mapped_file is not None and len(mapped._layer.ids) == 1
+    assert os.fstat(mapped._mapped_file.fileno()).st_ino == (tmp_path / "w.faiss").stat().st_ino
+    np.testing.assert_array_equal(mapped.ids(), np.array(sorted([*held, 9999]), np.int64))
     np.testing.assert_allclose(mapped.reconstruct_batch(fresh), vecs, atol=1e-6)
+
+
+def test_searches_beside_a_whole_save_of_a_mapped_store_see_one_state(tmp_path: Path) -> None:
+    """A save runs beside searches (under the service's read lock): writing a mapped store with a layer must not
+    change what a search reads (the fold is a copy; the new base is taken at the next change)."""
+    rng = np.random.default_rng(5)
+    ids = np.arange(2000, dtype=np.int64)
+    vectors = _unit(rng, 2000)
+    FaissVectorStore.build(16, "IDMap2,Flat", [(ids, vectors)]).save(tmp_path / "v.faiss")
+    store = FaissVectorStore.load(tmp_path / "v.faiss", "IDMap2,Flat")
+    store.remove(ids[:300])
+    store.add(np.arange(5000, 5300, dtype=np.int64), vectors[:300])
+    queries = _unit(rng, 8)
+    want = store.search(queries, 10)[1]
+    stop, seen = threading.Event(), []
+
+    def search() -> None:
+        while not stop.is_set():
+            seen.append(bool((store.search(queries, 10)[1] == want).all()))
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    try:
+        for n in range(4):
+            store.save(tmp_path / f"w{n}.faiss")
+    finally:
+        stop.set()
+        thread.join()
+    assert seen and all(seen)
 
 
 def test_a_mapped_store_opened_with_a_wrong_size_is_refused(tmp_path: Path) -> None:

@@ -234,6 +234,7 @@ class FaissVectorStore:
         # what changed a mapped base since it was mapped, held beside it (the base is never resized: FAISS aborts)
         self._layer = _Layer.empty(dimension)
         self._base_ids: np.ndarray | None = None  # the mapped base's ids, sorted: read once, when first needed
+        self._written: BinaryIO | None = None  # the base the last whole save wrote, served from the next change
         # changes since the files were written (segments.py): tracked only for a store loaded from or saved to
         # its files, so that a build, which writes a whole base, keeps no second copy of its vectors
         self.journal: Journal | None = None
@@ -300,56 +301,76 @@ class FaissVectorStore:
         return self._mapped_file is not None
 
     def _own(self) -> None:
-        """Read a memory-mapped store fully into memory and fold its layer into it (the base's removed vectors
-        removed, the added ones added): what a whole base's save (a merge) and training start from. Reads the
-        descriptor held since ``load``, not the path a merge may have replaced. The mapped file is never written:
-        FAISS cannot grow or shrink a mapped index (it aborts), and the base must stay what its stamp says for
-        other processes."""
-        fh = self._mapped_file
-        if fh is None:
+        """Read a memory-mapped store fully into memory with its layer folded in (``_folded``) and serve that: what
+        training starts from. Called only where no search runs on this store (a build)."""
+        if self._mapped_file is None:
             return
-        faiss = _faiss()
+        index, ivf = self._folded()
+        self._mapped_file.close()
+        self._install(index, ivf, None)
 
-        fh.seek(0)
-        index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+    def _folded(self) -> tuple[FaissIndex, _IVF | None]:
+        """A new in-memory index holding what this store holds: the mapped base read fully (through the descriptor
+        held since ``load``, not the path a merge may have replaced) with the layer's removed vectors removed and
+        its added ones added. The store itself is unchanged, so searches may run meanwhile. The mapped file is never
+        written: FAISS cannot grow or shrink a mapped index (it aborts), and the base must stay what its stamp says
+        for other processes."""
+        faiss = _faiss()
+        fh = self._mapped_file
+        assert fh is not None
+        layer = self._layer
+        index = faiss.read_index(faiss.PyCallbackIOReader(_Reader(fh).read))
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        layer = self._layer
+        if len(layer.gone):
+            hnsw = None if ivf is not None else _find_hnsw(index)
+            if hnsw is not None:  # an HNSW graph keeps tombstones (its id-map entry -1), as ``_tombstone``
+                mapped = cast(_IdMap, index)
+                id_map = faiss.vector_to_array(mapped.id_map)
+                id_map[np.isin(id_map, layer.gone) & (id_map >= 0)] = -1
+                faiss.copy_array_to_vector(id_map, mapped.id_map)
+                mapped.construct_rev_map()
+            elif ivf is not None:
+                index.remove_ids(faiss.IDSelectorArray(layer.gone))
+            else:
+                index.remove_ids(faiss.IDSelectorBatch(layer.gone))
+        if len(layer.ids):
+            index.add_with_ids(layer.vectors, layer.ids)
+        return index, ivf
+
+    def _install(self, index: FaissIndex, ivf: _IVF | None, mapped_file: BinaryIO | None) -> None:
+        """Serve ``index`` (mapped from ``mapped_file``, or held in memory when None) with an empty layer. Called
+        where no search runs on this store: a build, or the start of a change (under the service's write lock)."""
+        faiss = _faiss()
         self._index, self._ivf = index, ivf
         self._hnsw = None if ivf is not None else _find_hnsw(index)
-        self._mapped_file, self._base_ids, self._layer = None, None, _Layer.empty(self.dimension)
-        fh.close()
+        self._dead = int((faiss.vector_to_array(self._mapped().id_map) < 0).sum()) if self._hnsw is not None else 0
+        self._mapped_file, self._base_ids, self._layer = mapped_file, None, _Layer.empty(self.dimension)
         self.set_search_params(self.search_params)
-        if len(layer.gone):
-            self._removed(layer.gone)
-        if len(layer.ids):
-            self._index.add_with_ids(layer.vectors, layer.ids)
 
-    def _remap(self, path: Path) -> None:
-        """Serve the base just written to ``path`` from its mapping instead of from memory: after a merge the
-        process holds the corpus's vectors once (in the page cache, shared with every other process that maps it),
-        not twice."""
-        try:
-            fh = path.open("rb")
-        except OSError:
-            return  # the in-memory copy serves on
+    def _take_written(self) -> None:
+        """Before a change: serve the base the last whole save wrote (mapped), in place of what was served
+        meanwhile (the previous base and its layer, or an in-memory copy), which held the same vectors. Deferred
+        from the save to here because a save runs beside searches (under the service's read lock) and a search
+        must not see this store's parts swapped one by one; a change runs under the write lock."""
+        fh, self._written = self._written, None
+        if fh is None:
+            return
         try:
             index = _read_mapped(fh) if _is_mapped(fh) else None
         except RuntimeError:
             index = None
         if index is None:
             fh.close()
-            return
+            return  # what is served holds the same vectors
         faiss = _faiss()
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
             ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        self._index, self._ivf = index, ivf
-        self._hnsw = None if ivf is not None else _find_hnsw(index)
-        self._dead = int((faiss.vector_to_array(self._mapped().id_map) < 0).sum()) if self._hnsw is not None else 0
-        self._mapped_file, self._base_ids, self._layer = fh, None, _Layer.empty(self.dimension)
-        self.set_search_params(self.search_params)
+        if self._mapped_file is not None:
+            self._mapped_file.close()
+        self._install(index, ivf, fh)
 
     def _mapped_base_ids(self) -> np.ndarray:
         """The mapped base's ids, sorted (tombstones of an HNSW base left out), read once: the base never changes
@@ -453,6 +474,7 @@ class FaissVectorStore:
         if len(ids) == 0:
             return
         ids, vectors = checked_batch(ids, vectors, self.dimension)
+        self._take_written()
         if self._mapped_file is not None:
             self._layer = self._layer.added(ids, vectors, self._mapped_base_ids())
         else:
@@ -469,6 +491,7 @@ class FaissVectorStore:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return 0
+        self._take_written()
         if self._mapped_file is not None:
             self._layer, removed = self._layer.removed(ids, self._mapped_base_ids())
         else:
@@ -657,17 +680,43 @@ class FaissVectorStore:
         (ENOSPC, EROFS) is an ``OSError``, and the temporary file is removed."""
         faiss = _faiss()
 
-        self._own()  # a mapped IVF would be written as a reference to on-disk lists; and this file may be that one,
-        # so the base is read and its layer folded in first
+        # a mapped IVF would be written as a reference to on-disk lists, and this file may be that one: a mapped
+        # store writes a copy read in full with its layer folded in (``_folded``: searches go on meanwhile)
+        index = self._folded()[0] if self._mapped_file is not None else self._index
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with discarded_on_failure(tmp):
             with tmp.open("wb") as fh:
                 try:
-                    faiss.write_index(self._index, faiss.PyCallbackIOWriter(fh.write))
+                    faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
                 except RuntimeError as exc:  # a FAISS error while serialising: reported like a failed write
                     raise OSError(f"cannot write {tmp.name}: {str(exc).splitlines()[0]}") from None
             os.replace(tmp, path)
-        self._remap(path)
+        try:  # this very file (not whatever a later merge puts at the path), mapped at the next change
+            written: BinaryIO | None = path.open("rb")
+        except OSError:
+            written = None
+        if self._written is not None:
+            self._written.close()
+        self._written = written
+
+
+class _Reader:
+    """Reads a file from its start by ``pread``, leaving its descriptor's offset alone (a store's mapped file may be
+    read by another thread at the same time: a save's fold beside a prefetch)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fd, self.at = fh.fileno(), 0
+
+    def read(self, size: int) -> bytes:
+        parts = []
+        while size > 0:
+            data = os.pread(self.fd, size, self.at)
+            if not data:
+                break  # the end of the file
+            parts.append(data)
+            self.at += len(data)
+            size -= len(data)
+        return b"".join(parts)
 
 
 class _Layer:
