@@ -161,8 +161,8 @@ def test_searches_beside_a_whole_save_of_a_mapped_store_see_one_state(tmp_path: 
     """A save runs beside searches (under the service's read lock): writing a mapped store with a layer must not
     change what a search reads (the fold is a copy; the new base is taken at the next change)."""
     rng = np.random.default_rng(5)
-    ids = np.arange(2000, dtype=np.int64)
-    vectors = _unit(rng, 2000)
+    ids = np.arange(20_000, dtype=np.int64)
+    vectors = _unit(rng, 20_000)
     FaissVectorStore.build(16, "IDMap2,Flat", [(ids, vectors)]).save(tmp_path / "v.faiss")
     store = FaissVectorStore.load(tmp_path / "v.faiss", "IDMap2,Flat")
     store.remove(ids[:300])
@@ -178,7 +178,7 @@ def test_searches_beside_a_whole_save_of_a_mapped_store_see_one_state(tmp_path: 
     thread = threading.Thread(target=search)
     thread.start()
     try:
-        for n in range(4):
+        for n in range(8):
             store.save(tmp_path / f"w{n}.faiss")
     finally:
         stop.set()
