@@ -164,7 +164,8 @@ def test_many_ids_are_looked_up_in_the_id_table_with_the_same_answers() -> None:
     fast = owners.articles_of(asked)
     assert owners.__dict__.get("by_id") is not None
     np.testing.assert_array_equal(fast[:100], slow)
-    want = np.array([owners.aids[np.searchsorted(owners.pids, p)] if p in set(pids.tolist()) else -1 for p in asked])
+    held = set(pids.tolist())
+    want = np.array([owners.aids[np.searchsorted(owners.pids, p)] if p in held else -1 for p in asked])
     np.testing.assert_array_equal(fast, want)
     sparse = PassageOwners.of(pids * 1000, owners.aids)
     assert sparse.by_id is None
