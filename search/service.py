@@ -416,7 +416,8 @@ class SearchService:
         of them for an exact index, those the ANN finds for an approximate one). A top-k search deepened until its
         last hit fell below the floor cost a search of up to 819,200 hits at 924k passages."""
         self._pin_search_threads()
-        _, ids = self.index.passages.range(qvec, self.settings.match_floor)
+        scores, ids = self.index.passages.range(qvec, self.settings.match_floor)
+        self._threads.hits = (self._hits_key(qvec), scores, ids)  # the same query's candidates (_dense_articles)
         owners = self.index.owners.articles_of(ids)
         owners = owners[owners >= 0]
         if len(owners) and int(owners.max()) < 4 * len(self.index.catalog) + 1024:
@@ -503,15 +504,39 @@ class SearchService:
         ]
         return Ranking(items, len(fused))
 
+    def _hits_key(self, qvec: np.ndarray) -> tuple[int, int, bytes]:
+        """What a range search's hits are valid for: this index object at this generation, this query vector."""
+        return id(self.index), self.index.generation, np.ascontiguousarray(qvec, dtype=np.float32).tobytes()
+
+    def _range_hits(self, qvec: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The hits of this thread's last range search (``_dense_matches``) if it was for this query on this index,
+        taken once; else None."""
+        memo = getattr(self._threads, "hits", None)
+        self._threads.hits = None
+        if memo is None or memo[0] != self._hits_key(qvec):
+            return None
+        return memo[1], memo[2]
+
     def _dense_articles(self, qvec: np.ndarray, need: int, allowed: np.ndarray | None = None) -> dict[int, float]:
-        """Best passage cosine per article, from a FAISS candidate pool grown until ``need`` articles appear."""
+        """Best passage cosine per article, from a FAISS candidate pool grown until ``need`` articles appear.
+
+        A search that counted its matches (``matching_rows``) holds every passage at or above ``match_floor`` that
+        the vector index finds; while the pool asked for is no larger than those, it is their best ones, not a
+        second pass over the same vectors (an IVF index probes the same lists for both: at 924k passages the two
+        passes were most of a hybrid search)."""
         pids = None if allowed is None else self.index.owners.passages_of_set(allowed)
         count = self.index.passages.count() if pids is None else len(pids)
         if count == 0:
             return {}
+        hits = self._range_hits(qvec) if pids is None else None
         n = min(count, max(self.settings.candidates, need * 4))
         while True:
-            scores, ids = self.index.passages.search(qvec[None, :], n, allowed=pids)
+            if hits is not None and len(hits[1]) >= n:
+                pool = np.arange(len(hits[1])) if len(hits[1]) <= n else np.argpartition(-hits[0], n - 1)[:n]
+                top = pool[np.lexsort((hits[1][pool], -hits[0][pool]))]  # best first, ties by id
+                scores, ids = hits[0][top][None, :], hits[1][top][None, :]
+            else:
+                scores, ids = self.index.passages.search(qvec[None, :], n, allowed=pids)
             owners = self.index.owners.articles_of(ids[0])
             best: dict[int, float] = {}
             for aid, score in zip(owners.tolist(), scores[0].tolist(), strict=True):

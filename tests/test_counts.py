@@ -260,3 +260,31 @@ def test_dense_matches_are_one_range_search_and_agree_with_brute_force(
         assert np.array_equal(got & ~maybe, want & ~maybe), query
     assert searched == [] and ranged == [floor] * 3
     assert with_floor(sample_service, -1.0).matching_rows("x", qvec, "dense").all()  # every article at floor -1
+
+
+@pytest.mark.parametrize("floor", [-1.0, 0.3])
+def test_a_search_takes_its_candidates_from_its_range_hits_when_they_are_enough(
+    sample_service: SearchService, floor: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search that counted its matches ranks from the same range search's hits when they hold the candidate pool
+    (floor -1: every passage; no second pass over the vectors), and from a top-k search when they do not (0.3):
+    the same pages and scores either way as with the hits forgotten."""
+    service = with_floor(sample_service, floor)
+    queries = ("why is North Korea accusing the US?", "oil prices", "election results")
+    forget = SearchService._range_hits
+    monkeypatch.setattr(SearchService, "_range_hits", lambda self, qvec: (forget(self, qvec), None)[1])
+    want = [service.search(q, k=5, mode=m) for q in queries for m in ("dense", "hybrid")]
+    monkeypatch.setattr(SearchService, "_range_hits", forget)
+    searched: list[int] = []
+    search = service.index.passages.search
+
+    def spy_search(q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        searched.append(k)
+        return search(q, k, allowed)
+
+    monkeypatch.setattr(service.index.passages, "search", spy_search)
+    got = [service.search(q, k=5, mode=m) for q in queries for m in ("dense", "hybrid")]
+    for a, b in zip(got, want, strict=True):
+        assert [(r.article.id, r.score) for r in a.results] == [(r.article.id, r.score) for r in b.results]
+        assert a.total == b.total
+    assert (searched == []) == (floor == -1.0)
