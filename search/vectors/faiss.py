@@ -216,10 +216,7 @@ class FaissVectorStore:
                 index = faiss.index_factory(dimension, inner, faiss.METRIC_INNER_PRODUCT)
             except RuntimeError as exc:
                 raise InvalidInput(f"invalid FAISS index_factory string {factory!r}: {exc}") from None
-            ivf = faiss.try_extract_index_ivf(index)
-            if ivf is not None:
-                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-            elif not isinstance(index, faiss.IndexIDMap2):
+            if _hashed(index) is None and not isinstance(index, faiss.IndexIDMap2):
                 index = faiss.IndexIDMap2(index)
         self._index: FaissIndex = index
         self._ivf: _IVF | None = faiss.try_extract_index_ivf(index)
@@ -268,13 +265,11 @@ class FaissVectorStore:
         except BaseException:
             fh.close()
             raise
-        ivf = faiss.try_extract_index_ivf(index)
+        ivf = _hashed(index)
         if isinstance(index, faiss.IndexIDMap | faiss.IndexIDMap2) and ivf is not None:
             raise IndexCorrupt(f"{path.name} wraps its IVF index in an id map (removal is unsafe); it is rebuilt")
         if ivf is None and not isinstance(index, faiss.IndexIDMap2):
             raise IndexCorrupt(f"{path.name} has no IDMap2 around its index; it is rebuilt")
-        if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         store = cls(index.d, factory, index, search)
         store._mapped_file = fh if _is_mapped(fh) else None
         if store._mapped_file is None:
@@ -320,21 +315,10 @@ class FaissVectorStore:
         assert fh is not None
         layer = self._layer
         index = faiss.read_index(faiss.PyCallbackIOReader(_Reader(fh).read))
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf = _hashed(index)
         if len(layer.gone):
-            hnsw = None if ivf is not None else _find_hnsw(index)
-            if hnsw is not None:  # an HNSW graph keeps tombstones (its id-map entry -1), as ``_tombstone``
-                mapped = cast(_IdMap, index)
-                id_map = faiss.vector_to_array(mapped.id_map)
-                id_map[np.isin(id_map, layer.gone) & (id_map >= 0)] = -1
-                faiss.copy_array_to_vector(id_map, mapped.id_map)
-                mapped.construct_rev_map()
-            elif ivf is not None:
-                index.remove_ids(faiss.IDSelectorArray(layer.gone))
-            else:
-                index.remove_ids(faiss.IDSelectorBatch(layer.gone))
+            hnsw = ivf is None and _find_hnsw(index) is not None
+            _drop(index, ivf, hnsw, layer.gone, self.factory)
         if len(layer.ids):
             index.add_with_ids(layer.vectors, layer.ids)
         return index, ivf
@@ -364,13 +348,9 @@ class FaissVectorStore:
         if index is None:
             fh.close()
             return  # what is served holds the same vectors
-        faiss = _faiss()
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         if self._mapped_file is not None:
             self._mapped_file.close()
-        self._install(index, ivf, fh)
+        self._install(index, _hashed(index), fh)
 
     def _mapped_base_ids(self) -> np.ndarray:
         """The mapped base's ids, sorted (tombstones of an HNSW base left out), read once: the base never changes
@@ -383,10 +363,10 @@ class FaissVectorStore:
     def _read_base_ids_ahead(self) -> None:
         """Read the mapped base's ids in a background thread (0.4 s at 924k passages: an IVF's ids lie in its
         mapped lists), so that the first write after an open need not. Set only if the same base is still mapped."""
-        index = self._index
+        index, ivf = self._index, self._ivf
 
         def read() -> None:
-            found = _index_ids(index, self._ivf)
+            found = _index_ids(index, ivf)
             if self._index is index and self._base_ids is None:
                 self._base_ids = found
 
@@ -502,28 +482,8 @@ class FaissVectorStore:
         return removed
 
     def _removed(self, ids: np.ndarray) -> int:
-        faiss = _faiss()
-
-        if self._hnsw is not None:
-            return self._tombstone(ids)
-        try:
-            if self._ivf is not None:  # the IVF's id hashtable takes only an explicit id array
-                return int(self._index.remove_ids(faiss.IDSelectorArray(ids)))
-            return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
-        except RuntimeError as exc:
-            raise InvalidInput(f"FAISS index {self.factory!r} cannot remove vectors: {exc}".splitlines()[0]) from None
-
-    def _tombstone(self, ids: np.ndarray) -> int:
-        faiss = _faiss()
-
-        mapped = self._mapped()
-        id_map = faiss.vector_to_array(mapped.id_map)
-        hit = np.isin(id_map, ids) & (id_map >= 0)
-        removed = int(hit.sum())
-        if removed:
-            id_map[hit] = -1
-            faiss.copy_array_to_vector(id_map, mapped.id_map)
-            mapped.construct_rev_map()
+        removed = _drop(self._index, self._ivf, self._hnsw is not None, ids, self.factory)
+        if self._hnsw is not None and removed:
             self._dead += removed
             if self._dead > self.count():
                 self._compact()
@@ -569,17 +529,12 @@ class FaissVectorStore:
         else:
             k = max(1, min(k, max(self.count(), 1)))
         layer = self._layer
-        keep: list[object] = []  # FAISS selectors hold raw pointers to each other: alive until the search is done
         selector: object | None = None
         if allowed is not None:
             selector = faiss.IDSelectorBatch(allowed)
         elif self._dead:
             selector = self._live
-        if len(layer.gone):
-            keep.append(selector)
-            gone = faiss.IDSelectorNot(faiss.IDSelectorBatch(layer.gone))
-            keep.append(gone)
-            selector = gone if selector is None else faiss.IDSelectorAnd(selector, gone)
+        selector = layer.excluding(selector)
         if selector is None:
             scores, ids = self._index.search(queries, k)
         else:
@@ -601,12 +556,11 @@ class FaissVectorStore:
             return deepened_range(self, query[0], floor)
         radius = float(np.nextafter(np.float32(floor), np.float32(-np.inf)))
         layer = self._layer
-        if len(layer.gone):  # the base's vectors removed since it was mapped are skipped by a selector
-            faiss = _faiss()
-            gone = faiss.IDSelectorNot(faiss.IDSelectorBatch(layer.gone))
-            _, scores, ids = self._index.range_search(query, radius, params=self._params(gone))
-        else:
+        gone = layer.excluding(None)  # the base's vectors removed since it was mapped are skipped
+        if gone is None:
             _, scores, ids = self._index.range_search(query, radius)
+        else:
+            _, scores, ids = self._index.range_search(query, radius, params=self._params(gone))
         keep = scores >= np.float32(floor)
         scores, ids = np.asarray(scores[keep], dtype=np.float32), np.asarray(ids[keep], dtype=np.int64)
         if len(layer.ids):  # and the layer's added vectors, scored exactly
@@ -760,6 +714,15 @@ class _Layer:
         gone = np.union1d(self.gone, from_base) if len(from_base) else self.gone
         return _Layer(self.ids[~hit], self.vectors[~hit], gone), int(hit.sum()) + len(from_base)
 
+    def excluding(self, selector: object | None) -> object | None:
+        """``selector`` (None: every id) narrowed to skip the base vectors removed since the base was mapped; FAISS's
+        own wrappers keep the selectors combined here alive as long as the one returned."""
+        if not len(self.gone):
+            return selector
+        faiss = _faiss()
+        gone: object = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.gone))
+        return gone if selector is None else faiss.IDSelectorAnd(selector, gone)
+
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Each key's row among the added vectors, -1 where it is not one of them."""
         if not len(self.ids):
@@ -779,6 +742,39 @@ class _Layer:
         if not len(ids):
             return np.full((len(queries), 1), -np.inf, np.float32), np.full((len(queries), 1), -1, np.int64)
         return _exact_top(queries, ids, vectors, k)
+
+
+def _hashed(index: FaissIndex) -> _IVF | None:
+    """The IVF inside ``index`` with its id hashtable on (``reconstruct`` and ``remove`` look our ids up in it), or
+    None for an index that is not IVF."""
+    faiss = _faiss()
+    ivf: _IVF | None = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    return ivf
+
+
+def _drop(index: FaissIndex, ivf: _IVF | None, hnsw: bool, ids: np.ndarray, factory: str) -> int:
+    """Remove ``ids`` from an index held in memory; returns how many it held. An HNSW graph cannot drop a node:
+    its id-map entry becomes -1 (a tombstone, saved with the index). An IVF's id hashtable takes only an explicit id
+    array; an id map a batch selector."""
+    faiss = _faiss()
+    if hnsw:
+        mapped = cast(_IdMap, index)
+        id_map = faiss.vector_to_array(mapped.id_map)
+        hit = np.isin(id_map, ids) & (id_map >= 0)
+        removed = int(hit.sum())
+        if removed:
+            id_map[hit] = -1
+            faiss.copy_array_to_vector(id_map, mapped.id_map)
+            mapped.construct_rev_map()
+        return removed
+    try:
+        if ivf is not None:
+            return int(index.remove_ids(faiss.IDSelectorArray(ids)))
+        return int(index.remove_ids(faiss.IDSelectorBatch(ids)))
+    except RuntimeError as exc:
+        raise InvalidInput(f"FAISS index {factory!r} cannot remove vectors: {exc}".splitlines()[0]) from None
 
 
 def _merged_top(
