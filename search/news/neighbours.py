@@ -355,10 +355,7 @@ class NeighbourGraph:
 
                 def whole() -> tuple[int, Callable[[Path], object]]:
                     """The listed segments and this one composed: everything since the base, as one segment."""
-                    loaded = []
-                    for path in listed_segments(directory, on_disk, GRAPH_FILE):
-                        with np.load(path) as data:
-                            loaded.append({name: data[name] for name in data.files})
+                    loaded = _read_segments(listed_segments(directory, on_disk, GRAPH_FILE))
                     merged = _composed([*loaded, arrays], self.idf)
                     return len(merged["gone"]) + len(merged["rows"]), partial(_savez, arrays=merged)
 
@@ -418,11 +415,7 @@ class NeighbourGraph:
             idf, centroids = base["idf"], base.get("centroids")
             clusters, best = base.get("clusters"), base.get("best")
             if segments:  # composed first: one pass over the base's entries however many segments there are
-                loaded = []
-                for path in segments:
-                    with np.load(path) as data:
-                        loaded.append({name: data[name] for name in data.files})
-                segment = _composed(loaded, idf)
+                segment = _composed(_read_segments(segments), idf)
                 keys, profiles, terms, idf, clusters, best = _applied(
                     segment, keys, profiles, terms, idf, clusters, best
                 )
@@ -479,6 +472,15 @@ def _stamp_of(state: JSONObject) -> dict[str, object]:
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with path.open("wb") as fh:  # a file object: np.savez would append ".npz" to a name
         np.savez(fh, allow_pickle=False, **arrays)
+
+
+def _read_segments(paths: list[Path]) -> list[dict[str, np.ndarray]]:
+    """The arrays of each segment file, in order."""
+    loaded = []
+    for path in paths:
+        with np.load(path) as data:
+            loaded.append({name: data[name] for name in data.files})
+    return loaded
 
 
 def _composed(segments: list[dict[str, np.ndarray]], idf: np.ndarray) -> dict[str, np.ndarray]:
