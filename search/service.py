@@ -193,6 +193,7 @@ class SearchService:
             self.settings.duplicate_threshold,
             groups=self._duplicate_groups,
             graph=lambda: self.index.neighbours,
+            graph_from=None if self.settings.related_from_profiles < 0 else self.settings.related_from_profiles,
         )
         self.lexical = MemoryBM25(index, self.settings.title_weight, prune=self.settings.lexical_pruning)
 

@@ -183,6 +183,12 @@ class Settings:
     )
     passages_per_result: int = _setting(3, "Best passages shown under each article.")
     related_per_result: int = _setting(3, "Related stories listed under each search result.")
+    related_from_profiles: int = _setting(
+        10_000,
+        "Articles from which related stories are re-ranked from each article's more-like-this profile (its nearest "
+        "articles, kept by every write) instead of scanning every article vector; -1: always scan. "
+        "bench/archive.py reports what it keeps of the scan (related_recall).",
+    )
     similar_scoring: str = _setting(
         "profile",
         "More like this ranks by: profile (shared neighbours over article vectors and tf-idf, "
@@ -296,6 +302,10 @@ class Settings:
         for name in ("passages_per_result", "related_per_result", "min_passage_chars", "query_cache_size"):
             if getattr(self, name) < 0:
                 raise InvalidInput(f"setting {name} must not be negative, got {getattr(self, name)}")
+        if self.related_from_profiles < -1:
+            raise InvalidInput(
+                f"setting related_from_profiles must be -1 (never) or a count, got {self.related_from_profiles}"
+            )
         if self.similar_scoring not in SIMILAR_SCORINGS:
             raise InvalidInput(f"setting similar_scoring must be one of {', '.join(SIMILAR_SCORINGS)}")
         if not 0.0 < self.duplicate_threshold <= 1.0:

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from search.news.neighbours import NeighbourConfig, NeighbourGraph
 from search.news.related import RelatedFinder
+from search.text.bm25 import Postings
 from search.vectors.base import VectorStore
 from search.vectors.faiss import FaissVectorStore
 from search.vectors.milvus.vectors import MilvusConnection, MilvusVectorStore
 from tests.conftest import BACKENDS
+from tests.test_neighbours import synthetic
 
 NewStore = Callable[[int], VectorStore]
 
@@ -92,3 +96,55 @@ def test_a_new_generation_drops_the_cache(new_store: NewStore) -> None:
     after = finder.nearest([0], 3)[0]
     assert nearest not in [a for a, _ in after]
     assert [a for a, _ in after] == [a for a in _oracle(vecs, 0, 4) if a != nearest][:3]
+
+
+class CountingStore(FaissVectorStore):
+    """FAISS in memory, counting the searches (scans) made through it."""
+
+    scans = 0
+
+    def search(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        self.scans += 1
+        return super().search(*args, **kwargs)
+
+
+def _profiled(n: int = 300, k: int = 20) -> tuple[RelatedFinder, FakeStore, CountingStore, NeighbourGraph, np.ndarray]:
+    """A finder over synthetic articles (keys 1..n) with their shared-neighbour graph, re-ranking from it always."""
+    keys, vecs, rows = synthetic(n, seed=3)
+    graph = NeighbourGraph.build(keys, vecs, Postings.build(rows, 2), generation=1, config=NeighbourConfig(k=k))
+    articles = CountingStore(vecs.shape[1])
+    articles.add(keys, vecs)
+    store = FakeStore()
+    finder = RelatedFinder(store, articles, 0.999, graph=lambda: graph, graph_from=0)  # type: ignore[arg-type]
+    return finder, store, articles, graph, vecs
+
+
+def test_from_profiles_related_stories_are_the_profile_neighbours_ranked_by_cosine() -> None:
+    finder, _, articles, graph, vecs = _profiled()
+    for key in (1, 50, 222):
+        got = finder.nearest([key], 5)[0]
+        candidates = graph.neighbours(key)
+        assert len(candidates) == 20 and key not in candidates
+        cosines = vecs[candidates - 1] @ vecs[key - 1]
+        oracle = [int(candidates[i]) for i in np.argsort(-cosines, kind="stable")[:5]]
+        assert [a for a, _ in got] == oracle
+        assert [s for _, s in got] == pytest.approx(sorted(cosines.tolist(), reverse=True)[:5], abs=1e-5)
+    assert articles.scans == 0  # no article vector was scanned (what they keep of the scan: bench/archive.py)
+
+
+def test_from_profiles_falls_back_to_the_scan_where_the_graph_cannot_answer() -> None:
+    finder, store, articles, graph, vecs = _profiled()
+    exact = [a + 1 for a in _oracle(vecs, 9, 5)]
+    store.gen = 2  # a write the graph does not have yet (a reader between a commit and its profiles)
+    assert [a for a, _ in finder.nearest([10], 5)[0]] == exact
+    assert articles.scans == 1
+    store.gen = 1
+    wide = RelatedFinder(store, articles, 0.999, graph=lambda: graph, graph_from=301)  # type: ignore[arg-type]
+    assert [a for a, _ in wide.nearest([10], 5)[0]] == exact  # fewer articles than the rule's threshold: a scan
+    assert articles.scans == 2
+    wider = [a + 1 for a in _oracle(vecs, 9, 25)]
+    assert [a for a, _ in finder.nearest([10], 25)[0]] == wider  # more than its profile holds: the scan
+    assert articles.scans == 3
+    assert [a for a, _ in finder.nearest([10], 3, np.arange(1, 200, dtype=np.int64))[0]] == [
+        a for a in exact if a < 200
+    ][:3]  # a filter: the scan over the allowed articles

@@ -8,6 +8,14 @@ Related stories under search results rank by cosine: they should be the same eve
 (``SearchService.similar``) ranks by shared neighbours (``search/news/neighbours.py``), which keeps a borderline article
 among its own subject's articles.
 
+Above ``graph_from`` articles, related stories are not found by scanning every article vector: an article's
+candidates are the articles of its shared-neighbour profile (its ``NeighbourConfig.k`` nearest by the fused dense and
+tf-idf similarity, kept up to date by every write), re-ranked by exact cosine. A search pages ten or so articles and
+each scan reads every article vector (8-14 ms a page at 26,671 articles on one core, growing with the archive);
+the profile's candidates cost the same at any size. What it keeps of the exact top list is measured by
+``bench/archive.py`` (``related_recall``); an article the graph lacks, a graph older than the store, a filter, or
+candidates that run out (all copies of one story) fall back to the exact scan.
+
 An article's neighbours do not depend on the query, and the same popular articles fill many result pages, so they
 are cached per process until the store's generation changes (any write, by this process or another).
 """
@@ -16,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -36,15 +44,18 @@ class RelatedFinder:
         cache_size: int = 16384,
         groups: GroupOf | None = None,
         graph: Callable[[], NeighbourGraph | None] | None = None,
+        graph_from: int | None = None,
     ) -> None:
         """``groups`` maps article keys to their duplicate group (articles of one group are listed once, and never
         for each other); without it, exact copies are recognised by their stored content hashes. ``graph`` gives
-        the index's current shared-neighbour graph (it is replaced on every write)."""
+        the index's current shared-neighbour graph (it is replaced on every write); from ``graph_from`` articles in
+        it (None: never) related stories are re-ranked from its profiles instead of scanned."""
         self._store = store
         self._groups: GroupOf = groups or store.content_hashes
         self._graph: Callable[[], NeighbourGraph | None] = graph or (lambda: None)
         self._articles = articles
         self._threshold = duplicate_threshold
+        self._graph_from = graph_from
         self._cache: OrderedDict[tuple[int, int, bool], list[tuple[int, float]]] = OrderedDict()
         self._cache_size = cache_size
         self._generation: tuple[int, int] | None = None  # (store generation, profiles' generation) of the cache
@@ -98,6 +109,46 @@ class RelatedFinder:
         return graph is not None and len(graph.keys) >= MIN_ARTICLES
 
     def _search(self, aids: list[int], k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+        graph = self._graph() if allowed is None and self._graph_from is not None else None
+        if graph is not None and len(graph.keys) >= (self._graph_from or 0):
+            return self.from_profiles(aids, k)
+        return self.scan(aids, k, allowed)
+
+    def from_profiles(self, aids: list[int], k: int) -> list[list[tuple[int, float]]]:
+        """Each article's profile neighbours (``NeighbourGraph.neighbours``) ranked by exact cosine, copies skipped
+        as ``scan`` skips them; ``scan`` for an article the graph lacks or cannot fill, and for all of them when the
+        graph is older than the store (a reader between a write and its profiles)."""
+        graph = self._graph()
+        if graph is None or graph.generation != self._store.generation():
+            return self.scan(aids, k)
+        lists = {a: graph.neighbours(a) for a in dict.fromkeys(aids) if a in graph}
+        pooled = np.unique(np.concatenate([*lists.values(), np.asarray(aids, dtype=np.int64)]))
+        try:
+            table = _Rows(pooled, self._articles.reconstruct_batch(pooled))
+        except KeyError:  # FAISS lags the store: the scan reads SQLite
+            return self.scan(aids, k)
+        hashes = self._groups(aids)
+        out: dict[int, list[tuple[int, float]]] = {}
+        for aid, keys in lists.items():
+            vector = table[aid]
+            scores = table.of(keys) @ vector
+            order = np.lexsort((keys, -scores))
+            found = list(zip(keys[order].tolist(), scores[order].astype(float).tolist(), strict=True))
+            fetch = k + 8  # as the scan: most lists fill from the first few, copies of one story skipped
+            while True:
+                picked = self._pick(aid, hashes.get(aid), vector, found[:fetch], k, table)
+                if len(picked) == k or fetch >= len(found):
+                    break
+                fetch *= 4
+            if len(picked) == k:
+                out[aid] = picked
+        rest = [a for a in dict.fromkeys(aids) if a not in out]
+        if rest:
+            out.update(zip(rest, self.scan(rest, k), strict=True))
+        return [list(out[a]) for a in aids]
+
+    def scan(self, aids: list[int], k: int, allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+        """Every article vector (or every ``allowed`` one) searched for each article's nearest."""
         vecs = self.vectors(aids)
         hashes = self._groups(aids)
         total = self._articles.count() if allowed is None else len(allowed)
@@ -148,13 +199,23 @@ class RelatedFinder:
         return out
 
     def _pick(
-        self, aid: int, group: Hashable, vector: np.ndarray, found: list[tuple[int, float]], k: int
+        self,
+        aid: int,
+        group: Hashable,
+        vector: np.ndarray,
+        found: list[tuple[int, float]],
+        k: int,
+        known: Mapping[int, np.ndarray] | None = None,
     ) -> list[tuple[int, float]]:
         """The first ``k`` of ``found`` (other article, score), best first, that are neither the article, nor a copy
-        of it (its duplicate group, or a cosine at the duplicate threshold), nor a copy of one already picked."""
+        of it (its duplicate group, or a cosine at the duplicate threshold), nor a copy of one already picked.
+        ``known``: vectors already read (else they are read here)."""
         candidates = [o for o, _ in found if o != aid]
         cand_groups = self._groups(candidates)
-        cand_vecs = dict(zip(candidates, self.vectors(candidates), strict=True)) if candidates else {}
+        if known is not None:
+            cand_vecs = {o: known[o] for o in candidates}
+        else:
+            cand_vecs = dict(zip(candidates, self.vectors(candidates), strict=True)) if candidates else {}
         picked: list[tuple[int, float]] = []
         seen = {group}
         picked_vecs: list[np.ndarray] = []
@@ -172,3 +233,26 @@ class RelatedFinder:
             if len(picked) == k:
                 break
         return picked
+
+
+class _Rows(Mapping[int, np.ndarray]):
+    """Vectors of sorted keys, looked up by key without a dict of every row (a page reads ~1,600 and uses a few)."""
+
+    def __init__(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        self._keys = keys
+        self._vectors = vectors
+
+    def of(self, keys: np.ndarray) -> np.ndarray:
+        return np.asarray(self._vectors[np.searchsorted(self._keys, keys)])
+
+    def __getitem__(self, key: int) -> np.ndarray:
+        i = int(np.searchsorted(self._keys, key))
+        if i >= len(self._keys) or int(self._keys[i]) != key:
+            raise KeyError(key)
+        return np.asarray(self._vectors[i])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._keys.tolist())
+
+    def __len__(self) -> int:
+        return len(self._keys)
