@@ -47,7 +47,7 @@ from search.models import (
 )
 from search.news.related import RelatedFinder
 from search.pages import ArticlePage, IndexOverview, SimilarPage
-from search.ranking.catalog import NO_DATE, Filter
+from search.ranking.catalog import NO_DATE, Filter, distinct_keys
 from search.ranking.fusion import Fusion
 from search.ranking.highlight import Highlighter
 from search.ranking.paging import START as CURSOR_START
@@ -420,13 +420,7 @@ class SearchService:
         scores, ids = self.index.passages.range(qvec, self.settings.match_floor)
         self._threads.hits = (self._hits_key(qvec), scores, ids)  # the same query's candidates (_dense_articles)
         owners = self.index.owners.articles_of(ids)
-        owners = owners[owners >= 0]
-        if len(owners) and int(owners.max()) < 4 * len(self.index.catalog) + 1024:
-            seen = np.zeros(int(owners.max()) + 1, dtype=bool)  # keys are small ints: one pass, not a sort or hash
-            seen[owners] = True
-            return np.flatnonzero(seen).astype(np.int64)
-        found: np.ndarray = np.unique(owners)
-        return found
+        return distinct_keys(owners[owners >= 0], len(self.index.catalog))
 
     def _diverse_page(
         self,

@@ -115,10 +115,15 @@ class PassageOwners:
         table[self.pids] = self.aids
         return table
 
+    @cached_property
+    def sorted_aids(self) -> np.ndarray:
+        """``aids`` in ``order``, made once: gathering them on every lookup cost 2.5 ms a search at 924k passages."""
+        return self.aids if _ascending(self.aids) else self.aids[self.order]
+
     def passages_of(self, aids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(article, passage id) of every passage of the given articles, grouped by article in the given order, each
         article's passages in id (= position) order."""
-        sorted_aids = self.aids[self.order]
+        sorted_aids = self.sorted_aids
         want = np.asarray(aids, dtype=np.int64)
         lo, hi = np.searchsorted(sorted_aids, want, "left"), np.searchsorted(sorted_aids, want, "right")
         if not len(want) or not int((hi - lo).sum()):
@@ -131,9 +136,13 @@ class PassageOwners:
         return self.pids[np.isin(self.aids, aids, assume_unique=False)]
 
     def memory_bytes(self) -> int:
-        """The three arrays, 24 bytes a passage, and the id lookup once built. ``owners`` in the memory report."""
-        table = self.__dict__.get("by_id")
-        extra = table.nbytes if isinstance(table, np.ndarray) else 0
+        """The three arrays, 24 bytes a passage, and the id lookup and sorted articles once built. ``owners`` in the
+        memory report."""
+        extra = 0
+        for name in ("by_id", "sorted_aids"):
+            made = self.__dict__.get(name)
+            if isinstance(made, np.ndarray) and made is not self.aids:
+                extra += made.nbytes
         return int(self.pids.nbytes + self.aids.nbytes + self.order.nbytes + extra)
 
     def updated(self, removed: list[int], added_pids: np.ndarray, added_aids: np.ndarray) -> PassageOwners:
