@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
+from search.arrays import sorted_lookup
 from search.errors import IndexCorrupt
 from search.jsontypes import JSONObject, JSONValue
 from search.memory import deep_size
@@ -795,12 +796,12 @@ class Postings:
         """(rowids present here, their live row indexes), in the order given."""
         wanted = np.fromiter((int(r) for r in rowids), dtype=np.int64)
         live = np.full(len(wanted), -1, dtype=np.int64)
-        slots, found = _lookup(self.base.rowids, wanted)
+        slots, found = sorted_lookup(self.base.rowids, wanted)
         if len(self.dead):
             at = np.searchsorted(self.dead, slots)
             found &= ~((at < len(self.dead)) & (self.dead[np.minimum(at, len(self.dead) - 1)] == slots))
         live[found] = self._live_of(slots[found])
-        rows, found = _lookup(self.delta.rowids, wanted)
+        rows, found = sorted_lookup(self.delta.rowids, wanted)
         live[found] = self.base_live + rows[found]
         keep = live >= 0
         return wanted[keep], live[keep]
@@ -977,7 +978,7 @@ class Postings:
     def segment_holding(self, rowids: np.ndarray) -> Segment:
         """A segment holding every row of ``rowids`` with the table's term ids: the delta when they are all there
         (a write's new rows, so a reader of their postings walks the delta, not the table), else the merged one."""
-        _, found = _lookup(self.delta.rowids, np.asarray(rowids, dtype=np.int64))
+        _, found = sorted_lookup(self.delta.rowids, np.asarray(rowids, dtype=np.int64))
         return self.delta if found.all() else self.merged()
 
     # -- the merged arrays, for readers that walk every posting ----------------------------------------------------
@@ -1025,15 +1026,6 @@ class Postings:
             a for a in (base.rowids, base.lengths, base.indptr, base.docs, base.tfs) if not isinstance(a, np.memmap)
         ]
         return deep_size((arrays, base.vocab, self.delta, self.dead, self.dead_df))
-
-
-def _lookup(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(insertion index of each wanted id in ``sorted_ids``, whether it is there)."""
-    n = len(sorted_ids)
-    at = np.searchsorted(sorted_ids, wanted)
-    found = at < n
-    found[found] = np.asarray(sorted_ids[at[found]]) == wanted[found]
-    return at, found
 
 
 def _widened(segment: Segment, terms: int) -> Segment:

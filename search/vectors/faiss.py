@@ -24,6 +24,7 @@ from typing import BinaryIO, Protocol, cast
 
 import numpy as np
 
+from search.arrays import sorted_lookup
 from search.errors import IndexCorrupt, InvalidInput
 from search.jsontypes import JSONObject
 from search.settings import Settings
@@ -699,7 +700,7 @@ class _Layer:
         """This layer with ``ids`` added (replacing a vector of the same id, in the base or among the added)."""
         keep = ~np.isin(self.ids, ids)
         held = self.vectors if len(self.vectors) else np.zeros((0, vectors.shape[1]), np.float32)
-        replaced = ids[np.isin(ids, base_ids)]
+        replaced = ids[sorted_lookup(base_ids, ids)[1]]
         gone = np.union1d(self.gone, replaced) if len(replaced) else self.gone
         return _Layer(
             np.concatenate([self.ids[keep], ids]),
@@ -710,7 +711,8 @@ class _Layer:
     def removed(self, ids: np.ndarray, base_ids: np.ndarray) -> tuple[_Layer, int]:
         """This layer with ``ids`` removed, and how many live vectors that removed."""
         hit = np.isin(self.ids, ids)
-        from_base = np.setdiff1d(ids[np.isin(ids, base_ids)], self.gone)  # a replaced base vector is gone already
+        in_base = np.unique(ids[sorted_lookup(base_ids, ids)[1]])
+        from_base = in_base[~sorted_lookup(self.gone, in_base)[1]]  # a replaced base vector is gone already
         gone = np.union1d(self.gone, from_base) if len(from_base) else self.gone
         return _Layer(self.ids[~hit], self.vectors[~hit], gone), int(hit.sum()) + len(from_base)
 
