@@ -345,11 +345,12 @@ def page_article(data: bytes, url: str | None, where: str, content_type: str = "
     site; htmldate's date where trafilatura found none. Id: the page's URL (its canonical one when the page names
     it), else ``fallback_id``. ``Skip`` when the bytes are not the declared encoding, or the page has no main text."""
     import trafilatura
+    from trafilatura.settings import Document
 
     text = decode_html(data, content_type)
-    doc = trafilatura.bare_extraction(text, url=url, with_metadata=True)
-    body = str(getattr(doc, "text", "") or "") if doc is not None else ""
-    if doc is None or not body.strip():
+    doc = trafilatura.bare_extraction(text, url=url, with_metadata=True)  # a Document (a dict only when asked)
+    body = str(doc.text or "") if isinstance(doc, Document) else ""
+    if not isinstance(doc, Document) or not body.strip():
         raise Skip("no text", "no main text found in the page")
     title = _clean(str(doc.title or ""))
     paragraphs = split_paragraphs(body)
