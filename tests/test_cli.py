@@ -388,7 +388,7 @@ def test_batch_search_writes_a_trec_run_and_passages(
         assert prow["passages"]
         for p in prow["passages"]:
             assert set(p) == {"article_id", "passage_id", "text", "score", "scores"}
-            assert set(p["scores"]) == {"dense", "lexical", "fused"} and p["scores"]["fused"] == p["score"]
+            assert set(p["scores"]) == {"dense", "lexical", "fused", "recency"} and p["scores"]["fused"] == p["score"]
             assert p["article_id"] in CORPUS_IDS and isinstance(p["passage_id"], int) and p["text"]
         assert [p["score"] for p in prow["passages"]] == sorted((p["score"] for p in prow["passages"]), reverse=True)
     assert prows[1]["passages"][0]["article_id"] == "sport/001"
