@@ -341,9 +341,8 @@ class SearchService:
         if cursor is not None:
             if offset:
                 raise InvalidInput("give either offset or cursor, not both")
-            mark = fingerprint(
-                query, mode, filters.key() if filters else None, k, max_per_source, recency.key() if recency else None
-            )
+            decay = (recency.key(),) if recency is not None else ()  # a walk without decay keeps its old fingerprint
+            mark = fingerprint(query, mode, filters.key() if filters else None, k, max_per_source, *decay)
             generation = self.index.store.generation()
             key = index_key(self.index.manifest, self.index.store)
             if cursor == CURSOR_START:
