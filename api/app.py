@@ -112,6 +112,7 @@ def search() -> Response:
         cursor=p.cursor,
         max_per_source=p.max_per_source,
         facets=p.facets,
+        recency=p.recency_of(),
     )
     return jsonify(to_plain(result))
 

@@ -133,13 +133,15 @@ def main() -> None:
 def index_cmd(
     sources: tuple[Path, ...], quiet: bool, rebuild: bool, keep_missing: bool, skip_bad_records: bool, **opts: object
 ) -> None:
-    """Build or update an index from SOURCES (.jsonl, .jsonl.gz, .csv, or directories of .txt/.md files).
+    """Build or update an index from SOURCES (.jsonl, .jsonl.gz, .csv, RSS/Atom feeds, HTML pages, .warc/.warc.gz
+    crawls, or directories of .txt/.md/.html files).
 
     On an existing compatible index only new and changed articles are embedded, articles whose metadata alone
     changed are updated in place, and articles missing from SOURCES are deleted (--keep-missing keeps them);
     otherwise (or with --rebuild) a new index is built and swapped in when complete."""
     from indexer.sources import FieldMap, ReadReport, read_sources
     from indexer.sync import SyncReport, sync_index
+    from indexer.web import Fetcher
 
     fields = {k[: -len("_field")]: _optional_text(opts.pop(k)) for k in list(opts) if k.endswith("_field")}
     settings = Settings.from_env(None, **opts)
@@ -147,7 +149,9 @@ def index_cmd(
         if not s.exists():
             raise SourceError(f"{s}: no such file or directory")
     read = ReadReport()
-    articles = read_sources(list(sources), FieldMap(**fields), report=read, skip_bad=skip_bad_records)
+    articles = read_sources(
+        list(sources), FieldMap(**fields), report=read, skip_bad=skip_bad_records, fetcher=Fetcher.of(settings)
+    )
     progress = None if not quiet else False
     report: SyncReport
     ray_summary = ""
@@ -268,6 +272,13 @@ def serve(host: str, port: int, workers: int, processes: int, **opts: object) ->
 )
 @click.option("--max-per-source", type=int, default=None, help="At most this many results of one source on a page.")
 @click.option("--facets", is_flag=True, help="Also count the matching articles by source, category and month.")
+@click.option(
+    "--recency",
+    default=None,
+    metavar="HALF_LIFE",
+    help="Favour newer articles: decay scores by age (7d, 12h), as the API.",
+)
+@click.option("--as-of", "as_of", default=None, metavar="YYYY-MM-DD", help="The day --recency counts ages from.")
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 @_backend_option
 def search(
@@ -286,6 +297,8 @@ def search(
     categories: tuple[str, ...],
     max_per_source: int | None,
     facets: bool,
+    recency: str | None,
+    as_of: str | None,
     **opts: object,
 ) -> None:
     """Search the index for TEXT, or run every query of --queries (batch mode, writes --run and --passages).
@@ -297,10 +310,13 @@ def search(
     if (text is None) == (queries is None):
         raise click.UsageError("give either a query TEXT or --queries FILE")
     single_only = date_from or date_to or sources or categories or facets or offset or max_per_source is not None
-    if queries is not None and single_only:
+    if queries is not None and (single_only or recency or as_of):
         raise click.UsageError(
-            "--from, --to, --source, --category, --facets, --offset and --max-per-source apply to a single query"
+            "--from, --to, --source, --category, --facets, --offset, --max-per-source, --recency and --as-of apply to "
+            "a single query"
         )
+    if as_of is not None and recency is None:
+        raise click.UsageError("--as-of applies with --recency")
     if queries is not None and run_path is None and passages_path is None:
         raise click.UsageError("batch mode needs --run OUT.trec and/or --passages OUT.jsonl")
     if not tag or any(c.isspace() for c in tag):
@@ -324,8 +340,10 @@ def search(
     if not settings.collections and not settings.index_dir.exists():  # before numpy and FAISS are even imported
         raise IndexMissing(f"no index at {settings.index_dir} (build one with: newsdesk index SOURCE --index DIR)")
     from search.ranking.catalog import Filter
+    from search.ranking.recency import Recency
 
     filters = Filter.parse(date_from, date_to, sources, categories)
+    decay = Recency.of(recency, as_of) if recency is not None else None
     _check_index(settings)
     from search.loading import load_service
 
@@ -337,7 +355,14 @@ def search(
         return
     assert text is not None
     response = service.search(
-        text, k=k, offset=offset, mode=mode, filters=filters, max_per_source=max_per_source, facets=facets
+        text,
+        k=k,
+        offset=offset,
+        mode=mode,
+        filters=filters,
+        max_per_source=max_per_source,
+        facets=facets,
+        recency=decay,
     )
     if as_json:
         click.echo(json.dumps(to_plain(response), ensure_ascii=False, indent=2))
@@ -568,13 +593,18 @@ def add(sources: tuple[Path, ...], **opts: object) -> None:
     """Insert or replace (by id) the articles of SOURCES in an existing index, in one transaction.
 
     A server on the same index sees them on its next request (it reloads when the store's generation moves)."""
-    from indexer.sources import read_sources
+    from indexer.sources import ReadReport, read_sources
     from indexer.update import add_articles
+    from indexer.web import Fetcher
     from search.storage.index import open_index
     from search.text.embedding import make_embedder
 
     settings = Settings.from_env(None, **opts)
-    articles = list(read_sources(list(sources)))  # every record read and checked before anything is written
+    read = ReadReport()
+    # every record read and checked before anything is written
+    articles = list(read_sources(list(sources), report=read, fetcher=Fetcher.of(settings)))
+    for line in read.lines():
+        click.echo(line, err=True)
     if not articles:
         raise SourceError("the sources hold no articles")
     _check_index(settings)  # a missing index fails before the model loads
@@ -622,6 +652,90 @@ def optimize(index_dir: Path | None) -> None:
         click.echo(f"merged {merged} segment files into the base files of {settings.index_dir} in {took:.1f} s")
     else:
         click.echo(f"{settings.index_dir}: no segments to merge")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@_index_option
+@_model_option
+@_backend_option
+@click.option("--every", default="5m", show_default=True, help="Time between polls: seconds, or 30s, 5m, 2h.")
+@click.option("--once", is_flag=True, help="Poll once and exit (a cron job, a test).")
+@click.option("--fetch-timeout", type=float, default=None, help=HELP["fetch_timeout"])
+@click.option("--watch-concurrency", type=int, default=None, help=HELP["watch_concurrency"])
+@click.option("--user-agent", default=None, help=HELP["user_agent"])
+@click.option("--threads", type=int, default=None, help=HELP["threads"])
+def watch(sources: tuple[str, ...], every: str, once: bool, **opts: object) -> None:
+    """Poll SOURCES (feed or page URLs, feed files, .warc crawls, directories of pages) and ingest new and changed
+    items into the index through the API's write path. What was seen (ETag, Last-Modified, item guids and content
+    fingerprints) is kept in the index with each write, so a restart ingests nothing twice. One line per poll on
+    stderr; per-source detail in the log; counts in /metrics of any server on the index."""
+    import logging
+
+    from indexer.watch import PollSummary, Watcher, parse_every
+    from indexer.web import Fetcher
+    from search.loading import load_service
+
+    interval = parse_every(every)
+    settings = Settings.from_env(None, **opts)
+    for s in sources:
+        if not s.startswith(("http://", "https://")) and not Path(s).exists():
+            raise SourceError(f"{s}: no such file or directory (give a URL, a file or a directory)")
+    _check_index(settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sources = tuple(s if s.startswith(("http://", "https://")) else str(Path(s).absolute()) for s in sources)
+    watcher = Watcher(load_service(settings), list(sources), Fetcher.of(settings), settings.watch_concurrency)
+
+    def report(summary: PollSummary) -> None:
+        click.echo(summary.line(), err=True)
+
+    if once:
+        report(watcher.poll())
+        return
+    click.echo(f"watching {len(sources)} source(s) every {every} into {settings.index_dir}", err=True)
+    try:
+        watcher.run(interval, lambda: False, report)
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@_index_option
+@click.option(
+    "--caches/--no-caches",
+    default=False,
+    show_default=True,
+    help="Also copy the derived caches (vectors, BM25 postings, profiles), so a restore need not rebuild them.",
+)
+def backup(out: Path, index_dir: Path | None, caches: bool) -> None:
+    """Back up the index to the new directory OUT while it serves and takes writes: SQLite's online backup of the
+    store (every write acknowledged before the backup began is in it), the manifest, and with --caches the caches."""
+    from indexer.backup import backup as take_backup
+
+    settings = Settings.from_env(index_dir=index_dir)
+    _check_index(settings)
+    info = take_backup(settings.index_dir, out, caches=caches)
+    click.echo(info.line(out), err=True)
+
+
+@main.command()
+@click.argument("backup_dir", metavar="BACKUP", type=click.Path(path_type=Path, file_okay=False))
+@_index_option
+def restore(backup_dir: Path, index_dir: Path | None) -> None:
+    """Restore the backup BACKUP (made by newsdesk backup) as the index at --index: a new directory, or an index,
+    which is replaced atomically once the restored one is complete; caches are rebuilt from SQLite."""
+    from indexer.backup import restore as restore_backup
+
+    settings = Settings.from_env(index_dir=index_dir)
+    if not backup_dir.is_dir():
+        raise SourceError(f"{backup_dir}: no such backup directory")
+    generation, n_articles, n_passages = restore_backup(backup_dir, settings.index_dir)
+    click.echo(
+        f"restored {settings.index_dir} from {backup_dir}: generation {generation}, {n_articles} articles, "
+        f"{n_passages} passages",
+        err=True,
+    )
 
 
 def index_stats(directory: Path) -> JSONObject:

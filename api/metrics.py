@@ -17,13 +17,14 @@ from datetime import datetime
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from search.errors import NewsdeskError
 from search.memory import memory_report
 from search.service import SearchService
 from search.storage.manifest import read_manifest
+from search.storage.watchstate import source_states
 
 # Seconds. Health checks answer in ~1 ms and searches in tens of ms on the sample; big indexes take longer.
 log = logging.getLogger("newsdesk.api")
@@ -127,7 +128,63 @@ class IndexCollector:
             return None
 
 
-def _exposed_registry(registry: CollectorRegistry, index: IndexCollector) -> CollectorRegistry:
+class WatchCollector:
+    """What ``newsdesk watch`` did, per source, read from the index's store at each scrape (search/storage/
+    watchstate.py): the watcher records it with its writes, so any server on the index reports it, whichever process
+    watches. Counters are cumulative over the index's life; nothing is reported for an index never watched."""
+
+    def __init__(self, service: SearchService) -> None:
+        self.service = service
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            states = source_states(self.service.index.sqlite.connection())
+        except NewsdeskError:  # a replica (no SQLite store) or a damaged index: the index collector says so
+            return
+        if not states:
+            return
+        families = {
+            "seen": CounterMetricFamily(
+                "newsdesk_watch_items_seen", "Feed items and pages newsdesk watch read, by source.", labels=["source"]
+            ),
+            "ingested": CounterMetricFamily(
+                "newsdesk_watch_items_ingested",
+                "New or changed items newsdesk watch wrote into the index, by source.",
+                labels=["source"],
+            ),
+            "errors": CounterMetricFamily(
+                "newsdesk_watch_errors",
+                "Polls of a source that failed (timeout, HTTP error, garbage).",
+                labels=["source"],
+            ),
+        }
+        skipped = CounterMetricFamily(
+            "newsdesk_watch_items_skipped",
+            "Items newsdesk watch could not use, by source and reason (no text, bad encoding, ...).",
+            labels=["source", "reason"],
+        )
+        success = GaugeMetricFamily(
+            "newsdesk_watch_last_success_timestamp_seconds",
+            "When a poll of the source last succeeded, as a Unix time.",
+            labels=["source"],
+        )
+        for source, state in states.items():
+            families["seen"].add_metric([source], float(state.seen))
+            families["ingested"].add_metric([source], float(state.ingested))
+            families["errors"].add_metric([source], float(state.errors))
+            for reason, n in state.skipped.items():
+                skipped.add_metric([source, reason], float(n))
+            if state.last_success is not None:
+                success.add_metric([source], state.last_success)
+        yield from families.values()
+        yield skipped
+        yield success
+
+
+def _exposed_registry(registry: CollectorRegistry, index: IndexCollector, watch: WatchCollector) -> CollectorRegistry:
     """What ``/metrics`` serves: this process's registry, or, when ``PROMETHEUS_MULTIPROC_DIR`` is set, the request
     metrics of every server process merged from that directory (prometheus_client's multiprocess mode), with the
     index figures.
@@ -142,6 +199,7 @@ def _exposed_registry(registry: CollectorRegistry, index: IndexCollector) -> Col
     merged = CollectorRegistry()
     MultiProcessCollector(merged, path=path)  # type: ignore[no-untyped-call]
     merged.register(index)
+    merged.register(watch)
     return merged
 
 
@@ -167,9 +225,11 @@ def register_metrics(app: Flask, service: SearchService) -> CollectorRegistry:
     )
     index = IndexCollector(service)
     registry.register(index)
+    watch = WatchCollector(service)
+    registry.register(watch)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    exposed = _exposed_registry(registry, index)
+    exposed = _exposed_registry(registry, index, watch)
 
     def start() -> None:
         g.metrics_started = time.perf_counter()

@@ -27,6 +27,7 @@ from search.errors import InvalidInput
 from search.jsontypes import JSONObject
 from search.models import Mode, Scoring
 from search.ranking.catalog import MAX_FILTER_VALUES, Filter
+from search.ranking.recency import Recency
 from search.settings import Settings
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: int() would also take "+5", " 5" and "٣"
@@ -266,7 +267,33 @@ class Filters(DateSourceCategory):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SearchParams(Filters):
+class Freshness(Params):
+    """Recency decay of a search (search/ranking/recency.py)."""
+
+    recency: Annotated[
+        str | None,
+        Param(
+            "Favour newer articles: each article's score is multiplied by 0.5 ** (age / HALF_LIFE), age from its "
+            "date to as_of; a half-life such as 7d, 12h or 30m (scores.recency shows the factor). Without it the "
+            "order is relevance alone.",
+            example="7d",
+        ),
+    ] = None
+    as_of: Annotated[
+        str | None, Param("The day recency measures ages from: an ISO date (YYYY-MM-DD); today (UTC) when not given.")
+    ] = None
+
+    def recency_of(self) -> Recency | None:
+        """The decay asked for, or None; InvalidInput (400) for a bad half-life or date, and for as_of alone."""
+        if self.recency is None:
+            if self.as_of is not None:
+                raise InvalidInput("as_of applies with recency (e.g. recency=7d&as_of=2024-03-01)")
+            return None
+        return Recency.of(self.recency, self.as_of)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchParams(Filters, Freshness):
     """``/api/search``."""
 
     q: Annotated[str, Param(QUERY_HELP, min_length=1, max_length="max_query_chars", pattern=QUERY_PATTERN)]
@@ -350,7 +377,7 @@ class TimelineByQueryParams(TimelineParams):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PageSearchParams(DateSourceCategory):
+class PageSearchParams(DateSourceCategory, Freshness):
     """The web page's search (``/``): without ``q``, the index's overview."""
 
     q: Annotated[str, Param(QUERY_HELP)] = ""

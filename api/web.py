@@ -26,7 +26,7 @@ from search.settings import MODES
 
 PAGE_SIZE = 10
 # What a results page's URL carries besides its offset: links (pages, facets) keep all of it.
-STATE = ("q", "mode", "from", "to", "source", "category")
+STATE = ("q", "mode", "from", "to", "source", "category", "recency", "as_of")
 
 # The pages load their one script and stylesheet from /static and nothing else (the icon is an empty data: URL);
 # no page has inline script, style or handler attributes (tests/test_web.py checks), so this policy costs nothing
@@ -70,6 +70,8 @@ def _page_context() -> dict[str, object]:
         "modes": MODES,
         "max_query_chars": _service().settings.max_query_chars,
         "date_from": request.args.get("from", ""),
+        "recency": request.args.get("recency", ""),
+        "as_of": request.args.get("as_of", ""),
         "date_to": request.args.get("to", ""),
         "sources": _values("source"),
         "categories": _values("category"),
@@ -121,7 +123,9 @@ def relevance(scores: Scores) -> dict[str, str]:
         "label": f"{label} match",
         "class": label,
         "title": f"dense (cosine of the best passage) {scores.dense:.3f} · lexical (BM25) {scores.lexical:.3f} · "
-        f"fused {scores.fused:.3f}; strong ≥ {STRONG_MATCH:.2f}, good ≥ {GOOD_MATCH:.2f} dense",
+        f"fused {scores.fused:.3f}"
+        + (f" · recency × {scores.recency:.3f}" if scores.recency is not None else "")
+        + f"; strong ≥ {STRONG_MATCH:.2f}, good ≥ {GOOD_MATCH:.2f} dense",
     }
 
 
@@ -135,7 +139,10 @@ def search() -> str:
         return render_template(
             "search.html", response=None, overview=overview, offset=0, page_size=PAGE_SIZE, autofocus=True
         )
-    response = _service().search(p.q, k=PAGE_SIZE, offset=p.offset, mode=p.mode, filters=p.filters(), facets=True)
+    svc, recency = _service(), p.recency_of()
+    response = svc.search(
+        p.q, k=PAGE_SIZE, offset=p.offset, mode=p.mode, filters=p.filters(), facets=True, recency=recency
+    )
     return render_template("search.html", response=response, offset=p.offset, page_size=PAGE_SIZE)
 
 

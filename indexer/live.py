@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from indexer.build import make_chunker, new_articles
-from indexer.update import apply_changes, reusable_vectors, save_after_commit
+from indexer.update import Also, apply_changes, reusable_vectors, save_after_commit
 from search.errors import NotFound
 from search.models import Article
 from search.service import SearchService
@@ -44,8 +44,9 @@ class Writer:
         self.service = service
         self._lock = threading.Lock()
 
-    def upsert(self, articles: list[Article]) -> WriteResult:
-        """Insert or replace (by id) every article of the batch, in one transaction: all or nothing."""
+    def upsert(self, articles: list[Article], also: Also | None = None) -> WriteResult:
+        """Insert or replace (by id) every article of the batch, in one transaction: all or nothing. ``also`` runs
+        more statements in that transaction (``newsdesk watch`` records what it ingested there)."""
         svc = self.service
         ids = [a.id for a in articles]
         with self._lock:
@@ -57,7 +58,7 @@ class Writer:
             rows = [replace(r, origin="api") for r in rows]  # newsdesk index warns before deleting these
             svc.refresh()
             with svc.holding() as index:  # the one searches use, whatever reloaded during the embedding
-                generation = self._apply(index, ids, rows)
+                generation = self._apply(index, ids, rows, also)
             self._save()
             return WriteResult(ids, [], generation)
 
@@ -87,11 +88,12 @@ class Writer:
         with svc.lock.reading():
             save_after_commit(svc.index)
 
-    def _apply(self, index: Index, delete_ids: list[str], rows: list[NewArticle]) -> int:
+    def _apply(self, index: Index, delete_ids: list[str], rows: list[NewArticle], also: Also | None = None) -> int:
         """Write into ``index`` (the service's, held), with the write lock only around what changes what searches
         read; returns the generation then served."""
         svc = self.service
-        apply_changes(index, delete_ids, rows, save=False, embedder=svc.embedder, exclusive=self._exclusive)
+        exclusive = self._exclusive
+        apply_changes(index, delete_ids, rows, save=False, embedder=svc.embedder, exclusive=exclusive, also=also)
         return svc.generation
 
     @contextmanager

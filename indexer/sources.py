@@ -1,4 +1,5 @@
-"""Reading corpora: JSON Lines (optionally gzipped), CSV, or a directory of .txt/.md files.
+"""Reading corpora: JSON Lines (optionally gzipped), CSV, RSS and Atom feeds, HTML pages, WARC crawls, or a
+directory of .txt/.md/.html files (the web formats are read by indexer/web.py).
 
 Field names are detected from common spellings and can be overridden with a ``FieldMap``; whatever is not mapped
 is kept in the article's ``extra`` metadata rather than thrown away.
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, cast
 
+from indexer.web import PAGE_SUFFIXES, Fetcher, Skip, feed_articles, kind_of, page_article, warc_articles
 from search.errors import SourceError
 from search.jsontypes import JSONObject, JSONValue
 from search.models import Article
@@ -33,6 +35,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "tags": ("tags", "category", "categories", "topics"),
 }
 TEXT_SUFFIXES = (".txt", ".md")
+DIRECTORY_SUFFIXES = (*TEXT_SUFFIXES, *PAGE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,19 @@ class ReadReport:
 
     unreadable: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    # Records of the web formats (feeds, pages, WARC) that could not be used, always skipped: counts by reason, and
+    # one line each (place, reason, detail); notes: what was used in part (an item whose page could not be fetched).
+    reasons: dict[str, int] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def skip(self, where: str, reason: str, detail: str = "") -> None:
+        """One web record left out, counted under ``reason``."""
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        self.dropped.append(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
+
+    def note(self, where: str, message: str) -> None:
+        self.notes.append(f"{where}: {message}")
 
     def lines(self, limit: int = 10) -> list[str]:
         """The summary's lines about what could not be used: one per field with unreadable values, then the
@@ -84,6 +100,15 @@ class ReadReport:
             out += [f"  {m}" for m in self.skipped[:limit]]
             if len(self.skipped) > limit:
                 out.append(f"  and {len(self.skipped) - limit} more")
+        if self.reasons:
+            counts = ", ".join(f"{reason} {n}" for reason, n in sorted(self.reasons.items(), key=lambda x: -x[1]))
+            out.append(f"skipped {len(self.dropped)} web record(s) that could not be used: {counts}")
+            out += [f"  {m}" for m in self.dropped[:limit]]
+            if len(self.dropped) > limit:
+                out.append(f"  and {len(self.dropped) - limit} more")
+        out += [f"note: {m}" for m in self.notes[:limit]]
+        if len(self.notes) > limit:
+            out.append(f"note: and {len(self.notes) - limit} more")
         return out
 
 
@@ -93,17 +118,22 @@ def read_sources(
     *,
     report: ReadReport | None = None,
     skip_bad: bool = False,
+    fetcher: Fetcher | None = None,
 ) -> Iterator[Article]:
     """Articles from every source in order. A bad record is a ``SourceError`` naming its file, line and column, or,
     with ``skip_bad``, is left out and listed in ``report.skipped``; a file that cannot be read at all is an error
-    either way. Values that could not be read (dates) are collected in ``report.unreadable``."""
+    either way. Values that could not be read (dates) are collected in ``report.unreadable``.
+
+    Feeds, pages and WARC crawls (indexer/web.py) are recognised by suffix, else by their first bytes; their
+    unusable records are always skipped, counted by reason in ``report.reasons``: one broken page of a crawl must
+    not cost the others. ``fetcher`` fetches the page of a feed item that carries only a summary."""
     fm = field_map or FieldMap()
     report = report if report is not None else ReadReport()
     for path in paths:
         if not path.exists():
             raise SourceError(f"{path}: no such file or directory")
         if path.is_dir():
-            yield from _read_directory(path)
+            yield from _read_directory(path, report)
             continue
         name = path.name.lower()
         if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")):
@@ -111,7 +141,34 @@ def read_sources(
         elif name.endswith((".csv", ".csv.gz")):
             yield from _read_csv(path, fm, report, skip_bad)
         else:
-            raise SourceError(f"{path}: unknown source format (expected .jsonl, .jsonl.gz, .csv or a directory)")
+            yield from _read_web(path, report, fetcher)
+
+
+def _read_web(path: Path, report: ReadReport, fetcher: Fetcher | None) -> Iterator[Article]:
+    """A feed, a page or a WARC crawl, told apart by suffix, else by content."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        raise SourceError(f"{path}: {exc.strerror or exc}") from None
+    kind = kind_of(path.name, head)
+    if kind is None:
+        raise SourceError(
+            f"{path}: unknown source format (expected .jsonl, .jsonl.gz, .csv, an RSS or Atom feed, an HTML page, "
+            ".warc or .warc.gz, or a directory)"
+        )
+    if kind == "warc":
+        with path.open("rb") as fh:
+            yield from warc_articles(fh, str(path), report)
+        return
+    data = path.read_bytes()
+    if kind == "feed":
+        yield from feed_articles(data, str(path), report, fetcher)
+        return
+    try:
+        yield page_article(data, None, str(path), fallback_id=path.stem)
+    except Skip as skip:
+        report.skip(str(path), skip.reason, skip.detail)
 
 
 def _open_text(path: Path) -> IO[str]:
@@ -234,9 +291,20 @@ def _read_csv(path: Path, fm: FieldMap, report: ReadReport, skip_bad: bool) -> I
             raise SourceError(f"{path}: unreadable ({exc})") from None
 
 
-def _read_directory(root: Path) -> Iterator[Article]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+def _read_directory(root: Path, report: ReadReport) -> Iterator[Article]:
+    """Text and Markdown files (first line: the headline) and saved HTML pages (their URL as id when the page
+    names one, else the path as for text files) of a directory tree, in path order."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in DIRECTORY_SUFFIXES)
     for f in files:
+        rel = f.relative_to(root).with_suffix("").as_posix()
+        if f.suffix.lower() in PAGE_SUFFIXES:
+            try:
+                yield page_article(f.read_bytes(), None, str(f), fallback_id=rel)
+            except Skip as skip:
+                report.skip(str(f), skip.reason, skip.detail)
+            except OSError as exc:
+                raise SourceError(f"{f}: unreadable ({exc})") from None
+            continue
         try:
             text = f.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -247,7 +315,6 @@ def _read_directory(root: Path) -> Iterator[Article]:
         if not lines:
             continue
         title = lines[0].strip().lstrip("#").strip() if f.suffix.lower() == ".md" else lines[0].strip()
-        rel = f.relative_to(root).with_suffix("").as_posix()
         yield Article(id=rel, title=title, paragraphs=tuple(split_paragraphs("\n".join(lines[1:]))))
 
 

@@ -14,6 +14,7 @@ in-memory state reflects, and saved only while the store is still there (``Store
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import replace
@@ -72,6 +73,7 @@ def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -
 CATCH_UP_TRIES = 20  # each try that fails does so because another writer committed: someone makes progress
 
 Exclusive = Callable[[], AbstractContextManager[object]]
+Also = Callable[[sqlite3.Connection], None]  # statements committed with the write (Store.replace_articles)
 
 
 def apply_changes(
@@ -82,6 +84,7 @@ def apply_changes(
     save: bool = True,
     embedder: Embedder | None = None,
     exclusive: Exclusive = nullcontext,
+    also: Also | None = None,
 ) -> int:
     """Delete and insert in one SQLite transaction, then bring FAISS, the BM25 postings and the manifest up to it;
     returns the number of articles deleted. ``save=False`` leaves writing the on-disk caches to the caller
@@ -98,7 +101,7 @@ def apply_changes(
     with searches going on (measured by bench/write_lock.py), and the lock is held for the commit and the swap."""
     for _ in range(CATCH_UP_TRIES):
         try:
-            deleted = _apply_once(index, delete_ids, rows, save, exclusive, embedder)
+            deleted = _apply_once(index, delete_ids, rows, save, exclusive, embedder, also)
         except StaleIndex:
             with exclusive():
                 index.catch_up(embedder)
@@ -115,6 +118,7 @@ def _apply_once(
     save: bool,
     exclusive: Exclusive,
     embedder: Embedder | None,
+    also: Also | None = None,
 ) -> int | None:
     """One try of ``apply_changes``: StaleIndex (and nothing changed in memory that matters) if the store is not at
     the generation ``index`` reflects, or is no longer the index; None, ``index`` caught up, if a rebuild swapped
@@ -148,7 +152,7 @@ def _apply_once(
                 if index.current():
                     _swap(index, store, done, rows, changed, dedup)
 
-            done = store.replace_articles(delete_ids, rows, check, before_commit=publish)
+            done = store.replace_articles(delete_ids, rows, check, before_commit=publish, also=also)
         except BaseException:
             index.duplicates = None  # it may hold what did not commit: reloaded from the store when next needed
             raise

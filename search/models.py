@@ -147,7 +147,10 @@ class Scores:
     lexical: float
     """BM25 score; 0 when no query word occurs."""
     fused: float
-    """The score the item was ranked by in the request's mode."""
+    """The score the item was ranked by in the request's mode (decayed by ``recency`` when that is set)."""
+    recency: float | None = None
+    """With ``recency`` set: the decay factor in (0, 1] by the article's age that ``fused`` was multiplied by (1 for
+    an undated article); null without it."""
 
 
 @dataclass(frozen=True)

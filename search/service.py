@@ -52,6 +52,7 @@ from search.ranking.fusion import Fusion
 from search.ranking.highlight import Highlighter
 from search.ranking.paging import START as CURSOR_START
 from search.ranking.paging import Cursor, diversify, fingerprint, index_key, resume
+from search.ranking.recency import RECENCY_POOL, Recency, decayed
 from search.settings import SIMILAR_SCORINGS, Settings
 from search.storage.index import Index
 from search.storage.store import StoredPassage
@@ -315,13 +316,15 @@ class SearchService:
         cursor: str | None = None,
         max_per_source: int | None = None,
         facets: bool = False,
+        recency: Recency | None = None,
     ) -> SearchResponse:
         """One page of ranked articles, each with its best passages, answering sentences and related stories.
 
         ``filters`` restrict the candidates before ranking (a filtered page is full whenever enough articles
         match). ``cursor`` (``*`` to start, then each response's ``next_cursor``) pages one fixed ranked list of
         up to ``cursor_depth`` articles; ``max_per_source`` caps the results of one source on a page; ``facets``
-        counts the ranked candidates by source, category and month.
+        counts the ranked candidates by source, category and month. ``recency`` decays each article's score by its
+        age (search/ranking/recency.py), an explicit step after relevance ranking.
         """
         started = time.perf_counter()
         query = self.validate_query(query)
@@ -338,7 +341,8 @@ class SearchService:
         if cursor is not None:
             if offset:
                 raise InvalidInput("give either offset or cursor, not both")
-            mark = fingerprint(query, mode, filters.key() if filters else None, k, max_per_source)
+            decay = (recency.key(),) if recency is not None else ()  # a walk without decay keeps its old fingerprint
+            mark = fingerprint(query, mode, filters.key() if filters else None, k, max_per_source, *decay)
             generation = self.index.store.generation()
             key = index_key(self.index.manifest, self.index.store)
             if cursor == CURSOR_START:
@@ -353,12 +357,12 @@ class SearchService:
         matched = self.matching_rows(query, qvec, mode)
         total = catalog.count(matched, filters)
         if max_per_source is None:
-            ranked = self.rank_articles(query, qvec, depth, mode, allowed)
+            ranked = self.rank_articles(query, qvec, depth, mode, allowed, recency=recency)
             page = ranked.items[offset : offset + k]
             end = len(ranked.items)
         else:
             ranked, page, end = self._diverse_page(
-                query, qvec, depth, mode, allowed, k, offset, max_per_source, walk, total
+                query, qvec, depth, mode, allowed, k, offset, max_per_source, walk, total, recency
             )
         next_cursor = None
         if walk is not None and offset + k < end:
@@ -434,12 +438,13 @@ class SearchService:
         cap: int,
         walk: Cursor | None,
         total: int,
+        recency: Recency | None = None,
     ) -> tuple[Ranking, list[tuple[int, Scores]], int]:
         """The page at ``offset`` of the ranked list cut into per-source-capped pages; the ranking is deepened
         (unless a cursor fixed its depth) until that page is full or the candidates run out.
         Returns the ranking, the page, and the item position where the pages end (for a cursor's next page)."""
         while True:
-            ranked = self.rank_articles(query, qvec, depth, mode, allowed)
+            ranked = self.rank_articles(query, qvec, depth, mode, allowed, recency=recency)
             aids = [a for a, _ in ranked.items]
             sources = dict(zip(aids, self.index.catalog.source_of(aids), strict=True))
             pages = diversify(ranked.items, partial(_source_of_item, sources), k, cap)
@@ -460,6 +465,7 @@ class SearchService:
         allowed: np.ndarray | None = None,
         *,
         collapse: bool = True,
+        recency: Recency | None = None,
     ) -> Ranking:
         """The best ``need`` articles by ``mode`` (fewer only if fewer candidates match), with both component
         scores, and how many candidates there were.
@@ -469,9 +475,11 @@ class SearchService:
         found by one side only is not penalised by a guess. ``allowed`` (sorted article keys) is a filter applied
         before ranking on both sides. A candidate that does not match the query (no query term, and a best passage
         below ``match_floor``) is left out, so the list ends where a response's ``total`` says; the order of the
-        others is untouched.
+        others is untouched. ``recency`` then decays the first ``RECENCY_POOL`` (at least ``need``) by age and
+        orders them again (search/ranking/recency.py).
         """
         self._pin_search_threads()
+        wanted, need = need, max(need, RECENCY_POOL) if recency is not None else need
         dense = self._dense_articles(qvec, need, allowed) if mode != "lexical" else {}
         lexical: dict[int, float] = {}
         if mode != "dense":
@@ -497,6 +505,8 @@ class SearchService:
         items = [
             (a, Scores(round(dense.get(a, 0.0), 6), round(lexical.get(a, 0.0), 6), round(fused[a], 6))) for a in head
         ]
+        if recency is not None:
+            items = decayed(items, self.index.catalog, recency)[:wanted]
         return Ranking(items, len(fused))
 
     def _hits_key(self, qvec: np.ndarray) -> tuple[int, int, bytes]:

@@ -258,6 +258,17 @@ class Settings:
     cursor_depth: int = _setting(
         1000, "Articles in the fixed ranked list a cursor walk pages through (search with cursor=*)."
     )
+    # -- the web (indexer/web.py, indexer/watch.py): feeds and pages fetched by newsdesk index and newsdesk watch
+    fetch_timeout: float = _setting(
+        10.0, "Seconds one HTTP request for a feed or page may take (connect and each read) before it is given up."
+    )
+    user_agent: str = _setting(
+        "newsdesk/0.1 (news search indexer)",
+        "User-Agent header sent with every request for a feed or page, so that sites can tell who reads them.",
+    )
+    watch_concurrency: int = _setting(
+        4, "Feeds and pages newsdesk watch fetches at once; the rest wait, so a poll holds this many connections."
+    )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -295,6 +306,7 @@ class Settings:
             "max_connections",
             "max_batch_articles",
             "max_field_chars",
+            "watch_concurrency",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -315,7 +327,7 @@ class Settings:
                 raise InvalidInput(f"setting {name} must be a cosine in [-1, 1], got {getattr(self, name)}")
         if self.mode not in MODES:
             raise InvalidInput(f"setting mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("header_timeout", "body_timeout", "idle_timeout"):
+        for name in ("header_timeout", "body_timeout", "idle_timeout", "fetch_timeout"):
             if not getattr(self, name) > 0:
                 raise InvalidInput(f"setting {name} must be a positive number of seconds, got {getattr(self, name)}")
         if self.replica_poll < 0:

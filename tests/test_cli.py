@@ -248,9 +248,9 @@ def test_index_errors_are_one_line_and_change_nothing(
         source.write_text('{"id": "a", "title": "Fine"}\n\n{"id": "b", "title": oops}\n', encoding="utf-8")
         fragments = ["bad.jsonl:3:", "invalid JSON"]
     elif case == "unknown-format":
-        source = tmp_path / "feed.xml"
-        source.write_text("<rss><item><title>A story</title></item></rss>", encoding="utf-8")
-        fragments = ["feed.xml", "unknown source format"]
+        source = tmp_path / "table.parquet"  # feeds (.xml) are a source format since issue 20
+        source.write_bytes(b"PAR1\x15\x04\x15\x10")
+        fragments = ["table.parquet", "unknown source format"]
     else:
         source = tmp_path / "empty.jsonl"
         source.write_text('{"id": "e1"}\n{"id": "e2", "title": "   ", "text": ""}\n', encoding="utf-8")
@@ -388,7 +388,7 @@ def test_batch_search_writes_a_trec_run_and_passages(
         assert prow["passages"]
         for p in prow["passages"]:
             assert set(p) == {"article_id", "passage_id", "text", "score", "scores"}
-            assert set(p["scores"]) == {"dense", "lexical", "fused"} and p["scores"]["fused"] == p["score"]
+            assert set(p["scores"]) == {"dense", "lexical", "fused", "recency"} and p["scores"]["fused"] == p["score"]
             assert p["article_id"] in CORPUS_IDS and isinstance(p["passage_id"], int) and p["text"]
         assert [p["score"] for p in prow["passages"]] == sorted((p["score"] for p in prow["passages"]), reverse=True)
     assert prows[1]["passages"][0]["article_id"] == "sport/001"

@@ -26,6 +26,7 @@ import numpy as np
 from search.errors import IndexCorrupt, StaleIndex, StorageError
 from search.jsontypes import JSONObject
 from search.models import Article, ArticleRef, Passage
+from search.storage.watchstate import WATCH_SCHEMA
 
 T = TypeVar("T")
 
@@ -109,6 +110,7 @@ CREATE INDEX IF NOT EXISTS passages_aid ON passages(aid, position);
     + GROUPS_SCHEMA
     + CHANGES_SCHEMA
     + CATALOG_SCHEMA
+    + WATCH_SCHEMA
 )
 
 # BM25 tables (queried by search/text/fts.py), kept in step with articles and passages by triggers, so the
@@ -265,7 +267,7 @@ class Store:
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('build', ?)", (uuid.uuid4().hex,))
         else:
             with contextlib.suppress(sqlite3.OperationalError), self._conn() as conn:  # read-only: reads fall back
-                conn.executescript(SENTENCES_SCHEMA + GROUPS_SCHEMA + CHANGES_SCHEMA + CATALOG_SCHEMA)
+                conn.executescript(SENTENCES_SCHEMA + GROUPS_SCHEMA + CHANGES_SCHEMA + CATALOG_SCHEMA + WATCH_SCHEMA)
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(articles)")}
                 if "origin" not in columns:  # an index from before origins: its articles count as from sources
                     conn.execute("ALTER TABLE articles ADD COLUMN origin TEXT")
@@ -370,6 +372,7 @@ class Store:
         *,
         log: bool = True,
         before_commit: Callable[[Replaced, Callable[[], None]], None] | None = None,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> Replaced:
         """Delete ``delete_ids`` and insert ``items`` in one transaction, so a reader sees either the old or the new
         version of a replaced article, never neither.
@@ -382,7 +385,10 @@ class Store:
         ``before_commit`` is called with what was written and the transaction's commit, the transaction still open
         (this thread's reads see the write, other connections do not): a live writer builds its in-memory side there
         and commits under its service's write lock, so that searches run while the statements execute. It may raise
-        to roll back; if it does not commit, the transaction commits when it returns."""
+        to roll back; if it does not commit, the transaction commits when it returns.
+
+        ``also`` runs its own statements in the transaction, after the articles': what a caller must commit together
+        with them (``newsdesk watch`` records the items it ingested, search/storage/watchstate.py)."""
         conn = self._conn()
         aids: list[int] = []
         pids: list[int] = []
@@ -402,6 +408,8 @@ class Store:
                 conn.execute("DELETE FROM passages WHERE aid = ?", (row[0],))
                 conn.execute("DELETE FROM articles WHERE aid = ?", (row[0],))
             new_aids, new_pids = self._insert(conn, items)
+            if also is not None:
+                also(conn)
             if aids or new_pids:
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             generation = self._generation(conn)

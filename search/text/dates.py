@@ -25,6 +25,8 @@ import warnings
 from datetime import date, datetime
 from email.utils import parsedate_to_datetime
 
+from search.errors import InvalidInput
+
 ACCEPTED = "ISO 8601/RFC 3339 (2005-01-08, 2005-01-08T10:00:00Z), RFC 822 (Sat, 08 Jan 2005 10:00:00 GMT), "
 ACCEPTED += "8 Jan 2005, January 8, 2005, or day-first 08/01/2005"
 
@@ -100,3 +102,17 @@ def _in_words(text: str) -> str | None:
     if (a.hour, a.minute) != (b.hour, b.minute):
         return a.date().isoformat()  # no time given (seconds alone may be missing: they are 0 then, as in "10:00")
     return a.isoformat()
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)", re.ASCII)
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, name: str) -> float:
+    """A positive duration in seconds from ``30``, ``30s``, ``5m``, ``2h`` or ``7d`` (``newsdesk watch --every``, the
+    ``recency`` half-life); ``InvalidInput`` naming ``name`` otherwise."""
+    found = _DURATION.fullmatch(text.strip().lower())
+    seconds = float(found.group(1)) * _UNIT_SECONDS[found.group(2)] if found else 0.0
+    if not seconds > 0:
+        raise InvalidInput(f"{name} takes a positive duration such as 30s, 5m, 2h or 7d, got {text!r}")
+    return seconds
