@@ -34,6 +34,10 @@ PRODUCT_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "f
 ENV = {**PRODUCT_ENV, "NEWSDESK_BACKEND": "torch"}
 
 
+PORT_ATTEMPTS = 3  # servers started on a newly picked port when the last one was taken before the server bound it
+PORT_TAKEN = ("address already in use", "connection in use")  # what waitress (errno 98) and gunicorn say then
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's pick for a bind to port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -73,21 +77,33 @@ def serve(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """A server on ``directory`` (write key ``KEY``) on a free port, once it answers its health check.
 
-    ``directory=None`` with ``args`` such as ``--milvus-uri URI --collections NAME`` serves a stateless replica."""
-    port = free_port()
+    ``directory=None`` with ``args`` such as ``--milvus-uri URI --collections NAME`` serves a stateless replica.
+
+    The port is free when picked but not reserved: until the server binds it (seconds, while it loads), any other
+    process may take it, as a client's connection from a test running beside this one in another worker does. A
+    server that then exits saying the address is in use is started again on another port (a few times)."""
     env = {**(env or ENV), "NEWSDESK_API_KEY": KEY}
     index = ["--index", str(directory)] if directory is not None else []
-    proc = spawn(["serve", *index, "--port", str(port), *args], log, env, cwd)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).close()
-            return proc, port
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                kill(proc)
-                raise AssertionError(f"the server did not start:\n{log.read_text(errors='replace')[-3000:]}") from None
-            time.sleep(0.2)
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        logged = log.stat().st_size if log.exists() else 0
+        proc = spawn(["serve", *index, "--port", str(port), *args], log, env, cwd)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).close()
+                return proc, port
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    kill(proc)
+                    with log.open("rb") as f:
+                        f.seek(logged)
+                        said = f.read().decode(errors="replace")
+                    if attempt + 1 < PORT_ATTEMPTS and any(m in said.lower() for m in PORT_TAKEN):
+                        break
+                    raise AssertionError(f"the server did not start:\n{said[-3000:]}") from None
+                time.sleep(0.2)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @contextlib.contextmanager
