@@ -53,11 +53,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# lint (mypy is most of it, ~50 s on one core) runs beside the tests rather than before them, so a fresh clone's
-# `make test` stays well under 10 minutes on 2 cores; its output follows the tests', and either failing fails.
+# The tests run in one pytest-xdist worker per CPU this process may use (`logical`: without psutil, `auto` counts the
+# same; with it, `auto` would count physical cores; TEST_WORKERS=0 runs them in this process), each test file whole
+# on one worker (--dist loadfile: module-scoped fixtures, such as test_distributed's Ray instance or
+# test_crash's base index, are made once). lint (mypy is most of it, ~50 s on one core) runs beside them rather than
+# before, so a fresh clone's `make test` stays well under 10 minutes on 2 cores; its output follows the tests', and
+# either failing fails.
+TEST_WORKERS ?= logical
 test: install browser
 	@$(MAKE) --no-print-directory lint > $(VENV)/lint.log 2>&1 & lint=$$!; \
-	$(BIN)/pytest --durations=20; status=$$?; \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=20; status=$$?; \
 	wait $$lint || { status=1; echo "make lint failed:"; }; cat $(VENV)/lint.log; exit $$status
 
 clean:

@@ -47,14 +47,12 @@ from search.settings import Settings
 from search.storage.index import SQLITE, check_index, open_index
 from search.storage.manifest import Manifest
 from tests.fakes import wire_articles
-from tests.procs import ENV, NEWSDESK, get_json, post, serve, spawn, stop, write_jsonl
+from tests.procs import INT8, NEWSDESK, get_json, post, serve, spawn, stop, write_jsonl
 
 TRIALS = int(os.environ.get("NEWSDESK_CONCURRENCY_TRIALS", "2"))
-# Servers and ``newsdesk add`` run the int8 backend (the default, which built the base index through the session's
-# ``embedder``): it loads in about a second where torch takes 6 to 10 (measured on this 2-core machine), which was
-# most of each trial. A rebuild keeps torch: its model load falls after it has read the index, which keeps the
+# Servers and ``newsdesk add`` run the int8 backend (procs.INT8: the default, which built the base index through the
+# session's ``embedder``). A rebuild keeps torch: its model load falls after it has read the index, which keeps the
 # window of writes it must carry into the new build several seconds wide (its vectors pass the probe check).
-INT8 = {**ENV, "NEWSDESK_BACKEND": "onnx-int8"}
 MODES = ("dense", "lexical", "hybrid")
 PAUSE = 1.0  # seconds between one client's write batches
 # Headlines are five of these words, so every article's headline is its own and a query on it finds it first.
