@@ -19,6 +19,7 @@ from api.logs import register_request_logging
 from api.metrics import register_metrics
 from api.openapi import openapi_json
 from api.params import (
+    AnswersParams,
     ArticleParams,
     SearchParams,
     SimilarByIdParams,
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     app.add_url_rule("/api/openapi.json", view_func=openapi_json)
     app.add_url_rule("/api/health", view_func=health)
     app.add_url_rule("/api/search", view_func=search)
+    app.add_url_rule("/api/answers", view_func=answers)
     app.add_url_rule("/api/article", view_func=article_by_query)
     app.add_url_rule("/api/similar", view_func=similar_by_query)
     app.add_url_rule("/api/articles/<article_id:article_id>/similar", view_func=similar)
@@ -156,6 +158,11 @@ def delete_article(article_id: str) -> Response:
 
 def story(story_id: str) -> Response:
     return jsonify(to_plain(_service().story(story_id)))
+
+
+def answers() -> Response:
+    p = parse(AnswersParams, request.args)
+    return jsonify(to_plain(_service().answers(p.q, k=p.k, mode=p.mode, as_of=p.as_of)))
 
 
 def timeline(article_id: str, p: TimelineParams | None = None) -> Response:

@@ -25,6 +25,7 @@ from flask import Response, current_app, jsonify
 from api.errors import ErrorResponse
 from api.logs import REQUEST_ID_HEADER
 from api.params import (
+    AnswersParams,
     ArticleParams,
     Params,
     SearchParams,
@@ -46,6 +47,7 @@ SCHEMAS = "#/components/schemas/{model}"
 # models module when the document is built, so a type replaced there is the one documented.
 RESPONSE_TYPES = (
     "SearchResponse",
+    "AnswersResponse",
     "LabelledArticle",
     "SimilarResponse",
     "StoryResponse",
@@ -320,6 +322,15 @@ def build_spec(settings: Settings) -> JSONObject:
                     settings,
                     query=SearchParams,
                     conflict=True,
+                )
+            },
+            "/api/answers": {
+                "get": _operation(
+                    "answers",
+                    "Rank the passages of the whole index as answers to a question, optionally as of its date.",
+                    _response("The best passages, best first.", "AnswersResponse"),
+                    settings,
+                    query=AnswersParams,
                 )
             },
             "/api/articles/{article_id}": {

@@ -320,6 +320,23 @@ class SearchParams(Filters, Freshness):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnswersParams(Params):
+    """``/api/answers``: the passages that answer a question."""
+
+    q: Annotated[str, Param(QUERY_HELP, min_length=1, max_length="max_query_chars", pattern=QUERY_PATTERN)]
+    k: KArg = 5
+    mode: ModeArg = None
+    as_of: Annotated[
+        str | None,
+        Param(
+            "The question's date (YYYY-MM-DD): passages of articles dated shortly before it rank first, those "
+            "dated after it last (with the date answer signal, setting answer_signals).",
+            example="2023-01-06",
+        ),
+    ] = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class SimilarParams(Filters):
     """``/api/articles/{article_id}/similar``: more like this."""
 

@@ -65,6 +65,48 @@ def select(data: Path, work: Path, n_dev: int, n_heldout: int) -> dict[str, Any]
     return {"dev": len(dev), "heldout": len(heldout), "articles": kept, "corpus": str(corpus)}
 
 
+def question_day(question: dict[str, Any]) -> str:
+    """A question's date as ISO ``YYYY-MM-DD``: the file writes both ``2023/01/06`` and ``2024-12-06``."""
+    return str(question["question_date"]).replace("/", "-")[:10]
+
+
+def prefix_slices(data: Path, work: Path, articles: int) -> dict[str, Any]:
+    """The first ``articles`` articles of the corpus as one JSONL file, and every question whose search results all
+    lie in them (with an answer), by date: the earlier half is ``dev`` (tuning), the later half ``heldback`` (never
+    looked at while choosing). Each question row carries its ``date`` (the ``as_of`` of answer ranking).
+
+    Why a prefix of the corpus: it is what a build of N articles indexes anyway (bench/archive.py's real-model
+    subset is the same file), so one index serves several hundred questions - every one of them with all the
+    articles its search returned, among thousands of other articles' passages - instead of 100 per build."""
+    results = load_search_results(data)
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = work / f"rtqa-first{articles}.jsonl"
+    held: set[str] = set()
+    with gzip.open(data / "news_corpus.jsonl.gz", "rt", encoding="utf-8") as src, corpus.open("w") as out:
+        for i, line in enumerate(src):
+            if i >= articles:
+                break
+            held.add(json.loads(line)["id"])
+            out.write(line)
+    usable = [
+        q
+        for q in load_questions(data)
+        if q["question_id"] in results
+        and all(a in held for a in results[q["question_id"]])
+        and any(a.strip() for a in q["answer_text"])
+    ]
+    usable.sort(key=lambda q: (question_day(q), q["question_id"]))
+    half = len(usable) // 2
+    counts: dict[str, Any] = {"articles": len(held), "corpus": str(corpus)}
+    for name, qs in (("dev", usable[:half]), ("heldback", usable[half:])):
+        with (work / f"rtqa-first{articles}-{name}.jsonl").open("w", encoding="utf-8") as fh:
+            for q in qs:
+                row = {"id": q["question_id"], "text": q["question"], "answers": q["answer_text"]}
+                fh.write(json.dumps(row | {"date": question_day(q)}, ensure_ascii=False) + "\n")
+        counts[name] = {"questions": len(qs), "from": question_day(qs[0]), "to": question_day(qs[-1])} if qs else {}
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/realtimeqa"))

@@ -308,6 +308,19 @@ class RankedPassage:
     scores: Scores
 
 
+@dataclass(frozen=True)
+class AnswersResponse:
+    """The passages of the whole index that best answer a question, best first (``/api/answers``)."""
+
+    query: str
+    """The question as ranked (trimmed)."""
+    mode: Mode
+    as_of: str | None
+    """The question's date (YYYY-MM-DD) when one was given: passages of articles dated just before it rank first."""
+    passages: list[RankedPassage]
+    took_ms: float
+
+
 def to_plain(value: object) -> JSONValue:
     """A response dataclass as JSON-ready dicts and lists, like ``dataclasses.asdict`` without its deep copies of
     every leaf (a quarter of a search request's CPU time when it was used); field names are looked up once per

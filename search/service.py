@@ -26,6 +26,7 @@ from search.checks import check_k, check_mode, check_offset, check_query
 from search.errors import InvalidInput, NotFound
 from search.memory import memory_report
 from search.models import (
+    AnswersResponse,
     Article,
     ArticleRef,
     Copy,
@@ -47,7 +48,9 @@ from search.models import (
 )
 from search.news.related import RelatedFinder
 from search.pages import ArticlePage, IndexOverview, SimilarPage
-from search.ranking.catalog import NO_DATE, Filter, distinct_keys
+from search.ranking.answers import AnswerRanking, date_closeness
+from search.ranking.catalog import NO_DATE, Filter, day_text, distinct_keys, parse_day
+from search.ranking.feedback import FEEDBACK_PASSAGES, content_terms, rm3_terms
 from search.ranking.fusion import Fusion
 from search.ranking.highlight import Highlighter
 from search.ranking.paging import START as CURSOR_START
@@ -173,6 +176,7 @@ class SearchService:
         self.attach(index)
         self.fusion = settings.fusion_config()
         self.passage_fusion = settings.fusion_config(passages=True)
+        self.answer_ranking = AnswerRanking.parse(settings.answer_signals, settings.answer_rrf_k)
         self._query_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._threads = threading.local()
@@ -624,9 +628,14 @@ class SearchService:
             return lexical
         return fusion.fuse(dense, lexical)
 
-    def rank_passages(self, query: str, qvec: np.ndarray, k: int, mode: str) -> list[tuple[StoredPassage, Scores]]:
+    def rank_passages(
+        self, query: str, qvec: np.ndarray, k: int, mode: str, *, as_of: int | None = None
+    ) -> list[tuple[StoredPassage, Scores]]:
         """The best ``k`` passages of the whole index for ``mode`` (batch runs, answer-recall evaluation); as in
-        ``rank_articles``, only passages that match the query."""
+        ``rank_articles``, only passages that match the query. In hybrid mode, a dated question (``as_of``, days
+        since the epoch) has its candidates ranked as answers (``answer_signals``, ``_answer_scores``); an undated
+        one by the passage fusion (``passage_alpha``), which did better than the signals without a date.
+        """
         dense: dict[int, float] = {}
         lexical: dict[int, float] = {}
         if mode != "lexical":
@@ -640,7 +649,10 @@ class SearchService:
             missing = [p for p in dense if p not in lexical]
             lexical.update({p: 0.0 for p in missing})
             lexical.update(self.lexical.score_passages(query, missing))
-        fused = self._fuse_mode(dense, lexical, mode, self.passage_fusion)
+        if mode == "hybrid" and self.answer_ranking is not None and as_of is not None:
+            fused = self._answer_scores(query, qvec, dense, lexical, self.answer_ranking, as_of)
+        else:
+            fused = self._fuse_mode(dense, lexical, mode, self.passage_fusion)
         if mode != "lexical":  # a passage matches as an article does (rank_articles): a term, or the floor
             floor = self.settings.match_floor
             fused = {p: s for p, s in fused.items() if dense.get(p, -2.0) >= floor or lexical.get(p, 0.0) > 0}
@@ -651,6 +663,112 @@ class SearchService:
             for p in top
             if p in rows
         ]
+
+    def answer_signals(
+        self,
+        query: str,
+        qvec: np.ndarray,
+        pids: list[int],
+        dense: dict[int, float],
+        lexical: dict[int, float],
+        names: Sequence[str],
+        as_of: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The named signals of ``search/ranking/answers.py`` for candidate passages ``pids`` (arrays aligned on
+        them), from their dense and lexical scores and what the index stores: sentence vectors, the articles' BM25
+        and dates, and the postings (RM3's expanded query)."""
+        out: dict[str, np.ndarray] = {}
+        keys = np.asarray(pids, dtype=np.int64)
+        if "dense" in names:
+            out["dense"] = np.asarray([dense.get(p, np.nan) for p in pids], dtype=np.float64)
+        if "lexical" in names:
+            out["lexical"] = np.asarray([lexical.get(p, 0.0) for p in pids], dtype=np.float64)
+        if "fused" in names:
+            fused = self.passage_fusion.fuse(dense, lexical)
+            out["fused"] = np.asarray([fused.get(p, np.nan) for p in pids], dtype=np.float64)
+        if "sentence" in names:
+            stored = self.index.store.sentence_vectors(pids)  # passages of one sentence have none: their own vector
+            out["sentence"] = np.asarray(
+                [float(np.max(stored[p][1] @ qvec)) if p in stored else dense.get(p, np.nan) for p in pids],
+                dtype=np.float64,
+            )
+        if "article" in names or "date" in names or "headline" in names:
+            owners = self.index.owners.articles_of(keys)
+            if "headline" in names:
+                out["headline"] = self._headline_scores(qvec, owners)
+            if "article" in names:
+                known = sorted({int(a) for a in owners.tolist() if a >= 0})
+                bm25 = self.lexical.score_articles(query, known)
+                out["article"] = np.asarray([bm25.get(int(a), 0.0) for a in owners.tolist()], dtype=np.float64)
+            if "date" in names:
+                catalog = self.index.catalog
+                rows = catalog.positions(owners.tolist())
+                days = np.where(rows >= 0, catalog.days[np.maximum(rows, 0)], NO_DATE).astype(np.float64)
+                days[days == NO_DATE] = np.nan
+                out["date"] = date_closeness(days, as_of)
+        if "expanded" in names:
+            feedback = sorted((p for p in pids if lexical.get(p, 0.0) > 0), key=lambda p: (-lexical[p], p))
+            feedback = feedback[:FEEDBACK_PASSAGES]
+            texts = self.index.store.passages(feedback)
+            counts = [(content_terms(texts[p].passage.text), lexical[p]) for p in feedback if p in texts]
+            terms = rm3_terms(counts, self.lexical.term_weights(query))
+            scored = self.lexical.score_passages_weighted(terms, pids)
+            out["expanded"] = np.asarray([scored.get(p, 0.0) for p in pids], dtype=np.float64)
+        return out
+
+    def _headline_scores(self, qvec: np.ndarray, owners: np.ndarray) -> np.ndarray:
+        """Each owner article's headline cosine to the query: its first passage (the headline passage; the lead
+        paragraph for an article without a headline). NaN for a passage with no owner."""
+        known = sorted({int(a) for a in owners.tolist() if a >= 0})
+        article_of, pids = self.index.owners.passages_of(known)
+        if not len(pids):
+            return np.full(len(owners), np.nan)
+        firsts = np.flatnonzero(np.r_[True, article_of[1:] != article_of[:-1]])
+        try:
+            vectors = self.index.passages.reconstruct_batch(pids[firsts])
+            cosine = dict(zip(article_of[firsts].tolist(), (vectors @ qvec).tolist(), strict=True))
+        except KeyError:  # the vectors lag the store (another process wrote since they were loaded)
+            stored = self.index.store.passage_vectors(pids[firsts].tolist())
+            cosine = {
+                int(a): float(stored[int(p)] @ qvec)
+                for a, p in zip(article_of[firsts], pids[firsts], strict=True)
+                if int(p) in stored
+            }
+        return np.asarray([cosine.get(int(a), np.nan) for a in owners.tolist()], dtype=np.float64)
+
+    def _answer_scores(
+        self,
+        query: str,
+        qvec: np.ndarray,
+        dense: dict[int, float],
+        lexical: dict[int, float],
+        ranking: AnswerRanking,
+        as_of: int | None,
+    ) -> dict[int, float]:
+        """Candidates ranked as answers: the weighted reciprocal-rank fusion of ``ranking``'s signals."""
+        pids = list(dict.fromkeys([*dense, *lexical]))
+        signals = self.answer_signals(query, qvec, pids, dense, lexical, ranking.names, as_of)
+        return dict(zip(pids, ranking.fuse(signals).tolist(), strict=True))
+
+    @_reads
+    def answers(self, query: str, k: int = 5, mode: str | None = None, *, as_of: str | None = None) -> AnswersResponse:
+        """The ``k`` passages of the whole index that best answer ``query`` (``rank_passages``), with ``as_of`` (an
+        ISO date) the question's date for the date answer signal."""
+        started = time.perf_counter()
+        query = self.validate_query(query)
+        self.validate_k(k)
+        mode = self.validate_mode(mode)
+        day = None if as_of is None else parse_day(as_of, "as_of")
+        top = self.rank_passages(query, self.embed_query(query), k, mode, as_of=day)
+        return AnswersResponse(
+            query=query,
+            mode=mode,
+            as_of=None if day is None else day_text(day),
+            passages=[
+                RankedPassage(sp.passage.article_id, sp.passage.id, sp.passage.text, sc.fused, sc) for sp, sc in top
+            ],
+            took_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
     @_reads
     def batch_search(

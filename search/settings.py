@@ -15,6 +15,7 @@ from typing import TypeVar, get_args
 
 from search.errors import InvalidInput
 from search.models import Mode, Scoring
+from search.ranking.answers import AnswerRanking
 from search.ranking.fusion import Fusion
 from search.vectors.registry import VECTOR_BACKENDS
 
@@ -159,6 +160,17 @@ class Settings:
     passage_alpha: float = _setting(
         0.8, "Weight of the dense side when fusing passage scores (which passages to show, batch passage runs)."
     )
+    # bench/quality.py rtqa (bench/README.md "Answer ranking"), answer recall@5 on 222 dev questions: RRF (k=60)
+    # 0.545, the convex passage fusion 0.563, these signals with k=20 0.590 (sentence, headline, article BM25 and
+    # RM3 did not help there: left out); on the 223 later questions held back from the choice: 0.462 / 0.466 / 0.498.
+    answer_signals: str = _setting(
+        "dense,lexical,date",
+        "Signals that rank a dated question's passages (as_of: /api/answers, batch passage runs) in hybrid mode, "
+        "fused by weighted reciprocal rank: any of dense, lexical, fused, sentence, article, headline, expanded, "
+        "date, each optionally name:weight (search/ranking/answers.py); empty: passage_alpha fusion, which an "
+        "undated question always gets.",
+    )
+    answer_rrf_k: int = _setting(20, "The k of the reciprocal-rank fusion of answer_signals: weight / (k + rank).")
     fusion_normalisation: str = _setting("max", "Score normalisation before convex fusion: max, minmax or zscore.")
     rrf_k: int = _setting(60, "The k of reciprocal-rank fusion: 1 / (k + rank).")
     title_weight: float = _setting(1.0, "BM25 weight of an article's headline relative to its body.")
@@ -340,6 +352,7 @@ class Settings:
             raise InvalidInput("setting title_weight must be positive")
         self.fusion_config()  # validates method, alpha, normalisation and rrf_k
         self.fusion_config(passages=True)
+        AnswerRanking.parse(self.answer_signals, self.answer_rrf_k)  # validates names, weights and k
         return self
 
     def fusion_config(self, passages: bool = False) -> Fusion:

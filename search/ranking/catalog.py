@@ -454,6 +454,11 @@ class ArticleCatalog:
         return out
 
 
+def day_text(day: int) -> str:
+    """The ISO date of a day number (days since 1970-01-01)."""
+    return _day_text(day)
+
+
 def _day_text(day: int) -> str:
     return date.fromordinal(day + _EPOCH).isoformat()
 

@@ -1497,3 +1497,15 @@ class MemoryBM25:
 
     def score_passages(self, query: str, ids: Iterable[int]) -> dict[int, float]:
         return self._given("passages", query, ids)
+
+    def score_passages_weighted(self, terms: Mapping[str, float], ids: Iterable[int]) -> dict[int, float]:
+        """BM25 of given passages for a weighted bag of stemmed terms (a query expanded by pseudo-relevance
+        feedback, search/ranking/answers.py): each term's BM25 contribution times its weight, summed. Terms are
+        taken as the postings hold them (not tokenised or stemmed again: a stem stemmed twice can change)."""
+        postings, weights = self._table("passages")
+        rowids, idx = postings.positions(ids)
+        total = np.zeros(len(idx), dtype=np.float64)
+        for term, weight in terms.items():
+            if weight:
+                total += weight * postings.score_rows([term], weights, idx).astype(np.float64)
+        return {int(r): float(s) for r, s in zip(rowids, total, strict=True) if s > 0}
