@@ -456,17 +456,13 @@ class ArticleCatalog:
 
 def day_text(day: int) -> str:
     """The ISO date of a day number (days since 1970-01-01)."""
-    return _day_text(day)
-
-
-def _day_text(day: int) -> str:
     return date.fromordinal(day + _EPOCH).isoformat()
 
 
 def _range_words(lo: int | None, hi: int | None) -> str:
     if lo is not None and hi is not None:
-        return f"from {_day_text(lo)} to {_day_text(hi)}"
-    return f"from {_day_text(lo)} on" if lo is not None else f"up to {_day_text(hi)}" if hi is not None else "any date"
+        return f"from {day_text(lo)} to {day_text(hi)}"
+    return f"from {day_text(lo)} on" if lo is not None else f"up to {day_text(hi)}" if hi is not None else "any date"
 
 
 _T = TypeVar("_T")
