@@ -313,28 +313,28 @@ class NeighbourGraph:
     # -- reading ------------------------------------------------------------------------------------------------
 
     def __contains__(self, key: int) -> bool:
-        i = int(np.searchsorted(self.keys, key))
-        return i < len(self.keys) and int(self.keys[i]) == key
+        return self._row(key) >= 0
 
-    def neighbours(self, key: int, most: int | None = None) -> np.ndarray:
-        """The article keys in ``key``'s profile (its ``config.k`` nearest by the fused similarity; the ``most``
-        nearest of them), not ``key`` itself, nearest first: the candidates a related-stories search re-ranks by
-        exact cosine instead of scanning every article (``RelatedFinder``). KeyError if ``key`` has no profile."""
+    def _row(self, key: int) -> int:
+        """``key``'s row (its position in ``keys``), or -1 if it has no profile."""
         i = int(np.searchsorted(self.keys, key))
-        if i >= len(self.keys) or int(self.keys[i]) != key:
+        return i if i < len(self.keys) and int(self.keys[i]) == key else -1
+
+    def neighbours(self, key: int) -> np.ndarray:
+        """The article keys in ``key``'s profile (its ``config.k`` nearest by the fused similarity), not ``key``
+        itself: the candidates a related-stories search re-ranks by exact cosine instead of scanning every article
+        (``RelatedFinder``). KeyError if ``key`` has no profile."""
+        i = self._row(key)
+        if i < 0:
             raise KeyError(key)
-        span = slice(int(self.profiles.indptr[i]), int(self.profiles.indptr[i + 1]))
-        cols: np.ndarray = self.profiles.indices[span]
-        weights: np.ndarray = self.profiles.data[span]
-        order = np.lexsort((cols, -weights))
-        order = order[cols[order] != i][:most]
-        return np.asarray(self.keys[cols[order]], dtype=np.int64)
+        cols: np.ndarray = self.profiles.indices[self.profiles.indptr[i] : self.profiles.indptr[i + 1]]
+        return np.asarray(self.keys[cols[cols != i]], dtype=np.int64)
 
     def rank(self, key: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(article keys, scores) of every article sharing a neighbour with ``key``, best first (ties: lower key),
         never ``key`` itself; ``allowed`` (sorted keys) limits them. KeyError if ``key`` has no profile."""
-        i = int(np.searchsorted(self.keys, key))
-        if i >= len(self.keys) or int(self.keys[i]) != key:
+        i = self._row(key)
+        if i < 0:
             raise KeyError(key)
         row = (self.profiles[i] @ self.inverse).tocoo()  # sparse: cost ~ k² however large the corpus
         cols, scores = row.col, row.data.astype(np.float32)
