@@ -21,6 +21,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 import numpy as np
 
 from search import pages
+from search.arrays import distinct_keys
 from search.checks import MAX_OFFSET as MAX_OFFSET  # where api/openapi.py reads it
 from search.checks import check_k, check_mode, check_offset, check_query
 from search.errors import InvalidInput, NotFound
@@ -49,7 +50,7 @@ from search.models import (
 from search.news.related import RelatedFinder
 from search.pages import ArticlePage, IndexOverview, SimilarPage
 from search.ranking.answers import AnswerRanking, date_closeness
-from search.ranking.catalog import NO_DATE, Filter, day_text, distinct_keys, parse_day
+from search.ranking.catalog import NO_DATE, Filter, day_text, parse_day
 from search.ranking.feedback import FEEDBACK_PASSAGES, content_terms, rm3_terms
 from search.ranking.fusion import Fusion
 from search.ranking.highlight import Highlighter

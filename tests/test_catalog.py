@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from search.errors import InvalidInput
-from search.ranking.catalog import ArticleCatalog, Filter, distinct_keys, parse_day
+from search.ranking.catalog import ArticleCatalog, Filter, parse_day
 from search.service import SearchService
 
 
@@ -83,17 +83,3 @@ def test_facets_count_sources_categories_and_months(
     assert {f.value: f.count for f in facets["category"]}.items() <= Counter(r["category"] for r in rows).items()
     months = Counter(r["date"][:7] for r in rows)
     assert [(f.value, f.count) for f in facets["month"]] == sorted(months.items())
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_distinct_keys_are_numpys_unique(seed: int) -> None:
-    """The table pass over small keys and ``np.unique`` for sparse ones give the same ascending distinct keys."""
-    rng = np.random.default_rng(seed)
-    for keys in (
-        rng.integers(0, 300, 1000),  # dense: the table
-        rng.integers(0, 10**9, 50),  # sparse: np.unique
-        np.zeros(0, dtype=np.int64),
-        np.array([5, 5, 5]),
-    ):
-        got = distinct_keys(keys, 100)
-        assert got.dtype == np.int64 and got.tolist() == np.unique(keys).tolist()

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from search.arrays import distinct_keys
 from search.errors import InvalidInput
 from search.memory import deep_size
 from search.models import FacetCount
@@ -602,19 +603,3 @@ class _Layered(Generic[_K, _V]):
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Layered) and self.as_dict() == other.as_dict()
-
-
-def distinct_keys(keys: np.ndarray, rows: int) -> np.ndarray:
-    """The distinct values of ``keys`` (article keys, >= 0), ascending. Keys are SQLite row ids, small next to the
-    ``rows`` an index holds, so one pass over a table indexed by key finds them, where ``np.unique`` sorts or hashes:
-    4 ms a search for the ~20,000 matching articles of a question at 924k passages. Sparse keys use ``np.unique``."""
-    keys = np.asarray(keys, dtype=np.int64)
-    if not len(keys):
-        return keys
-    top = int(keys.max())
-    if int(keys.min()) < 0 or top >= 4 * rows + 1024:
-        found: np.ndarray = np.unique(keys)
-        return found
-    seen = np.zeros(top + 1, dtype=bool)
-    seen[keys] = True
-    return np.flatnonzero(seen).astype(np.int64)
