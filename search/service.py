@@ -562,18 +562,23 @@ class SearchService:
         Vectors come from FAISS memory; if FAISS lags the store (another process wrote since it was loaded), from
         the stored copies."""
         owners, pids = self.index.owners.passages_of(aids)
+        keep, vectors = self._vectors_of(pids)
+        return owners[keep], pids[keep], vectors
+
+    def _vectors_of(self, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(which of ``pids`` have a vector, their vectors): from FAISS memory, or from the stored copies if FAISS
+        lags the store (another process wrote since it was loaded), where a passage deleted since has none."""
         try:
-            vectors = self.index.passages.reconstruct_batch(pids)
+            return np.ones(len(pids), dtype=bool), self.index.passages.reconstruct_batch(pids)
         except KeyError:
             stored = self.index.store.passage_vectors(pids.tolist())
             keep = np.asarray([int(p) in stored for p in pids], dtype=bool)
-            owners, pids = owners[keep], pids[keep]
             vectors = (
-                np.stack([stored[int(p)] for p in pids])
-                if len(pids)
+                np.stack([stored[int(p)] for p in pids[keep]])
+                if keep.any()
                 else np.zeros((0, self.embedder.dimension), dtype=np.float32)
             )
-        return owners, pids, vectors
+            return keep, vectors
 
     def _dense_scores_of(self, qvec: np.ndarray, aids: list[int]) -> dict[int, float]:
         """Exact best-passage cosine for given articles (no FAISS search)."""
@@ -725,16 +730,8 @@ class SearchService:
         if not len(pids):
             return np.full(len(owners), np.nan)
         firsts = np.flatnonzero(np.r_[True, article_of[1:] != article_of[:-1]])
-        try:
-            vectors = self.index.passages.reconstruct_batch(pids[firsts])
-            cosine = dict(zip(article_of[firsts].tolist(), (vectors @ qvec).tolist(), strict=True))
-        except KeyError:  # the vectors lag the store (another process wrote since they were loaded)
-            stored = self.index.store.passage_vectors(pids[firsts].tolist())
-            cosine = {
-                int(a): float(stored[int(p)] @ qvec)
-                for a, p in zip(article_of[firsts], pids[firsts], strict=True)
-                if int(p) in stored
-            }
+        keep, vectors = self._vectors_of(pids[firsts])
+        cosine = dict(zip(article_of[firsts][keep].tolist(), (vectors @ qvec).tolist(), strict=True))
         return np.asarray([cosine.get(int(a), np.nan) for a in owners.tolist()], dtype=np.float64)
 
     def _answer_scores(
