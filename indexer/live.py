@@ -28,6 +28,7 @@ from indexer.update import Also, apply_changes, reusable_vectors, save_after_com
 from search.errors import NotFound
 from search.models import Article
 from search.service import SearchService
+from search.storage.changes import saved_postings
 from search.storage.index import Index
 from search.storage.store import NewArticle
 
@@ -93,6 +94,10 @@ class Writer:
         read; returns the generation then served."""
         svc = self.service
         exclusive = self._exclusive
+        saved = saved_postings(index)  # this process followed another's writes, whose save it now appends to
+        if saved is not None:
+            with exclusive():  # nothing else changes it meanwhile: searches do not follow while the writer holds it
+                index.lexical = saved
         apply_changes(index, delete_ids, rows, save=False, embedder=svc.embedder, exclusive=exclusive, also=also)
         return svc.generation
 

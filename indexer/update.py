@@ -30,7 +30,7 @@ from search.news.grouping import DUPLICATES_STATE, Text, label_new, load_duplica
 from search.news.neighbours import GRAPH_STATE
 from search.news.segmented import read_stamp
 from search.settings import Settings
-from search.storage.changes import InMemory, changed_in_memory
+from search.storage.changes import InMemory, changed_in_memory, follow_log
 from search.storage.index import Index, now_iso
 from search.storage.manifest import write_manifest
 from search.storage.store import NewArticle, Replaced, Store
@@ -104,7 +104,8 @@ def apply_changes(
             deleted = _apply_once(index, delete_ids, rows, save, exclusive, embedder, also)
         except StaleIndex:
             with exclusive():
-                index.catch_up(embedder)
+                if not follow_log(index):  # another process's write is followed; a rebuild is reopened
+                    index.catch_up(embedder)
             continue
         if deleted is not None:
             return deleted

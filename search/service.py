@@ -58,8 +58,9 @@ from search.ranking.paging import START as CURSOR_START
 from search.ranking.paging import Cursor, diversify, fingerprint, index_key, resume
 from search.ranking.recency import RECENCY_POOL, Recency, decayed
 from search.settings import SIMILAR_SCORINGS, Settings
+from search.storage.changes import Following, follow_log, following
 from search.storage.index import Index
-from search.storage.store import StoredPassage
+from search.storage.store import Store, StoredPassage
 from search.text.bm25 import MemoryBM25
 from search.text.embedding import Embedder
 from search.vectors.factory import pin_threads as pin_vector_threads
@@ -159,11 +160,33 @@ def _reads(method: Callable[Concatenate[SearchService, P], R]) -> Callable[Conca
 
     @wraps(method)
     def wrapper(self: SearchService, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        self.refresh()
-        with self.lock.reading():
-            return method(self, *args, **kwargs)
+        for _ in range(READ_TRIES):
+            self.refresh()
+            generation = self.generation
+            try:
+                with self.lock.reading():
+                    return method(self, *args, **kwargs)
+            except Exception:
+                if not self._moved_since(generation):
+                    raise
+                # another process committed while this read ran: read again, on what it committed
+        while True:  # it kept committing: read inside one SQLite snapshot, the index followed to it
+            with self._snapshot() as pinned:
+                self.refresh()  # follows to the snapshot's generation: it reads through the same transaction
+                with self.lock.reading():
+                    if pinned() == self.generation:
+                        return method(self, *args, **kwargs)
 
     return wrapper
+
+
+# Tries of a read that failed while another process committed beside it, before it is made inside a SQLite snapshot.
+# A read takes the FAISS and postings of the generation it follows, and article rows from SQLite as they are when it
+# reads them: a commit in between can delete an article the read ranked (a KeyError when its row is looked up). Such
+# a read is made again on the new state; only a writer that keeps committing faster than a search runs gets reads
+# pinned to one snapshot, rather than every request holding a SQLite read transaction open (under which SQLite's unix
+# VFS parks the descriptor of every connection another thread closes).
+READ_TRIES = 3
 
 
 class SearchService:
@@ -172,6 +195,7 @@ class SearchService:
         self.settings = settings
         self.lock = ReadWriteLock()
         self._reload_guard = threading.Lock()
+        self._following = threading.Lock()
         self._reloading = False
         self._held = 0  # writes of this process's writer in progress on ``self.index`` (``holding``)
         self.attach(index)
@@ -200,13 +224,16 @@ class SearchService:
             groups=self._duplicate_groups,
             graph=lambda: self.index.neighbours,
             graph_from=None if self.settings.related_from_profiles < 0 else self.settings.related_from_profiles,
+            generation=lambda: self.index.generation if self.index.replica is None else self.index.store.generation(),
         )
         self.lexical = MemoryBM25(index, self.settings.title_weight, prune=self.settings.lexical_pruning)
 
     def refresh(self) -> None:
-        """Reopen the index if another process committed a write since it was loaded (its FAISS and BM25 caches
-        on disk are stamped with the new generation, so reopening costs a file load, no re-embedding); a replica
-        reloads from the engine when the indexer published a new state."""
+        """Follow the writes another process committed since the index was loaded (search/storage/changes.py: what
+        changed is read from SQLite and built aside with searches going on; the write lock is held only to swap it
+        in), or reopen the index where they cannot be followed (a rebuild swapped the directory; its caches on disk
+        are stamped, so that costs a file load, no re-embedding); a replica reloads from the engine when the indexer
+        published a new state."""
         with self.lock.reading():  # not while a writer replaces the index and closes its store
             if self._held or not self._stale():
                 return
@@ -214,10 +241,20 @@ class SearchService:
         if replica is not None and replica.background:
             self._reload_in_background()
             return
-        with self.lock.writing():
-            if self._held or not self._stale():
-                return  # another request thread reloaded first, or this process's writer holds the index
-            self.attach(self.index.reopen(self.embedder))
+        with self._following:  # one thread follows; searches that need it wait, the others serve meanwhile
+            with self.lock.reading():
+                if self._held or not self._stale():
+                    return
+                plan = following(self.index)
+            with self.lock.writing():
+                if self._held or not self._stale():
+                    return  # this process's writer holds the index, or caught up itself
+                if isinstance(plan, Following):
+                    plan.apply(self.index)  # a swap; nothing if the index moved while the plan was built
+                if follow_log(self.index):  # nothing left to follow, or what was committed since the plan
+                    self.wrote()
+                    return
+                self.attach(self.index.reopen(self.embedder))
 
     @contextmanager
     def holding(self) -> Iterator[Index]:
@@ -257,6 +294,24 @@ class SearchService:
                     self._reloading = False
 
         threading.Thread(target=reload, name="newsdesk-replica-reload", daemon=True).start()
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Callable[[], int]]:
+        """This thread's SQLite reads held at one committed state (``Store.snapshot``) for the block; yields what
+        gives that state's generation (-1 when the service's store was replaced meanwhile: a rebuild reopened, and
+        the caller tries again). A replica's store is the state it loaded: nothing to hold."""
+        store = self.index.store
+        if self.index.replica is not None or not isinstance(store, Store):
+            yield lambda: self.generation
+            return
+        with store.snapshot():
+            yield lambda: store.generation() if self.index.store is store else -1
+
+    def _moved_since(self, generation: int) -> bool:
+        """Whether another process committed since the read that served ``generation`` began (a directory index;
+        a replica's store is the state it loaded)."""
+        store = self.index.store
+        return self.index.replica is None and isinstance(store, Store) and store.generation() != generation
 
     def _stale(self) -> bool:
         """Whether the store moved past the loaded index: a commit by another process, a rebuild that swapped
@@ -348,7 +403,7 @@ class SearchService:
                 raise InvalidInput("give either offset or cursor, not both")
             decay = (recency.key(),) if recency is not None else ()  # a walk without decay keeps its old fingerprint
             mark = fingerprint(query, mode, filters.key() if filters else None, k, max_per_source, *decay)
-            generation = self.index.store.generation()
+            generation = self.generation  # what the walk ranks: another process may have committed since
             key = index_key(self.index.manifest, self.index.store)
             if cursor == CURSOR_START:
                 walk = Cursor(0, max(self.settings.cursor_depth, k), generation, mark)

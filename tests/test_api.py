@@ -496,8 +496,9 @@ def test_bad_search_options_are_400(client: FlaskClient, params: dict[str, str])
 def test_open_endpoints_keep_paths_and_internals_to_the_server_log(
     tmp_path: Any, corpus_index: Any, embedder: Any, path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An index broken under a running server (another process committed, then the manifest was damaged): the
-    open endpoints say that the index cannot be served, never where it lives on disk or what the parser said."""
+    """An index broken under a running server (another build swapped in its store, then the manifest was damaged):
+    the open endpoints say that the index cannot be served, never where it lives on disk or what the parser said.
+    (A commit alone is followed without reading the manifest: search/storage/changes.py.)"""
     import shutil
     import sqlite3
 
@@ -509,8 +510,12 @@ def test_open_endpoints_keep_paths_and_internals_to_the_server_log(
     svc = SearchService(open_index(copy, embedder), embedder, Settings(index_dir=copy, read_api_key="r"))
     client = create_app(service=svc).test_client()
     assert client.get(path).status_code == 200
-    with sqlite3.connect(copy / "newsdesk.sqlite") as conn:  # a commit by another process: the server reloads
-        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+    source = sqlite3.connect(copy / "newsdesk.sqlite")
+    swapped = sqlite3.connect(copy / "swapped.sqlite")
+    source.backup(swapped)  # another build's store, renamed over the served one: the server must reopen the index
+    source.close()
+    swapped.close()
+    (copy / "swapped.sqlite").replace(copy / "newsdesk.sqlite")
     (copy / "manifest.json").write_text('{"format_version": 1, "model": ', encoding="utf-8")
     with caplog.at_level(logging.ERROR):
         r = client.get(path)

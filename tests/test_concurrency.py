@@ -339,11 +339,14 @@ def sqlite_fds(directory: Path) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
 def test_reloads_close_the_connections_of_the_store_they_replace(base: Path, tmp_path: Path, embedder: Any) -> None:
-    """Each reload (another process wrote) used to leave every request thread's connection to the old store open."""
+    """Each reload (another process wrote) used to leave every request thread's connection to the old store open.
+    Another process's writes are now followed on the same store (search/storage/changes.py) and a rebuild reopens
+    it: neither may leave connections behind. The other writer is opened and closed around each write, as a
+    ``newsdesk add`` process is: an index held open in this process keeps a lock on the file, under which SQLite
+    parks the descriptor of every connection closed (below)."""
     target = fresh_copy(base, tmp_path)
     settings = Settings(index_dir=target)
     svc = SearchService(open_index(target, embedder), embedder, settings)
-    other = open_index(target, None)
     rows = new_rows("reload", 6, random.Random(4))
 
     def searches() -> None:
@@ -355,9 +358,13 @@ def test_reloads_close_the_connections_of_the_store_they_replace(base: Path, tmp
 
     searches()
     settled = sqlite_fds(target)
-    for row in rows:
+    for i, row in enumerate(rows):
+        other = open_index(target, None)
         add_articles(other, articles_of([row]), embedder, settings)
-        searches()  # the first reloads; all four threads open connections to the new store
+        other.close()
+        if i == 3:
+            build_index(read_sources([base.parent / "wire.jsonl"]), target, settings, embedder, progress=False)
+        searches()  # the first follows (or reopens the rebuilt index); all four threads open connections
     # One batch of request threads' connections may still be counted: SQLite's unix VFS does not close the descriptor
     # of a closed connection while another connection of this process holds a lock on the same file (``other``'s
     # WAL read lock here): it parks it for reuse by the next connection (unixClose, setPendingFd). Whether the last

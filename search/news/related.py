@@ -28,6 +28,7 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from search.arrays import sorted_lookup
 from search.news.neighbours import MIN_ARTICLES, NeighbourGraph
 from search.storage.store import ReadStore
 from search.vectors.base import VectorStore
@@ -45,12 +46,17 @@ class RelatedFinder:
         groups: GroupOf | None = None,
         graph: Callable[[], NeighbourGraph | None] | None = None,
         graph_from: int | None = None,
+        generation: Callable[[], int] | None = None,
     ) -> None:
         """``groups`` maps article keys to their duplicate group (articles of one group are listed once, and never
         for each other); without it, exact copies are recognised by their stored content hashes. ``graph`` gives
         the index's current shared-neighbour graph (it is replaced on every write); from ``graph_from`` articles in
-        it (None: never) related stories are re-ranked from its profiles instead of scanned."""
+        it (None: never) related stories are re-ranked from its profiles instead of scanned. ``generation`` gives
+        the generation the article vectors reflect (default: the store's): the cache is keyed by it, and a store
+        another process committed to since is ahead of them until they follow it (search/storage/changes.py), so
+        answers computed from the vectors must not be kept under the store's newer generation."""
         self._store = store
+        self._served: Callable[[], int] = generation or store.generation
         self._groups: GroupOf = groups or store.content_hashes
         self._graph: Callable[[], NeighbourGraph | None] = graph or (lambda: None)
         self._articles = articles
@@ -83,7 +89,7 @@ class RelatedFinder:
         if allowed is not None:
             return search(aids, k, allowed)
         graph = self._graph()
-        generation = (self._store.generation(), graph.generation if graph is not None else -1)
+        generation = (self._served(), graph.generation if graph is not None else -1)
         with self._lock:
             if generation != self._generation:
                 self._cache.clear()
@@ -116,12 +122,19 @@ class RelatedFinder:
 
     def from_profiles(self, aids: list[int], k: int) -> list[list[tuple[int, float]]]:
         """Each article's profile neighbours (``NeighbourGraph.neighbours``) ranked by exact cosine, copies skipped
-        as ``scan`` skips them; ``scan`` for an article the graph lacks or cannot fill, and for all of them when the
-        graph is older than the store (a reader between a write and its profiles)."""
+        as ``scan`` skips them; ``scan`` for an article the graph lacks or cannot fill. Profiles older than the
+        store (saved before writes this process followed from another, or between a write and its save) still
+        answer for the articles they hold, without the neighbours deleted since: a process serving beside a writer
+        would otherwise scan every article vector for every page until it next wrote or reopened (24 ms a page at
+        26,671 articles); what they miss is the articles written since, until the profiles are saved and read
+        again (``SearchService.refresh``)."""
         graph = self._graph()
-        if graph is None or graph.generation != self._store.generation():
+        if graph is None:
             return self.scan(aids, k)
         lists = {a: graph.neighbours(a) for a in dict.fromkeys(aids) if a in graph}
+        if graph.generation != self._served() and lists:
+            live = np.sort(self._articles.ids())
+            lists = {a: keys[sorted_lookup(live, keys)[1]] for a, keys in lists.items()}
         pooled = np.unique(np.concatenate([*lists.values(), np.asarray(aids, dtype=np.int64)]))
         try:
             table = _Rows(pooled, self._articles.reconstruct_batch(pooled))
@@ -177,7 +190,7 @@ class RelatedFinder:
             keys, scores = (
                 graph.rank(aid, allowed) if graph is not None and aid in graph else (np.zeros(0), np.zeros(0))
             )
-            if graph is not None and graph.generation != self._store.generation() and len(keys):
+            if graph is not None and graph.generation != self._served() and len(keys):
                 live = np.isin(keys, self._articles.ids())  # profiles from before a write: skip what it deleted
                 keys, scores = keys[live], scores[live]
             if not len(keys):  # not in the graph, or shares no neighbour (a tiny corpus has no profiles): cosine

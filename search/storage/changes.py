@@ -18,7 +18,7 @@ import numpy as np
 
 from search.ranking.catalog import ArticleCatalog
 from search.storage.index import Index, PassageOwners
-from search.storage.store import ChangedRows
+from search.storage.store import ChangedRows, Store
 from search.text.bm25 import LexicalPostings
 from search.vectors.base import Changes
 
@@ -58,3 +58,149 @@ def apply_in_memory(
     """Replace ``index``'s postings, owners and catalog with ones that reflect a committed change
     (``changed_in_memory``). A reader holding the previous objects keeps a consistent view."""
     changed_in_memory(index, rows, deleted, added, owners, generation).swap_into(index)
+
+
+# A change log naming more articles than this is not followed: the process reopens the index, whose caches the
+# writer saved (a re-index of thousands of articles reads faster from them than row by row from SQLite).
+FOLLOW_MOST = 2000
+
+
+@dataclass(frozen=True)
+class Following:
+    """Another process's writes, read and built aside (``following``) from the in-memory index at ``base``:
+    what ``apply`` swaps in."""
+
+    base: int  # the generation of the index this was built from
+    built_from: LexicalPostings  # and its postings object (one a writer of this process replaced is not ``base``'s)
+    generation: int
+    deleted: Changes
+    added: Changes
+    vectors: tuple[np.ndarray, np.ndarray]
+    parts: InMemory
+
+    def apply(self, index: Index) -> bool:
+        """Swap it into ``index`` under the caller's write lock; False (nothing changed) if ``index`` moved since
+        it was built from it."""
+        if index.generation != self.base or index.lexical is not self.built_from or index.directory is None:
+            return False
+        index.vectors.follow(index.directory.resolve(), self.generation, self.deleted, self.added, self.vectors)
+        self.parts.swap_into(index)
+        index.duplicates = None  # read again from the store when a write of this process needs them
+        # The profiles stay as saved before; related.py ranks with them, skipping what they name that is gone, and
+        # this process's own next save brings them up to date (indexer/update.py save_state).
+        index.neighbour_changes[0].extend(self.deleted[0])
+        index.neighbour_changes[1].extend(self.added[0])
+        counts = index.manifest["counts"]
+        counts["articles"] += len(self.added[0]) - len(self.deleted[0])
+        counts["passages"] += len(self.added[1]) - len(self.deleted[1])
+        index.generation = self.generation
+        return True
+
+
+def follow_log(index: Index) -> bool:
+    """``following`` and ``apply`` in one step (the caller holds the write lock throughout): True when ``index``
+    is now at its store's generation, False (nothing changed) where the caller must reopen it."""
+    plan = following(index)
+    return plan is True or (isinstance(plan, Following) and plan.apply(index))
+
+
+def following(index: Index) -> Following | bool:
+    """What brings ``index`` forward to the writes other processes committed to its store since it was loaded, by
+    the store's change log, built aside while searches go on (the caller holds the read lock): what Lucene's
+    near-real-time reopen does, opening only the new segments. True when there is nothing to follow; False where it
+    cannot be followed (a replica, a rebuild swapped the directory, a backend that does not follow, a change too
+    big, a reused key it cannot tell): the caller reopens the index.
+
+    The work is the change, not the corpus: the changed articles' rows and vectors are read from SQLite in one
+    snapshot (the writer may not have saved its caches yet: a process that reopened then would rebuild them whole),
+    and built as the writer built them (``changed_in_memory``; the vectors' ``follow`` at ``apply``). Before this,
+    a second server process (or one beside ``newsdesk watch``) reopened the whole index after every write: seconds
+    at a million passages, with its searches waiting."""
+    store = index.store
+    if index.replica is not None or index.directory is None or not isinstance(store, Store):
+        return False
+    if not index.vectors.follows or not index.current():
+        return False
+    base, lexical = index.generation, index.lexical
+    with store.snapshot():
+        generation = store.generation()
+        if generation == base:
+            return True
+        if generation < base:
+            return False
+        ids = store.changed_since(base)
+        if len(ids) > FOLLOW_MOST:
+            return False
+        catalog = index.catalog
+        old_aids = sorted({int(catalog.aids[row]) for row in map(catalog.row_of, ids) if row >= 0})
+        held_owners, held_pids = index.owners.passages_of(old_aids)
+        new_aids = sorted(a for a in (store.aid_of(i) for i in ids) if a is not None)
+        owners, new_pids = store.passage_keys(new_aids)
+        kept = _unchanged(index, store, (held_owners, held_pids), (owners, new_pids), set(old_aids) & set(new_aids))
+        if kept is None:
+            return False
+        same = np.fromiter(kept, dtype=np.int64, count=len(kept))
+        old_pids = held_pids[~np.isin(held_owners, same)]
+        fresh = ~np.isin(owners, same)
+        owners, new_pids = owners[fresh], new_pids[fresh]
+        dimension = index.passages.dimension
+        found = store.passage_vectors(new_pids.tolist())
+        passage_vectors = np.stack([found[p] for p in new_pids.tolist()]) if len(new_pids) else _none(dimension)
+        rewritten = [a for a in new_aids if a not in kept]
+        article_vectors = np.stack([store.article_vector(a) for a in rewritten]) if rewritten else _none(dimension)
+        deleted = ([a for a in old_aids if a not in kept], old_pids.tolist())
+        added = (rewritten, new_pids.tolist())
+        parts = InMemory(
+            lexical.updated(store, deleted, added, generation),
+            index.owners.updated(deleted[1], new_pids, owners),
+            catalog.updated(store, old_aids, new_aids),  # the kept articles' rows too: their metadata changed
+        )
+    return Following(base, lexical, generation, deleted, added, (passage_vectors, article_vectors), parts)
+
+
+def saved_postings(index: Index) -> LexicalPostings | None:
+    """The BM25 postings another process saved for the generation ``index`` is at, where they are not the ones it
+    holds (it followed that process's writes) and hold the same rows; else None. A process that followed and is
+    about to write takes them first, so that its save appends a segment to them rather than writing new bases
+    (seconds at a million passages): reading them costs about a quarter of a second there, paid by the write, not
+    by the searches that followed."""
+    if index.directory is None or index.replica is not None:
+        return None
+    directory = index.directory.resolve()
+    if LexicalPostings.stamp_of(directory) in (None, index.lexical.stamp):
+        return None
+    saved = LexicalPostings.saved(directory, index.generation)
+    held = index.lexical
+    if saved is None or (saved.passages.rows, saved.articles.rows) != (held.passages.rows, held.articles.rows):
+        return None
+    return saved
+
+
+def _unchanged(
+    index: Index, store: Store, held: tuple[np.ndarray, np.ndarray], now: tuple[np.ndarray, np.ndarray], both: set[int]
+) -> set[int] | None:
+    """Of the article keys ``both`` held here and stored now, those whose text did not change (new metadata
+    only: the catalog reads them again, nothing else changes); None where that cannot be told, and the caller
+    reopens. SQLite reuses the keys of the last rows deleted, so a replaced newest article can come back under its
+    old article key and passage ids: same keys are unchanged only when every stored vector still equals the one
+    held (exact stores give them back bit for bit; an approximate one cannot tell, and is reopened)."""
+    kept: set[int] = set()
+    for aid in sorted(both):
+        then, current = held[1][held[0] == aid], now[1][now[0] == aid]
+        if not np.array_equal(np.sort(then), np.sort(current)):
+            continue  # other passages: a replacement under a reused article key
+        try:
+            stored = store.passage_vectors(current.tolist())
+            same = np.array_equal(
+                index.passages.reconstruct_batch(current), np.stack([stored[int(p)] for p in current])
+            ) and np.array_equal(index.articles.reconstruct_batch(np.asarray([aid])), store.article_vector(aid)[None])
+        except KeyError:
+            return None
+        if not same:
+            return None
+        kept.add(aid)
+    return kept
+
+
+def _none(dimension: int) -> np.ndarray:
+    return np.zeros((0, dimension), dtype=np.float32)

@@ -549,6 +549,33 @@ class Store:
         finally:
             conn.rollback()
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """This thread's reads see one committed state until the block ends (a deferred transaction, rolled back:
+        under WAL it takes no lock a writer waits on). What a process following another's writes reads the change
+        log and the changed rows in (search/storage/changes.py ``follow_log``), so the two agree whatever commits
+        meanwhile. Inside a transaction this thread already holds, its reads are one state already: nothing is
+        begun."""
+        conn = self._conn()
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.ProgrammingError):  # closed meanwhile (a reopen): nothing to end
+                conn.rollback()
+
+    def passage_keys(self, aids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(article, passage id) of every stored passage of the given articles, by passage id."""
+        pairs: list[tuple[int, int]] = []
+        for chunk in _chunks(sorted({int(a) for a in aids}), 500):
+            marks = ",".join("?" * len(chunk))
+            pairs += self._conn().execute(f"SELECT aid, id FROM passages WHERE aid IN ({marks})", chunk).fetchall()
+        pairs.sort(key=lambda pair: pair[1])
+        return np.asarray([a for a, _ in pairs], dtype=np.int64), np.asarray([p for _, p in pairs], dtype=np.int64)
+
     def changed_since(self, generation: int) -> list[str]:
         """The ids of the articles written (inserted, replaced, deleted or given new metadata) after ``generation``,
         from the change log."""

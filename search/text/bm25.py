@@ -1086,6 +1086,26 @@ class LexicalPostings:
     def tables(self) -> dict[str, Postings]:
         return {"passages": self.passages, "articles": self.articles}
 
+    @staticmethod
+    def stamp_of(directory: Path) -> JSONObject | None:
+        """The stamp of the postings saved in ``directory`` (None: none readable), to compare with ``stamp``."""
+        return _read_stamp(directory)
+
+    @classmethod
+    def saved(cls, directory: Path, generation: int) -> LexicalPostings | None:
+        """The postings saved in ``directory`` for ``generation`` in this format, or None (missing, of another
+        generation or format, damaged): what a process following another's write reads (search/storage/changes.py)
+        rather than rebuild, nor ever rebuild whole on the reading path."""
+        state = _read_stamp(directory)
+        if state is None or state.get("generation") != generation or state.get("version") != POSTINGS_VERSION:
+            return None
+        try:
+            return cls.load(directory, generation)
+        except IndexCorrupt:
+            return None
+        except DAMAGED_CACHE:
+            return None
+
     @classmethod
     def load(cls, directory: Path, generation: int, *, verify: bool = False) -> LexicalPostings:
         """The postings ``lexical.json`` describes; ``IndexCorrupt`` (or one of ``DAMAGED_CACHE``) when it is not

@@ -162,6 +162,18 @@ class IndexVectors(ABC):
         """A new build's records besides vectors (what replicas read), written from its finished, labelled store."""
         return None
 
+    # Whether ``follow`` can bring these vectors forward to a write another process committed. False: that process
+    # reopens the index instead (a backend whose vectors live in a server has them there already).
+    follows: ClassVar[bool] = False
+
+    def follow(
+        self, directory: Path, generation: int, deleted: Changes, added: Changes, vectors: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        """Bring the in-memory vectors to a write another process committed at ``generation``: ``deleted`` and
+        ``added`` (article keys, passage ids) as in ``apply``, ``vectors`` the added passages' and articles' stored
+        embeddings in that order. Only called where ``follows``."""
+        raise NotImplementedError(f"{type(self).__name__} does not follow other processes' writes")
+
     def apply(self, store: Store, deleted: Changes, added: Changes) -> None:
         """Mirror a committed write (or a metadata change: the same keys deleted and added) beyond the vectors."""
         return None

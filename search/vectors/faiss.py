@@ -34,6 +34,7 @@ from search.storage.store import Store
 from search.vectors.base import (
     EXACT_FILTER_LIMIT,
     VECTORS_STATE,
+    Changes,
     IndexVectors,
     VectorBackend,
     checked_batch,
@@ -913,6 +914,27 @@ class FaissVectors(IndexVectors):
         the files on disk are not the ones the changes are relative to or the merge policy says so; the stamp
         last (a crash in between leaves the previous stamp, whose files are all still there)."""
         self._write(directory, generation, manifest, merge=False)
+
+    follows = True
+
+    def follow(
+        self, directory: Path, generation: int, deleted: Changes, added: Changes, vectors: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        """Another process's committed write applied in memory, as that writer applied it (``remove`` then ``add``:
+        the same keys in both are a replaced vector). Where that writer's save already stamped the files on disk
+        with ``generation``, they hold exactly this state: it is adopted (its stamp, empty journals), so this
+        process's own next save appends to it instead of rewriting both bases. Else the journals keep the change
+        relative to the stamp loaded, which a save may append to only while the files are still that stamp's."""
+        for store, keys, added_vectors in ((self.passages, 1, vectors[0]), (self.articles, 0, vectors[1])):
+            store.remove(np.asarray(deleted[keys], dtype=np.int64))
+            store.add(np.asarray(added[keys], dtype=np.int64), added_vectors)
+        on_disk = _read_state(directory)
+        if on_disk.get("generation") == generation and on_disk.get("factories") == {
+            base: store.factory for base, store in self._stores()
+        }:
+            self.stamp = on_disk
+            for _, store in self._stores():
+                store.journal = Journal()
 
     def merge(self, directory: Path, generation: int, manifest: Manifest) -> int:
         """Write both bases from memory and drop every segment (``newsdesk optimize``); returns how many segment
