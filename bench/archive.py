@@ -509,6 +509,32 @@ def write_batch(held: list[Article], n: int, tag: str) -> list[Article]:
     return [replace(a, id=f"bench-{tag}-{n}-{a.id}") for a in held[start : start + WRITE_ARTICLES]]
 
 
+def searches_until(service: Any, questions: list[str], stop: Callable[[], bool]) -> list[float]:
+    """Seconds of each hybrid search (k=10) made back to back over ``questions`` until ``stop()``."""
+    times, n = [], 0
+    while not stop():
+        t = time.perf_counter()
+        service.search(questions[n % len(questions)], k=10, mode="hybrid")
+        times.append(time.perf_counter() - t)
+        n += 1
+    return times
+
+
+def add_and_delete(writer: Any, embedder: TimedEmbedder, directory: Path, batch: list[Article], log: WriteLog) -> None:
+    """One round of the writers under load: ``batch`` added, then deleted, through ``writer`` (an
+    ``indexer.live.Writer``), each write's time (less its embedding) and whether it appended logged."""
+    for kind in ("add", "delete"):
+        before = segment_files(directory)
+        embedder.spent = 0.0
+        t = time.perf_counter()
+        if kind == "add":
+            writer.upsert(batch)
+        else:
+            writer.delete([a.id for a in batch])
+        took = time.perf_counter() - t
+        log.rows.append((kind, took, took - embedder.spent, segment_files(directory) <= before))
+
+
 def writes_under_load(
     service: Any, embedder: TimedEmbedder, directory: Path, held: list[Article], questions: list[str], seconds: float
 ) -> dict[str, Any]:
@@ -521,18 +547,9 @@ def writes_under_load(
     writer = Writer(service)
     log = WriteLog()
 
-    def search_for(stop: Callable[[], bool]) -> list[float]:
-        times, n = [], 0
-        while not stop():
-            t = time.perf_counter()
-            service.search(questions[n % len(questions)], k=10, mode="hybrid")
-            times.append(time.perf_counter() - t)
-            n += 1
-        return times
-
     service.search(questions[0], k=10, mode="hybrid")  # a reload after earlier writes is not timed
     end = time.perf_counter() + seconds
-    alone = search_for(lambda: time.perf_counter() >= end)
+    alone = searches_until(service, questions, lambda: time.perf_counter() >= end)
 
     done = threading.Event()
     failures: list[str] = []
@@ -541,17 +558,7 @@ def writes_under_load(
         n = 0
         try:
             while not done.is_set():
-                batch = write_batch(held, n, "load")
-                for kind in ("add", "delete"):
-                    before = segment_files(directory)
-                    embedder.spent = 0.0
-                    t = time.perf_counter()
-                    if kind == "add":
-                        writer.upsert(batch)
-                    else:
-                        writer.delete([a.id for a in batch])
-                    took = time.perf_counter() - t
-                    log.rows.append((kind, took, took - embedder.spent, segment_files(directory) <= before))
+                add_and_delete(writer, embedder, directory, write_batch(held, n, "load"), log)
                 n += 1
         except Exception as exc:  # reported, and the run goes on: a failed write is a finding, not a crash
             failures.append(f"{type(exc).__name__}: {exc}")
@@ -559,7 +566,7 @@ def writes_under_load(
     thread = threading.Thread(target=write_loop, name="bench-writer", daemon=True)
     end = time.perf_counter() + seconds
     thread.start()
-    loaded = search_for(lambda: time.perf_counter() >= end)
+    loaded = searches_until(service, questions, lambda: time.perf_counter() >= end)
     done.set()
     thread.join()
     p_alone, p_loaded = percentiles(alone), percentiles(loaded)
@@ -571,6 +578,81 @@ def writes_under_load(
         "p99_ratio": round(p_loaded["p99"] / p_alone["p99"], 2) if p_alone["p99"] else None,
         "writes": log.summary(),
         "write_failures": failures,
+    }
+
+
+def writer_phase(data: Path, target: Path, size: int, largest: int, seconds: float) -> dict[str, Any]:
+    """The writer process of ``writes_beside_process``: opens the index as a second server process would, says
+    ``ready`` on stderr, then adds a 10-article batch and deletes it, again and again, through
+    ``indexer.live.Writer`` for ``seconds``; its writes' costs as JSON."""
+    from indexer.live import Writer
+    from search.service import SearchService
+    from search.storage.index import open_index
+
+    embedder = TimedEmbedder()
+    settings = Settings.from_env(index_dir=target)
+    service = SearchService(open_index(target, embedder), embedder, settings)
+    writer = Writer(service)
+    _, held, _ = corpus_articles(data, size, largest)
+    write_log = WriteLog()
+    print("ready", file=sys.stderr, flush=True)
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        add_and_delete(writer, embedder, target, write_batch(held, n, "process"), write_log)
+        n += 1
+    print("done", file=sys.stderr, flush=True)  # the searches beside stop here, not after this process's exit
+    service.index.close()
+    return write_log.summary()
+
+
+def writes_beside_process(
+    service: Any, data: Path, target: Path, size: int, largest: int, questions: list[str], seconds: float
+) -> dict[str, Any]:
+    """Acceptance 2's second half with the writer in another process (a second server worker taking the POSTs, or
+    ``newsdesk watch``): hybrid searches back to back for ``seconds`` alone, then for ``seconds`` while that process
+    adds and deletes 10-article batches without pausing. Each search first follows the writes committed since the
+    one before (``SearchService.refresh``: search/storage/changes.py ``follow_log``), so its time includes
+    reading what changed; how often that happened and what it cost are reported beside."""
+    followed: list[float] = []
+    refresh = service.refresh
+
+    def timed_refresh() -> None:
+        generation = service.generation
+        t = time.perf_counter()
+        refresh()
+        if service.generation != generation:
+            followed.append(time.perf_counter() - t)
+
+    service.search(questions[0], k=10, mode="hybrid")
+    end = time.perf_counter() + seconds
+    alone = searches_until(service, questions, lambda: time.perf_counter() >= end)
+    command = [sys.executable, __file__, "--phase", "writer", "--size", str(size), "--largest", str(largest)]
+    command += ["--target", str(target), "--data", str(data), "--write-seconds", str(seconds), "--work", str(target)]
+    errors = target.parent / f".writer-{size}.log"
+    with errors.open("w+", encoding="utf-8") as err:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True)
+        while proc.poll() is None and "ready" not in errors.read_text(encoding="utf-8"):
+            time.sleep(0.05)  # the writer's own open is not part of the figure
+        service.refresh = timed_refresh
+        try:
+            loaded = searches_until(
+                service, questions, lambda: proc.poll() is not None or "done" in errors.read_text(encoding="utf-8")
+            )
+        finally:
+            service.refresh = refresh
+        out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the writer process failed: {errors.read_text(encoding='utf-8').strip()[-300:]}")
+    p_alone, p_loaded = percentiles(alone), percentiles(loaded)
+    return {
+        "where": "searches in this process; a second process writes through indexer.live.Writer",
+        "seconds": seconds,
+        "search_without_writes_ms": {**p_alone, "searches": len(alone)},
+        "search_with_writes_ms": {**p_loaded, "searches": len(loaded)},
+        "p99_ratio": round(p_loaded["p99"] / p_alone["p99"], 2) if p_alone["p99"] else None,
+        "followed": {"writes": len(followed), **(percentiles(followed) if followed else {})},
+        "writes": json.loads(out),
     }
 
 
@@ -656,6 +738,11 @@ def serve_phase(
     under_load = attempt(
         "writes under load", lambda: writes_under_load(service, embedder, target, held, questions, write_seconds)
     )
+    log(f"{size} articles: writes from another process")
+    beside = attempt(
+        "writes beside a writer process",
+        lambda: writes_beside_process(service, data, target, size, largest, questions, write_seconds),
+    )
     if real_model:  # after the memory figure: the model's weights would count in it
         real = attempt("real model", partial(real_embedding, settings, batches))
         write.update({f"real_{k}" if k == "error" else k: v for k, v in real.items()})
@@ -669,6 +756,7 @@ def serve_phase(
         "quality": quality,
         "write": write,
         "writes_under_load": under_load,
+        "writes_beside_process": beside,
     }
 
 
@@ -1219,7 +1307,7 @@ def main() -> None:
     parser.add_argument("--real-subset", type=int, default=0, help="also N articles with the real model (0: none)")
     parser.add_argument("--no-real-model", dest="real_model", action="store_false", help="skip the real model")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
-    parser.add_argument("--phase", choices=("build", "serve", "real"), help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=("build", "serve", "real", "writer"), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--target", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--largest", type=int, default=0, help=argparse.SUPPRESS)
@@ -1240,6 +1328,8 @@ def main() -> None:
                 args.write_seconds,
                 args.largest,
             )
+        elif args.phase == "writer":
+            result = writer_phase(args.data, args.target, args.size, args.largest, args.write_seconds)
         else:
             result = real_phase(args.data, args.target, args.size, args.queries, args.quality_queries)
         print(json.dumps(result))
