@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -220,5 +221,30 @@ def test_a_search_another_process_changed_under_it_is_read_again(
     page = svc.search(query, k=5, mode="hybrid")
     assert deleted and top not in [r.article.id for r in page.results]
     assert svc.generation == store.generation()
+    other.close()
+    svc.index.close()
+
+
+def test_a_search_waits_for_acknowledged_writes_only(target: Path, embedder: Embedder) -> None:
+    """A write another process committed but has not acknowledged (its caches not saved yet) is followed in the
+    background, the searches meanwhile served without waiting for it; one it saved (and so may have acknowledged) is
+    followed before the next search answers."""
+    settings = Settings(index_dir=target)
+    svc = SearchService(open_index(target, embedder), embedder, settings)
+    other = open_index(target, embedder)
+    chunker = make_chunker(settings, embedder)
+    rows, _ = new_articles(fresh(1, 7, random.Random(11), "pending"), chunker, embedder, settings)
+    title = rows[0].article.title
+    apply_changes(other, [rows[0].article.id], rows, save=False, embedder=embedder)
+    served = svc.generation
+    svc.search(title, k=3, mode="hybrid")
+    deadline = time.monotonic() + 30
+    while svc.generation == served and time.monotonic() < deadline:
+        time.sleep(0.01)  # the background follower
+    assert svc.generation == other.generation
+    assert svc.search(title, k=3, mode="hybrid").results[0].article.id == rows[0].article.id
+    saved = fresh(1, 8, random.Random(12), "saved")
+    add_articles(other, saved, embedder, settings)  # saved before it returns: what a writer acknowledges
+    assert svc.search(saved[0].title, k=3, mode="hybrid").results[0].article.id == saved[0].id
     other.close()
     svc.index.close()

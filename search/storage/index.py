@@ -201,6 +201,7 @@ class Index:
     # replica (its Replica tracks what it loaded). A part may hold later changes when a write landed while the
     # index was being opened, never fewer: a writer that finds the store at this generation holds it all.
     generation: int = -1
+    closed: bool = False  # set by ``close``: a service's background follower stops there
 
     @property
     def passages(self) -> VectorStore:
@@ -291,6 +292,7 @@ class Index:
         }
 
     def close(self) -> None:
+        self.closed = True
         if self.replica is not None:
             self.replica.close()
             return
