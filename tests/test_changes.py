@@ -248,3 +248,27 @@ def test_a_search_waits_for_acknowledged_writes_only(target: Path, embedder: Emb
     assert svc.search(saved[0].title, k=3, mode="hybrid").results[0].article.id == saved[0].id
     other.close()
     svc.index.close()
+
+
+def test_a_follower_keeps_its_pending_profile_changes_bounded(
+    target: Path, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that only follows never updates its profiles; once the list of pending changes is long it is
+    recounted as what the profiles lack and what they hold that is gone, so articles added and deleted again (a
+    feed's corrections) do not pile up in it."""
+    monkeypatch.setattr(changes, "PENDING_MOST", 3)
+    settings = Settings(index_dir=target)
+    svc = SearchService(open_index(target, embedder), embedder, settings)
+    other = open_index(target, embedder)
+    for i, article in enumerate(fresh(4, 9, random.Random(13), "churn")):
+        add_articles(other, [article], embedder, settings)
+        svc.refresh()
+        delete_articles(other, [article.id])
+        svc.refresh()
+        assert sum(map(len, svc.index.neighbour_changes)) <= 3, i
+    kept = fresh(1, 10, random.Random(14), "kept")
+    add_articles(other, kept, embedder, settings)
+    svc.refresh()
+    assert svc.index.catalog.aids[svc.index.catalog.row_of(kept[0].id)] in svc.index.neighbour_changes[1]
+    other.close()
+    svc.index.close()

@@ -63,6 +63,9 @@ def apply_in_memory(
 # A change log naming more articles than this is not followed: the process reopens the index, whose caches the
 # writer saved (a re-index of thousands of articles reads faster from them than row by row from SQLite).
 FOLLOW_MOST = 2000
+# Article keys the profiles' pending changes (``Index.neighbour_changes``) may list before they are recounted from
+# the profiles and the vectors, so that a process following writes for months does not grow them without end.
+PENDING_MOST = 50_000
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,14 @@ class Following:
         index.duplicates = None  # read again from the store when a write of this process needs them
         # The profiles stay as saved before; related.py ranks with them, skipping what they name that is gone, and
         # this process's own next save brings them up to date (indexer/update.py save_state).
-        index.neighbour_changes[0].extend(self.deleted[0])
-        index.neighbour_changes[1].extend(self.added[0])
+        pending = index.neighbour_changes
+        pending[0].extend(self.deleted[0])
+        pending[1].extend(self.added[0])
+        if len(pending[0]) + len(pending[1]) > PENDING_MOST and index.neighbours is not None:
+            # a process that only follows never consumes them: kept as what the profiles lack and hold too many
+            # (as an open brings saved profiles up to the store: search/news/neighbours.py load_graph)
+            live, keys = np.sort(index.articles.ids()), index.neighbours.keys
+            index.neighbour_changes = (np.setdiff1d(keys, live).tolist(), np.setdiff1d(live, keys).tolist())
         counts = index.manifest["counts"]
         counts["articles"] += len(self.added[0]) - len(self.deleted[0])
         counts["passages"] += len(self.added[1]) - len(self.deleted[1])
