@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.build import Reusable, input_text, make_chunker, new_articles
+from search.alerts.matcher import match_rows
 from search.errors import StaleIndex
 from search.models import Article
 from search.news.dedup import DedupIndex
@@ -146,6 +147,7 @@ def _apply_once(
             rows = _labelled(index, dedup, delete_ids, rows)
 
             def publish(done: Replaced, commit: Callable[[], None]) -> None:
+                _match_alerts(index, store, rows, done, embedder)  # recorded in this transaction, before commit
                 changed = _changed(index, store, done, rows)
                 held.enter_context(exclusive())  # left after the swap below, or after a catch-up
                 commit()
@@ -163,6 +165,19 @@ def _apply_once(
     if (done.deleted_aids or rows) and save:
         save_after_commit(index)
     return len(done.deleted_aids)
+
+
+def _match_alerts(
+    index: Index, store: Store, rows: list[NewArticle], done: Replaced, embedder: Embedder | None
+) -> None:
+    """The saved searches the write's new articles answer, recorded in its open transaction (search/alerts/
+    matcher.py), outside the write lock: searches go on while it scores."""
+    if rows:
+        key = f"{store.path}:{store.build}"
+        model, idf = index.manifest["model"], index.lexical.passages.term_idf
+        match_rows(
+            store.connection(), rows, key=key, fingerprint=model, idf=idf, generation=done.generation, embedder=embedder
+        )
 
 
 def _changed(index: Index, store: Store, done: Replaced, rows: list[NewArticle]) -> InMemory | None:
