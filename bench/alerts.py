@@ -240,7 +240,8 @@ def write_cost(index_dir: Path, data: Path, embedder: Embedder, alerts: int, rou
     index = open_index(index_dir, embedder)
     store = index.writable[1]
     held = set(store.article_hashes())
-    fresh = [a for a in read_articles(data, len(held) + 100) if a.id not in held and a.paragraphs][:10]
+    unseen = {a.id: a for a in read_articles(data, len(held) + 200) if a.id not in held and a.paragraphs}
+    fresh = list(unseen.values())[:10]  # the next articles of the corpus, each id once
     t0 = time.perf_counter()
     rows, _ = new_articles(fresh, make_chunker(settings, embedder), embedder, settings, {})
     embed_s = time.perf_counter() - t0
@@ -276,13 +277,16 @@ def write_cost(index_dir: Path, data: Path, embedder: Embedder, alerts: int, rou
                     model,
                 )
 
+    def undo() -> None:
+        apply_changes(index, [r.article.id for r in rows], [], embedder=embedder)
+        with store.connection() as conn:
+            conn.execute("DELETE FROM alert_matches")
+
     def one_write() -> float:
         t = time.perf_counter()
         apply_changes(index, [], rows, embedder=embedder)
         took = time.perf_counter() - t
-        apply_changes(index, [r.article.id for r in rows], [], embedder=embedder)
-        with store.connection() as conn:
-            conn.execute("DELETE FROM alert_matches")
+        undo()
         return took
 
     times: dict[int, list[float]] = {0: [], alerts: []}
@@ -299,7 +303,7 @@ def write_cost(index_dir: Path, data: Path, embedder: Embedder, alerts: int, rou
         if n:
             apply_changes(index, [], rows, embedder=embedder)
             recorded = int(store.connection().execute("SELECT COUNT(*) FROM alert_matches").fetchone()[0])
-            one_write()
+            undo()
     setattr(indexer.update, "match_rows", match_rows)  # noqa: B010
     set_alerts(0)
     p50 = {n: statistics.median(t) for n, t in times.items()}

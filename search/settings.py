@@ -283,15 +283,15 @@ class Settings:
     )
     # -- saved searches (search/alerts/): defaults chosen by bench/alerts.py on RealTime QA dev (bench/README.md)
     alert_threshold_hybrid: float = _setting(
-        0.5,
+        0.7,
         "Score a new article must reach for a hybrid saved search without its own threshold: 0.6 x its best "
         "passage's cosine + 0.4 x the IDF-weighted share of the query's terms it holds.",
     )
     alert_threshold_dense: float = _setting(
-        0.5, "Cosine of its best passage a new article must reach for a dense saved search without its own threshold."
+        0.625, "Cosine of its best passage a new article must reach for a dense saved search without its own threshold."
     )
     alert_threshold_lexical: float = _setting(
-        0.7,
+        0.85,
         "IDF-weighted share of the query's terms a new article must hold for a lexical saved search without its own "
         "threshold.",
     )

@@ -164,6 +164,21 @@ def test_saved_queries_are_embedded_again_when_the_model_changed(index: Path, em
     assert _detail(svc, alert.id).alert.entries == 2
 
 
+def test_a_saved_search_deleted_by_any_statement_is_no_longer_matched(index: Path, embedder: Embedder) -> None:
+    """The matrices a process compiled are keyed by the alerts version, which every change to the table moves (a
+    trigger), so a saved search deleted outside AlertService (another tool, a manual DELETE) is not matched with
+    a stale matrix (a match row for an alert that is gone: a foreign-key failure that would fail the write)."""
+    svc = make_service(index, embedder)
+    AlertService(svc).create(OPEC, threshold=0.5)
+    add_articles(svc.index, _new_articles(["wire/cocoa-review"]), embedder, svc.settings)  # compiled and cached
+    conn = svc.index.sqlite.connection()
+    with conn:
+        conn.execute("DELETE FROM alerts")
+    add_articles(svc.index, _new_articles(["wire/opec-cut-1"]), embedder, svc.settings)
+    assert conn.execute("SELECT COUNT(*) FROM articles WHERE id = 'wire/opec-cut-1'").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM alert_matches").fetchone()[0] == 0
+
+
 # -- each write path ---------------------------------------------------------------------------------------------
 
 

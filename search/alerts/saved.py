@@ -181,7 +181,8 @@ def saved_search(conn: sqlite3.Connection, alert_id: int) -> SavedSearch:
 
 
 def alerts_version(conn: sqlite3.Connection) -> int:
-    """A counter every create, delete and re-embedding moves: what the matcher's cached matrices are keyed by."""
+    """A counter every change to ``alerts`` moves (triggers: search/alerts/schema.py): what the matcher's cached
+    matrices are keyed by."""
     try:
         row = conn.execute("SELECT value FROM alert_counts WHERE name = 'version'").fetchone()
     except sqlite3.OperationalError:
@@ -223,7 +224,6 @@ def insert_alert(
             now_text(),
         ),
     )
-    _bump(conn, "version")
     return int(cur.lastrowid or 0)
 
 
@@ -231,7 +231,6 @@ def delete_alert(conn: sqlite3.Connection, alert_id: int) -> None:
     """Delete a saved search and its matches; NotFound if there is none with that id."""
     if not 0 <= alert_id <= MAX_ID or conn.execute("DELETE FROM alerts WHERE id = ?", (alert_id,)).rowcount == 0:
         raise NotFound(f"no alert with id {alert_id}")
-    _bump(conn, "version")
 
 
 def set_vectors(conn: sqlite3.Connection, vectors: dict[int, np.ndarray], model: str) -> None:
@@ -240,7 +239,6 @@ def set_vectors(conn: sqlite3.Connection, vectors: dict[int, np.ndarray], model:
         "UPDATE alerts SET vector = ?, model = ? WHERE id = ?",
         [(np.ascontiguousarray(v, dtype=np.float32).tobytes(), model, i) for i, v in vectors.items()],
     )
-    _bump(conn, "version")
 
 
 def entry_counts(conn: sqlite3.Connection) -> dict[int, int]:

@@ -9,7 +9,8 @@ each write's articles matched, recorded in the write's transaction; a row whose 
 story mate grouped under an earlier match of the same alert (shown with it, never delivered on its own).
 ``delivery`` is ``pending`` (a webhook will be posted), ``delivered``, ``failed`` (gave up after the retries), or
 NULL (nothing to deliver: no webhook, or grouped). ``alert_counts``: cumulative delivery counters for ``/metrics``,
-kept in SQLite so every server process reports the same and a deleted alert does not make them go backwards.
+kept in SQLite so every server process reports the same and a deleted alert does not make them go backwards, and
+the alerts version (triggers below).
 """
 
 ALERTS_SCHEMA = """
@@ -54,4 +55,14 @@ CREATE INDEX IF NOT EXISTS alert_matches_story ON alert_matches(alert, story);
 CREATE INDEX IF NOT EXISTS alert_matches_duplicates ON alert_matches(alert, duplicates);
 CREATE INDEX IF NOT EXISTS alert_matches_due ON alert_matches(delivery, next_attempt);
 CREATE TABLE IF NOT EXISTS alert_counts (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+# The alerts version (what each process's compiled matrices are keyed by) moves with every row of ``alerts`` that
+# changes, whatever statement changed it: a delete or an edit made outside the code would otherwise leave a
+# process matching with saved searches that are gone.
+for _event in ("INSERT", "DELETE", "UPDATE"):
+    ALERTS_SCHEMA += f"""
+CREATE TRIGGER IF NOT EXISTS alerts_version_{_event.lower()} AFTER {_event} ON alerts BEGIN
+    INSERT OR IGNORE INTO alert_counts (name, value) VALUES ('version', 0);
+    UPDATE alert_counts SET value = value + 1 WHERE name = 'version';
+END;
 """
