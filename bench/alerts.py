@@ -125,9 +125,10 @@ def fts_idf(store: Store) -> Callable[[str], float | None]:
     return lambda term: idf(rows, df[term]) if term in df else None
 
 
-def questions(data: Path, work: Path, held: set[str]) -> dict[str, list[dict[str, Any]]]:
-    """Dev and held-back questions (``prefix_slices`` of the first ``len(held)`` articles), each with its evidence."""
-    counts = prefix_slices(data, work, len(held))
+def questions(data: Path, work: Path, held: set[str], first: int) -> dict[str, list[dict[str, Any]]]:
+    """Dev and held-back questions (``prefix_slices`` of the corpus's first ``first`` articles, those the index was
+    built from), each with its evidence articles."""
+    counts = prefix_slices(data, work, first)
     results = load_search_results(data)
     out: dict[str, list[dict[str, Any]]] = {}
     for part in ("dev", "heldback"):
@@ -181,12 +182,12 @@ def evaluate(
     }
 
 
-def replay(index: Path, data: Path, work: Path, embedder: Embedder) -> dict[str, Any]:
+def replay(index: Path, data: Path, work: Path, embedder: Embedder, first: int) -> dict[str, Any]:
     started = time.perf_counter()
     store = Store(index / SQLITE)
     articles = stored_articles(store)
     held = {a.article.id for a in articles}
-    qs = questions(data, work / "rtqa", held)
+    qs = questions(data, work / "rtqa", held, first)
     texts = [q["text"] for part in ("dev", "heldback") for q in qs[part]]
     vectors = embedder.encode(texts)
     term_idf = fts_idf(store)
@@ -336,6 +337,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/alerts-bench"))
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/realtimeqa")
     parser.add_argument("--alerts", type=int, default=1000)
+    parser.add_argument("--articles", type=int, default=3000, help="The corpus's first N articles the index holds.")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", choices=("write", "replay"), default=None)
     parser.add_argument("--out", type=Path, default=None)
@@ -351,7 +353,7 @@ def main() -> None:
         "source_index": str(args.index),
     }
     if args.only in (None, "replay"):
-        report["replay"] = replay(index, args.data, args.work, embedder)
+        report["replay"] = replay(index, args.data, args.work, embedder, args.articles)
         print(
             json.dumps(
                 {

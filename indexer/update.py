@@ -147,8 +147,8 @@ def _apply_once(
             rows = _labelled(index, dedup, delete_ids, rows)
 
             def publish(done: Replaced, commit: Callable[[], None]) -> None:
-                _match_alerts(index, store, rows, done, embedder)  # recorded in this transaction, before commit
                 changed = _changed(index, store, done, rows)
+                _match_alerts(index, store, rows, done, embedder, changed)  # in this transaction, before commit
                 held.enter_context(exclusive())  # left after the swap below, or after a catch-up
                 commit()
                 if index.current():
@@ -168,15 +168,32 @@ def _apply_once(
 
 
 def _match_alerts(
-    index: Index, store: Store, rows: list[NewArticle], done: Replaced, embedder: Embedder | None
+    index: Index,
+    store: Store,
+    rows: list[NewArticle],
+    done: Replaced,
+    embedder: Embedder | None,
+    changed: InMemory | None,
 ) -> None:
     """The saved searches the write's new articles answer, recorded in its open transaction (search/alerts/
-    matcher.py), outside the write lock: searches go on while it scores."""
+    matcher.py), outside the write lock: searches go on while it scores. The lexical side reads the new articles'
+    terms from the postings ``changed`` built for them."""
     if rows:
         key = f"{store.path}:{store.build}"
         model, idf = index.manifest["model"], index.lexical.passages.term_idf
+        lexical = changed.lexical if changed is not None else None
         match_rows(
-            store.connection(), rows, key=key, fingerprint=model, idf=idf, generation=done.generation, embedder=embedder
+            store.connection(),
+            rows,
+            key=key,
+            fingerprint=model,
+            idf=idf,
+            generation=done.generation,
+            embedder=embedder,
+            postings=lexical.articles if lexical is not None else None,
+            aids=done.new_aids,
+            passage_postings=lexical.passages if lexical is not None else None,
+            pids=done.new_pids,
         )
 
 

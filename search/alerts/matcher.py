@@ -28,7 +28,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -39,11 +39,13 @@ from search.ranking.catalog import day_or_none, parse_day
 from search.ranking.highlight import LEXICAL_WEIGHT, sentence_scores
 from search.settings import MATCH_FLOOR
 from search.storage.store import NewArticle, Store
+from search.text.bm25 import Postings
 from search.text.embedding import Embedder
 from search.text.fts import fts_term_counts, query_terms, stem
 
 log = logging.getLogger("newsdesk.alerts")
 
+ANSWER_PASSAGES = 3  # passages nearest by cosine among which a match's answering passage is chosen (_answer)
 REBUILD_BATCH = 500  # articles a rebuild matches at once (match_rebuilt)
 HYBRID_DENSE_WEIGHT = 0.6  # the dense side's share of a hybrid alert's score (as fusion_alpha's default)
 Idf = Callable[[str], float | None]  # a stemmed term's IDF in the index (None: no passage holds it)
@@ -137,19 +139,42 @@ def match_rows(
     idf: Idf,
     generation: int,
     embedder: Embedder | None = None,
+    postings: Postings | None = None,
+    aids: Sequence[int] = (),
+    passage_postings: Postings | None = None,
+    pids: Sequence[int] = (),
 ) -> int:
     """Score ``rows`` (the write's new and changed articles) against every saved search and record the matches in
     the open transaction of ``conn``; returns how many rows it recorded. ``key`` names the store (its path and build)
-    for the cached matrices."""
+    for the cached matrices. ``postings``: the article table's BM25 postings the write built (``aids``: the rows'
+    keys), whose delta already holds each new article's terms, so the lexical side tokenizes nothing again;
+    ``passage_postings`` and ``pids`` the same for the passages (the answering passage's lexical bonus)."""
     if not rows:
         return 0
     dimension = int(rows[0].passage_vectors.shape[1])
     compiled = _compiled(conn, key, fingerprint, dimension, idf, embedder)
     if compiled is None:
         return 0
-    fused, dense, lexical = alert_scores(compiled, rows)
+    terms = _terms_in(postings, aids, compiled) if postings is not None and len(aids) == len(rows) else None
+    fused, dense, lexical = alert_scores(compiled, rows, terms)
     candidates = _candidates(compiled, rows, fused, dense, lexical)
-    return _record(conn, compiled, rows, candidates, generation)
+    passages = _Passages(passage_postings, list(pids), rows) if passage_postings is not None else None
+    return _record(conn, compiled, rows, candidates, generation, passages)
+
+
+def _terms_in(postings: Postings, aids: Sequence[int], compiled: Compiled) -> list[set[str]] | None:
+    """The saved searches' terms each new article holds, read from the delta segment of the write's new postings
+    (its forward index: each row's term ids); None when a row is not there (tokenize instead)."""
+    delta = postings.delta
+    found, rows = delta.positions(aids)
+    if len(found) != len(aids):
+        return None
+    ptr, term_ids = delta.forward()
+    wanted = {tid: t for t in compiled.terms if (tid := delta.vocab.get(t)) is not None}
+    out = []
+    for r in rows.tolist():
+        out.append({wanted[t] for t in term_ids[ptr[r] : ptr[r + 1]].tolist() if t in wanted})
+    return out
 
 
 def article_terms(rows: Sequence[NewArticle]) -> list[set[str]]:
@@ -216,6 +241,7 @@ def _record(
     rows: Sequence[NewArticle],
     candidates: list[_Candidate],
     generation: int,
+    passages: _Passages | None = None,
 ) -> int:
     recorded = 0
     at = now_text()
@@ -235,7 +261,8 @@ def _record(
             ).fetchone()[0]
             if int(n) >= alert.top_per_day:
                 continue
-        passage, (start, end) = _answer(alert, row, compiled, c.alert)
+        held = passages.terms(c.article, _query_terms(compiled, c.alert)) if passages is not None else None
+        passage, (start, end) = _answer(row, compiled, c.alert, held)
         delivery = "pending" if alert.webhook and parent is None else None
         conn.execute(
             "INSERT INTO alert_matches (alert, article, title, date, source, url, story, duplicates, score, passage, "
@@ -285,13 +312,58 @@ def _entry_of(conn: sqlite3.Connection, alert: int, row: NewArticle) -> int | No
     return None
 
 
-def _answer(alert: SavedSearch, row: NewArticle, compiled: Compiled, i: int) -> tuple[str, tuple[int, int]]:
-    """The article's passage that best answers the alert and the sentence in it, as search marks it: the query's
-    cosine plus the lexical bonus of its terms (search/ranking/highlight.py)."""
+@dataclass(frozen=True)
+class _Passages:
+    """The write's new passages in its BM25 postings, for the answering passage's lexical bonus: which of a query's
+    few terms each passage of a matched article holds, read from those terms' postings in the delta segment (the
+    write's rows are there; a forward index of the whole delta would cost a sort of it on every write)."""
+
+    postings: Postings
+    pids: list[int]  # the write's new passage ids, article after article
+    rows: Sequence[NewArticle]
+
+    def terms(self, article: int, wanted: Iterable[str]) -> list[set[str]] | None:
+        start = sum(len(r.passages) for r in self.rows[:article])
+        ids = self.pids[start : start + len(self.rows[article].passages)]
+        delta = self.postings.delta
+        found, rows = delta.positions(ids)
+        if len(ids) != len(self.rows[article].passages) or len(found) != len(ids):
+            return None
+        out: list[set[str]] = [set() for _ in ids]
+        for term in wanted:
+            tid = delta.vocab.get(term)
+            if tid is None or tid + 1 >= len(delta.indptr):
+                continue
+            holders = delta.docs[delta.indptr[tid] : delta.indptr[tid + 1]]
+            for j in np.flatnonzero(np.isin(rows, holders)).tolist():
+                out[j].add(term)
+        return out
+
+
+def _query_terms(compiled: Compiled, i: int) -> dict[str, float]:
+    """Saved search ``i``'s stemmed terms with their normalised IDF weights."""
+    names = list(compiled.terms)  # column order: terms were numbered as they were first met
+    return {names[c]: float(compiled.weights[i, c]) for c in np.flatnonzero(compiled.weights[i]).tolist()}
+
+
+def _answer(row: NewArticle, compiled: Compiled, i: int, held: list[set[str]] | None) -> tuple[str, tuple[int, int]]:
+    """The article's passage that best answers the alert and the sentence in it, as search marks them: the query's
+    cosine plus the lexical bonus, the IDF-weighted share of its terms held (search/ranking/highlight.py). Each
+    passage's terms come from the write's postings (``held``); without them the bonus tokenizes each passage, so
+    only the ``ANSWER_PASSAGES`` nearest by cosine are weighed (over a long article's every passage it cost most of
+    a write's matching pass, bench/alerts.py)."""
     qvec = compiled.vectors[i]
-    terms = {t: float(compiled.weights[i, col]) for t, col in compiled.terms.items() if compiled.weights[i, col] > 0}
+    terms = _query_terms(compiled, i)
     texts = [p[4] for p in row.passages]
-    best = int(np.argmax(sentence_scores(row.passage_vectors, texts, qvec, terms, LEXICAL_WEIGHT)))
+    cosines = row.passage_vectors @ qvec
+    if held is not None:
+        total = sum(terms.values()) or 1.0
+        shares = np.asarray([sum(w for t, w in terms.items() if t in h) / total for h in held], dtype=cosines.dtype)
+        best = int(np.argmax(cosines + LEXICAL_WEIGHT * shares))
+    else:
+        near = np.argsort(-cosines, kind="stable")[:ANSWER_PASSAGES]
+        weighed = sentence_scores(row.passage_vectors[near], [texts[k] for k in near], qvec, terms, LEXICAL_WEIGHT)
+        best = int(near[int(np.argmax(weighed))])
     text = texts[best]
     spans = list(row.sentences)[best] if len(row.sentences) > best else None
     if spans is None or not spans[0]:
