@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -177,6 +178,39 @@ def test_a_saved_search_deleted_by_any_statement_is_no_longer_matched(index: Pat
     add_articles(svc.index, _new_articles(["wire/opec-cut-1"]), embedder, svc.settings)
     assert conn.execute("SELECT COUNT(*) FROM articles WHERE id = 'wire/opec-cut-1'").fetchone()[0] == 1
     assert conn.execute("SELECT COUNT(*) FROM alert_matches").fetchone()[0] == 0
+
+
+def test_saving_a_search_beside_a_live_write_waiting_for_its_commit_does_not_deadlock(
+    index: Path, embedder: Embedder
+) -> None:
+    """A live write holds SQLite's write lock and then takes the service's write lock to commit (indexer/live.py).
+    Saving a search must not wait for SQLite's lock while holding the service's read lock: the two would wait on each
+    other until SQLite's busy timeout (30 s). Here a writer thread takes SQLite's lock, then waits for the service's
+    write lock while the search is saved."""
+    svc = make_service(index, embedder)
+    alerts = AlertService(svc)
+    holding, done = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        conn = sqlite3.connect(index / "newsdesk.sqlite", timeout=30.0)
+        conn.execute("BEGIN IMMEDIATE")
+        holding.set()
+        time.sleep(0.3)  # the save below is waiting for SQLite by now
+        with svc.lock.writing():  # the commit's exclusive section
+            conn.commit()
+        conn.close()
+        done.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    assert holding.wait(10)
+    started = time.monotonic()
+    saved: list[int] = []
+    saver = threading.Thread(target=lambda: saved.append(alerts.create(OPEC).id), daemon=True)
+    saver.start()
+    saver.join(10)
+    assert done.wait(10) and saved, "the save and the write waited on each other"
+    assert time.monotonic() - started < 10
 
 
 # -- each write path ---------------------------------------------------------------------------------------------

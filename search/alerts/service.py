@@ -36,6 +36,7 @@ from search.models import Mode
 from search.ranking.catalog import Filter
 from search.service import SearchService
 from search.settings import Settings
+from search.storage.index import SQLITE
 
 MAX_WEBHOOK_CHARS = 2000
 
@@ -55,7 +56,7 @@ class AlertService:
         self.settings = service.settings
         s = self.settings
         self.deliverer = Deliverer(
-            self._reading,
+            self._connected,
             timeout=s.alert_webhook_timeout,
             retry_base=s.alert_retry_base,
             max_attempts=s.alert_max_attempts,
@@ -93,12 +94,28 @@ class AlertService:
             yield self.service.index.sqlite.connection()
 
     @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection]:
-        """As ``_reading``, refused (403) where the index cannot be written; one transaction."""
-        with self._reading() as conn:
+    def _connected(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own to the index's store, for statements that write (saved searches, delivery
+        states), opened and used with no lock of the service held: a live write holds SQLite's write lock until it
+        takes the service's write lock to commit, so a thread that waited for SQLite's lock while holding the
+        service's read lock would wait on that write while it waits on the thread (until SQLite's busy timeout).
+        Opened through the index directory's name, so it reaches the build serving now, even one a rebuild swapped
+        in since this process loaded the index; refused (403) where the index cannot be written."""
+        with self.service.lock.reading():
             self.service.index.writable  # noqa: B018 -- a read-only index or a replica refuses here
-            with conn:
-                yield conn
+        conn = sqlite3.connect(self.settings.index_dir / SQLITE, timeout=30.0)
+        try:
+            conn.execute("PRAGMA foreign_keys=ON")  # a deleted alert takes its matches with it
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """``_connected`` in one transaction, holding SQLite's write lock from its start."""
+        with self._connected() as conn, conn:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
 
     def create(
         self,
