@@ -195,6 +195,8 @@ def create_alert() -> Response:
         top_per_day=p.top_per_day,
         webhook=p.webhook,
     )
+    if alert.webhook is not None:
+        _alerts().deliverer.start()  # this server posts its matches (a CLI that saves one leaves that to servers)
     response = jsonify(to_plain(alert))
     response.status_code = 201
     return response

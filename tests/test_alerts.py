@@ -511,3 +511,19 @@ def test_the_alerts_page_lists_alerts_and_their_matches_with_the_answer_marked(i
     assert "from Harbour Wire" in html and "No new article has matched yet." in html
     assert 'href="/api/alerts/1/feed.atom"' in html
     assert "<script>" not in html and "/alerts" in client.get("/").get_data(as_text=True)
+
+
+def test_matches_written_elsewhere_are_posted_by_a_server_started_later(index: Path, embedder: Embedder) -> None:
+    """Pending posts live in SQLite: matches recorded by ``newsdesk add`` (another process, no server running) are
+    posted by the server that starts later, at its first request; nothing is lost with the writer."""
+    hook = Hook()
+    svc = make_service(index, embedder, **FAST)
+    with hook_server(hook) as url:
+        AlertService(svc).create(OPEC, threshold=0.5, webhook=url)
+        add_articles(svc.index, _new_articles(["wire/opec-cut-1"]), embedder, svc.settings)  # no server meanwhile
+        assert not hook.bodies
+        client = _app(make_service(index, embedder, **FAST))
+        with delivering(client):
+            assert client.get("/api/health").status_code == 200  # the first request starts the deliverer
+            assert hook.delivered.wait(20)
+    assert hook.bodies[0]["match"]["article"]["id"] == "wire/opec-cut-1"

@@ -160,8 +160,6 @@ class AlertService:
             model = model_key(svc.index.manifest["model"])
             alert_id = insert_alert(conn, query, checked, filters, threshold, top_per_day, webhook, vector, model)
             saved = saved_search(conn, alert_id)
-        if webhook is not None:
-            self.deliverer.start()
         return alert_of(saved, 0)
 
     def saved(self) -> AlertList:
