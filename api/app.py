@@ -13,12 +13,16 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from api import web
+from api.atom import CONTENT_TYPE as ATOM_TYPE
+from api.atom import alert_feed
 from api.auth import early_refusal, register_auth, require_write_key
 from api.errors import failure_response, register_error_handlers
 from api.logs import register_request_logging
 from api.metrics import register_metrics
 from api.openapi import openapi_json
 from api.params import (
+    AlertEntriesParams,
+    AlertParams,
     AnswersParams,
     ArticleParams,
     SearchParams,
@@ -27,9 +31,11 @@ from api.params import (
     TimelineByQueryParams,
     TimelineParams,
     parse,
+    parse_body,
 )
 from api.server import EARLY_REFUSAL
 from indexer.live import Writer
+from search.alerts.service import AlertService
 from search.errors import InvalidInput
 from search.intake import Limits, loads, parse_write
 from search.loading import load_service
@@ -56,6 +62,9 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
         service = load_service(settings or Settings.from_env())
     app.extensions["newsdesk"] = service
     app.extensions["newsdesk.writer"] = Writer(service)
+    alerts = AlertService(service)
+    app.extensions["newsdesk.alerts"] = alerts
+    app.before_request(alerts.deliver_lazily)  # the webhook thread, once an alert has a webhook
     app.config["MAX_CONTENT_LENGTH"] = service.settings.max_body_bytes  # larger bodies: 413 before they are read
     register_error_handlers(app)
     register_request_logging(app)  # these two before any hook that may answer early (the encoding check)
@@ -80,6 +89,11 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     app.add_url_rule(
         "/api/articles/<article_id:article_id>", endpoint="delete_article", view_func=delete_article, methods=["DELETE"]
     )
+    app.add_url_rule("/api/alerts", view_func=create_alert, methods=["POST"])
+    app.add_url_rule("/api/alerts", view_func=list_alerts)
+    app.add_url_rule("/api/alerts/<int:alert_id>", view_func=get_alert)
+    app.add_url_rule("/api/alerts/<int:alert_id>", endpoint="delete_alert", view_func=delete_alert, methods=["DELETE"])
+    app.add_url_rule("/api/alerts/<int:alert_id>/feed.atom", view_func=alert_feed_atom)
     return app
 
 
@@ -147,13 +161,64 @@ def write_articles() -> Response:
     payload = loads(request.get_data(cache=False))  # past MAX_CONTENT_LENGTH: 413 before a byte is read
     articles = parse_write(payload, Limits(settings.max_batch_articles, settings.max_field_chars))
     writer: Writer = current_app.extensions["newsdesk.writer"]
-    return jsonify(to_plain(writer.upsert(articles)))
+    done = writer.upsert(articles)
+    _alerts().wrote()  # its matches' webhooks, posted from the deliverer's thread (never this request's)
+    return jsonify(to_plain(done))
 
 
 def delete_article(article_id: str) -> Response:
     require_write_key(_service().settings)
     writer: Writer = current_app.extensions["newsdesk.writer"]
     return jsonify(to_plain(writer.delete([article_id])))
+
+
+def _alerts() -> AlertService:
+    alerts: AlertService = current_app.extensions["newsdesk.alerts"]
+    return alerts
+
+
+def create_alert() -> Response:
+    """Save a search (a JSON object: ``query``, ``mode``, search's filters, ``threshold`` or ``top_per_day``,
+    ``webhook``); matched against every later write."""
+    require_write_key(_service().settings)
+    if not request.is_json:
+        raise InvalidInput('the body must be JSON (Content-Type: application/json): {"query": ...}')
+    p = parse_body(AlertParams, loads(request.get_data(cache=False)))
+    alert = _alerts().create(
+        p.query,
+        p.mode,
+        date_from=p.date_from,
+        date_to=p.date_to,
+        sources=p.source,
+        categories=p.categories(),
+        threshold=p.threshold,
+        top_per_day=p.top_per_day,
+        webhook=p.webhook,
+    )
+    if alert.webhook is not None:
+        _alerts().deliverer.start()  # this server posts its matches (a CLI that saves one leaves that to servers)
+    response = jsonify(to_plain(alert))
+    response.status_code = 201
+    return response
+
+
+def list_alerts() -> Response:
+    return jsonify(to_plain(_alerts().saved()))
+
+
+def get_alert(alert_id: int) -> Response:
+    return jsonify(to_plain(_alerts().get(alert_id, parse(AlertEntriesParams, request.args).k)))
+
+
+def delete_alert(alert_id: int) -> Response:
+    require_write_key(_service().settings)
+    return jsonify(to_plain(_alerts().delete(alert_id)))
+
+
+def alert_feed_atom(alert_id: int) -> Response:
+    """The alert's latest matches as an Atom feed."""
+    detail = _alerts().get(alert_id, parse(AlertEntriesParams, request.args).k)
+    return Response(alert_feed(detail, _service().index.name, request.url_root), content_type=ATOM_TYPE)
 
 
 def story(story_id: str) -> Response:

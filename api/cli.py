@@ -859,3 +859,101 @@ def stats(index_dir: Path | None, as_json: bool, memory: bool) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.group(cls=_Group)
+def alerts() -> None:
+    """Saved searches: every later write's new articles that match one are recorded (and posted to its webhook)."""
+
+
+@alerts.command("add")
+@click.argument("query")
+@_index_option
+@_model_option
+@_backend_option
+@click.option("--mode", type=click.Choice(MODES), default=None, help=HELP["mode"])
+@click.option("--from", "date_from", default=None, metavar="YYYY-MM-DD", help="Only articles dated on or after this.")
+@click.option("--to", "date_to", default=None, metavar="YYYY-MM-DD", help="Only articles dated on or before this.")
+@click.option("--source", "sources", multiple=True, help="Only articles from this source (repeat: any of them).")
+@click.option("--category", "categories", multiple=True, help="Only articles with this category (repeat: any).")
+@click.option("--threshold", type=float, default=None, help="Score a new article must reach (default: by mode).")
+@click.option("--top-per-day", type=int, default=None, help="Instead of a threshold: at most N new articles a day.")
+@click.option("--webhook", default=None, help="http(s) URL each new match is POSTed to (by a running server).")
+def alerts_add(
+    query: str,
+    mode: str | None,
+    date_from: str | None,
+    date_to: str | None,
+    sources: tuple[str, ...],
+    categories: tuple[str, ...],
+    threshold: float | None,
+    top_per_day: int | None,
+    webhook: str | None,
+    **opts: object,
+) -> None:
+    """Save QUERY as a search that new articles are matched against; prints the saved search as JSON."""
+    from search.alerts.service import AlertService
+    from search.loading import load_service
+
+    settings = Settings.from_env(None, **opts)
+    _check_index(settings)
+    alert = AlertService(load_service(settings)).create(
+        query,
+        mode,
+        date_from=date_from,
+        date_to=date_to,
+        sources=sources,
+        categories=categories,
+        threshold=threshold,
+        top_per_day=top_per_day,
+        webhook=webhook,
+    )
+    click.echo(json.dumps(to_plain(alert), ensure_ascii=False))
+
+
+@alerts.command("list")
+@_index_option
+@click.option("--json", "as_json", is_flag=True, help="Print the saved searches as JSON.")
+def alerts_list(index_dir: Path | None, as_json: bool) -> None:
+    """List the saved searches of the index, with how many matches each recorded."""
+    from search.alerts.saved import alert_of, entry_counts, saved_searches
+    from search.storage.index import open_index
+
+    settings = Settings.from_env(index_dir=index_dir)
+    _check_index(settings)
+    index = open_index(settings.index_dir, None)
+    try:
+        conn = index.sqlite.connection()
+        counts = entry_counts(conn)
+        found = [alert_of(a, counts.get(a.id, 0)) for a in saved_searches(conn)]
+    finally:
+        index.close()
+    if as_json:
+        click.echo(json.dumps(to_plain({"alerts": found}), ensure_ascii=False))
+        return
+    for a in found:
+        how = f"top {a.top_per_day}/day" if a.top_per_day is not None else f"threshold {a.threshold:g}"
+        hook = f" -> {a.webhook}" if a.webhook else ""
+        click.echo(f"{a.id}\t{a.mode}\t{how}\t{a.entries} matches\t{a.query}{hook}")
+    if not found:
+        click.echo(f"{settings.index_dir}: no saved searches", err=True)
+
+
+@alerts.command("rm")
+@click.argument("alert_id", type=int)
+@_index_option
+def alerts_rm(alert_id: int, index_dir: Path | None) -> None:
+    """Delete a saved search and its matches; an unknown id is an error."""
+    from search.alerts.saved import delete_alert
+    from search.storage.index import open_index
+
+    settings = Settings.from_env(index_dir=index_dir)
+    _check_index(settings)
+    index = open_index(settings.index_dir, None)
+    try:
+        _, store = index.writable
+        with store.connection() as conn:
+            delete_alert(conn, alert_id)
+    finally:
+        index.close()
+    click.echo(f"deleted alert {alert_id} from {settings.index_dir}", err=True)

@@ -20,6 +20,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from search.alerts.saved import delivery_counts
 from search.errors import NewsdeskError
 from search.memory import memory_report
 from search.service import SearchService
@@ -128,16 +129,21 @@ class IndexCollector:
             return None
 
 
-class WatchCollector:
-    """What ``newsdesk watch`` did, per source, read from the index's store at each scrape (search/storage/
-    watchstate.py): the watcher records it with its writes, so any server on the index reports it, whichever process
-    watches. Counters are cumulative over the index's life; nothing is reported for an index never watched."""
+class _StoreCollector:
+    """Figures read from the served index's SQLite store at each scrape (never per request), so every server process
+    on the index reports the same ones, whichever process did the work."""
 
     def __init__(self, service: SearchService) -> None:
         self.service = service
 
     def describe(self) -> Iterable[Metric]:
-        return []
+        return []  # names are fixed in collect; describing them must not touch the index at registration time
+
+
+class WatchCollector(_StoreCollector):
+    """What ``newsdesk watch`` did, per source, read from the index's store at each scrape (search/storage/
+    watchstate.py): the watcher records it with its writes, so any server on the index reports it, whichever process
+    watches. Counters are cumulative over the index's life; nothing is reported for an index never watched."""
 
     def collect(self) -> Iterable[Metric]:
         try:
@@ -184,7 +190,33 @@ class WatchCollector:
         yield success
 
 
-def _exposed_registry(registry: CollectorRegistry, index: IndexCollector, watch: WatchCollector) -> CollectorRegistry:
+class AlertCollector(_StoreCollector):
+    """Webhook deliveries of saved searches (search/alerts/delivery.py), counted in the index's store by whichever
+    server process posted; cumulative over the index's life (deleting an alert does not take its posts back)."""
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            counts = delivery_counts(self.service.index.sqlite.connection())
+        except NewsdeskError:
+            return
+        if not counts:
+            return
+        for name, help_text in (
+            ("delivered", "Alert matches posted to their webhook (a 2xx answer)."),
+            ("failed_attempts", "Webhook posts of alert matches that failed (error, timeout, non-2xx); retried."),
+            ("gave_up", "Alert matches whose webhook failed alert_max_attempts times and is no longer retried."),
+        ):
+            family = CounterMetricFamily(f"newsdesk_alert_webhook_{name}", help_text)
+            family.add_metric([], float(counts.get(name, 0)))
+            yield family
+        pending = GaugeMetricFamily("newsdesk_alert_webhook_pending", "Alert matches waiting for their webhook post.")
+        pending.add_metric([], float(counts.get("pending", 0)))
+        yield pending
+
+
+def _exposed_registry(
+    registry: CollectorRegistry, index: IndexCollector, watch: WatchCollector, alerts: AlertCollector
+) -> CollectorRegistry:
     """What ``/metrics`` serves: this process's registry, or, when ``PROMETHEUS_MULTIPROC_DIR`` is set, the request
     metrics of every server process merged from that directory (prometheus_client's multiprocess mode), with the
     index figures.
@@ -200,6 +232,7 @@ def _exposed_registry(registry: CollectorRegistry, index: IndexCollector, watch:
     MultiProcessCollector(merged, path=path)  # type: ignore[no-untyped-call]
     merged.register(index)
     merged.register(watch)
+    merged.register(alerts)
     return merged
 
 
@@ -227,9 +260,11 @@ def register_metrics(app: Flask, service: SearchService) -> CollectorRegistry:
     registry.register(index)
     watch = WatchCollector(service)
     registry.register(watch)
+    alerts = AlertCollector(service)
+    registry.register(alerts)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    exposed = _exposed_registry(registry, index, watch)
+    exposed = _exposed_registry(registry, index, watch, alerts)
 
     def start() -> None:
         g.metrics_started = time.perf_counter()

@@ -25,6 +25,8 @@ from flask import Response, current_app, jsonify
 from api.errors import ErrorResponse
 from api.logs import REQUEST_ID_HEADER
 from api.params import (
+    AlertEntriesParams,
+    AlertParams,
     AnswersParams,
     ArticleParams,
     Params,
@@ -33,10 +35,12 @@ from api.params import (
     SimilarParams,
     TimelineByQueryParams,
     TimelineParams,
+    body_schema,
     openapi_parameters,
 )
 from indexer.live import WriteResult
 from search import models
+from search.alerts.saved import MAX_ID, Alert, AlertDeleted, AlertDetail, AlertList
 from search.intake import MAX_ID_CHARS, MAX_PARAGRAPHS, MAX_TAGS
 from search.jsontypes import JSONObject
 from search.settings import Settings
@@ -100,7 +104,7 @@ def response_schemas() -> dict[str, JSONObject]:
 
     types: list[type] = [getattr(models, name) for name in RESPONSE_TYPES]
     out: dict[str, JSONObject] = {}
-    for cls in [*types, WriteResult, ErrorResponse]:
+    for cls in [*types, WriteResult, ErrorResponse, Alert, AlertDetail, AlertList, AlertDeleted]:
         schema = TypeAdapter(cls).json_schema(mode="serialization", ref_template=SCHEMAS, schema_generator=Closed)
         for name, found in {**schema.pop("$defs", {}), cls.__name__: schema}.items():
             if out.setdefault(name, found) != found:
@@ -145,6 +149,13 @@ PATH_PARAMETERS: dict[str, JSONObject] = {
         "description": "A story id, as results and articles carry it.",
         "schema": {"type": "string", "minLength": 1},
     },
+    "alert_id": {
+        "name": "alert_id",
+        "in": "path",
+        "required": True,
+        "description": "A saved search's id, as POST /api/alerts answered it.",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+    },
     "request_id": {
         "name": REQUEST_ID_HEADER,
         "in": "header",
@@ -178,16 +189,18 @@ def _operation(
     *,
     path: tuple[str, ...] = (),
     query: type[Params] | None = None,
-    not_found: bool = False,
+    not_found: bool | str = False,
     conflict: bool = False,
 ) -> JSONObject:
-    """An operation: its ``path`` parameters, the query parameters ``query`` declares, its responses."""
+    """An operation: its ``path`` parameters, the query parameters ``query`` declares, its responses (``not_found``:
+    a 404 for an unknown article, or one described by the text given)."""
     responses: JSONObject = {
         "200": ok,
         "400": _response("Invalid input (invalid_input) or a URL that is not UTF-8 (bad_encoding).", ERROR),
     }
     if not_found:
-        responses["404"] = _response("No article has that id (not_found).", ERROR)
+        missing = not_found if isinstance(not_found, str) else "No article has that id (not_found)."
+        responses["404"] = _response(missing, ERROR)
     if conflict:
         responses["409"] = _response("The cursor was made before the index changed (stale_cursor).", ERROR)
     responses["5XX"] = _response("A broken or missing index (503) or a bug (500, internal_error).", ERROR)
@@ -198,6 +211,13 @@ def _operation(
         "parameters": [*(_param(p) for p in path), *declared, _param("request_id")],
         "responses": responses,
     }
+
+
+def _secured(op: JSONObject) -> JSONObject:
+    """A write operation: the bearer key, and the errors of writes."""
+    op["security"] = [{"bearer": []}]
+    _write_errors(op["responses"])
+    return op
 
 
 def _write_errors(responses: JSONObject) -> JSONObject:
@@ -247,7 +267,6 @@ def _write_operation(settings: Settings) -> JSONObject:
         _response("What was written, and the index generation that holds it.", "WriteResult"),
         settings,
     )
-    op["security"] = [{"bearer": []}]
     op["requestBody"] = {
         "required": True,
         "content": {
@@ -274,8 +293,7 @@ def _write_operation(settings: Settings) -> JSONObject:
         },
     }
     op["responses"]["413"] = _response("The body is larger than max_body_bytes.", ERROR)
-    _write_errors(op["responses"])
-    return op
+    return _secured(op)
 
 
 def _delete_operation(settings: Settings) -> JSONObject:
@@ -287,9 +305,67 @@ def _delete_operation(settings: Settings) -> JSONObject:
         path=("article_id",),
         not_found=True,
     )
-    op["security"] = [{"bearer": []}]
-    _write_errors(op["responses"])
-    return op
+    return _secured(op)
+
+
+def _alert_operations(settings: Settings) -> dict[str, JSONObject]:
+    """The paths of saved searches (search/alerts/): create and list, read and delete, the Atom feed."""
+    missing = "No alert has that id (not_found)."
+    alert = ("alert_id",)
+    create = _operation(
+        "createAlert",
+        "Save a search: every later write's new articles that match it are recorded, fed and posted.",
+        _response("The saved search.", "Alert"),
+        settings,
+    )
+    create["responses"]["201"] = create["responses"].pop("200")
+    create["requestBody"] = {"required": True, "content": {JSON: {"schema": body_schema(AlertParams, settings)}}}
+    create["responses"]["413"] = _response("The body is larger than max_body_bytes.", ERROR)
+    atom = {
+        "description": "An Atom 1.0 document (RFC 4287); entry ids never change.",
+        "headers": {REQUEST_ID_HEADER: {"$ref": "#/components/headers/RequestId"}},
+        "content": {"application/atom+xml": {"schema": {"type": "string"}}},
+    }
+    return {
+        "/api/alerts": {
+            "post": _secured(create),
+            "get": _operation(
+                "listAlerts", "Every saved search.", _response("The saved searches.", "AlertList"), settings
+            ),
+        },
+        "/api/alerts/{alert_id}": {
+            "get": _operation(
+                "getAlert",
+                "A saved search and its latest matches (answering sentence marked, copies and story mates grouped).",
+                _response("The alert and its latest matches, newest first.", "AlertDetail"),
+                settings,
+                path=alert,
+                query=AlertEntriesParams,
+                not_found=missing,
+            ),
+            "delete": _secured(
+                _operation(
+                    "deleteAlert",
+                    "Delete a saved search and its matches.",
+                    _response("The id deleted.", "AlertDeleted"),
+                    settings,
+                    path=alert,
+                    not_found=missing,
+                )
+            ),
+        },
+        "/api/alerts/{alert_id}/feed.atom": {
+            "get": _operation(
+                "getAlertFeed",
+                "A saved search's latest matches as an Atom feed.",
+                atom,
+                settings,
+                path=alert,
+                query=AlertEntriesParams,
+                not_found=missing,
+            )
+        },
+    }
 
 
 def build_spec(settings: Settings) -> JSONObject:
@@ -425,6 +501,7 @@ def build_spec(settings: Settings) -> JSONObject:
                 }
             },
             "/api/articles": {"post": _write_operation(settings)},
+            **_alert_operations(settings),
         },
         "components": {
             "schemas": response_schemas(),

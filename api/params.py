@@ -24,7 +24,7 @@ from werkzeug.datastructures import MultiDict
 
 from search.checks import MAX_OFFSET
 from search.errors import InvalidInput
-from search.jsontypes import JSONObject
+from search.jsontypes import JSONObject, JSONValue
 from search.models import Mode, Scoring
 from search.ranking.catalog import MAX_FILTER_VALUES, Filter
 from search.ranking.recency import Recency
@@ -72,14 +72,17 @@ class Spec:
 
     attr: str
     name: str
-    kind: Literal["str", "int", "bool", "list", "choice"]
+    kind: Kind
     choices: tuple[str, ...]
     required: bool
     default: object
     param: Param
 
 
-def _kind(hint: object) -> tuple[Literal["str", "int", "bool", "list", "choice"], tuple[str, ...]]:
+Kind = Literal["str", "int", "float", "bool", "list", "choice"]
+
+
+def _kind(hint: object) -> tuple[Kind, tuple[str, ...]]:
     """A field type's reading: its kind and its choices (a ``Literal``'s). ``X | None`` reads as ``X``: None is
     what a parameter not given leaves."""
     if get_origin(hint) in (Union, types.UnionType):
@@ -95,6 +98,8 @@ def _kind(hint: object) -> tuple[Literal["str", "int", "bool", "list", "choice"]
         return "bool", ()
     if hint is int:
         return "int", ()
+    if hint is float:
+        return "float", ()
     if hint is str:
         return "str", ()
     raise TypeError(f"no query parameter reads a {hint!r}")
@@ -155,6 +160,14 @@ def _read(spec: Spec, raw: str) -> object:
         if not _INTEGER.fullmatch(raw):
             raise InvalidInput(f"{spec.name} must be an integer, got {raw!r}")
         return int(raw)
+    if spec.kind == "float":
+        try:
+            number = float(raw)
+        except ValueError:
+            number = float("nan")
+        if number != number or number in (float("inf"), float("-inf")):  # NaN, infinities: no score compares
+            raise InvalidInput(f"{spec.name} must be a number, got {raw!r}")
+        return number
     if spec.kind == "bool":
         if raw.lower() not in _BOOLEANS:
             raise InvalidInput(f"{spec.name} must be true or false, got {raw!r}")
@@ -182,7 +195,7 @@ def openapi_parameters(cls: type[Params], settings: Settings) -> list[JSONObject
             if p.max_items is not None:
                 schema["maxItems"] = p.max_items
         else:
-            schema["type"] = {"int": "integer", "bool": "boolean"}.get(spec.kind, "string")
+            schema["type"] = {"int": "integer", "float": "number", "bool": "boolean"}.get(spec.kind, "string")
             if spec.kind == "choice":
                 schema["enum"] = list(spec.choices)
             for key, bound in (("minimum", p.minimum), ("maximum", p.maximum), ("maxLength", p.max_length)):
@@ -407,3 +420,103 @@ class PageArticleParams(Params):
     """The web page's article and more-like-this pages."""
 
     id: Annotated[str, Param("The article's id.")]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertParams(Filters):
+    """``POST /api/alerts``: a saved search, sent as a JSON object with these members (the filters are search's)."""
+
+    query: Annotated[
+        str,
+        Param(
+            "What to follow, in plain language, as a search query.",
+            min_length=1,
+            max_length="max_query_chars",
+            pattern=QUERY_PATTERN,
+        ),
+    ]
+    mode: ModeArg = None
+    threshold: Annotated[
+        float | None,
+        Param(
+            "The score a new article must reach (dense: its best passage's cosine; lexical: the IDF-weighted share of "
+            "the query's terms it holds; hybrid: 0.6 x the first + 0.4 x the second). Default: the setting "
+            "alert_threshold_<mode>. Not with top_per_day.",
+            minimum=-1,
+            maximum=1,
+        ),
+    ] = None
+    top_per_day: Annotated[
+        int | None,
+        Param(
+            "Instead of a threshold: at most this many new articles a day (by their date), the first that search "
+            "would count as matching.",
+            minimum=1,
+            maximum="max_k",
+        ),
+    ] = None
+    webhook: Annotated[
+        str | None,
+        Param(
+            "An http(s) URL each new match is POSTed to as JSON (retried with backoff when it fails).",
+            min_length=1,
+            max_length=2000,
+            pattern="^https?://",
+        ),
+    ] = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlertEntriesParams(Params):
+    """``GET /api/alerts/{alert_id}`` and its Atom feed."""
+
+    k: Annotated[
+        int | None,
+        Param("How many of the latest matches to show.", minimum=1, maximum="max_k", default_setting="alert_entries"),
+    ] = None
+
+
+def parse_body(cls: type[P], payload: JSONValue) -> P:
+    """``cls`` from a JSON object whose members are its parameters (a JSON body rather than a query string), or
+    InvalidInput naming the first member that cannot be read: the same declarations, the same checks as ``parse``,
+    and JSON's own types held to (a number where a number belongs, a list of strings for a repeatable one)."""
+    if not isinstance(payload, dict):
+        raise InvalidInput("the body must be a JSON object")
+    by_name = {spec.name: spec for spec in specs(cls)}
+    unknown = sorted(set(payload) - set(by_name))
+    if unknown:
+        raise InvalidInput(f"unknown member {unknown[0]!r}; known: {', '.join(by_name)}")
+    args: MultiDict[str, str] = MultiDict()
+    for name, value in payload.items():
+        if value is None:
+            continue
+        spec = by_name[name]
+        if spec.kind == "list":
+            values = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, str) for v in values):
+                raise InvalidInput(f"{name} must be a string or a list of strings")
+            for v in values:
+                args.add(name, str(v))
+            continue
+        wanted: tuple[type, ...] = {"int": (int,), "float": (int, float), "bool": (bool,)}.get(spec.kind, (str,))
+        if not isinstance(value, wanted) or (isinstance(value, bool) and spec.kind != "bool"):
+            raise InvalidInput(f"{name} must be {'a number' if spec.kind in ('int', 'float') else 'a ' + spec.kind}")
+        args.add(name, str(value).lower() if isinstance(value, bool) else str(value))
+    return parse(cls, args)
+
+
+def body_schema(cls: type[Params], settings: Settings) -> JSONObject:
+    """The JSON Schema of a body ``parse_body`` reads: an object whose properties are ``cls``'s parameters."""
+    properties: JSONObject = {}
+    required: list[JSONValue] = []
+    for entry in openapi_parameters(cls, settings):
+        schema = dict(entry["schema"])
+        schema["description"] = entry["description"]
+        if schema.get("type") != "array" and not entry.get("required"):  # null: as if not given
+            schema["type"] = [schema["type"], "null"]
+            if "enum" in schema:
+                schema["enum"] = [*schema["enum"], None]
+        properties[str(entry["name"])] = schema
+        if entry.get("required"):
+            required.append(entry["name"])
+    return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}

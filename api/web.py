@@ -18,6 +18,7 @@ from urllib.parse import quote
 from flask import Blueprint, Response, abort, current_app, render_template, request, send_from_directory, url_for
 
 from api.params import PageArticleParams, PageSearchParams, parse
+from search.alerts.service import AlertService
 from search.errors import NotFound
 from search.models import PassageHit, Scores
 from search.pages import GOOD_MATCH, STRONG_MATCH, match_label
@@ -25,6 +26,7 @@ from search.service import SearchService
 from search.settings import MODES
 
 PAGE_SIZE = 10
+ALERT_ENTRIES = 5  # latest matches of each alert on the alerts page (the feed and the API show alert_entries)
 # What a results page's URL carries besides its offset: links (pages, facets) keep all of it.
 STATE = ("q", "mode", "from", "to", "source", "category", "recency", "as_of")
 
@@ -159,6 +161,14 @@ def similar() -> str:
     """More like this: the articles nearest to ``id``, its own copies left out."""
     page_id = parse(PageArticleParams, request.args, blank_is_absent=True).id
     return render_template("similar.html", similar=_service().similar_page(page_id, k=PAGE_SIZE))
+
+
+@bp.get("/alerts")
+def alerts() -> str:
+    """The saved searches and their latest matches, each with the sentence that answers it marked, its copies and
+    story mates listed under it, and a link to its Atom feed."""
+    found: AlertService = current_app.extensions["newsdesk.alerts"]
+    return render_template("alerts.html", alerts=found.details(ALERT_ENTRIES))
 
 
 @bp.get("/api/docs")

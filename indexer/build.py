@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
+from search.alerts.matcher import copy_alerts, match_rebuilt
 from search.errors import InvalidInput, NewsdeskError, SourceError, StaleIndex
 from search.jsontypes import JSONObject, JSONValue
 from search.models import Article
@@ -141,6 +142,8 @@ def build_index(
             return
         held.enter_context(previous.store.locked())
         previous.carry(store, carried, rows_for)
+        copy_alerts(previous.store.connection(), store.connection())  # saved searches live in the index
+        match_rebuilt(previous.store, store, manifest["model"], postings.passages.term_idf)  # its new articles
         report.articles, report.passages = store.counts()
         store.close()
 

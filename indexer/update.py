@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.build import Reusable, input_text, make_chunker, new_articles
+from search.alerts.matcher import match_rows
 from search.errors import StaleIndex
 from search.models import Article
 from search.news.dedup import DedupIndex
@@ -148,6 +149,7 @@ def _apply_once(
 
             def publish(done: Replaced, commit: Callable[[], None]) -> None:
                 changed = _changed(index, store, done, rows)
+                _match_alerts(index, store, rows, done, embedder, changed)  # in this transaction, before commit
                 held.enter_context(exclusive())  # left after the swap below, or after a catch-up
                 commit()
                 if index.current():
@@ -164,6 +166,36 @@ def _apply_once(
     if (done.deleted_aids or rows) and save:
         save_after_commit(index)
     return len(done.deleted_aids)
+
+
+def _match_alerts(
+    index: Index,
+    store: Store,
+    rows: list[NewArticle],
+    done: Replaced,
+    embedder: Embedder | None,
+    changed: InMemory | None,
+) -> None:
+    """The saved searches the write's new articles answer, recorded in its open transaction (search/alerts/
+    matcher.py), outside the write lock: searches go on while it scores. The lexical side reads the new articles'
+    terms from the postings ``changed`` built for them."""
+    if rows:
+        key = f"{store.path}:{store.build}"
+        model, idf = index.manifest["model"], index.lexical.passages.term_idf
+        lexical = changed.lexical if changed is not None else None
+        match_rows(
+            store.connection(),
+            rows,
+            key=key,
+            fingerprint=model,
+            idf=idf,
+            generation=done.generation,
+            embedder=embedder,
+            postings=lexical.articles if lexical is not None else None,
+            aids=done.new_aids,
+            passage_postings=lexical.passages if lexical is not None else None,
+            pids=done.new_pids,
+        )
 
 
 def _changed(index: Index, store: Store, done: Replaced, rows: list[NewArticle]) -> InMemory | None:

@@ -281,6 +281,36 @@ class Settings:
     watch_concurrency: int = _setting(
         4, "Feeds and pages newsdesk watch fetches at once; the rest wait, so a poll holds this many connections."
     )
+    # -- saved searches (search/alerts/): defaults chosen by bench/alerts.py on RealTime QA dev (bench/README.md)
+    alert_threshold_hybrid: float = _setting(
+        0.7,
+        "Score a new article must reach for a hybrid saved search without its own threshold: 0.6 x its best "
+        "passage's cosine + 0.4 x the IDF-weighted share of the query's terms it holds.",
+    )
+    alert_threshold_dense: float = _setting(
+        0.625, "Cosine of its best passage a new article must reach for a dense saved search without its own threshold."
+    )
+    alert_threshold_lexical: float = _setting(
+        0.85,
+        "IDF-weighted share of the query's terms a new article must hold for a lexical saved search without its own "
+        "threshold.",
+    )
+    max_alerts: int = _setting(
+        10000, "Most saved searches an index keeps (each write scores its articles against all)."
+    )
+    alert_entries: int = _setting(
+        20, "Latest matches an alert's page, Atom feed and GET /api/alerts/<id> show (copies grouped under each)."
+    )
+    alert_webhook_timeout: float = _setting(
+        5.0, "Seconds one webhook post may take (connect and answer) before it counts as failed and is retried."
+    )
+    alert_retry_base: float = _setting(
+        2.0, "Seconds before the first retry of a failed webhook post; each further retry waits twice as long."
+    )
+    alert_max_attempts: int = _setting(8, "Tries of a webhook post before the match is marked failed (and counted).")
+    alert_poll: float = _setting(
+        5.0, "Seconds between a server's looks for webhook posts due (matches written by other processes, retries)."
+    )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -319,6 +349,9 @@ class Settings:
             "max_batch_articles",
             "max_field_chars",
             "watch_concurrency",
+            "max_alerts",
+            "alert_entries",
+            "alert_max_attempts",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -339,7 +372,15 @@ class Settings:
                 raise InvalidInput(f"setting {name} must be a cosine in [-1, 1], got {getattr(self, name)}")
         if self.mode not in MODES:
             raise InvalidInput(f"setting mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("header_timeout", "body_timeout", "idle_timeout", "fetch_timeout"):
+        for name in (
+            "header_timeout",
+            "body_timeout",
+            "idle_timeout",
+            "fetch_timeout",
+            "alert_webhook_timeout",
+            "alert_retry_base",
+            "alert_poll",
+        ):
             if not getattr(self, name) > 0:
                 raise InvalidInput(f"setting {name} must be a positive number of seconds, got {getattr(self, name)}")
         if self.replica_poll < 0:

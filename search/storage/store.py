@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from search.alerts.schema import ALERTS_SCHEMA
 from search.errors import IndexCorrupt, StaleIndex, StorageError
 from search.jsontypes import JSONObject
 from search.models import Article, ArticleRef, Passage
@@ -111,6 +112,7 @@ CREATE INDEX IF NOT EXISTS passages_aid ON passages(aid, position);
     + CHANGES_SCHEMA
     + CATALOG_SCHEMA
     + WATCH_SCHEMA
+    + ALERTS_SCHEMA
 )
 
 # BM25 tables (queried by search/text/fts.py), kept in step with articles and passages by triggers, so the
@@ -267,7 +269,9 @@ class Store:
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('build', ?)", (uuid.uuid4().hex,))
         else:
             with contextlib.suppress(sqlite3.OperationalError), self._conn() as conn:  # read-only: reads fall back
-                conn.executescript(SENTENCES_SCHEMA + GROUPS_SCHEMA + CHANGES_SCHEMA + CATALOG_SCHEMA + WATCH_SCHEMA)
+                conn.executescript(
+                    SENTENCES_SCHEMA + GROUPS_SCHEMA + CHANGES_SCHEMA + CATALOG_SCHEMA + WATCH_SCHEMA + ALERTS_SCHEMA
+                )
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(articles)")}
                 if "origin" not in columns:  # an index from before origins: its articles count as from sources
                     conn.execute("ALTER TABLE articles ADD COLUMN origin TEXT")
