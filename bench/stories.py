@@ -31,6 +31,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -92,6 +94,26 @@ def reference_groups(days: Sequence[int | None], tags: Sequence[Sequence[str]]) 
     return out
 
 
+def passage_means(store: Any, aids: np.ndarray) -> np.ndarray:
+    """Each article's normalised mean of its stored passage vectors, in ``aids`` order: what an index built before
+    issue 18 stored as the article vector (indexer/build.py's ``_mean_vector`` then), so stories from both kinds of
+    article vector are compared on the very same passages."""
+    pids, owners = store.passage_owners()
+    row_of = {int(a): i for i, a in enumerate(np.asarray(aids).tolist())}
+    owner_row = dict(zip(pids.tolist(), (row_of.get(int(o), -1) for o in owners.tolist()), strict=True))
+    out: np.ndarray | None = None
+    for ids, vecs in store.iter_vectors("passages"):
+        if out is None:
+            out = np.zeros((len(row_of), vecs.shape[1]), dtype=np.float64)
+        rows = np.asarray([owner_row.get(int(p), -1) for p in ids.tolist()], dtype=np.int64)
+        np.add.at(out, rows[rows >= 0], vecs[rows >= 0])
+    if out is None:
+        return np.zeros((len(row_of), 0), dtype=np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    means: np.ndarray = (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return means
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--index", type=Path, default=ROOT / "bench/results/reuters/index")
@@ -99,6 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-purity", type=float, default=0.9)
     parser.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)))
     parser.add_argument("--windows", default=",".join(map(str, WINDOWS)))
+    parser.add_argument(
+        "--vectors",
+        choices=("stored", "passage-mean"),
+        default="stored",
+        help="stored: the index's article vectors (headline + lead since issue 18); passage-mean: each article's "
+        "normalised mean of its stored passage vectors, the article vector before issue 18 (before/after on one index)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from search.storage.index import open_index
@@ -112,7 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     index = open_index(args.index, None)
     catalog = index.catalog
-    vectors = index.articles.reconstruct_batch(catalog.aids)
+    vectors = (
+        index.articles.reconstruct_batch(catalog.aids)
+        if args.vectors == "stored"
+        else passage_means(index.store, catalog.aids)
+    )
     days: list[int | None] = [None if d == NO_DATE else int(d) for d in catalog.days.tolist()]
     tags = [
         [catalog.tag_names[c] for c in catalog.tag_codes[catalog.tag_offsets[r] : catalog.tag_offsets[r + 1]]]
@@ -134,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "benchmark": "stories",
         "index": str(args.index),
+        "vectors": args.vectors,
         "articles": len(catalog),
         "scored_articles": sum(r is not None for r in reference),
         "reference": "same first topic and ISO week (Reuters-21578 topics); articles without topic or date unscored",

@@ -22,8 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.build import Reusable, input_text, make_chunker, new_articles
-from search.errors import StaleIndex
+from indexer.build import (
+    Reusable,
+    input_text,
+    lead_input,
+    lead_limit,
+    lead_vectors_stale,
+    make_chunker,
+    new_articles,
+)
+from search.errors import IndexCorrupt, StaleIndex
 from search.models import Article
 from search.news.dedup import DedupIndex
 from search.news.grouping import DUPLICATES_STATE, Text, label_new, load_duplicates, save_duplicates
@@ -50,7 +58,7 @@ def add_articles(
     items = list({a.id: a for a in articles}.values())
     if not items:
         return 0
-    known = reusable_vectors(index, [a.id for a in items], settings)
+    known = reusable_vectors(index, [a.id for a in items], settings, embedder)
     rows, _ = new_articles(items, make_chunker(settings, embedder), embedder, settings, known)
     apply_changes(index, [a.id for a in items], [replace(r, origin=origin) for r in rows], embedder=embedder)
     return len(items)
@@ -61,13 +69,24 @@ def delete_articles(index: Index, article_ids: Iterable[str]) -> int:
     return apply_changes(index, list(article_ids), [])
 
 
-def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -> dict[str, Reusable]:
-    """Stored vectors (passage and sentences) of the given articles' passages, keyed by the text the model saw."""
+def reusable_vectors(
+    index: Index, article_ids: list[str], settings: Settings, embedder: Embedder
+) -> dict[str, Reusable]:
+    """Stored vectors (passage and sentences) of the given articles' passages, keyed by the text the model saw, and
+    their article vectors, keyed by their headline + lead input (``embedder``'s tokenizer decides where a lead ends),
+    so an edit past an article's opening does not embed the opening again."""
     _, store = index.writable
-    return {
+    known: dict[str, Reusable] = {
         input_text(title, field, text, settings.title_context): (vec, sentences)
         for title, field, text, vec, sentences in store.passage_texts(article_ids)
     }
+    if not lead_vectors_stale(index.manifest):
+        limit = lead_limit(embedder, settings)
+        for aid in (store.aid_of(i) for i in dict.fromkeys(article_ids)):
+            if aid is not None:  # a passage's entry of the same text holds the same vector and its sentences too
+                lead = lead_input(store.article(aid), limit, embedder.count_tokens)
+                known.setdefault(lead, (store.article_vector(aid), None))
+    return known
 
 
 CATCH_UP_TRIES = 20  # each try that fails does so because another writer committed: someone makes progress
@@ -98,7 +117,13 @@ def apply_changes(
     ``exclusive`` is entered around each step that changes ``index`` as its readers see it: the commit with the swap
     of the in-memory parts and the FAISS update, and a catch-up. A live writer passes its service's write lock
     (indexer/live.py): labelling, the SQLite statements and building the new postings, owners and catalog then run
-    with searches going on (measured by bench/write_lock.py), and the lock is held for the commit and the swap."""
+    with searches going on (measured by bench/write_lock.py), and the lock is held for the commit and the swap.
+
+    New articles are refused (IndexCorrupt, nothing written) into an index whose article vectors are of another
+    kind (``lead_vectors_stale``): their cosines with the new ones would mean nothing."""
+    stale = lead_vectors_stale(index.manifest) if rows else None
+    if stale:
+        raise IndexCorrupt(f"{stale}; rebuild it with: newsdesk index SOURCE")
     for _ in range(CATCH_UP_TRIES):
         try:
             deleted = _apply_once(index, delete_ids, rows, save, exclusive, embedder, also)
