@@ -128,11 +128,23 @@ def chunking_config(chunker: Chunker, settings: Settings, embedder: Embedder) ->
 
 def lead_vectors_stale(manifest: Manifest) -> str | None:
     """Why the index's article vectors are not the headline + lead embeddings this code writes, or None when they
-    are. Writing new articles beside such vectors would mix two kinds of article vector in one index (their cosines
-    are not comparable), so a write refuses and ``newsdesk index`` rebuilds."""
+    are. Such an index keeps working: a write stores its new articles' ``mean_vector`` (indexer/update.py), the
+    kind its other articles hold, since the cosine of a lead vector with a mean vector means nothing; ``newsdesk
+    index`` rebuilds it (indexer/sync.py), which is how it moves to headline + lead vectors."""
     if LEAD_TOKENS in (manifest.get("chunking") or {}):
         return None
     return "the index's article vectors are means of passage vectors (it was built before issue 18)"
+
+
+def mean_vector(vectors: np.ndarray, dimension: int) -> np.ndarray:
+    """The normalised mean of an article's passage vectors: its article vector in an index built before issue 18,
+    still what a write stores into such an index (``lead_vectors_stale``) so that it holds one kind of vector."""
+    if len(vectors) == 0:
+        return np.zeros(dimension, dtype=np.float32)
+    mean = vectors.mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    out: np.ndarray = (mean / norm if norm > 0 else mean).astype(np.float32)
+    return out
 
 
 def dedupe_articles(articles: Iterable[Article], report: BuildReport) -> list[Article]:

@@ -29,9 +29,10 @@ from indexer.build import (
     lead_limit,
     lead_vectors_stale,
     make_chunker,
+    mean_vector,
     new_articles,
 )
-from search.errors import IndexCorrupt, StaleIndex
+from search.errors import StaleIndex
 from search.models import Article
 from search.news.dedup import DedupIndex
 from search.news.grouping import DUPLICATES_STATE, Text, label_new, load_duplicates, save_duplicates
@@ -119,14 +120,11 @@ def apply_changes(
     (indexer/live.py): labelling, the SQLite statements and building the new postings, owners and catalog then run
     with searches going on (measured by bench/write_lock.py), and the lock is held for the commit and the swap.
 
-    New articles are refused (IndexCorrupt, nothing written) into an index whose article vectors are of another
-    kind (``lead_vectors_stale``): their cosines with the new ones would mean nothing."""
-    stale = lead_vectors_stale(index.manifest) if rows else None
-    if stale:
-        raise IndexCorrupt(f"{stale}; rebuild it with: newsdesk index SOURCE")
+    New articles get the kind of article vector ``index`` holds (``_of_kind``), checked again after each catch-up:
+    an index built before issue 18 keeps taking writes, with mean vectors, until ``newsdesk index`` rebuilds it."""
     for _ in range(CATCH_UP_TRIES):
         try:
-            deleted = _apply_once(index, delete_ids, rows, save, exclusive, embedder, also)
+            deleted = _apply_once(index, delete_ids, _of_kind(index, rows), save, exclusive, embedder, also)
         except StaleIndex:
             with exclusive():
                 index.catch_up(embedder)
@@ -134,6 +132,16 @@ def apply_changes(
         if deleted is not None:
             return deleted
     raise StaleIndex(f"the index kept changing under this write ({CATCH_UP_TRIES} tries); nothing was written")
+
+
+def _of_kind(index: Index, rows: list[NewArticle]) -> list[NewArticle]:
+    """``rows`` with the kind of article vector ``index`` holds. ``new_articles`` gives headline + lead vectors;
+    into an index whose article vectors are means of passage vectors (``lead_vectors_stale``: built before issue
+    18) each row gets the mean of its own passage vectors instead, as that index's build did, rather than a refusal
+    until a rebuild: one index never mixes the two kinds, whose cosines with each other mean nothing."""
+    if not rows or not lead_vectors_stale(index.manifest):
+        return rows
+    return [replace(r, article_vector=mean_vector(r.passage_vectors, len(r.article_vector))) for r in rows]
 
 
 def _apply_once(

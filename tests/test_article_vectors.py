@@ -7,16 +7,15 @@ PROBE_MIN_COSINE (0.98) against that text embedded alone, where the mean of the 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from indexer.build import LEAD_TOKENS, build_index, lead_input, lead_limit
 from indexer.sync import sync_index
 from indexer.update import add_articles
-from search.errors import IndexCorrupt
 from search.models import Article
 from search.settings import Settings
 from search.storage.index import check_index, open_index
@@ -131,7 +130,9 @@ def test_an_edit_past_the_lead_reuses_the_stored_article_vector(tmp_path: Path, 
         index.close()
 
 
-def test_an_index_with_mean_vectors_refuses_writes_and_is_rebuilt(tmp_path: Path, embedder: Any) -> None:
+def test_an_index_with_mean_vectors_takes_writes_of_its_kind_and_is_upgraded_by_a_reindex(
+    tmp_path: Path, embedder: Any
+) -> None:
     target = tmp_path / "idx"
     settings = Settings(index_dir=target)
     build_index(ARTICLES, target, settings, embedder, progress=False)
@@ -140,12 +141,21 @@ def test_an_index_with_mean_vectors_refuses_writes_and_is_rebuilt(tmp_path: Path
     (target / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
     index = open_index(target, embedder)
     try:
-        generation = index.store.generation()
-        with pytest.raises(IndexCorrupt, match=r"means of passage vectors.*newsdesk index"):
-            add_articles(index, [LATE], embedder, settings)
-        assert index.store.generation() == generation and index.store.aid_of("cup") is None  # nothing written
+        add_articles(index, [LATE], embedder, settings)  # accepted, not refused until a rebuild
+        cup = index.store.aid_of("cup")
+        assert cup is not None
+        pids = [p.id for p in index.store.passages_of(cup)]
+        passages = np.stack(list(index.store.passage_vectors(pids).values()))
+        mean = passages.mean(axis=0) / np.linalg.norm(passages.mean(axis=0))
+        # the index's own kind: the mean of the new article's passages, in the store and in the vector store
+        np.testing.assert_allclose(index.store.article_vector(cup), mean, atol=1e-6)
+        searched = index.articles.reconstruct_batch(np.asarray([cup], dtype=np.int64))[0]
+        np.testing.assert_allclose(searched, mean, atol=1e-6)
+        assert _cos(mean, _lead_vector(embedder, LATE)) < 0.97  # which is not its headline + lead vector
+        assert LEAD_TOKENS not in index.manifest["chunking"]  # and the index still says so
     finally:
         index.close()
+    assert check_index(target) == []
     report = sync_index([*ARTICLES, LATE], settings, embedder, progress=False)
     assert report.mode == "full" and "means of passage vectors" in report.reason
     rebuilt = open_index(target, embedder)
@@ -154,5 +164,9 @@ def test_an_index_with_mean_vectors_refuses_writes_and_is_rebuilt(tmp_path: Path
         cup = rebuilt.store.aid_of("cup")
         assert cup is not None
         assert _cos(rebuilt.store.article_vector(cup), _lead_vector(embedder, LATE)) > PROBE_MIN_COSINE
+        add_articles(rebuilt, [replace(LATE, id="cup2")], embedder, settings)  # headline + lead from now on
+        cup2 = rebuilt.store.aid_of("cup2")
+        assert cup2 is not None
+        assert _cos(rebuilt.store.article_vector(cup2), _lead_vector(embedder, LATE)) > PROBE_MIN_COSINE
     finally:
         rebuilt.close()
