@@ -94,6 +94,19 @@ def reference_groups(days: Sequence[int | None], tags: Sequence[Sequence[str]]) 
     return out
 
 
+def dated_rows(days: Sequence[int | None], since: date | None, until: date | None) -> np.ndarray:
+    """Rows of the articles dated in [``since``, ``until``) (every row when neither is given; an undated article only
+    then): the part of the index a dated split groups and scores."""
+    if since is None and until is None:
+        return np.arange(len(days))
+    lo = since.toordinal() - EPOCH if since else None
+    hi = until.toordinal() - EPOCH if until else None
+    return np.asarray(
+        [r for r, d in enumerate(days) if d is not None and (lo is None or d >= lo) and (hi is None or d < hi)],
+        dtype=np.int64,
+    )
+
+
 def passage_means(store: Any, aids: np.ndarray) -> np.ndarray:
     """Each article's normalised mean of its stored passage vectors, in ``aids`` order: what an index built before
     issue 18 stored as the article vector (indexer/build.py's ``_mean_vector`` then), so stories from both kinds of
@@ -128,6 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="stored: the index's article vectors (headline + lead since issue 18); passage-mean: each article's "
         "normalised mean of its stored passage vectors, the article vector before issue 18 (before/after on one index)",
     )
+    parser.add_argument(
+        "--since",
+        type=date.fromisoformat,
+        default=None,
+        help="group and score only the articles dated on or after this ISO date (a dated split: tune on one part of "
+        "the index, confirm on the other)",
+    )
+    parser.add_argument("--until", type=date.fromisoformat, default=None, help="... and dated before this ISO date")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from search.storage.index import open_index
@@ -151,24 +172,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         [catalog.tag_names[c] for c in catalog.tag_codes[catalog.tag_offsets[r] : catalog.tag_offsets[r + 1]]]
         for r in range(len(catalog))
     ]
+    rows = dated_rows(days, args.since, args.until)
+    ids = [catalog.ids[r] for r in rows]
+    vectors, days, tags = vectors[rows], [days[r] for r in rows], [tags[r] for r in rows]
     reference = reference_groups(days, tags)
     grid: list[dict[str, Any]] = []
     for threshold in [float(x) for x in args.thresholds.split(",")]:
         for window in [int(x) for x in args.windows.split(",")]:
             started = time.perf_counter()
-            labels = assign_stories(catalog.ids, vectors, days, config=StoryConfig(threshold, window))
+            labels = assign_stories(ids, vectors, days, config=StoryConfig(threshold, window))
             row = {"threshold": threshold, "window_days": window, **scores(labels, reference)}
             row["seconds"] = round(time.perf_counter() - started, 1)
             grid.append(row)
             print(json.dumps(row), file=sys.stderr)
     eligible = [g for g in grid if g["purity"] >= args.min_purity] or grid
     chosen = max(eligible, key=lambda g: (g["f"], g["purity"]))
-    baselines = {"every_article_alone": scores(list(catalog.ids), reference)}
+    baselines = {"every_article_alone": scores(ids, reference)}
     report = {
         "benchmark": "stories",
         "index": str(args.index),
         "vectors": args.vectors,
-        "articles": len(catalog),
+        "articles": len(ids),
+        "dates": {"since": str(args.since) if args.since else None, "until": str(args.until) if args.until else None},
         "scored_articles": sum(r is not None for r in reference),
         "reference": "same first topic and ISO week (Reuters-21578 topics); articles without topic or date unscored",
         "grid": grid,

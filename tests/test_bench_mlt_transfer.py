@@ -8,8 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.mlt import second_order
-from bench.mlt_transfer import keep, precision, profiles, reuters_set, transfer
+from bench.mlt import BbcArticle, second_order
+from bench.mlt_transfer import (
+    SHORT_WORDS,
+    LabelledSet,
+    keep,
+    precision,
+    profiles,
+    reuters_set,
+    short_item,
+    short_set,
+    transfer,
+)
 
 Row = dict[str, object]
 
@@ -78,3 +88,27 @@ def test_reuters_set_keeps_norm_stories_with_topics_and_body(tmp_path: Path) -> 
     assert got.labels["1"] == {"grain", "wheat"} and got.dates == {"7": "1987-03-01"}
     assert got.groups["1"] == got.groups["2"] == {"1", "2"}  # the same body: exact duplicates, excluded as such
     assert got.excluded == {"no topic": 1, "text_type BRIEF": 1, "text_type UNPROC": 1, "empty body": 1}
+
+
+def test_a_short_item_is_the_headline_and_the_opening_words_of_the_first_paragraph() -> None:
+    long = BbcArticle("a", "business", "Rates rise", ("one two three four five six", "a second paragraph"))
+    assert short_item(long, words=4) == BbcArticle("a", "business", "Rates rise", ("one two three four",))
+    assert short_item(long, words=40).paragraphs == ("one two three four five six",)  # the first paragraph only
+    assert short_item(BbcArticle("b", "tech", "Headline only", ()), words=4).paragraphs == ()
+
+
+def test_short_set_keeps_labels_and_listed_copies_and_merges_items_that_came_out_equal() -> None:
+    opening = " ".join(f"w{i}" for i in range(SHORT_WORDS))
+    articles = [
+        BbcArticle("a", "business", "Rates rise", (opening + " and then the bank said more",)),
+        BbcArticle("c", "business", "Rates rise", (opening + " but the markets fell",)),  # equal once short
+        BbcArticle("d", "business", "Copy", ("x",)),
+        BbcArticle("e", "business", "Other", ("y",)),
+    ]
+    labels = {a.id: frozenset({"business"}) for a in articles}
+    listed = {"a": frozenset({"a", "d"}), "c": frozenset({"c"}), "d": frozenset({"a", "d"}), "e": frozenset({"e"})}
+    short = short_set(LabelledSet("bbc", articles, labels, {}, listed, {}))
+    assert short.name == "bbc-short" and short.labels == labels
+    assert short.articles[0].paragraphs == (opening,)
+    assert short.groups["a"] == short.groups["c"] == short.groups["d"] == frozenset({"a", "c", "d"})
+    assert short.groups["e"] == frozenset({"e"})
