@@ -298,6 +298,9 @@ def measure(labelled: LabelledSet, work: Path) -> dict[str, Any]:
     per_article = np.bincount(loaded.passage_owner, minlength=len(loaded.article_ids))
     report["median_passages_per_article"] = float(np.median(per_article))
     report["median_words_per_article"] = float(np.median([len(a.text().split()) for a in labelled.articles]))
+    graph = service.index.neighbours  # the more-like-this profiles: their tf-idf rows hold each article's terms
+    if graph is not None:
+        report["median_terms_per_article"] = float(np.median(np.diff(graph.terms.indptr)))
     need = max(KS)
     methods: dict[str, Any] = {}
 
