@@ -176,7 +176,7 @@ def index_cmd(
         click.echo(
             f"updated {settings.index_dir}: {report.added} added, {report.changed} changed, {report.metadata} "
             f"metadata updated, {report.deleted} deleted{_added_note(report.deleted_added)}, {report.unchanged} "
-            f"unchanged{kept}; {report.embedded} passages embedded, {report.reused} reused; now {report.articles} "
+            f"unchanged{kept}; {report.embedded} texts embedded, {report.reused} reused; now {report.articles} "
             f"articles, {report.passages} passages",
             err=True,
         )

@@ -16,7 +16,11 @@ Sections (each reuses an index already in ``--work``, built by the real ``newsde
    That index holds real text (so BM25 does its real work) and hash-seeded unit vectors in place of model
    embeddings; each query still runs the real model once, so the measured time includes real query embedding.
 
-Run a section alone with ``--only scifact|lexical|rtqa|latency``. ``--store milvus`` builds and reads the SciFact
+5. More like this (issue 18, ``bench/mlt_transfer.py``): precision@5 of newsdesk's more like this beside
+   whole-article cosine and TF-IDF on BBC sections and Reuters topics, and the candidates tuned on one set and
+   scored on the other.
+
+Run a section alone with ``--only scifact|lexical|rtqa|latency|mlt``. ``--store milvus`` builds and reads the SciFact
 and RealTime QA indexes with the Milvus backend (``NEWSDESK_STORE=milvus`` for the CLI build; Milvus Lite inside
 each index, or the server ``NEWSDESK_MILVUS_URI`` names) into ``scifact-milvus`` and ``rtqa-milvus`` beside the
 FAISS ones, so both backends are measured on the same corpus, model and index settings.
@@ -43,6 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import mlt_transfer  # noqa: E402
 from bench.realtimeqa import prefix_slices  # noqa: E402
 from bench.scifact import evaluate, read_qrels, read_queries  # noqa: E402
 from indexer.build import build_index  # noqa: E402
@@ -466,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "quality")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json")
-    parser.add_argument("--only", choices=("scifact", "lexical", "rtqa", "latency"), action="append")
+    parser.add_argument("--only", choices=("scifact", "lexical", "rtqa", "latency", "mlt"), action="append")
     parser.add_argument(
         "--rtqa-articles", type=int, default=3000, help="RealTime QA: index the corpus's first N articles."
     )
@@ -488,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     embedder = SentenceTransformerEmbedder()
     report: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    sections = args.only or ["scifact", "lexical", "rtqa", "latency"]
+    sections = args.only or ["scifact", "lexical", "rtqa", "latency", "mlt"]
     for section in sections:
         started = time.perf_counter()
         if section == "scifact":
@@ -503,6 +508,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.rtqa_articles,
                 args.rtqa_index,
                 () if args.rtqa_no_designs else DESIGNS,
+            )
+        elif section == "mlt":  # more like this on BBC sections and Reuters topics against its baselines
+            report["more_like_this"] = mlt_transfer.run(
+                argparse.Namespace(data=args.data, work=args.work / "mlt", sets="bbc,reuters")
             )
         else:
             report["latency"] = latency(

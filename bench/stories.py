@@ -31,6 +31,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -92,6 +94,39 @@ def reference_groups(days: Sequence[int | None], tags: Sequence[Sequence[str]]) 
     return out
 
 
+def dated_rows(days: Sequence[int | None], since: date | None, until: date | None) -> np.ndarray:
+    """Rows of the articles dated in [``since``, ``until``) (every row when neither is given; an undated article only
+    then): the part of the index a dated split groups and scores."""
+    if since is None and until is None:
+        return np.arange(len(days))
+    lo = since.toordinal() - EPOCH if since else None
+    hi = until.toordinal() - EPOCH if until else None
+    return np.asarray(
+        [r for r, d in enumerate(days) if d is not None and (lo is None or d >= lo) and (hi is None or d < hi)],
+        dtype=np.int64,
+    )
+
+
+def passage_means(store: Any, aids: np.ndarray) -> np.ndarray:
+    """Each article's normalised mean of its stored passage vectors, in ``aids`` order: what an index built before
+    issue 18 stored as the article vector (indexer/build.py's ``_mean_vector`` then), so stories from both kinds of
+    article vector are compared on the very same passages."""
+    pids, owners = store.passage_owners()
+    row_of = {int(a): i for i, a in enumerate(np.asarray(aids).tolist())}
+    owner_row = dict(zip(pids.tolist(), (row_of.get(int(o), -1) for o in owners.tolist()), strict=True))
+    out: np.ndarray | None = None
+    for ids, vecs in store.iter_vectors("passages"):
+        if out is None:
+            out = np.zeros((len(row_of), vecs.shape[1]), dtype=np.float64)
+        rows = np.asarray([owner_row.get(int(p), -1) for p in ids.tolist()], dtype=np.int64)
+        np.add.at(out, rows[rows >= 0], vecs[rows >= 0])
+    if out is None:
+        return np.zeros((len(row_of), 0), dtype=np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    means: np.ndarray = (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return means
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--index", type=Path, default=ROOT / "bench/results/reuters/index")
@@ -99,6 +134,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-purity", type=float, default=0.9)
     parser.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)))
     parser.add_argument("--windows", default=",".join(map(str, WINDOWS)))
+    parser.add_argument(
+        "--vectors",
+        choices=("stored", "passage-mean"),
+        default="stored",
+        help="stored: the index's article vectors (headline + lead since issue 18); passage-mean: each article's "
+        "normalised mean of its stored passage vectors, the article vector before issue 18 (before/after on one index)",
+    )
+    parser.add_argument(
+        "--since",
+        type=date.fromisoformat,
+        default=None,
+        help="group and score only the articles dated on or after this ISO date (a dated split: tune on one part of "
+        "the index, confirm on the other)",
+    )
+    parser.add_argument("--until", type=date.fromisoformat, default=None, help="... and dated before this ISO date")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from search.storage.index import open_index
@@ -112,29 +162,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     index = open_index(args.index, None)
     catalog = index.catalog
-    vectors = index.articles.reconstruct_batch(catalog.aids)
+    vectors = (
+        index.articles.reconstruct_batch(catalog.aids)
+        if args.vectors == "stored"
+        else passage_means(index.store, catalog.aids)
+    )
     days: list[int | None] = [None if d == NO_DATE else int(d) for d in catalog.days.tolist()]
     tags = [
         [catalog.tag_names[c] for c in catalog.tag_codes[catalog.tag_offsets[r] : catalog.tag_offsets[r + 1]]]
         for r in range(len(catalog))
     ]
+    rows = dated_rows(days, args.since, args.until)
+    ids = [catalog.ids[r] for r in rows]
+    vectors, days, tags = vectors[rows], [days[r] for r in rows], [tags[r] for r in rows]
     reference = reference_groups(days, tags)
     grid: list[dict[str, Any]] = []
     for threshold in [float(x) for x in args.thresholds.split(",")]:
         for window in [int(x) for x in args.windows.split(",")]:
             started = time.perf_counter()
-            labels = assign_stories(catalog.ids, vectors, days, config=StoryConfig(threshold, window))
+            labels = assign_stories(ids, vectors, days, config=StoryConfig(threshold, window))
             row = {"threshold": threshold, "window_days": window, **scores(labels, reference)}
             row["seconds"] = round(time.perf_counter() - started, 1)
             grid.append(row)
             print(json.dumps(row), file=sys.stderr)
     eligible = [g for g in grid if g["purity"] >= args.min_purity] or grid
     chosen = max(eligible, key=lambda g: (g["f"], g["purity"]))
-    baselines = {"every_article_alone": scores(list(catalog.ids), reference)}
+    baselines = {"every_article_alone": scores(ids, reference)}
     report = {
         "benchmark": "stories",
         "index": str(args.index),
-        "articles": len(catalog),
+        "vectors": args.vectors,
+        "articles": len(ids),
+        "dates": {"since": str(args.since) if args.since else None, "until": str(args.until) if args.until else None},
         "scored_articles": sum(r is not None for r in reference),
         "reference": "same first topic and ISO week (Reuters-21578 topics); articles without topic or date unscored",
         "grid": grid,

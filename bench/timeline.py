@@ -149,12 +149,16 @@ def main() -> None:
         "topics": {part: len(ts) for part, ts in split.items()},
         "timelines": {kind: {p: len(v) for p, v in parts.items()} for kind, parts in lists.items()},
     }
+    product = Settings()  # the floors the product ships: what a before/after of the index compares
+    shipped = {"article": product.timeline_min_similarity, "query": product.timeline_min_relevance}
     for kind, floors in (("article", ARTICLE_FLOORS), ("query", QUERY_FLOORS)):
         chosen = choose(lists[kind]["tuning"], floors)
         report[kind] = {
             "chosen_floor": chosen,
             "no_floor": {p: prf(v, -1.0) for p, v in lists[kind].items()},
             "at_chosen": {p: prf(v, chosen) for p, v in lists[kind].items()},
+            "product_floor": shipped[kind],
+            "at_product_floor": {p: prf(v, shipped[kind]) for p, v in lists[kind].items()},
             "grid_tuning": {str(f): prf(lists[kind]["tuning"], f) for f in floors},
         }
     report["seconds"] = round(time.perf_counter() - started, 1)

@@ -390,7 +390,7 @@ class StoredRow(TypedDict):
 
     n: int  # the article's place in its group
     id: str
-    embedded: int  # the group's count of passages embedded (rather than reused)
+    embedded: int  # the group's count of texts embedded (passages and headline + leads) rather than reused
     passages: str  # JSON
     vectors: bytes  # float32
     article_vector: bytes
@@ -617,7 +617,7 @@ class RayGroups:
     ) -> Iterator[tuple[list[NewArticle], int]]:
         config = {
             "model": self.model.fingerprint(),
-            "chunking": chunking_config(make_chunker(self.settings, self.model), self.settings),
+            "chunking": chunking_config(make_chunker(self.settings, self.model), self.settings, self.model),
             "batch_size": self.settings.batch_size,
         }
         keys = [group_key(config, g) for g in groups]

@@ -54,7 +54,7 @@ class Writer:
             svc.refresh()
             settings = svc.settings
             with svc.lock.reading():  # the index is not replaced (and its store closed) while it is read
-                known = reusable_vectors(svc.index, ids, settings)
+                known = reusable_vectors(svc.index, ids, settings, svc.embedder)
             rows, _ = new_articles(articles, make_chunker(settings, svc.embedder), svc.embedder, settings, known)
             rows = [replace(r, origin="api") for r in rows]  # newsdesk index warns before deleting these
             svc.refresh()

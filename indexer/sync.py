@@ -34,6 +34,7 @@ from indexer.build import (
     build_index,
     chunking_config,
     dedupe_articles,
+    lead_vectors_stale,
     local_groups,
     make_chunker,
 )
@@ -67,7 +68,8 @@ class SyncReport(BuildReport):
     changed: int = 0
     deleted: int = 0
     unchanged: int = 0
-    # passages written without being embedded: a stored vector was reused, or an identical text embedded once
+    # vectors written without being embedded (passages, and article vectors: an article's headline + lead): a stored
+    # vector was reused, or an identical text embedded once
     reused: int = 0
     metadata: int = 0  # articles whose text is unchanged but whose date, source, url, tags or extra changed
     kept: int = 0  # articles missing from the sources kept by keep_missing
@@ -199,6 +201,9 @@ def _incompatibility(settings: Settings, model: _Model) -> str | None:
     reason = vector_change(manifest, settings)  # another backend, or one configured otherwise
     if reason:
         return reason
+    stale = lead_vectors_stale(manifest)  # article vectors of another kind: every one is embedded again
+    if stale:
+        return stale
     recorded = manifest.get("chunking") or {}
     if _same_model_files(manifest["model"], settings) and "max_passage_tokens" in recorded:
         chosen = (settings.max_passage_tokens, settings.min_passage_chars, settings.title_context)
@@ -210,7 +215,7 @@ def _incompatibility(settings: Settings, model: _Model) -> str | None:
         check_compatible(manifest["model"], embedder)
     except ModelMismatch:
         return "the model changed"
-    current = chunking_config(make_chunker(settings, embedder), settings)
+    current = chunking_config(make_chunker(settings, embedder), settings, embedder)
     if any(recorded.get(k) != v for k, v in current.items() if k in recorded) or not recorded:
         return "chunking settings changed"
     return None
@@ -257,7 +262,7 @@ def _apply(
     if todo:  # only then is the model loaded
         embedder = model.get()
         chunker = make_chunker(settings, embedder)
-        known = reusable_vectors(index, [a.id for a in todo if a.id in stored], settings)
+        known = reusable_vectors(index, [a.id for a in todo if a.id in stored], settings, embedder)
         groups = article_groups(todo, settings.batch_articles)
         embed = embed_groups or local_groups(chunker, embedder, settings)
         with IndexProgress(len(todo), "re-indexing", progress, embedder) as bar:
@@ -265,7 +270,7 @@ def _apply(
                 rows += group_rows
                 report.embedded += embedded
                 bar.articles(len(group))
-    report.reused = sum(len(r.passages) for r in rows) - report.embedded
+    report.reused = sum(len(r.passages) + 1 for r in rows) - report.embedded  # passages and article vectors
     report.deleted = len(gone)
     if todo or gone:
         if report.sources:

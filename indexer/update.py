@@ -22,7 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.build import Reusable, input_text, make_chunker, new_articles
+from indexer.build import (
+    Reusable,
+    input_text,
+    lead_input,
+    lead_limit,
+    lead_vectors_stale,
+    make_chunker,
+    mean_vector,
+    new_articles,
+)
 from search.alerts.matcher import match_rows
 from search.errors import StaleIndex
 from search.models import Article
@@ -51,7 +60,7 @@ def add_articles(
     items = list({a.id: a for a in articles}.values())
     if not items:
         return 0
-    known = reusable_vectors(index, [a.id for a in items], settings)
+    known = reusable_vectors(index, [a.id for a in items], settings, embedder)
     rows, _ = new_articles(items, make_chunker(settings, embedder), embedder, settings, known)
     apply_changes(index, [a.id for a in items], [replace(r, origin=origin) for r in rows], embedder=embedder)
     return len(items)
@@ -62,13 +71,24 @@ def delete_articles(index: Index, article_ids: Iterable[str]) -> int:
     return apply_changes(index, list(article_ids), [])
 
 
-def reusable_vectors(index: Index, article_ids: list[str], settings: Settings) -> dict[str, Reusable]:
-    """Stored vectors (passage and sentences) of the given articles' passages, keyed by the text the model saw."""
+def reusable_vectors(
+    index: Index, article_ids: list[str], settings: Settings, embedder: Embedder
+) -> dict[str, Reusable]:
+    """Stored vectors (passage and sentences) of the given articles' passages, keyed by the text the model saw, and
+    their article vectors, keyed by their headline + lead input (``embedder``'s tokenizer decides where a lead ends),
+    so an edit past an article's opening does not embed the opening again."""
     _, store = index.writable
-    return {
+    known: dict[str, Reusable] = {
         input_text(title, field, text, settings.title_context): (vec, sentences)
         for title, field, text, vec, sentences in store.passage_texts(article_ids)
     }
+    if not lead_vectors_stale(index.manifest):
+        limit = lead_limit(embedder, settings)
+        for aid in (store.aid_of(i) for i in dict.fromkeys(article_ids)):
+            if aid is not None:  # a passage's entry of the same text holds the same vector and its sentences too
+                lead = lead_input(store.article(aid), limit, embedder.count_tokens)
+                known.setdefault(lead, (store.article_vector(aid), None))
+    return known
 
 
 CATCH_UP_TRIES = 20  # each try that fails does so because another writer committed: someone makes progress
@@ -99,10 +119,13 @@ def apply_changes(
     ``exclusive`` is entered around each step that changes ``index`` as its readers see it: the commit with the swap
     of the in-memory parts and the FAISS update, and a catch-up. A live writer passes its service's write lock
     (indexer/live.py): labelling, the SQLite statements and building the new postings, owners and catalog then run
-    with searches going on (measured by bench/write_lock.py), and the lock is held for the commit and the swap."""
+    with searches going on (measured by bench/write_lock.py), and the lock is held for the commit and the swap.
+
+    New articles get the kind of article vector ``index`` holds (``_of_kind``), checked again after each catch-up:
+    an index built before issue 18 keeps taking writes, with mean vectors, until ``newsdesk index`` rebuilds it."""
     for _ in range(CATCH_UP_TRIES):
         try:
-            deleted = _apply_once(index, delete_ids, rows, save, exclusive, embedder, also)
+            deleted = _apply_once(index, delete_ids, _of_kind(index, rows), save, exclusive, embedder, also)
         except StaleIndex:
             with exclusive():
                 if not follow_log(index):  # another process's write is followed; a rebuild is reopened
@@ -111,6 +134,16 @@ def apply_changes(
         if deleted is not None:
             return deleted
     raise StaleIndex(f"the index kept changing under this write ({CATCH_UP_TRIES} tries); nothing was written")
+
+
+def _of_kind(index: Index, rows: list[NewArticle]) -> list[NewArticle]:
+    """``rows`` with the kind of article vector ``index`` holds. ``new_articles`` gives headline + lead vectors;
+    into an index whose article vectors are means of passage vectors (``lead_vectors_stale``: built before issue
+    18) each row gets the mean of its own passage vectors instead, as that index's build did, rather than a refusal
+    until a rebuild: one index never mixes the two kinds, whose cosines with each other mean nothing."""
+    if not rows or not lead_vectors_stale(index.manifest):
+        return rows
+    return [replace(r, article_vector=mean_vector(r.passage_vectors, len(r.article_vector))) for r in rows]
 
 
 def _apply_once(

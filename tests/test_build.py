@@ -23,7 +23,8 @@ def test_duplicate_ids_later_record_wins_and_identical_passages_embedded_once(tm
         articles, tmp_path / "i", Settings(index_dir=tmp_path / "i", title_context=False), embedder, progress=False
     )
     assert (report.articles, report.duplicate_ids) == (2, 1)
-    assert report.passages == 4 and report.embedded == 3  # the shared paragraph is embedded once
+    # the shared paragraph is embedded once; each article's headline + lead (its article vector) once more
+    assert report.passages == 4 and report.embedded == 3 + 2
     index = open_index(tmp_path / "i", embedder)
     aid = index.store.aid_of("a")
     assert aid is not None and index.store.article(aid).title == "New version"

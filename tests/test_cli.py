@@ -118,7 +118,7 @@ def test_index_jsonl_then_check(runner: CliRunner, write_jsonl: Any, tmp_path: P
 
     again = invoke(runner, "index", source, "--index", target)
     assert_ok(again)
-    assert "0 added, 0 changed, 0 metadata updated, 0 deleted, 3 unchanged; 0 passages embedded" in again.stderr
+    assert "0 added, 0 changed, 0 metadata updated, 0 deleted, 3 unchanged; 0 texts embedded" in again.stderr
     rebuilt = invoke(runner, "index", source, "--index", target, "--rebuild")
     assert_ok(rebuilt)
     assert "full build: --rebuild was given" in rebuilt.stderr

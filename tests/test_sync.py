@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from indexer.build import lead_input, lead_limit
 from indexer.sources import read_sources
 from indexer.sync import sync_index
 from indexer.update import add_articles
@@ -116,16 +117,19 @@ def test_changes_re_embed_only_changed_passages_and_match_a_fresh_build(
     report = sync_index(read_sources([source]), settings, counting, progress=False)
     assert report.mode == "incremental"
     assert (report.added, report.changed, report.deleted) == (1, 1, 1)
-    # the edited paragraph (with the byline merged into it), and the new article's headline and paragraph
+    # the edited paragraph (with the byline merged into it) and the edited article's headline + lead (its article
+    # vector), and the new article's headline and paragraph (its one body passage is also its headline + lead)
+    new_edited = next(a for a in read_sources([source]) if a.id == edited["id"])
     assert sorted(counting.texts) == sorted(
         [
             f"{edited['title']}\n{edited['paragraphs'][1]}\n\n{edited['paragraphs'][2]}",
+            lead_input(new_edited, lead_limit(embedder, settings), embedder.count_tokens),
             "Volcano erupts on remote island, forcing evacuations",
             "Volcano erupts on remote island, forcing evacuations\n"
             "Lava flows reached the coast overnight as residents were moved to the mainland by boat.",
         ]
     )
-    assert report.embedded == 3
+    assert report.embedded == 4
     assert check_index(target) == []
 
     fresh = tmp_path / "fresh"

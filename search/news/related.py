@@ -1,4 +1,5 @@
-"""Related stories and more-like-this, from article vectors (the normalised mean of an article's passages).
+"""Related stories and more-like-this, from article vectors (the embedding of an article's headline and lead as one
+input, indexer/build.py ``lead_input``).
 
 No text is re-embedded: the vectors were stored at build time. An article's exact duplicates (the same headline and
 paragraphs under another id, or a vector closer than the duplicate threshold) are never offered as "related", and
