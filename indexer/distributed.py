@@ -274,6 +274,10 @@ class RemoteModel:
     """The ``Embedder`` the driver hands ``sync_index``: a Ray task's description of the model, enough to check an
     index's compatibility, choose the chunking settings and write the manifest. It embeds nothing: the actors do."""
 
+    # No tokenizer here either: what needs one in the driver (reusing an unchanged article's headline + lead vector,
+    # indexer/update.py ``reusable_vectors``) is left to the actors, which embed that input again.
+    counts_tokens = False
+
     def __init__(self, info: ModelInfo) -> None:
         self.name = info.name
         self.dimension = info.dimension

@@ -82,7 +82,7 @@ def reusable_vectors(
         input_text(title, field, text, settings.title_context): (vec, sentences)
         for title, field, text, vec, sentences in store.passage_texts(article_ids)
     }
-    if not lead_vectors_stale(index.manifest):
+    if not lead_vectors_stale(index.manifest) and getattr(embedder, "counts_tokens", True):
         limit = lead_limit(embedder, settings)
         for aid in (store.aid_of(i) for i in dict.fromkeys(article_ids)):
             if aid is not None:  # a passage's entry of the same text holds the same vector and its sentences too
