@@ -243,6 +243,31 @@ def test_an_unreachable_milvus_is_a_clear_error(tmp_path: Path) -> None:
     assert "\n" not in err.value.message
 
 
+def test_a_connect_to_milvus_lite_that_times_out_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process Milvus Lite server is running when its client connects; a connect that timed out (a loaded
+    machine: it failed a fresh clone's make test once) is tried again, up to ``LITE_CONNECT_TRIES``."""
+    import pymilvus
+    from pymilvus.exceptions import MilvusException
+
+    real = pymilvus.MilvusClient
+    calls: list[str] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls.append(str(kwargs.get("uri")))
+        if len(calls) == 1:
+            raise MilvusException(message="Fail connecting to server: illegal connection params or server unavailable")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pymilvus, "MilvusClient", flaky)
+    conn = MilvusConnection("retry.db", tmp_path)
+    try:
+        assert len(calls) == 2 and calls[0] == calls[1]
+    finally:
+        conn.close()
+
+
 def test_milvus_lite_held_by_another_process_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "held.db"
     holder = subprocess.Popen(
