@@ -248,7 +248,7 @@ class SearchService:
             groups=self._duplicate_groups,
             graph=lambda: self.index.neighbours,
             graph_from=None if self.settings.related_from_profiles < 0 else self.settings.related_from_profiles,
-            generation=lambda: self.index.generation if self.index.replica is None else self.index.store.generation(),
+            generation=lambda: self.generation,
         )
         self.lexical = MemoryBM25(index, self.settings.title_weight, prune=self.settings.lexical_pruning)
 
@@ -362,8 +362,8 @@ class SearchService:
         """This thread's SQLite reads held at one committed state (``Store.snapshot``) for the block; yields what
         gives that state's generation (-1 when the service's store was replaced meanwhile: a rebuild reopened, and
         the caller tries again). A replica's store is the state it loaded: nothing to hold."""
-        store = self.index.store
-        if self.index.replica is not None or not isinstance(store, Store):
+        store = self._local_store()
+        if store is None:
             yield lambda: self.generation
             return
         with store.snapshot():
@@ -372,8 +372,13 @@ class SearchService:
     def _moved_since(self, generation: int) -> bool:
         """Whether another process committed since the read that served ``generation`` began (a directory index;
         a replica's store is the state it loaded)."""
+        store = self._local_store()
+        return store is not None and store.generation() != generation
+
+    def _local_store(self) -> Store | None:
+        """The SQLite store of a directory index, which other processes may commit to; None for a replica."""
         store = self.index.store
-        return self.index.replica is None and isinstance(store, Store) and store.generation() != generation
+        return store if self.index.replica is None and isinstance(store, Store) else None
 
     def _stale(self) -> bool:
         """Whether the store moved past the loaded index: a commit by another process, a rebuild that swapped

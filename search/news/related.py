@@ -67,6 +67,16 @@ class RelatedFinder:
         self._cache_size = cache_size
         self._generation: tuple[int, int] | None = None  # (store generation, profiles' generation) of the cache
         self._lock = threading.Lock()
+        self._live_ids: tuple[int, np.ndarray] | None = None  # (generation, sorted article keys): ``_live``
+
+    def _live(self) -> np.ndarray:
+        """The article keys the vectors hold, sorted, made once per generation served: what profiles older than
+        the store are checked against on every page of a process that follows another's writes."""
+        generation, cached = self._served(), self._live_ids
+        if cached is None or cached[0] != generation:
+            cached = (generation, np.sort(self._articles.ids()))
+            self._live_ids = cached
+        return cached[1]
 
     def vectors(self, aids: list[int]) -> np.ndarray:
         """Article vectors from the FAISS copy in memory; from SQLite if FAISS lags the store."""
@@ -134,7 +144,7 @@ class RelatedFinder:
             return self.scan(aids, k)
         lists = {a: graph.neighbours(a) for a in dict.fromkeys(aids) if a in graph}
         if graph.generation != self._served() and lists:
-            live = np.sort(self._articles.ids())
+            live = self._live()
             lists = {a: keys[sorted_lookup(live, keys)[1]] for a, keys in lists.items()}
         pooled = np.unique(np.concatenate([*lists.values(), np.asarray(aids, dtype=np.int64)]))
         try:
@@ -192,7 +202,7 @@ class RelatedFinder:
                 graph.rank(aid, allowed) if graph is not None and aid in graph else (np.zeros(0), np.zeros(0))
             )
             if graph is not None and graph.generation != self._served() and len(keys):
-                live = np.isin(keys, self._articles.ids())  # profiles from before a write: skip what it deleted
+                live = sorted_lookup(self._live(), keys)[1]  # profiles from before a write: skip what it deleted
                 keys, scores = keys[live], scores[live]
             if not len(keys):  # not in the graph, or shares no neighbour (a tiny corpus has no profiles): cosine
                 out.append(self._search([aid], k, allowed)[0])

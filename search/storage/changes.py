@@ -12,6 +12,7 @@ engine and it updates its profiles at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,17 +39,24 @@ class InMemory:
 
 
 def changed_in_memory(
-    index: Index, rows: ChangedRows, deleted: Changes, added: Changes, owners: np.ndarray, generation: int
+    index: Index,
+    rows: ChangedRows,
+    deleted: Changes,
+    added: Changes,
+    owners: np.ndarray,
+    generation: int,
+    metadata: Sequence[int] = (),
 ) -> InMemory:
     """New postings, owners and catalog for ``index`` that reflect a change that ``deleted`` and ``added``
     (article keys, passage ids), ``owners`` being the article of each added passage, and ``generation``; ``rows``
     gives the added rows' texts and the catalog after the change (for a writer: its own open transaction, read
-    before the commit). ``index`` is only read: each part is a new object, never the old one changed in place."""
+    before the commit). ``metadata``: article keys whose text is unchanged and whose catalog rows are read again.
+    ``index`` is only read: each part is a new object, never the old one changed in place."""
     aids, pids = deleted
     return InMemory(
         index.lexical.updated(rows, (aids, pids), added, generation),
         index.owners.updated(pids, np.asarray(added[1], dtype=np.int64), owners),
-        index.catalog.updated(rows, aids, added[0]),  # its own rows, not the whole table
+        index.catalog.updated(rows, [*aids, *metadata], [*added[0], *metadata]),  # its own rows, not the whole table
     )
 
 
@@ -159,11 +167,7 @@ def following(index: Index) -> Following | bool:
         article_vectors = np.stack([store.article_vector(a) for a in rewritten]) if rewritten else _none(dimension)
         deleted = ([a for a in old_aids if a not in kept], old_pids.tolist())
         added = (rewritten, new_pids.tolist())
-        parts = InMemory(
-            lexical.updated(store, deleted, added, generation),
-            index.owners.updated(deleted[1], new_pids, owners),
-            catalog.updated(store, old_aids, new_aids),  # the kept articles' rows too: their metadata changed
-        )
+        parts = changed_in_memory(index, store, deleted, added, owners, generation, metadata=sorted(kept))
     return Following(base, lexical, generation, deleted, added, (passage_vectors, article_vectors), parts)
 
 
