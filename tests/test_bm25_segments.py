@@ -18,7 +18,7 @@ from indexer.update import add_articles, delete_articles, optimize
 from search.models import Article
 from search.settings import Settings
 from search.storage.index import check_index, open_index
-from search.text import bm25
+from search.text import bm25, unicode61
 from search.text.bm25 import LEXICAL_STATE, LexicalPostings, MemoryBM25, Postings, Segment, load_postings
 
 Rows = list[tuple[int, tuple[str, ...]]]
@@ -399,3 +399,61 @@ def test_an_old_format_cache_is_rebuilt(copy: Path, embedder: Any) -> None:
     assert reopened.stamp is not None and reopened.stamp["version"] == bm25.POSTINGS_VERSION
     assert not (directory / "lexical-passages.npz").exists()  # the old files are garbage once the stamp is new
     assert_equals_a_rebuild(reopened, index)
+
+
+def _row_by_row(
+    rows: Rows, columns: int, vocab: bm25.Vocab
+) -> tuple[dict[str, int], dict[tuple[int, int], list[float]]]:
+    """The reference ``Segment.build`` is held to: each row's stem counts per column, one row at a time, with new
+    terms numbered in the order they first occur (the build before it counted tokens in numpy)."""
+    from search.text.fts import fts_term_counts
+
+    words = vocab.copy()
+    postings: dict[tuple[int, int], list[float]] = {}
+    for index, (_, texts) in enumerate(rows):
+        for c, text in enumerate(texts):
+            for term, tf in fts_term_counts(text)[1].items():
+                postings.setdefault((words.add(term), index), [0.0] * columns)[c] += tf
+    return dict(words.extra), postings
+
+
+@pytest.mark.parametrize("columns", [1, 2])
+def test_build_counts_every_row_as_a_row_by_row_loop_would(columns: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Term ids, postings, term frequencies per column, row lengths and the forward index of the numpy build equal a
+    plain row-by-row count, on Zipfian rows, unicode (folded, accented, astral, CJK) and empty texts, with a base
+    vocabulary, across the chunk boundary of a build's counting."""
+    monkeypatch.setattr(bm25, "_BUILD_CHUNK", 7)
+    corpus = Corpus(11, columns)
+    rows = corpus.rows(40)
+    odd = ("Café-style ÉCOLE naïve U.S. 2024", "", "東京 𝔘𝔫𝔦 emoji 😀 — Straße", "w1 w1 w1 W1")
+    rows += [(rows[-1][0] + 1 + i, tuple(odd[(i + c) % len(odd)] for c in range(columns))) for i in range(9)]
+    base = bm25.Vocab({"w0": 0, "w3": 1, "caf": 2})
+    segment = Segment.build(rows, columns, base)
+    extra, expected = _row_by_row(rows, columns, base)
+    assert isinstance(segment.vocab, bm25.Vocab) and segment.vocab.extra == extra
+    assert list(segment.vocab.extra) == list(extra)  # numbered in order of first occurrence
+    got: dict[tuple[int, int], list[float]] = {}
+    for term in range(len(segment.indptr) - 1):
+        for p in range(int(segment.indptr[term]), int(segment.indptr[term + 1])):
+            got[(term, int(segment.docs[p]))] = [float(segment.tfs[c, p]) for c in range(columns)]
+        assert np.all(np.diff(segment.docs[segment.indptr[term] : segment.indptr[term + 1]]) > 0)
+    assert got == expected
+    lengths = [float(sum(len(unicode61.tokens(t)) for t in texts)) for _, texts in rows]
+    assert segment.lengths.tolist() == lengths
+    assert segment.rowids.tolist() == [r for r, _ in rows]
+    ptr, terms = segment.forward()
+    fresh = replace_forward(segment)
+    assert np.array_equal(ptr, fresh[0]) and np.array_equal(np.sort(terms), np.sort(fresh[1]))
+    for row in range(segment.rows):
+        assert sorted(terms[ptr[row] : ptr[row + 1]].tolist()) == sorted(t for t, r in expected if r == row)
+
+
+def replace_forward(segment: Segment) -> tuple[np.ndarray, np.ndarray]:
+    """The forward index recomputed from the postings (what a loaded segment derives)."""
+    plain = Segment(segment.rowids, segment.lengths, segment.vocab, segment.indptr, segment.docs, segment.tfs)
+    return plain.forward()
+
+
+def test_build_refuses_a_row_with_more_texts_than_columns() -> None:
+    with pytest.raises(ValueError, match="2 texts for 1 columns"):
+        Segment.build([(1, ("a", "b"))], 1)

@@ -159,3 +159,30 @@ if __name__ == "__main__":  # print the tables again from this SQLite's FTS5 (ev
         else:
             ranges.append([c, c])
     print("_SEPARATORS =", tuple((hex(a), hex(b)) for a, b in ranges))
+
+
+def test_texts_whose_only_non_ascii_characters_separate_take_the_ascii_path_and_tokenize_as_fts5() -> None:
+    """Curly quotes, dashes and non-breaking spaces send a text down the ASCII path (lowercase, ``[a-z0-9]+``);
+    its tokens are FTS5's own, read through FTS5, on random mixes of ASCII and every plain separator. A non-ASCII
+    letter, accent or astral character anywhere keeps a text on the full path."""
+    rng = np.random.default_rng(7)
+    plain = sorted(unicode61._PLAIN_SEPARATORS)
+    assert {"\u201c", "\u2014", "\u00a0", "\u2019"} <= set(plain) and "\u00e9" not in set(plain)
+    words = ["Trump", "U.S.", "CEO's", "2024", "x", "ABC123", "", " ", "\n"]
+    texts = []
+    for _ in range(300):
+        parts = [str(rng.choice(words)) if rng.random() < 0.6 else str(rng.choice(plain)) for _ in range(12)]
+        texts.append("".join(parts))
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE VIRTUAL TABLE t USING fts5(x, tokenize='unicode61 remove_diacritics 2')")
+    conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, instance)")
+    conn.executemany("INSERT INTO t(rowid, x) VALUES (?, ?)", enumerate(texts, start=1))
+    fts: dict[int, list[tuple[int, str]]] = {}
+    for term, doc, offset in conn.execute("SELECT term, doc, offset FROM v"):
+        fts.setdefault(int(doc), []).append((int(offset), str(term)))
+    for rowid, text in enumerate(texts, start=1):
+        assert unicode61.tokens(text) == [t for _, t in sorted(fts.get(rowid, []))], text
+    for keeps_full_path in ("caf\u00e9 \u201cx\u201d", "Ce\u0301sar \u2014", "\U0001f600 \u2014 a"):
+        assert unicode61.tokens(keeps_full_path) == [
+            t.lower() if t.isascii() else t.translate(unicode61.FOLD) for t in unicode61._TOKEN.findall(keeps_full_path)
+        ]

@@ -23,7 +23,6 @@ import math
 import os
 import re
 import uuid
-from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +36,8 @@ from search.jsontypes import JSONObject, JSONValue
 from search.memory import deep_size
 from search.storage.files import DAMAGED_CACHE, discarded_on_failure, file_crc32, fsync_path, prefetch
 from search.storage.store import ChangedRows, Store
-from search.text.fts import K1, B, fts_term_counts, query_terms, stem
+from search.text import unicode61
+from search.text.fts import K1, B, query_terms, stem
 from search.vectors.segments import MERGE_FRACTION as MERGE_FRACTION
 from search.vectors.segments import MERGE_SEGMENTS as MERGE_SEGMENTS
 
@@ -81,6 +81,17 @@ class Vocab(Mapping[str, int]):
 
     def copy(self) -> Vocab:
         return Vocab(self.base, dict(self.extra))
+
+    def ids(self, terms: Iterable[str]) -> dict[str, int]:
+        """Each distinct term's id, new terms added in the order they first occur (``add`` for many terms at once:
+        the lookups in the large base are one C-level pass)."""
+        unique = list(dict.fromkeys(terms))
+        found = list(map(self.base.get, unique))
+        extra, size = self.extra, len(self.base)
+        return {
+            term: extra.setdefault(term, size + len(extra)) if got is None else got
+            for term, got in zip(unique, found, strict=True)
+        }
 
     def add(self, term: str) -> int:
         """The term's id, a new one (after every other) if it is new."""
@@ -132,45 +143,57 @@ class Segment:
         """From (rowid, column texts) in ascending rowid order, tokenized exactly as the FTS5 tables are.
 
         ``vocab`` (copied, then extended) lets new rows share term ids with existing postings: a ``Vocab`` is copied
-        without its (large, immutable) base, so a write's few rows cost what they hold, not the table's vocabulary."""
+        without its (large, immutable) base, so a write's few rows cost what they hold, not the table's vocabulary.
+
+        Why not a dict per row: another process's write is followed by building this segment on a serving thread
+        (search/storage/changes.py), where its Python cost holds the GIL against the searches. So Python touches
+        each token once (the regex, then one dict lookup) and each distinct token of a chunk of rows once (its stem
+        and term id); counting (row, term) pairs and laying out the postings is numpy. New terms are numbered in the
+        order they first occur, as a row-by-row loop would number them."""
         words = vocab.copy() if isinstance(vocab, Vocab) else Vocab({}, dict(vocab or {}))
-        rowids = array("q")
-        lengths = array("f")
-        terms, docs = array("i"), array("i")
-        tfs = [array("f") for _ in range(columns)]
-        for index, (rowid, texts) in enumerate(rows):
-            rowids.append(rowid)
-            per_term: dict[int, list[int]] = {}
-            total = 0
-            for c, text in enumerate(texts):
-                n, counts = fts_term_counts(text)
-                total += n
-                for term, tf in counts.items():
-                    per_term.setdefault(words.add(term), [0] * columns)[c] += tf
-            lengths.append(total)
-            for t, per_column in per_term.items():
-                terms.append(t)
-                docs.append(index)
-                for c in range(columns):
-                    tfs[c].append(per_column[c])
-        term_arr = np.frombuffer(terms, dtype=np.int32) if terms else np.zeros(0, np.int32)
-        order = np.argsort(term_arr, kind="stable")  # rows stay ascending inside each term's postings
-        indptr = np.zeros(len(words) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(term_arr, minlength=len(words)), out=indptr[1:])
-        doc_arr = np.frombuffer(docs, dtype=np.int32) if docs else np.zeros(0, np.int32)
-        tf_arr = np.stack([np.frombuffer(a, dtype=np.float32) if a else np.zeros(0, np.float32) for a in tfs])
+        rowid_list: list[int] = []
+        # per chunk of rows: its (term, row) keys, their columns, and the rows' lengths
+        keys: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        lengths: list[np.ndarray] = []
+        chunk: list[Sequence[str]] = []
+        for rowid, texts in rows:
+            rowid_list.append(rowid)
+            chunk.append(texts)
+            if len(chunk) == _BUILD_CHUNK:
+                _count_chunk(chunk, columns, words, len(rowid_list) - len(chunk), keys, cols, lengths)
+                chunk = []
+        if chunk:
+            _count_chunk(chunk, columns, words, len(rowid_list) - len(chunk), keys, cols, lengths)
+        n = len(rowid_list)
+        terms_count = len(words)
+        if keys:
+            # one key per (term, row) with the row below 2**31: term-major, rows ascending in each term's postings
+            key = np.concatenate(keys)
+            col = np.concatenate(cols)
+            pairs, inverse = np.unique(key, return_inverse=True)
+            tf = np.bincount(col * len(pairs) + inverse, minlength=columns * len(pairs))
+            tfs = tf.reshape(columns, len(pairs)).astype(np.float32)
+            term_arr = (pairs >> 31).astype(np.int32)
+            doc_arr = (pairs & _ROW_MASK).astype(np.int32)
+        else:
+            tfs = np.zeros((columns, 0), np.float32)
+            term_arr = doc_arr = np.zeros(0, np.int32)
+        indptr = np.zeros(terms_count + 1, dtype=np.int64)
+        np.cumsum(np.bincount(term_arr, minlength=terms_count), out=indptr[1:])
         segment = cls(
-            rowids=np.frombuffer(rowids, dtype=np.int64).copy() if rowids else np.zeros(0, np.int64),
-            lengths=np.frombuffer(lengths, dtype=np.float32).copy() if lengths else np.zeros(0, np.float32),
+            rowids=np.array(rowid_list, dtype=np.int64),
+            lengths=np.concatenate(lengths).astype(np.float32) if lengths else np.zeros(0, np.float32),
             vocab=words if isinstance(vocab, Vocab) else words.extra,
             indptr=indptr,
-            docs=doc_arr[order],
-            tfs=np.ascontiguousarray(tf_arr[:, order]),
+            docs=doc_arr,
+            tfs=np.ascontiguousarray(tfs),
         )
-        # the forward index (each row's terms) comes free here, in row order: what tombstones subtract from df
-        fwd_ptr = np.zeros(len(segment.rowids) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(doc_arr, minlength=len(segment.rowids)), out=fwd_ptr[1:])
-        segment._forward = (fwd_ptr, term_arr.copy())
+        # the forward index (each row's terms) comes almost free here: what tombstones subtract from df
+        order = np.argsort(doc_arr, kind="stable")
+        fwd_ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(doc_arr, minlength=n), out=fwd_ptr[1:])
+        segment._forward = (fwd_ptr, term_arr[order])
         return segment
 
     def scores(self, phrases: Sequence[str], weights: Sequence[float]) -> np.ndarray:
@@ -456,6 +479,42 @@ _PRUNE_MIN_POSTINGS = 50_000
 _PRUNE_MIN_ROWS = 200_000
 _SEED_ROWS = 4  # seed blocks per strongest term hold about this many rows per row asked for
 _SEED_TERMS = 3  # terms whose best block seeds the threshold (the highest scores hold the strongest terms)
+
+
+_BUILD_CHUNK = 4096  # rows tokenized before their tokens are counted: bounds a full build's memory
+_ROW_MASK = (1 << 31) - 1
+
+
+def _count_chunk(
+    chunk: Sequence[Sequence[str]],
+    columns: int,
+    words: Vocab,
+    first_row: int,
+    keys: list[np.ndarray],
+    cols: list[np.ndarray],
+    lengths: list[np.ndarray],
+) -> None:
+    """Tokenize a chunk of rows (their first row is ``first_row``) and append one (term << 31 | row) key and one
+    column per token to ``keys`` and ``cols``, and the rows' lengths in tokens to ``lengths``; new terms get ids in
+    ``words`` in the order they first occur."""
+    flat: list[str] = []
+    cells: list[int] = []
+    for texts in chunk:
+        if len(texts) > columns:
+            raise ValueError(f"a row has {len(texts)} texts for {columns} columns")
+        for c in range(columns):
+            found = unicode61.tokens(texts[c]) if c < len(texts) else []
+            cells.append(len(found))
+            flat += found
+    distinct = {token: i for i, token in enumerate(dict.fromkeys(flat))}  # in order of first occurrence
+    ids = list(map(distinct.__getitem__, flat))
+    stems = list(map(stem, distinct))
+    term_of = np.fromiter(map(words.ids(stems).__getitem__, stems), dtype=np.int64, count=len(stems))
+    per_cell = np.array(cells, dtype=np.int64)
+    cell = np.repeat(np.arange(len(cells), dtype=np.int64), per_cell)
+    keys.append((term_of[np.array(ids, dtype=np.int64)] << 31) | (cell // columns + first_row))
+    cols.append(cell % columns)
+    lengths.append(per_cell.reshape(len(chunk), columns).sum(axis=1))
 
 
 def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -322,8 +322,22 @@ _ASCII_TOKEN = re.compile(r"[a-z0-9]+")  # ASCII text (lowercased): FTS5's ASCII
 FOLD: dict[int, str] = {**{a: chr(b) for a, b in _FOLDS}, **{c: "" for c in _DIACRITICS}}
 
 
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _plain_separators() -> frozenset[str]:
+    """The separators above ASCII in the BMP whose ``str.lower`` holds no ASCII token character: in a text whose
+    only non-ASCII characters are these (curly quotes, dashes, non-breaking spaces: most news that is not plain
+    ASCII), the tokens are the ASCII path's."""
+    chars = (chr(c) for a, b in _SEPARATORS if a <= 0xFFFF for c in range(max(a, 0x80), min(b, 0xFFFF) + 1))
+    return frozenset(ch for ch in chars if not _ASCII_TOKEN.search(ch.lower()))
+
+
+_PLAIN_SEPARATORS = _plain_separators()
+
+
 def tokens(text: str) -> list[str]:
     """FTS5's ``unicode61 remove_diacritics 2`` tokens of ``text``, folded, in order (before any stemming)."""
-    if text.isascii():  # most rows: lowercasing is FTS5's whole fold there
-        return _ASCII_TOKEN.findall(text.lower())
+    if text.isascii() or _PLAIN_SEPARATORS.issuperset(_NON_ASCII.findall(text)):
+        return _ASCII_TOKEN.findall(text.lower())  # lowercasing is FTS5's whole fold there
     return [t.lower() if t.isascii() else t.translate(FOLD) for t in _TOKEN.findall(text)]
