@@ -457,3 +457,17 @@ def replace_forward(segment: Segment) -> tuple[np.ndarray, np.ndarray]:
 def test_build_refuses_a_row_with_more_texts_than_columns() -> None:
     with pytest.raises(ValueError, match="2 texts for 1 columns"):
         Segment.build([(1, ("a", "b"))], 1)
+
+
+def test_a_save_lists_the_new_terms_without_walking_the_base_vocabulary() -> None:
+    """The terms a segment file names are those numbered since the last save, in id order, read from the
+    vocabulary's ``extra`` alone: a base vocabulary that cannot be iterated is never walked."""
+
+    class Unwalkable(dict[str, int]):
+        def __iter__(self) -> Any:
+            raise AssertionError("the base vocabulary was walked")
+
+    vocab = bm25.Vocab(Unwalkable({"a": 0, "b": 1}), {"c": 2, "d": 3, "e": 4})
+    assert bm25._terms_from(vocab, 3) == ["d", "e"]
+    assert bm25._terms_from(vocab, 2) == ["c", "d", "e"]
+    assert bm25._terms_from({"a": 0, "b": 1, "c": 2}, 1) == ["b", "c"]

@@ -18,6 +18,7 @@ Measured against FTS5 and ``bm25s`` in ``bench/quality.py`` (section ``lexical``
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -1326,7 +1327,7 @@ def _write_segment(
     order = np.argsort(docs, kind="stable")
     fwd_ptr = np.zeros(delta.rows - start + 1, dtype=np.int64)
     np.cumsum(np.bincount(docs, minlength=delta.rows - start), out=fwd_ptr[1:])
-    new_terms = list(postings.vocab)[saved_terms:]
+    new_terms = _terms_from(postings.vocab, saved_terms)
     name = f"lexical-{table}.seg-{generation}.{_tag()}.npz"
     path = directory / name
     tmp = directory / f".lexical-{table}.tmp"
@@ -1347,6 +1348,15 @@ def _write_segment(
         fsync_path(tmp)
         os.replace(tmp, path)
     return {"name": name, "crc32": file_crc32(path)}
+
+
+def _terms_from(vocab: Mapping[str, int], start: int) -> list[str]:
+    """The terms numbered ``start`` and after, in id order. A ``Vocab``'s new terms are its ``extra`` (numbered after
+    the base, in insertion order), so a save lists them without walking the base: a million terms at 924k passages,
+    25 ms of the GIL per table on every write."""
+    if isinstance(vocab, Vocab) and start >= len(vocab.base):
+        return list(itertools.islice(vocab.extra, start - len(vocab.base), None))
+    return list(vocab)[start:]
 
 
 def _load_table(directory: Path, entry: JSONObject, columns: int, verify: bool) -> Postings:
