@@ -127,6 +127,38 @@ def passage_means(store: Any, aids: np.ndarray) -> np.ndarray:
     return means
 
 
+def vector_kind(text: str) -> str:
+    """``stored``, ``passage-mean`` or ``mix:A`` (0 <= A <= 1), checked for argparse."""
+    if text in ("stored", "passage-mean"):
+        return text
+    if text.startswith("mix:"):
+        try:
+            weight = float(text[4:])
+        except ValueError:
+            weight = -1.0
+        if 0.0 <= weight <= 1.0:
+            return text
+    raise argparse.ArgumentTypeError(f"{text!r}: expected stored, passage-mean or mix:A with A in [0, 1]")
+
+
+def article_vectors(index: Any, kind: str) -> np.ndarray:
+    """The article vectors of ``kind`` in catalog order: the stored ones (headline + lead since issue 18), the
+    normalised means of passages (before it), or ``mix:A``, normalise(A * stored + (1 - A) * mean), both normalised
+    first (the issue's "compare with today's mean of passages and with mixes")."""
+    aids = index.catalog.aids
+    if kind == "stored":
+        stored: np.ndarray = index.articles.reconstruct_batch(aids)
+        return stored
+    means = passage_means(index.store, aids)
+    if kind == "passage-mean":
+        return means
+    weight = float(kind.removeprefix("mix:"))
+    mixed = weight * index.articles.reconstruct_batch(aids).astype(np.float64) + (1.0 - weight) * means
+    norms = np.linalg.norm(mixed, axis=1, keepdims=True)
+    out: np.ndarray = (mixed / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--index", type=Path, default=ROOT / "bench/results/reuters/index")
@@ -136,10 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--windows", default=",".join(map(str, WINDOWS)))
     parser.add_argument(
         "--vectors",
-        choices=("stored", "passage-mean"),
+        type=vector_kind,
         default="stored",
         help="stored: the index's article vectors (headline + lead since issue 18); passage-mean: each article's "
-        "normalised mean of its stored passage vectors, the article vector before issue 18 (before/after on one index)",
+        "normalised mean of its stored passage vectors, the article vector before issue 18 (before/after on one "
+        "index); mix:A: normalise(A * stored + (1 - A) * passage-mean)",
     )
     parser.add_argument(
         "--since",
@@ -162,11 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     index = open_index(args.index, None)
     catalog = index.catalog
-    vectors = (
-        index.articles.reconstruct_batch(catalog.aids)
-        if args.vectors == "stored"
-        else passage_means(index.store, catalog.aids)
-    )
+    vectors = article_vectors(index, args.vectors)
     days: list[int | None] = [None if d == NO_DATE else int(d) for d in catalog.days.tolist()]
     tags = [
         [catalog.tag_names[c] for c in catalog.tag_codes[catalog.tag_offsets[r] : catalog.tag_offsets[r + 1]]]
