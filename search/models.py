@@ -340,3 +340,10 @@ def to_plain(value: object) -> JSONValue:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def to_json(value: object) -> bytes:
+    """A response as the API's JSON body: compact, non-ASCII kept, a trailing newline (what Flask's ``jsonify``
+    writes outside debug mode). The routes and ``bench/search_cpu.py`` call this one function, so the benchmark times
+    the serialisation a request pays."""
+    return (json.dumps(to_plain(value), ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
