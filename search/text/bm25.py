@@ -1483,6 +1483,19 @@ class MemoryBM25:
         got = postings.score_rows(_phrases(query), weights, idx)
         return {int(r): float(s) for r, s in zip(rowids, got, strict=True) if s > 0}
 
+    def given_scores(self, table: str, query: str, keys: np.ndarray) -> np.ndarray:
+        """BM25 of the rows ``keys`` (distinct rowids) of ``table`` (``articles`` or ``passages``) as a float64
+        array aligned with them, 0 for a key the postings lack or that does not score above 0: ``_given``'s numbers
+        and its callers' default without a dict per search."""
+        postings, weights = self._table(table)
+        keys = np.asarray(keys, dtype=np.int64)
+        rowids, idx = postings.positions(keys)
+        out = np.zeros(len(keys), dtype=np.float64)
+        if len(rowids):
+            got = postings.score_rows(_phrases(query), weights, idx)
+            out[np.isin(keys, rowids)] = np.where(got > 0, got, 0)  # ``positions`` keeps the order given
+        return out
+
     def matching_articles(self, query: str) -> np.ndarray:
         """Keys of every article holding at least one query term (after tokenising and stemming): the lexical
         side's real match count, not its top k. A union of postings, nothing scored (with a weight that is not
