@@ -8,14 +8,14 @@ One command::
 1. The index is opened in this process as the server opens it: ``search.loading.load_service`` with the settings a
    server reads (``Settings.from_env``, the index directory replaced), which also pins torch/ONNX, FAISS's OpenMP and
    numpy's BLAS to the same thread counts;
-2. ``--queries`` distinct RealTime QA questions per mode, plus as many again for the embedding alone, all different
-   texts (no text is embedded twice, so the query-embedding cache never answers) and interleaved (question ``i`` of
-   every mode and of the embedding runs next to one another, so that a slower stretch of a shared machine weighs on
-   each alike), after a few uncounted warm-up searches per mode;
+2. ``--queries`` distinct RealTime QA questions per mode, all different texts (no text is searched twice, so the
+   query-embedding cache never answers) and interleaved (question ``i`` of every mode next to one another, so that a
+   slower stretch of a shared machine weighs on each alike), after a few uncounted warm-up searches per mode;
 3. each search is what ``/api/search?q=...&mode=...`` runs past the HTTP layer: ``api.app.search_body``, the function
    the route calls (parse, search, page, highlight, related stories, serialise to the JSON bytes returned), timed
-   with ``time.process_time`` (CPU of every thread of this process); the embedding alone is
-   ``service.embedder.encode([text])``, what a search embeds on a cache miss;
+   with ``time.process_time`` (CPU of every thread of this process); then the same text is embedded alone,
+   ``service.embedder.encode([text])`` (what a search runs on a query-cache miss; the model keeps no cache), so the
+   embedding is measured on exactly the queries searched;
 4. the JSON report: CPU ms per search (mean, p50, p90) per mode, CPU ms per embedding, the ratios mode/embed (means:
    the throughput-relevant figure) against the issue's bars (hybrid <= 2x, dense <= 1.5x), the CPU flags the int8
    kernels and FAISS depend on, the commit and the load average.
@@ -176,8 +176,7 @@ def measure_cpu(
     from search.settings import Settings
 
     slots = [*modes, EMBED]
-    extra = ["profile"] if profile else []
-    dealt = interleave(texts, [*slots, *extra], queries, warmup)
+    dealt = interleave(texts, [*modes, *(["profile"] if profile else [])], queries, warmup)
     settings = Settings.from_env().replace(index_dir=index_dir)
     opened = time.perf_counter()
     service = load_service(settings)
@@ -192,7 +191,7 @@ def measure_cpu(
     for i in range(warmup):
         for mode in modes:
             search(dealt[mode][i], mode)
-        embed(dealt[EMBED][i])
+            embed(dealt[mode][i])
     samples: dict[str, list[float]] = {slot: [] for slot in slots}
     sizes: dict[str, list[int]] = {mode: [] for mode in modes}
     for i in range(warmup, warmup + queries):
@@ -201,9 +200,9 @@ def measure_cpu(
             body = search(dealt[mode][i], mode)
             samples[mode].append(time.process_time() - start)
             sizes[mode].append(len(body))
-        start = time.process_time()
-        embed(dealt[EMBED][i])
-        samples[EMBED].append(time.process_time() - start)
+            start = time.process_time()
+            embed(dealt[mode][i])  # the same text again, past the service's query cache
+            samples[EMBED].append(time.process_time() - start)
     summaries = {slot: cpu_summary(samples[slot]) for slot in slots}
     for mode in modes:
         summaries[mode]["mean_bytes"] = round(sum(sizes[mode]) / len(sizes[mode]))
