@@ -22,7 +22,8 @@ One command::
 
 ``--profile N`` runs cProfile over a second set of distinct searches (``--profile-mode``, default hybrid; after the
 timed ones, so the timing is not the profiler's) and adds the top ``N`` functions by cumulative and by own time, in
-ms per search.
+ms per search. ``--floors`` adds the CPU of the engine calls a search cannot do without, each timed alone on the same
+questions (``engine_floors``): the embedding, the exact scan of the passage vectors, the BM25 top-k.
 
 ``measure_cpu`` is the importable measuring function (bench/serve.py can report it beside its HTTP figures);
 ``interleave``, ``cpu_summary``, ``cpu_ratios``, ``acceptance`` and ``profile_top`` are pure
@@ -40,7 +41,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -48,6 +49,9 @@ sys.path.insert(0, str(ROOT))
 from bench.scifact import BenchError, git_commit, git_dirty, loadavg  # noqa: E402
 from bench.serve import percentile, read_query_texts  # noqa: E402
 from bench.slow import cpu_flags  # noqa: E402
+
+if TYPE_CHECKING:
+    from search.service import SearchService
 
 MODES = ("hybrid", "dense", "lexical")
 EMBED = "embed"
@@ -163,10 +167,12 @@ def measure_cpu(
     warmup: int = WARMUP,
     profile: int = 0,
     profile_mode: str = "hybrid",
+    floors: bool = False,
 ) -> dict[str, Any]:
     """CPU per whole search (``api.app.search_body``) for each of ``modes`` and per query embedding alone, on the
     index at ``index_dir`` opened as the server opens it; ``profile`` > 0 adds cProfile's top entries of as many
-    more ``profile_mode`` searches. See the module docstring for the method."""
+    more ``profile_mode`` searches; ``floors`` the CPU of the search's engine calls alone (``engine_floors``). See the
+    module docstring for the method."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from werkzeug.datastructures import MultiDict
@@ -222,6 +228,8 @@ def measure_cpu(
         "ratios": ratios,
         "acceptance": acceptance({r: v for r, v in ratios.items()}, {m: b for m, b in BARS.items() if m in modes}),
     }
+    if floors:
+        report["floors"] = engine_floors(service, dealt[modes[0]][warmup:], report["cpu"])
     if profile:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -237,6 +245,42 @@ def measure_cpu(
         }
     service.index.close()
     return report
+
+
+def engine_floors(service: SearchService, texts: Sequence[str], cpu: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """CPU ms per query of what no Python around retrieval avoids, each alone on the same texts: the query's
+    embedding, the exact scan of every passage vector a dense or hybrid search makes (FAISS ``range`` at the match
+    floor: it yields both the match count and the candidates), and the BM25 top-k of articles. Their sums over the
+    embedding are the lowest ratio each mode could reach with everything else free."""
+    floor = service.settings.match_floor
+    lexical_k = service.settings.lexical_candidates
+    parts: dict[str, list[float]] = {"embed": [], "range_scan": [], "bm25_top": []}
+    for text in texts:
+        start = time.process_time()
+        qvec = service.embedder.encode([text])[0]
+        parts["embed"].append(time.process_time() - start)
+        start = time.process_time()
+        service.index.passages.range(qvec, floor)
+        parts["range_scan"].append(time.process_time() - start)
+        start = time.process_time()
+        service.lexical.search_articles(text, lexical_k)
+        parts["bm25_top"].append(time.process_time() - start)
+    ms = {name: cpu_summary(values)["mean_ms"] for name, values in parts.items()}
+    embed, scan, bm25 = ms["embed"], ms["range_scan"], ms["bm25_top"]
+    out: dict[str, Any] = {f"{name}_ms": value for name, value in ms.items()}
+    out["queries"] = len(texts)
+    out["lowest_ratio"] = {
+        "dense/embed": round((embed + scan) / embed, 3),
+        "hybrid/embed": round((embed + scan + bm25) / embed, 3),
+    }
+    out["rest_ms"] = {  # what each measured search spent beyond its engine calls: Python, SQLite, numpy
+        mode: round(
+            summary["mean_ms"] - embed - (scan if mode != "lexical" else 0) - (bm25 if mode != "dense" else 0), 3
+        )
+        for mode, summary in cpu.items()
+        if mode != EMBED and summary.get("mean_ms") is not None
+    }
+    return out
 
 
 def environment() -> dict[str, Any]:
@@ -271,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=WARMUP, help=f"Uncounted searches per mode (default {WARMUP}).")
     parser.add_argument("--profile", type=int, default=0, help="Top N functions of cProfile over more searches.")
     parser.add_argument("--profile-mode", choices=MODES, default="hybrid", help="The mode profiled (default hybrid).")
+    parser.add_argument("--floors", action="store_true", help="Also time the engine calls alone (embed, scan, BM25).")
     parser.add_argument("--out", type=Path, default=None, help="Also write the JSON report here.")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -294,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warmup=args.warmup,
                 profile=args.profile,
                 profile_mode=args.profile_mode,
+                floors=args.floors,
             )
         )
     except BenchError as exc:
