@@ -21,7 +21,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 import numpy as np
 
 from search import pages
-from search.arrays import distinct_keys
+from search.arrays import distinct_keys, member
 from search.checks import MAX_OFFSET as MAX_OFFSET  # where api/openapi.py reads it
 from search.checks import check_k, check_mode, check_offset, check_query
 from search.errors import InvalidInput, NotFound
@@ -647,8 +647,9 @@ class SearchService:
                 keys, dense, lexical = lex_keys, np.full(len(top), np.nan), lex_scores
         if mode == "hybrid":
             # the lexical candidates' exact dense side (those with vectors), then those without; the dense ones' lexical
-            more_keys, more_dense = self._dense_scores_of(qvec, lex_keys[~np.isin(lex_keys, keys)])
-            rest = lex_keys[~np.isin(lex_keys, keys) & ~np.isin(lex_keys, more_keys)]
+            lexical_only = ~member(lex_keys, keys)
+            more_keys, more_dense = self._dense_scores_of(qvec, lex_keys[lexical_only])
+            rest = lex_keys[lexical_only & ~member(lex_keys, more_keys)]
             keys = np.concatenate([keys, more_keys, rest])
             dense = np.concatenate([dense, more_dense, np.full(len(rest), np.nan)])
             lexical = _aligned(keys, lex_keys, lex_scores)
@@ -813,7 +814,7 @@ class SearchService:
         else:
             fused = dense if mode == "dense" else lexical
         ranked = np.lexsort((pids, -fused))  # best first; ties by position
-        ranked = ranked[np.isin(owners[ranked], aids)]  # the anchors only normalise
+        ranked = ranked[member(owners[ranked], np.asarray(aids, dtype=np.int64))]  # the anchors only normalise
         chosen = ranked[_rank_within(owners[ranked]) < self.settings.passages_per_result]
         rows = self.index.store.passages(pids[chosen].tolist())
         out: dict[int, list[tuple[StoredPassage, Scores]]] = {aid: [] for aid in aids}

@@ -32,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
-from search.arrays import sorted_lookup
+from search.arrays import member, sorted_lookup
 from search.errors import IndexCorrupt
 from search.jsontypes import JSONObject, JSONValue
 from search.memory import deep_size
@@ -1512,7 +1512,7 @@ class MemoryBM25:
         out = np.zeros(len(keys), dtype=np.float64)
         if len(rowids):
             got = postings.score_rows(_phrases(query), weights, idx)
-            out[np.isin(keys, rowids)] = np.where(got > 0, got, 0)  # ``positions`` keeps the order given
+            out[member(keys, rowids)] = np.where(got > 0, got, 0)  # ``positions`` keeps the order given
         return out
 
     def matching_articles(self, query: str) -> np.ndarray:
