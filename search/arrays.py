@@ -18,6 +18,15 @@ def sorted_lookup(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarra
     return at, found
 
 
+def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """Which of ``values`` are in ``of`` (``np.isin``): ``of`` sorted once and each value binary-searched. For the
+    few hundred keys of a search, ``np.isin`` cost 0.15 ms a call (its table over the range of the keys)."""
+    values = np.asarray(values)
+    if not len(values) or not len(of):
+        return np.zeros(len(values), dtype=bool)
+    return sorted_lookup(np.sort(np.asarray(of)), values)[1]
+
+
 def distinct_keys(keys: np.ndarray, rows: int) -> np.ndarray:
     """The distinct values of ``keys`` (article keys, >= 0), ascending. Keys are SQLite row ids, small next to the
     ``rows`` an index holds, so one pass over a table indexed by key finds them, where ``np.unique`` sorts or hashes:

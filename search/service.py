@@ -7,7 +7,6 @@ on both sides, locates answering sentences and lists related stories, for the pa
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
@@ -15,14 +14,14 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial, wraps
 from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
 from search import pages
-from search.arrays import distinct_keys
+from search.arrays import distinct_keys, member
 from search.checks import MAX_OFFSET as MAX_OFFSET  # where api/openapi.py reads it
 from search.checks import check_k, check_mode, check_offset, check_query
 from search.errors import InvalidInput, NotFound
@@ -96,6 +95,33 @@ def _unlocked(method: Callable[Concatenate[SearchService, P], R]) -> Callable[Co
 
 def _source_of_item(sources: dict[int, str | None], item: tuple[int, Scores]) -> str | None:
     return sources.get(item[0])
+
+
+def _no_scores() -> tuple[np.ndarray, np.ndarray]:
+    """No candidates: (keys, scores) arrays of length 0."""
+    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+
+
+def _aligned(keys: np.ndarray, of: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (float64, for the distinct keys ``of``) looked up for each of ``keys``; NaN where ``of`` lacks
+    one."""
+    out = np.full(len(keys), np.nan)
+    if len(of):
+        order = np.argsort(of)
+        at = np.minimum(np.searchsorted(of, keys, sorter=order), len(of) - 1)
+        found = of[order[at]] == keys
+        out[found] = values[order[at[found]]]
+    return out
+
+
+def _rank_within(groups: np.ndarray) -> np.ndarray:
+    """Each item's place (0, 1, ...) among the items of its group before it: ``groups`` in ranked order."""
+    order = np.argsort(groups, kind="stable")
+    ordered = groups[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    place = np.empty(len(groups), dtype=np.int64)
+    place[order] = np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
+    return place
 
 
 @dataclass(frozen=True)
@@ -605,37 +631,92 @@ class SearchService:
         below ``match_floor``) is left out, so the list ends where a response's ``total`` says; the order of the
         others is untouched. ``recency`` then decays the first ``RECENCY_POOL`` (at least ``need``) by age and
         orders them again (search/ranking/recency.py).
+
+        The candidates are arrays (keys, dense, lexical, fused), in the order the dicts this replaced held them: a
+        few hundred candidates a search, whose dicts and per-candidate Python floats were a fifth of its CPU.
         """
         self._pin_search_threads()
         wanted, need = need, max(need, RECENCY_POOL) if recency is not None else need
-        dense = self._dense_articles(qvec, need, allowed) if mode != "lexical" else {}
-        lexical: dict[int, float] = {}
+        keys, dense = self._dense_articles(qvec, need, allowed) if mode != "lexical" else _no_scores()
+        lexical = np.zeros(len(keys), dtype=np.float64)
         if mode != "dense":
-            lexical = dict(self.lexical.search_articles(query, max(self.settings.lexical_candidates, need), allowed))
+            top = self.lexical.search_articles(query, max(self.settings.lexical_candidates, need), allowed)
+            lex_keys = np.fromiter((a for a, _ in top), dtype=np.int64, count=len(top))
+            lex_scores = np.fromiter((s for _, s in top), dtype=np.float64, count=len(top))
+            if mode == "lexical":
+                keys, dense, lexical = lex_keys, np.full(len(top), np.nan), lex_scores
         if mode == "hybrid":
-            dense.update(self._dense_scores_of(qvec, [a for a in lexical if a not in dense]))
-            missing = [a for a in dense if a not in lexical]
-            lexical.update({a: 0.0 for a in missing} | self.lexical.score_articles(query, missing))
-            fused = self.fusion.fuse(dense, lexical)
+            # the lexical candidates' exact dense side (those with vectors), then those without; the dense ones' lexical
+            lexical_only = ~member(lex_keys, keys)
+            more_keys, more_dense = self._dense_scores_of(qvec, lex_keys[lexical_only])
+            rest = lex_keys[lexical_only & ~member(lex_keys, more_keys)]
+            keys = np.concatenate([keys, more_keys, rest])
+            dense = np.concatenate([dense, more_dense, np.full(len(rest), np.nan)])
+            lexical = _aligned(keys, lex_keys, lex_scores)
+            missing = np.isnan(lexical)
+            lexical[missing] = self.lexical.given_scores("articles", query, keys[missing])
+            fused = self._fused(dense, lexical, self.fusion, keys, lex_keys)
         else:
-            fused = dict(dense if mode == "dense" else lexical)
+            fused = np.nan_to_num(dense if mode == "dense" else lexical, nan=0.0)
+        keep = np.ones(len(keys), dtype=bool)
         if mode != "lexical":  # results end where matches end: a term, or a passage at the floor (matching_rows)
-            floor = self.settings.match_floor
-            fused = {a: s for a, s in fused.items() if dense.get(a, -2.0) >= floor or lexical.get(a, 0.0) > 0}
+            keep = (np.nan_to_num(dense, nan=-2.0) >= self.settings.match_floor) | (lexical > 0)
         if collapse:  # one article per duplicate group; evaluation runs rank every copy (judgements name each)
-            fused = self._one_per_duplicate_group(fused)
-        head = heapq.nsmallest(need, fused, key=lambda a: (-fused[a], a))
+            keep &= self._one_per_group(keys, fused, keep)
+        ranked = np.flatnonzero(keep)
+        ranked = ranked[np.lexsort((keys[ranked], -fused[ranked]))]
+        head = ranked[:need]
+        head_keys = keys[head]
         # the side a single-mode ranking did not use is filled for the returned articles only (it explains them)
         if mode == "dense":
-            lexical = {a: 0.0 for a in head} | self.lexical.score_articles(query, head)
+            lexical = lexical.copy()
+            lexical[head] = self.lexical.given_scores("articles", query, head_keys)
         elif mode == "lexical":
-            dense = self._dense_scores_of(qvec, head)
+            dense = dense.copy()
+            dense[head] = _aligned(head_keys, *self._dense_scores_of(qvec, head_keys))
         items = [
-            (a, Scores(round(dense.get(a, 0.0), 6), round(lexical.get(a, 0.0), 6), round(fused[a], 6))) for a in head
+            (a, Scores(round(d, 6), round(lx, 6), round(f, 6)))
+            for a, d, lx, f in zip(
+                head_keys.tolist(),
+                np.nan_to_num(dense[head], nan=0.0).tolist(),
+                lexical[head].tolist(),
+                fused[head].tolist(),
+                strict=True,
+            )
         ]
         if recency is not None:
             items = decayed(items, self.index.catalog, recency)[:wanted]
-        return Ranking(items, len(fused))
+        return Ranking(items, len(ranked))
+
+    def _fused(
+        self, dense: np.ndarray, lexical: np.ndarray, fusion: Fusion, keys: np.ndarray, lexical_first: np.ndarray
+    ) -> np.ndarray:
+        """Both sides fused, aligned with ``keys``: on the arrays, or (an RRF or z-score fusion, whose numbers
+        depend on the order the candidates come in) through ``Fusion.fuse`` on dicts in the order the ranking held
+        them before: the dense side in ``keys`` order, the lexical side ``lexical_first`` first."""
+        if fusion.on_arrays:
+            return fusion.fuse_arrays(dense, lexical)
+        key_list = keys.tolist()
+        has_dense = ~np.isnan(dense)
+        dense_of = dict(zip(keys[has_dense].tolist(), dense[has_dense].tolist(), strict=True))
+        lexical_of = dict(zip(key_list, lexical.tolist(), strict=True))
+        lexical_of = {k: lexical_of[k] for k in lexical_first.tolist()} | lexical_of
+        fused = fusion.fuse(dense_of, lexical_of)
+        return np.asarray([fused[k] for k in key_list], dtype=np.float64)
+
+    def _one_per_group(self, keys: np.ndarray, fused: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Which of the kept candidates is the best-scoring of its duplicate group (ties: the smaller key)."""
+        catalog = self.index.catalog
+        if not catalog.has_duplicates or not keep.any():
+            return keep
+        rows = catalog.positions(keys)
+        groups = np.where(rows >= 0, catalog.dup_codes[np.maximum(rows, 0)], -1 - keys)
+        kept = np.flatnonzero(keep)
+        order = kept[np.lexsort((keys[kept], -fused[kept]))]
+        first = np.unique(groups[order], return_index=True)[1]
+        chosen = np.zeros(len(keys), dtype=bool)
+        chosen[order[first]] = True
+        return chosen
 
     def _hits_key(self, qvec: np.ndarray) -> tuple[int, int, bytes]:
         """What a range search's hits are valid for: this index object at this generation, this query vector."""
@@ -650,8 +731,11 @@ class SearchService:
             return None
         return memo[1], memo[2]
 
-    def _dense_articles(self, qvec: np.ndarray, need: int, allowed: np.ndarray | None = None) -> dict[int, float]:
-        """Best passage cosine per article, from a FAISS candidate pool grown until ``need`` articles appear.
+    def _dense_articles(
+        self, qvec: np.ndarray, need: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(article keys, best passage cosine of each), best first, from a FAISS candidate pool grown until ``need``
+        articles appear.
 
         A search that counted its matches (``matching_rows``) holds every passage at or above ``match_floor`` that
         the vector index finds; while the pool asked for is no larger than those, it is their best ones, not a
@@ -660,7 +744,7 @@ class SearchService:
         pids = None if allowed is None else self.index.owners.passages_of_set(allowed)
         count = self.index.passages.count() if pids is None else len(pids)
         if count == 0:
-            return {}
+            return _no_scores()
         hits = self._range_hits(qvec) if pids is None else None
         n = min(count, max(self.settings.candidates, need * 4))
         while True:
@@ -671,12 +755,11 @@ class SearchService:
             else:
                 scores, ids = self.index.passages.search(qvec[None, :], n, allowed=pids)
             owners = self.index.owners.articles_of(ids[0])
-            best: dict[int, float] = {}
-            for aid, score in zip(owners.tolist(), scores[0].tolist(), strict=True):
-                if aid >= 0 and aid not in best:
-                    best[aid] = score  # hits come best first
-            if len(best) >= need or n >= count:
-                return best
+            known = owners >= 0
+            owners, best = owners[known], scores[0][known]
+            first = np.sort(np.unique(owners, return_index=True)[1])  # hits come best first: an article's first
+            if len(first) >= need or n >= count:
+                return owners[first], best[first].astype(np.float64)
             n = min(count, n * 4)
 
     def _passage_vectors(self, aids: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -703,15 +786,15 @@ class SearchService:
             )
             return keep, vectors
 
-    def _dense_scores_of(self, qvec: np.ndarray, aids: list[int]) -> dict[int, float]:
-        """Exact best-passage cosine for given articles (no FAISS search)."""
-        owners, _, vectors = self._passage_vectors(aids)
+    def _dense_scores_of(self, qvec: np.ndarray, aids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact best-passage cosine of the given articles (no FAISS search): (the keys of those with passages, in
+        the order given, their scores)."""
+        owners, _, vectors = self._passage_vectors(aids.tolist())
         if not len(owners):
-            return {}
+            return _no_scores()
         scores = vectors @ qvec
         starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-        best = np.maximum.reduceat(scores, starts)
-        return {int(owners[i]): float(b) for i, b in zip(starts, best, strict=True)}
+        return owners[starts], np.maximum.reduceat(scores, starts).astype(np.float64)
 
     def _best_passages(
         self, query: str, qvec: np.ndarray, aids: list[int], mode: str, anchors: list[int]
@@ -724,24 +807,27 @@ class SearchService:
         """
         extra = [a for a in anchors if a not in aids] if mode == "hybrid" else []
         owners, pids, vectors = self._passage_vectors(aids + extra)
-        keys = pids.tolist()
-        dense = dict(zip(keys, (vectors @ qvec).tolist(), strict=True))
-        lexical = dict.fromkeys(keys, 0.0) | self.lexical.score_passages(query, keys)
-        fused = self._fuse_mode(dense, lexical, mode, self.passage_fusion)
+        dense = (vectors @ qvec).astype(np.float64)
+        lexical = self.lexical.given_scores("passages", query, pids)
+        if mode == "hybrid":
+            fused = self._fused(dense, lexical, self.passage_fusion, pids, pids)
+        else:
+            fused = dense if mode == "dense" else lexical
+        ranked = np.lexsort((pids, -fused))  # best first; ties by position
+        ranked = ranked[member(owners[ranked], np.asarray(aids, dtype=np.int64))]  # the anchors only normalise
+        chosen = ranked[_rank_within(owners[ranked]) < self.settings.passages_per_result]
+        rows = self.index.store.passages(pids[chosen].tolist())
         out: dict[int, list[tuple[StoredPassage, Scores]]] = {aid: [] for aid in aids}
-        ranked = np.lexsort((pids, -np.asarray([fused[p] for p in keys])))  # best first; ties by position
-        chosen: list[tuple[int, int]] = []
-        counts = dict.fromkeys(aids, 0)
-        for i in ranked.tolist():
-            aid = int(owners[i])
-            if counts.get(aid, self.settings.passages_per_result) < self.settings.passages_per_result:
-                counts[aid] += 1
-                chosen.append((aid, keys[i]))
-        rows = self.index.store.passages([p for _, p in chosen])
-        for aid, pid in chosen:
+        for aid, pid, d, lx, f in zip(
+            owners[chosen].tolist(),
+            pids[chosen].tolist(),
+            dense[chosen].tolist(),
+            lexical[chosen].tolist(),
+            fused[chosen].tolist(),
+            strict=True,
+        ):
             if pid in rows:
-                sc = Scores(round(dense[pid], 6), round(lexical[pid], 6), round(fused[pid], 6))
-                out[aid].append((rows[pid], sc))
+                out[aid].append((rows[pid], Scores(round(d, 6), round(lx, 6), round(f, 6))))
         return out
 
     def _fuse_mode(
@@ -1158,10 +1244,9 @@ class SearchService:
         out: dict[int, ArticleRef] = {}
         for aid, row in zip(keys, rows.tolist(), strict=True):
             ref = refs[aid]
-            if row >= 0:
-                out[aid] = replace(ref, canonical_id=catalog.canonical_id(row), story_id=catalog.story_labels[row])
-            else:  # written by another process since the catalog was loaded: alone in both until reloaded
-                out[aid] = replace(ref, canonical_id=ref.id, story_id=ref.id)
+            # written by another process since the catalog was loaded: alone in both until reloaded
+            canonical, story = (catalog.canonical_id(row), catalog.story_labels[row]) if row >= 0 else (ref.id, ref.id)
+            out[aid] = ArticleRef(ref.id, ref.title, ref.date, ref.source, ref.url, canonical, story)  # no replace()
         return out
 
     def _copies(self, aid: int) -> list[Copy]:

@@ -11,14 +11,16 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from flask import Flask
+from flask import Flask, jsonify
 from flask.testing import FlaskClient
 
 from api.app import create_app
+from search.models import to_json, to_plain
 from search.service import SearchService
 from search.text.chunking import sentence_spans
 from tests.conftest import CORPUS, SAMPLE, assert_error
@@ -60,6 +62,20 @@ def is_descending(values: list[float]) -> bool:
 
 
 # -- /api/search ---------------------------------------------------------------------------------------------
+
+
+def test_search_and_similar_bodies_are_what_jsonify_writes(app: Flask) -> None:
+    """The routes serialise with ``to_json`` (one function, which bench/search_cpu.py times): byte for byte what
+    Flask's ``jsonify`` writes of the plain response, non-ASCII text, floats and nulls included."""
+    service: SearchService = app.extensions["newsdesk"]
+    hybrid = service.search(RATES_QUERY, mode="hybrid", facets=True)
+    first = hybrid.results[0]
+    unusual = replace(first, article=replace(first.article, title="Zürich \u2014 \u6771\u4eac", date=None))
+    responses: list[object] = [hybrid, service.search(RATES_QUERY, mode="lexical"), unusual]
+    responses.append(service.similar(first.article.id, k=3))
+    with app.app_context():
+        for response in responses:
+            assert to_json(response) == jsonify(to_plain(response)).get_data()
 
 
 def test_search_response_has_exactly_the_documented_shape(client: FlaskClient) -> None:

@@ -212,7 +212,7 @@ def assert_loads_as(directory: Path, held: LexicalPostings, corpus_p: Corpus, co
         weights = (1.5, 1.0)[: corpus.columns]
         for query in corpus.queries(10):
             np.testing.assert_array_equal(got.scores(query, weights), oracle.scores(query, weights))
-    assert isinstance(loaded.passages.base.docs, np.memmap)  # the base is mapped, not read
+    assert isinstance(loaded.passages.base.docs.base, np.memmap)  # the base is mapped (a plain view of it), not read
 
 
 def segment_files(directory: Path) -> list[str]:

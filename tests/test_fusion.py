@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from search.errors import InvalidInput
@@ -53,3 +54,32 @@ def test_convex_keeps_score_gaps_that_rrf_discards() -> None:
 def test_bad_fusion_settings(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidInput):
         Fusion(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("normalisation", ["max", "minmax"])
+@pytest.mark.parametrize("alpha", [0.0, 0.35, 0.6, 1.0])
+def test_fuse_arrays_is_fuse_bit_for_bit(normalisation: str, alpha: float) -> None:
+    """The array fusion a search ranks with gives ``fuse``'s numbers exactly (NaN: a side lacks the key), on
+    float32-valued scores as FAISS and BM25 give them, ties, zeros, negatives and one-sided keys included."""
+    rng = np.random.default_rng(7)
+    for trial in range(50):
+        n = int(rng.integers(1, 60))
+        dense = rng.normal(0.3, 0.2, n).astype(np.float32).astype(np.float64)
+        lexical = np.abs(rng.normal(5, 4, n)).astype(np.float32).astype(np.float64)
+        lexical[rng.random(n) < 0.3] = 0.0
+        dense[rng.random(n) < 0.2] = np.nan
+        if trial % 5 == 0:
+            dense[:] = -0.1  # no positive dense score: max normalises to 0
+        keys = [f"k{i}" for i in range(n)]
+        fusion = Fusion("convex", alpha=alpha, normalisation=normalisation)
+        by_dict = fusion.fuse(
+            {k: float(d) for k, d in zip(keys, dense, strict=True) if not np.isnan(d)},
+            dict(zip(keys, lexical.tolist(), strict=True)),
+        )
+        assert fusion.fuse_arrays(dense, lexical).tolist() == [by_dict[k] for k in keys]
+
+
+def test_fuse_arrays_refuses_order_dependent_fusions() -> None:
+    assert not Fusion("rrf").on_arrays and not Fusion("convex", normalisation="zscore").on_arrays
+    with pytest.raises(ValueError):
+        Fusion("rrf").fuse_arrays(np.zeros(2), np.zeros(2))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from search.ranking.highlight import Highlighter, lexical_overlap
+from search.ranking.highlight import Highlighter, lexical_overlap, sentence_terms
 from search.service import SearchService
 from search.text.bm25 import MemoryBM25
+from search.text.fts import fts_term_counts
 from tests.fakes import HashEmbedder
 
 TEXT = (
@@ -31,6 +32,14 @@ def test_lexical_overlap_is_the_idf_weighted_share_of_query_terms() -> None:
     assert lexical_overlap(first, TERMS) == (1.0 + 0.5) / 4.5
     assert lexical_overlap(second, TERMS) == (3.0 + 1.0) / 4.5  # "damages" stems to "damag"
     assert lexical_overlap(second, {}) == 0.0
+
+
+def test_sentence_terms_are_the_stems_the_fts_tables_count() -> None:
+    """The kept stems of a sentence are exactly the terms ``fts_term_counts`` finds in it (accents folded, Unicode
+    separators, repeats), so the overlap a highlight weighs is the one it was before they were kept."""
+    for text in (*TEXT.split(". "), "Café-style PONIES ran; ponies ran", "Zürich \u2014 Straße 3.5bn ×2", ""):
+        assert sentence_terms(text) == set(fts_term_counts(text)[1])
+        assert sentence_terms(text) is sentence_terms(str(text))  # kept by text
 
 
 def test_the_sentence_holding_the_query_terms_wins_a_close_call() -> None:

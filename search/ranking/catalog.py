@@ -342,7 +342,10 @@ class ArticleCatalog:
         return min(rows, key=lambda r: (self.days[r] == NO_DATE, int(self.days[r]), self.ids[r]))
 
     def _duplicate_group(self, row: int) -> list[int]:
-        rows: list[int] = self.positions(self._duplicates.get(self.dup_labels[row]) or []).tolist()
+        members = self._duplicates.get(self.dup_labels[row]) or []
+        if len(members) == 1 and members[0] == self.aids[row]:
+            return [row]  # most articles have no copy: no lookup (a results page asks ~70 times)
+        rows: list[int] = self.positions(members).tolist()
         return rows
 
     def canonical_id(self, row: int) -> str:
@@ -352,7 +355,8 @@ class ArticleCatalog:
     def duplicate_rows(self, row: int) -> list[int]:
         """The other articles of ``row``'s duplicate group, canonical first, then by date and id."""
         members = self._duplicate_group(row)
-        ordered = sorted(members, key=lambda r: (r != self._first(members), int(self.days[r]), self.ids[r]))
+        first = self._first(members)  # once, not once per member (a story's copies can be dozens)
+        ordered = sorted(members, key=lambda r: (r != first, int(self.days[r]), self.ids[r]))
         return [r for r in ordered if r != row]
 
     def story_rows(self, label: str) -> list[int]:

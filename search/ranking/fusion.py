@@ -16,6 +16,8 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
+
 from search.errors import InvalidInput
 
 K = TypeVar("K", bound=Hashable)
@@ -64,6 +66,39 @@ class Fusion:
         nd = normalise(dense, self.normalisation, context[0])
         nl = normalise(lexical, self.normalisation, context[1])
         return {k: self.alpha * nd.get(k, 0.0) + (1.0 - self.alpha) * nl.get(k, 0.0) for k in keys}
+
+    @property
+    def on_arrays(self) -> bool:
+        """Whether ``fuse_arrays`` can fuse: a convex fusion with ``max`` or ``minmax`` normalisation, whose numbers
+        do not depend on the order the candidates come in (a z-score's mean and RRF's tie order do)."""
+        return self.method == "convex" and self.normalisation in ("max", "minmax")
+
+    def fuse_arrays(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
+        """``fuse`` over aligned float64 arrays, NaN where a side lacks a key: the same float operations element by
+        element, so the same numbers bit for bit, without a dict and a Python float per candidate (a search fuses a
+        few hundred articles and passages: 1.2 ms of its CPU in dicts). Only where ``on_arrays``."""
+        if not self.on_arrays:
+            raise ValueError(f"fuse_arrays fuses convex max or minmax, not {self.method} {self.normalisation}")
+        nd, nl = _normalised(dense, self.normalisation), _normalised(lexical, self.normalisation)
+        fused: np.ndarray = self.alpha * nd + (1.0 - self.alpha) * nl
+        return fused
+
+
+def _normalised(scores: np.ndarray, how: str) -> np.ndarray:
+    """``normalise`` of the present (not NaN) scores, 0.0 for the absent: what ``fuse`` adds for a missing key."""
+    present = ~np.isnan(scores)
+    out = np.zeros(len(scores), dtype=np.float64)
+    if not present.any():
+        return out
+    values = scores[present]
+    hi, lo = float(values.max()), float(values.min())
+    if how == "max":
+        if hi > 0:
+            out[present] = np.maximum(values, 0.0) / hi
+        return out
+    span = hi - lo
+    out[present] = (values - lo) / span if span > 0 else 1.0
+    return out
 
 
 def ranks(scores: Mapping[K, float]) -> dict[K, int]:

@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import json
 import math
+import mmap
 import os
 import re
 import uuid
@@ -31,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
-from search.arrays import sorted_lookup
+from search.arrays import member, sorted_lookup
 from search.errors import IndexCorrupt
 from search.jsontypes import JSONObject, JSONValue
 from search.memory import deep_size
@@ -411,7 +412,7 @@ class Segment:
 
     def positions(self, rowids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """(rowids present here, their row indexes)."""
-        wanted = np.fromiter((int(r) for r in rowids), dtype=np.int64)
+        wanted = _keys(rowids)
         idx = np.searchsorted(self.rowids, wanted)
         ok = (
             (idx < self.rows) & (self.rowids[np.minimum(idx, max(self.rows - 1, 0))] == wanted)
@@ -854,7 +855,7 @@ class Postings:
 
     def positions(self, rowids: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """(rowids present here, their live row indexes), in the order given."""
-        wanted = np.fromiter((int(r) for r in rowids), dtype=np.int64)
+        wanted = _keys(rowids)
         live = np.full(len(wanted), -1, dtype=np.int64)
         slots, found = sorted_lookup(self.base.rowids, wanted)
         if len(self.dead):
@@ -1082,10 +1083,25 @@ class Postings:
         """What these postings hold in memory: the delta, the tombstones and the base's arrays that are not
         memory-mapped (a mapped file is counted by the page cache, not here)."""
         base = self.base
-        arrays = [
-            a for a in (base.rowids, base.lengths, base.indptr, base.docs, base.tfs) if not isinstance(a, np.memmap)
-        ]
+        arrays = [a for a in (base.rowids, base.lengths, base.indptr, base.docs, base.tfs) if not _mapped(a)]
         return deep_size((arrays, base.vocab, self.delta, self.dead, self.dead_df))
+
+
+def _keys(rowids: Iterable[int]) -> np.ndarray:
+    """Row ids as int64, an int64 array as it is (no Python int per id)."""
+    if isinstance(rowids, np.ndarray) and rowids.dtype == np.int64:
+        return rowids
+    return np.fromiter((int(r) for r in rowids), dtype=np.int64)
+
+
+def _mapped(array: np.ndarray) -> bool:
+    """Whether ``array`` is a view of a memory-mapped file (its page cache is not this process's memory)."""
+    base: object = array
+    while isinstance(base, np.ndarray):
+        if isinstance(base, np.memmap):
+            return True
+        base = base.base
+    return isinstance(base, mmap.mmap)
 
 
 def _widened(segment: Segment, terms: int) -> Segment:
@@ -1384,7 +1400,10 @@ def _load_base(directory: Path, entry: JSONObject, columns: int, verify: bool) -
         path = directory / f"{name}.{key}.npy"
         if path.stat().st_size != sizes.get(key) or (verify and file_crc32(path) != sums.get(key)):
             raise IndexCorrupt(f"{path.name} is damaged (its size or CRC-32 is not the one saved)")
-        arrays[key] = np.load(path, mmap_mode=None if key == "vocab" else "r", allow_pickle=False)
+        loaded = np.load(path, mmap_mode=None if key == "vocab" else "r", allow_pickle=False)
+        # a plain view of the mapping: every slice of an np.memmap runs Python (memmap.__getitem__ and
+        # __array_finalize__), a few hundred a search, 0.7 ms of its CPU; the view keeps the mapping alive
+        arrays[key] = loaded.view(np.ndarray)
         if key != "vocab":  # mapped: read ahead into the page cache while the first searches run (files.prefetch)
             with path.open("rb") as fh:
                 prefetch(fh.fileno())
@@ -1551,6 +1570,19 @@ class MemoryBM25:
         rowids, idx = postings.positions(keys)
         got = postings.score_rows(_phrases(query), weights, idx)
         return {int(r): float(s) for r, s in zip(rowids, got, strict=True) if s > 0}
+
+    def given_scores(self, table: str, query: str, keys: np.ndarray) -> np.ndarray:
+        """BM25 of the rows ``keys`` (distinct rowids) of ``table`` (``articles`` or ``passages``) as a float64
+        array aligned with them, 0 for a key the postings lack or that does not score above 0: ``_given``'s numbers
+        and its callers' default without a dict per search."""
+        postings, weights = self._table(table)
+        keys = np.asarray(keys, dtype=np.int64)
+        rowids, idx = postings.positions(keys)
+        out = np.zeros(len(keys), dtype=np.float64)
+        if len(rowids):
+            got = postings.score_rows(_phrases(query), weights, idx)
+            out[member(keys, rowids)] = np.where(got > 0, got, 0)  # ``positions`` keeps the order given
+        return out
 
     def matching_articles(self, query: str) -> np.ndarray:
         """Keys of every article holding at least one query term (after tokenising and stemming): the lexical
