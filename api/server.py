@@ -116,6 +116,67 @@ class ServerLimits:
         }
 
 
+# What ``newsdesk serve`` runs when not told (``plan_server``), from bench/README.md ("Server configurations": the
+# 110k-passage real index, 4 clients, hybrid searches, 2 cores shared with other jobs). A search is GIL-bound Python
+# around an ONNX call, so a process uses about one core and a core needs a process: one process with 4 threads spent
+# 35 ms of CPU per search where several single-threaded processes spent 25-31 (2, 3 or 4 of them, and 2 x 2 threads,
+# within the noise of one another). Keep-alive connections stay with the worker that accepted them, so 4 clients
+# may split 3:1 over 2 workers; one process more than the cores keeps the cores busy then. Each process holds its
+# own model and index, so the spare is one, not one per core.
+SPARE_PROCESSES = 1
+THREADS_PER_PROCESS = 1
+SINGLE_PROCESS_THREADS = 4  # one process (one core, or an index one process at a time may open): requests overlap
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """How ``newsdesk serve`` runs: processes x request threads, and why (said in one line at start-up)."""
+
+    processes: int
+    threads: int
+    why: str
+
+    @property
+    def server(self) -> str:
+        return "waitress" if self.processes == 1 else "gunicorn with waitress workers"
+
+    def describe(self) -> str:
+        return f"{self.server}, {self.processes} process(es) x {self.threads} thread(s): {self.why}"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's cpuset, ``taskset``), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return os.cpu_count() or 1
+
+
+def plan_server(
+    cores: int, processes: int | None = None, threads: int | None = None, single: str | None = None
+) -> ServerPlan:
+    """The processes and threads to serve with on ``cores`` cores: what was asked, else the measured best.
+
+    ``single`` is why only one process may serve (Milvus Lite opens in one process at a time); it overrides the
+    default, never an explicit ``processes``, which the caller checks and refuses."""
+    if processes is not None:
+        count = threads if threads is not None else (SINGLE_PROCESS_THREADS if processes == 1 else THREADS_PER_PROCESS)
+        return ServerPlan(processes, count, "as asked (--processes)")
+    if single is not None:
+        return ServerPlan(1, threads or SINGLE_PROCESS_THREADS, f"one process, since {single}")
+    if cores <= 1:
+        return ServerPlan(
+            1, threads or SINGLE_PROCESS_THREADS, "1 usable core: one process, requests overlapping in threads"
+        )
+    count = cores + SPARE_PROCESSES
+    return ServerPlan(
+        count,
+        threads or THREADS_PER_PROCESS,
+        f"{cores} usable cores: a process per core for GIL-bound searches and {SPARE_PROCESSES} more for uneven "
+        "keep-alive connections, 1 thread each: the least CPU per search measured (bench/README.md)",
+    )
+
+
 def serve(
     make_app: Callable[[], Flask],
     host: str,
@@ -146,9 +207,24 @@ def serve(
             "graceful_timeout": 10,
             "accesslog": None,  # the app writes its own structured request log
             "proc_name": "newsdesk",
+            "post_worker_init": _worker_ready,
         },
         limits,
     ).run()
+
+
+WORKER_READY = "worker ready"  # logged by each gunicorn worker once its app is built
+
+
+def _worker_ready(worker: object) -> None:
+    """gunicorn's ``post_worker_init`` hook: say that this worker has loaded its model and index and now accepts.
+
+    ``/api/health`` answers as soon as one worker is up; keep-alive connections opened before the others are up
+    all stay with that one (bench/serve.py saw 4 clients on one of two workers), so a client that cares waits for
+    as many of these lines as the start-up line announced processes."""
+    log = getattr(worker, "log", None)
+    if log is not None:
+        log.info("%s (pid %d)", WORKER_READY, os.getpid())
 
 
 def harden(server: _Serving, limits: ServerLimits, hook: RefusalHook | None = None) -> _Serving:

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -341,6 +342,12 @@ def acceptance_issue19(
     return _verdict(ISSUE19["description"], conditions, {"modes": modes}, figures_met, conditions_met, notes)
 
 
+def picked_processes(pick: str | None) -> int | None:
+    """The processes a start-up line's pick announces (``... 3 process(es) x 1 thread(s) ...``), or None."""
+    found = re.search(r"(\d+) process\(es\)", pick or "")
+    return int(found.group(1)) if found else None
+
+
 def server_pick(log: str) -> str | None:
     """What ``newsdesk serve`` said it picked (its start-up line ``serving X on URL with <pick>``), or None (an
     older server that does not say)."""
@@ -495,6 +502,7 @@ class Server:
                 resp = conn.getresponse()
                 body = resp.read()
                 if resp.status == 200:
+                    self._wait_workers(started, timeout)
                     return json.loads(body), time.perf_counter() - started
                 last = f"HTTP {resp.status}: {body[:200]!r}"
             except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -506,9 +514,31 @@ class Server:
             f"the server did not answer /api/health within {timeout:.0f} s (last: {last}); log tail:\n{self.tail()}"
         )
 
+    def _wait_workers(self, started: float, timeout: float) -> None:
+        """Until every worker process the server announced has loaded (``WORKER_READY`` lines in its log): one
+        answering health is not all of them, and a client's keep-alive connection stays with the worker that
+        accepted it, so connections opened early would all land on the first."""
+        from api.server import WORKER_READY
+
+        expected = picked_processes(server_pick(self.said()))
+        while expected and expected > 1 and self.said().count(WORKER_READY) < expected:
+            if time.perf_counter() - started > timeout:
+                raise BenchError(f"{expected} server processes announced, not all ready; log tail:\n{self.tail()}")
+            if self.proc.poll() is not None:
+                raise BenchError(f"the server exited with status {self.proc.returncode}; log tail:\n{self.tail()}")
+            time.sleep(0.25)
+
     def tail(self) -> str:
         self._log_fh.flush()
         return log_tail(self.log)
+
+    def said(self) -> str:
+        """Everything the server has written so far (its start-up line is among the first)."""
+        self._log_fh.flush()
+        try:
+            return self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         try:
@@ -711,7 +741,7 @@ def benchmark(
             errors = sum(r.errors + r.warmup_errors for r in [*runs, *single_runs])
             server_info: dict[str, Any] = {
                 "command": server.cmd,
-                "picked": server_pick(server.tail()),
+                "picked": server_pick(server.said()),
                 "processes": processes,
                 "startup_seconds": round(startup, 2),
                 "backend": backend or os.environ.get("NEWSDESK_BACKEND") or "server default",

@@ -23,6 +23,7 @@ from bench.serve import (
     deal,
     embedding_floor,
     percentile,
+    picked_processes,
     read_query_texts,
     server_pick,
     summarize,
@@ -252,6 +253,9 @@ def test_server_pick_is_read_from_the_start_up_line() -> None:
     )
     assert server_pick(log) == "gunicorn with waitress workers, 3 process(es) x 1 thread(s): 2 usable cores"
     assert server_pick("serving /idx on http://127.0.0.1:8000/ (1 process(es) x 4 threads)\n") is None
+    assert picked_processes(server_pick(log)) == 3
+    assert picked_processes("waitress, 1 process(es) x 4 thread(s): as asked") == 1
+    assert picked_processes(None) is None and picked_processes("something else") is None
 
 
 def test_embedding_floor_and_dealing_distinct_texts() -> None:
