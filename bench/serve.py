@@ -155,6 +155,7 @@ class TargetRun:
     warmup_errors: int = 0
     queries_sent: int | None = None
     query_repeats: int | None = None
+    server_cpu_s: float | None = None  # the server's process group, over the warm-up and the timed run
 
 
 def _ms(value: float | None) -> float | None:
@@ -182,7 +183,29 @@ def summarize(run: TargetRun) -> dict[str, Any]:
     }
     if run.queries_sent is not None:
         out["queries"] = {"sent": run.queries_sent, "repeats": run.query_repeats}
+    if run.server_cpu_s is not None:
+        answered = ok + run.errors + run.warmup_requests
+        out["server_cpu"] = {
+            "ms_per_request": _ms(run.server_cpu_s * 1000 / answered) if answered else None,
+            "cores_busy": round(run.server_cpu_s / run.elapsed_s, 2) if run.elapsed_s > 0 else None,
+        }
     return out
+
+
+def group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
+    """User + system CPU seconds of the live processes in process group ``pgid`` (the server and its workers), from
+    ``/proc/<pid>/stat``: how much of the cores the server got, whatever else runs on the machine."""
+    ticks = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:  # after the name: state, ppid, pgrp, ..., utime (12th), stime (13th)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -308,7 +331,10 @@ def acceptance_issue19(
         one = single.get(name)
         one_p50 = one["latency_ms"]["p50"] if one else None
         one_errors = one["errors"] + one["warmup"]["errors"] if one else 0
+        served = run.get("server_cpu") or {}
         modes[mode] = {
+            "server_cpu_ms": served.get("ms_per_request"),  # over HTTP, all the server's processes
+            "server_cores_busy": served.get("cores_busy"),
             "inprocess_cpu_ms": mean,
             "inprocess_p50_ms": p50_in,
             "throughput_bound_rps": bound,
@@ -339,6 +365,13 @@ def acceptance_issue19(
         notes.append("no in-process measurement (--inprocess 0): the bars cannot be judged")
     if not conditions_met:
         notes.append("this run is not under the issue's conditions, so it cannot meet them")
+    busy = {m: v["server_cores_busy"] for m, v in modes.items() if v["server_cores_busy"] is not None}
+    starved = [m for m, b in busy.items() if b < 0.9 * cores]
+    if starved:
+        notes.append(
+            f"the server kept fewer than 0.9 x {cores} cores busy on {', '.join(starved)} (server_cores_busy): other "
+            "jobs took the cores, or it could not use them; throughput below the bound is then not the server's CPU"
+        )
     return _verdict(ISSUE19["description"], conditions, {"modes": modes}, figures_met, conditions_met, notes)
 
 
@@ -709,8 +742,14 @@ def benchmark(
                 if code is not None:
                     raise BenchError(f"the server exited with status {code} during the run; log tail:\n{server.tail()}")
 
+            def measured(name: str, next_path: Callable[[], str], clients: int, seconds: float) -> TargetRun:
+                before = group_cpu_seconds(server.proc.pid)  # the server leads its own process group
+                run = run_target(name, next_path, server.port, clients, seconds, warmup)
+                run.server_cpu_s = group_cpu_seconds(server.proc.pid) - before
+                return run
+
             load["start"] = loadavg()
-            runs.append(run_target("health", lambda: "/api/health", server.port, clients, seconds, warmup))
+            runs.append(measured("health", lambda: "/api/health", clients, seconds))
             alive()
             for mode in modes:
 
@@ -718,7 +757,7 @@ def benchmark(
                     return "/api/search?" + urlencode({"q": feed.take(), "k": k, "mode": mode})
 
                 before = feed.position
-                run = run_target(f"search:{mode}", search_path, server.port, clients, seconds, warmup)
+                run = measured(f"search:{mode}", search_path, clients, seconds)
                 after = feed.position
                 run.queries_sent = after - before  # warm-up included
                 run.query_repeats = feed.repeats_between(before, after)
@@ -726,16 +765,16 @@ def benchmark(
                 alive()
             ids = first_search_ids(server.port, feed.take(), k)
             similar = _cycler([f"/api/similar?{urlencode({'id': i})}" for i in ids])
-            runs.append(run_target("similar", similar, server.port, clients, seconds, warmup))
+            runs.append(measured("similar", similar, clients, seconds))
             alive()
             if single_seconds > 0:  # one client: the HTTP layer's own latency over a search's (issue 19, bar 3)
-                single_runs.append(run_target("health", lambda: "/api/health", server.port, 1, single_seconds, warmup))
+                single_runs.append(measured("health", lambda: "/api/health", 1, single_seconds))
                 for mode in modes:
 
                     def one_path(mode: str = mode) -> str:
                         return "/api/search?" + urlencode({"q": feed.take(), "k": k, "mode": mode})
 
-                    single_runs.append(run_target(f"search:{mode}", one_path, server.port, 1, single_seconds, warmup))
+                    single_runs.append(measured(f"search:{mode}", one_path, 1, single_seconds))
                     alive()
             load["end"] = loadavg()
             errors = sum(r.errors + r.warmup_errors for r in [*runs, *single_runs])

@@ -6,6 +6,7 @@ its no-repeat promise under concurrent takes, and the report against synthetic r
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from bench.serve import (
     cpu_stats,
     deal,
     embedding_floor,
+    group_cpu_seconds,
     percentile,
     picked_processes,
     read_query_texts,
@@ -267,3 +269,21 @@ def test_embedding_floor_and_dealing_distinct_texts() -> None:
     with pytest.raises(BenchError):
         deal(["a", "b", "c"], ["hybrid", "embed"], 2)
     assert cpu_stats([0.001, 0.003]) == {"n": 2, "mean_ms": 2.0, "p50_ms": 2.0, "p90_ms": 2.8}
+
+
+def test_server_cpu_of_a_process_group_and_per_request(tmp_path: Path) -> None:
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid, name, pgrp, utime, stime in (
+        (10, "newsdesk", 10, 3 * tick, tick),
+        (11, "a) b", 10, tick, 0),
+        (12, "x", 99, 50, 50),
+    ):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({name}) S 1 {pgrp} 0 0 0 0 0 0 0 0 {utime} {stime} 0 0\n")
+    (tmp_path / "self").mkdir()
+    assert group_cpu_seconds(10, tmp_path) == 5.0  # the group's two processes, a ")" in a name included
+    run = _run("search:hybrid", [10.0] * 95, elapsed=2.0)
+    run.server_cpu_s = 1.0
+    assert summarize(run)["server_cpu"] == {"ms_per_request": 10.0, "cores_busy": 0.5}  # 95 timed + 5 warm-up
+    acc = _issue19([run], [_run("search:hybrid", [10.0])])
+    assert acc["modes"]["hybrid"]["server_cores_busy"] == 0.5 and any("cores busy" in n for n in acc["notes"])
