@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -146,3 +148,19 @@ def test_serve_says_what_it_picked_in_one_line(
     result = runner.invoke(main, ["serve", "--index", str(sample_index), "--processes", "1", "--workers", "2"])
     assert result.exit_code == 0 and (ran[0]["processes"], ran[0]["threads"]) == (1, 2)
     assert "waitress, 1 process(es) x 2 thread(s): as asked" in result.output
+
+
+def test_the_default_server_names_an_index_it_cannot_open_in_one_line(sample_index: Path, tmp_path: Path) -> None:
+    """Several worker processes open the index after their fork; one that cannot says why in the parent's one
+    error line and exit status 1, as one process does, not in gunicorn's traceback and exit status 3."""
+    copy = tmp_path / "idx"
+    shutil.copytree(sample_index, copy)
+    (copy / "newsdesk.sqlite").write_bytes(b"not a database at all " * 200)
+    done = subprocess.run(
+        [procs.NEWSDESK, "serve", "--index", str(copy), "--port", "0", "--processes", "2"],
+        env=procs.INT8, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "gunicorn" in done.stderr
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: ") and "newsdesk.sqlite" in last
