@@ -203,13 +203,18 @@ def _added_note(n: int) -> str:
 @_model_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port to listen on.")
-@click.option("--workers", type=int, default=4, show_default=True, help="Request threads per server process.")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Request threads per server process [default: 1 with several processes, 4 with one].",
+)
 @click.option(
     "--processes",
     type=int,
-    default=1,
-    show_default=True,
-    help="Server processes: 1 runs waitress; more run gunicorn workers, each loading the model and index itself.",
+    default=None,
+    help="Server processes: 1 runs waitress; more run gunicorn workers, each loading the model and index itself "
+    "[default: one per usable core and one more; one on a single core or an index only one process may open].",
 )
 @click.option("--threads", type=int, default=None, help=HELP["threads"])
 @click.option(
@@ -219,35 +224,40 @@ def _added_note(n: int) -> str:
 @click.option("--replica-poll", type=float, default=None, help=HELP["replica_poll"])
 @click.option("--read-only", is_flag=True, default=None, help=HELP["read_only"] + " [env NEWSDESK_READ_ONLY]")
 @_backend_option
-def serve(host: str, port: int, workers: int, processes: int, **opts: object) -> None:
+def serve(host: str, port: int, workers: int | None, processes: int | None, **opts: object) -> None:
     """Serve the API and the web page with a production WSGI server (waitress, or gunicorn for several processes).
+
+    Without --processes and --workers it picks the configuration that served the most searches per core for the
+    cores it may run on, and says what it picked and why in one line at start-up.
 
     With --collections, serve as a stateless replica of an index on Milvus: no index directory is read, any number
     of replicas serve one corpus, and each reloads when the indexer publishes a write."""
     from api.app import create_app
-    from api.server import ServerLimits
+    from api.server import ServerLimits, plan_server, usable_cores
     from api.server import serve as run_server
     from search.storage.manifest import read_manifest
     from search.vectors.factory import backend_of
     from search.vectors.replicas import replica_problem
 
-    if workers < 1 or processes < 1:
+    if (workers is not None and workers < 1) or (processes is not None and processes < 1):
         raise click.UsageError("--workers and --processes must be at least 1")
     settings = Settings.from_env(None, **opts)
+    plan = plan_server(usable_cores(), processes, workers)
     if settings.collections:
-        problem = replica_problem(settings, processes)
-        if problem:
-            raise click.UsageError(problem)
         served = f"{settings.collections} on {settings.milvus_uri}"
+        problem = replica_problem(settings, plan.processes)
     else:
         manifest = read_manifest(settings.index_dir)  # a missing or unfinished index fails here, once
-        problem = backend_of(manifest).serving_problem(manifest, processes)  # e.g. Milvus Lite: one process
-        if problem:
-            raise click.UsageError(f"{settings.index_dir} {problem}")
         served = str(settings.index_dir)
-    click.echo(f"serving {served} on http://{host}:{port}/ ({processes} process(es) x {workers} threads)", err=True)
+        problem = backend_of(manifest).serving_problem(manifest, plan.processes)  # e.g. Milvus Lite: one process
+        problem = problem and f"{settings.index_dir} {problem}"
+    if problem and processes is None:  # the default picked several processes: this index allows one
+        plan = plan_server(usable_cores(), None, workers, single=problem)
+    elif problem:
+        raise click.UsageError(problem)
+    click.echo(f"serving {served} on http://{host}:{port}/ with {plan.describe()}", err=True)
     limits = ServerLimits.of(settings)
-    run_server(lambda: create_app(settings), host, port, threads=workers, processes=processes, limits=limits)
+    run_server(lambda: create_app(settings), host, port, threads=plan.threads, processes=plan.processes, limits=limits)
 
 
 @main.command()

@@ -28,12 +28,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypedDict
 
 from flask import Flask
+from gunicorn.errors import HaltServer
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
@@ -41,6 +44,7 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 from waitress.utilities import Error, RequestEntityTooLarge
 
+from search.errors import NewsdeskError
 from search.settings import Settings
 
 log = logging.getLogger("newsdesk.server")
@@ -51,6 +55,7 @@ log = logging.getLogger("newsdesk.server")
 EARLY_REFUSAL = "newsdesk.early_refusal"
 Refusal = tuple[int, str, str, Mapping[str, str]]
 RefusalHook = Callable[[str, str, Mapping[str, str]], Refusal | None]
+WORKER_BOOT_ERROR = 3  # gunicorn's status for a worker that could not start: its arbiter then stops
 LOOP_SECONDS = 0.5  # how often the loop wakes when idle: deadlines are enforced within about this much
 
 
@@ -116,6 +121,67 @@ class ServerLimits:
         }
 
 
+# What ``newsdesk serve`` runs when not told (``plan_server``), from bench/README.md ("Server configurations": the
+# 110k-passage real index, 4 clients, hybrid searches, 2 cores shared with other jobs). A search is GIL-bound Python
+# around an ONNX call, so a process uses about one core and a core needs a process: one process with 4 threads spent
+# 35 ms of CPU per search where several single-threaded processes spent 25-31 (2, 3 or 4 of them, and 2 x 2 threads,
+# within the noise of one another). Keep-alive connections stay with the worker that accepted them, so 4 clients
+# may split 3:1 over 2 workers; one process more than the cores keeps the cores busy then. Each process holds its
+# own model and index, so the spare is one, not one per core.
+SPARE_PROCESSES = 1
+THREADS_PER_PROCESS = 1
+SINGLE_PROCESS_THREADS = 4  # one process (one core, or an index one process at a time may open): requests overlap
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """How ``newsdesk serve`` runs: processes x request threads, and why (said in one line at start-up)."""
+
+    processes: int
+    threads: int
+    why: str
+
+    @property
+    def server(self) -> str:
+        return "waitress" if self.processes == 1 else "gunicorn with waitress workers"
+
+    def describe(self) -> str:
+        return f"{self.server}, {self.processes} process(es) x {self.threads} thread(s): {self.why}"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's cpuset, ``taskset``), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return os.cpu_count() or 1
+
+
+def plan_server(
+    cores: int, processes: int | None = None, threads: int | None = None, single: str | None = None
+) -> ServerPlan:
+    """The processes and threads to serve with on ``cores`` cores: what was asked, else the measured best.
+
+    ``single`` is why only one process may serve (Milvus Lite opens in one process at a time); it overrides the
+    default, never an explicit ``processes``, which the caller checks and refuses."""
+    if processes is not None:
+        count = threads if threads is not None else (SINGLE_PROCESS_THREADS if processes == 1 else THREADS_PER_PROCESS)
+        return ServerPlan(processes, count, "as asked (--processes)")
+    if single is not None:
+        return ServerPlan(1, threads or SINGLE_PROCESS_THREADS, f"one process, since {single}")
+    if cores <= 1:
+        return ServerPlan(
+            1, threads or SINGLE_PROCESS_THREADS, "1 usable core: one process, requests overlapping in threads"
+        )
+    count = cores + SPARE_PROCESSES
+    return ServerPlan(
+        count,
+        threads or THREADS_PER_PROCESS,
+        f"{cores} usable cores: a process per core for GIL-bound searches and {SPARE_PROCESSES} more for uneven "
+        "keep-alive connections, 1 thread each: the least CPU per search measured (bench/README.md)",
+    )
+
+
 def serve(
     make_app: Callable[[], Flask],
     host: str,
@@ -134,21 +200,44 @@ def serve(
         server.print_listen("Serving on http://{}:{}")
         server.run()
         return
-    _GunicornApp(
-        make_app,
-        {
-            "bind": f"{host}:{port}",
-            "workers": processes,
-            "worker_class": WaitressWorker,
-            "threads": threads,
-            "preload_app": False,  # build the app in each worker, after its fork
-            "timeout": timeout,  # a worker loading a large index must not be killed as hung
-            "graceful_timeout": 10,
-            "accesslog": None,  # the app writes its own structured request log
-            "proc_name": "newsdesk",
-        },
-        limits,
-    ).run()
+    with tempfile.TemporaryDirectory(prefix="newsdesk-serve-") as scratch:
+        failure = Path(scratch) / "boot-error"
+        try:
+            _GunicornApp(make_app, _gunicorn_options(host, port, processes, threads, timeout), limits, failure).run()
+        except (SystemExit, HaltServer):  # halt() ends in SystemExit, or re-raises as a second worker fails
+            said = failure.read_text(encoding="utf-8") if failure.exists() else ""
+            if said:  # a worker could not build the app (a damaged index): the CLI's one line, not gunicorn's exit 3
+                raise NewsdeskError(said) from None
+            raise
+
+
+def _gunicorn_options(host: str, port: int, processes: int, threads: int, timeout: int) -> dict[str, object]:
+    return {
+        "bind": f"{host}:{port}",
+        "workers": processes,
+        "worker_class": WaitressWorker,
+        "threads": threads,
+        "preload_app": False,  # build the app in each worker, after its fork
+        "timeout": timeout,  # a worker loading a large index must not be killed as hung
+        "graceful_timeout": 10,
+        "accesslog": None,  # the app writes its own structured request log
+        "proc_name": "newsdesk",
+        "post_worker_init": _worker_ready,
+    }
+
+
+WORKER_READY = "worker ready"  # logged by each gunicorn worker once its app is built
+
+
+def _worker_ready(worker: object) -> None:
+    """gunicorn's ``post_worker_init`` hook: say that this worker has loaded its model and index and now accepts.
+
+    ``/api/health`` answers as soon as one worker is up; keep-alive connections opened before the others are up
+    all stay with that one (bench/serve.py's 4 clients could all land on the first), so a client that cares waits for
+    as many of these lines as the start-up line announced processes."""
+    log = getattr(worker, "log", None)
+    if log is not None:
+        log.info("%s (pid %d)", WORKER_READY, os.getpid())
 
 
 def harden(server: _Serving, limits: ServerLimits, hook: RefusalHook | None = None) -> _Serving:
@@ -293,10 +382,13 @@ class WaitressWorker(_gunicorn_base("gunicorn.workers.base", "Worker")):  # type
 class _GunicornApp(_gunicorn_base("gunicorn.app.base", "BaseApplication")):  # type: ignore[misc]
     """gunicorn's documented custom-application hook: options from a dict, the app from a factory."""
 
-    def __init__(self, make_app: Callable[[], Flask], options: dict[str, object], limits: ServerLimits) -> None:
+    def __init__(
+        self, make_app: Callable[[], Flask], options: dict[str, object], limits: ServerLimits, failure: Path
+    ) -> None:
         self._make_app = make_app
         self._options = options
         self.limits = limits
+        self._failure = failure
         super().__init__()
 
     def load_config(self) -> None:
@@ -304,4 +396,12 @@ class _GunicornApp(_gunicorn_base("gunicorn.app.base", "BaseApplication")):  # t
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        return self._make_app()
+        """The app, built in the worker after its fork. An index that cannot be opened is the user's error, as in one
+        process: its message goes to ``failure`` for the parent to report in one line, and the worker leaves at
+        once with gunicorn's boot-error status (``os._exit``: a forked copy of the caller must not unwind its
+        stack), which stops the arbiter."""
+        try:
+            return self._make_app()
+        except NewsdeskError as exc:
+            self._failure.write_text(str(exc), encoding="utf-8")
+            os._exit(WORKER_BOOT_ERROR)

@@ -4,17 +4,20 @@ One command runs the whole benchmark::
 
     .venv/bin/python bench/serve.py --index DIR --rtqa ../shared/data/realtimeqa --out bench/results/serve.json
 
-1. ``newsdesk serve --index DIR --host 127.0.0.1 --port <free port> --workers N [--processes P]`` in a subprocess
-   (its own process group, output to a log file in a temporary directory), polled on ``/api/health`` until it
-   answers;
+1. ``newsdesk serve --index DIR --host 127.0.0.1 --port <free port> [--workers N] [--processes P]`` in a
+   subprocess (its own process group, output to a log file in a temporary directory), polled on ``/api/health``
+   until it answers; without ``--workers``/``--processes`` the server picks them, and the report keeps what it said;
 2. for each target in turn, in the same server: a few warm-up requests (not counted), then ``--clients`` threads,
    each with its own keep-alive ``http.client.HTTPConnection``, sending requests back to back for ``--seconds``.
    Targets: ``GET /api/health`` (the floor: HTTP, waitress and Flask overhead), ``/api/search`` for each of
    ``--modes``, then ``/api/similar?id=`` with the article ids of a first search;
-3. end-to-end client-side latency (``time.perf_counter`` around request and full response read) p50/p95/p99/max,
-   throughput, errors (non-2xx or exceptions), ratios against the health floor and hybrid against dense, and an
-   ``acceptance`` block for the project target;
-4. the JSON report printed (and written to ``--out``); exit status 1 if the server fails to start or any request
+   Then health and each mode again with one client for ``--single-seconds``;
+3. after the server has stopped, ``measure_inprocess``: CPU per whole search per mode and per query embedding alone
+   in this process (``--inprocess`` distinct queries each);
+4. end-to-end client-side latency (``time.perf_counter`` around request and full response read) p50/p95/p99/max,
+   throughput, errors (non-2xx or exceptions), ratios against the health floor and hybrid against dense, an
+   ``acceptance`` block for the project target and ``acceptance_issue19`` (HTTP against the in-process figures);
+5. the JSON report printed (and written to ``--out``); exit status 1 if the server fails to start or any request
    errors.
 
 Search queries come from ``--queries`` (JSONL rows with ``text`` or ``question``) or RealTime QA's
@@ -24,7 +27,8 @@ query at once: the server's query-embedding cache never flatters the figures. If
 the report says so and counts the repeats. The client threads share the machine with the server: on 2 cores they
 take CPU from it, so the figures are an upper bound of what a remote client would see.
 
-``percentile``, ``QueryFeed``, ``summarize``, ``ratios``, ``acceptance`` and ``build_report`` are pure and importable
+``percentile``, ``QueryFeed``, ``summarize``, ``ratios``, ``acceptance``, ``acceptance_issue19``, ``server_pick``,
+``embedding_floor``, ``deal``, ``cpu_stats`` and ``build_report`` are pure and importable
 (``tests/test_bench_serve.py``).
 """
 
@@ -37,6 +41,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -150,6 +155,7 @@ class TargetRun:
     warmup_errors: int = 0
     queries_sent: int | None = None
     query_repeats: int | None = None
+    server_cpu_s: float | None = None  # the server's process group, over the warm-up and the timed run
 
 
 def _ms(value: float | None) -> float | None:
@@ -177,7 +183,29 @@ def summarize(run: TargetRun) -> dict[str, Any]:
     }
     if run.queries_sent is not None:
         out["queries"] = {"sent": run.queries_sent, "repeats": run.query_repeats}
+    if run.server_cpu_s is not None:
+        answered = ok + run.errors + run.warmup_requests
+        out["server_cpu"] = {
+            "ms_per_request": _ms(run.server_cpu_s * 1000 / answered) if answered else None,
+            "cores_busy": round(run.server_cpu_s / run.elapsed_s, 2) if run.elapsed_s > 0 else None,
+        }
     return out
+
+
+def group_cpu_seconds(pgid: int, proc: Path = Path("/proc")) -> float:
+    """User + system CPU seconds of the live processes in process group ``pgid`` (the server and its workers), from
+    ``/proc/<pid>/stat``: how much of the cores the server got, whatever else runs on the machine."""
+    ticks = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:  # after the name: state, ppid, pgrp, ..., utime (12th), stime (13th)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -235,15 +263,132 @@ def acceptance(
         notes.append("hybrid search was not measured (add it to --modes)")
     if not conditions_met:
         notes.append("this run is not under the target's conditions, so the target cannot be met by it")
+    return _verdict(TARGET["description"], conditions, checks, figures_met, conditions_met, notes)
+
+
+def _verdict(
+    target: str,
+    conditions: Mapping[str, Any],
+    figures: Mapping[str, Any],
+    figures_met: bool,
+    conditions_met: bool,
+    notes: list[str],
+) -> dict[str, Any]:
+    """An acceptance block: the figures and conditions, each judged, and ``met`` only when both hold."""
     return {
-        "target": TARGET["description"],
-        "conditions": conditions,
-        **checks,
+        "target": target,
+        "conditions": dict(conditions),
+        **figures,
         "figures_met": figures_met,
         "conditions_met": conditions_met,
         "met": figures_met and conditions_met,
         "notes": notes,
     }
+
+
+# Issue 19's bars (searches that cost little more than embedding their query), judged on one run.
+ISSUE19: dict[str, Any] = {
+    "description": (
+        "(2) 4 clients x 60 s on the default serve: throughput >= 0.7 x cores / in-process CPU per search, p99 <= "
+        "3 x p50, no errors; (3) 1 client: HTTP p50 <= in-process p50 + 3 ms"
+    ),
+    "throughput_share": 0.7,
+    "p99_over_p50": 3.0,
+    "single_overhead_ms": 3.0,
+    "min_clients": 4,
+    "min_seconds": 60.0,
+}
+
+
+def acceptance_issue19(
+    *,
+    targets: Mapping[str, Mapping[str, Any]],
+    single: Mapping[str, Mapping[str, Any]],
+    inprocess: Mapping[str, Any] | None,
+    cores: int,
+    clients: int,
+    seconds: float,
+    default_serve: bool,
+) -> dict[str, Any]:
+    """Issue 19's acceptance 2 and 3 for each search mode measured both over HTTP and in process.
+
+    ``targets`` are the ``clients``-client runs, ``single`` the one-client runs (``summarize`` shapes), ``inprocess``
+    the in-process measurement (``cpu.<mode>.mean_ms`` and ``p50_ms``: CPU per whole search). Throughput is held to
+    ``cores`` busy with nothing but searches at their in-process cost; the one-client p50 to the in-process p50
+    plus the HTTP layer's allowance. Conditions (4+ clients, 60+ s, the default ``serve``) are reported apart, as in
+    ``acceptance``: a run outside them never meets the bar."""
+    cpu = (inprocess or {}).get("cpu") or {}
+    modes: dict[str, Any] = {}
+    for name, run in targets.items():
+        if not name.startswith("search:"):
+            continue
+        mode = name.split(":", 1)[1]
+        own = cpu.get(mode) or {}
+        mean, p50_in = own.get("mean_ms"), own.get("p50_ms")
+        bound = round(cores * 1000 / mean, 2) if mean else None
+        rps, p50, p99 = run["throughput_rps"], run["latency_ms"]["p50"], run["latency_ms"]["p99"]
+        errors = run["errors"] + run["warmup"]["errors"]
+        one = single.get(name)
+        one_p50 = one["latency_ms"]["p50"] if one else None
+        one_errors = one["errors"] + one["warmup"]["errors"] if one else 0
+        served = run.get("server_cpu") or {}
+        modes[mode] = {
+            "server_cpu_ms": served.get("ms_per_request"),  # over HTTP, all the server's processes
+            "server_cores_busy": served.get("cores_busy"),
+            "inprocess_cpu_ms": mean,
+            "inprocess_p50_ms": p50_in,
+            "throughput_bound_rps": bound,
+            "throughput_rps": rps,
+            "throughput_share": _ratio(rps, bound),
+            "throughput_ok": bool(bound and rps is not None and rps >= ISSUE19["throughput_share"] * bound),
+            "p99_over_p50": _ratio(p99, p50),
+            "p99_ok": p50 is not None and p99 is not None and p99 <= ISSUE19["p99_over_p50"] * p50,
+            "errors": errors + one_errors,
+            "errors_ok": errors + one_errors == 0,
+            "single_p50_ms": one_p50,
+            "single_overhead_ms": None if one_p50 is None or p50_in is None else round(one_p50 - p50_in, 3),
+            "single_ok": one_p50 is not None
+            and p50_in is not None
+            and one_p50 <= p50_in + ISSUE19["single_overhead_ms"],
+        }
+        modes[mode]["met"] = all(modes[mode][c] for c in ("throughput_ok", "p99_ok", "errors_ok", "single_ok"))
+    conditions = {
+        "cores": cores,
+        "clients_ok": clients >= ISSUE19["min_clients"],
+        "seconds_ok": seconds >= ISSUE19["min_seconds"],
+        "default_serve": default_serve,
+    }
+    conditions_met = bool(conditions["clients_ok"] and conditions["seconds_ok"] and default_serve)
+    figures_met = bool(modes) and all(m["met"] for m in modes.values())
+    notes = []
+    if not cpu:
+        notes.append("no in-process measurement (--inprocess 0): the bars cannot be judged")
+    if not conditions_met:
+        notes.append("this run is not under the issue's conditions, so it cannot meet them")
+    busy = {m: v["server_cores_busy"] for m, v in modes.items() if v["server_cores_busy"] is not None}
+    starved = [m for m, b in busy.items() if b < 0.9 * cores]
+    if starved:
+        notes.append(
+            f"the server kept fewer than 0.9 x {cores} cores busy on {', '.join(starved)} (server_cores_busy): other "
+            "jobs took the cores, or it could not use them; throughput below the bound is then not the server's CPU"
+        )
+    return _verdict(ISSUE19["description"], conditions, {"modes": modes}, figures_met, conditions_met, notes)
+
+
+def picked_processes(pick: str | None) -> int | None:
+    """The processes a start-up line's pick announces (``... 3 process(es) x 1 thread(s) ...``), or None."""
+    found = re.search(r"(\d+) process\(es\)", pick or "")
+    return int(found.group(1)) if found else None
+
+
+def server_pick(log: str) -> str | None:
+    """What ``newsdesk serve`` said it picked (its start-up line ``serving X on URL with <pick>``), or None (an
+    older server that does not say)."""
+    for line in log.splitlines():
+        url = line.rpartition(" on http://")[2] if line.startswith("serving ") else ""  # the path may hold anything
+        if "/ with " in url:
+            return url.split("/ with ", 1)[1].strip()
+    return None
 
 
 def build_report(
@@ -255,7 +400,7 @@ def build_report(
     seconds: float,
     k: int,
     modes: Sequence[str],
-    workers: int,
+    workers: int | None,
     server: Mapping[str, Any],
     queries: Mapping[str, Any],
     machine: Mapping[str, Any],
@@ -327,10 +472,10 @@ class Server:
     def __init__(
         self,
         index: Path | None,
-        workers: int,
+        workers: int | None,
         log: Path,
         backend: str | None,
-        processes: int = 1,
+        processes: int | None = 1,
         env: Mapping[str, str | None] | None = None,
         args: Sequence[str] = (),
         cwd: Path | None = None,
@@ -338,7 +483,8 @@ class Server:
         """``env`` changes the child's environment: a value sets a variable, None removes it. ``index=None`` with
         ``args`` such as ``--milvus-uri URI --collections NAME`` serves a stateless replica
         (search/vectors/milvus/replica.py);
-        ``cwd`` is where the server runs (the checkout by default)."""
+        ``cwd`` is where the server runs (the checkout by default). ``workers`` and ``processes`` None run the
+        default ``serve`` (which picks them for the cores it finds)."""
         self.port = free_port()
         self.log = log
         child = child_env()
@@ -356,10 +502,11 @@ class Server:
             HOST,
             "--port",
             str(self.port),
-            "--workers",
-            str(workers),
+            *(["--workers", str(workers)] if workers is not None else []),
         ]
-        if processes > 1:  # the flag is newer than the benchmark: older servers are run as they were
+        # The flag is newer than the benchmark: older servers (one process, always) run as they were; a newer one
+        # picks its processes when not told, so it is told 1 when 1 is asked for.
+        if processes is not None and (processes > 1 or serve_supports("--processes")):
             self.cmd += ["--processes", str(processes)]
         self.backend_via: str | None = None
         if backend is not None:
@@ -388,6 +535,7 @@ class Server:
                 resp = conn.getresponse()
                 body = resp.read()
                 if resp.status == 200:
+                    self._wait_workers(started, timeout)
                     return json.loads(body), time.perf_counter() - started
                 last = f"HTTP {resp.status}: {body[:200]!r}"
             except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -399,9 +547,31 @@ class Server:
             f"the server did not answer /api/health within {timeout:.0f} s (last: {last}); log tail:\n{self.tail()}"
         )
 
+    def _wait_workers(self, started: float, timeout: float) -> None:
+        """Until every worker process the server announced has loaded (``WORKER_READY`` lines in its log): one
+        answering health is not all of them, and a client's keep-alive connection stays with the worker that
+        accepted it, so connections opened early would all land on the first."""
+        from api.server import WORKER_READY
+
+        expected = picked_processes(server_pick(self.said()))
+        while expected and expected > 1 and self.said().count(WORKER_READY) < expected:
+            if time.perf_counter() - started > timeout:
+                raise BenchError(f"{expected} server processes announced, not all ready; log tail:\n{self.tail()}")
+            if self.proc.poll() is not None:
+                raise BenchError(f"the server exited with status {self.proc.returncode}; log tail:\n{self.tail()}")
+            time.sleep(0.25)
+
     def tail(self) -> str:
         self._log_fh.flush()
         return log_tail(self.log)
+
+    def said(self) -> str:
+        """Everything the server has written so far (its start-up line is among the first)."""
+        self._log_fh.flush()
+        try:
+            return self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         try:
@@ -550,14 +720,16 @@ def benchmark(
     seconds: float,
     modes: Sequence[str],
     k: int,
-    workers: int,
+    workers: int | None,
     warmup: int,
     backend: str | None,
     start_timeout: float,
-    processes: int = 1,
-    floor_queries: int = 0,
+    processes: int | None = None,
+    inprocess_queries: int = 0,
+    single_seconds: float = 0.0,
 ) -> dict[str, Any]:
     feed = QueryFeed(texts)
+    single_runs: list[TargetRun] = []
     load = {"before": loadavg()}
     with tempfile.TemporaryDirectory(prefix="newsdesk-serve-bench-") as tmp:
         server = Server(index, workers, Path(tmp) / "server.log", backend, processes)
@@ -570,8 +742,14 @@ def benchmark(
                 if code is not None:
                     raise BenchError(f"the server exited with status {code} during the run; log tail:\n{server.tail()}")
 
+            def measured(name: str, next_path: Callable[[], str], clients: int, seconds: float) -> TargetRun:
+                before = group_cpu_seconds(server.proc.pid)  # the server leads its own process group
+                run = run_target(name, next_path, server.port, clients, seconds, warmup)
+                run.server_cpu_s = group_cpu_seconds(server.proc.pid) - before
+                return run
+
             load["start"] = loadavg()
-            runs.append(run_target("health", lambda: "/api/health", server.port, clients, seconds, warmup))
+            runs.append(measured("health", lambda: "/api/health", clients, seconds))
             alive()
             for mode in modes:
 
@@ -579,7 +757,7 @@ def benchmark(
                     return "/api/search?" + urlencode({"q": feed.take(), "k": k, "mode": mode})
 
                 before = feed.position
-                run = run_target(f"search:{mode}", search_path, server.port, clients, seconds, warmup)
+                run = measured(f"search:{mode}", search_path, clients, seconds)
                 after = feed.position
                 run.queries_sent = after - before  # warm-up included
                 run.query_repeats = feed.repeats_between(before, after)
@@ -587,12 +765,22 @@ def benchmark(
                 alive()
             ids = first_search_ids(server.port, feed.take(), k)
             similar = _cycler([f"/api/similar?{urlencode({'id': i})}" for i in ids])
-            runs.append(run_target("similar", similar, server.port, clients, seconds, warmup))
+            runs.append(measured("similar", similar, clients, seconds))
             alive()
+            if single_seconds > 0:  # one client: the HTTP layer's own latency over a search's (issue 19, bar 3)
+                single_runs.append(measured("health", lambda: "/api/health", 1, single_seconds))
+                for mode in modes:
+
+                    def one_path(mode: str = mode) -> str:
+                        return "/api/search?" + urlencode({"q": feed.take(), "k": k, "mode": mode})
+
+                    single_runs.append(measured(f"search:{mode}", one_path, 1, single_seconds))
+                    alive()
             load["end"] = loadavg()
-            errors = sum(r.errors + r.warmup_errors for r in runs)
+            errors = sum(r.errors + r.warmup_errors for r in [*runs, *single_runs])
             server_info: dict[str, Any] = {
                 "command": server.cmd,
+                "picked": server_pick(server.said()),
                 "processes": processes,
                 "startup_seconds": round(startup, 2),
                 "backend": backend or os.environ.get("NEWSDESK_BACKEND") or "server default",
@@ -601,8 +789,8 @@ def benchmark(
             }
         finally:
             server.stop()
-    # After the server has stopped (it must not compete for the cores, and nothing is forked after the model ran).
-    floor = embedding_floor(feed.texts[-floor_queries:], backend, clients) if floor_queries > 0 else None
+    # After the server has stopped: it must not compete for the cores, and nothing is forked after the model ran.
+    inprocess = measure_inprocess(index, feed.texts, modes, queries=inprocess_queries, k=k, backend=backend)
     taken = feed.position
     repeats = feed.repeats_between(0, taken)
     cache_size = _query_cache_size()
@@ -647,6 +835,12 @@ def benchmark(
         queries=queries,
         machine=machine,
     )
+    cores = len(os.sched_getaffinity(0))  # the server's: it inherits this process's affinity
+    single = {r.name: summarize(r) for r in single_runs}
+    report["single_client"] = {"seconds": single_seconds, "targets": single}
+    report["errors"] += sum(t["errors"] + t["warmup"]["errors"] for t in single.values())
+    report["inprocess"] = inprocess
+    floor = embedding_floor(inprocess, clients, cores)
     report["embedding_floor"] = floor
     if floor is not None:
         report["acceptance"]["notes"].append(
@@ -654,6 +848,15 @@ def benchmark(
             f"{floor['cores']} cores cannot see a mean latency below {floor['mean_latency_floor_ms']} ms, "
             "whatever the rest of the server costs"
         )
+    report["acceptance_issue19"] = acceptance_issue19(
+        targets=report["targets"],
+        single=single,
+        inprocess=inprocess,
+        cores=cores,
+        clients=clients,
+        seconds=seconds,
+        default_serve=workers is None and processes is None,
+    )
     report["git_commit"] = git_commit()
     report["git_dirty"] = git_dirty()
     report["settings_env"] = newsdesk_settings_env()
@@ -668,36 +871,108 @@ def _query_cache_size() -> int:
         return 1024
 
 
-def embedding_floor(texts: Sequence[str], backend: str | None, clients: int) -> dict[str, Any]:
+def embedding_floor(inprocess: Mapping[str, Any] | None, clients: int, cores: int) -> dict[str, Any] | None:
     """The latency a closed loop of ``clients`` would see if the server did nothing but embed each query.
 
-    Each query is embedded alone (as a request does), in this process, with the server's settings; CPU time per
-    query is the cost no server design avoids while every query is new. With ``clients`` requests always in flight
-    on ``cores`` cores, the mean latency is at least ``clients * cpu / cores`` (Little's law with the cores busy).
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from search.settings import Settings
-    from search.text.embedding import make_embedder
-
-    settings = Settings.from_env()
-    embedder = make_embedder(settings.replace(backend=backend) if backend else settings)
-    for text in texts[:5]:
-        embedder.encode([text])
-    cpu = time.process_time()
-    wall = time.perf_counter()
-    for text in texts:
-        embedder.encode([text])
-    cpu_ms = (time.process_time() - cpu) / len(texts) * 1000
-    wall_ms = (time.perf_counter() - wall) / len(texts) * 1000
-    cores = os.cpu_count() or 1
+    The in-process measurement's CPU per query embedding (each query alone, as a request embeds it, every text new)
+    is the cost no server design avoids while every query is new. With ``clients`` requests always in flight on
+    ``cores`` cores, the mean latency is at least ``clients * cpu / cores`` (Little's law with the cores busy)."""
+    embed = ((inprocess or {}).get("cpu") or {}).get("embed") or {}
+    cpu_ms = embed.get("mean_ms")
+    if not cpu_ms:
+        return None
     return {
-        "queries": len(texts),
-        "backend": getattr(embedder, "backend", None),
-        "embed_cpu_ms": round(cpu_ms, 2),
-        "embed_wall_ms": round(wall_ms, 2),
+        "queries": embed.get("n"),
+        "embed_cpu_ms": cpu_ms,
         "cores": cores,
         "clients": clients,
         "mean_latency_floor_ms": round(clients * cpu_ms / cores, 2),
+    }
+
+
+INPROCESS_WARMUP = 10  # uncounted searches per mode first (first-call allocations, lazy caches)
+
+
+def cpu_stats(samples_s: Sequence[float]) -> dict[str, Any]:
+    """CPU seconds per call as ms: count, mean, p50, p90 (``bench.search_cpu.cpu_summary``'s shape)."""
+    ms = [s * 1000 for s in samples_s]
+    if not ms:
+        return {"n": 0, "mean_ms": None, "p50_ms": None, "p90_ms": None}
+    return {
+        "n": len(ms),
+        "mean_ms": _ms(sum(ms) / len(ms)),
+        "p50_ms": _ms(percentile(ms, 50)),
+        "p90_ms": _ms(percentile(ms, 90)),
+    }
+
+
+def deal(texts: Sequence[str], slots: Sequence[str], each: int) -> dict[str, list[str]]:
+    """``each`` distinct texts for every slot (search modes and the embedding alone), dealt round-robin so the i-th
+    texts of every slot sit beside one another in the list; too few distinct texts is an error, never a repeat."""
+    distinct = list(dict.fromkeys(t for t in texts if t.strip()))
+    if len(distinct) < len(slots) * each:
+        raise BenchError(f"{len(slots)} x {each} distinct queries needed in process, only {len(distinct)} given")
+    return {slot: distinct[j :: len(slots)][:each] for j, slot in enumerate(slots)}
+
+
+def measure_inprocess(
+    index: Path, texts: Sequence[str], modes: Sequence[str], *, queries: int, k: int, backend: str | None = None
+) -> dict[str, Any] | None:
+    """CPU per whole search in this process for each of ``modes``, and per query embedding alone (None for
+    ``queries`` 0). Run after the server has stopped, so that neither takes the other's cores.
+
+    ``bench.search_cpu.measure_cpu`` (issue 19's in-process benchmark) measures it where this checkout has it; else
+    the same measurement runs here through the Flask app's test client (``GET /api/search``: the route, its hooks and
+    its JSON, without HTTP). Either way the index is opened as a server opens it, every text is new (no query-cache
+    hit), and the modes and the embedding take turns query by query, so a slower stretch of a shared machine weighs
+    on each alike."""
+    if queries <= 0:
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if backend is not None:
+        os.environ["NEWSDESK_BACKEND"] = backend  # as the server was told (the flag or the variable)
+    try:
+        from bench.search_cpu import measure_cpu
+    except ImportError:
+        pass
+    else:
+        found: dict[str, Any] = measure_cpu(index, texts, modes, queries=queries, k=k)
+        return {"method": "bench.search_cpu.measure_cpu", **found}
+    from api.app import create_app
+    from search.settings import Settings
+
+    dealt = deal(texts, [*modes, "embed"], queries + INPROCESS_WARMUP)
+    app = create_app(Settings.from_env().replace(index_dir=index))
+    client = app.test_client()
+    embedder = app.extensions["newsdesk"].embedder
+
+    def search(text: str, mode: str) -> None:
+        response = client.get("/api/search", query_string={"q": text, "mode": mode, "k": k})
+        if response.status_code != 200:
+            raise BenchError(f"in-process search answered HTTP {response.status_code}: {response.data[:200]!r}")
+
+    cpu: dict[str, list[float]] = {slot: [] for slot in [*modes, "embed"]}
+    wall: dict[str, list[float]] = {slot: [] for slot in cpu}
+    for i in range(queries + INPROCESS_WARMUP):
+        for slot in cpu:
+            text = dealt[slot][i]
+            started, clock = time.process_time(), time.perf_counter()
+            if slot == "embed":
+                embedder.encode([text])
+            else:
+                search(text, slot)
+            if i >= INPROCESS_WARMUP:
+                cpu[slot].append(time.process_time() - started)
+                wall[slot].append(time.perf_counter() - clock)
+    summaries = {slot: {**cpu_stats(cpu[slot]), "wall_p50_ms": cpu_stats(wall[slot])["p50_ms"]} for slot in cpu}
+    embed_ms = summaries["embed"]["mean_ms"]
+    return {
+        "method": "Flask test client, GET /api/search (the route, its hooks and its JSON; no HTTP)",
+        "queries_per_mode": queries,
+        "warmup_per_mode": INPROCESS_WARMUP,
+        "cpu": summaries,
+        "ratios": {f"{mode}/embed": _ratio(summaries[mode]["mean_ms"], embed_ms) for mode in modes},
     }
 
 
@@ -706,11 +981,17 @@ def summary(report: Mapping[str, Any]) -> str:
     for name, t in report["targets"].items():
         lat = t["latency_ms"]
         parts.append(f"{name} p50 {lat['p50']} ms p99 {lat['p99']} ms {t['throughput_rps']} req/s {t['errors']} err")
+    for name, t in (report.get("single_client") or {}).get("targets", {}).items():
+        parts.append(f"1 client {name} p50 {t['latency_ms']['p50']} ms")
+    cpu = (report.get("inprocess") or {}).get("cpu") or {}
+    if cpu:
+        parts.append("in process CPU " + ", ".join(f"{slot} {c['mean_ms']} ms" for slot, c in cpu.items()))
     met = report["acceptance"]["met"]
     floor = report.get("embedding_floor")
     if floor:
         parts.append(f"embedding-only mean latency floor {floor['mean_latency_floor_ms']} ms")
-    return "; ".join(parts) + f"; acceptance met: {met}"
+    issue19 = report.get("acceptance_issue19", {}).get("met")
+    return "; ".join(parts) + f"; acceptance met: {met}; issue 19 acceptance met: {issue19}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -723,13 +1004,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="Timed seconds per target (default 60).")
     parser.add_argument("--modes", default="hybrid,dense", help="Search modes, comma-separated (default hybrid,dense).")
     parser.add_argument("--k", type=int, default=10, help="Results per search (default 10).")
-    parser.add_argument("--workers", type=int, default=4, help="Server request threads (default 4, serve's default).")
-    parser.add_argument("--processes", type=int, default=1, help="Server processes (default 1: waitress).")
     parser.add_argument(
-        "--floor",
+        "--workers", type=int, default=None, help="Server request threads per process (default: serve's own pick)."
+    )
+    parser.add_argument("--processes", type=int, default=None, help="Server processes (default: serve's own pick).")
+    parser.add_argument(
+        "--inprocess",
         type=int,
         default=200,
-        help="Queries embedded in this process first, to report the embedding-only latency floor (0 to skip).",
+        help="Searches per mode (and embeddings alone) measured in this process after the server stops (0: skip).",
+    )
+    parser.add_argument(
+        "--single-seconds",
+        type=float,
+        default=30.0,
+        help="Timed seconds of one client per search mode and health, after the --clients runs (0: skip).",
     )
     parser.add_argument("--warmup", type=int, default=5, help="Uncounted requests before each target (default 5).")
     parser.add_argument("--backend", default=None, help="Embedding backend passed to the server (e.g. onnx-int8).")
@@ -740,8 +1029,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         parser.error(f"--modes takes a comma-separated subset of {','.join(MODES)}")
-    if args.clients < 1 or args.seconds <= 0 or args.k < 1 or args.workers < 1 or args.warmup < 0:
-        parser.error("--clients, --k and --workers must be positive, --seconds > 0, --warmup >= 0")
+    if args.clients < 1 or args.seconds <= 0 or args.k < 1 or args.warmup < 0 or args.inprocess < 0:
+        parser.error("--clients and --k must be positive, --seconds > 0, --warmup and --inprocess >= 0")
+    if (args.workers is not None and args.workers < 1) or (args.processes is not None and args.processes < 1):
+        parser.error("--workers and --processes must be positive")
+    if args.single_seconds < 0:
+        parser.error("--single-seconds must be >= 0")
     index = args.index.absolute()  # the server runs with the repository as its working directory
     try:
         if not (index / "manifest.json").is_file():
@@ -761,7 +1054,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             k=args.k,
             workers=args.workers,
             processes=args.processes,
-            floor_queries=args.floor,
+            inprocess_queries=args.inprocess,
+            single_seconds=args.single_seconds,
             warmup=args.warmup,
             backend=args.backend,
             start_timeout=args.start_timeout,

@@ -421,3 +421,26 @@ def test_the_model_files_hash_is_remembered_until_a_file_changes(
     (model / "weights.bin").write_bytes(b"two")  # another size and modification time
     changed = embedding.cached_files_hash(model, cache)
     assert calls == [model] and changed == real(model) != first
+
+
+def test_one_query_takes_the_short_path_with_the_batched_vector(
+    onnx, model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search embeds one text: the ONNX-alone embedder runs it straight through the session, and its vector is
+    bit for bit the micro-batch path's (empty, unicode and truncated texts included). The batch machinery is
+    replaced by a failure here, so the old path (through ``_onnx_batches``) fails this test."""
+    alone = OnnxEmbedder.open("all-MiniLM-L6-v2", 2, model_cache)
+    assert alone is not None
+    batched = [SentenceTransformerEmbedder.encode(alone, [text]) for text in TEXTS]
+
+    def no_batches(*args: object, **kwargs: object) -> None:
+        raise AssertionError("one text went through the micro-batches")
+
+    monkeypatch.setattr(alone, "_onnx_batches", no_batches)
+    for text, expected in zip(TEXTS, batched, strict=True):
+        vector = alone.encode([text])
+        assert vector.shape == (1, 384) and vector.dtype == np.float32
+        np.testing.assert_array_equal(vector, expected)
+    assert cosines(alone.encode([SENTENCES[0]]), onnx.encode([SENTENCES[0]])).min() > 0.9999
+    with pytest.raises(AssertionError, match="micro-batches"):
+        alone.encode(TEXTS[:2])  # two texts still batch

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import api.server
 import search.vectors.milvus.vectors as milvus
 from api.cli import main
 from indexer.sources import read_sources
@@ -423,7 +424,9 @@ def test_a_copied_index_opens_its_own_milvus_lite(milvus_index, tmp_path: Path) 
         index.close()
 
 
-def test_cli_builds_checks_and_describes_a_milvus_index(tmp_path: Path, runner: CliRunner) -> None:
+def test_cli_builds_checks_and_describes_a_milvus_index(
+    tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "cli"
     env = {"NEWSDESK_BACKEND": "torch", "NEWSDESK_MILVUS_INDEX_PARAMS": ""}
     args = ["index", str(CORPUS), "--index", str(target), "--store", "milvus", "--quiet"]
@@ -437,6 +440,12 @@ def test_cli_builds_checks_and_describes_a_milvus_index(tmp_path: Path, runner: 
     assert any(line.startswith("milvus") and "milvus.db" in line for line in text.splitlines())
     served = runner.invoke(main, ["serve", "--index", str(target), "--processes", "2"])
     assert served.exit_code == 2 and "Milvus Lite" in served.output
+    ran: list[dict[str, object]] = []  # not told how many, serve picks one process for Milvus Lite and says why
+    monkeypatch.setattr(api.server, "serve", lambda make_app, host, port, **kw: ran.append(kw))
+    monkeypatch.setattr(api.server, "usable_cores", lambda: 2)
+    served = runner.invoke(main, ["serve", "--index", str(target)])
+    assert served.exit_code == 0 and ran[0]["processes"] == 1, served.output
+    assert "waitress, 1 process(es)" in served.output and "Milvus Lite" in served.output
     bad = runner.invoke(
         main,
         [

@@ -474,7 +474,8 @@ def test_the_cli_names_a_damaged_sqlite_file_in_one_line(
         "check": ["check"],
         "search": ["search", "interest rates", "--backend", "torch"],
         "add": ["add", write_jsonl("new.jsonl", [NEW]), "--backend", "torch"],
-        "serve": ["serve", "--backend", "torch", "--port", "0"],
+        # one process: CliRunner runs serve inside pytest, which must not fork (tests/test_server.py runs the default)
+        "serve": ["serve", "--backend", "torch", "--port", "0", "--processes", "1"],
     }[command]
     result = invoke(runner, *args, "--index", copy)
     assert result.exit_code == 1, result.output

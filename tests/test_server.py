@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,16 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import api.server
 from api.cli import main
+from api.server import (
+    SINGLE_PROCESS_THREADS,
+    SPARE_PROCESSES,
+    THREADS_PER_PROCESS,
+    WORKER_READY,
+    plan_server,
+    usable_cores,
+)
 from tests import procs
 from tests.procs import free_port
 
@@ -59,6 +71,11 @@ def test_two_worker_processes_serve_one_index(sample_index: Path, tmp_path: Path
         assert len(_children(proc.pid)) == 2
         body = _get(f"{base}/api/search?q=why+is+North+Korea+accusing+the+US")
         assert body["results"] and "NATO" in json.dumps(body["results"][0])
+        deadline = time.monotonic() + 60  # each worker says when its model and index are loaded (bench/serve.py)
+        while log.read_text().count(WORKER_READY) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert log.read_text().count(WORKER_READY) == 2
+        assert "with gunicorn with waitress workers, 2 process(es) x 2 thread(s): as asked" in log.read_text()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -83,3 +100,67 @@ def test_a_server_whose_port_is_taken_before_it_binds_starts_on_another(
             assert "address already in use" in log.read_text().lower()  # the first start did fail on the port
         finally:
             procs.stop(proc)
+
+
+# -- what `serve` picks when not told ------------------------------------------------------------------------------
+
+
+def test_the_default_plan_follows_the_cores() -> None:
+    two = plan_server(2)
+    assert (two.processes, two.threads) == (2 + SPARE_PROCESSES, THREADS_PER_PROCESS)
+    assert two.server == "gunicorn with waitress workers" and "2 usable cores" in two.why
+    eight = plan_server(8)
+    assert eight.processes == 8 + SPARE_PROCESSES
+    one = plan_server(1)
+    assert (one.processes, one.threads, one.server) == (1, SINGLE_PROCESS_THREADS, "waitress")
+
+
+def test_what_is_asked_wins_and_one_process_when_only_one_may_open() -> None:
+    asked = plan_server(2, processes=1)
+    assert (asked.processes, asked.threads) == (1, SINGLE_PROCESS_THREADS) and "as asked" in asked.why
+    assert (plan_server(2, processes=2, threads=3).processes, plan_server(2, processes=2, threads=3).threads) == (2, 3)
+    assert plan_server(2, threads=2).threads == 2  # --workers alone keeps the picked processes
+    lite = plan_server(2, single="Milvus Lite opens in one process at a time")
+    assert lite.processes == 1 and "Milvus Lite" in lite.describe()
+
+
+def test_usable_cores_is_the_affinity_not_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert usable_cores() == 1
+
+
+def test_serve_says_what_it_picked_in_one_line(
+    runner: CliRunner, sample_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --processes and --workers, ``serve`` runs the plan for the cores it may use, and says so."""
+    ran: list[dict[str, object]] = []
+    monkeypatch.setattr(api.server, "serve", lambda make_app, host, port, **kw: ran.append(kw))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    result = runner.invoke(main, ["serve", "--index", str(sample_index)])
+    assert result.exit_code == 0, result.output
+    plan = plan_server(2)
+    assert ran[0]["processes"] == plan.processes and ran[0]["threads"] == plan.threads
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1
+    assert line.endswith(plan.describe()) and "gunicorn" in line and "2 usable cores" in line
+    ran.clear()
+    result = runner.invoke(main, ["serve", "--index", str(sample_index), "--processes", "1", "--workers", "2"])
+    assert result.exit_code == 0 and (ran[0]["processes"], ran[0]["threads"]) == (1, 2)
+    assert "waitress, 1 process(es) x 2 thread(s): as asked" in result.output
+
+
+def test_the_default_server_names_an_index_it_cannot_open_in_one_line(sample_index: Path, tmp_path: Path) -> None:
+    """Several worker processes open the index after their fork; one that cannot says why in the parent's one
+    error line and exit status 1, as one process does, not in gunicorn's traceback and exit status 3."""
+    copy = tmp_path / "idx"
+    shutil.copytree(sample_index, copy)
+    (copy / "newsdesk.sqlite").write_bytes(b"not a database at all " * 200)
+    done = subprocess.run(
+        [procs.NEWSDESK, "serve", "--index", str(copy), "--port", "0", "--processes", "2"],
+        env=procs.INT8, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "gunicorn" in done.stderr
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: ") and "newsdesk.sqlite" in last

@@ -367,7 +367,9 @@ def test_two_stateless_replicas_on_one_milvus_server(milvus_server: str, tmp_pat
     empty = tmp_path / "replica-cwd"
     empty.mkdir()
     args = ("--milvus-uri", milvus_server, "--collections", "newsdesk_corpus", "--replica-poll", "0.2")
-    with serving(2, None, tmp_path, *args, "--workers", "2", env=PRODUCT_ENV, cwd=empty) as (a, b):
+    # one process each: the workers of one server reload apart, so two requests may meet two generations
+    one = ("--processes", "1", "--workers", "2")
+    with serving(2, None, tmp_path, *args, *one, env=PRODUCT_ENV, cwd=empty) as (a, b):
         paths = [f"/api/search?q={q.replace(' ', '+')}&k=5" for q in QUERIES[:3]]
         paths += ["/api/search?q=bank&k=5&mode=lexical&facets=true", "/api/timeline?q=bank&k=5"]
         for article_id in ("business%2F001", "sport%2F001"):
