@@ -64,6 +64,7 @@ from bench.scifact import (  # noqa: E402
     loadavg,
     newsdesk_exe,
     newsdesk_settings_env,
+    write_report,
 )
 from bench.serve import (  # noqa: E402
     HOST,
@@ -1122,12 +1123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(args.out)
+    write_report(args.out, report)
     print(summary(report), file=sys.stderr)
     problems = failed(report)
     for problem in problems:

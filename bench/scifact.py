@@ -286,11 +286,17 @@ def read_manifest(index: Path) -> dict[str, Any]:
     return manifest
 
 
-def write_report(path: Path, report: Mapping[str, Any]) -> None:
-    """A benchmark's JSON report: written to ``path`` (its folder made if missing) and printed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2))
+def write_report(path: Path | None, report: Mapping[str, Any], *, echo: bool = True) -> None:
+    """A benchmark's JSON report: printed (``echo``) and written to ``path`` when given (its folder made if missing),
+    through a temporary file and a rename, so an interrupted run never leaves half a report behind."""
+    text = json.dumps(report, indent=2, ensure_ascii=False)
+    if echo:
+        print(text)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.replace(path)
 
 
 def git_commit() -> str | None:
@@ -442,10 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(args.out)
+    write_report(args.out, report, echo=False)
     print(summary(report))
     return 0
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import os
 import pstats
 import sys
@@ -46,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.scifact import BenchError, git_commit, git_dirty, loadavg  # noqa: E402
+from bench.scifact import BenchError, git_commit, git_dirty, loadavg, write_report  # noqa: E402
 from bench.serve import percentile, read_query_texts  # noqa: E402
 from bench.slow import cpu_flags  # noqa: E402
 
@@ -345,13 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(args.out)
+    write_report(args.out, report)
     print(summary_line(report), file=sys.stderr)
     return 0
 

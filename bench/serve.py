@@ -70,6 +70,7 @@ from bench.scifact import (  # noqa: E402
     loadavg,
     newsdesk_exe,
     newsdesk_settings_env,
+    write_report,
 )
 
 MODES = ("hybrid", "dense", "lexical")
@@ -1063,13 +1064,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(args.out)
+    write_report(args.out, report)
     print(summary(report), file=sys.stderr)
     if report["errors"]:
         print(f"error: {report['errors']} requests failed (see targets.*.error_messages)", file=sys.stderr)
