@@ -82,12 +82,18 @@ def serve(
     """A server on ``directory`` (write key ``KEY``) on a free port, once it answers its health check.
 
     ``directory=None`` with ``args`` such as ``--milvus-uri URI --collections NAME`` serves a stateless replica.
+    Without ``--processes`` in ``args`` the server runs one process.
 
     The port is free when picked but not reserved: until the server binds it (seconds, while it loads), any other
     process may take it, as a client's connection from a test running beside this one in another worker does. A
     server that then exits saying the address is in use is started again on another port (a few times)."""
     env = {**(env or ENV), "NEWSDESK_API_KEY": KEY}
     index = ["--index", str(directory)] if directory is not None else []
+    if "--processes" not in args:
+        # one process, as the tests were written for: serve's own pick (a process per core and one more,
+        # tests/test_server.py) would load the model and index three times per server beside the other xdist
+        # worker's tests, and a fresh clone's make test then saw a local Ray node time out starting up
+        args = ("--processes", "1", *args)
     for attempt in range(PORT_ATTEMPTS):
         port = free_port()
         logged = log.stat().st_size if log.exists() else 0
