@@ -187,7 +187,7 @@ def connect(address: str, settings: Settings) -> bool:
         # and Windows), so nothing of it listens on, or talks to, the machine's network interfaces.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         # How long the head waits for its GCS server to write its port (Ray: 30 s). On 2 busy cores (a fresh clone's
-        # make test, its other worker killing writers mid-fsync) the GCS took longer, and a local run failed
+        # make test, with the other xdist worker's tests running) the GCS took longer, and a local run failed
         # before it began; a local head waits up to 2 minutes, as Ray itself does for a RocksDB-backed GCS.
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     try:
