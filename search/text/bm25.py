@@ -191,10 +191,9 @@ class Segment:
             docs=doc_arr,
             tfs=np.ascontiguousarray(tfs),
         )
-        # the forward index (each row's terms) comes almost free here: what tombstones subtract from df
-        order = np.argsort(doc_arr, kind="stable")
-        fwd_ptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(doc_arr, minlength=n), out=fwd_ptr[1:])
+        # the forward index (each row's terms), from the term of each posting already at hand rather than from
+        # ``indptr`` (a delta's spans the whole vocabulary): what tombstones subtract from df
+        fwd_ptr, order = _row_order(doc_arr, n)
         segment._forward = (fwd_ptr, term_arr[order])
         return segment
 
@@ -398,11 +397,10 @@ class Segment:
 
     def forward(self) -> tuple[np.ndarray, np.ndarray]:
         """(row pointer, term ids): each row's terms, the postings transposed. What a tombstone subtracts from the
-        table's document frequencies without a pass over the postings; free when built from rows, else one sort."""
+        table's document frequencies without a pass over the postings; one sort, made by ``build`` for the rows it
+        counts."""
         if self._forward is None:
-            order = np.argsort(self.docs, kind="stable")
-            ptr = np.zeros(self.rows + 1, dtype=np.int64)
-            np.cumsum(np.bincount(self.docs, minlength=self.rows), out=ptr[1:])
+            ptr, order = _row_order(self.docs, self.rows)
             self._forward = (ptr, self._term_of_postings()[order].astype(np.int32))
         return self._forward
 
@@ -1087,6 +1085,15 @@ class Postings:
         return deep_size((arrays, base.vocab, self.delta, self.dead, self.dead_df))
 
 
+def _row_order(docs: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Postings turned into a forward index: (row pointer over ``rows`` rows, the order that puts the postings in
+    row order, stable, so each row's terms stay in term order)."""
+    order = np.argsort(docs, kind="stable")
+    ptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(docs, minlength=rows), out=ptr[1:])
+    return ptr, order
+
+
 def _keys(rowids: Iterable[int]) -> np.ndarray:
     """Row ids as int64, an int64 array as it is (no Python int per id)."""
     if isinstance(rowids, np.ndarray) and rowids.dtype == np.int64:
@@ -1340,9 +1347,7 @@ def _write_segment(
         start, dead, gone, saved_terms = 0, postings.dead, np.zeros(0, np.int64), len(postings.base.vocab)
     mine = delta.docs >= start
     docs = delta.docs[mine] - start
-    order = np.argsort(docs, kind="stable")
-    fwd_ptr = np.zeros(delta.rows - start + 1, dtype=np.int64)
-    np.cumsum(np.bincount(docs, minlength=delta.rows - start), out=fwd_ptr[1:])
+    fwd_ptr, order = _row_order(docs, delta.rows - start)
     new_terms = _terms_from(postings.vocab, saved_terms)
     name = f"lexical-{table}.seg-{generation}.{_tag()}.npz"
     path = directory / name
