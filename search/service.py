@@ -21,7 +21,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 import numpy as np
 
 from search import pages
-from search.arrays import distinct_keys, member
+from search.arrays import distinct_keys, member, sorted_lookup
 from search.checks import MAX_OFFSET as MAX_OFFSET  # where api/openapi.py reads it
 from search.checks import check_k, check_mode, check_offset, check_query
 from search.errors import InvalidInput, NotFound
@@ -106,11 +106,9 @@ def _aligned(keys: np.ndarray, of: np.ndarray, values: np.ndarray) -> np.ndarray
     """``values`` (float64, for the distinct keys ``of``) looked up for each of ``keys``; NaN where ``of`` lacks
     one."""
     out = np.full(len(keys), np.nan)
-    if len(of):
-        order = np.argsort(of)
-        at = np.minimum(np.searchsorted(of, keys, sorter=order), len(of) - 1)
-        found = of[order[at]] == keys
-        out[found] = values[order[at[found]]]
+    order = np.argsort(of)
+    at, found = sorted_lookup(of[order], keys)
+    out[found] = values[order[at[found]]]
     return out
 
 
