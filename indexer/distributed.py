@@ -205,7 +205,10 @@ def connect(address: str, settings: Settings) -> bool:
             )
         else:
             ray.init(address=address.strip(), log_to_driver=False, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+    except Exception as exc:
+        # Ray's errors here are ConnectionError, RuntimeError, ValueError, TimeoutError and, for a local node whose
+        # raylet has not registered with its GCS within a fixed 30 s ("The current node timed out during startup"),
+        # a bare Exception: each becomes one line and a non-zero exit, not a traceback.
         raise NewsdeskError(f"cannot connect to Ray at {address}: {_first_line(exc)}") from exc
     return True
 

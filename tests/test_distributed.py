@@ -95,16 +95,7 @@ def ray_local() -> Iterator[str]:
     tag = uuid.uuid4().hex
     os.environ[RUN_TAG] = tag  # inherited by the Ray processes started below
     try:
-        try:
-            started = connect("local", Settings(threads=2))
-        except NewsdeskError as exc:  # Ray waits a fixed 30 s for its node: a loaded machine can miss it, once
-            if "timed out" not in str(exc):
-                raise
-            import ray
-
-            ray.shutdown()
-            _reap(tag)
-            started = connect("local", Settings(threads=2))
+        started = _start_local(tag)
         import ray
 
         yield str(ray.get_runtime_context().gcs_address)
@@ -113,6 +104,23 @@ def ray_local() -> Iterator[str]:
     finally:
         os.environ.pop(RUN_TAG, None)
         _reap(tag)
+
+
+def _start_local(tag: str, attempts: int = 3) -> bool:
+    """``connect("local")``, tried up to ``attempts`` times. Ray waits a fixed 30 s (not configurable) for its raylet to
+    register with its GCS; on 2 cores busy with the other test worker and the lint beside it, a start has missed that
+    (CI, Dec 2026). A miss leaves the half-started processes behind: they are reaped before the next try."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return connect("local", Settings(threads=2))
+        except NewsdeskError as exc:
+            if "timed out" not in str(exc) or attempt == attempts:
+                raise
+            import ray
+
+            ray.shutdown()
+            _reap(tag)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +198,14 @@ def assert_same_index(index_dir: Path, reference: Path) -> None:
     assert check_index(reference) == []
     manifest = json.loads((index_dir / MANIFEST).read_text(encoding="utf-8"))
     expected = json.loads((reference / MANIFEST).read_text(encoding="utf-8"))
-    for key in ("model", "chunking", "faiss", "store", "counts", "newest_date"):
+    for key in ("chunking", "faiss", "store", "counts", "newest_date"):
         assert manifest.get(key) == expected.get(key), key
+    # The model's probe vectors (6 decimals) agree to rounding, not bit for bit: the process that made the int8 ONNX
+    # export (a fresh cache) embeds ~1e-8 away from one that loads the same file; the rest of the fingerprint is exact.
+    model, reference_model = dict(manifest["model"]), dict(expected["model"])
+    probe, reference_probe = model.pop("probe"), reference_model.pop("probe")
+    assert model == reference_model
+    assert np.abs(np.asarray(probe) - np.asarray(reference_probe)).max() <= 2e-6
 
 
 # -- on Ray --------------------------------------------------------------------------------------------------------
@@ -353,6 +367,20 @@ def test_bad_ray_addresses_are_one_line_errors(corpus: Path, tmp_path: Path) -> 
         assert proc.returncode == 1 and len(lines) == 1, proc.stderr
         assert lines[0].startswith("error: ") and message in lines[0], lines
         assert not target.exists()
+
+
+def test_a_node_that_misses_its_start_up_is_a_newsdesk_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray raises a bare ``Exception`` when its raylet misses the fixed 30 s start-up: it is a ``NewsdeskError`` (one
+    line from the CLI, and what the fixture above retries on), not a traceback."""
+    import ray
+
+    def missed(*args: Any, **kwargs: Any) -> None:
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", missed)
+    with pytest.raises(NewsdeskError, match=r"^cannot connect to Ray at local: The current node timed out"):
+        connect("local", Settings(threads=2))
 
 
 # -- without Ray ---------------------------------------------------------------------------------------------------
