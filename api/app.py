@@ -38,7 +38,7 @@ from api.server import EARLY_REFUSAL
 from indexer.live import Writer
 from search.alerts.service import AlertService
 from search.errors import InvalidInput
-from search.intake import Limits, loads, parse_write
+from search.intake import Limits, loads, parse_delete, parse_write
 from search.loading import load_service
 from search.models import LabelledArticle, to_json, to_plain
 from search.service import SearchService
@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     app.add_url_rule("/api/stories/<article_id:story_id>", view_func=story)
     app.add_url_rule("/api/articles/<article_id:article_id>", view_func=article)
     app.add_url_rule("/api/articles", view_func=write_articles, methods=["POST"])
+    app.add_url_rule("/api/articles", endpoint="delete_articles", view_func=delete_articles, methods=["DELETE"])
     app.add_url_rule(
         "/api/articles/<article_id:article_id>", endpoint="delete_article", view_func=delete_article, methods=["DELETE"]
     )
@@ -176,6 +177,21 @@ def write_articles() -> Response:
     done = writer.upsert(articles)
     _alerts().wrote()  # its matches' webhooks, posted from the deliverer's thread (never this request's)
     return jsonify(to_plain(done))
+
+
+def delete_articles() -> Response:
+    """Delete a batch of articles by id (``{"ids": [...]}``) in one write, all or nothing: 404 and nothing deleted
+    if any id is not in the index. One commit and one cache save for the batch, where one request an article pays
+    each of them again."""
+    settings = _service().settings
+    require_write_key(settings)
+    if not request.is_json:
+        raise InvalidInput('the body must be JSON (Content-Type: application/json): {"ids": [...]}')
+    ids = parse_delete(
+        loads(request.get_data(cache=False)), Limits(settings.max_batch_articles, settings.max_field_chars)
+    )
+    writer: Writer = current_app.extensions["newsdesk.writer"]
+    return jsonify(to_plain(writer.delete(ids)))
 
 
 def delete_article(article_id: str) -> Response:

@@ -308,6 +308,39 @@ def _delete_operation(settings: Settings) -> JSONObject:
     return _secured(op)
 
 
+def _batch_delete_operation(settings: Settings) -> JSONObject:
+    op = _operation(
+        "deleteArticles",
+        "Delete a batch of articles by id in one write, all or nothing (404 and nothing deleted if one is missing).",
+        _response("What was deleted, and the index generation without it.", "WriteResult"),
+        settings,
+        not_found=True,
+    )
+    op["requestBody"] = {
+        "required": True,
+        "content": {
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "required": ["ids"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "ids": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": settings.max_batch_articles,
+                            "uniqueItems": True,
+                            "items": {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
+                        }
+                    },
+                }
+            }
+        },
+    }
+    op["responses"]["413"] = _response("The body is larger than max_body_bytes.", ERROR)
+    return _secured(op)
+
+
 def _alert_operations(settings: Settings) -> dict[str, JSONObject]:
     """The paths of saved searches (search/alerts/): create and list, read and delete, the Atom feed."""
     missing = "No alert has that id (not_found)."
@@ -500,7 +533,7 @@ def build_spec(settings: Settings) -> JSONObject:
                     },
                 }
             },
-            "/api/articles": {"post": _write_operation(settings)},
+            "/api/articles": {"post": _write_operation(settings), "delete": _batch_delete_operation(settings)},
             **_alert_operations(settings),
         },
         "components": {

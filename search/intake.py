@@ -81,6 +81,25 @@ def parse_write(payload: JSONValue, limits: Limits) -> list[Article]:
     return out
 
 
+def parse_delete(payload: JSONValue, limits: Limits) -> list[str]:
+    """The article ids of a batch delete body, ``{"ids": [...]}``: at most ``limits.max_articles`` distinct,
+    non-empty ids (a batch is one write, all or nothing, as a batch upsert is)."""
+    if not isinstance(payload, dict) or set(payload) != {"ids"}:
+        raise InvalidInput('the body must be {"ids": [...]}: the ids of the articles to delete')
+    ids = payload["ids"]
+    if not isinstance(ids, list) or not ids:
+        raise InvalidInput("ids must be a non-empty list of article ids")
+    if len(ids) > limits.max_articles:
+        raise InvalidInput(f"at most {limits.max_articles} ids per request, got {len(ids)}")
+    out = [_text(v, f"ids[{i}]", MAX_ID_CHARS, required=True, empty_ok=False) or "" for i, v in enumerate(ids)]
+    seen: set[str] = set()
+    for i, article_id in enumerate(out):
+        if article_id in seen:
+            raise InvalidInput(f"ids[{i}] {article_id!r} appears twice in one request")
+        seen.add(article_id)
+    return out
+
+
 def _text(value: object, where: str, limit: int, *, required: bool = False, empty_ok: bool = True) -> str | None:
     if value is None:
         if required:

@@ -148,6 +148,27 @@ def test_an_acknowledged_write_is_stored_and_searchable_then_deleted(wclient: Fl
     assert check_index(live.index.writable[0]) == []
 
 
+def test_a_batch_delete_is_one_write_all_or_nothing(wclient: FlaskClient, live: SearchService) -> None:
+    batch = [NEW, {**NEW, "id": "world/901", "title": "Second eruption alert"}]
+    assert wclient.post("/api/articles", json={"articles": batch}, headers=AUTH).status_code == 200
+    before, generation = _count(live), live.index.store.generation()
+    # one unknown id: 404, and both articles still there
+    r = wclient.delete("/api/articles", json={"ids": ["world/900", "world/999"]}, headers=AUTH)
+    assert_error(r, 404, "not_found")
+    assert _count(live) == before and live.index.store.generation() == generation
+    for bad in ({"ids": []}, {"ids": ["world/900", "world/900"]}, {"ids": [""]}, {"ids": "world/900"}, {"id": "x"}):
+        assert_error(wclient.delete("/api/articles", json=bad, headers=AUTH), 400, "invalid_input")
+    assert_error(wclient.delete("/api/articles", json={"ids": ["world/900"]}), 401)
+    assert _count(live) == before
+    r = wclient.delete("/api/articles", json={"ids": ["world/900", "world/901"]}, headers=AUTH)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    body = r.get_json()
+    assert body["deleted"] == ["world/900", "world/901"] and body["generation"] == generation + 1
+    assert live.index.store.aid_of("world/900") is None and live.index.store.aid_of("world/901") is None
+    assert_error(wclient.get("/api/articles/world/901"), 404, "not_found")
+    assert check_index(live.index.writable[0]) == []
+
+
 @pytest.mark.parametrize(
     "body",
     [
