@@ -104,7 +104,7 @@ def graph_bytes(graph: NeighbourGraph) -> dict[str, int]:
     extra = sum(int(a.nbytes) for a in (graph.centroids, graph.clusters) if a is not None)
     return {
         "profiles": csr(graph.profiles),
-        "inverse": csr(graph.inverse),
+        "inverse": csr(graph.transposed()),
         "terms": csr(graph.terms),
         "keys_idf_clusters": int(graph.keys.nbytes + graph.idf.nbytes) + extra,
     }

@@ -335,7 +335,7 @@ def test_a_write_to_pooled_profiles_scores_new_articles_from_both_sides() -> Non
     # a delete: the articles that held it lose it, and nothing else changes
     gone = int(live[7])
     alone = updated.updated([gone], [], store, postings2.without([gone]), generation=3)
-    held = updated.inverse[7].indices
+    held = updated.transposed()[7].indices
     assert gone not in alone and np.array_equal(alone.keys, np.delete(live, 7)) and len(held) > 1
     kept = np.delete(np.delete(updated.profiles.toarray(), 7, axis=0), 7, axis=1)
     assert np.allclose(alone.profiles.toarray(), kept)

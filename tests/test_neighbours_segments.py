@@ -50,7 +50,8 @@ def assert_inverse(graph: NeighbourGraph) -> None:
     """``inverse`` is the transpose of every profile but the last ``untransposed`` (appended since it was made)."""
     n, tail = len(graph.keys), graph.untransposed
     head = sp.vstack([graph.profiles[: n - tail], sp.csr_matrix((tail, n), dtype=np.float32)])
-    assert graph.inverse.shape == (n, n) and (graph.inverse != head.T.tocsr()).nnz == 0
+    inverse = graph.transposed()
+    assert inverse.shape == (n, n) and (inverse != head.T.tocsr()).nnz == 0
 
 
 def segments(directory: Path) -> list[str]:

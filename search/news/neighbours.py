@@ -132,7 +132,10 @@ class NeighbourGraph:
 
     keys: np.ndarray  # int64[n], ascending
     profiles: sp.csr_matrix  # (n, n) float32, rows L2-normalised
-    inverse: sp.csr_matrix  # profiles.T: row j lists the articles whose profile holds j
+    # profiles.T: row j lists the articles whose profile holds j. None until ``rank`` first needs it (``transposed``)
+    # after an open, a deletion or a pooled write: only ``rank`` (more like this by profiles) reads it, so neither an
+    # open nor a write transposes every profile (35-45 ms of the GIL a write at 26,671 articles, scipy's csr_tocsc)
+    inverse: sp.csr_matrix | None
     terms: sp.csr_matrix  # (n, vocabulary) tf-idf rows, L2-normalised
     idf: np.ndarray  # float32 per vocabulary term id at the last build (0: a dropped, too common term)
     changed: int  # articles added or deleted since the last full build
@@ -224,12 +227,14 @@ class NeighbourGraph:
         if keep.all():  # additions alone: older profiles and their transpose are kept as they are
             profiles, room = _appended(self.profiles, new, n, self.rooms[1])
             rooms = (terms_room, room)
-            inverse, untransposed = _widen(self.inverse, n, n), self.untransposed + added_rows
-        else:  # every entry moves (columns renumbered): transposed again, faster than renumbering the transpose
+            inverse, untransposed = None, 0  # none made since the last open or deletion: ``rank`` makes it
+            if self.inverse is not None:
+                inverse, untransposed = _widen(self.inverse, n, n), self.untransposed + added_rows
+        else:  # every entry moves (columns renumbered): transposed again by ``rank`` when it needs it
             profiles = sp.vstack([_kept_columns(self.profiles, np.flatnonzero(~keep), n), new]).tocsr()
-            inverse, untransposed = profiles.T.tocsr(), 0
+            inverse, untransposed = None, 0
         if untransposed > n // TAIL_SHARE:
-            inverse, untransposed = profiles.T.tocsr(), 0
+            inverse, untransposed = None, 0
         return NeighbourGraph(
             keys, profiles, inverse, terms, idf, changed, generation, self.config,
             stamp=self.stamp, gone=self.gone | set(map(int, deleted)), touched=self._touched(deleted, keys[len(old) :]),
@@ -304,7 +309,7 @@ class NeighbourGraph:
             profiles = sp.vstack([kept, new, *(inserted[r] for r in rows), again]).tocsr()[take]
         remade = keys[np.concatenate([fresh, np.asarray(rows, np.int64), beaten[: self.pool.touched]])]
         return NeighbourGraph(
-            keys, profiles, profiles.T.tocsr(), terms, idf, changed, generation, self.config,
+            keys, profiles, None, terms, idf, changed, generation, self.config,
             self.centroids, clusters, best, self.pool,
             stamp=self.stamp, gone=self.gone | set(self.keys[~keep].tolist()),
             touched=self._touched(self.keys[~keep].tolist(), remade), rooms=(terms_room, None),
@@ -336,7 +341,7 @@ class NeighbourGraph:
         i = self._row(key)
         if i < 0:
             raise KeyError(key)
-        row = (self.profiles[i] @ self.inverse).tocoo()  # sparse: cost ~ k² however large the corpus
+        row = (self.profiles[i] @ self.transposed()).tocoo()  # sparse: cost ~ k² however large the corpus
         cols, scores = row.col, row.data.astype(np.float32)
         if self.untransposed:  # the profiles ``inverse`` leaves out, read as rows (the same sums, in the same order)
             lo = len(self.keys) - self.untransposed
@@ -348,6 +353,15 @@ class NeighbourGraph:
         cols, scores = cols[keep], scores[keep]
         order = np.lexsort((cols, -scores))
         return self.keys[cols[order]], scores[order]
+
+    def transposed(self) -> sp.csr_matrix:
+        """``inverse``, made now if an open or a pooled write left it out (then every profile is in it: a graph
+        without one has no untransposed rows). Two threads may both make it; either copy is the same matrix."""
+        inverse = self.inverse
+        if inverse is None:
+            assert self.untransposed == 0
+            inverse = self.inverse = self.profiles.T.tocsr()
+        return inverse
 
     # -- persistence --------------------------------------------------------------------------------------------
 
@@ -446,7 +460,7 @@ class NeighbourGraph:
                 if best.shape != (n, 2):
                     raise ValueError("best cosines do not match the articles")
             return cls(
-                keys, profiles, profiles.T.tocsr(), terms, idf, int(state["changed"]), saved_at, config,
+                keys, profiles, None, terms, idf, int(state["changed"]), saved_at, config,
                 centroids, clusters, best, stamp=state,
             )  # fmt: skip
         except DAMAGED_CACHE:
