@@ -480,12 +480,14 @@ class Server:
         env: Mapping[str, str | None] | None = None,
         args: Sequence[str] = (),
         cwd: Path | None = None,
+        exe: Sequence[str] | None = None,
     ) -> None:
         """``env`` changes the child's environment: a value sets a variable, None removes it. ``index=None`` with
         ``args`` such as ``--milvus-uri URI --collections NAME`` serves a stateless replica
         (search/vectors/milvus/replica.py);
         ``cwd`` is where the server runs (the checkout by default). ``workers`` and ``processes`` None run the
-        default ``serve`` (which picks them for the cores it finds)."""
+        default ``serve`` (which picks them for the cores it finds). ``exe`` is the command that stands for
+        ``newsdesk`` (bench/archive.py's hash-embedder CLI, for a hash-vector index); the venv's script by default."""
         self.port = free_port()
         self.log = log
         child = child_env()
@@ -495,7 +497,7 @@ class Server:
             else:
                 child[name] = value
         self.cmd = [
-            newsdesk_exe(),
+            *(exe if exe is not None else [newsdesk_exe()]),
             "serve",
             *(["--index", str(index)] if index is not None else []),
             *args,
