@@ -296,26 +296,20 @@ def _write_operation(settings: Settings) -> JSONObject:
     return _secured(op)
 
 
-def _delete_operation(settings: Settings) -> JSONObject:
+def _delete_operation(settings: Settings, *, batch: bool = False) -> JSONObject:
+    """``DELETE /api/articles/{article_id}``, or with ``batch`` ``DELETE /api/articles`` (ids in the body)."""
     op = _operation(
-        "deleteArticle",
-        "Delete one article (its passages, vectors and labels go with it).",
+        "deleteArticles" if batch else "deleteArticle",
+        "Delete a batch of articles by id in one write, all or nothing (404 and nothing deleted if one is missing)."
+        if batch
+        else "Delete one article (its passages, vectors and labels go with it).",
         _response("What was deleted, and the index generation without it.", "WriteResult"),
         settings,
-        path=("article_id",),
+        path=() if batch else ("article_id",),
         not_found=True,
     )
-    return _secured(op)
-
-
-def _batch_delete_operation(settings: Settings) -> JSONObject:
-    op = _operation(
-        "deleteArticles",
-        "Delete a batch of articles by id in one write, all or nothing (404 and nothing deleted if one is missing).",
-        _response("What was deleted, and the index generation without it.", "WriteResult"),
-        settings,
-        not_found=True,
-    )
+    if not batch:
+        return _secured(op)
     op["requestBody"] = {
         "required": True,
         "content": {
@@ -533,7 +527,7 @@ def build_spec(settings: Settings) -> JSONObject:
                     },
                 }
             },
-            "/api/articles": {"post": _write_operation(settings), "delete": _batch_delete_operation(settings)},
+            "/api/articles": {"post": _write_operation(settings), "delete": _delete_operation(settings, batch=True)},
             **_alert_operations(settings),
         },
         "components": {
