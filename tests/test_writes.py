@@ -156,7 +156,8 @@ def test_a_batch_delete_is_one_write_all_or_nothing(wclient: FlaskClient, live: 
     r = wclient.delete("/api/articles", json={"ids": ["world/900", "world/999"]}, headers=AUTH)
     assert_error(r, 404, "not_found")
     assert _count(live) == before and live.index.store.generation() == generation
-    for bad in ({"ids": []}, {"ids": ["world/900", "world/900"]}, {"ids": [""]}, {"ids": "world/900"}, {"id": "x"}):
+    bodies: list[dict[str, Any]] = [{"ids": []}, {"ids": ["world/900"] * 2}, {"ids": [""]}, {"ids": "x"}, {"id": "x"}]
+    for bad in bodies:
         assert_error(wclient.delete("/api/articles", json=bad, headers=AUTH), 400, "invalid_input")
     assert_error(wclient.delete("/api/articles", json={"ids": ["world/900"]}), 401)
     assert _count(live) == before
