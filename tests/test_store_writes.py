@@ -9,7 +9,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+import search.storage.store as store_module
 from search.models import Article
 from search.storage.store import NewArticle, Store
 
@@ -60,7 +62,15 @@ def _plain_sqlite_keys(path: Path, deletes: list[str], rows: list[NewArticle]) -
     return aids, pids
 
 
-def test_keys_are_sqlites_own_and_rows_land_under_them(tmp_path: Path) -> None:
+# Rows per multi-row INSERT: one row a statement, a write's rows split across statements, all in one.
+CHUNKS = pytest.mark.parametrize("chunk", [1, 2, store_module.INSERT_CHUNK_ROWS])
+
+
+@CHUNKS
+def test_keys_are_sqlites_own_and_rows_land_under_them(
+    tmp_path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "INSERT_CHUNK_ROWS", chunk)
     store = Store(tmp_path / "s.sqlite", create=True)
     first = [
         _row("a", ["alpha one", "alpha two"], story="s-a", split=True),
@@ -94,7 +104,9 @@ def test_keys_are_sqlites_own_and_rows_land_under_them(tmp_path: Path) -> None:
     assert store.generation() == 2
 
 
-def test_fts_tables_index_exactly_the_rows_written(tmp_path: Path) -> None:
+@CHUNKS
+def test_fts_tables_index_exactly_the_rows_written(tmp_path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "INSERT_CHUNK_ROWS", chunk)
     store = Store(tmp_path / "s.sqlite", create=True)
     store.replace_articles((), [_row("a", ["zebra crossing", "quiet street"]), _row("b", ["yellow zebra"])])
     store.replace_articles(["a"], [_row("a", ["walrus beach"]), _row("c", ["walrus zebra"])])

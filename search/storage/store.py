@@ -428,9 +428,8 @@ class Store:
 
     @staticmethod
     def _log(conn: sqlite3.Connection, generation: int, article_ids: Iterable[str], op: str) -> None:
-        conn.executemany(
-            "INSERT OR REPLACE INTO changes (id, generation, op) VALUES (?, ?, ?)",
-            [(i, generation, op) for i in article_ids],
+        _insert_rows(
+            conn, "INSERT OR REPLACE INTO changes (id, generation, op)", [(i, generation, op) for i in article_ids]
         )
 
     @staticmethod
@@ -442,28 +441,30 @@ class Store:
     def _insert(conn: sqlite3.Connection, items: Sequence[NewArticle]) -> tuple[list[int], list[int]]:
         """Write articles and their passages; returns (their article keys, their passage ids), in order.
 
-        One ``executemany`` per table rather than one ``execute`` per row (a 10-article write is ~400 passage rows
-        and as many sentence rows): the keys are given, not read back from ``lastrowid`` row by row, and are the
-        ones SQLite would pick itself (an ``INTEGER PRIMARY KEY`` without AUTOINCREMENT takes the largest key + 1,
-        read here inside the write transaction, so no other writer can take them). What this saves is the
-        per-statement work of the Python driver; SQLite does the same inserts and fires the same FTS5 triggers
-        row by row, so the FTS5 tables stay exact (tests/test_store_writes.py).
+        A few multi-row statements per table (``_insert_rows``) rather than one ``execute`` per row (a 10-article write
+        is ~400 passage rows and as many sentence rows): the keys are given, not read back from ``lastrowid`` row by
+        row, and are the ones SQLite would pick itself (an ``INTEGER PRIMARY KEY`` without AUTOINCREMENT takes the
+        largest key + 1, read here inside the write transaction, so no other writer can take them). What this saves is
+        the per-statement work of the Python driver; SQLite does the same inserts and fires the same FTS5 triggers row
+        by row, so the FTS5 tables stay exact (tests/test_store_writes.py).
 
-        Measured by bench/sqlite_write.py (10 rounds of 10 RealTime QA articles, ~358 passages a write, on copies
-        of the 109k- and 924k-passage archives, old and new code alternated twice): the writing thread's CPU for
-        the 10 adds 536 -> 485 ms at 109k and 495 -> 474 ms at 924k (-5 to -10%, within the shared machine's
-        noise). What the write costs does not grow with the corpus: CPU 924k/109k 0.92 before, 0.98 after; the
-        thread was blocked on I/O (page reads, fsync) ~2 ms a write at both sizes; the rest of its wall time
-        (median 120-290 ms against 30-45 ms on a CPU at a load average of 10 on 2 cores) was queueing for a core.
+        Measured by bench/sqlite_write.py (10 rounds of 10 RealTime QA articles, ~358 passages a write, on copies of
+        the 109k- and 924k-passage archives, old and new code alternated twice; executemany against a statement per
+        row): the writing thread's CPU for the 10 adds 536 -> 485 ms at 109k and 495 -> 474 ms at 924k (-5 to -10%,
+        within the shared machine's noise). What the write costs does not grow with the corpus: CPU
+        924k/109k 0.92 before, 0.98 after; the thread was blocked on I/O (page reads, fsync) ~2 ms a write at both
+        sizes; the rest of its wall time (median 120-290 ms against 30-45 ms on a CPU at a load average of 10 on 2
+        cores) was queueing for a core.
         Without the FTS5 triggers the same adds take 0.3x the CPU: indexing the text is most of a write's cost."""
         if not items:
             return [], []
         first_aid = _next_key(conn, "SELECT MAX(aid) FROM articles")
         first_pid = _next_key(conn, "SELECT MAX(id) FROM passages")
         aids = list(range(first_aid, first_aid + len(items)))
-        conn.executemany(
+        _insert_rows(
+            conn,
             "INSERT INTO articles (aid, id, title, paragraphs, date, source, url, tags, extra, content_hash, "
-            "vector, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "vector, origin)",
             [
                 (
                     aid,
@@ -482,8 +483,9 @@ class Store:
                 for aid, item in zip(aids, items, strict=True)
             ],
         )
-        conn.executemany(
-            "INSERT INTO article_groups (aid, story, duplicates) VALUES (?, ?, ?)",
+        _insert_rows(
+            conn,
+            "INSERT INTO article_groups (aid, story, duplicates)",
             [
                 (aid, item.story, item.duplicates if item.duplicates is not None else item.article.id)
                 for aid, item in zip(aids, items, strict=True)
@@ -502,12 +504,8 @@ class Store:
                 if sent is not None and len(sent[0]) > 1:
                     vectors = np.ascontiguousarray(sent[1], dtype=np.float16).tobytes()
                     sentences.append((pid, json.dumps(sent[0]), vectors))
-        conn.executemany(
-            'INSERT INTO passages (id, aid, position, field, start, "end", text, vector) '
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            passages,
-        )
-        conn.executemany("INSERT INTO sentences (pid, spans, vectors) VALUES (?, ?, ?)", sentences)
+        _insert_rows(conn, 'INSERT INTO passages (id, aid, position, field, start, "end", text, vector)', passages)
+        _insert_rows(conn, "INSERT INTO sentences (pid, spans, vectors)", sentences)
         return aids, [row[0] for row in passages]
 
     def update_metadata(self, articles: Sequence[Article]) -> list[int]:
@@ -1005,6 +1003,30 @@ def metadata_key(date: str | None, source: str | None, url: str | None, tags: Se
     """An article's metadata as one comparable string, serialised as the store serialises it (``default=str``), so
     a source record and its stored row compare equal when nothing changed."""
     return json.dumps([date, source, url, list(tags), json.loads(json.dumps(extra, default=str))], sort_keys=True)
+
+
+# Rows per multi-row INSERT at most (also bounded by SQLite's variable limit): statements of a few hundred rows
+# parse in well under a millisecond and a write's rows take one or two of them.
+INSERT_CHUNK_ROWS = 500
+
+
+def _insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[object]]) -> None:
+    """``head VALUES (...), (...), ...``: the rows inserted, in order, by a few multi-row statements.
+
+    Why not ``executemany``: it steps its statement once per row, and Python's sqlite3 gives the GIL up around each
+    step and takes it back after. Beside a thread running Python (a search, in the serving process) each take-back
+    waits up to the interpreter's switch interval (5 ms), so 3,000 rows that insert in 8.8 ms alone took 2.7 s
+    beside a busy thread, and a 10-article write beside searches took seconds (bench/README.md, "Search p99 beside
+    writes over HTTP"). One statement is one step: 17 ms for the same rows beside the same thread. SQLite inserts
+    the rows one by one, in order, and fires the same triggers (FTS5) for each, as before."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, min(INSERT_CHUNK_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    marks = "(" + ", ".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        conn.execute(f"{head} VALUES {', '.join([marks] * len(chunk))}", [v for row in chunk for v in row])
 
 
 def _next_key(conn: sqlite3.Connection, sql: str) -> int:
