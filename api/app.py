@@ -39,6 +39,7 @@ from indexer.live import Writer
 from search.alerts.service import AlertService
 from search.errors import InvalidInput
 from search.intake import Limits, loads, parse_delete, parse_write
+from search.jsontypes import JSONValue
 from search.loading import load_service
 from search.models import LabelledArticle, to_json, to_plain
 from search.service import SearchService
@@ -167,14 +168,8 @@ def similar(article_id: str, p: SimilarParams | None = None) -> Response:
 
 def write_articles() -> Response:
     """Upsert one article (the body is the article) or a batch (``{"articles": [...]}``), all or nothing."""
-    settings = _service().settings
-    require_write_key(settings)
-    if not request.is_json:
-        raise InvalidInput('the body must be JSON (Content-Type: application/json): an article or {"articles": [...]}')
-    payload = loads(request.get_data(cache=False))  # past MAX_CONTENT_LENGTH: 413 before a byte is read
-    articles = parse_write(payload, Limits(settings.max_batch_articles, settings.max_field_chars))
-    writer: Writer = current_app.extensions["newsdesk.writer"]
-    done = writer.upsert(articles)
+    payload, limits = _write_body('an article or {"articles": [...]}')
+    done = _writer().upsert(parse_write(payload, limits))
     _alerts().wrote()  # its matches' webhooks, posted from the deliverer's thread (never this request's)
     return jsonify(to_plain(done))
 
@@ -183,21 +178,29 @@ def delete_articles() -> Response:
     """Delete a batch of articles by id (``{"ids": [...]}``) in one write, all or nothing: 404 and nothing deleted
     if any id is not in the index. One commit and one cache save for the batch, where one request an article pays
     each of them again."""
-    settings = _service().settings
-    require_write_key(settings)
-    if not request.is_json:
-        raise InvalidInput('the body must be JSON (Content-Type: application/json): {"ids": [...]}')
-    ids = parse_delete(
-        loads(request.get_data(cache=False)), Limits(settings.max_batch_articles, settings.max_field_chars)
-    )
-    writer: Writer = current_app.extensions["newsdesk.writer"]
-    return jsonify(to_plain(writer.delete(ids)))
+    payload, limits = _write_body('{"ids": [...]}')
+    return jsonify(to_plain(_writer().delete(parse_delete(payload, limits))))
 
 
 def delete_article(article_id: str) -> Response:
     require_write_key(_service().settings)
+    return jsonify(to_plain(_writer().delete([article_id])))
+
+
+def _write_body(shape: str) -> tuple[JSONValue, Limits]:
+    """A write request's JSON body (``shape`` names what it must hold) and the limits it is parsed with; the write
+    key is checked first, from the headers alone."""
+    settings = _service().settings
+    require_write_key(settings)
+    if not request.is_json:
+        raise InvalidInput(f"the body must be JSON (Content-Type: application/json): {shape}")
+    payload = loads(request.get_data(cache=False))  # past MAX_CONTENT_LENGTH: 413 before a byte is read
+    return payload, Limits(settings.max_batch_articles, settings.max_field_chars)
+
+
+def _writer() -> Writer:
     writer: Writer = current_app.extensions["newsdesk.writer"]
-    return jsonify(to_plain(writer.delete([article_id])))
+    return writer
 
 
 def _alerts() -> AlertService:

@@ -37,20 +37,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import archive  # noqa: E402
 
 from bench.serve import HOST, QueryFeed, Server, run_target, summarize  # noqa: E402
-from search.models import Article  # noqa: E402
+from search.models import Article, to_plain  # noqa: E402
 from search.service import SearchService  # noqa: E402
 from search.settings import Settings  # noqa: E402
 from search.storage.index import open_index  # noqa: E402
-
-
-def _payload(article: Article) -> dict[str, Any]:
-    return {
-        "id": article.id,
-        "title": article.title,
-        "paragraphs": list(article.paragraphs),
-        **({"date": article.date} if article.date else {}),
-        **({"url": article.url} if article.url else {}),
-    }
 
 
 def http_phase(
@@ -85,7 +75,7 @@ def http_phase(
             while not done.is_set():
                 batch = archive.write_batch(held, n, f"http{n}")
                 t = time.perf_counter()
-                request(conn, "POST", "/api/articles", json.dumps({"articles": [_payload(a) for a in batch]}).encode())
+                request(conn, "POST", "/api/articles", json.dumps({"articles": [to_plain(a) for a in batch]}).encode())
                 writes.append(("add", time.perf_counter() - t))
                 t = time.perf_counter()
                 request(conn, "DELETE", "/api/articles", json.dumps({"ids": [a.id for a in batch]}).encode())

@@ -73,11 +73,8 @@ def parse_write(payload: JSONValue, limits: Limits) -> list[Article]:
         out = [_article(payload, "article", limits)]
     else:
         raise InvalidInput('the body must be an article object or {"articles": [...]}')
-    seen: set[str] = set()
-    for i, a in enumerate(out):
-        if a.id in seen:
-            raise InvalidInput(f"articles[{i}].id {a.id!r} appears twice in one request")
-        seen.add(a.id)
+    if (i := _first_repeat([a.id for a in out])) is not None:
+        raise InvalidInput(f"articles[{i}].id {out[i].id!r} appears twice in one request")
     return out
 
 
@@ -92,12 +89,19 @@ def parse_delete(payload: JSONValue, limits: Limits) -> list[str]:
     if len(ids) > limits.max_articles:
         raise InvalidInput(f"at most {limits.max_articles} ids per request, got {len(ids)}")
     out = [_text(v, f"ids[{i}]", MAX_ID_CHARS, required=True, empty_ok=False) or "" for i, v in enumerate(ids)]
-    seen: set[str] = set()
-    for i, article_id in enumerate(out):
-        if article_id in seen:
-            raise InvalidInput(f"ids[{i}] {article_id!r} appears twice in one request")
-        seen.add(article_id)
+    if (i := _first_repeat(out)) is not None:
+        raise InvalidInput(f"ids[{i}] {out[i]!r} appears twice in one request")
     return out
+
+
+def _first_repeat(ids: list[str]) -> int | None:
+    """The position of the first id that an earlier one repeats, or None."""
+    seen: set[str] = set()
+    for i, article_id in enumerate(ids):
+        if article_id in seen:
+            return i
+        seen.add(article_id)
+    return None
 
 
 def _text(value: object, where: str, limit: int, *, required: bool = False, empty_ok: bool = True) -> str | None:
