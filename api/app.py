@@ -35,6 +35,7 @@ from api.params import (
     parse_body,
 )
 from api.server import EARLY_REFUSAL
+from api.writes import WRITER, ArticleWriter
 from indexer.live import Writer
 from search.alerts.service import AlertService
 from search.errors import InvalidInput
@@ -63,7 +64,7 @@ def create_app(settings: Settings | None = None, service: SearchService | None =
     if service is None:
         service = load_service(settings or Settings.from_env())
     app.extensions["newsdesk"] = service
-    app.extensions["newsdesk.writer"] = Writer(service)
+    app.extensions[WRITER] = Writer(service)  # a serving worker beside a write process forwards instead
     alerts = AlertService(service)
     app.extensions["newsdesk.alerts"] = alerts
     app.before_request(alerts.deliver_lazily)  # the webhook thread, once an alert has a webhook
@@ -198,8 +199,8 @@ def _write_body(shape: str) -> tuple[JSONValue, Limits]:
     return payload, Limits(settings.max_batch_articles, settings.max_field_chars)
 
 
-def _writer() -> Writer:
-    writer: Writer = current_app.extensions["newsdesk.writer"]
+def _writer() -> ArticleWriter:
+    writer: ArticleWriter = current_app.extensions[WRITER]
     return writer
 
 

@@ -255,9 +255,22 @@ def serve(host: str, port: int, workers: int | None, processes: int | None, **op
         plan = plan_server(usable_cores(), None, workers, single=problem)
     elif problem:
         raise click.UsageError(problem)
-    click.echo(f"serving {served} on http://{host}:{port}/ with {plan.describe()}", err=True)
+    # several processes and writes possible: one more process writes, niced (api/writes.py)
+    write_nice = None
+    if plan.processes > 1 and settings.api_key and not settings.read_only and not settings.collections:
+        write_nice = settings.write_nice
+    apart = "" if write_nice is None else f" (writes in a process of their own at nice {write_nice})"
+    click.echo(f"serving {served} on http://{host}:{port}/{apart} with {plan.describe()}", err=True)
     limits = ServerLimits.of(settings)
-    run_server(lambda: create_app(settings), host, port, threads=plan.threads, processes=plan.processes, limits=limits)
+    run_server(
+        lambda: create_app(settings),
+        host,
+        port,
+        threads=plan.threads,
+        processes=plan.processes,
+        limits=limits,
+        write_nice=write_nice,
+    )
 
 
 @main.command()

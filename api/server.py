@@ -25,9 +25,11 @@ unauthenticated caller. Errors the server answers itself are the API's JSON erro
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -44,6 +46,7 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 from waitress.utilities import Error, RequestEntityTooLarge
 
+from api.writes import forward_writes, prepare_writes
 from search.errors import NewsdeskError
 from search.settings import Settings
 
@@ -129,7 +132,10 @@ class ServerLimits:
 # may split 3:1 over 2 workers; one process more than the cores keeps the cores busy then. Each process holds its
 # own model and index, so the spare is one, not one per core.
 SPARE_PROCESSES = 1
-THREADS_PER_PROCESS = 1
+# Two threads, not one: a serving worker hands a write to the write process (api/writes.py) and waits for it, niced,
+# for as long as the searches keep the cores busy; its keep-alive connections' searches run on the second thread
+# meanwhile. Two single-threaded processes and two of 2 threads each served within the noise of one another.
+THREADS_PER_PROCESS = 2
 SINGLE_PROCESS_THREADS = 4  # one process (one core, or an index one process at a time may open): requests overlap
 
 
@@ -147,6 +153,30 @@ class ServerPlan:
 
     def describe(self) -> str:
         return f"{self.server}, {self.processes} process(es) x {self.threads} thread(s): {self.why}"
+
+
+@dataclass(frozen=True)
+class WriteProcess:
+    """Where a server with several processes does its writes (api/writes.py): one more gunicorn worker, the first
+    to take ``lock``, serving the write routes on the Unix socket ``socket`` at CPU niceness ``nice``."""
+
+    socket: Path
+    lock: Path
+    nice: int
+
+    def claim(self) -> bool:
+        """Become the write process, if no living worker is: the lock is held by an open descriptor this process
+        keeps until it exits, so a write process that dies frees it for the worker gunicorn starts in its place.
+        Called right after the fork, with one thread: the niceness (Linux: per thread) is inherited by every
+        thread the worker starts after it, the model's among them."""
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.setpriority(os.PRIO_PROCESS, 0, max(self.nice, os.getpriority(os.PRIO_PROCESS, 0)))
+        return True
 
 
 def usable_cores() -> int:
@@ -178,7 +208,8 @@ def plan_server(
         count,
         threads or THREADS_PER_PROCESS,
         f"{cores} usable cores: a process per core for GIL-bound searches and {SPARE_PROCESSES} more for uneven "
-        "keep-alive connections, 1 thread each: the least CPU per search measured (bench/README.md)",
+        f"keep-alive connections, {THREADS_PER_PROCESS} threads each (one may wait on a write): the least CPU per "
+        "search measured (bench/README.md)",
     )
 
 
@@ -191,8 +222,12 @@ def serve(
     processes: int = 1,
     timeout: int = 300,
     limits: ServerLimits | None = None,
+    write_nice: int | None = None,
 ) -> None:
-    """Serve ``make_app()`` on ``host:port`` until interrupted; ``make_app`` runs once per serving process."""
+    """Serve ``make_app()`` on ``host:port`` until interrupted; ``make_app`` runs once per serving process.
+
+    With several processes and ``write_nice`` (writes are possible), one more process does every write at that
+    CPU niceness (api/writes.py); one process serving writes in itself."""
     limits = limits or ServerLimits.of(Settings())
     if processes <= 1:
         app = make_app()
@@ -200,15 +235,23 @@ def serve(
         server.print_listen("Serving on http://{}:{}")
         server.run()
         return
-    with tempfile.TemporaryDirectory(prefix="newsdesk-serve-") as scratch:
-        failure = Path(scratch) / "boot-error"
-        try:
-            _GunicornApp(make_app, _gunicorn_options(host, port, processes, threads, timeout), limits, failure).run()
-        except (SystemExit, HaltServer):  # halt() ends in SystemExit, or re-raises as a second worker fails
-            said = failure.read_text(encoding="utf-8") if failure.exists() else ""
-            if said:  # a worker could not build the app (a damaged index): the CLI's one line, not gunicorn's exit 3
-                raise NewsdeskError(said) from None
-            raise
+    # not a TemporaryDirectory: gunicorn's workers are forks of this call and leave by SystemExit through it, so
+    # its cleanup ran in the first worker to stop and took the write process's lock and socket with it
+    scratch = Path(tempfile.mkdtemp(prefix="newsdesk-serve-"))
+    arbiter = os.getpid()
+    failure = scratch / "boot-error"
+    writes = None if write_nice is None else WriteProcess(scratch / "writer.sock", scratch / "writer.lock", write_nice)
+    options = _gunicorn_options(host, port, processes + (writes is not None), threads, timeout)
+    try:
+        _GunicornApp(make_app, options, limits, failure, writes).run()
+    except (SystemExit, HaltServer):  # halt() ends in SystemExit, or re-raises as a second worker fails
+        said = failure.read_text(encoding="utf-8") if failure.exists() and os.getpid() == arbiter else ""
+        if said:  # a worker could not build the app (a damaged index): the CLI's one line, not gunicorn's exit 3
+            raise NewsdeskError(said) from None
+        raise
+    finally:
+        if os.getpid() == arbiter:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _gunicorn_options(host: str, port: int, processes: int, threads: int, timeout: int) -> dict[str, object]:
@@ -222,11 +265,21 @@ def _gunicorn_options(host: str, port: int, processes: int, threads: int, timeou
         "graceful_timeout": 10,
         "accesslog": None,  # the app writes its own structured request log
         "proc_name": "newsdesk",
+        "post_fork": _claim_writes,
         "post_worker_init": _worker_ready,
     }
 
 
 WORKER_READY = "worker ready"  # logged by each gunicorn worker once its app is built
+WRITER_READY = "write process ready"  # logged instead by the worker that does the writes
+
+
+def _claim_writes(server: object, worker: object) -> None:
+    """gunicorn's ``post_fork`` hook, in the new worker before it loads anything: become the write process if the
+    server has one and no living worker holds its lock."""
+    app = getattr(worker, "app", None)
+    if isinstance(app, _GunicornApp) and app.writes is not None and app.writes.claim():
+        app.writes_here = True
 
 
 def _worker_ready(worker: object) -> None:
@@ -236,8 +289,10 @@ def _worker_ready(worker: object) -> None:
     all stay with that one (bench/serve.py's 4 clients could all land on the first), so a client that cares waits for
     as many of these lines as the start-up line announced processes."""
     log = getattr(worker, "log", None)
+    app = getattr(worker, "app", None)
     if log is not None:
-        log.info("%s (pid %d)", WORKER_READY, os.getpid())
+        said = WRITER_READY if isinstance(app, _GunicornApp) and app.writes_here else WORKER_READY
+        log.info("%s (pid %d)", said, os.getpid())
 
 
 def harden(server: _Serving, limits: ServerLimits, hook: RefusalHook | None = None) -> _Serving:
@@ -362,8 +417,12 @@ class WaitressWorker(_gunicorn_base("gunicorn.workers.base", "Worker")):  # type
     def run(self) -> None:
         limits: ServerLimits = self.app.limits
         socket_map: dict[int, object] = {}
-        sockets = [getattr(s, "sock", s) for s in self.sockets]
-        server = create_server(self.wsgi, map=socket_map, sockets=sockets, **limits.adjustments(self.cfg.threads))
+        writes: WriteProcess | None = self.app.writes
+        if writes is not None and self.app.writes_here:  # the write process: the private socket, not the public one
+            where: dict[str, object] = {"unix_socket": str(writes.socket), "unix_socket_perms": "600"}
+        else:
+            where = {"sockets": [getattr(s, "sock", s) for s in self.sockets]}
+        server = create_server(self.wsgi, map=socket_map, **where, **limits.adjustments(self.cfg.threads))
         harden(server, limits, _hook(self.wsgi))
         parent = self.ppid
         try:
@@ -383,12 +442,19 @@ class _GunicornApp(_gunicorn_base("gunicorn.app.base", "BaseApplication")):  # t
     """gunicorn's documented custom-application hook: options from a dict, the app from a factory."""
 
     def __init__(
-        self, make_app: Callable[[], Flask], options: dict[str, object], limits: ServerLimits, failure: Path
+        self,
+        make_app: Callable[[], Flask],
+        options: dict[str, object],
+        limits: ServerLimits,
+        failure: Path,
+        writes: WriteProcess | None = None,
     ) -> None:
         self._make_app = make_app
         self._options = options
         self.limits = limits
         self._failure = failure
+        self.writes = writes
+        self.writes_here = False  # set in the one worker that claims the writes (``_claim_writes``)
         super().__init__()
 
     def load_config(self) -> None:
@@ -401,7 +467,12 @@ class _GunicornApp(_gunicorn_base("gunicorn.app.base", "BaseApplication")):  # t
         once with gunicorn's boot-error status (``os._exit``: a forked copy of the caller must not unwind its
         stack), which stops the arbiter."""
         try:
-            return self._make_app()
+            app = self._make_app()
+            if self.writes is not None and not self.writes_here:
+                forward_writes(app, self.writes.socket)
+            elif self.writes is not None:
+                prepare_writes(app)
+            return app
         except NewsdeskError as exc:
             self._failure.write_text(str(exc), encoding="utf-8")
             os._exit(WORKER_BOOT_ERROR)

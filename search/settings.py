@@ -263,6 +263,12 @@ class Settings:
         500,
         "Open connections per server process; past it, new connections wait in the listen backlog until one closes.",
     )
+    write_nice: int = _setting(
+        10,
+        "CPU niceness (0-19) of the write process newsdesk serve runs beside its serving processes when it runs "
+        "several: writes take the CPU searches leave, so a stream of writes costs searches little; 0 shares it "
+        "equally. One process serving (--processes 1) writes in itself.",
+    )
     max_batch_articles: int = _setting(1000, "Most articles one write request may carry.")
     max_field_chars: int = _setting(
         200_000, "Longest text field of a written article (id, title, each paragraph; ids are capped at 1,000)."
@@ -383,6 +389,8 @@ class Settings:
         ):
             if not getattr(self, name) > 0:
                 raise InvalidInput(f"setting {name} must be a positive number of seconds, got {getattr(self, name)}")
+        if not 0 <= self.write_nice <= 19:
+            raise InvalidInput(f"setting write_nice must be a niceness from 0 to 19, got {self.write_nice}")
         if self.replica_poll < 0:
             raise InvalidInput(f"setting replica_poll must not be negative, got {self.replica_poll}")
         if not -1.0 <= self.match_floor <= 1.0:

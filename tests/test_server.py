@@ -23,6 +23,7 @@ from api.server import (
     SPARE_PROCESSES,
     THREADS_PER_PROCESS,
     WORKER_READY,
+    WRITER_READY,
     plan_server,
     usable_cores,
 )
@@ -60,22 +61,52 @@ def test_serve_rejects_zero_processes(runner: CliRunner, tmp_path: Path) -> None
     assert result.exit_code == 2
 
 
+def _nice(pid: int) -> int:
+    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def _write(base: str, method: str, body: dict[str, Any]) -> Any:
+    headers = {"Authorization": f"Bearer {procs.KEY}", "Content-Type": "application/json"}
+    request = urllib.request.Request(f"{base}/api/articles", json.dumps(body).encode(), headers, method=method)
+    with urllib.request.urlopen(request, timeout=60) as r:
+        return json.loads(r.read())
+
+
 def test_two_worker_processes_serve_one_index(sample_index: Path, tmp_path: Path) -> None:
-    """Both workers are forked before loading anything, answer searches, and stop on SIGTERM."""
+    """Both workers are forked before loading anything, answer searches, and stop on SIGTERM; a third, niced, does
+    the writes they are sent (api/writes.py), and gunicorn starts another in its place when it dies."""
+    index = tmp_path / "index"
+    shutil.copytree(sample_index, index)
     log = tmp_path / "server.log"
-    proc, port = procs.serve(sample_index, log, "--processes", "2", "--workers", "2", "--backend", "torch")
+    proc, port = procs.serve(index, log, "--processes", "2", "--workers", "2", "--backend", "torch")
     base = f"http://127.0.0.1:{port}"
     try:
         health = _get(f"{base}/api/health")
         assert health["status"] == "ok" and health["articles"] > 1
-        assert len(_children(proc.pid)) == 2
         body = _get(f"{base}/api/search?q=why+is+North+Korea+accusing+the+US")
         assert body["results"] and "NATO" in json.dumps(body["results"][0])
         deadline = time.monotonic() + 60  # each worker says when its model and index are loaded (bench/serve.py)
-        while log.read_text().count(WORKER_READY) < 2 and time.monotonic() < deadline:
+        while (log.read_text().count(WORKER_READY) < 2 or WRITER_READY not in log.read_text()) and (
+            time.monotonic() < deadline
+        ):
             time.sleep(0.2)
-        assert log.read_text().count(WORKER_READY) == 2
-        assert "with gunicorn with waitress workers, 2 process(es) x 2 thread(s): as asked" in log.read_text()
+        assert log.read_text().count(WORKER_READY) == 2 and log.read_text().count(WRITER_READY) == 1
+        said = log.read_text()
+        started = "(writes in a process of their own at nice 10) with gunicorn with waitress workers, 2 process(es) x 2"
+        assert started in said and "thread(s): as asked" in said
+        children = _children(proc.pid)
+        assert sorted(_nice(c) for c in children) == [0, 0, 10]
+        article = {"id": "moon/1", "title": "Penguins colonise the lunar base", "paragraphs": ["Emperor penguins."]}
+        assert _write(base, "POST", article)["written"] == ["moon/1"]
+        for _ in range(4):  # whichever worker answers has followed the write
+            assert _get(f"{base}/api/search?q=penguins+on+the+moon&k=1")["results"][0]["article"]["id"] == "moon/1"
+        writer = next(c for c in children if _nice(c) == 10)
+        os.kill(writer, signal.SIGKILL)  # a write it was doing would be answered 503: its outcome is unknown
+        deadline = time.monotonic() + 30
+        while writer in _children(proc.pid) and time.monotonic() < deadline:  # until gunicorn reaped it
+            time.sleep(0.05)
+        assert _write(base, "DELETE", {"ids": ["moon/1"]})["deleted"] == ["moon/1"]  # waits for the new one
+        assert writer not in _children(proc.pid) and sorted(_nice(c) for c in _children(proc.pid)) == [0, 0, 10]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

@@ -407,3 +407,77 @@ def test_the_change_log_holds_one_row_per_written_id_and_a_builds_bulk_load_none
         assert np.array_equal(copied.passage_vectors, _row("b", "x").passage_vectors)
     finally:
         store.close()
+
+
+# -- a server's write process (api/writes.py): serving workers forward their writes to it -------------------------
+
+
+@pytest.fixture
+def write_process(live_app: Flask, tmp_path: Path) -> Any:
+    """``live_app`` serving on a Unix socket in a thread, as a server's write process serves the others."""
+    from waitress.server import create_server
+
+    path = tmp_path / "writer.sock"
+    server = create_server(live_app, unix_socket=str(path), unix_socket_perms="600", threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield path
+    server.close()
+    thread.join(timeout=10)
+
+
+def test_a_serving_worker_forwards_writes_and_answers_what_the_write_process_did(
+    write_process: Path, live: SearchService, tmp_path: Path, corpus_index: Path, embedder: Any
+) -> None:
+    """The serving worker parses and refuses bad bodies itself, hands good ones to the write process, answers its
+    refusals with their own status and code, and its searches see an acknowledged write at once."""
+    from api.writes import WRITER, WriteForwarder, forward_writes
+
+    other = _service(tmp_path, corpus_index, embedder, api_key=KEY)  # the serving worker: same index, own memory
+    app = create_app(service=other)
+    app.config["TESTING"] = False
+    forward_writes(app, write_process)
+    assert isinstance(app.extensions[WRITER], WriteForwarder)
+    client = app.test_client()
+    generation = live.index.store.generation()
+    r = client.post("/api/articles", json=NEW, headers=AUTH)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.get_json() == {"written": ["world/900"], "deleted": [], "generation": generation + 1}
+    assert live.index.store.aid_of("world/900") is not None  # written by the write process's service
+    got = client.get("/api/search", query_string={"q": "lava volcano evacuation"}).get_json()
+    assert got["results"][0]["article"]["id"] == "world/900"  # followed before the read
+    missing = {"ids": ["world/900", "world/999"]}
+    assert_error(client.delete("/api/articles", json=missing, headers=AUTH), 404, "not_found")
+    assert_error(client.post("/api/articles", json={**NEW, "date": "not a date"}, headers=AUTH), 400, "invalid_input")
+    assert_error(client.post("/api/articles", json=NEW), 401, "unauthorized")  # checked here, never forwarded
+    assert live.index.store.generation() == generation + 1  # none of those wrote
+    r = client.delete("/api/articles", json={"ids": ["world/900"]}, headers=AUTH)
+    assert r.get_json() == {"written": [], "deleted": ["world/900"], "generation": generation + 2}
+    assert_error(client.get("/api/articles/world/900"), 404, "not_found")
+    assert check_index(live.index.writable[0]) == []
+
+
+def test_a_write_without_a_write_process_is_a_503_in_the_one_error_shape(
+    live: SearchService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import api.writes
+    from api.writes import forward_writes
+
+    monkeypatch.setattr(api.writes, "WAIT_FOR_WRITER", 0.3)
+    app = create_app(service=live)
+    app.config["TESTING"] = False
+    forward_writes(app, tmp_path / "nobody.sock")
+    before = _count(live)
+    assert_error(app.test_client().post("/api/articles", json=NEW, headers=AUTH), 503, "write_process_unavailable")
+    assert _count(live) == before
+
+
+def test_an_error_answer_comes_back_as_its_own_class() -> None:
+    from api.writes import error_of
+    from search.errors import NotFound, StorageError, WritesDisabled
+
+    assert type(error_of("not_found", "no article", 404)) is NotFound
+    assert type(error_of("writes_disabled", "off", 403)) is WritesDisabled
+    assert type(error_of("storage_error", "disk full", 507)) is StorageError
+    unknown = error_of("teapot", "", 418)
+    assert (unknown.code, unknown.status) == ("teapot", 418) and "418" in unknown.message
