@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from indexer.build import make_chunker, new_articles
-from indexer.update import Also, apply_changes, reusable_vectors, save_after_commit
+from indexer.update import Also, ProfileRebuilds, apply_changes, reusable_vectors, save_after_commit
 from search.errors import NotFound
 from search.models import Article
 from search.news.grouping import load_duplicates
@@ -45,6 +45,7 @@ class Writer:
     def __init__(self, service: SearchService) -> None:
         self.service = service
         self._lock = threading.Lock()
+        self.rebuilds = ProfileRebuilds()  # whole rebuilds of the profiles beside the writes, not inside one
 
     def upsert(self, articles: list[Article], also: Also | None = None) -> WriteResult:
         """Insert or replace (by id) every article of the batch, in one transaction: all or nothing. ``also`` runs
@@ -103,7 +104,7 @@ class Writer:
         index is not replaced (nor its store closed) while it is saved."""
         svc = self.service
         with svc.lock.reading():
-            save_after_commit(svc.index)
+            save_after_commit(svc.index, self.rebuilds)
 
     def _apply(self, index: Index, delete_ids: list[str], rows: list[NewArticle], also: Also | None = None) -> int:
         """Write into ``index`` (the service's, held), with the write lock only around what changes what searches

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import replace
@@ -37,7 +39,7 @@ from search.errors import StaleIndex
 from search.models import Article
 from search.news.dedup import DedupIndex
 from search.news.grouping import DUPLICATES_STATE, Text, label_new, load_duplicates, save_duplicates
-from search.news.neighbours import GRAPH_STATE
+from search.news.neighbours import GRAPH_STATE, NeighbourGraph, article_vectors
 from search.news.segmented import read_stamp
 from search.settings import Settings
 from search.storage.changes import InMemory, changed_in_memory, follow_log
@@ -299,12 +301,12 @@ def _headline_vector(row: NewArticle) -> np.ndarray | None:
     return None
 
 
-def save_state(index: Index) -> None:
+def save_state(index: Index, rebuilds: ProfileRebuilds | None = None) -> None:
     """The caches, stamped with the generation the in-memory index reflects, then the manifest's counts; nothing if
     another process committed since (its own save follows, or the next open repairs the caches) or a rebuild
     replaced the index."""
     directory, store = index.writable
-    update_neighbours(index)
+    update_neighbours(index, rebuilds)
     generation = index.generation
     with store.saving(generation) as ok:
         if not ok or not index.current():
@@ -323,13 +325,13 @@ def save_state(index: Index) -> None:
         index.vectors.publish(generation, index.manifest)  # replicas reload (Milvus only)
 
 
-def save_after_commit(index: Index) -> bool:
+def save_after_commit(index: Index, rebuilds: ProfileRebuilds | None = None) -> bool:
     """``save_state`` after a committed write, which stays committed whatever happens here: a save the disk refuses
     (ENOSPC, or a directory gone read-only) is logged, not raised, so the write is still reported as done. The caches
     keep their older generation stamp (each is stamped last), so every process rebuilds them from SQLite when it next
     opens the index; the manifest's counts are repaired the same way. Returns whether everything was saved."""
     try:
-        save_state(index)
+        save_state(index, rebuilds)
     except OSError as exc:
         log.warning(
             "the write is committed (generation %s) but saving the index caches failed: %s; they are rebuilt from "
@@ -341,9 +343,10 @@ def save_after_commit(index: Index) -> bool:
     return True
 
 
-def update_neighbours(index: Index) -> None:
+def update_neighbours(index: Index, rebuilds: ProfileRebuilds | None = None) -> None:
     """Bring the more-like-this profiles up to the writes ``apply_changes`` recorded, then swap them in (readers hold
-    either the old profiles or the new ones, never a half-updated object)."""
+    either the old profiles or the new ones, never a half-updated object). With ``rebuilds`` (a server's writer),
+    a whole rebuild falling due is made in a thread and adopted by a later write, not made in this one."""
     deleted, added = index.neighbour_changes
     if not deleted and not added:
         return
@@ -353,7 +356,74 @@ def update_neighbours(index: Index) -> None:
         return
     live = np.isin(added, index.articles.ids())
     added = sorted(set(np.asarray(added, dtype=np.int64)[live].tolist()))  # not added, then deleted
+    if rebuilds is not None:
+        index.neighbours = rebuilds.updated(graph, deleted, added, index)
+        return
     index.neighbours = graph.updated(deleted, added, index.articles, index.lexical.articles, index.generation)
+
+
+class ProfileRebuilds:
+    """Whole rebuilds of the exact more-like-this profiles, made in a thread beside a long-lived writer's writes
+    (``indexer.live.Writer``: a server's) instead of inside the write that found them due. Building every profile
+    costs all pairs of articles: at 26,671 articles the write that crossed ``REBUILD_SHARE`` took 35 s with
+    searches running beside (101 s niced in a write process), where a write is otherwise under a second
+    (bench/README.md). One-shot writers (``newsdesk add``, ``watch`` passes) still rebuild in the write.
+
+    The thread builds from a snapshot (the keys, their vectors and the postings object of the write that started
+    it: postings objects are replaced by writes, never changed). Each write meanwhile goes on updating the current
+    profiles incrementally and records what it deleted and added; the first write after the build finished adopts
+    it, replaying those changes onto it (``NeighbourGraph.updated``, incremental), so the adopted profiles hold
+    every write. A build that fails is logged and dropped; the next write finds the profiles due again. The thread
+    inherits the writer's CPU niceness (api/writes.py)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._built: NeighbourGraph | None = None
+        self._deleted: set[int] = set()
+        self._added: set[int] = set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the build in progress ends (tests; a server never waits)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def updated(self, graph: NeighbourGraph, deleted: list[int], added: list[int], index: Index) -> NeighbourGraph:
+        """``graph`` after a write that deleted and added these article keys: a finished rebuild with every change
+        since its snapshot, else ``graph`` updated incrementally (and a rebuild started if it is due)."""
+        articles, postings, generation = index.articles, index.lexical.articles, index.generation
+        if self._thread is not None:
+            self._deleted.update(int(k) for k in deleted)
+            self._added.update(int(k) for k in added)
+            if not self._thread.is_alive():
+                built, gone, new = self._built, sorted(self._deleted), sorted(self._added - self._deleted)
+                self._thread, self._built, self._deleted, self._added = None, None, set(), set()
+                if built is not None:
+                    return built.updated(gone, new, articles, postings, generation, rebuild=False)
+        current = graph.updated(deleted, added, articles, postings, generation, rebuild=False)
+        if self._thread is None and current.due():
+            self._start(current, index)
+        return current
+
+    def _start(self, graph: NeighbourGraph, index: Index) -> None:
+        keys = graph.keys.copy()
+        vectors = article_vectors(index.articles, keys)  # read now: the vector store changes with the next write
+        postings, generation, config = index.lexical.articles, index.generation, graph.config
+
+        def build() -> None:
+            started = time.perf_counter()
+            try:
+                self._built = NeighbourGraph.build(keys, vectors, postings, generation, config)
+            except Exception:  # the write path never sees it: the profiles stay incremental, due again next write
+                log.exception("rebuilding the more-like-this profiles failed; they are rebuilt at a later write")
+                return
+            log.info("rebuilt %d more-like-this profiles in %.1f s", len(keys), time.perf_counter() - started)
+
+        self._thread = threading.Thread(target=build, name="newsdesk-profiles", daemon=True)
+        self._thread.start()
 
 
 def apply_metadata(index: Index, articles: list[Article]) -> int:

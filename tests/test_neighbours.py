@@ -516,3 +516,124 @@ def test_an_addition_passes_over_the_entries_it_changed_not_every_article_s(monk
         patched.setattr(sp._csc, "csr_tocsc", counted)
         gone = loaded.updated([int(keys[7])], [], store, postings.without([int(keys[7])]), 4)
     assert sum(transposed) <= gone.profiles.nnz
+
+
+# -- whole rebuilds beside a server's writes (indexer/update.py ProfileRebuilds) ------------------------------------
+
+
+def _state(keys: np.ndarray, vecs: np.ndarray, postings: Postings, generation: int) -> Any:
+    """What ``ProfileRebuilds`` reads of an index after a write: its article vectors, article postings, generation."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        articles=vector_store(keys, vecs), lexical=SimpleNamespace(articles=postings), generation=generation
+    )
+
+
+def test_a_due_rebuild_is_made_in_a_thread_and_adopted_with_every_write_since(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write that finds the profiles due updates them incrementally and starts the rebuild in a thread; a write
+    during the build goes on incrementally; the first write after it adopts the rebuild with both writes' changes
+    replayed: the same graph as building at the snapshot and updating it by those changes."""
+    import threading
+
+    from indexer.update import ProfileRebuilds
+
+    built_in: list[str] = []
+    release = threading.Event()
+    build = NeighbourGraph.build.__func__  # type: ignore[attr-defined]
+
+    def watched(cls: type[NeighbourGraph], *args: Any, **kwargs: Any) -> NeighbourGraph:
+        built_in.append(threading.current_thread().name)
+        assert release.wait(30)
+        return build(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    keys, vecs, rows = synthetic(100, seed=5)
+    postings = Postings.build(rows, 2)
+    graph = NeighbourGraph.build(keys, vecs, postings, generation=1, config=CONFIG)
+    monkeypatch.setattr(NeighbourGraph, "build", classmethod(watched))
+    rebuilds = ProfileRebuilds()
+    # write A (generation 2): 25 new articles of 125, the rebuild share: due
+    a_keys, a_vecs, a_rows = synthetic(25, seed=6, start=101)
+    keys2, vecs2, postings2 = np.concatenate([keys, a_keys]), np.concatenate([vecs, a_vecs]), postings.extended(a_rows)
+    after_a = rebuilds.updated(graph, [], a_keys.tolist(), _state(keys2, vecs2, postings2, 2))
+    assert after_a.changed == 25 and rebuilds.running and built_in == ["newsdesk-profiles"]
+    # write B (generation 3), during the build: 3 deleted, 5 added
+    gone = [int(keys[3]), int(keys[40]), int(a_keys[2])]
+    b_keys, b_vecs, b_rows = synthetic(5, seed=7, start=126)
+    live = ~np.isin(keys2, gone)
+    keys3, vecs3 = np.concatenate([keys2[live], b_keys]), np.concatenate([vecs2[live], b_vecs])
+    postings3 = postings2.without(gone).extended(b_rows)
+    after_b = rebuilds.updated(after_a, gone, b_keys.tolist(), _state(keys3, vecs3, postings3, 3))
+    assert after_b.changed == 25 + 8 and np.array_equal(after_b.keys, keys3)  # incremental, still building
+    release.set()
+    rebuilds.wait(30)
+    assert not rebuilds.running
+    # write C (generation 4): 2 added; adopts the rebuild
+    c_keys, c_vecs, c_rows = synthetic(2, seed=8, start=131)
+    keys4, vecs4, postings4 = (
+        np.concatenate([keys3, c_keys]),
+        np.concatenate([vecs3, c_vecs]),
+        postings3.extended(c_rows),
+    )
+    state4 = _state(keys4, vecs4, postings4, 4)
+    adopted = rebuilds.updated(after_b, [], c_keys.tolist(), state4)
+    assert built_in == ["newsdesk-profiles"]  # no write built the profiles whole itself
+    snapshot = build(NeighbourGraph, keys2, vecs2, postings2, 2, CONFIG)
+    replayed = [*b_keys.tolist(), *c_keys.tolist()]
+    want = snapshot.updated(sorted(gone), replayed, state4.articles, postings4, 4, rebuild=False)
+    assert np.array_equal(adopted.keys, keys4) and adopted.generation == 4 and adopted.changed == 3 + 7
+    assert (adopted.profiles != want.profiles).nnz == 0 and (adopted.terms != want.terms).nnz == 0
+    assert not rebuilds.running and not adopted.due()
+
+
+def test_a_failed_rebuild_leaves_the_profiles_incremental_and_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from indexer.update import ProfileRebuilds
+
+    keys, vecs, rows = synthetic(100, seed=5)
+    postings = Postings.build(rows, 2)
+    graph = NeighbourGraph.build(keys, vecs, postings, generation=1, config=CONFIG)
+    tries: list[int] = []
+
+    def broken(cls: type[NeighbourGraph], *args: Any, **kwargs: Any) -> NeighbourGraph:
+        tries.append(1)
+        raise MemoryError("no room for a second graph")
+
+    monkeypatch.setattr(NeighbourGraph, "build", classmethod(broken))
+    rebuilds = ProfileRebuilds()
+    a_keys, a_vecs, a_rows = synthetic(25, seed=6, start=101)
+    keys2, vecs2, postings2 = np.concatenate([keys, a_keys]), np.concatenate([vecs, a_vecs]), postings.extended(a_rows)
+    after = rebuilds.updated(graph, [], a_keys.tolist(), _state(keys2, vecs2, postings2, 2))
+    rebuilds.wait(30)
+    b_keys, b_vecs, b_rows = synthetic(1, seed=7, start=126)
+    keys3, vecs3 = np.concatenate([keys2, b_keys]), np.concatenate([vecs2, b_vecs])
+    again = rebuilds.updated(after, [], b_keys.tolist(), _state(keys3, vecs3, postings2.extended(b_rows), 3))
+    rebuilds.wait(30)
+    assert np.array_equal(again.keys, keys3) and again.changed == 26 and len(tries) == 2  # due again: tried again
+
+
+def test_a_server_writer_rebuilds_the_profiles_beside_its_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through ``indexer.live.Writer``: writes past the rebuild share return without building every profile, the
+    rebuild is adopted by a later write, and the index on disk checks clean with the adopted profiles saved."""
+    from indexer.live import Writer
+    from search.storage.index import check_index
+
+    monkeypatch.setattr(nb, "REBUILD_SHARE", 0.01)  # 2 changes of 200 articles
+    target, rows = wire_index(tmp_path, 200)
+    embedder = HashEmbedder()
+    service = SearchService(open_index(target, embedder), embedder, Settings(index_dir=target))
+    writer = Writer(service)
+    new = [
+        Article(id=f"wire/new{i}", title=rows[i]["title"], paragraphs=tuple(rows[i]["paragraphs"])) for i in range(3)
+    ]
+    writer.upsert(new)
+    graph = service.index.neighbours
+    assert graph is not None and graph.changed == 3 and graph.due()  # incremental: not rebuilt in the write
+    writer.rebuilds.wait(60)
+    writer.delete(["wire/new0"])
+    graph = service.index.neighbours
+    assert graph is not None and graph.changed == 1  # the rebuild, with the delete replayed onto it
+    assert np.array_equal(graph.keys, np.sort(service.index.articles.ids()))
+    assert check_index(target) == []
+    assert [r.article.id for r in service.similar("wire/new1", k=3).results]

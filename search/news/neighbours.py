@@ -195,14 +195,27 @@ class NeighbourGraph:
         keys = np.sort(articles.ids())
         return cls.build(keys, _vectors(articles, keys), postings, generation, config)
 
+    def due(self) -> bool:
+        """Whether these exact profiles are due a whole rebuild: changes since the last one reached
+        ``REBUILD_SHARE`` (the idf and the older profiles drift as the corpus changes)."""
+        return self.centroids is None and self.changed >= REBUILD_SHARE * max(len(self.keys), 1)
+
     def updated(
-        self, deleted: Sequence[int], added: Sequence[int], articles: VectorStore, postings: Postings, generation: int
+        self,
+        deleted: Sequence[int],
+        added: Sequence[int],
+        articles: VectorStore,
+        postings: Postings,
+        generation: int,
+        *,
+        rebuild: bool = True,
     ) -> NeighbourGraph:
         """After a write: without the ``deleted`` article keys, with profiles for the ``added`` ones (their vectors
         already in ``articles``, their terms in ``postings``). Exact profiles are rebuilt whole once changes reach
-        ``REBUILD_SHARE``, or once the index outgrows ``EXACT_ARTICLES`` (then pooled); pooled ones are never
-        rebuilt by a write (see ``_pooled_update``). Rebuilt whole as well when an added key is not above every kept
-        one (SQLite reused a deleted article's key across writes the profiles missed)."""
+        ``REBUILD_SHARE`` (unless ``rebuild`` is False: a server's writer rebuilds them in a thread,
+        indexer/update.py ``ProfileRebuilds``), or once the index outgrows ``EXACT_ARTICLES`` (then pooled); pooled
+        ones are never rebuilt by a write (see ``_pooled_update``). Rebuilt whole as well when an added key is not
+        above every kept one (SQLite reused a deleted article's key across writes the profiles missed)."""
         changed = self.changed + len(deleted) + len(added)
         keep = ~np.isin(self.keys, np.asarray(list(deleted), dtype=np.int64))
         keys = np.concatenate([self.keys[keep], np.asarray(sorted(added), dtype=np.int64)])
@@ -213,7 +226,7 @@ class NeighbourGraph:
         if len(keys) > EXACT_ARTICLES:
             return NeighbourGraph.of(articles, postings, generation, self.config)
         vectors = _vectors(articles, keys)
-        if changed >= REBUILD_SHARE * len(keys):  # an empty index included
+        if (rebuild or not len(keys)) and changed >= REBUILD_SHARE * len(keys):  # an empty index included
             return NeighbourGraph.build(keys, vectors, postings, generation, self.config)
         idf = self._idf_for(postings, len(keys))
         old = np.flatnonzero(keep)
@@ -641,6 +654,11 @@ def load_graph(
         if ok:
             graph.save(directory)
     return graph
+
+
+def article_vectors(articles: VectorStore, keys: np.ndarray) -> np.ndarray:
+    """The vectors of the article ``keys`` (rows in their order), as a build of the profiles reads them."""
+    return _vectors(articles, keys)
 
 
 def _vectors(articles: VectorStore, keys: np.ndarray) -> np.ndarray:
