@@ -242,7 +242,9 @@ def serve(host: str, port: int, workers: int | None, processes: int | None, **op
     if (workers is not None and workers < 1) or (processes is not None and processes < 1):
         raise click.UsageError("--workers and --processes must be at least 1")
     settings = Settings.from_env(None, **opts)
-    plan = plan_server(usable_cores(), processes, workers)
+    # writes possible: several processes get one more that writes, niced (api/writes.py)
+    writable = bool(settings.api_key) and not settings.read_only and not settings.collections
+    plan = plan_server(usable_cores(), processes, workers, writes=writable)
     if settings.collections:
         served = f"{settings.collections} on {settings.milvus_uri}"
         problem = replica_problem(settings, plan.processes)
@@ -252,13 +254,10 @@ def serve(host: str, port: int, workers: int | None, processes: int | None, **op
         problem = backend_of(manifest).serving_problem(manifest, plan.processes)  # e.g. Milvus Lite: one process
         problem = problem and f"{settings.index_dir} {problem}"
     if problem and processes is None:  # the default picked several processes: this index allows one
-        plan = plan_server(usable_cores(), None, workers, single=problem)
+        plan = plan_server(usable_cores(), None, workers, single=problem, writes=writable)
     elif problem:
         raise click.UsageError(problem)
-    # several processes and writes possible: one more process writes, niced (api/writes.py)
-    write_nice = None
-    if plan.processes > 1 and settings.api_key and not settings.read_only and not settings.collections:
-        write_nice = settings.write_nice
+    write_nice = settings.write_nice if plan.processes > 1 and writable else None
     apart = "" if write_nice is None else f" (writes in a process of their own at nice {write_nice})"
     click.echo(f"serving {served} on http://{host}:{port}/{apart} with {plan.describe()}", err=True)
     limits = ServerLimits.of(settings)

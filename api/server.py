@@ -132,10 +132,11 @@ class ServerLimits:
 # may split 3:1 over 2 workers; one process more than the cores keeps the cores busy then. Each process holds its
 # own model and index, so the spare is one, not one per core.
 SPARE_PROCESSES = 1
-# Two threads, not one: a serving worker hands a write to the write process (api/writes.py) and waits for it, niced,
-# for as long as the searches keep the cores busy; its keep-alive connections' searches run on the second thread
-# meanwhile. Two single-threaded processes and two of 2 threads each served within the noise of one another.
-THREADS_PER_PROCESS = 2
+THREADS_PER_PROCESS = 1
+# With a write process (api/writes.py), 2: a serving worker hands a write over and waits for it, niced, for as long
+# as the searches keep the cores busy; its keep-alive connections' searches run on the second thread meanwhile.
+# (2 x 2 threads served within the noise of 2 single-threaded processes, bench/README.md "Server configurations".)
+THREADS_WITH_WRITES = 2
 SINGLE_PROCESS_THREADS = 4  # one process (one core, or an index one process at a time may open): requests overlap
 
 
@@ -188,14 +189,20 @@ def usable_cores() -> int:
 
 
 def plan_server(
-    cores: int, processes: int | None = None, threads: int | None = None, single: str | None = None
+    cores: int,
+    processes: int | None = None,
+    threads: int | None = None,
+    single: str | None = None,
+    writes: bool = False,
 ) -> ServerPlan:
     """The processes and threads to serve with on ``cores`` cores: what was asked, else the measured best.
 
     ``single`` is why only one process may serve (Milvus Lite opens in one process at a time); it overrides the
-    default, never an explicit ``processes``, which the caller checks and refuses."""
+    default, never an explicit ``processes``, which the caller checks and refuses. ``writes``: the server may take
+    writes, so several processes get a write process and a second thread each (``THREADS_WITH_WRITES``)."""
+    per_process = THREADS_WITH_WRITES if writes else THREADS_PER_PROCESS
     if processes is not None:
-        count = threads if threads is not None else (SINGLE_PROCESS_THREADS if processes == 1 else THREADS_PER_PROCESS)
+        count = threads if threads is not None else (SINGLE_PROCESS_THREADS if processes == 1 else per_process)
         return ServerPlan(processes, count, "as asked (--processes)")
     if single is not None:
         return ServerPlan(1, threads or SINGLE_PROCESS_THREADS, f"one process, since {single}")
@@ -204,12 +211,12 @@ def plan_server(
             1, threads or SINGLE_PROCESS_THREADS, "1 usable core: one process, requests overlapping in threads"
         )
     count = cores + SPARE_PROCESSES
+    each = f"{per_process} threads each (one may wait on the write process)" if writes else "1 thread each"
     return ServerPlan(
         count,
-        threads or THREADS_PER_PROCESS,
+        threads or per_process,
         f"{cores} usable cores: a process per core for GIL-bound searches and {SPARE_PROCESSES} more for uneven "
-        f"keep-alive connections, {THREADS_PER_PROCESS} threads each (one may wait on a write): the least CPU per "
-        "search measured (bench/README.md)",
+        f"keep-alive connections, {each}: the least CPU per search measured (bench/README.md)",
     )
 
 

@@ -22,6 +22,7 @@ from api.server import (
     SINGLE_PROCESS_THREADS,
     SPARE_PROCESSES,
     THREADS_PER_PROCESS,
+    THREADS_WITH_WRITES,
     WORKER_READY,
     WRITER_READY,
     plan_server,
@@ -139,6 +140,9 @@ def test_a_server_whose_port_is_taken_before_it_binds_starts_on_another(
 def test_the_default_plan_follows_the_cores() -> None:
     two = plan_server(2)
     assert (two.processes, two.threads) == (2 + SPARE_PROCESSES, THREADS_PER_PROCESS)
+    writing = plan_server(2, writes=True)  # a process may wait on the write process: a second thread
+    assert (writing.processes, writing.threads) == (2 + SPARE_PROCESSES, THREADS_WITH_WRITES)
+    assert "2 threads each (one may wait on the write process)" in writing.why
     assert two.server == "gunicorn with waitress workers" and "2 usable cores" in two.why
     eight = plan_server(8)
     assert eight.processes == 8 + SPARE_PROCESSES
