@@ -66,6 +66,25 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+def children(pid: int) -> list[int]:
+    """The living child processes of ``pid`` (a gunicorn arbiter's workers), from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def niceness(pid: int) -> int:
+    """A process's CPU niceness (its main thread's), from /proc."""
+    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the process's session and wait for it; SIGKILL if it does not go within 30 s."""
     with contextlib.suppress(ProcessLookupError):

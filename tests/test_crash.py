@@ -1,6 +1,7 @@
-"""kill -9 at random moments of a build, of ``newsdesk add``, of a server taking write batches and of merges of the
-vector segments (``newsdesk optimize``, and an add whose save merges); after each, the index opens, passes
-``check_index``, holds every acknowledged article and no partial one.
+"""kill -9 at random moments of a build, of ``newsdesk add``, of a server taking write batches, of a server's write
+process alone (api/writes.py: the server goes on and a new one takes the writes) and of merges of the vector
+segments (``newsdesk optimize``, and an add whose save merges); after each, the index opens, passes ``check_index``,
+holds every acknowledged article and no partial one.
 
 ``NEWSDESK_CRASH_TRIALS`` sets how many trials of each kind run; unset, the default run does 2 of each and the
 slow-marked acceptance run (``.venv/bin/pytest tests/test_crash.py -m slow``) 20 of each.
@@ -27,7 +28,7 @@ import pytest
 from search.storage.index import VECTORS_STATE, check_index, open_index
 from search.vectors.faiss import PASSAGE_VECTORS
 from tests.fakes import wire_articles
-from tests.procs import INT8, serve, spawn
+from tests.procs import INT8, children, niceness, serve, spawn
 from tests.procs import kill as _kill
 from tests.procs import post as _post
 
@@ -184,6 +185,62 @@ def _server_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
     assert acknowledged, "no write was acknowledged in any trial: the trials did not exercise writes"
 
 
+def _write_process_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
+    """A server of several processes (api/writes.py) taking write batches while its write process is killed, at
+    random moments, ``trials`` times: the server stays up, gunicorn starts a new write process, writes go on to it
+    (a batch in flight when it died is answered 503 and not acknowledged), and the index is sound after."""
+    rng = random.Random(5)
+    target = tmp_path / "served-apart"
+    shutil.copytree(base_index, target)
+    acknowledged: set[str] = set()
+    batches: list[list[str]] = []
+    proc, port = serve(target, tmp_path / "serve-apart.log", "--processes", "2", env=INT8)
+    try:
+        for trial in range(trials):
+            deadline = time.monotonic() + 60
+            while (writer_pid := _write_process(proc.pid)) is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert writer_pid is not None, "the server has no write process"
+            stop = threading.Event()
+
+            def write(trial: int = trial, stop: threading.Event = stop) -> None:
+                n = 0
+                while not stop.is_set():
+                    rows = [{**r, "id": f"apart-{trial}-{n}-{i}"} for i, r in enumerate(wire_articles(4, seed=n))]
+                    batches.append([r["id"] for r in rows])
+                    n += 1
+                    try:
+                        if _post(port, {"articles": rows}) == 200:
+                            acknowledged.update(r["id"] for r in rows)
+                    except urllib.error.HTTPError as exc:  # 503: the write process died with it in hand
+                        assert exc.code == 503, exc.read()
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            time.sleep(rng.uniform(0.5, 4.0))
+            os.kill(writer_pid, 9)
+            deadline = time.monotonic() + 60
+            while _write_process(proc.pid) in (writer_pid, None) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(rng.uniform(0.5, 2.0))  # writes go on to the new write process
+            stop.set()
+            writer.join(timeout=120)
+            assert not writer.is_alive()
+        after = [{**r, "id": f"apart-after-{i}"} for i, r in enumerate(wire_articles(2, seed=99))]
+        assert _post(port, {"articles": after}) == 200  # the last write process takes writes
+        acknowledged.update(r["id"] for r in after)
+        batches.append([r["id"] for r in after])
+    finally:
+        _kill(proc)
+    _sound(target, acknowledged, batches)
+
+
+def _write_process(server: int) -> int | None:
+    """The pid of the server's write process (its niced worker), if one is running."""
+    niced = [pid for pid in children(server) if niceness(pid) > 0]
+    return niced[0] if niced else None
+
+
 def _write_rows(tmp_path: Path, name: str, n: int, seed: int) -> tuple[Path, list[str]]:
     rows = [{**r, "id": f"{name}-{i}"} for i, r in enumerate(wire_articles(n, seed=seed))]
     source = tmp_path / f"{name}.jsonl"
@@ -281,12 +338,16 @@ def test_kill_the_server_during_write_batches(base_index: Path, tmp_path: Path) 
     _server_trials(max(crash_trials(slow=False), 2), base_index, tmp_path)
 
 
+def test_kill_the_write_process_during_write_batches(base_index: Path, tmp_path: Path) -> None:
+    _write_process_trials(crash_trials(slow=False), base_index, tmp_path)
+
+
 def test_kill_during_merges(base_index: Path, tmp_path: Path) -> None:
     _merge_trials(crash_trials(slow=False), base_index, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["build", "add", "server", "merge"])
+@pytest.mark.parametrize("kind", ["build", "add", "server", "write-process", "merge"])
 def test_kills_acceptance_run(kind: str, corpus: Path, base_build: tuple[Path, float], tmp_path: Path) -> None:
     """The acceptance run: ``crash_trials(slow=True)`` trials of each kind (20 unless the environment says)."""
     trials = crash_trials(slow=True)
@@ -297,5 +358,7 @@ def test_kills_acceptance_run(kind: str, corpus: Path, base_build: tuple[Path, f
         _add_trials(trials, base_index, tmp_path)
     elif kind == "merge":
         _merge_trials(trials, base_index, tmp_path)
+    elif kind == "write-process":
+        _write_process_trials(trials, base_index, tmp_path)
     else:
         _server_trials(trials, base_index, tmp_path)

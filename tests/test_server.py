@@ -37,19 +37,6 @@ def _get(url: str) -> Any:
         return json.loads(r.read())
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
 def test_serve_without_an_index_is_one_line_and_exit_1(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(main, ["serve", "--index", str(tmp_path / "missing"), "--processes", "2"])
     assert result.exit_code == 1
@@ -60,10 +47,6 @@ def test_serve_without_an_index_is_one_line_and_exit_1(runner: CliRunner, tmp_pa
 def test_serve_rejects_zero_processes(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(main, ["serve", "--index", str(tmp_path), "--processes", "0"])
     assert result.exit_code == 2
-
-
-def _nice(pid: int) -> int:
-    return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[16])
 
 
 def _write(base: str, method: str, body: dict[str, Any]) -> Any:
@@ -95,19 +78,20 @@ def test_two_worker_processes_serve_one_index(sample_index: Path, tmp_path: Path
         said = log.read_text()
         started = "(writes in a process of their own at nice 10) with gunicorn with waitress workers, 2 process(es) x 2"
         assert started in said and "thread(s): as asked" in said
-        children = _children(proc.pid)
-        assert sorted(_nice(c) for c in children) == [0, 0, 10]
+        children = procs.children(proc.pid)
+        assert sorted(procs.niceness(c) for c in children) == [0, 0, 10]
         article = {"id": "moon/1", "title": "Penguins colonise the lunar base", "paragraphs": ["Emperor penguins."]}
         assert _write(base, "POST", article)["written"] == ["moon/1"]
         for _ in range(4):  # whichever worker answers has followed the write
             assert _get(f"{base}/api/search?q=penguins+on+the+moon&k=1")["results"][0]["article"]["id"] == "moon/1"
-        writer = next(c for c in children if _nice(c) == 10)
+        writer = next(c for c in children if procs.niceness(c) == 10)
         os.kill(writer, signal.SIGKILL)  # a write it was doing would be answered 503: its outcome is unknown
         deadline = time.monotonic() + 30
-        while writer in _children(proc.pid) and time.monotonic() < deadline:  # until gunicorn reaped it
+        while writer in procs.children(proc.pid) and time.monotonic() < deadline:  # until gunicorn reaped it
             time.sleep(0.05)
         assert _write(base, "DELETE", {"ids": ["moon/1"]})["deleted"] == ["moon/1"]  # waits for the new one
-        assert writer not in _children(proc.pid) and sorted(_nice(c) for c in _children(proc.pid)) == [0, 0, 10]
+        now = procs.children(proc.pid)
+        assert writer not in now and sorted(procs.niceness(c) for c in now) == [0, 0, 10]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
