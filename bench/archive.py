@@ -28,7 +28,9 @@ Per size, each phase in a fresh process (so that one size's memory or caches nev
   index and their ``delete_articles``, with and without the hash embedding, and the real model's chunking and
   embedding of the same articles added; ``writes_under_load``: hybrid search p50/p99 for ``--write-seconds`` alone
   and then while a writer thread adds and deletes 10-article batches through ``indexer.live.Writer`` (the API's
-  write path), with those writes' costs, split into writes that appended segments and writes that merged them.
+  write path in a server of one process), with those writes' costs, split into writes that appended segments and
+  writes that merged them; ``writes_beside_process``: the same with the writes in another process at
+  ``write_nice``, as the default server of several processes does them (its write process, api/writes.py).
 - ``newsdesk optimize`` (merging what the writes appended) and ``newsdesk check``, timed.
 - ``http``: ``newsdesk serve`` (the default server: waitress, one process) with the hash embedder swapped in
   (``--hash-newsdesk``, ``hash_newsdesk``): seconds from the command to its first answered search, resident and
@@ -591,8 +593,11 @@ def writer_phase(data: Path, target: Path, size: int, largest: int, seconds: flo
 
     embedder = TimedEmbedder()
     settings = Settings.from_env(index_dir=target)
+    # niced as a server's write process niceness itself (api/server.py WriteProcess.claim), before loading anything
+    os.setpriority(os.PRIO_PROCESS, 0, max(settings.write_nice, os.getpriority(os.PRIO_PROCESS, 0)))
     service = SearchService(open_index(target, embedder), embedder, settings)
     writer = Writer(service)
+    writer.prepare()  # as the write process does before it listens
     _, held, _ = corpus_articles(data, size, largest)
     write_log = WriteLog()
     print("ready", file=sys.stderr, flush=True)
@@ -603,17 +608,18 @@ def writer_phase(data: Path, target: Path, size: int, largest: int, seconds: flo
         n += 1
     print("done", file=sys.stderr, flush=True)  # the searches beside stop here, not after this process's exit
     service.index.close()
-    return write_log.summary()
+    return {**write_log.summary(), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
 
 
 def writes_beside_process(
     service: Any, data: Path, target: Path, size: int, largest: int, questions: list[str], seconds: float
 ) -> dict[str, Any]:
-    """Acceptance 2's second half with the writer in another process (a second server worker taking the POSTs, or
-    ``newsdesk watch``): hybrid searches back to back for ``seconds`` alone, then for ``seconds`` while that process
-    adds and deletes 10-article batches without pausing. Each search first follows the writes committed since the
-    one before (``SearchService.refresh``: search/storage/changes.py ``follow_log``), so its time includes
-    reading what changed; how often that happened and what it cost are reported beside."""
+    """Acceptance 2's second half with the writer in another process, as the default server writes (its write process,
+    api/writes.py, at ``write_nice``; or ``newsdesk watch``): hybrid searches back to back for ``seconds`` alone,
+    then for ``seconds`` while that process adds and deletes 10-article batches without pausing. Each search first
+    follows the writes committed since the one before (``SearchService.refresh``: search/storage/changes.py
+    ``follow_log``), so its time includes reading what changed; how often that happened and what it cost are
+    reported beside."""
     followed: list[float] = []
     refresh = service.refresh
 
@@ -1104,9 +1110,13 @@ def acceptance(runs: list[dict[str, Any]], real: dict[str, Any] | None) -> dict[
     if real is not None:
         out["2_real_subset_write_with_embedding_s"] = verdict(pick(real, "served.write.add_with_real_embedding_s"), 2.0)
     if runs:
-        out["2_search_p99_with_writes_ratio"] = verdict(pick(large, "writes_under_load.p99_ratio"), 2.0)
-        # the same with the writes in another process (a second server worker, newsdesk watch): no shared GIL
+        # writes where the default server does them on 2 cores: its write process, niced (api/writes.py)
         out["2_search_p99_beside_writer_process_ratio"] = verdict(pick(large, "writes_beside_process.p99_ratio"), 2.0)
+        # writes in the searching process, as one process serving (--processes 1: one core, Milvus Lite) does them;
+        # reported beside the verdicts, not one of them: the default server on 2 cores never writes there
+        out["single_process_search_p99_beside_writer_thread_ratio"] = verdict(
+            pick(large, "writes_under_load.p99_ratio"), 2.0
+        )
     if runs and "http" in large:
         out["3_server_open_to_first_search_s"] = verdict(pick(large, "http.open_to_first_search_s"), 10.0)
         peak = pick(large, "http.peak_rss")
