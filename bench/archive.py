@@ -594,7 +594,7 @@ def writer_phase(data: Path, target: Path, size: int, largest: int, seconds: flo
 
     embedder = TimedEmbedder()
     settings = Settings.from_env(index_dir=target)
-    # niced as a server's write process niceness itself (api/server.py WriteProcess.claim), before loading anything
+    # niced as a server's write process is (api/server.py WriteProcess.claim), before loading anything
     os.setpriority(os.PRIO_PROCESS, 0, max(settings.write_nice, os.getpriority(os.PRIO_PROCESS, 0)))
     service = SearchService(open_index(target, embedder), embedder, settings)
     writer = Writer(service)
