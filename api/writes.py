@@ -118,11 +118,11 @@ class WriteForwarder:
             conn.request(method, "/api/articles", body=data, headers=self._headers)
             response = conn.getresponse()
             status, text = response.status, response.read()
-        except OSError as exc:
-            raise WriteProcessUnavailable(f"the write process stopped answering during a write: {exc}") from exc
+            answer = json.loads(text)
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # reset, cut short, or not its JSON
+            raise WriteProcessUnavailable(f"the write process stopped answering during a write: {exc!r}") from exc
         finally:
             conn.close()
-        answer = json.loads(text)
         if status != 200:
             error = answer.get("error", {}) if isinstance(answer, dict) else {}
             raise error_of(str(error.get("code", "")), str(error.get("message", "")), status)

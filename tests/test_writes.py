@@ -481,3 +481,39 @@ def test_an_error_answer_comes_back_as_its_own_class() -> None:
     assert type(error_of("storage_error", "disk full", 507)) is StorageError
     unknown = error_of("teapot", "", 418)
     assert (unknown.code, unknown.status) == ("teapot", 418) and "418" in unknown.message
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnot"],
+    ids=["closed", "cut-short", "not-json"],
+)
+def test_a_write_process_that_dies_mid_answer_is_a_503(live: SearchService, tmp_path: Path, reply: bytes) -> None:
+    """The write process died (or answered garbage) with the write in hand: its outcome is unknown, so the serving
+    worker answers 503 in the one error shape, never a 500 or a success."""
+    import socket
+
+    from api.writes import forward_writes
+
+    path = tmp_path / "dying.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def answer_once() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(reply)
+        conn.close()
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    app = create_app(service=live)
+    app.config["TESTING"] = False
+    forward_writes(app, path)
+    try:
+        response = app.test_client().post("/api/articles", json=NEW, headers=AUTH)
+        assert_error(response, 503, "write_process_unavailable")
+    finally:
+        thread.join(timeout=10)
+        listener.close()
