@@ -13,13 +13,15 @@ in-memory state reflects, and saved only while the store is still there (``Store
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -367,7 +369,7 @@ class ProfileRebuilds:
     (``indexer.live.Writer``: a server's) instead of inside the write that found them due. Building every profile
     costs all pairs of articles: at 26,671 articles the write that crossed ``REBUILD_SHARE`` took 35 s with
     searches running beside (101 s niced in a write process), where a write is otherwise under a second
-    (bench/README.md). One-shot writers (``newsdesk add``, ``watch`` passes) still rebuild in the write.
+    (bench/README.md). A one-shot writer (``newsdesk add``) still rebuilds in the write.
 
     The thread builds from a snapshot (the keys, their vectors and the postings object of the write that started
     it: postings objects are replaced by writes, never changed). Each write meanwhile goes on updating the current
@@ -377,53 +379,70 @@ class ProfileRebuilds:
     inherits the writer's CPU niceness (api/writes.py)."""
 
     def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._built: NeighbourGraph | None = None
-        self._deleted: set[int] = set()
-        self._added: set[int] = set()
+        self._build: _ProfileBuild | None = None
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._build is not None and self._build.thread.is_alive()
 
     def wait(self, timeout: float | None = None) -> None:
         """Until the build in progress ends (tests; a server never waits)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._build is not None:
+            self._build.thread.join(timeout)
 
     def updated(self, graph: NeighbourGraph, deleted: list[int], added: list[int], index: Index) -> NeighbourGraph:
         """``graph`` after a write that deleted and added these article keys: a finished rebuild with every change
-        since its snapshot, else ``graph`` updated incrementally (and a rebuild started if it is due)."""
+        since its snapshot, else ``graph`` updated incrementally (and a rebuild started if it is due). A build from
+        an index the service has since replaced (reopened after a rebuild swapped the directory) is dropped: the
+        changes recorded since its snapshot are not the new index's."""
         articles, postings, generation = index.articles, index.lexical.articles, index.generation
-        if self._thread is not None:
-            self._deleted.update(int(k) for k in deleted)
-            self._added.update(int(k) for k in added)
-            if not self._thread.is_alive():
-                built, gone, new = self._built, sorted(self._deleted), sorted(self._added - self._deleted)
-                self._thread, self._built, self._deleted, self._added = None, None, set(), set()
-                if built is not None:
-                    return built.updated(gone, new, articles, postings, generation, rebuild=False)
+        build = self._build
+        if build is not None and build.of() is not index:
+            build = self._build = None  # its thread finishes into its own record, which nothing reads
+        if build is not None:
+            build.deleted.update(int(k) for k in deleted)
+            build.added.update(int(k) for k in added)
+            if not build.thread.is_alive():
+                self._build = None
+                if build.built:
+                    gone, new = sorted(build.deleted), sorted(build.added - build.deleted)
+                    return build.built[0].updated(gone, new, articles, postings, generation, rebuild=False)
         current = graph.updated(deleted, added, articles, postings, generation, rebuild=False)
-        if self._thread is None and current.due():
-            self._start(current, index)
+        if self._build is None and current.due():
+            self._build = _ProfileBuild.start(current, index)
         return current
 
-    def _start(self, graph: NeighbourGraph, index: Index) -> None:
+
+@dataclass
+class _ProfileBuild:
+    """One whole rebuild of the profiles in its thread: the index it snapshotted, the graph once built, and the
+    article keys the writes since deleted and added (to replay onto it)."""
+
+    thread: threading.Thread
+    of: weakref.ref[Index]
+    built: list[NeighbourGraph] = dataclasses.field(default_factory=list)
+    deleted: set[int] = dataclasses.field(default_factory=set)
+    added: set[int] = dataclasses.field(default_factory=set)
+
+    @classmethod
+    def start(cls, graph: NeighbourGraph, index: Index) -> _ProfileBuild:
         keys = graph.keys.copy()
         vectors = article_vectors(index.articles, keys)  # read now: the vector store changes with the next write
         postings, generation, config = index.lexical.articles, index.generation, graph.config
+        built: list[NeighbourGraph] = []
 
         def build() -> None:
             started = time.perf_counter()
             try:
-                self._built = NeighbourGraph.build(keys, vectors, postings, generation, config)
+                built.append(NeighbourGraph.build(keys, vectors, postings, generation, config))
             except Exception:  # the write path never sees it: the profiles stay incremental, due again next write
                 log.exception("rebuilding the more-like-this profiles failed; they are rebuilt at a later write")
                 return
             log.info("rebuilt %d more-like-this profiles in %.1f s", len(keys), time.perf_counter() - started)
 
-        self._thread = threading.Thread(target=build, name="newsdesk-profiles", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=build, name="newsdesk-profiles", daemon=True)
+        thread.start()
+        return cls(thread, weakref.ref(index), built)
 
 
 def apply_metadata(index: Index, articles: list[Article]) -> int:

@@ -521,13 +521,18 @@ def test_an_addition_passes_over_the_entries_it_changed_not_every_article_s(monk
 # -- whole rebuilds beside a server's writes (indexer/update.py ProfileRebuilds) ------------------------------------
 
 
-def _state(keys: np.ndarray, vecs: np.ndarray, postings: Postings, generation: int) -> Any:
-    """What ``ProfileRebuilds`` reads of an index after a write: its article vectors, article postings, generation."""
-    from types import SimpleNamespace
+class _Written:
+    """What ``ProfileRebuilds`` reads of an index after each write: its article vectors, article postings and
+    generation. One object across writes, as a service's index is (writes change it in place); a class, not a
+    namespace, since the rebuild keeps a weak reference to the index it snapshotted."""
 
-    return SimpleNamespace(
-        articles=vector_store(keys, vecs), lexical=SimpleNamespace(articles=postings), generation=generation
-    )
+    def wrote(self, keys: np.ndarray, vecs: np.ndarray, postings: Postings, generation: int) -> Any:
+        from types import SimpleNamespace
+
+        self.articles = vector_store(keys, vecs)
+        self.lexical = SimpleNamespace(articles=postings)
+        self.generation = generation
+        return self
 
 
 def test_a_due_rebuild_is_made_in_a_thread_and_adopted_with_every_write_since(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -551,11 +556,11 @@ def test_a_due_rebuild_is_made_in_a_thread_and_adopted_with_every_write_since(mo
     postings = Postings.build(rows, 2)
     graph = NeighbourGraph.build(keys, vecs, postings, generation=1, config=CONFIG)
     monkeypatch.setattr(NeighbourGraph, "build", classmethod(watched))
-    rebuilds = ProfileRebuilds()
+    rebuilds, index = ProfileRebuilds(), _Written()
     # write A (generation 2): 25 new articles of 125, the rebuild share: due
     a_keys, a_vecs, a_rows = synthetic(25, seed=6, start=101)
     keys2, vecs2, postings2 = np.concatenate([keys, a_keys]), np.concatenate([vecs, a_vecs]), postings.extended(a_rows)
-    after_a = rebuilds.updated(graph, [], a_keys.tolist(), _state(keys2, vecs2, postings2, 2))
+    after_a = rebuilds.updated(graph, [], a_keys.tolist(), index.wrote(keys2, vecs2, postings2, 2))
     assert after_a.changed == 25 and rebuilds.running and built_in == ["newsdesk-profiles"]
     # write B (generation 3), during the build: 3 deleted, 5 added
     gone = [int(keys[3]), int(keys[40]), int(a_keys[2])]
@@ -563,7 +568,7 @@ def test_a_due_rebuild_is_made_in_a_thread_and_adopted_with_every_write_since(mo
     live = ~np.isin(keys2, gone)
     keys3, vecs3 = np.concatenate([keys2[live], b_keys]), np.concatenate([vecs2[live], b_vecs])
     postings3 = postings2.without(gone).extended(b_rows)
-    after_b = rebuilds.updated(after_a, gone, b_keys.tolist(), _state(keys3, vecs3, postings3, 3))
+    after_b = rebuilds.updated(after_a, gone, b_keys.tolist(), index.wrote(keys3, vecs3, postings3, 3))
     assert after_b.changed == 25 + 8 and np.array_equal(after_b.keys, keys3)  # incremental, still building
     release.set()
     rebuilds.wait(30)
@@ -575,7 +580,7 @@ def test_a_due_rebuild_is_made_in_a_thread_and_adopted_with_every_write_since(mo
         np.concatenate([vecs3, c_vecs]),
         postings3.extended(c_rows),
     )
-    state4 = _state(keys4, vecs4, postings4, 4)
+    state4 = index.wrote(keys4, vecs4, postings4, 4)
     adopted = rebuilds.updated(after_b, [], c_keys.tolist(), state4)
     assert built_in == ["newsdesk-profiles"]  # no write built the profiles whole itself
     snapshot = build(NeighbourGraph, keys2, vecs2, postings2, 2, CONFIG)
@@ -584,6 +589,33 @@ def test_a_due_rebuild_is_made_in_a_thread_and_adopted_with_every_write_since(mo
     assert np.array_equal(adopted.keys, keys4) and adopted.generation == 4 and adopted.changed == 3 + 7
     assert (adopted.profiles != want.profiles).nnz == 0 and (adopted.terms != want.terms).nnz == 0
     assert not rebuilds.running and not adopted.due()
+
+
+def test_a_rebuild_of_an_index_since_replaced_is_not_adopted() -> None:
+    """A build snapshotted from one index is dropped when the writes go on to another (the service reopened the
+    index after a rebuild swapped its directory): the changes recorded since its snapshot are not the new index's.
+    The writes go on incrementally, and a new build starts from the new index."""
+    from indexer.update import ProfileRebuilds
+
+    keys, vecs, rows = synthetic(100, seed=5)
+    postings = Postings.build(rows, 2)
+    graph = NeighbourGraph.build(keys, vecs, postings, generation=1, config=CONFIG)
+    rebuilds = ProfileRebuilds()
+    a_keys, a_vecs, a_rows = synthetic(25, seed=6, start=101)
+    keys2, vecs2, postings2 = np.concatenate([keys, a_keys]), np.concatenate([vecs, a_vecs]), postings.extended(a_rows)
+    old = _Written().wrote(keys2, vecs2, postings2, 2)
+    after = rebuilds.updated(graph, [], a_keys.tolist(), old)
+    rebuilds.wait(30)
+    # the replacing index: other articles, its own profiles (as an open loads them)
+    r_keys, r_vecs, r_rows = synthetic(120, seed=9, start=500)
+    r_postings = Postings.build(r_rows, 2)
+    replaced = NeighbourGraph.build(r_keys, r_vecs, r_postings, generation=7, config=CONFIG)
+    n_keys, n_vecs, n_rows = synthetic(1, seed=10, start=620)
+    keys8 = np.concatenate([r_keys, n_keys])
+    new_state = _Written().wrote(keys8, np.concatenate([r_vecs, n_vecs]), r_postings.extended(n_rows), 8)
+    got = rebuilds.updated(replaced, [], n_keys.tolist(), new_state)
+    assert np.array_equal(got.keys, keys8) and got.generation == 8 and got.changed == 1  # not the old build
+    assert after.changed == 25 and not rebuilds.running
 
 
 def test_a_failed_rebuild_leaves_the_profiles_incremental_and_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -602,11 +634,12 @@ def test_a_failed_rebuild_leaves_the_profiles_incremental_and_is_tried_again(mon
     rebuilds = ProfileRebuilds()
     a_keys, a_vecs, a_rows = synthetic(25, seed=6, start=101)
     keys2, vecs2, postings2 = np.concatenate([keys, a_keys]), np.concatenate([vecs, a_vecs]), postings.extended(a_rows)
-    after = rebuilds.updated(graph, [], a_keys.tolist(), _state(keys2, vecs2, postings2, 2))
+    index = _Written()
+    after = rebuilds.updated(graph, [], a_keys.tolist(), index.wrote(keys2, vecs2, postings2, 2))
     rebuilds.wait(30)
     b_keys, b_vecs, b_rows = synthetic(1, seed=7, start=126)
     keys3, vecs3 = np.concatenate([keys2, b_keys]), np.concatenate([vecs2, b_vecs])
-    again = rebuilds.updated(after, [], b_keys.tolist(), _state(keys3, vecs3, postings2.extended(b_rows), 3))
+    again = rebuilds.updated(after, [], b_keys.tolist(), index.wrote(keys3, vecs3, postings2.extended(b_rows), 3))
     rebuilds.wait(30)
     assert np.array_equal(again.keys, keys3) and again.changed == 26 and len(tries) == 2  # due again: tried again
 
