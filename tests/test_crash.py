@@ -162,20 +162,7 @@ def _server_trials(trials: int, base_index: Path, tmp_path: Path) -> None:
     for trial in range(trials):
         proc, port = serve(target, tmp_path / "serve.log", env=INT8)
         stop = threading.Event()
-
-        def write(trial: int = trial, port: int = port, stop: threading.Event = stop) -> None:
-            n = 0
-            while not stop.is_set():
-                rows = [{**r, "id": f"srv-{trial}-{n}-{i}"} for i, r in enumerate(wire_articles(4, seed=n))]
-                batches.append([r["id"] for r in rows])
-                n += 1
-                try:
-                    if _post(port, {"articles": rows}) == 200:
-                        acknowledged.update(r["id"] for r in rows)
-                except (OSError, urllib.error.HTTPError):
-                    return  # the server died mid-request: this batch is not acknowledged
-
-        writer = threading.Thread(target=write)
+        writer = threading.Thread(target=_post_batches, args=(port, f"srv-{trial}", stop, acknowledged, batches))
         writer.start()
         time.sleep(rng.uniform(0.5, 6.0))
         _kill(proc)
@@ -202,20 +189,9 @@ def _write_process_trials(trials: int, base_index: Path, tmp_path: Path) -> None
                 time.sleep(0.1)
             assert writer_pid is not None, "the server has no write process"
             stop = threading.Event()
-
-            def write(trial: int = trial, stop: threading.Event = stop) -> None:
-                n = 0
-                while not stop.is_set():
-                    rows = [{**r, "id": f"apart-{trial}-{n}-{i}"} for i, r in enumerate(wire_articles(4, seed=n))]
-                    batches.append([r["id"] for r in rows])
-                    n += 1
-                    try:
-                        if _post(port, {"articles": rows}) == 200:
-                            acknowledged.update(r["id"] for r in rows)
-                    except urllib.error.HTTPError as exc:  # 503: the write process died with it in hand
-                        assert exc.code == 503, exc.read()
-
-            writer = threading.Thread(target=write)
+            unexpected: list[str] = []
+            batch_args = (port, f"apart-{trial}", stop, acknowledged, batches, unexpected)
+            writer = threading.Thread(target=_post_batches, args=batch_args)
             writer.start()
             time.sleep(rng.uniform(0.5, 4.0))
             os.kill(writer_pid, 9)
@@ -225,7 +201,7 @@ def _write_process_trials(trials: int, base_index: Path, tmp_path: Path) -> None
             time.sleep(rng.uniform(0.5, 2.0))  # writes go on to the new write process
             stop.set()
             writer.join(timeout=120)
-            assert not writer.is_alive()
+            assert not writer.is_alive() and not unexpected, unexpected  # only 503s: the server stayed up
         after = [{**r, "id": f"apart-after-{i}"} for i, r in enumerate(wire_articles(2, seed=99))]
         assert _post(port, {"articles": after}) == 200  # the last write process takes writes
         acknowledged.update(r["id"] for r in after)
@@ -233,6 +209,34 @@ def _write_process_trials(trials: int, base_index: Path, tmp_path: Path) -> None
     finally:
         _kill(proc)
     _sound(target, acknowledged, batches)
+
+
+def _post_batches(
+    port: int,
+    prefix: str,
+    stop: threading.Event,
+    acknowledged: set[str],
+    batches: list[list[str]],
+    unexpected: list[str] | None = None,
+) -> None:
+    """Post 4-article batches to the server until ``stop``, recording every batch sent and the ids of those it
+    acknowledged. With ``unexpected`` None the server is being killed: a failed post ends the writes (that batch
+    not acknowledged). Else only its write process is: a 503 (the batch's outcome unknown) and the writes go on,
+    anything else is put in ``unexpected`` and ends them."""
+    n = 0
+    while not stop.is_set():
+        rows = [{**r, "id": f"{prefix}-{n}-{i}"} for i, r in enumerate(wire_articles(4, seed=n))]
+        batches.append([r["id"] for r in rows])
+        n += 1
+        try:
+            if _post(port, {"articles": rows}) == 200:
+                acknowledged.update(r["id"] for r in rows)
+        except OSError as exc:  # urllib's HTTPError among them
+            if unexpected is None:
+                return
+            if not (isinstance(exc, urllib.error.HTTPError) and exc.code == 503):
+                unexpected.append(repr(exc))
+                return
 
 
 def _write_process(server: int) -> int | None:
