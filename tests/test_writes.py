@@ -517,3 +517,20 @@ def test_a_write_process_that_dies_mid_answer_is_a_503(live: SearchService, tmp_
     finally:
         thread.join(timeout=10)
         listener.close()
+
+
+def test_prepare_loads_the_duplicate_fingerprints_a_first_write_would(
+    live: SearchService, corpus_index: Path, embedder: Any
+) -> None:
+    """A write process calls ``Writer.prepare`` before it listens, so no write loads the fingerprints niced under
+    load; an index that cannot be written loads nothing."""
+    assert live.index.duplicates is None
+    Writer(live).prepare()
+    assert live.index.duplicates is not None
+    Writer(live).upsert(parse_write(NEW, Limits()))  # writes with them
+    assert live.index.store.aid_of("world/900") is not None and check_index(live.index.writable[0]) == []
+    frozen = SearchService(
+        open_index(corpus_index, embedder, read_only=True), embedder, Settings(index_dir=corpus_index)
+    )
+    Writer(frozen).prepare()
+    assert frozen.index.duplicates is None
