@@ -170,3 +170,33 @@ def test_many_ids_are_looked_up_in_the_id_table_with_the_same_answers() -> None:
     sparse = PassageOwners.of(pids * 1000, owners.aids)
     assert sparse.by_id is None
     np.testing.assert_array_equal(sparse.articles_of(asked * 1000), want)
+
+
+class _CommitsBeforeTheCheck(Store):
+    """A store whose edge check (``_check_ends``) first lets another process's store commit one more article: the
+    moment at which a ``newsdesk add`` beside another ``add`` used to find the tables "disagreeing"."""
+
+    other: Store
+    n = 0
+
+    def _check_ends(self, table: str, key: str, keys: np.ndarray) -> None:
+        self.n += 1
+        self.other.replace_articles([], [_row(f"late{self.n}", 2)])
+        super()._check_ends(table, key, keys)
+
+
+def test_a_commit_between_the_rows_and_their_edge_check_is_not_damage(tmp_path: Path) -> None:
+    """Owners and catalog read their rows and check the table's edges in one snapshot: another store's commit
+    between the two is not seen by either, rather than making a sound table look damaged."""
+    path = tmp_path / "s.sqlite"
+    seed = Store(path, create=True)
+    seed.replace_articles([], [_row(f"a{i}", 3) for i in range(5)])
+    seed.close()
+    store, other = _CommitsBeforeTheCheck(path), Store(path)
+    store.other = other
+    pids, aids = store.passage_owners()
+    assert len(pids) == 15 and len(set(aids.tolist())) == 5  # the state before the late commit
+    assert [r[4] for r in store.catalog_rows()] == [f"a{i}" for i in range(5)] + ["late1"]
+    assert store.n == 2 and len(store.catalog_rows()) == 7
+    store.close()
+    other.close()

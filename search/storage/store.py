@@ -794,6 +794,10 @@ class Store:
         first id and its count. The query reads only the ``passages_aid`` index (no passage row, whose vector makes
         it large) and aggregates in SQLite: 0.26 s at 1.1M passages where a row per passage took 3-6 s. An article
         whose ids are not one run (none written by this code) has its passages read one by one."""
+        with self.snapshot():  # the rows and their edge check (``_check_ends``) read one state: see there
+            return self._passage_owners()
+
+    def _passage_owners(self) -> tuple[np.ndarray, np.ndarray]:
         sql = "SELECT aid, MIN(id), MAX(id), COUNT(*) FROM passages INDEXED BY passages_aid GROUP BY aid"
         table = np.asarray(self._conn().execute(sql).fetchall(), dtype=np.int64).reshape(-1, 4)
         aids, first, last, counts = table.T
@@ -818,7 +822,9 @@ class Store:
         of it. The owners and the catalog read indexes only, so without this an open would not touch the tables, and
         a damaged table (or an index that disagrees with it) would show at the first search instead of as the open's
         one ``IndexCorrupt`` naming the file (a damaged page raises ``sqlite3.DatabaseError``, which ``open_index``
-        turns into that)."""
+        turns into that). Called inside the snapshot the keys were read in: between two autocommit statements another
+        process may commit articles, and its new last key then looked like damage (an ``add`` beside another
+        ``add`` failed so, one run in a few hundred)."""
         edges = f"SELECT (SELECT MIN({key}) FROM {table} NOT INDEXED), (SELECT MAX({key}) FROM {table} NOT INDEXED)"
         ends = self._query_one(edges)
         want = (int(keys[0]), int(keys[-1])) if len(keys) else (None, None)
@@ -831,14 +837,14 @@ class Store:
         ``articles_catalog`` index (``CATALOG_SCHEMA``), each row converted in one expression (no tags: no JSON)."""
         conn, sql = self._conn(), "SELECT aid, date, source, tags, id FROM articles"
         if aids is None:
-            found = conn.execute(f"{sql} ORDER BY aid").fetchall()
+            with self.snapshot():  # the rows and their edge check read one state (``_check_ends``)
+                found = conn.execute(f"{sql} ORDER BY aid").fetchall()
+                self._check_ends("articles", "aid", np.asarray([r[0] for r in found[:1] + found[-1:]], np.int64))
         else:
             found = []
             for chunk in _chunks(sorted({int(a) for a in aids}), 500):
                 marks = ",".join("?" * len(chunk))
                 found += conn.execute(f"{sql} WHERE aid IN ({marks}) ORDER BY aid", chunk).fetchall()
-        if aids is None:
-            self._check_ends("articles", "aid", np.asarray([r[0] for r in found[:1] + found[-1:]], dtype=np.int64))
         loads = json.loads
         return [(int(r[0]), r[1], r[2], () if r[3] == "[]" else tuple(loads(r[3])), str(r[4])) for r in found]
 
