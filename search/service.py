@@ -63,6 +63,7 @@ from search.storage.index import Index
 from search.storage.store import Store, StoredPassage
 from search.text.bm25 import LexicalPostings, MemoryBM25
 from search.text.embedding import Embedder
+from search.vectors.base import Matches
 from search.vectors.factory import pin_threads as pin_vector_threads
 
 # Passage scores on a results page are normalised against the passages of the ranking's first articles.
@@ -506,7 +507,8 @@ class SearchService:
         catalog = self.index.catalog
         allowed = catalog.allowed(filters)
         qvec = self.embed_query(query)  # also needed in lexical mode, to locate the answering sentence
-        matched = self.matching_rows(query, qvec, mode)
+        pool = self._pool_size(max(depth, RECENCY_POOL) if recency is not None else depth)  # as rank_articles's
+        matched = self.matching_rows(query, qvec, mode, pool=pool)
         total = catalog.count(matched, filters)
         if max_per_source is None:
             ranked = self.rank_articles(query, qvec, depth, mode, allowed, recency=recency)
@@ -556,26 +558,33 @@ class SearchService:
             notes=catalog.notes(filters),
         )
 
-    def matching_rows(self, query: str, qvec: np.ndarray, mode: str) -> np.ndarray:
+    def matching_rows(self, query: str, qvec: np.ndarray, mode: str, *, pool: int = 0) -> np.ndarray:
         """Which catalog rows match the query in ``mode``, as a mask (filters apply on top): an article matches
         when it holds a query term (lexical, hybrid) or its best passage's cosine reaches ``match_floor`` (dense,
-        hybrid). What a total and its facets count, and the same rule ``rank_articles`` cuts its results by."""
+        hybrid). What a total and its facets count, and the same rule ``rank_articles`` cuts its results by.
+        ``pool``: how many of the best matching passages the ranking that follows will take (``_pool_size``)."""
         catalog = self.index.catalog
         matched = np.zeros(len(catalog), dtype=bool)
         if mode != "dense":
             matched |= catalog.rows_of(self.lexical.matching_articles(query))
         if mode != "lexical":
-            matched |= catalog.rows_of(self._dense_matches(qvec))
+            matched |= catalog.rows_of(self._dense_matches(qvec, pool))
         return matched
 
-    def _dense_matches(self, qvec: np.ndarray) -> np.ndarray:
+    def _pool_size(self, need: int) -> int:
+        """How many passages ``_dense_articles`` takes first for ``need`` articles."""
+        return max(self.settings.candidates, need * 4)
+
+    def _dense_matches(self, qvec: np.ndarray, pool: int) -> np.ndarray:
         """Keys of the articles with a passage at or above the floor: one range search of the passage vectors (all
         of them for an exact index, those the ANN finds for an approximate one). A top-k search deepened until its
-        last hit fell below the floor cost a search of up to 819,200 hits at 924k passages."""
+        last hit fell below the floor cost a search of up to 819,200 hits at 924k passages. The best ``pool``
+        hits, scored exactly, are kept for the ranking that follows (``_dense_articles``); the other hits need no
+        exact score (``VectorStore.matches``)."""
         self._pin_search_threads()
-        scores, ids = self.index.passages.range(qvec, self.settings.match_floor)
-        self._threads.hits = (self._hits_key(qvec), scores, ids)  # the same query's candidates (_dense_articles)
-        owners = self.index.owners.articles_of(ids)
+        found = self.index.passages.matches(qvec, self.settings.match_floor, pool)
+        self._threads.hits = (self._hits_key(qvec), found)  # the same query's candidates (_dense_articles)
+        owners = self.index.owners.articles_of(found.ids)
         return distinct_keys(owners[owners >= 0], len(self.index.catalog))
 
     def _diverse_page(
@@ -720,14 +729,15 @@ class SearchService:
         """What a range search's hits are valid for: this index object at this generation, this query vector."""
         return id(self.index), self.index.generation, np.ascontiguousarray(qvec, dtype=np.float32).tobytes()
 
-    def _range_hits(self, qvec: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def _range_hits(self, qvec: np.ndarray) -> Matches | None:
         """The hits of this thread's last range search (``_dense_matches``) if it was for this query on this index,
         taken once; else None."""
         memo = getattr(self._threads, "hits", None)
         self._threads.hits = None
         if memo is None or memo[0] != self._hits_key(qvec):
             return None
-        return memo[1], memo[2]
+        found: Matches = memo[1]
+        return found
 
     def _dense_articles(
         self, qvec: np.ndarray, need: int, allowed: np.ndarray | None = None
@@ -744,12 +754,10 @@ class SearchService:
         if count == 0:
             return _no_scores()
         hits = self._range_hits(qvec) if pids is None else None
-        n = min(count, max(self.settings.candidates, need * 4))
+        n = min(count, self._pool_size(need))
         while True:
-            if hits is not None and len(hits[1]) >= n:
-                pool = np.arange(len(hits[1])) if len(hits[1]) <= n else np.argpartition(-hits[0], n - 1)[:n]
-                top = pool[np.lexsort((hits[1][pool], -hits[0][pool]))]  # best first, ties by id
-                scores, ids = hits[0][top][None, :], hits[1][top][None, :]
+            if hits is not None and len(hits.ids) >= n and len(hits.best_ids) >= n:  # best first, ties by id
+                scores, ids = hits.best_scores[:n][None, :], hits.best_ids[:n][None, :]
             else:
                 scores, ids = self.index.passages.search(qvec[None, :], n, allowed=pids)
             owners = self.index.owners.articles_of(ids[0])

@@ -26,7 +26,7 @@ from search.storage.index import VECTORS_STATE, check_index, open_index
 from search.storage.manifest import Manifest, VectorEntry, read_manifest, write_manifest
 from search.storage.store import Store
 from search.vectors import factory
-from search.vectors.base import IndexVectors, VectorBackend, checked_batch
+from search.vectors.base import IndexVectors, Matches, VectorBackend, checked_batch, matches_of
 from tests.conftest import CORPUS
 from tests.fakes import HashEmbedder
 
@@ -70,6 +70,9 @@ class NumpyStore:
         scores = self._vectors @ np.asarray(query, np.float32).reshape(-1)
         keep = scores >= np.float32(floor)
         return scores[keep], self._ids[keep]
+
+    def matches(self, query: np.ndarray, floor: float, best: int) -> Matches:
+        return matches_of(*self.range(query, floor), best)
 
     def reconstruct(self, id_: int) -> np.ndarray:
         vector: np.ndarray = self.reconstruct_batch(np.asarray([id_]))[0]

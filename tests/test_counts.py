@@ -20,6 +20,7 @@ from search.ranking.catalog import Filter
 from search.service import SearchService
 from search.settings import MODES
 from search.storage.index import SQLITE
+from search.vectors.base import Matches
 
 NONSENSE = ("xyzzy qwerty plugh", "€😀")
 
@@ -234,18 +235,18 @@ def test_dense_matches_are_one_range_search_and_agree_with_brute_force(
     index = service.index
     searched: list[int] = []
     ranged: list[float] = []
-    search, range_ = index.passages.search, index.passages.range
+    search, matches = index.passages.search, index.passages.matches
 
     def spy_search(q: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         searched.append(k)
         return search(q, k, allowed)
 
-    def spy_range(q: np.ndarray, f: float) -> tuple[np.ndarray, np.ndarray]:
+    def spy_matches(q: np.ndarray, f: float, best: int) -> Matches:
         ranged.append(f)
-        return range_(q, f)
+        return matches(q, f, best)
 
     monkeypatch.setattr(index.passages, "search", spy_search)
-    monkeypatch.setattr(index.passages, "range", spy_range)
+    monkeypatch.setattr(index.passages, "matches", spy_matches)
     pids = index.passages.ids()
     stored = index.store.passage_vectors(pids.tolist())  # SQLite's copies
     vectors = np.stack([stored[int(p)] for p in pids]).astype(np.float32)

@@ -20,6 +20,7 @@ Nothing outside this package asks which backend an index has.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -58,6 +59,12 @@ class VectorStore(Protocol):
         query's match count needs (``SearchService.matching_rows``), whose size no top-k can know in advance."""
         ...
 
+    def matches(self, query: np.ndarray, floor: float, best: int) -> Matches:
+        """What ``range`` finds, as a search uses it: the ids of every hit, and the exact scores of the best ``best``
+        only (``matches_of``). A store that can bound its scores cheaply scores no other hit exactly (FAISS's
+        int8 sketch: search/vectors/sketch.py)."""
+        ...
+
     def reconstruct(self, id_: int) -> np.ndarray: ...
 
     def reconstruct_batch(self, ids: np.ndarray) -> np.ndarray:
@@ -67,6 +74,38 @@ class VectorStore(Protocol):
     def count(self) -> int: ...
 
     def ids(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Every vector at or above a floor (``ids``, in no particular order) and the best ``best`` of them by exact
+    score (``best_scores``, ``best_ids``: best first, ties by the smaller id)."""
+
+    ids: np.ndarray
+    best_scores: np.ndarray
+    best_ids: np.ndarray
+
+
+def best_of(scores: np.ndarray, ids: np.ndarray, best: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``best`` highest (score, id) pairs, best first, ties by the smaller id: whichever ties share the last
+    place, the same ones are kept (a partition alone would keep any)."""
+    if len(ids) > best > 0:
+        last = np.partition(scores, len(scores) - best)[len(scores) - best]  # the best-th highest score
+        above = np.flatnonzero(scores > last)
+        tied = np.flatnonzero(scores == last)
+        tied = tied[np.argsort(ids[tied], kind="stable")[: best - len(above)]]
+        keep = np.concatenate([above, tied])
+    elif best > 0:
+        keep = np.arange(len(ids))
+    else:
+        keep = np.zeros(0, np.int64)
+    order = keep[np.lexsort((ids[keep], -scores[keep]))]
+    return scores[order], ids[order]
+
+
+def matches_of(scores: np.ndarray, ids: np.ndarray, best: int) -> Matches:
+    """``Matches`` from a range search's (scores, ids)."""
+    return Matches(ids, *best_of(scores, ids, best))
 
 
 # A ``deepened_range`` asks this many hits first, then ``DEEPEN_BY`` times more until its last is below the floor.

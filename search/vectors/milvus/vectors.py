@@ -29,7 +29,7 @@ import numpy as np
 
 from search.errors import IndexCorrupt, InvalidInput, VectorStoreUnavailable
 from search.storage.manifest import Params
-from search.vectors.base import EXACT_FILTER_LIMIT, checked_batch, deepened_range, lookup_keys
+from search.vectors.base import EXACT_FILTER_LIMIT, Matches, checked_batch, deepened_range, lookup_keys, matches_of
 from search.vectors.milvus.client import MilvusConnection, next_page, reason
 from search.vectors.milvus.config import LITE_INDEX_TYPES, SCHEMA, MilvusConfig, format_params, parse_params
 
@@ -252,6 +252,9 @@ class MilvusVectorStore:
         scores = np.concatenate([s for s, _ in parts], axis=1)
         ids = np.concatenate([i for _, i in parts], axis=1)
         return _top_of(scores, ids, ids >= 0, k)
+
+    def matches(self, query: np.ndarray, floor: float, best: int) -> Matches:
+        return matches_of(*self.range(query, floor), best)
 
     def range(self, query: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
         """Every (score, id) at or above ``floor``: one Milvus range search (``radius``, exclusive for IP, the
