@@ -54,6 +54,10 @@ def dump(index_dir: Path, asked: list[tuple[str, str | None]], k: int) -> dict[s
 
     service = load_service(Settings.from_env().replace(index_dir=index_dir))
     texts = [q for q, _ in asked]
+    # A tree with an int8 sketch of the exact base (search/vectors/sketch.py) builds it after the first search:
+    # waited for, so that every dumped search goes through it; a tree without one has nothing to wait for.
+    service.search(texts[0], k=k, mode="dense")
+    getattr(service.index.passages, "wait_for_sketch", lambda: False)()
     out: dict[str, Any] = {}
     for mode in MODES:
         pages = []

@@ -28,31 +28,43 @@ import numpy as np
 SKETCH_FROM = 20_000
 # Vectors per onnxruntime session (its model is one protobuf, which may not pass 2 GB).
 CHUNK_ROWS = 1 << 18
+QUANTISE_ROWS = 2048  # rows quantised at a time (in float64: 6 MB at 384 dimensions, a few such arrays at once)
 CODE_LEVELS = 127
 QUERY_LEVELS = 63
 QUERY_ZERO = 64
 
 
-def _session(codes_t: np.ndarray) -> object:
-    """An onnxruntime session computing ``(a - 64) @ codes_t`` for one uint8 query row ``a``, the codes an
-    initializer so that MLAS packs them once for its kernel."""
+def _session(codes_t: np.ndarray) -> tuple[object, object]:
+    """An onnxruntime session computing ``(a - 64) @ codes_t`` for one uint8 query row ``a``, and the ``OrtValue``
+    it reads the codes from, which must live as long as it does. The codes are handed over as an initializer
+    (``SessionOptions.add_initializer``), not written into the model: a model holding them was copied three times
+    on its way into onnxruntime (334 MB more at the peak at 110k passages, against none)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    d, m = codes_t.shape
+    d = codes_t.shape[0]
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["q", "codes", "zero"], ["y"])],
         "newsdesk_sketch",
         [helper.make_tensor_value_info("q", TensorProto.UINT8, [1, d])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, m])],
-        [numpy_helper.from_array(codes_t, "codes"), numpy_helper.from_array(np.array(QUERY_ZERO, np.uint8), "zero")],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, None])],
+        # a stand-in, replaced by the codes below (onnxruntime then infers the output's shape from it and warns
+        # at every call that the real one differs: its log is kept to errors)
+        [
+            numpy_helper.from_array(np.array(QUERY_ZERO, np.uint8), "zero"),
+            numpy_helper.from_array(np.zeros((d, 1), np.int8), "codes"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # one search, one core: the server runs searches side by side
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 3
+    codes = ort.OrtValue.ortvalue_from_numpy(codes_t)
+    options.add_initializer("codes", codes)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session, codes
 
 
 class Int8Sketch:
@@ -61,7 +73,12 @@ class Int8Sketch:
     query's own quantisation error multiplies). Immutable once built; safe to search from many threads."""
 
     def __init__(
-        self, sessions: list[object], scale: np.ndarray, spread: np.ndarray, norm: np.ndarray, dimension: int
+        self,
+        sessions: list[tuple[object, object]],
+        scale: np.ndarray,
+        spread: np.ndarray,
+        norm: np.ndarray,
+        dimension: int,
     ) -> None:
         self._sessions = sessions
         self.scale, self.spread, self.norm = scale, spread, norm
@@ -74,23 +91,28 @@ class Int8Sketch:
         """The sketch of ``vectors`` (n x d float32, e.g. a view of a mapped FAISS base: read once, in chunks)."""
         n, d = vectors.shape
         slack = (d + 8) * float(np.finfo(np.float32).eps)
-        sessions: list[object] = []
+        sessions: list[tuple[object, object]] = []
         scale = np.empty(n, np.float32)
         spread = np.empty(n, np.float32)
         norm = np.empty(n, np.float32)
         for start in range(0, n, CHUNK_ROWS):
             end = min(n, start + CHUNK_ROWS)
-            x = np.asarray(vectors[start:end], dtype=np.float64)
-            top = np.abs(x).max(axis=1) / CODE_LEVELS
-            top[top == 0] = 1.0  # a zero vector: codes 0, no error
-            codes = np.clip(np.rint(x / top[:, None]), -CODE_LEVELS, CODE_LEVELS)
-            approx = codes * top[:, None]
-            error = np.linalg.norm(x - approx, axis=1)
-            scale[start:end] = top
-            # rounded up to float32, so that the bound computed from them is never below the exact one
-            spread[start:end] = _up(error + slack * np.linalg.norm(x, axis=1))
-            norm[start:end] = _up(np.linalg.norm(approx, axis=1))
-            sessions.append(_session(np.ascontiguousarray(codes.T.astype(np.int8))))
+            codes_t = np.empty((d, end - start), dtype=np.int8)
+            for at in range(start, end, QUANTISE_ROWS):  # float64 in small steps: no copy of the chunk at 8 bytes
+                upto = min(end, at + QUANTISE_ROWS)
+                x = np.asarray(vectors[at:upto], dtype=np.float64)
+                # the scale as stored (float32), so that the codes and their error are those a search will use
+                top = (np.abs(x).max(axis=1) / CODE_LEVELS).astype(np.float32).astype(np.float64)
+                top[top == 0] = 1.0  # a zero vector: codes 0, no error
+                codes = np.clip(np.rint(x / top[:, None]), -CODE_LEVELS, CODE_LEVELS)
+                approx = codes * top[:, None]
+                error = np.linalg.norm(x - approx, axis=1)
+                scale[at:upto] = top
+                # rounded up to float32, so that the bound computed from them is never below the exact one
+                spread[at:upto] = _up(error + slack * np.linalg.norm(x, axis=1))
+                norm[at:upto] = _up(np.linalg.norm(approx, axis=1))
+                codes_t[:, at - start : upto - start] = codes.T
+            sessions.append(_session(codes_t))  # (session, the codes it reads)
         return cls(sessions, scale, spread, norm, d)
 
     @property
@@ -118,7 +140,7 @@ class Int8Sketch:
         rows, scores, margins = [], [], []
         start = 0
         for session in self._sessions:
-            y = session.run(None, feed)[0][0]  # type: ignore[attr-defined]
+            y = session[0].run(None, feed)[0][0]  # type: ignore[attr-defined]
             end = start + len(y)
             # q'.x' + |q| spread + |q - q'| norm, in float32: the int32 dot products are exact (below 2**24), the
             # float32 steps after them err by ulps, which the tolerance covers
