@@ -252,18 +252,25 @@ def measure_cpu(
 
 def engine_floors(service: SearchService, texts: Sequence[str], cpu: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """CPU ms per query of what no Python around retrieval avoids, each alone on the same texts: the query's
-    embedding, the exact scan of every passage vector a dense or hybrid search makes (FAISS ``range`` at the match
-    floor: it yields both the match count and the candidates), and the BM25 top-k of articles. Their sums over the
-    embedding are the lowest ratio each mode could reach with everything else free."""
+    embedding, the exact scan of every passage vector a dense or hybrid search makes (``VectorStore.matches`` at
+    the match floor, as a search calls it: it yields both the match count and the candidates), and the BM25 top-k
+    of articles. Their sums over the embedding are the lowest ratio each mode could reach with everything else
+    free."""
     floor = service.settings.match_floor
     lexical_k = service.settings.lexical_candidates
+    # what a search calls: every hit's id and the best ``candidates`` scored (the int8 sketch's pruned scoring)
+    matches = getattr(service.index.passages, "matches", None)
+    pool = service.settings.candidates
     parts: dict[str, list[float]] = {"embed": [], "range_scan": [], "bm25_top": []}
     for text in texts:
         start = time.process_time()
         qvec = service.embedder.encode([text])[0]
         parts["embed"].append(time.process_time() - start)
         start = time.process_time()
-        service.index.passages.range(qvec, floor)
+        if matches is not None:
+            matches(qvec, floor, pool)
+        else:  # a tree from before VectorStore.matches
+            service.index.passages.range(qvec, floor)
         parts["range_scan"].append(time.process_time() - start)
         start = time.process_time()
         service.lexical.search_articles(text, lexical_k)

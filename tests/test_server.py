@@ -27,6 +27,7 @@ from api.server import (
     WRITER_READY,
     plan_server,
     usable_cores,
+    yield_when_busy,
 )
 from tests import procs
 from tests.procs import free_port
@@ -183,3 +184,70 @@ def test_the_default_server_names_an_index_it_cannot_open_in_one_line(sample_ind
     assert "Traceback" not in done.stderr and "gunicorn" in done.stderr
     last = [line for line in done.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: ") and "newsdesk.sqlite" in last
+
+
+def test_a_busy_worker_leaves_new_connections_to_the_others() -> None:
+    """A waitress worker with its one thread busy and more connections than threads stops accepting (those
+    connections wait in the shared socket's backlog for another worker), and accepts again once a thread is
+    free; an idle one accepts however many keep-alive connections it holds."""
+    import threading
+
+    from waitress.server import create_server
+    from waitress.wasyncore import loop
+
+    release = threading.Event()
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/slow":
+            release.wait(10)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    socket_map: dict[int, object] = {}
+    server = create_server(app, host="127.0.0.1", port=0, threads=1, map=socket_map)
+    yield_when_busy(server, 1)
+    stop = threading.Event()
+    looping = threading.Thread(target=lambda: [loop(0.02, True, socket_map, 1) for _ in iter(stop.is_set, True)])
+    looping.start()
+    port = server.socket.getsockname()[1]
+    clients: list[socket.socket] = []
+    try:
+
+        def connect() -> socket.socket:
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            clients.append(conn)
+            return conn
+
+        def settle(channels: int) -> bool:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if len(server.active_channels) == channels:
+                    return True
+                time.sleep(0.02)
+            return False
+
+        idle = [connect() for _ in range(3)]  # idle keep-alive connections: all accepted
+        assert settle(3)
+        for conn in idle:
+            conn.close()
+        assert settle(0)
+        busy = connect()
+        busy.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = connect()
+        assert settle(2)  # the thread is busy, yet at one connection per thread it still accepts
+        connect()
+        time.sleep(0.3)
+        assert len(server.active_channels) == 2  # busy and over: the third waits in the backlog
+        release.set()
+        assert busy.recv(1024).startswith(b"HTTP/1.1 200")
+        assert settle(3)  # a thread is free: accepted
+        second.sendall(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert second.recv(1024).startswith(b"HTTP/1.1 200")
+    finally:
+        release.set()
+        stop.set()
+        looping.join(5)
+        for conn in clients:
+            conn.close()
+        server.close()
+        server.task_dispatcher.shutdown(timeout=1)
