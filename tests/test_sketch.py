@@ -212,3 +212,23 @@ def test_a_service_pages_alike_with_and_without_the_sketch(
     store = svc.index.passages
     assert isinstance(store, FaissVectorStore) and store.wait_for_sketch()
     assert pages() == unsketched
+
+
+def test_a_sketch_that_cannot_be_built_leaves_faiss_scanning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(faiss_backend, "SKETCH_FROM", 100)
+
+    def fail(vectors: np.ndarray) -> Int8Sketch:
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(Int8Sketch, "of", staticmethod(fail))
+    vectors = _vectors(500, 16, seed=11)
+    store = _loaded(vectors, tmp_path / "f.faiss")
+    with caplog.at_level("WARNING"):
+        first = store.range(vectors[7], 0.3)
+        assert not store.wait_for_sketch()
+    assert "no int8 sketch" in caplog.text and "MemoryError" in caplog.text
+    again = store.range(vectors[7], 0.3)  # not retried at every search: one build per base
+    assert again[1].tolist() == first[1].tolist() and len(first[1])
+    assert store._sketching is not None and store._sketch is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import threading
@@ -58,6 +59,9 @@ from search.vectors.segments import (
     write_segment,
 )
 from search.vectors.sketch import SKETCH_FROM, Int8Sketch
+
+log = logging.getLogger(__name__)
+_SKETCH_START = threading.Lock()
 
 IVF_TRAIN_PER_LIST = 64  # k-means sample per IVF list: FAISS wants >= 39; 64 keeps training at 1M to minutes
 TRAIN_SEED = 20240501  # the training sample is reproducible: the same vectors give the same index
@@ -392,25 +396,36 @@ class FaissVectorStore:
 
     def _sketch_soon(self) -> None:
         """Start building the int8 sketch of a mapped exact base (search/vectors/sketch.py) in a background thread,
-        once per base: 0.4 s at 110k passages, which no search waits for (``range`` scans the float32 codes until it
-        is there). Started by the first range search, so a store never range-searched (the article vectors) holds
-        none. Set only if the same base is still served."""
+        once per base: 1.2-1.5 s of one core at 110k passages, which no search waits for (``range`` scans the
+        float32 codes until it is there). Started by the first range search, so a store never range-searched (the
+        article vectors) holds none. Set only if the same base is still served; a build that fails leaves the
+        searches on FAISS's own scan, and says so once in the log."""
         index = self._index
-        started = self._sketching
-        if started is not None and started[0] is index:
-            return
-        flat = _flat_ip(index) if self._mapped_file is not None and self._ivf is None and self._hnsw is None else None
-        if flat is None or int(flat.ntotal) < SKETCH_FROM:
-            return
+        with _SKETCH_START:  # two searches of one process at once start one build
+            started = self._sketching
+            if started is not None and started[0] is index:
+                return
+            mapped = self._mapped_file is not None and self._ivf is None and self._hnsw is None
+            flat = _flat_ip(index) if mapped else None
+            if flat is None or int(flat.ntotal) < SKETCH_FROM:
+                return
 
-        def build() -> None:
-            sketched = _Sketched.of(index, flat)
-            if self._index is index:
-                self._sketch = sketched
+            def build() -> None:
+                try:
+                    sketched = _Sketched.of(index, flat)
+                except Exception as exc:  # a cache: searches go on without it
+                    log.warning(
+                        "no int8 sketch of the passage vectors (%s: %s); scanning them in float32",
+                        type(exc).__name__,
+                        exc,
+                    )
+                    return
+                if self._index is index:
+                    self._sketch = sketched
 
-        thread = threading.Thread(target=build, name="newsdesk-faiss-sketch", daemon=True)
-        self._sketching = (index, thread)
-        thread.start()
+            thread = threading.Thread(target=build, name="newsdesk-faiss-sketch", daemon=True)
+            self._sketching = (index, thread)
+            thread.start()
 
     def wait_for_sketch(self, timeout: float = 60.0) -> bool:
         """Wait for a sketch build started (tests, benchmarks); whether a sketch now serves the base."""
