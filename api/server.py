@@ -444,13 +444,14 @@ class WaitressWorker(_gunicorn_base("gunicorn.workers.base", "Worker")):  # type
         limits: ServerLimits = self.app.limits
         socket_map: dict[int, object] = {}
         writes: WriteProcess | None = self.app.writes
-        if writes is not None and self.app.writes_here:  # the write process: the private socket, not the public one
+        private = writes is not None and self.app.writes_here
+        if writes is not None and private:  # the write process: the private socket, not the public one
             where: dict[str, object] = {"unix_socket": str(writes.socket), "unix_socket_perms": "600"}
         else:
             where = {"sockets": [getattr(s, "sock", s) for s in self.sockets]}
         server = create_server(self.wsgi, map=socket_map, **where, **limits.adjustments(self.cfg.threads))
         harden(server, limits, _hook(self.wsgi))
-        if not (writes is not None and self.app.writes_here):  # the public socket, shared with the other workers
+        if not private:  # the public socket, shared with the other workers
             for listener in _listeners(server):
                 yield_when_busy(listener, int(self.cfg.threads))
         parent = self.ppid

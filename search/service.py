@@ -113,6 +113,12 @@ def _aligned(keys: np.ndarray, of: np.ndarray, values: np.ndarray) -> np.ndarray
     return out
 
 
+def _ranked_depth(need: int, recency: Recency | None) -> int:
+    """How many articles ``rank_articles`` ranks for ``need``: with recency, at least ``RECENCY_POOL`` (decayed,
+    then cut)."""
+    return max(need, RECENCY_POOL) if recency is not None else need
+
+
 def _rank_within(groups: np.ndarray) -> np.ndarray:
     """Each item's place (0, 1, ...) among the items of its group before it: ``groups`` in ranked order."""
     order = np.argsort(groups, kind="stable")
@@ -507,7 +513,7 @@ class SearchService:
         catalog = self.index.catalog
         allowed = catalog.allowed(filters)
         qvec = self.embed_query(query)  # also needed in lexical mode, to locate the answering sentence
-        pool = self._pool_size(max(depth, RECENCY_POOL) if recency is not None else depth)  # as rank_articles's
+        pool = self._pool_size(_ranked_depth(depth, recency))  # the passages rank_articles will take first
         matched = self.matching_rows(query, qvec, mode, pool=pool)
         total = catalog.count(matched, filters)
         if max_per_source is None:
@@ -643,7 +649,7 @@ class SearchService:
         few hundred candidates a search, whose dicts and per-candidate Python floats were a fifth of its CPU.
         """
         self._pin_search_threads()
-        wanted, need = need, max(need, RECENCY_POOL) if recency is not None else need
+        wanted, need = need, _ranked_depth(need, recency)
         keys, dense = self._dense_articles(qvec, need, allowed) if mode != "lexical" else _no_scores()
         lexical = np.zeros(len(keys), dtype=np.float64)
         if mode != "dense":

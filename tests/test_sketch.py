@@ -183,13 +183,15 @@ def test_small_bases_and_approximate_indexes_keep_no_sketch(tmp_path: Path, monk
     vectors = _vectors(2000, 16, seed=7)
     store = _loaded(vectors[:500], tmp_path / "small.faiss")
     store.range(vectors[10], 0.2)
-    assert store._sketching is None and not store.wait_for_sketch()
+    assert store._sketching == (store._index, None) and not store.wait_for_sketch()  # decided once: no build
+    monkeypatch.setattr(faiss_backend, "_flat_ip", lambda index: pytest.fail("asked again at a later search"))
+    store.range(vectors[10], 0.2)
     monkeypatch.setattr(faiss_backend, "SKETCH_FROM", 1)
     ids = np.arange(len(vectors), dtype=np.int64)
     FaissVectorStore.build(16, "IVF16,Flat", [(ids, vectors)]).save(tmp_path / "ivf.faiss")
     ivf = FaissVectorStore.load(tmp_path / "ivf.faiss", "IVF16,Flat")
     ivf.range(vectors[10], 0.2)
-    assert ivf._sketching is None
+    assert ivf._sketching == (ivf._index, None)
 
 
 def test_a_service_pages_alike_with_and_without_the_sketch(

@@ -86,11 +86,18 @@ class Matches:
     best_ids: np.ndarray
 
 
+def kth_highest(values: np.ndarray, k: int) -> np.floating:
+    """The ``k``-th highest of ``values`` (1: the highest), by one partition; ``0 < k <= len(values)``."""
+    at = len(values) - k
+    found: np.floating = np.partition(values, at)[at]
+    return found
+
+
 def best_of(scores: np.ndarray, ids: np.ndarray, best: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``best`` highest (score, id) pairs, best first, ties by the smaller id: whichever ties share the last
     place, the same ones are kept (a partition alone would keep any)."""
     if len(ids) > best > 0:
-        last = np.partition(scores, len(scores) - best)[len(scores) - best]  # the best-th highest score
+        last = kth_highest(scores, best)
         above = np.flatnonzero(scores > last)
         tied = np.flatnonzero(scores == last)
         tied = tied[np.argsort(ids[tied], kind="stable")[: best - len(above)]]
