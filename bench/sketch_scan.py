@@ -36,15 +36,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from archive import cpu_flags  # noqa: E402
+from scan_floor import unit  # noqa: E402
 
 from search.vectors.faiss import FaissVectorStore  # noqa: E402
 
 T = TypeVar("T")
 BEST = 200  # the best hits a search keeps scored (the candidates setting's default)
-
-
-def unit(rows: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(rows / np.linalg.norm(rows, axis=1, keepdims=True), dtype=np.float32)
 
 
 def clocked(into: list[float], call: Callable[..., T], *args: Any) -> T:
